@@ -9,6 +9,8 @@ configs/paper_*.py keep the authors' settings.
 """
 import ml_collections
 
+from saliency_jax.trust import verdicts
+
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
@@ -69,7 +71,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.study.random_pairs = 50          # random-pair baseline: pairs per image
   config.study.ssim_data_range = 1.0      # the paper's 2020 scikit-image used 2.0
   config.study.alpha = 0.05
-  config.study.correction = "holm"        # across methods, per criterion
+  config.study.correction = "holm"        # across methods, per criterion ("holm" or "bh")
+  # Pass/fail rules, printed in the report: metric, baseline, direction and paired test.
+  config.study.rules = ml_collections.ConfigDict(verdicts.DEFAULT_RULES)
   config.study.bootstrap_resamples = 1000
   config.study.utility_models = ("A1",)   # models whose maps are scored against masks
   config.study.independent_randomization = ("A1",)

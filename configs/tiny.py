@@ -1,0 +1,37 @@
+"""A tiny study for the end-to-end test: every stage, every method, seconds per stage.
+
+  python -m launch.run_all --config=configs/tiny.py --workdir=/tmp/tiny
+"""
+from configs import synthetic
+
+
+def get_config():
+  config = synthetic.get_config()
+  config.workdir = "runs/tiny"
+  d = config.data
+  d.image_size, d.num_train, d.num_val, d.num_test = 32, 96, 32, 24
+  config.models = [
+      dict(name="A1", arch="small_vgg", seed=1),
+      dict(name="A2", arch="small_vgg", seed=2),
+      dict(name="B1", arch="small_densenet", seed=1),
+  ]
+  config.train.num_steps = 6
+  config.train.batch_size = 16
+  config.train.eval_every = 6
+  config.train.log_every = 3
+  config.localization.train.num_steps = 4
+  config.localization.train.batch_size = 16
+  config.localization.train.eval_every = 4
+  config.methods.settings.SG.samples = 2
+  config.methods.settings.SIG.samples = 2
+  config.methods.settings.SIG.steps = 2
+  config.methods.settings.IG = dict(steps=3)
+  config.methods.settings.XRAI.steps = 3
+  config.methods.settings.XRAI.segmentation_size = 32
+  config.study.num_eval_images = 6
+  config.study.num_utility_images = 8
+  config.study.random_pairs = 3
+  config.study.bootstrap_resamples = 100
+  config.study.chunk_size = 8
+  config.study.num_example_images = 2
+  return config

@@ -1,0 +1,46 @@
+"""Runs the whole study: data -> training -> maps -> trust criteria -> report.
+
+  python -m launch.run_all                                       # synthetic, runs/synthetic
+  python -m launch.run_all --config=configs/paper_siim.py --workdir=/data/runs/siim
+  python -m launch.run_all --config=configs/synthetic.py --config.study.num_eval_images=50
+
+Rerunning with the same workdir skips finished stages and resumes an interrupted one.
+"""
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from saliency_jax import trust
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", os.path.join(os.path.dirname(__file__), "..", "configs", "synthetic.py"),
+    "The study's ml_collections config file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where every stage writes; default: "
+                               "the config's workdir.")
+_STAGES = flags.DEFINE_list("stages", list(trust.STAGES), "Stages to run, in order.")
+_REDO = flags.DEFINE_list("redo", [], "Stages to run again even if done (e.g. report).")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False,
+                                 "Call jax.distributed.initialize() (multi-host runs).")
+
+
+def main(argv):
+  del argv
+  if _DISTRIBUTED.value:
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.distributed.initialize()
+  config = _CONFIG.value
+  workdir = _WORKDIR.value or config.workdir
+  study = trust.Study(config, workdir)
+  for stage in _REDO.value:
+    study.progress.stages.pop(stage, None)
+  logging.info("workdir: %s", os.path.abspath(workdir))
+  report = study.run(_STAGES.value)
+  print(f"\nThe study is done. Report: {os.path.abspath(report)}"
+        f"\n  (also {os.path.abspath(os.path.join(workdir, 'report.md'))})")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,121 @@
+"""Shared machinery: target-logit gradients, per-image keys and chunked sums over samples.
+
+Every sample-based method (SmoothGrad, IG, ...) sums a per-(image, sample) contribution over
+samples. `chunked_sum` does that as one compiled loop whose body evaluates at most
+`max_grads_in_flight` model gradients at once, so memory stays bounded whatever the batch size,
+and the loop has a fixed trip count so it works under `jax.jit` on any backend.
+"""
+import math
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+# Default cap on model gradients evaluated at once (a chunk of the work of one call).
+DEFAULT_MAX_GRADS_IN_FLIGHT = 64
+
+
+def target_gradients(logits_fn: Callable[[Array], Array]) -> Callable[[Array, Array], Array]:
+  """Returns grad_fn(x[N,...], targets[N]) -> d logits[n, targets[n]] / d x[n] for every n.
+
+  One backward pass for the whole chunk: the gradient of the sum of the selected logits. This is
+  exact for models without cross-example interactions (inference-mode batch norm), which is the
+  contract of `logits_fn`.
+  """
+  def grad_fn(x, targets):
+    def total(x):
+      logits = logits_fn(x)
+      return jnp.take_along_axis(logits, targets[:, None].astype(jnp.int32), axis=1).sum()
+    return jax.grad(total)(x)
+  return grad_fn
+
+
+def target_values(logits_fn: Callable[[Array], Array], x: Array, targets: Array) -> Array:
+  """logits[n, targets[n]] for every n, float32 [N]."""
+  logits = logits_fn(x)
+  return jnp.take_along_axis(logits, targets[:, None].astype(jnp.int32), axis=1)[:, 0]
+
+
+def resolve_indices(indices: Optional[Array], batch: int) -> Array:
+  """Each image's dataset index (default 0..B-1), the value noise keys are folded with."""
+  if indices is None:
+    return jnp.arange(batch, dtype=jnp.int32)
+  indices = jnp.asarray(indices, dtype=jnp.int32)
+  if indices.shape != (batch,):
+    raise ValueError(f"indices must have shape ({batch},), got {indices.shape}")
+  return indices
+
+
+def check_images(images: Array, targets: Array) -> tuple[Array, Array]:
+  """Validates the [B,H,W,C] / int[B] contract and returns them as arrays."""
+  images = jnp.asarray(images)
+  if images.ndim != 4:
+    raise ValueError(f"images must be [B,H,W,C], got shape {images.shape}")
+  targets = jnp.asarray(targets)
+  if targets.shape != images.shape[:1]:
+    raise ValueError(f"targets must have shape ({images.shape[0]},), got {targets.shape}")
+  if not jnp.issubdtype(targets.dtype, jnp.integer):
+    raise ValueError(f"targets must be integers, got {targets.dtype}")
+  return images.astype(jnp.float32), targets.astype(jnp.int32)
+
+
+def sample_key(key: Array, index: Array, sample: Array) -> Array:
+  """The key of one (image, sample) pair: depends on the dataset index, never on batching."""
+  return jax.random.fold_in(jax.random.fold_in(key, index), sample)
+
+
+def chunk_size(total: int, max_grads_in_flight: Optional[int]) -> int:
+  cap = DEFAULT_MAX_GRADS_IN_FLIGHT if max_grads_in_flight is None else int(max_grads_in_flight)
+  if cap < 1:
+    raise ValueError(f"max_grads_in_flight must be >= 1, got {cap}")
+  return max(1, min(cap, total))
+
+
+def chunked_sum(contribution: Callable[[Array, Array], Array], num_images: int,
+                num_samples: int, out_shape: tuple[int, ...],
+                max_grads_in_flight: Optional[int]) -> Array:
+  """Sums contribution(image_idx[c], sample_idx[c]) -> [c, *out_shape] over samples, per image.
+
+  Work items (image b, sample s) are enumerated image-major and processed `c` at a time in a
+  `lax.scan` (a single call when everything fits); padded items of the last chunk repeat the
+  last item and are masked out. Returns float32 [num_images, *out_shape].
+  """
+  total = num_images * num_samples
+  c = chunk_size(total, max_grads_in_flight)
+  n_chunks = math.ceil(total / c)
+
+  def body(acc, k):
+    j = k * c + jnp.arange(c)
+    valid = j < total
+    j = jnp.minimum(j, total - 1)
+    b, s = j // num_samples, j % num_samples
+    values = contribution(b, s)
+    values = jnp.where(valid.reshape((c,) + (1,) * len(out_shape)), values, 0.0)
+    return acc.at[b].add(values), None
+
+  acc = jnp.zeros((num_images,) + tuple(out_shape), jnp.float32)
+  if n_chunks == 1:
+    acc, _ = body(acc, 0)
+    return acc
+  acc, _ = jax.lax.scan(body, acc, jnp.arange(n_chunks))
+  return acc
+
+
+def map_in_chunks(fn: Callable[..., Array], *arrays: Array,
+                  max_grads_in_flight: Optional[int]) -> Array:
+  """Applies a batch function fn(*chunks) over the leading axis, at most c rows at a time."""
+  n = arrays[0].shape[0]
+  c = chunk_size(n, max_grads_in_flight)
+  if c >= n:
+    return fn(*arrays)
+  n_chunks = math.ceil(n / c)
+  pad = n_chunks * c - n
+
+  def padded(a):
+    a = jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]) if pad else a
+    return a.reshape((n_chunks, c) + a.shape[1:])
+
+  out = jax.lax.map(lambda xs: fn(*xs), tuple(padded(a) for a in arrays))
+  return jax.tree.map(lambda o: o.reshape((n_chunks * c,) + o.shape[2:])[:n], out)

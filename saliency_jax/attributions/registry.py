@@ -1,0 +1,216 @@
+"""The study's saliency methods by name: `METHODS[name].compute(model_fns, images, targets, ...)`.
+
+Every `compute` returns the study's 2-D map, float32 [B,H,W] in [0,1] (PAIR's
+VisualizeImageGrayscale applied to the method's raw output; NaN where a map is constant, as in
+the study's pipeline unless the setting `grayscale_nan_to` is a number). Settings are a plain dict
+or ConfigDict overriding `default_settings` (the paper's values); unknown keys are an error.
+
+Compilation. Each (method, settings, image shape) runs as one jitted computation (and `compute`
+also traces inside a caller's jit, except XRAI: `jittable=False`). If `model_fns` is a pytree
+whose leaves are arrays (our `ModelFunctions`: a Flax model's variables are its leaves), it is
+passed to the jitted computation as an argument, so one compilation serves every model state of
+an architecture (replicates, randomization steps). Otherwise its functions are closed over and
+the computation is compiled once per `model_fns` object (cached).
+"""
+import collections
+import dataclasses
+import functools
+from typing import Any, Callable, Mapping, Optional
+
+import numpy as np
+import jax
+import jax.numpy as jnp
+
+from saliency_jax.attributions.gradcam import gradcam
+from saliency_jax.attributions.gradient import gradient
+from saliency_jax.attributions.grayscale import to_grayscale
+from saliency_jax.attributions.guided_backprop import guided_backprop
+from saliency_jax.attributions.integrated_gradients import integrated_gradients
+from saliency_jax.attributions.smooth_integrated_gradients import smooth_integrated_gradients
+from saliency_jax.attributions.smoothgrad import smoothgrad
+
+Array = jax.Array
+Settings = Mapping[str, Any]
+
+# Settings every method accepts (on top of its own).
+COMMON_SETTINGS = {"max_grads_in_flight": 64, "grayscale_percentile": 99,
+                   "grayscale_nan_to": None}
+
+
+@dataclasses.dataclass(frozen=True)
+class MapMethod:
+  """A saliency method as the study uses it.
+
+  Attributes:
+    name: the study's name (GRAD, SG, ...).
+    compute: compute(model_fns, images, targets, *, indices, key, settings, prepared=None)
+      -> float32 [B,H,W] in [0,1].
+    prepare: prepare(images, settings) -> model-independent data for `compute` (XRAI segments),
+      computed once per batch of images and reused for every model state; None if not needed.
+    default_settings: the paper's settings.
+    jittable: whether `compute` can be traced under an outer `jax.jit` (False for XRAI, whose
+      segment handling and region selection run on the host).
+  """
+  name: str
+  compute: Callable[..., Array]
+  prepare: Optional[Callable[[Array, Settings], Any]] = None
+  default_settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  jittable: bool = True
+
+
+def merge_settings(defaults: Mapping[str, Any], settings: Optional[Settings]) -> dict:
+  """defaults updated by settings (dict or ConfigDict); unknown keys raise ValueError."""
+  merged = dict(defaults)
+  if settings is None:
+    return merged
+  if hasattr(settings, "to_dict"):
+    settings = settings.to_dict()
+  unknown = sorted(set(settings) - set(merged))
+  if unknown:
+    raise ValueError(f"unknown settings {unknown}; known: {sorted(merged)}")
+  merged.update(settings)
+  return merged
+
+
+def _frozen(settings: Mapping[str, Any]) -> tuple:
+  def freeze(v):
+    if isinstance(v, (list, tuple)):
+      return tuple(freeze(x) for x in v)
+    if isinstance(v, np.ndarray):
+      return (v.shape, v.tobytes())
+    return v
+  return tuple(sorted((k, freeze(v)) for k, v in settings.items()))
+
+
+def _is_array_pytree(tree: Any) -> bool:
+  return all(isinstance(x, (jax.Array, np.ndarray)) for x in jax.tree.leaves(tree))
+
+
+_JIT_CACHE: "collections.OrderedDict[Any, Callable]" = collections.OrderedDict()
+_JIT_CACHE_SIZE = 64
+
+
+def _cached_jit(impl: Callable, name: str, model_fns: Any, settings: dict) -> Callable:
+  """jit(impl) for this model_fns/settings; returns run(images, targets, indices, key, prepared).
+
+  impl(model_fns, settings, images, targets, indices, key, prepared) -> maps.
+  """
+  frozen = _frozen(settings)
+  if _is_array_pytree(model_fns):
+    cache_key = (name, frozen, "pytree")
+    if cache_key not in _JIT_CACHE:
+      _JIT_CACHE[cache_key] = jax.jit(
+          lambda fns, *args: impl(fns, settings, *args))
+    fn = _JIT_CACHE[cache_key]
+    run = functools.partial(fn, model_fns)
+  else:
+    cache_key = (name, frozen, id(model_fns))
+    entry = _JIT_CACHE.get(cache_key)
+    if entry is None or entry[0] is not model_fns:
+      entry = (model_fns, jax.jit(lambda *args: impl(model_fns, settings, *args)))
+      _JIT_CACHE[cache_key] = entry
+    run = entry[1]
+  _JIT_CACHE.move_to_end(cache_key)
+  while len(_JIT_CACHE) > _JIT_CACHE_SIZE:
+    _JIT_CACHE.popitem(last=False)
+  return run
+
+
+def _default_key(key):
+  return jax.random.key(0) if key is None else key
+
+
+def make_compute(name: str, impl: Callable, defaults: Mapping[str, Any]) -> Callable:
+  """A `compute` that merges settings, validates inputs and runs impl jitted.
+
+  impl(model_fns, settings, images, targets, indices, key, prepared) -> float32 [B,H,W].
+  """
+  def compute(model_fns, images, targets, *, indices=None, key=None, settings=None,
+              prepared=None):
+    s = merge_settings(defaults, settings)
+    images = jnp.asarray(images, jnp.float32)
+    if images.ndim != 4:
+      raise ValueError(f"images must be [B,H,W,C], got shape {images.shape}")
+    targets = jnp.asarray(targets, jnp.int32)
+    b = images.shape[0]
+    indices = (jnp.arange(b, dtype=jnp.int32) if indices is None
+               else jnp.asarray(indices, jnp.int32))
+    if indices.shape != (b,) or targets.shape != (b,):
+      raise ValueError(f"targets and indices must have shape ({b},)")
+    run = _cached_jit(impl, name, model_fns, s)
+    return run(images, targets, indices, _default_key(key), prepared)
+  compute.__name__ = f"compute_{name.lower()}"
+  compute.__doc__ = f"The study's {name} map, float32 [B,H,W] in [0,1]; see `MapMethod`."
+  return compute
+
+
+def _gray(maps, s):
+  return to_grayscale(maps, s["grayscale_percentile"], nan_to=s["grayscale_nan_to"])
+
+
+def _grad_impl(fns, s, images, targets, indices, key, prepared):
+  del indices, key, prepared
+  return _gray(gradient(fns.logits_fn, images, targets,
+                        max_grads_in_flight=s["max_grads_in_flight"]), s)
+
+
+def _sg_impl(fns, s, images, targets, indices, key, prepared):
+  del prepared
+  return _gray(smoothgrad(fns.logits_fn, images, targets, key=key, samples=s["samples"],
+                          spread=s["spread"], squared=s["squared"], indices=indices,
+                          max_grads_in_flight=s["max_grads_in_flight"]), s)
+
+
+def _ig_impl(fns, s, images, targets, indices, key, prepared):
+  del indices, key, prepared
+  return _gray(integrated_gradients(fns.logits_fn, images, targets, baseline=s["baseline"],
+                                    steps=s["steps"],
+                                    max_grads_in_flight=s["max_grads_in_flight"]), s)
+
+
+def _sig_impl(fns, s, images, targets, indices, key, prepared):
+  del prepared
+  return _gray(smooth_integrated_gradients(
+      fns.logits_fn, images, targets, key=key, samples=s["samples"], spread=s["spread"],
+      squared=s["squared"], baseline=s["baseline"], steps=s["steps"], indices=indices,
+      max_grads_in_flight=s["max_grads_in_flight"]), s)
+
+
+def _gbp_impl(fns, s, images, targets, indices, key, prepared):
+  del indices, key, prepared
+  return _gray(guided_backprop(fns.guided_logits_fn, images, targets,
+                               max_grads_in_flight=s["max_grads_in_flight"]), s)
+
+
+def _gcam_impl(fns, s, images, targets, indices, key, prepared):
+  del indices, key, prepared
+  return _gray(gradcam(fns.features_fn, fns.head_fn, images, targets, resize=s["resize"],
+                       max_grads_in_flight=s["max_grads_in_flight"]), s)
+
+
+def _ggcam_impl(fns, s, images, targets, indices, key, prepared):
+  return _gbp_impl(fns, s, images, targets, indices, key, prepared) * _gcam_impl(
+      fns, s, images, targets, indices, key, prepared)
+
+
+def _method(name, impl, own_defaults, prepare=None):
+  defaults = {**COMMON_SETTINGS, **own_defaults}
+  return MapMethod(name=name, compute=make_compute(name, impl, defaults), prepare=prepare,
+                   default_settings=defaults)
+
+
+def _build_methods() -> dict[str, MapMethod]:
+  methods = [
+      _method("GRAD", _grad_impl, {}),
+      _method("SG", _sg_impl, {"samples": 25, "spread": 0.15, "squared": True}),
+      _method("IG", _ig_impl, {"steps": 10, "baseline": -1.0}),
+      _method("SIG", _sig_impl, {"samples": 25, "spread": 0.15, "squared": True, "steps": 10,
+                                 "baseline": -1.0}),
+      _method("GCAM", _gcam_impl, {"resize": "tf1_bilinear"}),
+      _method("GBP", _gbp_impl, {}),
+      _method("GGCAM", _ggcam_impl, {"resize": "tf1_bilinear"}),
+  ]
+  return {m.name: m for m in methods}
+
+
+METHODS: dict[str, MapMethod] = _build_methods()

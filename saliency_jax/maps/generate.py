@@ -1,0 +1,297 @@
+"""Maps for a whole dataset: chunked, sharded over devices and hosts, resumable.
+
+`generate_maps` fills a `MapStore` chunk by chunk with `method.compute` (the MapMethod contract
+of saliency_jax.attributions). Each chunk's images are padded to a multiple of the device count,
+split over a 1-D device mesh on the batch axis (`jax.jit` of a `shard_map`, so every device runs
+the method on its own images and nothing is reduced across images) and the padding is dropped.
+Hosts split the chunks: host p computes and writes chunks i with i % process_count == p. The
+method folds its noise key with each image's dataset index, so a map does not depend on the
+chunk size, the number of devices or the number of hosts.
+
+Pipelining: the devices compute chunk i while the host writes chunk i-1 to disk.
+
+Memory, whatever the dataset size: on the host one chunk of images being loaded and at most two
+chunks of maps (the one being written, the one in flight); on the devices one chunk of images
+and maps plus what the method holds in flight (its in-flight-gradients setting).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from saliency_jax.maps.prepared import PreparedCache
+from saliency_jax.maps.store import MapStore
+
+# A prepared-data provider: (start, stop, images[start:stop]) -> method.prepare's output.
+PreparedFn = Callable[[int, int, np.ndarray], Any]
+
+
+def batch_mesh(devices: Sequence[jax.Device] | None = None, axis_name: str = "batch") -> Mesh:
+  """A 1-D mesh over `devices` (default: this host's devices) for sharding the batch axis."""
+  devices = jax.local_devices() if devices is None else list(devices)
+  return Mesh(np.array(devices), (axis_name,))
+
+
+def default_mesh() -> Mesh:
+  """All local devices on an accelerator; one device on the CPU.
+
+  On the CPU, simulated devices share the same cores, and XLA already uses them all inside one
+  computation, so splitting a batch over them buys nothing.
+  """
+  if jax.default_backend() == "cpu":
+    return batch_mesh(jax.local_devices()[:1])
+  return batch_mesh()
+
+
+def _num_images(images) -> int:
+  return int(images.shape[0]) if hasattr(images, "shape") else len(images)
+
+
+def _load_images(images, start: int, stop: int) -> np.ndarray:
+  """Images [start, stop) as float32 NumPy: a slice of an array, or stacked sequence items."""
+  if hasattr(images, "shape"):
+    batch = images[start:stop]
+  else:
+    batch = np.stack([np.asarray(images[i]) for i in range(start, stop)])
+  batch = np.asarray(batch, np.float32)
+  if batch.ndim != 4 or batch.shape[0] != stop - start:
+    raise ValueError(f"images[{start}:{stop}] must be [B,H,W,C] with B={stop - start}, got "
+                     f"shape {batch.shape}")
+  return batch
+
+
+def _first_image_shape(images) -> tuple[int, ...]:
+  return tuple(images.shape[1:]) if hasattr(images, "shape") else np.shape(images[0])
+
+
+def _key_data(key) -> list:
+  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    key = jax.random.key_data(key)
+  return np.asarray(key).tolist()
+
+
+def _method_name(method) -> str:
+  return str(getattr(method, "name", type(method).__name__))
+
+
+def _pad_to(array: np.ndarray, size: int) -> np.ndarray:
+  """Pads the leading axis to `size` by repeating the last row (a valid input, dropped later)."""
+  pad = size - array.shape[0]
+  if pad == 0:
+    return array
+  return np.concatenate([array, np.repeat(array[-1:], pad, axis=0)], axis=0)
+
+
+# Jitted runners by (method, settings, mesh): the model functions are an argument (a pytree
+# whose leaves are a Flax model's variables), so every model state of an architecture reuses
+# one compilation.
+_RUNNERS: dict = {}
+
+
+def _jitted_compute(method, settings: dict, mesh: Mesh) -> Callable:
+  """jit(method.compute), sharded over `mesh` on the batch axis; cached."""
+  cache_key = (id(method), json.dumps(settings, sort_keys=True, default=repr), mesh)
+  entry = _RUNNERS.get(cache_key)
+  if entry is not None and entry[0] is method:
+    return entry[1]
+
+  def local(model_fns, images, targets, indices, key):
+    return method.compute(model_fns, images, targets, indices=indices, key=key,
+                          settings=settings, prepared=None)
+
+  if mesh.size == 1:
+    fn = jax.jit(local)
+  else:
+    axis = mesh.axis_names[0]
+    batch, replicated = NamedSharding(mesh, P(axis)), NamedSharding(mesh, P())
+    # shard_map: each device runs the method on its own images; nothing crosses images.
+    fn = jax.jit(
+        jax.shard_map(local, mesh=mesh, in_specs=(P(), P(axis), P(axis), P(axis), P()),
+                      out_specs=P(axis), check_vma=False),
+        in_shardings=(replicated,) + (batch,) * 3 + (replicated,), out_shardings=batch)
+  if len(_RUNNERS) > 64:
+    _RUNNERS.clear()
+  _RUNNERS[cache_key] = (method, fn)
+  return fn
+
+
+class _Runner:
+  """Runs `method.compute` on one chunk, sharded over `mesh` when the method traces."""
+
+  def __init__(self, method, model_fns, settings: dict, mesh: Mesh, key):
+    if len(mesh.axis_names) != 1:
+      raise ValueError(f"mesh must be 1-D (the batch axis), got axes {mesh.axis_names}")
+    if any(d.process_index != jax.process_index() for d in mesh.devices.flat):
+      raise ValueError("mesh must hold only this host's devices: hosts split the chunks, each "
+                       "host's devices split a chunk's images.")
+    self.method, self.model_fns, self.settings, self.mesh = method, model_fns, settings, mesh
+    self.key = key
+    self.num_devices = mesh.size
+    self._batch = NamedSharding(mesh, P(mesh.axis_names[0]))
+    self._replicated = NamedSharding(mesh, P())
+    # Methods with host-side steps (XRAI's segmentation and region selection) cannot be traced:
+    # they are called eagerly on sharded inputs, and their jitted parts follow the sharding.
+    self.traced = getattr(method, "jittable", True)
+    self._fn = _jitted_compute(method, settings, mesh) if self.traced else None
+    self._placed = None  # (model_fns, key) replicated on the mesh, once for all chunks.
+
+  def padded_size(self, n: int) -> int:
+    return -(-n // self.num_devices) * self.num_devices
+
+  def dispatch(self, images: np.ndarray, targets: np.ndarray, indices: np.ndarray,
+               prepared: Any, pad_to: int) -> Callable[[], np.ndarray]:
+    """Starts the maps of one chunk; returns a function that waits for them (NumPy [n,H,W]).
+
+    A traced method runs asynchronously on the devices, so the caller can write the previous
+    chunk meanwhile.
+    """
+    n = images.shape[0]
+    if self.traced and prepared is None:
+      size = self.padded_size(max(n, pad_to))
+      args = (_pad_to(images, size), _pad_to(targets, size), _pad_to(indices, size))
+      args = jax.device_put(args, self._batch)
+      if self._placed is None:
+        self._placed = jax.device_put((self.model_fns, self.key), self._replicated)
+      fns, key = self._placed
+      try:
+        result = self._fn(fns, *args, key)
+        return lambda: np.asarray(result)[:n]
+      except jax.errors.JAXTypeError as e:  # A host-side step: fall back to eager calls.
+        logging.warning("%s does not trace under jit (%s); calling it eagerly. Set "
+                        "`jittable = False` on the method to skip this attempt.",
+                        _method_name(self.method), type(e).__name__)
+        self.traced = False
+    if n % self.num_devices == 0:
+      images, targets, indices = jax.device_put((images, targets, indices), self._batch)
+    else:  # Cannot split evenly without padding `prepared`, whose layout is the method's.
+      device = self.mesh.devices.flat[0]
+      images, targets, indices = jax.device_put((images, targets, indices), device)
+    result = self.method.compute(self.model_fns, images, targets, indices=indices,
+                                 key=self.key, settings=self.settings, prepared=prepared)
+    return lambda: np.asarray(result)
+
+
+def generate_maps(path: str, method, model_fns, images, targets, indices=None, ids=None, *,
+                  key, settings: dict | None = None, chunk_size: int,
+                  dtype: str = "float32", mesh: Mesh | None = None,
+                  prepared: PreparedFn | None = None, prepared_dir: str | None = None,
+                  metadata: dict | None = None, progress: bool = True,
+                  process_index: int | None = None, process_count: int | None = None,
+                  on_chunk: Callable[[int, float], None] | None = None) -> MapStore:
+  """Computes the maps of a dataset into the store at `path`, only the chunks not there yet.
+
+  Args:
+    path: the store's directory (one per model state and method).
+    method: a MapMethod (`compute`, `prepare` or None, `default_settings`, optional `name`
+      and `jittable`).
+    model_fns: the model's ModelFunctions.
+    images: float32 [N,H,W,C], as a NumPy/JAX array or any random-access source: an object
+      with `shape` sliced as `images[start:stop]`, or a sequence of [H,W,C] items (`len` and
+      `images[i]`). Only one chunk of images is loaded at a time.
+    targets: int [N], the class each map explains.
+    indices: int [N], the images' dataset indices (noise keys are folded with them); default
+      0..N-1.
+    ids: str [N], image ids stored with the maps; default the indices.
+    key: the method's noise key (the same for every chunk; per-image keys come from `indices`).
+    settings: the method's settings; default `method.default_settings`.
+    chunk_size: maps per chunk. On several devices, a multiple of the device count wastes no
+      padding.
+    dtype: stored dtype, "float32" or "float16" (readers return float32 either way).
+    mesh: a 1-D mesh over this host's devices; default `default_mesh()`.
+    prepared: for methods with `prepare` (XRAI): a callable (start, stop, images) returning the
+      prepared data of images [start, stop); default: `method.prepare(images, settings)`.
+    prepared_dir: if given (and `prepared` is not), `method.prepare`'s results are cached
+      there per chunk and reused by later calls with the same images, chunk size and
+      settings, e.g. for the other model states of a study.
+    metadata: extra JSON-serializable description kept in the store; a reopened store must
+      match it (method name, settings and key are always recorded).
+    progress: show a progress bar (host 0 only).
+    process_index, process_count: this host's share of the chunks; default from JAX.
+    on_chunk: called as on_chunk(chunk_index, seconds) after each chunk is written.
+
+  Returns:
+    The store. It is complete once every host has finished; with several JAX processes, this
+    function waits for all of them before returning.
+  """
+  num_maps = _num_images(images)
+  if settings is None:
+    settings = method.default_settings
+  settings = settings.to_dict() if hasattr(settings, "to_dict") else dict(settings)
+  targets = np.asarray(targets).astype(np.int32)
+  indices = (np.arange(num_maps) if indices is None else np.asarray(indices)).astype(np.int32)
+  if targets.shape != (num_maps,) or indices.shape != (num_maps,):
+    raise ValueError(f"targets {targets.shape} and indices {indices.shape} must have shape "
+                     f"({num_maps},)")
+  if ids is not None and len(ids) != num_maps:
+    raise ValueError(f"ids has length {len(ids)}, expected {num_maps}")
+  image_shape = _first_image_shape(images)
+  if len(image_shape) != 3:
+    raise ValueError(f"images must be [N,H,W,C], got an image of shape {image_shape}")
+  uses_jax_processes = process_index is None and process_count is None
+  process_index = jax.process_index() if process_index is None else int(process_index)
+  process_count = jax.process_count() if process_count is None else int(process_count)
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+
+  name = _method_name(method)
+  full_metadata = {"method": name, "settings": settings, "key": _key_data(key)}
+  full_metadata.update(metadata or {})
+  full_metadata = json.loads(json.dumps(full_metadata, sort_keys=True, default=repr))
+  store = MapStore.create_or_open(
+      path, num_maps=num_maps, map_shape=image_shape[:2], chunk_size=chunk_size, dtype=dtype,
+      ids=ids, indices=indices, metadata=full_metadata)
+
+  todo = store.missing_chunks(process_index, process_count)
+  if todo:
+    runner = _Runner(method, model_fns, settings, mesh or default_mesh(), key)
+    prepare = getattr(method, "prepare", None)
+    cache = (PreparedCache(prepared_dir, name, settings)
+             if prepared_dir is not None and prepared is None and prepare is not None else None)
+    bar = None
+    if progress and process_index == 0:
+      import tqdm  # pylint: disable=g-import-not-at-top
+      bar = tqdm.tqdm(total=len(todo), desc=f"{name} maps", unit="chunk")
+    def finish(i, wait, began):
+      store.write_chunk(i, wait())
+      if on_chunk is not None:
+        on_chunk(i, time.perf_counter() - began)
+      if bar is not None:
+        bar.update(1)
+
+    # One chunk in flight on the devices while the previous one is written: at most two
+    # chunks of maps and one of images on the host.
+    pending = None
+    for i in todo:
+      began = time.perf_counter()
+      start, stop = store.chunk_bounds(i)
+      chunk_images = _load_images(images, start, stop)
+      chunk_prepared = None
+      if prepared is not None:
+        chunk_prepared = prepared(start, stop, chunk_images)
+      elif cache is not None:
+        chunk_prepared = cache.get(start, stop, store.ids[start:stop], chunk_images,
+                                   lambda x: prepare(x, settings))
+      elif prepare is not None:
+        chunk_prepared = prepare(chunk_images, settings)
+      wait = runner.dispatch(chunk_images, targets[start:stop], indices[start:stop],
+                             chunk_prepared, pad_to=store.chunk_size)
+      del chunk_images, chunk_prepared
+      if pending is not None:
+        finish(*pending)
+      pending = (i, wait, began)
+    if pending is not None:
+      finish(*pending)
+    if bar is not None:
+      bar.close()
+
+  if uses_jax_processes and process_count > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(f"generate_maps:{path}")
+  return store

@@ -1,0 +1,25 @@
+"""Map metrics and statistics, batched over a leading axis, equal to their references.
+
+Localization (map vs binary mask), similarity (map vs map) and aggregation / tests. Every metric
+returns float64 [N], one value per map; undefined cases are NaN under one policy, stated in
+`saliency_jax.metrics.policy` (`POLICY_TEXT`), and the aggregation helpers count what they
+exclude.
+"""
+from saliency_jax.metrics.localization import auprc
+from saliency_jax.metrics.localization import auprc_jax
+from saliency_jax.metrics.localization import average_precision
+from saliency_jax.metrics.localization import average_precision_jax
+from saliency_jax.metrics.localization import rank_metrics
+from saliency_jax.metrics.localization import roc_auc
+from saliency_jax.metrics.localization import roc_auc_jax
+from saliency_jax.metrics.policy import POLICY_TEXT
+from saliency_jax.metrics.similarity import ssim
+from saliency_jax.metrics.similarity import ssim_jax
+from saliency_jax.metrics.statistics import benjamini_hochberg
+from saliency_jax.metrics.statistics import bootstrap_ci
+from saliency_jax.metrics.statistics import correct
+from saliency_jax.metrics.statistics import holm
+from saliency_jax.metrics.statistics import paired_t
+from saliency_jax.metrics.statistics import summarize
+from saliency_jax.metrics.statistics import TestResult
+from saliency_jax.metrics.statistics import wilcoxon

@@ -1,0 +1,37 @@
+"""Runs a jitted per-map function over a stack in fixed-size chunks, bounding memory."""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import jax
+import numpy as np
+
+
+def on_cpu() -> bool:
+  """True when JAX's default backend is the CPU: rank metrics then sort with NumPy."""
+  return jax.default_backend() == "cpu"
+
+
+def map_in_chunks(fn: Callable[..., jax.Array], arrays: Sequence[np.ndarray], *,
+                  chunk: int) -> np.ndarray:
+  """Applies `fn` (jitted, leading axis N in and out) to `arrays` in chunks of `chunk` maps.
+
+  A stack no larger than `chunk` goes in one call. Larger stacks go in chunks of exactly `chunk`
+  maps (the last one padded with copies of the first map, then dropped), so one compiled
+  executable serves every chunk.
+
+  Returns:
+    float64 NumPy array [N].
+  """
+  n = arrays[0].shape[0]
+  if n <= chunk:
+    return np.asarray(fn(*arrays), dtype=np.float64)
+  out = []
+  for start in range(0, n, chunk):
+    parts = [a[start:start + chunk] for a in arrays]
+    size = parts[0].shape[0]
+    if size < chunk:
+      parts = [np.concatenate([p, np.repeat(a[:1], chunk - size, axis=0)]) for p, a in
+               zip(parts, arrays)]
+    out.append(np.asarray(fn(*parts), dtype=np.float64)[:size])
+  return np.concatenate(out)

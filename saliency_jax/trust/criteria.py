@@ -1,0 +1,69 @@
+"""The four trust criteria of the study, computed per image from stacks of 2-D maps.
+
+Each function takes maps as numpy arrays [N,H,W] (the study's grayscale maps in [0, 1]) and
+returns one value per image, so verdicts can use paired per-image tests. Undefined values
+(an empty mask, a constant map where the metric needs variance) are NaN, following the policy
+of `saliency_jax.metrics`; the statistics count and report what they exclude.
+"""
+from typing import Dict, Sequence
+
+import numpy as np
+
+from saliency_jax import metrics
+
+# Localization metrics the report shows for utility: the paper's AUPRC first, then the columns
+# users of CheXlocalize and Quantus compare with.
+UTILITY_METRICS = ("auprc", "pointing_game", "iou_otsu")
+# Similarity metrics for the randomization, repeatability and reproducibility criteria: the
+# paper's SSIM first, then Adebayo et al.'s and Quantus' rank correlation.
+SIMILARITY_METRICS = ("ssim", "spearman_abs")
+
+
+def utility(maps: np.ndarray, masks: np.ndarray) -> Dict[str, np.ndarray]:
+  """Localization utility: each map scored against its ground-truth mask."""
+  masks = np.asarray(masks).astype(bool)
+  return {
+      "auprc": metrics.auprc(maps, masks),
+      "pointing_game": metrics.pointing_game(maps, masks),
+      "iou_otsu": metrics.iou(maps, masks, threshold="otsu"),
+  }
+
+
+def similarity(maps_a: np.ndarray, maps_b: np.ndarray, *,
+               data_range: float) -> Dict[str, np.ndarray]:
+  """Map-to-map similarity of paired maps (same image, two model states or models)."""
+  return {
+      "ssim": metrics.ssim(maps_a, maps_b, data_range=data_range),
+      "spearman_abs": metrics.spearman(maps_a, maps_b, absolute=True),
+  }
+
+
+def random_pair_baseline(maps: np.ndarray, *, pairs: int, seed: int,
+                         data_range: float) -> Dict[str, np.ndarray]:
+  """The randomization baseline of the paper: similarity of maps of different images.
+
+  For each image i, `pairs` other images j != i are drawn (with replacement when fewer exist)
+  and the similarity of map i with map j is averaged, giving one baseline value per image.
+  """
+  n = len(maps)
+  if n < 2:
+    raise ValueError("the random-pair baseline needs at least two images")
+  rng = np.random.default_rng(seed)
+  # Draw from the n-1 other images: an offset in [1, n) never lands on i itself.
+  partners = (np.arange(n)[:, None] + rng.integers(1, n, size=(n, pairs))) % n
+  left = np.repeat(np.arange(n), pairs)
+  values = similarity(maps[left], maps[partners.ravel()], data_range=data_range)
+  return {name: np.nanmean(v.reshape(n, pairs), axis=1) if np.isfinite(v).any()
+          else np.full(n, np.nan) for name, v in values.items()}
+
+
+def average_mask(train_masks: Sequence[np.ndarray]) -> np.ndarray:
+  """The average-mask baseline: the mean of all positive training masks, as a map."""
+  total, count = None, 0
+  for mask in train_masks:
+    mask = np.asarray(mask, np.float64).squeeze()
+    total = mask if total is None else total + mask
+    count += 1
+  if count == 0:
+    raise ValueError("the average-mask baseline needs at least one positive training mask")
+  return (total / count).astype(np.float32)

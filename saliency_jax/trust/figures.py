@@ -1,0 +1,185 @@
+"""The report's figures, in the style of the paper, as PNG files."""
+import math
+import os
+from typing import Any, Dict, List, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=g-import-not-at-top
+import numpy as np  # noqa: E402
+
+from saliency_jax.trust.names import AVERAGE_MASK, LOCALIZATION_METHOD  # noqa: E402
+
+_DPI = 110
+_COLORS = plt.get_cmap("tab10").colors
+
+
+def _save(fig, path: str) -> str:
+  fig.savefig(path, dpi=_DPI, bbox_inches="tight")
+  plt.close(fig)
+  return path
+
+
+def _grid(n: int, cols: int = 4):
+  rows = math.ceil(n / cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.9 * rows), squeeze=False)
+  for ax in axes.ravel()[n:]:
+    ax.axis("off")
+  return fig, axes.ravel()
+
+
+def cascading_curves(curves: Dict[str, Any], metric: str, path: str, *,
+                     title: str) -> str:
+  """One panel per method: similarity to the trained map at each cascading step (mean +/- std
+  over replicates, one line per architecture), with the random-pair baseline dashed."""
+  methods = list(curves[metric])
+  fig, axes = _grid(len(methods))
+  for ax, method in zip(axes, methods):
+    for color, (arch, c) in zip(_COLORS, curves[metric][method].items()):
+      x = np.arange(len(c["steps"]))
+      mean = np.array([np.nan if v is None else v for v in c["mean"]])
+      std = np.array([np.nan if v is None else v for v in c["std"]])
+      label = f"{arch} (n={len(c['replicates'])})"
+      ax.plot(x, mean, "o-", color=color, ms=3, label=label)
+      ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2, lw=0)
+      if c["baseline"] is not None:
+        ax.axhline(c["baseline"], color=color, ls="--", lw=1)
+      ax.set_xticks(x)
+      ax.set_xticklabels(c["steps"], rotation=60, ha="right", fontsize=7)
+    ax.set_title(method, fontsize=10)
+    ax.set_ylim(-0.05 if metric == "ssim" else -1.05, 1.05)
+    ax.grid(alpha=0.3)
+  axes[0].set_ylabel(metric.upper())
+  axes[0].legend(fontsize=7, loc="lower left")
+  fig.suptitle(title + "  (dashed: random-pair baseline)", fontsize=11)
+  fig.tight_layout()
+  return _save(fig, path)
+
+
+def box_plot(groups: Dict[str, Sequence[np.ndarray]], labels: Sequence[str], path: str, *,
+             ylabel: str, title: str, lines: Dict[str, float]) -> str:
+  """Box plots per method; several groups per method (e.g. trained/untrained) side by side,
+  horizontal lines for baselines."""
+  names = list(groups)
+  k = len(labels)
+  fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(names) * k), 4.2))
+  width = 0.8 / k
+  for g, label in enumerate(labels):
+    data = [np.asarray(groups[n][g], np.float64) for n in names]
+    data = [d[np.isfinite(d)] for d in data]
+    pos = np.arange(len(names)) + (g - (k - 1) / 2) * width
+    bp = ax.boxplot([d if d.size else [np.nan] for d in data], positions=pos, widths=width * 0.9,
+                    patch_artist=True, showfliers=True, flierprops=dict(ms=2))
+    for patch in bp["boxes"]:
+      patch.set_facecolor(_COLORS[g])
+      patch.set_alpha(0.6)
+    ax.plot([], [], "s", color=_COLORS[g], alpha=0.6, label=label)
+  styles = ["--", ":", "-."]
+  for i, (name, value) in enumerate(lines.items()):
+    if value is not None:
+      ax.axhline(value, color="k", ls=styles[i % 3], lw=1.2, label=f"{name}: {value:.3f}")
+  ax.set_xticks(np.arange(len(names)))
+  ax.set_xticklabels(names)
+  ax.set_ylabel(ylabel)
+  ax.set_title(title)
+  ax.grid(axis="y", alpha=0.3)
+  ax.legend(fontsize=8, loc="upper right")
+  fig.tight_layout()
+  return _save(fig, path)
+
+
+def example_panel(raw: np.ndarray, masks: np.ndarray, boxes: List[np.ndarray],
+                  maps: Dict[str, np.ndarray], scores: Dict[str, np.ndarray],
+                  ids: Sequence[str], path: str) -> str:
+  """Rows: images; columns: the image with its ground truth, then each method's map with
+  its AUPRC."""
+  n = len(raw)
+  cols = 1 + len(maps)
+  fig, axes = plt.subplots(n, cols, figsize=(1.9 * cols, 2.0 * n), squeeze=False)
+  for r in range(n):
+    ax = axes[r, 0]
+    ax.imshow(raw[r], cmap="gray")
+    if masks[r].any():
+      ax.contour(masks[r], levels=[0.5], colors="lime", linewidths=0.8)
+    for (y0, x0, y1, x1) in np.asarray(boxes[r]).reshape(-1, 4):
+      ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
+                                 ec="yellow", lw=0.8))
+    ax.set_title(str(ids[r])[:18], fontsize=7)
+    for c, (method, stack) in enumerate(maps.items(), start=1):
+      ax = axes[r, c]
+      ax.imshow(stack[r], cmap="inferno", vmin=0, vmax=1)
+      if masks[r].any():
+        ax.contour(masks[r], levels=[0.5], colors="cyan", linewidths=0.6)
+      value = scores[method][r]
+      ax.set_title(f"{method}\nAUPRC {value:.2f}" if np.isfinite(value) else method,
+                   fontsize=7)
+  for ax in axes.ravel():
+    ax.set_xticks([])
+    ax.set_yticks([])
+  fig.tight_layout()
+  return _save(fig, path)
+
+
+def all_figures(study, summary: Dict[str, Any], records, directory: str) -> Dict[str, str]:
+  """Writes every figure of the report; returns {name: path}."""
+  from saliency_jax.trust import verdicts  # pylint: disable=g-import-not-at-top
+  from saliency_jax.trust.names import ORIGINAL, UNTRAINED  # pylint: disable=g-import-not-at-top
+  os.makedirs(directory, exist_ok=True)
+  index = verdicts.index_records(records)
+  methods = list(study.config.methods.names)
+  out = {}
+  out["cascading_ssim"] = cascading_curves(
+      summary["curves"], "ssim", os.path.join(directory, "cascading_ssim.png"),
+      title="Cascading randomization: SSIM to the trained model's map")
+  out["cascading_spearman"] = cascading_curves(
+      summary["curves"], "spearman_abs", os.path.join(directory, "cascading_spearman.png"),
+      title="Cascading randomization: Spearman (|map|) to the trained model's map")
+
+  ids = verdicts._ids(index, "utility")  # pylint: disable=protected-access
+  models = list(study.config.study.utility_models)
+
+  def column(criterion, metric, method, selection, image_ids):
+    return verdicts.per_image(index, criterion, metric, method, selection, image_ids)
+
+  utility = {m: [column("utility", "auprc", m, [(x, ORIGINAL) for x in models], ids),
+                 column("utility", "auprc", m, [(x, UNTRAINED) for x in models], ids)]
+             for m in methods}
+  table = {row["method"]: row for row in summary["utility"]}
+  out["utility"] = box_plot(
+      utility, ["trained", "untrained"], os.path.join(directory, "utility_auprc.png"),
+      ylabel="AUPRC", title="Localization utility (AUPRC per image)",
+      lines={"average mask": table[AVERAGE_MASK]["auprc"],
+             "U-Net": table[LOCALIZATION_METHOD]["auprc"]})
+
+  eval_ids = verdicts._ids(index, "cascading_randomization")  # pylint: disable=protected-access
+  loc_models = sorted({k[3] for k in index if k[0] == "localization_agreement"})
+  loc = verdicts.per_image(index, "localization_agreement", "ssim", LOCALIZATION_METHOD,
+                           [(m, ORIGINAL) for m in loc_models], eval_ids)
+  loc_mean = float(np.nanmean(loc)) if np.isfinite(loc).any() else None
+  agreement = {}
+  labels = []
+  for criterion in ("repeatability", "reproducibility"):
+    pairs = sorted({k[3] for k in index if k[0] == criterion})
+    if pairs:
+      labels.append(criterion)
+      for m in methods:
+        agreement.setdefault(m, []).append(
+            column(criterion, "ssim", m, [(p, ORIGINAL) for p in pairs], eval_ids))
+  if labels:
+    out["agreement"] = box_plot(
+        agreement, labels, os.path.join(directory, "repeatability_reproducibility.png"),
+        ylabel="SSIM", title="Repeatability and reproducibility (SSIM per image)",
+        lines={"U-Net replicates": loc_mean})
+
+  image_set = study.image_set("utility")
+  count = min(study.config.study.num_example_images, len(image_set.ids))
+  if count and models:
+    pick = np.linspace(0, len(image_set.ids) - 1, count).astype(int)
+    maps = {m: study.read_maps("utility", models[0], ORIGINAL, m)[pick] for m in methods}
+    scores = {m: column("utility", "auprc", m, [(models[0], ORIGINAL)],
+                        [str(i) for i in image_set.ids[pick]]) for m in methods}
+    out["examples"] = example_panel(
+        image_set.raw[pick], image_set.masks[pick], [image_set.boxes[i] for i in pick], maps,
+        scores, image_set.ids[pick], os.path.join(directory, "examples.png"))
+  return out

@@ -1,0 +1,280 @@
+"""The study's report: report.md and a self-contained report.html with the same content.
+
+The content is built once as a list of sections made of paragraphs, tables and figures, then
+rendered twice: Markdown (figures linked from figures/) and HTML (figures embedded as base64,
+so the page opens from disk with no server).
+"""
+import base64
+import dataclasses
+import datetime
+import html
+import json
+import os
+import platform
+import sys
+from importlib import metadata
+from typing import Any, Dict, List, Sequence, Union
+
+import jax
+
+from saliency_jax.trust import figures
+from saliency_jax.trust.names import AVERAGE_MASK, LOCALIZATION_METHOD
+
+_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain",
+             "tensorflow-datasets", "numpy", "scikit-image", "scipy", "matplotlib")
+
+
+@dataclasses.dataclass
+class Table:
+  header: Sequence[str]
+  rows: Sequence[Sequence[Any]]
+
+
+@dataclasses.dataclass
+class Figure:
+  path: str
+  caption: str
+
+
+Block = Union[str, Table, Figure]
+
+
+def _fmt(value, digits: int = 3) -> str:
+  if value is None:
+    return "-"
+  if isinstance(value, float):
+    return f"{value:.{digits}f}"
+  return str(value)
+
+
+def _fmt_p(value) -> str:
+  if value is None:
+    return "-"
+  return f"{value:.2e}" if value < 1e-3 else f"{value:.3f}"
+
+
+def _value_ci(row, prefix: str) -> str:
+  value = row.get(prefix)
+  if value is None:
+    return "-"
+  ci = row.get(f"{prefix}_ci")
+  text = f"{value:.3f}"
+  if ci:
+    text += f" [{ci[0]:.3f}, {ci[1]:.3f}]"
+  return text
+
+
+def scorecard_table(summary: Dict[str, Any], methods: Sequence[str]) -> Table:
+  """Method x criterion: value with 95% CI, baseline, verdict."""
+  criteria = list(summary["rules"])
+  by_key = {(r["method"], r["criterion"]): r for r in summary["scorecard"]}
+  rows = []
+  for method in methods:
+    cells = [method]
+    for criterion in criteria:
+      r = by_key.get((method, criterion))
+      if r is None:
+        cells.append("-")
+        continue
+      cells.append(f"{_value_ci(r, 'value')} vs {_fmt(r.get('baseline'))} "
+                   f"**{r['verdict']}**")
+    rows.append(cells)
+  return Table(["method"] + [f"{c} ({summary['rules'][c]['metric'].upper()})"
+                             for c in criteria], rows)
+
+
+def details_table(summary: Dict[str, Any]) -> Table:
+  rows = []
+  for r in summary["scorecard"]:
+    rows.append([r["criterion"], r["method"], r["metric"], _value_ci(r, "value"),
+                 f"{r['baseline_name']}: {_value_ci(r, 'baseline')}",
+                 f"{r['pairs']} ({r['pairs_excluded']} excluded)",
+                 r.get("test") or "-", r["alternative"], _fmt_p(r.get("p_value")),
+                 _fmt_p(r.get("p_adjusted")), r["verdict"]])
+  return Table(["criterion", "method", "metric", "mean [95% CI]", "baseline mean [95% CI]",
+                "paired images", "test", "alternative", "p", "p (corrected)", "verdict"], rows)
+
+
+def utility_table(summary: Dict[str, Any]) -> Table:
+  names = {AVERAGE_MASK: "average mask (baseline)",
+           LOCALIZATION_METHOD: "U-Net (baseline)"}
+  rows = [[names.get(r["method"], r["method"]), r["state"], _fmt(r["auprc"]),
+           _fmt(r["pointing_game"]), _fmt(r["iou_otsu"]),
+           str(r["auprc_excluded"])] for r in summary["utility"]]
+  return Table(["map", "model", "AUPRC", "pointing game", "Otsu IoU",
+                "excluded (AUPRC)"], rows)
+
+
+def provenance(study) -> List[Block]:
+  progress_path = os.path.join(study.workdir, "progress.json")
+  stages = {}
+  if os.path.exists(progress_path):
+    with open(progress_path) as f:
+      stages = json.load(f)
+  versions = []
+  for name in _PACKAGES:
+    try:
+      versions.append(f"{name} {metadata.version(name)}")
+    except metadata.PackageNotFoundError:
+      pass
+  models_path = os.path.join(study.workdir, "models", "summary.json")
+  trained = {}
+  if os.path.exists(models_path):
+    with open(models_path) as f:
+      trained = json.load(f)
+  s = study.config.study
+  return [
+      Table(["item", "value"], [
+          ["written", datetime.datetime.now().isoformat(timespec="seconds")],
+          ["dataset", f"{study.config.data.name} ({study.config.data.image_size} px)"],
+          ["SSIM data_range", str(s.ssim_data_range)],
+          ["map target", s.target],
+          ["evaluation images (SSIM criteria)", str(len(study.image_set("eval").ids))],
+          ["utility images", str(len(study.image_set("utility").ids))],
+          ["random pairs per image", str(s.random_pairs)],
+          ["seed", str(study.config.seed)],
+          ["devices", ", ".join(str(d) for d in jax.devices())],
+          ["python", f"{sys.version.split()[0]} on {platform.platform()}"],
+          ["versions", "; ".join(versions)],
+      ]),
+      Table(["model", "architecture", "validation score"],
+            [[name, e.get("arch", "-"), _fmt(e.get("val_auc", e.get("val_dice")))]
+             for name, e in trained.items()]),
+      Table(["stage", "wall time (s)"],
+            [[name, _fmt(e.get("seconds"), 1)] for name, e in stages.items()]),
+      "Configuration:",
+      "```\n" + study.config.to_json_best_effort(indent=2) + "\n```",
+  ]
+
+
+def build_sections(study, summary: Dict[str, Any], figure_paths: Dict[str, str]):
+  methods = list(study.config.methods.names)
+  s = study.config.study
+  tests = {"wilcoxon": "Wilcoxon signed-rank test", "paired_t": "paired t-test"}
+  rules = [f"**{c}**: PASS when {r['text']} (metric {r['metric'].upper()}, one-sided "
+           f"{tests.get(r['test'], r['test'])} over images paired with the baseline, "
+           f"alternative '{r['alternative']}', {s.correction}-corrected across methods, "
+           f"alpha = {s.alpha})." for c, r in summary["rules"].items()]
+  sections = [
+      ("Scorecard", [
+          "Each cell: the method's mean over images [bootstrap 95% CI] vs the baseline's "
+          "mean, and the verdict of the rule below.",
+          scorecard_table(summary, methods)] + rules + [
+          f"SSIM uses data_range = {s.ssim_data_range} (the paper's 2020 scikit-image "
+          "took 2.0 from the float dtype; 1.0 is the textbook value for [0, 1] maps). "
+          "Undefined values (a constant map, an empty mask) are excluded from means and "
+          "tests and counted in the tables.",
+      ]),
+  ]
+  if "examples" in figure_paths:
+    sections.append(("Examples", [Figure(
+        figure_paths["examples"],
+        "Test images with their ground truth (green outline, yellow boxes) and each "
+        "method's map from the trained model, with its AUPRC.")]))
+  sections.append(("1. Localization utility", [
+      Figure(figure_paths["utility"],
+             "AUPRC per image for trained and untrained (fully randomized) models; lines: "
+             "the average-mask and U-Net baselines."),
+      utility_table(summary)]))
+  sections.append(("2. Sensitivity to weight randomization", [
+      Figure(figure_paths["cascading_ssim"],
+             "Cascading randomization from the logits down to the stem: mean SSIM between "
+             "the trained model's map and the randomized model's map (band: std over "
+             "replicates). A trustworthy method falls below its dashed random-pair line."),
+      Figure(figure_paths["cascading_spearman"],
+             "The same with Spearman rank correlation of |map| (Adebayo et al.; Quantus' "
+             "MPRT default).")]))
+  if "agreement" in figure_paths:
+    sections.append(("3-4. Repeatability and reproducibility", [Figure(
+        figure_paths["agreement"],
+        "SSIM between maps of replicates of the same architecture (repeatability) and of "
+        "different architectures (reproducibility); line: SSIM between the two U-Net "
+        "replicates' outputs.")]))
+  sections.append(("Statistical details", [details_table(summary)]))
+  sections.append(("Provenance", provenance(study)))
+  return sections
+
+
+def _md_table(table: Table) -> str:
+  lines = ["| " + " | ".join(table.header) + " |",
+           "|" + "|".join("---" for _ in table.header) + "|"]
+  lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in table.rows]
+  return "\n".join(lines)
+
+
+def render_markdown(title: str, sections, workdir: str) -> str:
+  out = [f"# {title}", ""]
+  for heading, blocks in sections:
+    out += [f"## {heading}", ""]
+    for block in blocks:
+      if isinstance(block, Table):
+        out.append(_md_table(block))
+      elif isinstance(block, Figure):
+        rel = os.path.relpath(block.path, workdir)
+        out.append(f"![{block.caption}]({rel})\n\n*{block.caption}*")
+      else:
+        out.append(block)
+      out.append("")
+  return "\n".join(out)
+
+
+def _html_inline(text: str) -> str:
+  parts = html.escape(text).split("**")
+  return "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def _html_cell(text: str) -> str:
+  cell = _html_inline(str(text))
+  for verdict, color in (("PASS", "#1a7f37"), ("FAIL", "#cf222e")):
+    cell = cell.replace(f"<b>{verdict}</b>", f'<b style="color:{color}">{verdict}</b>')
+  return cell
+
+
+def render_html(title: str, sections) -> str:
+  style = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;"
+           "padding:0 1em;color:#222}table{border-collapse:collapse;margin:1em 0;"
+           "font-size:0.9em}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
+           "th{background:#f3f3f3}img{max-width:100%}figure{margin:1.5em 0}"
+           "figcaption{color:#555;font-size:0.9em}pre{background:#f6f8fa;padding:1em;"
+           "overflow-x:auto;font-size:0.8em}")
+  out = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+         f"</title><style>{style}</style></head><body><h1>{html.escape(title)}</h1>"]
+  for heading, blocks in sections:
+    out.append(f"<h2>{html.escape(heading)}</h2>")
+    for block in blocks:
+      if isinstance(block, Table):
+        out.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in block.header)
+                   + "</tr>")
+        for row in block.rows:
+          out.append("<tr>" + "".join(f"<td>{_html_cell(c)}</td>" for c in row) + "</tr>")
+        out.append("</table>")
+      elif isinstance(block, Figure):
+        with open(block.path, "rb") as f:
+          data = base64.b64encode(f.read()).decode()
+        out.append(f"<figure><img alt='{html.escape(block.caption)}' "
+                   f"src='data:image/png;base64,{data}'><figcaption>"
+                   f"{html.escape(block.caption)}</figcaption></figure>")
+      elif block.startswith("```"):
+        out.append(f"<pre>{html.escape(block.strip('`').strip())}</pre>")
+      else:
+        out.append(f"<p>{_html_inline(block)}</p>")
+  out.append("</body></html>")
+  return "\n".join(out)
+
+
+def write_report(study) -> str:
+  """Writes figures/, report.md and report.html; returns the HTML path."""
+  workdir = study.workdir
+  with open(os.path.join(workdir, "summary.json")) as f:
+    summary = json.load(f)
+  with open(os.path.join(workdir, "results.json")) as f:
+    records = json.load(f)
+  figure_paths = figures.all_figures(study, summary, records, os.path.join(workdir, "figures"))
+  title = f"Trustworthiness of saliency maps: {study.config.data.name}"
+  sections = build_sections(study, summary, figure_paths)
+  with open(os.path.join(workdir, "report.md"), "w") as f:
+    f.write(render_markdown(title, sections, workdir))
+  path = os.path.join(workdir, "report.html")
+  with open(path, "w") as f:
+    f.write(render_html(title, sections))
+  return path

@@ -1,0 +1,348 @@
+"""The study, stage by stage: data -> train -> maps -> criteria -> report.
+
+Every stage writes under the run's workdir and resumes: the dataset is built once, training
+resumes from its last checkpoint, map stores keep their finished chunks, and a stage marked
+done in `progress.json` is skipped on a rerun. Layout of the workdir:
+
+  data/                          the TFDS dataset (synthetic runs build it here)
+  models/<name>/                 checkpoints, metrics.jsonl of each classifier and U-Net
+  maps/<set>/<model>/<state>/<method>/   map stores (set: "utility" or "eval")
+  maps/<set>/prepared/           model-independent per-image data (XRAI segments)
+  results.json, results.csv      one record per image x method x criterion x step
+  summary.json                   the scorecard and the curves the report draws
+  report.md, report.html, figures/
+  progress.json                  stages done and their wall time
+"""
+import dataclasses
+import json
+import os
+import time
+import zlib
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from saliency_jax import attributions
+from saliency_jax import data as data_lib
+from saliency_jax import maps as maps_lib
+from saliency_jax import models
+from saliency_jax import randomization
+from saliency_jax import train as train_lib
+
+from saliency_jax.trust.names import CASCADE_PREFIX
+from saliency_jax.trust.names import EVAL_SET
+from saliency_jax.trust.names import INDEPENDENT_PREFIX
+from saliency_jax.trust.names import LOCALIZATION_METHOD
+from saliency_jax.trust.names import ORIGINAL
+from saliency_jax.trust.names import UNTRAINED
+from saliency_jax.trust.names import UTILITY_SET
+
+STAGES = ("data", "train", "maps", "criteria", "report")
+
+
+@dataclasses.dataclass
+class ImageSet:
+  """Images held in memory for map generation, with their ground truth."""
+  name: str
+  ids: np.ndarray       # str [N]
+  indices: np.ndarray   # int [N], dataset indices in the test split (noise keys fold them)
+  images: np.ndarray    # float32 [N,H,W,C], preprocessed for the models
+  raw: np.ndarray       # uint8/uint16 [N,H,W], as stored (figures)
+  masks: np.ndarray     # bool [N,H,W]
+  boxes: List[np.ndarray]
+
+
+@dataclasses.dataclass
+class Classifier:
+  name: str
+  arch: str
+  module: Any
+  variables: Any
+  val_auc: float
+
+
+class ProgressLog:
+  """Which stages are done and how long they took, in <workdir>/progress.json."""
+
+  def __init__(self, path: str):
+    self.path = path
+    self.stages: Dict[str, Dict[str, Any]] = {}
+    if os.path.exists(path):
+      with open(path) as f:
+        self.stages = json.load(f)
+
+  def done(self, stage: str) -> bool:
+    return self.stages.get(stage, {}).get("done", False)
+
+  def record(self, stage: str, seconds: float) -> None:
+    self.stages[stage] = {"done": True, "seconds": round(seconds, 2)}
+    tmp = self.path + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(self.stages, f, indent=2)
+    os.replace(tmp, self.path)
+
+
+class SegmentationOutput:
+  """The localization network's per-pixel probability, stored like a saliency map."""
+  name = LOCALIZATION_METHOD
+  prepare = None
+  default_settings: Dict[str, Any] = {}
+
+  def compute(self, model_fns, images, targets, *, indices, key, settings, prepared=None):
+    del targets, indices, key, settings, prepared
+    return jax.nn.sigmoid(model_fns.logits_fn(images)).astype(jnp.float32)
+
+
+class Study:
+  """The study of PAPER.md for one config, resumable under `workdir`."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    self.config = config
+    self.workdir = workdir
+    os.makedirs(workdir, exist_ok=True)
+    self.progress = ProgressLog(os.path.join(workdir, "progress.json"))
+    self._cache: Dict[str, Any] = {}
+
+  # ---------------------------------------------------------------------------------------
+  # Driving the stages.
+
+  def run(self, stages=STAGES) -> str:
+    """Runs the stages not done yet; returns the path of the report."""
+    for stage in stages:
+      if self.progress.done(stage):
+        logging.info("stage %s: done already, skipped", stage)
+        continue
+      logging.info("stage %s: starting", stage)
+      began = time.perf_counter()
+      getattr(self, f"stage_{stage}")()
+      self.progress.record(stage, time.perf_counter() - began)
+      logging.info("stage %s: %.1f s", stage, time.perf_counter() - began)
+    return os.path.join(self.workdir, "report.html")
+
+  def _cached(self, name: str, build: Callable[[], Any]) -> Any:
+    if name not in self._cache:
+      self._cache[name] = build()
+    return self._cache[name]
+
+  # ---------------------------------------------------------------------------------------
+  # Data.
+
+  @property
+  def data_dir(self) -> str:
+    return self.config.data.data_dir or os.path.join(self.workdir, "data")
+
+  def dataset_name(self) -> str:
+    d = self.config.data
+    if d.name != "synthetic_cxr":
+      return d.name  # real datasets are built beforehand by launch.prepare_data
+    return data_lib.build_synthetic(
+        self.data_dir, image_size=d.image_size, num_train=d.num_train, num_val=d.num_val,
+        num_test=d.num_test, seed=self.config.seed, difficulty=d.difficulty,
+        positive_fraction=d.positive_fraction)
+
+  def sources(self) -> Dict[str, Any]:
+    def build():
+      import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+      return tfds.data_source(self.dataset_name(), data_dir=self.data_dir)
+    return self._cached("sources", build)
+
+  def stage_data(self) -> None:
+    sources = self.sources()
+    sizes = {split: len(source) for split, source in sources.items()}
+    logging.info("dataset %s: %s", self.config.data.name, sizes)
+
+  def _preprocess(self, raw: np.ndarray) -> np.ndarray:
+    return np.asarray(data_lib.preprocess(raw, style=self.config.data.style,
+                                          channels=self.config.data.channels), np.float32)
+
+  def image_set(self, name: str) -> ImageSet:
+    """The positive test images of a set: all of them for utility, a seeded subset for SSIM."""
+    def build():
+      test = self.sources()["test"]
+      labels = np.array([int(test[i]["label"]) for i in range(len(test))])
+      positives = np.flatnonzero(labels == 1)
+      if len(positives) < 2:
+        raise ValueError(f"the test split has {len(positives)} positive images; need >= 2")
+      rng = np.random.default_rng(self.config.seed)
+      count = (self.config.study.num_utility_images if name == UTILITY_SET
+               else self.config.study.num_eval_images)
+      if count and count < len(positives):
+        positives = np.sort(rng.choice(positives, size=count, replace=False))
+      arrays = data_lib.load_arrays(test, positives)
+      raw = np.asarray(arrays["image"])
+      return ImageSet(name=name, ids=np.asarray(arrays["id"]).astype(str),
+                      indices=np.asarray(arrays["index"]), images=self._preprocess(raw),
+                      raw=raw[..., 0], masks=np.asarray(arrays["mask"]).astype(bool),
+                      boxes=list(arrays["boxes"]))
+    return self._cached(f"set_{name}", build)
+
+  def average_mask(self) -> np.ndarray:
+    from saliency_jax.trust import criteria  # pylint: disable=g-import-not-at-top
+    def build():
+      train = self.sources()["train"]
+      masks = (np.asarray(train[i]["mask"]) for i in range(len(train))
+               if int(train[i]["label"]) == 1)
+      return criteria.average_mask(masks)
+    return self._cached("average_mask", build)
+
+  # ---------------------------------------------------------------------------------------
+  # Training.
+
+  def classifiers(self) -> List[Classifier]:
+    def build():
+      sources = self.sources()
+      result = []
+      for spec in self.config.models:
+        module = models.create(spec["arch"], num_classes=2)
+        trained = train_lib.train_classifier(
+            module, sources["train"], sources["validation"],
+            workdir=os.path.join(self.workdir, "models", spec["name"]), seed=spec["seed"],
+            config=self._train_config(self.config.train))
+        logging.info("%s (%s): validation AUC %.4f", spec["name"], spec["arch"],
+                     trained.val_auc)
+        result.append(Classifier(spec["name"], spec["arch"], module, trained.variables,
+                                 float(trained.val_auc)))
+      return result
+    return self._cached("classifiers", build)
+
+  def localizers(self) -> List[Classifier]:
+    def build():
+      sources = self.sources()
+      loc = self.config.localization
+      module = models.create(loc.arch)
+      result = []
+      for i, seed in enumerate(loc.seeds):
+        name = f"{LOCALIZATION_METHOD}{i + 1}"
+        trained = train_lib.train_segmenter(
+            module, sources["train"], sources["validation"],
+            workdir=os.path.join(self.workdir, "models", name), seed=seed,
+            config=self._train_config(loc.train))
+        result.append(Classifier(name, loc.arch, module, trained.variables,
+                                 float(trained.val_auc)))
+      return result
+    return self._cached("localizers", build)
+
+  def _train_config(self, section: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict(section.to_dict())
+    config.style = self.config.data.style
+    config.channels = self.config.data.channels
+    return config
+
+  def stage_train(self) -> None:
+    summary = {c.name: {"arch": c.arch, "val_auc": c.val_auc} for c in self.classifiers()}
+    summary.update({c.name: {"arch": c.arch, "val_dice": c.val_auc} for c in self.localizers()})
+    with open(os.path.join(self.workdir, "models", "summary.json"), "w") as f:
+      json.dump(summary, f, indent=2)
+    for name, entry in summary.items():
+      print(f"  {name}: {entry}")
+
+  # ---------------------------------------------------------------------------------------
+  # Model states and maps.
+
+  def states(self, clf: Classifier, image_shape) -> List[Tuple[str, str, Any]]:
+    """(set, state, variables) for which this classifier's maps are needed."""
+    key = jax.random.fold_in(jax.random.key(self.config.seed), _stable_hash(clf.name))
+    sample = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
+    cascade = randomization.cascading_randomization(clf.module, clf.variables, key, sample)
+    result = [(EVAL_SET, f"{CASCADE_PREFIX}{step}" if step != ORIGINAL else ORIGINAL, variables)
+              for step, variables in cascade]
+    if clf.name in self.config.study.independent_randomization:
+      for block, variables in randomization.independent_randomization(
+          clf.module, clf.variables, key, sample):
+        result.append((EVAL_SET, f"{INDEPENDENT_PREFIX}{block}", variables))
+    if clf.name in self.config.study.utility_models:
+      result.append((UTILITY_SET, ORIGINAL, clf.variables))
+      result.append((UTILITY_SET, UNTRAINED, cascade[-1][1]))
+    return result
+
+  def cascade_steps(self, clf: Classifier) -> List[str]:
+    return [ORIGINAL] + [f"{CASCADE_PREFIX}{block}" for block in clf.module.block_names]
+
+  def method_settings(self, name: str) -> Dict[str, Any]:
+    settings = dict(attributions.METHODS[name].default_settings)
+    overrides = self.config.methods.settings
+    if name in overrides:
+      settings.update(overrides[name].to_dict())
+    if "max_grads_in_flight" in settings:
+      settings["max_grads_in_flight"] = self.config.methods.max_grads_in_flight
+    return settings
+
+  def store_path(self, set_name: str, model: str, state: str, method: str) -> str:
+    return os.path.join(self.workdir, "maps", set_name, model, state, method)
+
+  def targets(self, clf: Classifier, image_set: ImageSet) -> np.ndarray:
+    """The class each map explains: the trained model's prediction (the paper) or the label.
+
+    Randomized states keep the trained model's targets, so every step of a curve explains
+    the same output.
+    """
+    if self.config.study.target == "label":
+      return np.ones(len(image_set.ids), np.int32)  # the sets hold positive images only
+    if self.config.study.target != "predicted":
+      raise ValueError(f"study.target must be 'predicted' or 'label', got "
+                       f"{self.config.study.target!r}")
+    fns = models.model_functions(clf.module, clf.variables)
+    logits = jax.jit(lambda f, x: f.logits_fn(x))
+    preds = [np.asarray(jnp.argmax(logits(fns, image_set.images[i:i + 64]), -1))
+             for i in range(0, len(image_set.images), 64)]
+    return np.concatenate(preds).astype(np.int32)
+
+  def _generate(self, path, method, model_fns, image_set, targets, settings, key):
+    study = self.config.study
+    return maps_lib.generate_maps(
+        path, method, model_fns, image_set.images, targets, image_set.indices,
+        image_set.ids, key=key, settings=settings, chunk_size=study.chunk_size,
+        dtype=study.map_dtype,
+        prepared_dir=os.path.join(self.workdir, "maps", image_set.name, "prepared"),
+        progress=True)
+
+  def stage_maps(self) -> None:
+    key = jax.random.key(self.config.seed)
+    names = list(self.config.methods.names)
+    unknown = [n for n in names if n not in attributions.METHODS]
+    if unknown:
+      raise ValueError(f"unknown methods {unknown}; known: {sorted(attributions.METHODS)}")
+    for clf in self.classifiers():
+      targets = {}
+      for set_name, state, variables in self.states(clf, self.image_set(EVAL_SET).images.shape[1:]):
+        image_set = self.image_set(set_name)
+        if set_name not in targets:
+          targets[set_name] = self.targets(clf, image_set)
+        fns = models.model_functions(clf.module, variables)
+        for name in names:
+          self._generate(self.store_path(set_name, clf.name, state, name),
+                         attributions.METHODS[name], fns, image_set, targets[set_name],
+                         self.method_settings(name), key)
+    for loc in self.localizers():
+      fns = models.ModelFunctions(
+          lambda x, loc=loc: loc.module.apply(loc.variables, x))
+      for set_name in (UTILITY_SET, EVAL_SET):
+        image_set = self.image_set(set_name)
+        self._generate(self.store_path(set_name, loc.name, ORIGINAL, LOCALIZATION_METHOD),
+                       SegmentationOutput(), fns, image_set,
+                       np.zeros(len(image_set.ids), np.int32), {}, key)
+
+  def read_maps(self, set_name: str, model: str, state: str, method: str) -> np.ndarray:
+    path = self.store_path(set_name, model, state, method)
+    return maps_lib.MapStore.open(path).read_all()
+
+  # ---------------------------------------------------------------------------------------
+  # Criteria and report.
+
+  def stage_criteria(self) -> None:
+    from saliency_jax.trust import evaluation  # pylint: disable=g-import-not-at-top
+    evaluation.evaluate(self)
+
+  def stage_report(self) -> None:
+    from saliency_jax.trust import report  # pylint: disable=g-import-not-at-top
+    path = report.write_report(self)
+    print(f"Report: {os.path.abspath(path)}")
+
+
+def _stable_hash(text: str) -> int:
+  """A hash of a model name that is the same in every process (unlike hash())."""
+  return zlib.crc32(text.encode()) & 0x7FFFFFFF

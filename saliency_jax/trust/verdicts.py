@@ -1,0 +1,253 @@
+"""Pass/fail verdicts: each criterion's per-image values against its baseline, with a test.
+
+A rule (in the config, printed in the report) names the metric, the baseline and the direction
+in which a trustworthy method differs from it. The verdict is PASS when a one-sided paired test
+over images (Wilcoxon signed-rank by default) rejects "no better than the baseline" at `alpha`
+after correcting across methods (Holm by default); FAIL otherwise; N/A when the run has no data
+for the criterion (e.g. a single replicate has no repeatability pair).
+"""
+import collections
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+import numpy as np
+
+from saliency_jax.metrics import statistics
+from saliency_jax.trust.names import AVERAGE_MASK
+from saliency_jax.trust.names import CASCADE_PREFIX
+from saliency_jax.trust.names import LOCALIZATION_METHOD
+from saliency_jax.trust.names import ORIGINAL
+from saliency_jax.trust.names import UNTRAINED
+
+DEFAULT_RULES = {
+    "utility": dict(
+        metric="auprc", baseline="average_mask", alternative="greater", test="wilcoxon",
+        text="AUPRC of the trained model's maps is higher than the average-mask baseline's"),
+    "randomization": dict(
+        metric="ssim", baseline="random_pairs", alternative="less", test="wilcoxon",
+        text=("SSIM between the trained and the fully randomized model's maps is lower than "
+              "SSIM between maps of two different images (random pairs)")),
+    "repeatability": dict(
+        metric="ssim", baseline="localization_network", alternative="greater", test="wilcoxon",
+        text=("SSIM between maps of two replicates of the same architecture is higher than "
+              "SSIM between the two localization-network replicates' outputs")),
+    "reproducibility": dict(
+        metric="ssim", baseline="localization_network", alternative="greater", test="wilcoxon",
+        text=("SSIM between maps of the two architectures is higher than SSIM between the two "
+              "localization-network replicates' outputs")),
+}
+
+Key = Tuple[str, str, str, str, str]  # criterion, metric, method, model, state
+
+
+def index_records(records: Iterable[Dict[str, Any]]) -> Dict[Key, Dict[str, float]]:
+  index: Dict[Key, Dict[str, float]] = collections.defaultdict(dict)
+  for r in records:
+    value = np.nan if r["value"] is None else float(r["value"])
+    index[(r["criterion"], r["metric"], r["method"], r["model"], r["state"])][r["image_id"]] = value
+  return index
+
+
+def per_image(index, criterion: str, metric: str, method: str,
+              selection: Iterable[Tuple[str, str]], ids: List[str]) -> np.ndarray:
+  """Per-image mean over the selected (model, state) entries, NaN where all are undefined."""
+  columns = [[index[(criterion, metric, method, model, state)].get(i, np.nan) for i in ids]
+             for model, state in selection
+             if (criterion, metric, method, model, state) in index]
+  if not columns:
+    return np.full(len(ids), np.nan)
+  stacked = np.asarray(columns, np.float64)
+  counts = np.isfinite(stacked).sum(0)
+  sums = np.where(np.isfinite(stacked), stacked, 0.0).sum(0)
+  return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def _models(index, criterion: str, method: str) -> List[str]:
+  return sorted({k[3] for k in index if k[0] == criterion and k[2] == method})
+
+
+def criterion_values(index, study, criterion: str, method: str, metric: str,
+                     ids: List[str]) -> Tuple[np.ndarray, np.ndarray, str]:
+  """(method's per-image values, baseline's per-image values, baseline name)."""
+  if criterion == "utility":
+    models = list(study.config.study.utility_models)
+    values = per_image(index, "utility", metric, method, [(m, ORIGINAL) for m in models], ids)
+    baseline = per_image(index, "utility", metric, AVERAGE_MASK, [("-", "baseline")], ids)
+    return values, baseline, "average mask"
+  if criterion == "randomization":
+    last = [(c.name, CASCADE_PREFIX + c.module.block_names[-1]) for c in study.classifiers()]
+    values = per_image(index, "cascading_randomization", metric, method, last, ids)
+    baseline = per_image(index, "random_pairs", metric, method,
+                         [(c.name, "baseline") for c in study.classifiers()], ids)
+    return values, baseline, "random pairs"
+  pairs = [(m, ORIGINAL) for m in _models(index, criterion, method)]
+  values = per_image(index, criterion, metric, method, pairs, ids)
+  loc_pairs = [(m, ORIGINAL) for m in _models(index, "localization_agreement",
+                                              LOCALIZATION_METHOD)]
+  baseline = per_image(index, "localization_agreement", metric, LOCALIZATION_METHOD,
+                       loc_pairs, ids)
+  return values, baseline, "localization network"
+
+
+def _ids(index, criterion: str) -> List[str]:
+  ids = set()
+  for key, column in index.items():
+    if key[0] == criterion:
+      ids.update(column)
+  return sorted(ids)
+
+
+def scorecard(records, study) -> List[Dict[str, Any]]:
+  """One row per method x criterion: value (95% CI), baseline, test, p-values, verdict."""
+  index = index_records(records)
+  s = study.config.study
+  rules = rules_from_config(study.config)
+  rows = []
+  for criterion, rule in rules.items():
+    source = {"randomization": "cascading_randomization"}.get(criterion, criterion)
+    ids = _ids(index, source)
+    criterion_rows, results = [], {}
+    for method in study.config.methods.names:
+      values, baseline, baseline_name = criterion_values(
+          index, study, criterion, method, rule["metric"], ids)
+      row = dict(criterion=criterion, method=method, metric=rule["metric"],
+                 baseline_name=baseline_name, rule=rule["text"],
+                 alternative=rule["alternative"])
+      row.update(_describe(values, "value", seed=study.config.seed,
+                           resamples=s.bootstrap_resamples))
+      row.update(_describe(baseline, "baseline", seed=study.config.seed,
+                           resamples=s.bootstrap_resamples))
+      results[method] = _paired_test(values, baseline, rule)
+      criterion_rows.append(row)
+    _apply_tests(criterion_rows, results, s.correction, s.alpha)
+    rows += criterion_rows
+  return rows
+
+
+def _describe(values: np.ndarray, prefix: str, *, seed: int, resamples: int) -> Dict[str, Any]:
+  finite = values[np.isfinite(values)]
+  out = {f"{prefix}_n": int(finite.size), f"{prefix}_excluded": int(values.size - finite.size)}
+  if finite.size == 0:
+    out.update({prefix: None, f"{prefix}_std": None, f"{prefix}_ci": None})
+    return out
+  out[prefix] = float(finite.mean())
+  out[f"{prefix}_std"] = float(finite.std(ddof=1)) if finite.size > 1 else 0.0
+  if finite.size > 1:
+    low, high = statistics.bootstrap_ci(finite, seed=seed, n_resamples=resamples)
+    out[f"{prefix}_ci"] = [float(low), float(high)]
+  else:
+    out[f"{prefix}_ci"] = None
+  return out
+
+
+_TESTS = {"wilcoxon": statistics.wilcoxon, "paired_t": statistics.paired_t}
+
+
+def _paired_test(values: np.ndarray, baseline: np.ndarray, rule) -> statistics.TestResult:
+  test = rule.get("test", "wilcoxon")
+  if test not in _TESTS:
+    raise ValueError(f"unknown test {test!r}; known: {sorted(_TESTS)}")
+  return _TESTS[test](values, baseline, alternative=rule["alternative"])
+
+
+def _apply_tests(rows: List[Dict[str, Any]], results: Dict[str, statistics.TestResult],
+                 correction: str, alpha: float) -> None:
+  """Adds each row's test, corrected p-value and verdict (PASS/FAIL/N/A)."""
+  tested = {m: r for m, r in results.items() if np.isfinite(r.pvalue)}
+  corrected = statistics.correct(tested, method=correction) if tested else {}
+  for row in rows:
+    result = results[row["method"]]
+    row.update(test=result.test, statistic=_finite_or_none(result.statistic),
+               p_value=_finite_or_none(result.pvalue), pairs=result.n,
+               pairs_excluded=result.n_excluded)
+    if row["method"] in corrected:
+      row["p_adjusted"] = corrected[row["method"]]["pvalue_adjusted"]
+      row["correction"] = corrected[row["method"]]["correction"]
+      row["verdict"] = "PASS" if row["p_adjusted"] < alpha else "FAIL"
+    else:
+      row.update(p_adjusted=None, correction=None, verdict="N/A")
+
+
+def _finite_or_none(value) -> Optional[float]:
+  return float(value) if value is not None and np.isfinite(value) else None
+
+
+def rules_from_config(config) -> Dict[str, Dict[str, Any]]:
+  rules = {k: dict(v) for k, v in DEFAULT_RULES.items()}
+  overrides = config.study.get("rules", None)
+  if overrides:
+    for criterion, rule in overrides.to_dict().items():
+      rules.setdefault(criterion, {}).update(rule)
+  return rules
+
+
+def curves(records, study) -> Dict[str, Any]:
+  """Cascading-randomization curves: per method and architecture, mean and std over replicates
+  of the per-replicate mean similarity at each step, plus the random-pair baseline line."""
+  index = index_records(records)
+  out: Dict[str, Any] = {}
+  archs = collections.OrderedDict()
+  for clf in study.classifiers():
+    archs.setdefault(clf.arch, []).append(clf)
+  for metric in ("ssim", "spearman_abs"):
+    for method in study.config.methods.names:
+      for arch, clfs in archs.items():
+        steps = study.cascade_steps(clfs[0])
+        per_replicate = []
+        base = []
+        for clf in clfs:
+          row = []
+          for step in steps:
+            column = index.get(("cascading_randomization", metric, method, clf.name, step), {})
+            row.append(_nanmean(list(column.values())))
+          per_replicate.append(row)
+          column = index.get(("random_pairs", metric, method, clf.name, "baseline"), {})
+          base.append(_nanmean(list(column.values())))
+        arr = np.asarray(per_replicate, np.float64)
+        out.setdefault(metric, {}).setdefault(method, {})[arch] = dict(
+            steps=[s.replace(CASCADE_PREFIX, "") for s in steps],
+            mean=_list(np.nanmean(arr, 0) if np.isfinite(arr).any() else arr[0]),
+            std=_list(np.nanstd(arr, 0) if np.isfinite(arr).any() else arr[0]),
+            replicates=[c.name for c in clfs],
+            baseline=_nanmean(base))
+  return out
+
+
+def _nanmean(values) -> Optional[float]:
+  arr = np.asarray(values, np.float64)
+  arr = arr[np.isfinite(arr)]
+  return float(arr.mean()) if arr.size else None
+
+
+def _list(arr) -> List[Optional[float]]:
+  return [float(v) if np.isfinite(v) else None for v in arr]
+
+
+def utility_table(records, study) -> List[Dict[str, Any]]:
+  """Mean localization metrics of every method (trained, untrained) and the baselines."""
+  index = index_records(records)
+  ids = _ids(index, "utility")
+  models = list(study.config.study.utility_models)
+  rows = []
+  entries = [(m, "trained", [(x, ORIGINAL) for x in models]) for m in study.config.methods.names]
+  entries += [(m, "untrained", [(x, UNTRAINED) for x in models])
+              for m in study.config.methods.names]
+  entries.append((AVERAGE_MASK, "baseline", [("-", "baseline")]))
+  entries.append((LOCALIZATION_METHOD, "baseline",
+                  [(x, "baseline") for x in _models(index, "utility", LOCALIZATION_METHOD)]))
+  for method, state, selection in entries:
+    row = dict(method=method, state=state)
+    for metric in ("auprc", "pointing_game", "iou_otsu"):
+      values = per_image(index, "utility", metric, method, selection, ids)
+      row[metric] = _nanmean(values)
+      row[f"{metric}_excluded"] = int((~np.isfinite(values)).sum())
+    rows.append(row)
+  return rows
+
+
+def summarize_study(records, study) -> Dict[str, Any]:
+  return dict(
+      scorecard=scorecard(records, study),
+      rules=rules_from_config(study.config),
+      curves=curves(records, study),
+      utility=utility_table(records, study),
+  )

@@ -1,0 +1,131 @@
+"""Localization metrics against scikit-learn, scikit-image and hand-worked Quantus cases."""
+import warnings
+
+import jax
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from saliency_jax import metrics
+from saliency_jax.metrics import localization
+
+RNG = np.random.default_rng(0)
+
+
+def _cases():
+  """(name, maps, masks): odd sizes, ties (quantized and binary maps), every mask valid."""
+  out = []
+  for shape in [(3, 7, 9), (3, 33, 17), (2, 1, 5)]:
+    base = RNG.random(shape).astype(np.float32)
+    masks = RNG.random(shape) < 0.3
+    masks[:, 0, 0] = True
+    masks[:, -1, -1] = False
+    out.append((f"continuous{shape}", base, masks))
+    out.append((f"quantized{shape}", np.round(base * 4) / 4, masks))
+    out.append((f"binary{shape}", (base > 0.5).astype(np.float32), masks))
+  # Map correlated with the mask, float64 values that float32 cannot hold (slow exact path).
+  maps = RNG.random((2, 12, 10)) + 0.3 * masks_like((2, 12, 10))
+  out.append(("float64", maps, masks_like((2, 12, 10))))
+  return out
+
+
+def masks_like(shape):
+  m = np.zeros(shape, bool)
+  m[:, 2:6, 3:7] = True
+  return m
+
+
+def _sklearn(maps, masks, name):
+  out = []
+  for a, b in zip(maps, masks):
+    y, s = b.ravel(), a.ravel()
+    if name == "auprc":
+      precision, recall, _ = skm.precision_recall_curve(y, s)
+      out.append(skm.auc(recall, precision))
+    elif name == "average_precision":
+      out.append(skm.average_precision_score(y, s))
+    else:
+      out.append(skm.roc_auc_score(y, s))
+  return np.array(out)
+
+
+RANK = {"auprc": (metrics.auprc, metrics.auprc_jax),
+        "average_precision": (metrics.average_precision, metrics.average_precision_jax),
+        "roc_auc": (metrics.roc_auc, metrics.roc_auc_jax)}
+
+
+@pytest.mark.parametrize("name", sorted(RANK))
+def test_rank_metrics_equal_sklearn(name):
+  numpy_fn, jax_fn = RANK[name]
+  for case, maps, masks in _cases():
+    ref = _sklearn(maps, masks, name)
+    ours = numpy_fn(maps, masks)
+    assert ours.dtype == np.float64 and ours.shape == (maps.shape[0],)
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-10, err_msg=case)
+    # The accelerator path, under jit on the CPU.
+    ours_jax = np.asarray(jax.jit(jax_fn)(maps, masks))
+    np.testing.assert_allclose(ours_jax, ref, rtol=0, atol=1e-5, err_msg=case)
+
+
+def test_auprc_hand_worked_ties():
+  # Scores 0.9 (pos), 0.5 (pos, neg tie), 0.1 (neg). Curve points (recall, precision):
+  # (0, 1) -> (1/2, 1) -> (1, 2/3) -> (1, 1/2). Trapezoids: 1/2 * 1 + 1/2 * (1 + 2/3) / 2.
+  maps = np.array([[[0.9, 0.5, 0.5, 0.1]]], np.float32)
+  masks = np.array([[[1, 1, 0, 0]]], np.uint8)
+  np.testing.assert_allclose(metrics.auprc(maps, masks), [0.5 + 5 / 12], atol=1e-12)
+  # Step-wise AP: 1/2 * 1 + 1/2 * 2/3.
+  np.testing.assert_allclose(metrics.average_precision(maps, masks), [0.5 + 1 / 3], atol=1e-12)
+
+
+def test_undefined_cases_are_nan_and_reference_values_documented():
+  maps = RNG.random((5, 6, 7)).astype(np.float32)
+  masks = np.zeros((5, 6, 7), bool)
+  masks[:, 1:3, 2:5] = True
+  masks[0] = False                   # empty mask
+  masks[1] = True                    # all-positive mask
+  maps[2] = 0.25                     # constant map
+  maps[3, 0, 0] = np.nan             # NaN in the map
+  maps[4, 1, 1] = np.inf             # inf in the map
+  expected = np.array([np.nan] * 5)
+  for numpy_fn, jax_fn in RANK.values():
+    np.testing.assert_array_equal(numpy_fn(maps, masks), expected)
+    np.testing.assert_array_equal(np.asarray(jax.jit(jax_fn)(maps, masks)), expected)
+  # What scikit-learn returns there instead (placeholders, not localization scores).
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    precision, recall, _ = skm.precision_recall_curve(masks[0].ravel(), maps[0].ravel())
+    assert skm.auc(recall, precision) == pytest.approx(0.5)
+    precision, recall, _ = skm.precision_recall_curve(masks[1].ravel(), maps[1].ravel())
+    assert skm.auc(recall, precision) == pytest.approx(1.0)
+    prevalence = masks[2].mean()
+    precision, recall, _ = skm.precision_recall_curve(masks[2].ravel(), maps[2].ravel())
+    assert skm.auc(recall, precision) == pytest.approx((1 + prevalence) / 2)
+    with pytest.raises(ValueError):
+      skm.precision_recall_curve(masks[3].ravel(), maps[3].ravel())
+
+
+def test_valid_rows_unaffected_by_invalid_neighbours():
+  maps = RNG.random((3, 9, 11)).astype(np.float32)
+  masks = masks_like((3, 9, 11))
+  alone = metrics.auprc(maps[1:2], masks[1:2])
+  maps[0] = np.nan
+  maps[2] = 1.0
+  np.testing.assert_array_equal(metrics.auprc(maps, masks)[1:2], alone)
+
+
+def test_bad_masks_raise():
+  maps = RNG.random((2, 4, 4)).astype(np.float32)
+  with pytest.raises(ValueError, match="binary"):
+    metrics.auprc(maps, np.full((2, 4, 4), 255, np.uint8))
+  with pytest.raises(ValueError, match="shape"):
+    metrics.auprc(maps, np.ones((2, 4, 4, 1), bool))
+
+
+def test_numpy_and_jax_paths_agree_on_large_maps():
+  maps = RNG.random((2, 64, 80)).astype(np.float32)
+  maps[1] = np.round(maps[1] * 10)
+  masks = RNG.random((2, 64, 80)) < 0.05
+  ours = localization.rank_metrics(maps, masks)
+  for name, values in ours.items():
+    np.testing.assert_allclose(values, _sklearn(maps, masks, name), atol=1e-10)
+    np.testing.assert_allclose(np.asarray(RANK[name][1](maps, masks)), values, atol=1e-5)

@@ -1,0 +1,102 @@
+"""Similarity metrics against scikit-image and SciPy on the same inputs."""
+import jax
+import numpy as np
+import pytest
+from skimage.metrics import structural_similarity
+
+from saliency_jax import metrics
+
+RNG = np.random.default_rng(1)
+
+
+def _pairs(shape):
+  a = RNG.random(shape).astype(np.float32)
+  b = (0.6 * a + 0.4 * RNG.random(shape)).astype(np.float32)
+  yield "continuous", a, b
+  yield "quantized", np.round(a * 3) / 3, np.round(b * 3) / 3
+  yield "binary", (a > 0.5).astype(np.float32), (b > 0.5).astype(np.float32)
+  # Low contrast: float32 cancellation in E[x^2] - E[x]^2 matters here.
+  yield "low_contrast", (0.5 + 0.01 * a).astype(np.float32), (0.2 + 0.01 * b).astype(np.float32)
+
+
+def _skimage(a, b, **kwargs):
+  # The exact reference: scikit-image in float64 on the same (float32) values.
+  return np.array([structural_similarity(x.astype(np.float64), y.astype(np.float64), **kwargs)
+                   for x, y in zip(a, b)])
+
+
+@pytest.mark.parametrize("shape,gaussian", [((2, 7, 9), False), ((2, 33, 17), False),
+                                            ((2, 33, 17), True), ((2, 11, 12), True),
+                                            ((1, 64, 48), False)])
+@pytest.mark.parametrize("data_range", [1.0, 2.0, 0.5])
+def test_ssim_equals_skimage(shape, gaussian, data_range):
+  for case, a, b in _pairs(shape):
+    ours = metrics.ssim(a, b, data_range=data_range, gaussian_weights=gaussian)
+    ref = _skimage(a, b, data_range=data_range, gaussian_weights=gaussian)
+    assert ours.dtype == np.float64 and ours.shape == (shape[0],)
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-5, err_msg=case)
+
+
+def test_ssim_keyword_variants_equal_skimage():
+  a, b = next(_pairs((2, 21, 19)))[1:]
+  variants = [dict(win_size=5), dict(win_size=3, use_sample_covariance=False),
+              dict(gaussian_weights=True, use_sample_covariance=False),
+              dict(gaussian_weights=True, sigma=1.0),
+              dict(gaussian_weights=True, win_size=7),  # filter wider than the crop: reflect
+              dict(K1=0.05, K2=0.1)]
+  for kwargs in variants:
+    ours = metrics.ssim(a, b, data_range=1.0, **kwargs)
+    np.testing.assert_allclose(ours, _skimage(a, b, data_range=1.0, **kwargs), atol=1e-5,
+                               err_msg=str(kwargs))
+
+
+def test_ssim_per_map_data_range_and_jit():
+  a, b = next(_pairs((3, 16, 15)))[1:]
+  ranges = np.array([1.0, 2.0, 0.25])
+  ref = np.array([structural_similarity(x.astype(float), y.astype(float), data_range=r)
+                  for x, y, r in zip(a, b, ranges)])
+  np.testing.assert_allclose(metrics.ssim(a, b, data_range=ranges), ref, atol=1e-5)
+  jitted = jax.jit(lambda x, y: metrics.ssim_jax(x, y, data_range=2.0))
+  np.testing.assert_allclose(np.asarray(jitted(a, b)), _skimage(a, b, data_range=2.0),
+                             atol=1e-5)
+
+
+def test_ssim_constant_and_nonfinite_maps():
+  shape = (5, 10, 9)
+  a = RNG.random(shape).astype(np.float32)
+  b = RNG.random(shape).astype(np.float32)
+  a[0] = b[0] = 0.0      # equal constants: scikit-image gives exactly 1
+  a[1], b[1] = 0.3, 0.7  # different constants: defined by C1
+  a[2] = 0.5             # one constant map
+  a[3, 2, 2] = np.nan
+  b[4, 0, 0] = np.inf
+  ours = metrics.ssim(a, b, data_range=1.0)
+  ref = _skimage(a[:3], b[:3], data_range=1.0)
+  np.testing.assert_allclose(ours[:3], ref, atol=1e-5)
+  assert ours[0] == pytest.approx(1.0)
+  assert np.isnan(ours[3]) and np.isnan(ours[4])
+  assert np.isnan(structural_similarity(a[3].astype(float), b[3].astype(float), data_range=1.0))
+
+
+def test_ssim_chunks_match_one_call(monkeypatch):
+  from saliency_jax.metrics import similarity
+  a, b = next(_pairs((5, 9, 8)))[1:]
+  whole = metrics.ssim(a, b, data_range=1.0)
+  monkeypatch.setattr(similarity, "_SSIM_CHUNK", 2)
+  np.testing.assert_array_equal(metrics.ssim(a, b, data_range=1.0), whole)
+
+
+def test_ssim_bad_input_raises():
+  a = np.zeros((2, 8, 8), np.float32)
+  with pytest.raises(ValueError, match="data_range"):
+    metrics.ssim(a, a, data_range=None)
+  with pytest.raises(ValueError, match="positive"):
+    metrics.ssim(a, a, data_range=0.0)
+  with pytest.raises(ValueError, match="exceeds"):
+    metrics.ssim(a[:, :6], a[:, :6], data_range=1.0)
+  with pytest.raises(ValueError, match="odd"):
+    metrics.ssim(a, a, data_range=1.0, win_size=4)
+  with pytest.raises(ValueError, match="same shape"):
+    metrics.ssim(a, a[:1], data_range=1.0)
+  with pytest.raises(ValueError, match="dimensions"):
+    metrics.ssim(a[0], a[0], data_range=1.0)

@@ -1,0 +1,164 @@
+"""The trust criteria and verdicts on hand-made maps with known answers."""
+import types
+
+import ml_collections
+import numpy as np
+import pytest
+from skimage.metrics import structural_similarity
+
+from saliency_jax.trust import criteria
+from saliency_jax.trust import verdicts
+from saliency_jax.trust.names import AVERAGE_MASK, LOCALIZATION_METHOD
+
+
+def _smooth_maps(n, h=17, w=13, seed=0):
+  rng = np.random.default_rng(seed)
+  yy, xx = np.mgrid[:h, :w]
+  maps = []
+  for _ in range(n):
+    cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+    maps.append(np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 20.0))
+  return np.asarray(maps, np.float32)
+
+
+def test_random_pairs_with_two_images_is_their_ssim():
+  maps = _smooth_maps(2)
+  got = criteria.random_pair_baseline(maps, pairs=5, seed=3, data_range=1.0)["ssim"]
+  expected = structural_similarity(maps[0], maps[1], data_range=1.0)
+  np.testing.assert_allclose(got, [expected, expected], atol=1e-5)
+
+
+def test_random_pairs_approach_the_mean_over_all_other_images():
+  maps = _smooth_maps(5)
+  got = criteria.random_pair_baseline(maps, pairs=4000, seed=0, data_range=1.0)["ssim"]
+  for i in range(5):
+    others = [structural_similarity(maps[i], maps[j], data_range=1.0)
+              for j in range(5) if j != i]
+    assert got[i] == pytest.approx(np.mean(others), abs=0.02)
+
+
+def test_random_pairs_never_compare_an_image_with_itself():
+  # Identical maps would give SSIM 1; with distinct images it must stay below.
+  maps = _smooth_maps(3)
+  got = criteria.random_pair_baseline(maps, pairs=50, seed=1, data_range=1.0)["ssim"]
+  assert np.all(got < 0.999)
+
+
+def test_random_pairs_need_two_images():
+  with pytest.raises(ValueError, match="two images"):
+    criteria.random_pair_baseline(_smooth_maps(1), pairs=3, seed=0, data_range=1.0)
+
+
+def test_average_mask_is_the_pixelwise_mean():
+  masks = [np.zeros((4, 5, 1), np.uint8) for _ in range(4)]
+  masks[0][0, 0] = 1
+  masks[1][0, 0] = 1
+  masks[2][3, 4] = 1
+  avg = criteria.average_mask(masks)
+  assert avg.shape == (4, 5)
+  assert avg[0, 0] == pytest.approx(0.5) and avg[3, 4] == pytest.approx(0.25)
+  assert avg.sum() == pytest.approx(0.75)
+  with pytest.raises(ValueError, match="at least one"):
+    criteria.average_mask([])
+
+
+def test_utility_of_a_perfect_map_and_an_empty_mask():
+  masks = np.zeros((2, 9, 7), bool)
+  masks[0, 2:5, 1:4] = True  # image 1 has an empty mask: undefined
+  maps = masks.astype(np.float32)
+  scores = criteria.utility(maps, masks)
+  assert scores["auprc"][0] == pytest.approx(1.0)
+  assert scores["pointing_game"][0] == 1.0
+  assert scores["iou_otsu"][0] == pytest.approx(1.0)
+  assert all(np.isnan(v[1]) for v in scores.values())
+
+
+def test_similarity_of_identical_maps():
+  maps = _smooth_maps(3)
+  values = criteria.similarity(maps, maps, data_range=1.0)
+  np.testing.assert_allclose(values["ssim"], 1.0, atol=1e-6)
+  np.testing.assert_allclose(values["spearman_abs"], 1.0, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------
+# Verdicts on hand-made records.
+
+def _fake_study(methods=("GOOD", "BAD")):
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.methods = ml_collections.ConfigDict({"names": methods})
+  config.study = ml_collections.ConfigDict(dict(
+      utility_models=("A1",), alpha=0.05, correction="holm", bootstrap_resamples=200))
+  clf = types.SimpleNamespace(name="A1", arch="a",
+                              module=types.SimpleNamespace(block_names=("logits", "stem")))
+  study = types.SimpleNamespace(config=config, classifiers=lambda: [clf],
+                                cascade_steps=lambda c: ["original", "cascade_logits",
+                                                         "cascade_stem"])
+  return study
+
+
+def _records(criterion, metric, method, model, state, values):
+  return [dict(criterion=criterion, metric=metric, method=method, model=model, state=state,
+               image_id=f"img{i:02d}", value=None if np.isnan(v) else float(v))
+          for i, v in enumerate(values)]
+
+
+def test_utility_verdicts_follow_the_paired_test():
+  rng = np.random.default_rng(0)
+  n = 30
+  base = rng.uniform(0.1, 0.2, n)
+  records = _records("utility", "auprc", AVERAGE_MASK, "-", "baseline", base)
+  records += _records("utility", "auprc", "GOOD", "A1", "original", base + 0.3)
+  bad = base - 0.05
+  bad[0] = np.nan  # one undefined image: excluded and counted
+  records += _records("utility", "auprc", "BAD", "A1", "original", bad)
+  rows = {r["method"]: r for r in verdicts.scorecard(records, _fake_study())
+          if r["criterion"] == "utility"}
+  assert rows["GOOD"]["verdict"] == "PASS"
+  assert rows["BAD"]["verdict"] == "FAIL"
+  assert rows["GOOD"]["value"] == pytest.approx(np.mean(base + 0.3))
+  assert rows["BAD"]["value_excluded"] == 1 and rows["BAD"]["pairs_excluded"] == 1
+  assert "Wilcoxon" in rows["GOOD"]["test"]
+  # Holm over two methods: the adjusted p-value is at least the raw one.
+  assert rows["GOOD"]["p_adjusted"] >= rows["GOOD"]["p_value"]
+  low, high = rows["GOOD"]["value_ci"]
+  assert low < rows["GOOD"]["value"] < high
+
+
+def test_randomization_verdict_uses_the_last_cascading_step_and_random_pairs():
+  n = 25
+  rng = np.random.default_rng(1)
+  pairs = rng.uniform(0.3, 0.4, n)
+  records = []
+  for method, final in (("GOOD", pairs - 0.2), ("BAD", pairs + 0.3)):
+    records += _records("random_pairs", "ssim", method, "A1", "baseline", pairs)
+    records += _records("cascading_randomization", "ssim", method, "A1", "original",
+                        np.ones(n))
+    # The first step is far from the baseline in the wrong direction for GOOD: only the
+    # last step may decide.
+    records += _records("cascading_randomization", "ssim", method, "A1", "cascade_logits",
+                        np.full(n, 0.99))
+    records += _records("cascading_randomization", "ssim", method, "A1", "cascade_stem",
+                        final)
+  rows = {r["method"]: r for r in verdicts.scorecard(records, _fake_study())
+          if r["criterion"] == "randomization"}
+  assert rows["GOOD"]["verdict"] == "PASS" and rows["BAD"]["verdict"] == "FAIL"
+  assert rows["GOOD"]["baseline"] == pytest.approx(pairs.mean())
+
+
+def test_repeatability_without_pairs_is_not_applicable():
+  records = _records("utility", "auprc", AVERAGE_MASK, "-", "baseline", np.ones(3))
+  records += _records("localization_agreement", "ssim", LOCALIZATION_METHOD, "U1-U2",
+                      "original", np.full(3, 0.9))
+  rows = [r for r in verdicts.scorecard(records, _fake_study())
+          if r["criterion"] == "repeatability"]
+  assert rows and all(r["verdict"] == "N/A" for r in rows)
+
+
+def test_rules_from_config_override_defaults():
+  config = ml_collections.ConfigDict()
+  config.study = ml_collections.ConfigDict(dict(rules=dict(utility=dict(test="paired_t"))))
+  rules = verdicts.rules_from_config(config)
+  assert rules["utility"]["test"] == "paired_t"
+  assert rules["utility"]["metric"] == "auprc"
+  assert set(rules) == {"utility", "randomization", "repeatability", "reproducibility"}
