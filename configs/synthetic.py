@@ -37,6 +37,8 @@ def get_config() -> ml_collections.ConfigDict:
       dict(name="A3", arch="small_vgg", seed=3),
       dict(name="B1", arch="small_densenet", seed=1),
   ]
+  # Keras ImageNet weight files per architecture (paper configs); empty: random init.
+  config.weights = ml_collections.ConfigDict()
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = 32
   config.train.num_steps = 600

@@ -92,6 +92,7 @@ def _fake_study(methods=("GOOD", "BAD")):
   clf = types.SimpleNamespace(name="A1", arch="a",
                               module=types.SimpleNamespace(block_names=("logits", "stem")))
   study = types.SimpleNamespace(config=config, classifiers=lambda: [clf],
+                                method_names=lambda: list(methods),
                                 cascade_steps=lambda c: ["original", "cascade_logits",
                                                          "cascade_stem"])
   return study

@@ -26,11 +26,11 @@ import numpy as np
 
 SPLITS = ("train", "validation", "test")
 
-# Lesion contrast (added intensity on a [0, 1] scale) at difficulty 0; difficulty d multiplies it
-# by (1 - d). The default difficulty keeps lesions plainly visible while a CNN still has to learn
-# their shape and texture against ribs, vessels and electrodes.
-_MAX_CONTRAST = (0.45, 0.75)
-DEFAULT_DIFFICULTY = 0.35
+# Lesion contrast (added intensity on a [0, 1] scale) is drawn from this range divided by the
+# difficulty. At the default difficulty (1.0) lesions are plainly visible, yet a CNN still has to
+# tell their shape and texture from ribs, vessels and electrodes.
+_CONTRAST = (0.30, 0.50)
+DEFAULT_DIFFICULTY = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,7 +189,7 @@ def _draw_lesions(rng, img, yy, xx, lungs, s, contrast_scale):
     if region.sum() < 4 or not region[r, c]:
       continue
     placed.append((cy, cx, outer))
-    contrast = contrast_scale * rng.uniform(*_MAX_CONTRAST)
+    contrast = contrast_scale * rng.uniform(*_CONTRAST)
     # Texture: from homogeneous consolidation to patchy ground glass.
     patchiness = rng.uniform(0.0, 0.6)
     texture = 1.0 + patchiness * grain
@@ -249,7 +249,7 @@ def generate_example(index: int, *, split: str = "train", seed: int = 0, image_s
   yy, xx = np.meshgrid(coords, coords, indexing="ij")
   img, lungs = _draw_anatomy(rng, yy, xx, s)
   if label:
-    img, mask, boxes = _draw_lesions(rng, img, yy, xx, lungs, s, 1.0 - difficulty)
+    img, mask, boxes = _draw_lesions(rng, img, yy, xx, lungs, s, 1.0 / difficulty)
   else:
     mask, boxes = np.zeros((s, s), bool), np.zeros((0, 4), np.float32)
   img = _draw_distractors(rng, img, yy, xx, s)
@@ -281,7 +281,8 @@ def generate_arrays(split: str, num_examples: int, **kwargs) -> dict[str, object
 def _check_settings(image_size, difficulty, positive_fraction):
   if not isinstance(image_size, (int, np.integer)) or image_size < 16:
     raise ValueError(f"image_size must be an integer >= 16, got {image_size!r}.")
-  if not 0.0 <= difficulty < 1.0:
-    raise ValueError(f"difficulty must lie in [0, 1), got {difficulty!r}.")
+  if not difficulty > 0.0:
+    raise ValueError(f"difficulty must be positive (lesion contrast scales as 1 / difficulty), "
+                     f"got {difficulty!r}.")
   if not 0.0 <= positive_fraction <= 1.0:
     raise ValueError(f"positive_fraction must lie in [0, 1], got {positive_fraction!r}.")

@@ -50,7 +50,7 @@ def tiny_problem(*, seed: int = 0, num_images: int = 16, height: int = 12, width
   images = rng.uniform(-1, 1, (num_images, height, width, channels)).astype(np.float32)
   targets = rng.integers(0, num_classes, num_images).astype(np.int32)
   module = TinyCNN(num_classes=num_classes)
-  variables = module.init(jax.random.key(seed), images[:1])
+  variables = jax.jit(module.init)(jax.random.key(seed), images[:1])  # One compile, not many.
   indices = np.arange(num_images, dtype=np.int32)
   ids = np.array([f"tiny-{seed}-{i:05d}" for i in range(num_images)])
   return model_functions(module, variables), images, targets, indices, ids
@@ -90,15 +90,18 @@ class DemoSmoothGrad:
   def compute(self, model_fns, images, targets, *, indices, key, settings, prepared=None):
     del prepared
     jnp = jax.numpy
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(indices)
+    num_samples, batch = settings["num_samples"], images.shape[0]
     std = settings["spread"] * (images.max(axis=(1, 2, 3)) - images.min(axis=(1, 2, 3)))
-    total = jnp.zeros_like(images)
-    for s in range(settings["num_samples"]):
-      noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, s), images.shape[1:])
-                       )(keys)
-      noisy = images + std[:, None, None, None] * noise
-      total = total + jnp.abs(_input_gradients(model_fns.logits_fn, noisy, targets))
-    return _grayscale(total / settings["num_samples"])
+
+    def noise(index, sample):  # The key depends on the image's dataset index, not its place.
+      return jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, index), sample),
+                               images.shape[1:])
+
+    samples = jnp.arange(num_samples)
+    noises = jax.vmap(lambda s: jax.vmap(lambda i: noise(i, s))(indices))(samples)
+    noisy = (images + std[:, None, None, None] * noises).reshape((-1,) + images.shape[1:])
+    grads = _input_gradients(model_fns.logits_fn, noisy, jnp.tile(targets, num_samples))
+    return _grayscale(jnp.abs(grads).reshape((num_samples, batch) + images.shape[1:]).mean(0))
 
 
 DEMO_METHODS = {"DEMO_GRAD": DemoGradient(), "DEMO_SG": DemoSmoothGrad()}

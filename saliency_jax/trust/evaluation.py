@@ -38,8 +38,10 @@ def utility_records(study) -> List[Dict[str, Any]]:
   records = []
   for model in study.config.study.utility_models:
     for state in (ORIGINAL, UNTRAINED):
-      for method in study.config.methods.names:
+      for method in study.method_names():
         maps = study.read_maps(UTILITY_SET, model, state, method)
+        if maps is None:
+          continue
         records += _records(criteria.utility(maps, image_set.masks), image_set.ids,
                             criterion="utility", method=method, model=model, state=state)
   average = np.broadcast_to(study.average_mask(), image_set.masks.shape)
@@ -59,8 +61,10 @@ def randomization_records(study) -> List[Dict[str, Any]]:
   data_range = study.config.study.ssim_data_range
   records = []
   for clf in study.classifiers():
-    for method in study.config.methods.names:
+    for method in study.method_names():
       original = study.read_maps(EVAL_SET, clf.name, ORIGINAL, method)
+      if original is None:
+        continue
       baseline = criteria.random_pair_baseline(
           original, pairs=study.config.study.random_pairs, seed=study.config.seed,
           data_range=data_range)
@@ -72,6 +76,8 @@ def randomization_records(study) -> List[Dict[str, Any]]:
                    for b in clf.module.block_names]
       for state, criterion in states:
         maps = study.read_maps(EVAL_SET, clf.name, state, method)
+        if maps is None:
+          continue
         records += _records(criteria.similarity(original, maps, data_range=data_range),
                             image_set.ids, criterion=criterion, method=method,
                             model=clf.name, state=state)
@@ -85,10 +91,12 @@ def agreement_records(study) -> List[Dict[str, Any]]:
   records = []
   for a, b in itertools.combinations(study.classifiers(), 2):
     criterion = "repeatability" if a.arch == b.arch else "reproducibility"
-    for method in study.config.methods.names:
-      values = criteria.similarity(study.read_maps(EVAL_SET, a.name, ORIGINAL, method),
-                                   study.read_maps(EVAL_SET, b.name, ORIGINAL, method),
-                                   data_range=data_range)
+    for method in study.method_names():
+      maps_a = study.read_maps(EVAL_SET, a.name, ORIGINAL, method)
+      maps_b = study.read_maps(EVAL_SET, b.name, ORIGINAL, method)
+      if maps_a is None or maps_b is None:
+        continue
+      values = criteria.similarity(maps_a, maps_b, data_range=data_range)
       records += _records(values, image_set.ids, criterion=criterion, method=method,
                           model=f"{a.name}-{b.name}", state=ORIGINAL)
   for a, b in itertools.combinations(study.localizers(), 2):

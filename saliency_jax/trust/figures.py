@@ -127,7 +127,7 @@ def all_figures(study, summary: Dict[str, Any], records, directory: str) -> Dict
   from saliency_jax.trust.names import ORIGINAL, UNTRAINED  # pylint: disable=g-import-not-at-top
   os.makedirs(directory, exist_ok=True)
   index = verdicts.index_records(records)
-  methods = list(study.config.methods.names)
+  methods = study.method_names()
   out = {}
   out["cascading_ssim"] = cascading_curves(
       summary["curves"], "ssim", os.path.join(directory, "cascading_ssim.png"),
@@ -180,6 +180,6 @@ def all_figures(study, summary: Dict[str, Any], records, directory: str) -> Dict
     scores = {m: column("utility", "auprc", m, [(models[0], ORIGINAL)],
                         [str(i) for i in image_set.ids[pick]]) for m in methods}
     out["examples"] = example_panel(
-        image_set.raw[pick], image_set.masks[pick], [image_set.boxes[i] for i in pick], maps,
+        image_set.raw[pick, ..., 0], image_set.masks[pick], [image_set.boxes[i] for i in pick], maps,
         scores, image_set.ids[pick], os.path.join(directory, "examples.png"))
   return out

@@ -148,7 +148,7 @@ def provenance(study) -> List[Block]:
 
 
 def build_sections(study, summary: Dict[str, Any], figure_paths: Dict[str, str]):
-  methods = list(study.config.methods.names)
+  methods = study.method_names()
   s = study.config.study
   tests = {"wilcoxon": "Wilcoxon signed-rank test", "paired_t": "paired t-test"}
   rules = [f"**{c}**: PASS when {r['text']} (metric {r['metric'].upper()}, one-sided "

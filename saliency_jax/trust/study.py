@@ -33,6 +33,7 @@ from saliency_jax import models
 from saliency_jax import randomization
 from saliency_jax import train as train_lib
 
+from saliency_jax.trust import external
 from saliency_jax.trust.names import CASCADE_PREFIX
 from saliency_jax.trust.names import EVAL_SET
 from saliency_jax.trust.names import INDEPENDENT_PREFIX
@@ -50,8 +51,7 @@ class ImageSet:
   name: str
   ids: np.ndarray       # str [N]
   indices: np.ndarray   # int [N], dataset indices in the test split (noise keys fold them)
-  images: np.ndarray    # float32 [N,H,W,C], preprocessed for the models
-  raw: np.ndarray       # uint8/uint16 [N,H,W], as stored (figures)
+  raw: np.ndarray       # uint8/uint16 [N,H,W,1], as stored
   masks: np.ndarray     # bool [N,H,W]
   boxes: List[np.ndarray]
 
@@ -63,6 +63,7 @@ class Classifier:
   module: Any
   variables: Any
   val_auc: float
+  style: str  # the pixel scaling this model was trained with (see data.preprocess)
 
 
 class ProgressLog:
@@ -155,9 +156,11 @@ class Study:
     sizes = {split: len(source) for split, source in sources.items()}
     logging.info("dataset %s: %s", self.config.data.name, sizes)
 
-  def _preprocess(self, raw: np.ndarray) -> np.ndarray:
-    return np.asarray(data_lib.preprocess(raw, style=self.config.data.style,
-                                          channels=self.config.data.channels), np.float32)
+  def inputs(self, image_set: ImageSet, style: str) -> np.ndarray:
+    """The set's images preprocessed for a model: float32 [N,H,W,C]."""
+    return self._cached(f"inputs_{image_set.name}_{style}", lambda: np.asarray(
+        data_lib.preprocess(image_set.raw, style=style, channels=self.config.data.channels),
+        np.float32))
 
   def image_set(self, name: str) -> ImageSet:
     """The positive test images of a set: all of them for utility, a seeded subset for SSIM."""
@@ -173,10 +176,10 @@ class Study:
       if count and count < len(positives):
         positives = np.sort(rng.choice(positives, size=count, replace=False))
       arrays = data_lib.load_arrays(test, positives)
-      raw = np.asarray(arrays["image"])
-      return ImageSet(name=name, ids=np.asarray(arrays["id"]).astype(str),
-                      indices=np.asarray(arrays["index"]), images=self._preprocess(raw),
-                      raw=raw[..., 0], masks=np.asarray(arrays["mask"]).astype(bool),
+      return ImageSet(name=name, ids=np.asarray([_text(i) for i in arrays["id"]]),
+                      indices=np.asarray(arrays["index"]), raw=np.asarray(arrays["image"]),
+                      masks=np.asarray(arrays["mask"]).astype(bool).reshape(
+                          len(positives), *np.shape(arrays["image"])[1:3]),
                       boxes=list(arrays["boxes"]))
     return self._cached(f"set_{name}", build)
 
@@ -198,14 +201,15 @@ class Study:
       result = []
       for spec in self.config.models:
         module = models.create(spec["arch"], num_classes=2)
+        style = spec.get("style", self.config.data.style)
         trained = train_lib.train_classifier(
             module, sources["train"], sources["validation"],
             workdir=os.path.join(self.workdir, "models", spec["name"]), seed=spec["seed"],
-            config=self._train_config(self.config.train))
+            config=self._train_config(self.config.train, style))
         logging.info("%s (%s): validation AUC %.4f", spec["name"], spec["arch"],
                      trained.val_auc)
         result.append(Classifier(spec["name"], spec["arch"], module, trained.variables,
-                                 float(trained.val_auc)))
+                                 float(trained.val_auc), style))
       return result
     return self._cached("classifiers", build)
 
@@ -220,15 +224,17 @@ class Study:
         trained = train_lib.train_segmenter(
             module, sources["train"], sources["validation"],
             workdir=os.path.join(self.workdir, "models", name), seed=seed,
-            config=self._train_config(loc.train))
+            config=self._train_config(loc.train, self.config.data.style))
         result.append(Classifier(name, loc.arch, module, trained.variables,
-                                 float(trained.val_auc)))
+                                 float(trained.val_metrics["val_dice"]),
+                                 self.config.data.style))
       return result
     return self._cached("localizers", build)
 
-  def _train_config(self, section: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  def _train_config(self, section: ml_collections.ConfigDict,
+                    style: str) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict(section.to_dict())
-    config.style = self.config.data.style
+    config.style = style
     config.channels = self.config.data.channels
     return config
 
@@ -271,6 +277,16 @@ class Study:
       settings["max_grads_in_flight"] = self.config.methods.max_grads_in_flight
     return settings
 
+  def external_methods(self) -> List[str]:
+    """Names of the methods whose maps come from `config.study.external_maps`."""
+    directory = self.config.study.external_maps
+    return sorted(external.discover(directory)) if directory else []
+
+  def method_names(self) -> List[str]:
+    """Every method the criteria score: ours (config.methods.names), then external ones."""
+    return list(self.config.methods.names) + [
+        m for m in self.external_methods() if m not in self.config.methods.names]
+
   def store_path(self, set_name: str, model: str, state: str, method: str) -> str:
     return os.path.join(self.workdir, "maps", set_name, model, state, method)
 
@@ -287,14 +303,15 @@ class Study:
                        f"{self.config.study.target!r}")
     fns = models.model_functions(clf.module, clf.variables)
     logits = jax.jit(lambda f, x: f.logits_fn(x))
-    preds = [np.asarray(jnp.argmax(logits(fns, image_set.images[i:i + 64]), -1))
-             for i in range(0, len(image_set.images), 64)]
+    images = self.inputs(image_set, clf.style)
+    preds = [np.asarray(jnp.argmax(logits(fns, images[i:i + 64]), -1))
+             for i in range(0, len(images), 64)]
     return np.concatenate(preds).astype(np.int32)
 
-  def _generate(self, path, method, model_fns, image_set, targets, settings, key):
+  def _generate(self, path, method, model_fns, image_set, style, targets, settings, key):
     study = self.config.study
     return maps_lib.generate_maps(
-        path, method, model_fns, image_set.images, targets, image_set.indices,
+        path, method, model_fns, self.inputs(image_set, style), targets, image_set.indices,
         image_set.ids, key=key, settings=settings, chunk_size=study.chunk_size,
         dtype=study.map_dtype,
         prepared_dir=os.path.join(self.workdir, "maps", image_set.name, "prepared"),
@@ -308,14 +325,16 @@ class Study:
       raise ValueError(f"unknown methods {unknown}; known: {sorted(attributions.METHODS)}")
     for clf in self.classifiers():
       targets = {}
-      for set_name, state, variables in self.states(clf, self.image_set(EVAL_SET).images.shape[1:]):
+      image_shape = self.inputs(self.image_set(EVAL_SET), clf.style).shape[1:]
+      for set_name, state, variables in self.states(clf, image_shape):
         image_set = self.image_set(set_name)
         if set_name not in targets:
           targets[set_name] = self.targets(clf, image_set)
         fns = models.model_functions(clf.module, variables)
         for name in names:
           self._generate(self.store_path(set_name, clf.name, state, name),
-                         attributions.METHODS[name], fns, image_set, targets[set_name],
+                         attributions.METHODS[name], fns, image_set, clf.style,
+                         targets[set_name],
                          self.method_settings(name), key)
     for loc in self.localizers():
       fns = models.ModelFunctions(
@@ -323,12 +342,28 @@ class Study:
       for set_name in (UTILITY_SET, EVAL_SET):
         image_set = self.image_set(set_name)
         self._generate(self.store_path(set_name, loc.name, ORIGINAL, LOCALIZATION_METHOD),
-                       SegmentationOutput(), fns, image_set,
+                       SegmentationOutput(), fns, image_set, loc.style,
                        np.zeros(len(image_set.ids), np.int32), {}, key)
+    if self.config.study.external_maps:
+      found = external.import_maps(
+          self.config.study.external_maps,
+          {n: self.image_set(n) for n in (UTILITY_SET, EVAL_SET)}, self.store_path,
+          self.config.study.chunk_size)
+      logging.info("imported external maps of %s", found)
 
-  def read_maps(self, set_name: str, model: str, state: str, method: str) -> np.ndarray:
+  def read_maps(self, set_name: str, model: str, state: str,
+                method: str) -> Optional[np.ndarray]:
+    """The maps of one store as float32 [N,H,W]; None where the store does not exist (e.g. an
+    external method that did not provide this state)."""
     path = self.store_path(set_name, model, state, method)
-    return maps_lib.MapStore.open(path).read_all()
+    if not os.path.exists(path):
+      if method in self.config.methods.names or method == LOCALIZATION_METHOD:
+        raise FileNotFoundError(f"no maps at {path}: run the maps stage first")
+      return None
+    store = maps_lib.MapStore.open(path)
+    if not store.complete:
+      raise RuntimeError(f"the map store {path} is incomplete: rerun the maps stage")
+    return store.read_all()
 
   # ---------------------------------------------------------------------------------------
   # Criteria and report.
@@ -341,6 +376,10 @@ class Study:
     from saliency_jax.trust import report  # pylint: disable=g-import-not-at-top
     path = report.write_report(self)
     print(f"Report: {os.path.abspath(path)}")
+
+
+def _text(value) -> str:
+  return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _stable_hash(text: str) -> int:

@@ -106,7 +106,7 @@ def scorecard(records, study) -> List[Dict[str, Any]]:
     source = {"randomization": "cascading_randomization"}.get(criterion, criterion)
     ids = _ids(index, source)
     criterion_rows, results = [], {}
-    for method in study.config.methods.names:
+    for method in study.method_names():
       values, baseline, baseline_name = criterion_values(
           index, study, criterion, method, rule["metric"], ids)
       row = dict(criterion=criterion, method=method, metric=rule["metric"],
@@ -189,7 +189,7 @@ def curves(records, study) -> Dict[str, Any]:
   for clf in study.classifiers():
     archs.setdefault(clf.arch, []).append(clf)
   for metric in ("ssim", "spearman_abs"):
-    for method in study.config.methods.names:
+    for method in study.method_names():
       for arch, clfs in archs.items():
         steps = study.cascade_steps(clfs[0])
         per_replicate = []
@@ -228,9 +228,9 @@ def utility_table(records, study) -> List[Dict[str, Any]]:
   ids = _ids(index, "utility")
   models = list(study.config.study.utility_models)
   rows = []
-  entries = [(m, "trained", [(x, ORIGINAL) for x in models]) for m in study.config.methods.names]
+  entries = [(m, "trained", [(x, ORIGINAL) for x in models]) for m in study.method_names()]
   entries += [(m, "untrained", [(x, UNTRAINED) for x in models])
-              for m in study.config.methods.names]
+              for m in study.method_names()]
   entries.append((AVERAGE_MASK, "baseline", [("-", "baseline")]))
   entries.append((LOCALIZATION_METHOD, "baseline",
                   [(x, "baseline") for x in _models(index, "utility", LOCALIZATION_METHOD)]))

@@ -1,0 +1,535 @@
+"""Training loops: classifiers (validation ROC AUC) and the U-Net baseline (validation Dice).
+
+  result = train_classifier(module, train_source, val_source, workdir=..., seed=0,
+                            config=config.train)
+  result.variables, result.val_auc, result.history
+
+Sources are random-access sequences of dataset examples (`tfds.data_source(...)[split]`); they
+are turned into batches by `saliency_jax.data.make_dataset`.
+
+Config section (an ml_collections ConfigDict, or any mapping with `get`):
+  batch_size       global batch (all processes together); divisible by the number of devices.
+  num_steps        optimizer steps of the whole run.
+  learning_rate    Adam learning rate (peak rate when `lr_schedule` is "cosine").
+  eval_every       validate (and checkpoint) every this many steps, and at the last step.
+  log_every        append the mean training loss to metrics.jsonl every this many steps.
+  style, channels  preprocessing of `make_dataset` ("inception" or "imagenet"; channels C).
+optional:
+  weight_decay     decoupled weight decay (AdamW) on kernels only (default 0: plain Adam).
+  lr_schedule      "constant" (default) or "cosine" (linear warm-up, then cosine decay to 0).
+  warmup_steps     warm-up steps of the cosine schedule (default 0).
+  eval_batch_size  global validation batch (default batch_size).
+  dtype            "float32" (default) or "bfloat16": computation dtype (the module needs a
+                   `dtype` field); parameters, optimizer state and losses stay float32.
+  keep_checkpoints latest checkpoints kept for resuming (default 2).
+  progress         show a tqdm progress bar on process 0 (default True).
+
+Workdir layout: checkpoints/<step>/ (train state, the Grain iterator state, bookkeeping),
+best/<step>/ (the variables with the best validation score so far), metrics.jsonl (one JSON
+record per log or evaluation step), done.json (written last: a finished run returns at once).
+A killed run resumes from its latest checkpoint at the same step with the same data order, and
+ends with the same weights as an uninterrupted one.
+
+Devices: the step is jitted with NamedSharding over a 1-D mesh of all devices (axis "data"):
+the batch is split over the devices and the state replicated. Because the loss is written for
+the global batch, XLA inserts the cross-device reductions itself: gradients are averaged and
+batch-norm statistics are computed over the global batch, exactly as on one device.
+Multi-host runs call `jax.distributed.initialize()` before anything else (the launcher's job);
+each process then reads its own shard of the data and `batch_size` stays the global batch.
+"""
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import flax.linen as nn
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from tqdm import tqdm
+
+from saliency_jax.data import make_dataset
+
+REQUIRED_KEYS = ("batch_size", "num_steps", "learning_rate", "eval_every", "log_every",
+                 "style", "channels")
+DATA_AXIS = "data"
+
+
+@dataclasses.dataclass
+class TrainResult:
+  """What a training run returns.
+
+  Attributes:
+    variables: {"params", "batch_stats"?} of the selected (best validation) checkpoint.
+    val_auc: classifier: validation ROC AUC of the selected checkpoint; segmenter: None (see
+      `val_metrics`).
+    history: every record of metrics.jsonl, in step order.
+    best_step: the step of the selected checkpoint.
+    val_metrics: all validation metrics of the selected checkpoint.
+  """
+  variables: dict
+  val_auc: float | None
+  history: list[dict]
+  best_step: int
+  val_metrics: dict
+
+
+class TrainingInterrupted(RuntimeError):
+  """Raised when `stop_after_steps` ends a run early, as a kill would (no done marker)."""
+
+
+def roc_auc(labels: Any, scores: Any) -> float:
+  """Area under the ROC curve by the rank-sum (Mann-Whitney) formula; ties count one half.
+
+  Args:
+    labels: [N] in {0, 1} (or bool).
+    scores: [N] real scores, higher meaning more likely positive.
+
+  Returns:
+    The AUC, or NaN when only one class is present (undefined).
+  """
+  labels = np.asarray(labels).reshape(-1)
+  scores = np.asarray(scores, np.float64).reshape(-1)
+  if labels.shape != scores.shape:
+    raise ValueError(f"labels and scores differ in size: {labels.shape} vs {scores.shape}.")
+  if not np.all((labels == 0) | (labels == 1)):
+    raise ValueError("labels must be 0 or 1.")
+  if np.isnan(scores).any():
+    raise ValueError("scores contain NaN.")
+  positive = labels == 1
+  n_pos = int(positive.sum())
+  n_neg = labels.size - n_pos
+  if n_pos == 0 or n_neg == 0:
+    return float("nan")
+  _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+  # 1-based average rank of each distinct value: the middle of its run in sorted order.
+  ends = np.cumsum(counts)
+  average_rank = ends - (counts - 1) / 2.0
+  rank_sum = average_rank[inverse][positive].sum()
+  return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+# ----------------------------------------------------------------------------------------------
+# Tasks: what differs between the classifier and the segmenter.
+
+
+@dataclasses.dataclass(frozen=True)
+class _Task:
+  """Loss, per-example validation outputs and the host-side validation summary of one task."""
+  batch_keys: tuple[str, ...]                        # batch fields the step needs
+  loss: Callable[[jax.Array, dict], jax.Array]       # (model output, batch) -> mean loss
+  eval_outputs: Callable[[jax.Array, dict], dict]    # -> per-example arrays [B, ...]
+  summarize: Callable[[dict], dict]                  # host arrays of valid examples -> metrics
+  select: str                                        # the metric maximized for "best"
+
+
+def _classifier_loss(logits, batch):
+  # Dense(K) + softmax + cross-entropy: for K=2, the paper's Dense(2)+softmax+binary CE.
+  return optax.softmax_cross_entropy_with_integer_labels(
+      logits.astype(jnp.float32), batch["label"]).mean()
+
+
+def _classifier_outputs(logits, batch):
+  logits = logits.astype(jnp.float32)
+  return {
+      "score": jax.nn.softmax(logits)[:, 1],
+      "loss": optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]),
+      "label": batch["label"],
+  }
+
+
+def _classifier_summary(out):
+  return {"val_auc": roc_auc(out["label"], out["score"]),
+          "val_loss": float(np.mean(out["loss"])),
+          "val_accuracy": float(np.mean((out["score"] > 0.5) == (out["label"] == 1)))}
+
+
+def _segmenter_loss(logits, batch):
+  return optax.sigmoid_binary_cross_entropy(
+      logits.astype(jnp.float32), batch["mask"].astype(jnp.float32)).mean()
+
+
+def _segmenter_outputs(logits, batch):
+  logits = logits.astype(jnp.float32)
+  mask = batch["mask"].astype(jnp.float32)
+  predicted = (logits > 0).astype(jnp.float32)  # probability > 0.5
+  return {
+      "intersection": jnp.sum(predicted * mask, axis=(1, 2)),
+      "predicted": jnp.sum(predicted, axis=(1, 2)),
+      "true": jnp.sum(mask, axis=(1, 2)),
+      "loss": optax.sigmoid_binary_cross_entropy(logits, mask).mean(axis=(1, 2)),
+  }
+
+
+def _segmenter_summary(out):
+  # Dice at threshold 0.5, averaged over the images that have a finding (empty masks have no
+  # Dice worth averaging); how many were left out is recorded.
+  has_finding = out["true"] > 0
+  dice = 2 * out["intersection"][has_finding] / (out["predicted"] + out["true"])[has_finding]
+  return {"val_dice": float(np.mean(dice)) if dice.size else float("nan"),
+          "val_dice_excluded_empty": int((~has_finding).sum()),
+          "val_loss": float(np.mean(out["loss"]))}
+
+
+_CLASSIFIER = _Task(("image", "label"), _classifier_loss, _classifier_outputs,
+                    _classifier_summary, "val_auc")
+_SEGMENTER = _Task(("image", "mask"), _segmenter_loss, _segmenter_outputs,
+                   _segmenter_summary, "val_dice")
+
+
+def train_classifier(module: nn.Module, train_source: Sequence[dict],
+                     val_source: Sequence[dict], *, workdir: str, seed: int, config: Any,
+                     mesh: Mesh | None = None,
+                     stop_after_steps: int | None = None) -> TrainResult:
+  """Trains a classifier with softmax cross-entropy; selects the best validation ROC AUC.
+
+  Args:
+    module: a Flax classifier (`__call__(x, train)` -> logits [B, K]; the AUC scores class 1).
+    train_source, val_source: random-access sources of dataset examples.
+    workdir: where checkpoints and metrics go; an existing run there is resumed or returned.
+    seed: initialization and data-order seed.
+    config: the training section (see the module docstring).
+    mesh: a 1-D device mesh with axis "data" (default: all devices).
+    stop_after_steps: end the run after this many steps in total by raising
+      `TrainingInterrupted`, as a kill would (for resume tests and preemption drills).
+  """
+  return _train(_CLASSIFIER, module, train_source, val_source, workdir=workdir, seed=seed,
+                config=config, mesh=mesh, stop_after_steps=stop_after_steps)
+
+
+def train_segmenter(module: nn.Module, train_source: Sequence[dict],
+                    val_source: Sequence[dict], *, workdir: str, seed: int, config: Any,
+                    mesh: Mesh | None = None,
+                    stop_after_steps: int | None = None) -> TrainResult:
+  """Trains a per-pixel model (the U-Net: logits [B, H, W]) with sigmoid cross-entropy on the
+  masks; selects the best validation Dice (mean over images with a finding). As
+  `train_classifier` otherwise; `TrainResult.val_auc` is None."""
+  return _train(_SEGMENTER, module, train_source, val_source, workdir=workdir, seed=seed,
+                config=config, mesh=mesh, stop_after_steps=stop_after_steps)
+
+
+# ----------------------------------------------------------------------------------------------
+# The shared loop.
+
+
+def default_mesh() -> Mesh:
+  """A 1-D data-parallel mesh over every device of every process."""
+  return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
+
+
+def make_optimizer(config: Any) -> optax.GradientTransformation:
+  """Adam (AdamW on kernels when weight_decay > 0) with the configured schedule."""
+  lr = float(config.learning_rate)
+  schedule_name = config.get("lr_schedule", "constant")
+  if schedule_name == "constant":
+    schedule = lr
+  elif schedule_name == "cosine":
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, lr, int(config.get("warmup_steps", 0)), int(config.num_steps))
+  else:
+    raise ValueError(f"Unknown lr_schedule {schedule_name!r}: 'constant' or 'cosine'.")
+  weight_decay = float(config.get("weight_decay", 0.0))
+  if weight_decay:
+    # Decay kernels only: decaying batch-norm scales and biases is not what Keras/Adam did.
+    return optax.adamw(schedule, weight_decay=weight_decay,
+                       mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params))
+  return optax.adam(schedule)
+
+
+def _check_config(config: Any) -> None:
+  missing = [k for k in REQUIRED_KEYS if k not in config]
+  if missing:
+    raise KeyError(f"The training config lacks {missing}; required keys: {REQUIRED_KEYS}.")
+  for key in ("batch_size", "num_steps", "eval_every", "log_every"):
+    if int(config[key]) < 1:
+      raise ValueError(f"config.{key} must be >= 1, got {config[key]}.")
+
+
+def _with_dtype(module: nn.Module, dtype_name: str) -> nn.Module:
+  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}.get(dtype_name)
+  if dtype is None:
+    raise ValueError(f"Unknown dtype {dtype_name!r}: 'float32' or 'bfloat16'.")
+  if dtype_name == "float32":
+    return module
+  if "dtype" not in {f.name for f in dataclasses.fields(module)}:
+    raise ValueError(f"{type(module).__name__} has no `dtype` field, so it cannot compute in "
+                     f"{dtype_name}.")
+  return module.clone(dtype=dtype)
+
+
+def _global_batch(local: Mapping[str, np.ndarray], keys: Sequence[str],
+                  sharding: NamedSharding) -> dict:
+  """Process-local numpy batch -> global arrays split over the mesh's data axis."""
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(local[k]))
+          for k in keys}
+
+
+def _to_host(tree: Any) -> Any:
+  if jax.process_count() == 1:
+    return jax.tree.map(np.asarray, tree)
+  return multihost_utils.process_allgather(tree, tiled=True)
+
+
+class _MetricsLog:
+  """metrics.jsonl: one JSON record per line; records past a resumed step are dropped."""
+
+  def __init__(self, path: str, resume_step: int):
+    self.path = path
+    self.records = []
+    if os.path.exists(path):
+      with open(path) as f:
+        self.records = [r for r in map(json.loads, filter(str.strip, f))
+                        if r["step"] <= resume_step]
+    if jax.process_index() == 0:
+      self._rewrite()
+
+  def _rewrite(self):
+    tmp = self.path + ".tmp"
+    with open(tmp, "w") as f:
+      f.writelines(json.dumps(r) + "\n" for r in self.records)
+    os.replace(tmp, self.path)
+
+  def append(self, record: dict) -> None:
+    self.records.append(record)
+    if jax.process_index() == 0:
+      with open(self.path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _checkpoint_manager(directory: str, max_to_keep: int) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      directory,
+      options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                           enable_async_checkpointing=False),
+      item_handlers={"state": ocp.StandardCheckpointHandler(),
+                     "data": grain.checkpoint.CheckpointHandler(),
+                     "meta": ocp.JsonCheckpointHandler()})
+
+
+def _model_variables(state: dict) -> dict:
+  return {k: state[k] for k in ("params", "batch_stats") if k in state}
+
+
+def _train(task: _Task, module: nn.Module, train_source, val_source, *, workdir: str,
+           seed: int, config: Any, mesh: Mesh | None,
+           stop_after_steps: int | None) -> TrainResult:
+  _check_config(config)
+  mesh = default_mesh() if mesh is None else mesh
+  if mesh.axis_names != (DATA_AXIS,):
+    raise ValueError(f"The mesh must be 1-D with axis {DATA_AXIS!r}; got {mesh.axis_names}.")
+  num_steps = int(config.num_steps)
+  batch_size = int(config.batch_size)
+  eval_batch_size = int(config.get("eval_batch_size", batch_size))
+  for name, size in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+    if size % mesh.size or size % jax.process_count():
+      raise ValueError(f"config.{name}={size} must be divisible by the {mesh.size} devices "
+                       f"and {jax.process_count()} processes.")
+  module = _with_dtype(module, config.get("dtype", "float32"))
+  replicated = NamedSharding(mesh, P())
+  batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
+  os.makedirs(workdir, exist_ok=True)
+  done_path = os.path.join(workdir, "done.json")
+  best_manager = _checkpoint_manager(os.path.join(workdir, "best"), max_to_keep=1)
+
+  image = np.asarray(train_source[0]["image"])
+  sample = jnp.zeros((1, *image.shape[:2], int(config.channels)), jnp.float32)
+  abstract_variables = jax.tree.map(
+      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
+      _model_variables(jax.eval_shape(module.init, jax.random.key(0), sample)))
+  abstract_variables = {k: v for k, v in abstract_variables.items() if v}
+
+  if os.path.exists(done_path):
+    with open(done_path) as f:
+      done = json.load(f)
+    if done["num_steps"] >= num_steps:
+      return _finished_result(workdir, done, best_manager, abstract_variables)
+
+  # Initial state, replicated over the mesh (same seed -> same values on every process).
+  tx = make_optimizer(config)
+
+  def init_state(key):
+    variables = module.init(key, sample)
+    state = {"step": jnp.zeros((), jnp.int32), "params": variables["params"],
+             "opt_state": tx.init(variables["params"])}
+    if variables.get("batch_stats"):
+      state["batch_stats"] = variables["batch_stats"]
+    return state
+
+  state = jax.jit(init_state, out_shardings=replicated)(jax.random.key(seed))
+  has_batch_stats = "batch_stats" in state
+
+  local_batch = batch_size // jax.process_count()
+  train_iter = iter(make_dataset(train_source, batch_size=local_batch, seed=seed,
+                                 style=config.style, channels=int(config.channels),
+                                 shuffle=True, num_epochs=None, drop_remainder=True,
+                                 shard_by_process=True))
+
+  manager = _checkpoint_manager(os.path.join(workdir, "checkpoints"),
+                                max_to_keep=int(config.get("keep_checkpoints", 2)))
+  best = {"step": -1, "metrics": {}}
+  start_step = 0
+  latest = manager.latest_step()
+  if latest is not None:
+    restored = manager.restore(latest, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(state),
+        data=grain.checkpoint.CheckpointRestore(train_iter),
+        meta=ocp.args.JsonRestore()))
+    state, train_iter, best = restored.state, restored.data, restored.meta["best"]
+    start_step = latest
+    # The best checkpoint is written after the train checkpoint of the same step: a kill in
+    # between leaves it missing, and the restored state is exactly what it should hold.
+    if best["step"] == latest and best_manager.latest_step() != latest:
+      _save_best(best_manager, latest, state, best["metrics"])
+  log = _MetricsLog(os.path.join(workdir, "metrics.jsonl"), start_step)
+
+  def loss_and_updates(params, batch_stats, batch):
+    variables = {"params": params}
+    if has_batch_stats:
+      variables["batch_stats"] = batch_stats
+      out, updates = module.apply(variables, batch["image"], train=True,
+                                  mutable=["batch_stats"])
+    else:
+      out, updates = module.apply(variables, batch["image"], train=True), {}
+    return task.loss(out, batch), updates
+
+  def train_step(state, batch):
+    (loss, updates), grads = jax.value_and_grad(loss_and_updates, has_aux=True)(
+        state["params"], state.get("batch_stats"), batch)
+    param_updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    new_state = {"step": state["step"] + 1,
+                 "params": optax.apply_updates(state["params"], param_updates),
+                 "opt_state": opt_state}
+    if has_batch_stats:
+      new_state["batch_stats"] = updates["batch_stats"]
+    return new_state, loss
+
+  def eval_step(variables, batch):
+    out = module.apply(variables, batch["image"], train=False)
+    return task.eval_outputs(out, batch)
+
+  train_step = jax.jit(train_step, in_shardings=(replicated, batch_sharding),
+                       out_shardings=(replicated, replicated), donate_argnums=0)
+  eval_step = jax.jit(eval_step, in_shardings=(replicated, batch_sharding),
+                      out_shardings=batch_sharding)
+
+  def evaluate(state) -> dict:
+    return _evaluate(task, eval_step, _model_variables(state), val_source, config,
+                     eval_batch_size // jax.process_count(), batch_sharding)
+
+  progress = tqdm(total=num_steps, initial=start_step, desc=f"train {os.path.basename(workdir)}",
+                  disable=not (config.get("progress", True) and jax.process_index() == 0),
+                  dynamic_ncols=True)
+  loss_sum, loss_count = jnp.zeros(()), 0
+  start_time = time.perf_counter()
+  for step in range(start_step + 1, num_steps + 1):
+    batch = _global_batch(next(train_iter), task.batch_keys, batch_sharding)
+    state, loss = train_step(state, batch)
+    loss_sum, loss_count = loss_sum + loss, loss_count + 1
+    progress.update(1)
+    if step % int(config.log_every) == 0 or step == num_steps:
+      mean_loss = float(loss_sum) / loss_count
+      loss_sum, loss_count = jnp.zeros(()), 0
+      if not math.isfinite(mean_loss):
+        raise FloatingPointError(f"Training loss is {mean_loss} at step {step}.")
+      log.append({"step": step, "train_loss": mean_loss,
+                  "seconds": round(time.perf_counter() - start_time, 3)})
+      progress.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
+    if step % int(config.eval_every) == 0 or step == num_steps:
+      metrics = evaluate(state)
+      log.append({"step": step, **metrics})
+      progress.set_postfix({task.select: f"{metrics[task.select]:.4f}"}, refresh=False)
+      improved = _better(metrics[task.select], best["metrics"].get(task.select))
+      if improved:
+        best = {"step": step, "metrics": metrics}
+      manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          data=grain.checkpoint.CheckpointSave(train_iter),
+          meta=ocp.args.JsonSave({"best": best})))
+      if improved:
+        _save_best(best_manager, step, state, metrics)
+    if stop_after_steps is not None and step >= stop_after_steps and step < num_steps:
+      progress.close()
+      manager.wait_until_finished()
+      raise TrainingInterrupted(f"Stopped after step {step} of {num_steps}.")
+  progress.close()
+  manager.wait_until_finished()
+  manager.close()
+
+  if best["step"] < 0:
+    raise RuntimeError(f"No validation step produced a finite {task.select}; see "
+                       f"{log.path}.")
+  done = {"num_steps": num_steps, "best_step": best["step"], "val_metrics": best["metrics"]}
+  if jax.process_index() == 0:
+    with open(done_path + ".tmp", "w") as f:
+      json.dump(done, f, indent=1)
+    os.replace(done_path + ".tmp", done_path)
+  return _finished_result(workdir, done, best_manager, abstract_variables)
+
+
+def _better(value: float, incumbent: float | None) -> bool:
+  if value is None or not math.isfinite(value):
+    return False
+  return incumbent is None or value > incumbent
+
+
+def _save_best(best_manager: ocp.CheckpointManager, step: int, state: dict,
+               metrics: dict) -> None:
+  best_manager.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(_model_variables(state)),
+      meta=ocp.args.JsonSave({"step": step, "metrics": metrics})))
+  best_manager.wait_until_finished()
+
+
+def _finished_result(workdir: str, done: dict, best_manager: ocp.CheckpointManager,
+                     abstract_variables: dict) -> TrainResult:
+  step = done["best_step"]
+  if best_manager.latest_step() != step:
+    raise RuntimeError(f"{workdir}: done.json names best step {step}, but best/ holds "
+                       f"{best_manager.all_steps()}.")
+  restored = best_manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_variables)))
+  variables = dict(restored.state)
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    history = [json.loads(line) for line in f if line.strip()]
+  metrics = done["val_metrics"]
+  return TrainResult(variables=variables, val_auc=metrics.get("val_auc"), history=history,
+                     best_step=step, val_metrics=metrics)
+
+
+def _evaluate(task: _Task, eval_step, variables, val_source, config, local_batch: int,
+              batch_sharding: NamedSharding) -> dict:
+  """Runs `eval_step` over the whole validation split; returns the task's summary."""
+  dataset = make_dataset(val_source, batch_size=local_batch, seed=0, style=config.style,
+                         channels=int(config.channels), shuffle=False, num_epochs=1,
+                         drop_remainder=False, shard_by_process=True)
+  # Every process runs the same number of steps (unequal shards would deadlock multi-host
+  # runs): exhausted processes feed batches that are all padding.
+  per_process = -(-len(val_source) // jax.process_count())
+  num_batches = -(-per_process // local_batch)
+  iterator = iter(dataset)
+  template = None
+  outputs = []
+  for _ in range(num_batches):
+    local = next(iterator, None)
+    if local is None:
+      local = jax.tree.map(lambda x: np.zeros_like(x[:0]), template)
+    template = local if template is None else template
+    size = len(local["image"])
+    padded = {k: np.concatenate([np.asarray(local[k]),
+                                 np.zeros((local_batch - size, *np.shape(local[k])[1:]),
+                                          np.asarray(local[k]).dtype)])
+              for k in task.batch_keys}
+    out = eval_step(variables, _global_batch(padded, task.batch_keys, batch_sharding))
+    valid = np.arange(local_batch) < size
+    valid = jax.make_array_from_process_local_data(batch_sharding, valid)
+    outputs.append(_to_host({**out, "valid": valid}))
+  merged = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
+  valid = merged.pop("valid")
+  return task.summarize({k: v[valid] for k, v in merged.items()})

@@ -1,0 +1,98 @@
+"""Maps computed elsewhere (PAIR, Captum, ...), scored by the same criteria as ours.
+
+Layout of the directory named by `config.study.external_maps`:
+
+  <dir>/<METHOD>/<model>/<state>.npz        one array per image, keyed by image id
+  <dir>/<METHOD>/<model>/<state>/<id>.npy   or one .npy file per image
+
+METHOD is any name (it becomes a column of the report, e.g. CAPTUM_IG); model is a name from
+`config.models` (A1, A2, B1, ...); state is `original`, `untrained`, `cascade_<block>` or
+`independent_<block>` with the model's block names (see `models/<name>` in the report). Each
+map is [H, W] (used as it is: scale it to [0, 1] as our maps are) or [H, W, C] (made 2-D by
+`to_grayscale`, PAIR's VisualizeImageGrayscale) at the dataset's image size. Image ids are the
+dataset's "id" feature. Missing states leave the criteria that need them N/A; a map of the
+wrong size or an id the set needs but the file lacks is an error naming the file.
+"""
+import os
+from typing import Dict, List
+
+import numpy as np
+
+from saliency_jax import attributions
+from saliency_jax.maps import MapStore
+
+
+def discover(directory: str) -> Dict[str, Dict[str, Dict[str, str]]]:
+  """{method: {model: {state: path}}} of the maps under `directory`."""
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"external maps directory {directory!r} does not exist")
+  found: Dict[str, Dict[str, Dict[str, str]]] = {}
+  for method in sorted(os.listdir(directory)):
+    method_dir = os.path.join(directory, method)
+    if not os.path.isdir(method_dir):
+      continue
+    for model in sorted(os.listdir(method_dir)):
+      model_dir = os.path.join(method_dir, model)
+      if not os.path.isdir(model_dir):
+        continue
+      for entry in sorted(os.listdir(model_dir)):
+        path = os.path.join(model_dir, entry)
+        if entry.endswith(".npz"):
+          found.setdefault(method, {}).setdefault(model, {})[entry[:-4]] = path
+        elif os.path.isdir(path):
+          found.setdefault(method, {}).setdefault(model, {})[entry] = path
+  return found
+
+
+def _load_arrays(path: str) -> Dict[str, np.ndarray]:
+  if path.endswith(".npz"):
+    with np.load(path) as archive:
+      return {k: archive[k] for k in archive.files}
+  return {f[:-4]: np.load(os.path.join(path, f)) for f in os.listdir(path) if f.endswith(".npy")}
+
+
+def _as_map(array: np.ndarray, image_id: str, path: str, shape) -> np.ndarray:
+  m = np.asarray(array, np.float32)
+  if m.ndim == 3:
+    m = np.asarray(attributions.to_grayscale(m[None]))[0]
+  if m.shape != tuple(shape):
+    raise ValueError(f"{path}: map of {image_id!r} has shape {m.shape}, expected {tuple(shape)}")
+  return m
+
+
+def import_maps(directory: str, image_sets, store_path, chunk_size: int) -> List[str]:
+  """Copies every external map into the study's stores; returns the method names found.
+
+  A state's file fills an image set when it holds maps for all of the set's ids (it may hold
+  more); a file holding only some of them is an error, one holding none skips that set.
+
+  Args:
+    directory: the external maps directory.
+    image_sets: {set name: ImageSet} the study scores.
+    store_path: (set, model, state, method) -> the store directory.
+    chunk_size: the study's chunk size.
+  """
+  found = discover(directory)
+  for method, by_model in found.items():
+    for model, by_state in by_model.items():
+      for state, path in by_state.items():
+        arrays = _load_arrays(path)
+        for set_name, image_set in image_sets.items():
+          ids = [str(i) for i in image_set.ids]
+          missing = [i for i in ids if i not in arrays]
+          if len(missing) == len(ids):
+            continue
+          if missing:
+            raise KeyError(f"{path} has maps for some of the {set_name} images but lacks "
+                           f"{len(missing)}, e.g. {missing[:3]}")
+          shape = image_set.masks.shape[1:]
+          maps = np.stack([_as_map(arrays[i], i, path, shape) for i in ids])
+          store = MapStore.create_or_open(
+              store_path(set_name, model, state, method), num_maps=len(ids),
+              map_shape=shape, chunk_size=chunk_size, dtype="float32", ids=ids,
+              indices=image_set.indices,
+              metadata={"method": method, "source": os.path.abspath(path)})
+          for chunk in store.missing_chunks():
+            start, stop = store.chunk_bounds(chunk)
+            store.write_chunk(chunk, maps[start:stop])
+  return sorted(found)
