@@ -28,6 +28,9 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False,
 
 def main(argv):
   del argv
+  if not flags.FLAGS["verbosity"].present:
+    # Checkpointing libraries log every save at INFO; progress bars and prints tell the story.
+    logging.set_verbosity(logging.WARNING)
   if _DISTRIBUTED.value:
     import jax  # pylint: disable=g-import-not-at-top
     jax.distributed.initialize()
@@ -38,8 +41,11 @@ def main(argv):
     study.progress.stages.pop(stage, None)
   logging.info("workdir: %s", os.path.abspath(workdir))
   report = study.run(_STAGES.value)
-  print(f"\nThe study is done. Report: {os.path.abspath(report)}"
-        f"\n  (also {os.path.abspath(os.path.join(workdir, 'report.md'))})")
+  if os.path.exists(report):
+    print(f"\nReport: {os.path.abspath(report)}"
+          f"\n  (also {os.path.abspath(os.path.join(workdir, 'report.md'))})")
+  else:
+    print(f"\nStages {', '.join(_STAGES.value)} done in {os.path.abspath(workdir)}.")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ from saliency_jax.maps import demo
 # Different devices run different batch sizes through XLA's convolutions, which may sum in
 # another order; a map is allowed to differ by float32 rounding and no more.
 _ATOL = 1e-6
-_SG_SETTINGS = {"num_samples": 2, "spread": 0.15}  # Fewer samples than the demo, for speed.
+# The study's SmoothGrad with few samples, and a gradient cap that splits the work unevenly.
+_SG_SETTINGS = {"samples": 3, "max_grads_in_flight": 4}
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +56,13 @@ def test_eight_devices_give_the_maps_of_one_device(tmp_path, problem):
   assert store.metadata["method"] == "DEMO_GRAD"
 
 
+def _sg():
+  from saliency_jax.attributions import METHODS  # pylint: disable=g-import-not-at-top
+  return METHODS["SG"]
+
+
 def test_a_noisy_method_gives_the_same_maps_whatever_the_chunks_and_devices(tmp_path, problem):
-  method = demo.DemoSmoothGrad()
+  method = _sg()
   ref = _generate(tmp_path / "c21", method, problem, chunk_size=21, settings=_SG_SETTINGS,
                   mesh=maps.batch_mesh(jax.devices()[:1])).read_all()
   for chunk_size, num_devices in ((5, 1), (6, 4)):
@@ -64,6 +70,10 @@ def test_a_noisy_method_gives_the_same_maps_whatever_the_chunks_and_devices(tmp_
                     chunk_size=chunk_size, settings=_SG_SETTINGS,
                     mesh=maps.batch_mesh(jax.devices()[:num_devices])).read_all()
     np.testing.assert_allclose(got, ref, rtol=0, atol=_ATOL)
+  model_fns, images, targets, indices, _ = problem
+  direct = method.compute(model_fns, images[::-1], targets[::-1], indices=indices[::-1],
+                          key=jax.random.key(7), settings=_SG_SETTINGS)
+  np.testing.assert_allclose(ref, np.asarray(direct)[::-1], rtol=0, atol=_ATOL)
   # The noise really is per image: another key gives other maps.
   other = maps.generate_maps(
       str(tmp_path / "other"), method, *problem, key=jax.random.key(8), chunk_size=21,
@@ -72,7 +82,7 @@ def test_a_noisy_method_gives_the_same_maps_whatever_the_chunks_and_devices(tmp_
 
 
 def test_hosts_write_disjoint_chunks_that_make_up_the_whole_store(tmp_path, problem):
-  method = demo.DemoSmoothGrad()
+  method = _sg()
   ref = _generate(tmp_path / "ref", method, problem, chunk_size=21,
                   settings=_SG_SETTINGS).read_all()
   written = []
@@ -106,6 +116,8 @@ def test_a_rerun_computes_only_the_missing_chunks(tmp_path, problem):
   assert not written
   with pytest.raises(ValueError, match="other maps"):
     _generate(tmp_path / "s", method, problem, settings={"other": 1})
+  # The gradient cap changes memory use, not maps: a resume may use another value.
+  _generate(tmp_path / "s", method, problem, settings={"max_grads_in_flight": 2})
 
 
 def test_images_from_a_sequence_source_are_loaded_one_chunk_at_a_time(tmp_path, problem):
@@ -176,6 +188,16 @@ def test_prepared_data_is_cached_per_chunk_and_reused_across_model_states(tmp_pa
         mesh=maps.batch_mesh(jax.devices()[:8]))
     results.append(store.read_all())
   assert method.prepare_calls == [8, 8, 5]  # Once per chunk, for the first model state only.
+  # Other images (e.g. preprocessed for another architecture) are other cache entries.
+  shifted = images + 0.5
+  store = maps.generate_maps(
+      str(tmp_path / "shifted"), method, model_fns, shifted, targets, indices, ids,
+      key=jax.random.key(0), chunk_size=8, prepared_dir=cache, progress=False)
+  assert method.prepare_calls == [8, 8, 5] * 2
+  np.testing.assert_allclose(
+      store.read_all(),
+      _reference_gradient_maps(model_fns, shifted, targets) * (shifted[..., 0] > 0),
+      rtol=0, atol=_ATOL)
   for fns, got in zip((model_fns, other_fns), results):
     expected = _reference_gradient_maps(fns, images, targets) * (images[..., 0] > 0)
     np.testing.assert_allclose(got, expected, rtol=0, atol=_ATOL)
@@ -191,6 +213,16 @@ def test_prepared_data_is_cached_per_chunk_and_reused_across_model_states(tmp_pa
                              _reference_gradient_maps(model_fns, images, targets), atol=_ATOL)
 
 
+class _PixelSpaceMethod:
+  """Breaks the contract: returns [B,H,W,C] instead of the 2-D map."""
+  default_settings = {}
+  prepare = None
+
+  def compute(self, model_fns, images, targets, *, indices, key, settings, prepared=None):
+    del model_fns, targets, indices, key, settings, prepared
+    return images
+
+
 def test_bad_inputs_are_refused(tmp_path, problem):
   model_fns, images, targets, indices, ids = problem
   method = demo.DemoGradient()
@@ -200,6 +232,10 @@ def test_bad_inputs_are_refused(tmp_path, problem):
   with pytest.raises(ValueError, match=r"\[N,H,W,C\]"):
     maps.generate_maps(str(tmp_path / "b"), method, model_fns, images[..., 0], targets,
                        key=jax.random.key(0), chunk_size=4, progress=False)
+  with pytest.raises(ValueError, match=r"returned maps of shape \(4, 9, 13, 2\)"):
+    maps.generate_maps(str(tmp_path / "d"), _PixelSpaceMethod(), model_fns, images, targets,
+                       key=jax.random.key(0), chunk_size=4, progress=False)
+  assert maps.MapStore.open(str(tmp_path / "d")).missing_chunks() == list(range(6))
   with pytest.raises(ValueError, match="1-D"):
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:4]).reshape(2, 2), ("a", "b"))
     maps.generate_maps(str(tmp_path / "c"), method, model_fns, images, targets,
@@ -220,3 +256,25 @@ def test_study_methods_give_the_same_maps_on_eight_devices(tmp_path, problem, na
   assert not np.isnan(one).any()
   np.testing.assert_allclose(one, direct, rtol=0, atol=_ATOL)
   np.testing.assert_allclose(eight, one, rtol=0, atol=_ATOL)
+
+
+def test_xrai_segments_are_computed_once_for_all_model_states(tmp_path, problem):
+  from saliency_jax.attributions import METHODS  # pylint: disable=g-import-not-at-top
+  model_fns, images, targets, indices, ids = problem
+  other_fns = demo.tiny_problem(seed=4, num_images=1, height=9, width=13, channels=2)[0]
+  calls = []
+  xrai = METHODS["XRAI"]
+  method = dataclasses.replace(
+      xrai, prepare=lambda x, s: calls.append(len(x)) or xrai.prepare(x, s))
+  settings = {**xrai.default_settings, "steps": 4, "segment_resize": None, "scales": [50, 100],
+              "min_size": 10, "workers": 1}
+  for fns, state in ((model_fns, "state0"), (other_fns, "state1")):
+    got = maps.generate_maps(
+        str(tmp_path / state), method, fns, images, targets, indices, ids,
+        key=jax.random.key(0), settings=settings, chunk_size=8, progress=False,
+        prepared_dir=str(tmp_path / "prepared"),
+        mesh=maps.batch_mesh(jax.devices()[:8])).read_all()
+    direct = np.asarray(xrai.compute(fns, images, targets, indices=indices,
+                                     key=jax.random.key(0), settings=settings))
+    np.testing.assert_allclose(got, direct, rtol=0, atol=_ATOL)
+  assert calls == [8, 8, 5]  # Segments of each chunk once, for the first model state only.

@@ -1,6 +1,11 @@
-"""A map job killed mid-way (SIGKILL, a real separate process) resumes without recomputing."""
+"""A map job killed mid-way (SIGKILL, a real separate process) resumes without recomputing.
+
+The restart runs as two hosts (two JAX processes joined by jax.distributed), so the same test
+shows that hosts split the remaining chunks between them.
+"""
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,7 +18,7 @@ from saliency_jax.maps import demo
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _FLAGS = {"num_images": 14, "height": 11, "width": 8, "channels": 1, "seed": 5,
-          "chunk_size": 3, "method": "DEMO_SG", "key_seed": 2}
+          "chunk_size": 3, "method": "DEMO_GRAD", "key_seed": 2}
 
 
 def _launch(store, log, **extra):
@@ -23,6 +28,12 @@ def _launch(store, log, **extra):
   return subprocess.Popen(
       [sys.executable, "-m", "launch.generate_maps"] + [f"--{k}={v}" for k, v in flags.items()],
       cwd=_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
 
 
 def _logged_chunks(log):
@@ -55,11 +66,18 @@ def test_a_killed_job_restarts_where_it_stopped(tmp_path):
   leftovers = [f for f in os.listdir(store_path) if f.startswith(".tmp")]
   assert not leftovers
 
-  restart = _launch(store_path, log2)
-  output = restart.communicate(timeout=120)[0].decode()
-  assert restart.returncode == 0, output
-  # The restart computed exactly the chunks that were missing, and touched no finished one.
-  assert _logged_chunks(log2) == [i for i in range(store.num_chunks) if i not in finished]
+  port = _free_port()
+  restarts = [_launch(store_path, log2 + str(host), distributed=True, num_processes=2,
+                      process_id=host, coordinator_address=f"localhost:{port}")
+              for host in (0, 1)]
+  for restart in restarts:
+    output = restart.communicate(timeout=180)[0].decode()
+    assert restart.returncode == 0, output
+  # The restart computed exactly the chunks that were missing, each host those of its share,
+  # and touched no finished chunk.
+  missing = [i for i in range(store.num_chunks) if i not in finished]
+  for host in (0, 1):
+    assert _logged_chunks(log2 + str(host)) == [i for i in missing if i % 2 == host]
   for i, before in stamps.items():
     after = os.stat(store.chunk_path(i))
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
@@ -70,7 +88,7 @@ def test_a_killed_job_restarts_where_it_stopped(tmp_path):
       seed=_FLAGS["seed"], num_images=_FLAGS["num_images"], height=_FLAGS["height"],
       width=_FLAGS["width"], channels=_FLAGS["channels"])
   whole = maps.generate_maps(
-      str(tmp_path / "whole"), demo.DEMO_METHODS["DEMO_SG"], model_fns, images, targets,
+      str(tmp_path / "whole"), demo.DEMO_METHODS["DEMO_GRAD"], model_fns, images, targets,
       indices, ids, key=jax.random.key(_FLAGS["key_seed"]), chunk_size=_FLAGS["num_images"],
       progress=False)
   np.testing.assert_allclose(store.read_all(), whole.read_all(), rtol=0, atol=1e-6)

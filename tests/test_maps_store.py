@@ -6,6 +6,7 @@ import weakref
 import numpy as np
 import pytest
 
+from saliency_jax.maps import iter_aligned
 from saliency_jax.maps import MapStore
 
 
@@ -151,3 +152,22 @@ def test_streaming_an_incomplete_store_is_an_error(tmp_path):
     next(store.iter_chunks())
   with pytest.raises(ValueError, match="incomplete"):
     store.read_all()
+
+
+def test_aligned_stores_stream_the_same_images_together(tmp_path):
+  a, b = _maps(11, seed=1), _maps(11, seed=2)
+  stores = []
+  for name, maps, dtype in (("a", a, "float32"), ("b", b, "float16")):
+    store = _create(tmp_path / name, dtype=dtype)
+    for i in range(store.num_chunks):
+      start, stop = store.chunk_bounds(i)
+      store.write_chunk(i, maps[start:stop])
+    stores.append(store)
+  pairs = list(iter_aligned(*stores))
+  assert [(x.start, y.start) for x, y in pairs] == [(0, 0), (4, 4), (8, 8)]
+  np.testing.assert_array_equal(np.concatenate([x.maps for x, _ in pairs]), a)
+  np.testing.assert_array_equal(np.concatenate([y.maps for _, y in pairs]),
+                                b.astype(np.float16).astype(np.float32))
+  other = _create(tmp_path / "c", chunk_size=5)
+  with pytest.raises(ValueError, match="same images"):
+    next(iter_aligned(stores[0], other))

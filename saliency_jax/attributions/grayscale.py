@@ -7,8 +7,7 @@ Bit-for-bit the NumPy arithmetic of PAIR (`saliency.core.visualization`, NumPy >
     minimum) gives 0/0 = NaN at those pixels (and x/0 = inf, clipped to 1, above them). This is
     what the study's pipeline produced for constant maps (and why its SSIM means drop NaNs);
     callers that prefer a number pass `nan_to` (e.g. 0.0).
-The percentile takes the top-k values rather than sorting the whole map (sorting is slow on
-the CPU backend).
+The percentile uses a partition rather than a full sort (sorting is slow on the CPU backend).
 """
 from typing import Optional
 
@@ -40,12 +39,9 @@ def percentile_of_rows(values: Array, q: float) -> Array:
   gamma = virtual - lo
   lo = min(max(lo, 0), n - 1)
   hi = min(lo + 1, n - 1)
-  if qf >= 0.5:
-    top = jax.lax.top_k(values, n - lo)[0]          # descending; rank r ascending = n-1-r
-    a, b = top[:, n - 1 - lo], top[:, n - 1 - hi]
-  else:
-    bottom = -jax.lax.top_k(-values, hi + 1)[0]     # ascending
-    a, b = bottom[:, lo], bottom[:, hi]
+  part = jnp.partition(values, lo, axis=1)     # part[:, lo] is the lo-th smallest
+  a = part[:, lo]
+  b = part[:, lo + 1:].min(axis=1) if hi > lo else a
   diff = b - a
   if gamma >= 0.5:
     return b - diff * np.float32(1.0 - gamma)

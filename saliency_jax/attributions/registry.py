@@ -21,13 +21,18 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 
+from saliency_jax.attributions.blur_ig import blur_ig
 from saliency_jax.attributions.gradcam import gradcam
 from saliency_jax.attributions.gradient import gradient
 from saliency_jax.attributions.grayscale import to_grayscale
 from saliency_jax.attributions.guided_backprop import guided_backprop
+from saliency_jax.attributions.guided_ig import guided_ig
+from saliency_jax.attributions.occlusion import occlusion
 from saliency_jax.attributions.integrated_gradients import integrated_gradients
 from saliency_jax.attributions.smooth_integrated_gradients import smooth_integrated_gradients
 from saliency_jax.attributions.smoothgrad import smoothgrad
+from saliency_jax.attributions import xrai as xrai_lib
+from saliency_jax.attributions import xrai_segments
 
 Array = jax.Array
 Settings = Mapping[str, Any]
@@ -193,6 +198,89 @@ def _ggcam_impl(fns, s, images, targets, indices, key, prepared):
       fns, s, images, targets, indices, key, prepared)
 
 
+def _blur_ig_impl(fns, s, images, targets, indices, key, prepared):
+  del indices, key, prepared
+  return _gray(blur_ig(fns.logits_fn, images, targets, max_sigma=s["max_sigma"],
+                       steps=s["steps"], grad_step=s["grad_step"], sqrt=s["sqrt"],
+                       max_grads_in_flight=s["max_grads_in_flight"]), s)
+
+
+def _guided_ig_impl(fns, s, images, targets, indices, key, prepared):
+  del indices, key, prepared
+  return _gray(guided_ig(fns.logits_fn, images, targets, baseline=s["baseline"],
+                         steps=s["steps"], fraction=s["fraction"], max_dist=s["max_dist"],
+                         max_grads_in_flight=s["max_grads_in_flight"]), s)
+
+
+def _occlusion_impl(fns, s, images, targets, indices, key, prepared):
+  del indices, key, prepared
+  return _gray(occlusion(fns.logits_fn, images, targets, size=s["size"], value=s["value"],
+                         max_grads_in_flight=s["max_grads_in_flight"]), s)
+
+
+XRAI_DEFAULTS = {
+    "steps": 100, "algorithm": "full", "area_threshold": 1.0, "min_pixel_diff": 50,
+    "scales": xrai_segments.SCALES, "sigma": xrai_segments.SIGMA,
+    "min_size": xrai_segments.MIN_SIZE, "segmentation_size": xrai_segments.RESIZE[0],
+    "dilation_radius": xrai_segments.DILATION_RADIUS, "workers": None,
+    # Alias of segmentation_size kept for older callers; "default" defers to it.
+    "segment_resize": "default",
+}
+
+
+def _segmentation_size(size):
+  """The `segmentation_size` setting (int: square; (h, w); None: the image's size)."""
+  if size is None:
+    return None
+  if isinstance(size, (int, np.integer)):
+    return (int(size), int(size))
+  return tuple(int(v) for v in size)
+
+
+def _xrai_prepare(images, settings=None):
+  """XRAI's segments of each image (model-independent): a list of bool [M_i,H,W].
+
+  The segmentation runs on the image resized to `segmentation_size` (PAIR: 224); the study's
+  CPU demo sets it to the image size, which is the same as no resize.
+  """
+  return _xrai_prepare_async(images, settings)()
+
+
+def _xrai_prepare_async(images, settings=None):
+  s = merge_settings({**COMMON_SETTINGS, **XRAI_DEFAULTS}, settings)
+  return xrai_segments.segment_batch_async(
+      np.asarray(images, np.float32), workers=s["workers"], scales=tuple(s["scales"]),
+      sigma=s["sigma"], min_size=s["min_size"],
+      resize=_segmentation_size(s["segmentation_size"] if s["segment_resize"] == "default"
+                                else s["segment_resize"]),
+      dilation_radius=s["dilation_radius"])
+
+
+def _xrai_ig_impl(fns, s, images, targets, indices, key, prepared):
+  del indices, key, prepared
+  return xrai_lib.xrai_base_attribution(fns.logits_fn, images, targets, steps=s["steps"],
+                                        max_grads_in_flight=s["max_grads_in_flight"])
+
+
+def _xrai_compute(model_fns, images, targets, *, indices=None, key=None, settings=None,
+                  prepared=None):
+  """The study's XRAI map (host-side selection: not traceable under jit)."""
+  del indices, key
+  s = merge_settings({**COMMON_SETTINGS, **XRAI_DEFAULTS}, settings)
+  images = np.asarray(images, np.float32)
+  targets = np.asarray(targets, np.int32)
+  ig_settings = {"steps": s["steps"], "max_grads_in_flight": s["max_grads_in_flight"]}
+  # Segments (when not prepared) are computed in worker processes while IG runs.
+  pending = _xrai_prepare_async(images, s) if prepared is None else (lambda: prepared)
+  run = _cached_jit(_xrai_ig_impl, "XRAI_IG", model_fns, ig_settings)
+  attributions = np.asarray(run(jnp.asarray(images), jnp.asarray(targets), None, None, None))
+  segments = pending()
+  maps = xrai_lib.xrai(None, images, attributions=attributions, segments=segments,
+                       algorithm=s["algorithm"], area_threshold=s["area_threshold"],
+                       min_pixel_diff=s["min_pixel_diff"])
+  return _gray(jnp.asarray(maps), s)
+
+
 def _method(name, impl, own_defaults, prepare=None):
   defaults = {**COMMON_SETTINGS, **own_defaults}
   return MapMethod(name=name, compute=make_compute(name, impl, defaults), prepare=prepare,
@@ -207,8 +295,16 @@ def _build_methods() -> dict[str, MapMethod]:
       _method("SIG", _sig_impl, {"samples": 25, "spread": 0.15, "squared": True, "steps": 10,
                                  "baseline": -1.0}),
       _method("GCAM", _gcam_impl, {"resize": "tf1_bilinear"}),
+      MapMethod("XRAI", _xrai_compute, prepare=_xrai_prepare,
+                default_settings={**COMMON_SETTINGS, **XRAI_DEFAULTS}, jittable=False),
       _method("GBP", _gbp_impl, {}),
       _method("GGCAM", _ggcam_impl, {"resize": "tf1_bilinear"}),
+      # Not in the study; PAIR's defaults.
+      _method("BLUR_IG", _blur_ig_impl, {"max_sigma": 50.0, "steps": 100, "grad_step": 0.01,
+                                         "sqrt": False}),
+      _method("GUIDED_IG", _guided_ig_impl, {"baseline": 0.0, "steps": 200, "fraction": 0.25,
+                                             "max_dist": 0.02}),
+      _method("OCCLUSION", _occlusion_impl, {"size": 15, "value": 0.0}),
   ]
   return {m.name: m for m in methods}
 

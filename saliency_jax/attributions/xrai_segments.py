@@ -12,12 +12,13 @@ offset replaces one scikit-image dilation per mask. It equals scikit-image's `di
 symmetric and convex); the tests compare the two.
 
 A batch of images is segmented in worker processes (a "forkserver"/"spawn" pool: JAX is not
-fork-safe), reused across calls; one image, or `workers` <= 1, runs in this process.
+fork-safe; the pool is reused across calls), one task per image normalization and then one per
+(image, scale); `workers` <= 1 runs in this process.
 """
 import concurrent.futures
 import multiprocessing
 import os
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 from skimage import segmentation
@@ -69,29 +70,38 @@ def dilate_label_masks(seg: np.ndarray, radius: int) -> np.ndarray:
   return out
 
 
-def felzenszwalb_segments(image: np.ndarray, *, scales: Sequence[float] = SCALES,
-                          sigma: float = SIGMA, min_size: int = MIN_SIZE,
-                          resize: Optional[tuple[int, int]] = RESIZE,
-                          dilation_radius: int = DILATION_RADIUS) -> np.ndarray:
-  """One image's XRAI segments as PAIR computes them: bool [M, H, W] in PAIR's order."""
-  image = np.asarray(image)
-  if image.ndim != 3:
-    raise ValueError(f"image must be [H,W,C], got shape {image.shape}")
-  original_shape = image.shape[:2]
-  im = _normalize_image(image, None if resize is None else tuple(resize))
+def _felzenszwalb(im: np.ndarray, scale: float, sigma: float, min_size: int) -> np.ndarray:
+  return segmentation.felzenszwalb(im, scale=scale, sigma=sigma, min_size=min_size)
+
+
+def _masks_from_labels(segs: Sequence[np.ndarray], original_shape, resized: bool,
+                       dilation_radius: int) -> np.ndarray:
   masks = []
-  for scale in scales:
-    seg = segmentation.felzenszwalb(im, scale=scale, sigma=sigma, min_size=min_size)
-    if resize is not None:
+  for seg in segs:
+    if resized:
       seg = sk_resize(seg, original_shape, order=0, preserve_range=True, mode="constant",
                       anti_aliasing=False).astype(int)
     masks.append(dilate_label_masks(seg, dilation_radius))
   return np.concatenate(masks, axis=0)
 
 
-def _segment_one(args):
-  image, kwargs = args
-  return felzenszwalb_segments(image, **kwargs)
+def _check_image(image) -> np.ndarray:
+  image = np.asarray(image)
+  if image.ndim != 3:
+    raise ValueError(f"image must be [H,W,C], got shape {image.shape}")
+  return image
+
+
+def felzenszwalb_segments(image: np.ndarray, *, scales: Sequence[float] = SCALES,
+                          sigma: float = SIGMA, min_size: int = MIN_SIZE,
+                          resize: Optional[tuple[int, int]] = RESIZE,
+                          dilation_radius: int = DILATION_RADIUS) -> np.ndarray:
+  """One image's XRAI segments as PAIR computes them: bool [M, H, W] in PAIR's order."""
+  image = _check_image(image)
+  resize = None if resize is None else tuple(resize)
+  im = _normalize_image(image, resize)
+  segs = [_felzenszwalb(im, scale, sigma, min_size) for scale in scales]
+  return _masks_from_labels(segs, image.shape[:2], resize is not None, dilation_radius)
 
 
 _POOL: Optional[concurrent.futures.ProcessPoolExecutor] = None
@@ -114,6 +124,43 @@ def default_workers() -> int:
   return max(1, min(os.cpu_count() or 1, 8))
 
 
+def segment_batch_async(images: np.ndarray, *, workers: Optional[int] = None,
+                        scales: Sequence[float] = SCALES, sigma: float = SIGMA,
+                        min_size: int = MIN_SIZE, resize: Optional[tuple[int, int]] = RESIZE,
+                        dilation_radius: int = DILATION_RADIUS
+                        ) -> Callable[[], list[np.ndarray]]:
+  """Starts `segment_batch` in the worker pool and returns a function that waits for it.
+
+  The work is split into one normalization task per image, then one Felzenszwalb task per
+  (image, scale), so even a single image uses every worker; label maps are turned into
+  dilated masks here. The caller can run the model (IG) meanwhile.
+  """
+  images = np.asarray(images)
+  if images.ndim != 4:
+    raise ValueError(f"images must be [B,H,W,C], got shape {images.shape}")
+  workers = default_workers() if workers is None else int(workers)
+  resize = None if resize is None else tuple(resize)
+  scales = tuple(scales)
+  if workers <= 1 or len(images) * len(scales) <= 1:
+    return lambda: [felzenszwalb_segments(im, scales=scales, sigma=sigma, min_size=min_size,
+                                          resize=resize, dilation_radius=dilation_radius)
+                    for im in images]
+  pool = _pool(workers)
+  normalized = [pool.submit(_normalize_image, im, resize) for im in images]
+
+  def result():
+    labels = []
+    for fut in normalized:
+      im = fut.result()
+      labels.append([pool.submit(_felzenszwalb, im, scale, sigma, min_size)
+                     for scale in scales])
+    return [_masks_from_labels([f.result() for f in futs], image.shape[:2],
+                               resize is not None, dilation_radius)
+            for image, futs in zip(images, labels)]
+
+  return result
+
+
 def segment_batch(images: np.ndarray, *, workers: Optional[int] = None,
                   **kwargs) -> list[np.ndarray]:
   """`felzenszwalb_segments` of every image of [B,H,W,C], in parallel worker processes.
@@ -126,11 +173,4 @@ def segment_batch(images: np.ndarray, *, workers: Optional[int] = None,
   Returns:
     A list of B bool arrays [M_i, H, W].
   """
-  images = np.asarray(images)
-  if images.ndim != 4:
-    raise ValueError(f"images must be [B,H,W,C], got shape {images.shape}")
-  workers = default_workers() if workers is None else int(workers)
-  workers = min(workers, len(images))
-  if workers <= 1:
-    return [felzenszwalb_segments(im, **kwargs) for im in images]
-  return list(_pool(workers).map(_segment_one, [(im, kwargs) for im in images]))
+  return segment_batch_async(images, workers=workers, **kwargs)()

@@ -22,45 +22,77 @@ import numpy as np
 _REL_TOL = 1e-5
 
 
+def _pixel_classes(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Groups pixels by mask membership: (atom of each pixel [P], first pixel of each atom)."""
+  m, p = masks.shape
+  words = np.zeros((-(-m // 64), p), np.uint64)
+  for j in range(m):   # membership bits, 64 masks per word
+    words[j // 64] |= masks[j].view(np.uint8).astype(np.uint64) << np.uint64(j % 64)
+  digest = np.zeros(p, np.uint64)
+  with np.errstate(over="ignore"):
+    for row in words:
+      digest = (digest ^ row) * np.uint64(0x100000001B3) + np.uint64(0x9E3779B97F4A7C15)
+  _, first, inverse = np.unique(digest, return_index=True, return_inverse=True)
+  inverse = inverse.reshape(-1)
+  if not np.array_equal(words[:, first[inverse]], words):   # a 64-bit collision: be exact
+    rows = np.ascontiguousarray(words.T).view(np.dtype((np.void, 8 * words.shape[0])))[:, 0]
+    _, first, inverse = np.unique(rows, return_index=True, return_inverse=True)
+    inverse = inverse.reshape(-1)
+  return inverse, first
+
+
 class _Atoms:
-  """Pixels grouped by mask membership, with per-atom sizes and attribution sums."""
+  """Pixels grouped by mask membership, with every mask's new-pixel statistics.
+
+  stats[:, 0] = number of not-yet-covered pixels of each mask, [:, 1] their attribution sum,
+  [:, 2] their absolute attribution sum (float64; counts are exact integers).
+  """
 
   def __init__(self, attr: np.ndarray, masks: np.ndarray):
-    m, p = masks.shape
-    packed = np.ascontiguousarray(np.packbits(masks, axis=0).T)         # [P, ceil(M/8)]
-    rows = packed.view(np.dtype((np.void, packed.shape[1])))[:, 0]
-    _, first, atom_of_pixel = np.unique(rows, return_index=True, return_inverse=True)
-    self.atom_of_pixel = atom_of_pixel.reshape(-1)
-    self.members = masks[:, first]                                        # bool [M, A]
+    atom_of_pixel, first = _pixel_classes(masks)
     n = len(first)
+    self.members = np.ascontiguousarray(masks[:, first])             # bool [M, A]
     a64 = attr.astype(np.float64)
-    self.size = np.bincount(self.atom_of_pixel, minlength=n).astype(np.float64)
-    self.total = np.bincount(self.atom_of_pixel, weights=a64, minlength=n)
-    self.abs_total = np.bincount(self.atom_of_pixel, weights=np.abs(a64), minlength=n)
-    members = self.members.astype(np.float64)
-    self.members_f = members
-    self.count = members @ self.size            # new-pixel count of every mask (none covered)
-    self.sum = members @ self.total             # new-pixel attribution sum
-    self.abs_sum = members @ self.abs_total
+    self.atom_stats = np.stack([
+        np.bincount(atom_of_pixel, minlength=n).astype(np.float64),
+        np.bincount(atom_of_pixel, weights=a64, minlength=n),
+        np.bincount(atom_of_pixel, weights=np.abs(a64), minlength=n)], axis=1)   # [A, 3]
+    self.members_t = np.ascontiguousarray(self.members.T, dtype=np.float64)      # [A, M]
+    self.stats = self.members_t.T @ self.atom_stats                              # [M, 3]
     self.covered = np.zeros(n, bool)
-    del m, p
+
+  @property
+  def count(self):
+    return self.stats[:, 0]
 
   def cover(self, mask_index: int):
     """Marks the atoms of a mask covered and updates every mask's new-pixel statistics."""
     new = self.members[mask_index] & ~self.covered
-    if not new.any():
-      return
-    self.covered |= new
-    cols = self.members_f[:, new]
-    self.count -= cols @ self.size[new]
-    self.sum -= cols @ self.total[new]
-    self.abs_sum -= cols @ self.abs_total[new]
+    if new.any():
+      self.covered |= new
+      self.stats -= self.members_t[new].T @ self.atom_stats[new]
 
   def new_count(self, mask_index: int) -> float:
-    return float(self.size[self.members[mask_index] & ~self.covered].sum())
+    return float(self.atom_stats[self.members[mask_index] & ~self.covered, 0].sum())
 
 
-def _as_inputs(attr: np.ndarray, masks) -> tuple[np.ndarray, np.ndarray]:
+def _first_of_duplicates(masks: np.ndarray) -> np.ndarray:
+  """Indices of the masks that are not a copy of an earlier mask (ascending).
+
+  A later copy of a mask can never be chosen (PAIR picks the first of equal gains) and is
+  dropped as soon as the first is added (it then adds 0 < min_pixel_diff pixels), so removing
+  copies changes nothing (for min_pixel_diff >= 1) and saves work: Felzenszwalb at neighbouring
+  scales often returns the same segment.
+  """
+  packed = np.packbits(masks, axis=1)
+  rows = np.ascontiguousarray(packed).view(np.dtype((np.void, packed.shape[1])))[:, 0]
+  _, first = np.unique(rows, return_index=True)
+  return np.sort(first)
+
+
+def _as_inputs(attr: np.ndarray, masks, min_pixel_diff) -> tuple[np.ndarray, np.ndarray]:
+  if min_pixel_diff < 1:
+    raise ValueError(f"min_pixel_diff must be >= 1, got {min_pixel_diff}")
   attr = np.asarray(attr)
   if attr.ndim == 3:          # [H,W,C]: PAIR merges channels by max
     attr = attr.max(axis=-1)
@@ -69,7 +101,7 @@ def _as_inputs(attr: np.ndarray, masks) -> tuple[np.ndarray, np.ndarray]:
   masks = np.asarray(masks, bool)
   if masks.ndim != 3 or masks.shape[1:] != attr.shape:
     raise ValueError(f"masks must be [M,{attr.shape[0]},{attr.shape[1]}], got {masks.shape}")
-  return attr, masks.reshape(len(masks), -1)
+  return attr, np.ascontiguousarray(masks.reshape(len(masks), -1))
 
 
 def _finish(output: np.ndarray, flat_attr: np.ndarray, shape) -> np.ndarray:
@@ -89,14 +121,16 @@ def select_full(attr: np.ndarray, masks: np.ndarray, *, area_threshold: float = 
     area_threshold: stop once this fraction of the image is covered (PAIR's area_threshold).
     min_pixel_diff: masks adding fewer new pixels are dropped (PAIR: 50).
   """
-  attr, masks = _as_inputs(attr, masks)
+  attr, masks = _as_inputs(attr, masks, min_pixel_diff)
   flat = np.ascontiguousarray(attr.reshape(-1))
   num_pixels = flat.size
   output = np.full(num_pixels, -np.inf)
   if len(masks) == 0:
     return _finish(output, flat, attr.shape)
+  masks = masks[_first_of_duplicates(masks)]
   atoms = _Atoms(flat, masks)
-  floor = 1e-12 * atoms.abs_sum / np.maximum(atoms.count, 1)   # float64 drift of the updates
+  # Float64 drift of the incremental updates, far below the float32 bound.
+  floor = 1e-12 * atoms.stats[:, 2] / np.maximum(atoms.count, 1)
   remaining = np.ones(len(masks), bool)
   current = np.zeros(num_pixels, bool)
   area = 0.0
@@ -105,12 +139,15 @@ def select_full(attr: np.ndarray, masks: np.ndarray, *, area_threshold: float = 
     idx = np.flatnonzero(remaining)
     if not len(idx):
       break
-    count = atoms.count[idx]
-    gain = atoms.sum[idx] / count
-    tol = _REL_TOL * np.abs(atoms.abs_sum[idx]) / count + floor[idx]
+    count, total, abs_total = atoms.stats[idx].T
+    gain = total / count
+    tol = _REL_TOL * np.abs(abs_total) / count + floor[idx]
     j = int(np.argmax(gain))
-    candidates = idx[gain >= gain[j] - tol - tol[j]]
-    exact = [flat[masks[c] & ~current].mean() for c in candidates]
+    near = gain >= gain[j] - tol - tol[j]
+    candidates = idx[near]
+    # PAIR's exact float32 gains; a region of zero attributions has mean exactly 0.
+    exact = [np.float32(0.0) if a == 0 else flat[masks[c] & ~current].mean()
+             for c, a in zip(candidates, abs_total[near])]
     k = int(np.argmax(exact))              # first maximum, as PAIR's strict ">" scan
     best, best_gain = int(candidates[k]), exact[k]
     diff = masks[best] & ~current
@@ -127,17 +164,18 @@ def select_fast(attr: np.ndarray, masks: np.ndarray, *,
   """PAIR's "fast" XRAI: masks ranked once by their own mean attribution, then added in order
   (skipping those adding fewer than min_pixel_diff new pixels), each new region valued by its
   own mean attribution. Returns the attribution map as `select_full`."""
-  attr, masks = _as_inputs(attr, masks)
+  attr, masks = _as_inputs(attr, masks, min_pixel_diff)
   flat = np.ascontiguousarray(attr.reshape(-1))
   num_pixels = flat.size
   output = np.full(num_pixels, -np.inf)
   if len(masks) == 0:
     return _finish(output, flat, attr.shape)
+  masks = masks[_first_of_duplicates(masks)]
   atoms = _Atoms(flat, masks)
-  count = atoms.count
+  count, total, abs_total = atoms.stats.T
   with np.errstate(divide="ignore", invalid="ignore"):
-    gain = np.where(count > 0, atoms.sum / np.maximum(count, 1), -np.inf)
-    tol = np.where(count > 0, _REL_TOL * atoms.abs_sum / np.maximum(count, 1), 0.0)
+    gain = np.where(count > 0, total / np.maximum(count, 1), -np.inf)
+    tol = np.where(count > 0, _REL_TOL * abs_total / np.maximum(count, 1), 0.0)
   order = np.argsort(-gain, kind="stable")
   # Near-ties (within twice the largest error bound) are ordered by PAIR's exact float32 means.
   sorted_gain = gain[order]
@@ -148,7 +186,8 @@ def select_fast(attr: np.ndarray, masks: np.ndarray, *,
   pieces = []
   for group in np.split(order, breaks):
     if len(group) > 1 and np.isfinite(gain[group[0]]):
-      exact = np.array([flat[masks[g]].mean() for g in group])
+      exact = np.array([np.float32(0.0) if abs_total[g] == 0 else flat[masks[g]].mean()
+                        for g in group])
       group = group[np.lexsort((group, -exact))]
     pieces.append(group)
   order = np.concatenate(pieces)

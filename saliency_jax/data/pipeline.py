@@ -63,8 +63,10 @@ def preprocess(images, *, style: str = "inception", channels: int = 1):
   return (x / np.float32(max_value) - mean) / std
 
 
-def _with_index(index: int, example: dict[str, Any]) -> dict[str, Any]:
-  return {**example, "index": index}
+def _with_index(index: int, example: dict[str, Any], *, num_examples: int) -> dict[str, Any]:
+  # Grain passes later epochs' positions (index + epoch * len) through to the source, which
+  # wraps them; the example's identity is the position within the split.
+  return {**example, "index": index % num_examples}
 
 
 def _model_example(example: dict[str, Any], *, style: str, channels: int) -> dict[str, Any]:
@@ -128,7 +130,8 @@ def make_dataset(source: Sequence[dict[str, Any]], *, batch_size: int, seed: int
     raise ValueError("Give both shard_index and shard_count, or neither.")
   if shard_index is None and shard_by_process:
     shard_index, shard_count = jax.process_index(), jax.process_count()
-  ds = grain.MapDataset.source(source).map_with_index(_with_index)
+  ds = grain.MapDataset.source(source)
+  ds = ds.map_with_index(functools.partial(_with_index, num_examples=len(ds)))
   if shard_index is not None:
     ds = ds[shard_indices(len(ds), shard_index, shard_count, equal_sizes=drop_remainder)]
   if len(ds) == 0:

@@ -80,7 +80,7 @@ def parse_config_name(name: str) -> SyntheticCxrConfig | None:
 DEFAULT_CONFIG = make_config()
 
 
-class SyntheticCxr(tfds_compat.ModuleFileCodePath, tfds.core.GeneratorBasedBuilder):
+class SyntheticCxr(tfds_compat.NoTensorFlowMixin, tfds.core.GeneratorBasedBuilder):
   """Procedural chest-radiograph-like images with exact lesion masks and boxes."""
 
   VERSION = tfds.core.Version("1.0.0")

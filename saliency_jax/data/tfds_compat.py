@@ -1,4 +1,4 @@
-"""Work-arounds that let TFDS 4.9 builders run without TensorFlow on Python >= 3.9."""
+"""Makes TFDS 4.9 builders prepare and read array_record datasets without TensorFlow."""
 import sys
 
 from etils import epath
@@ -18,3 +18,19 @@ class ModuleFileCodePath:
   @classmethod
   def code_path(cls) -> epath.Path:
     return epath.Path(sys.modules[cls.__module__].__file__)
+
+
+class ArrayRecordByDefault:
+  """Mixin: the builder writes array_record unless asked for another file format.
+
+  `tfds.data_source(name, data_dir=...)` passes no file format when given a data_dir, and TFDS's
+  default (tfrecord) needs TensorFlow to write, so generating a dataset through `data_source`
+  (download=True on a dataset not yet prepared) would fail without this.
+  """
+
+  def __init__(self, *, file_format=None, **kwargs):
+    super().__init__(file_format=file_format or tfds.core.FileFormat.ARRAY_RECORD, **kwargs)
+
+
+class NoTensorFlowMixin(ArrayRecordByDefault, ModuleFileCodePath):
+  """Both work-arounds: `class MyBuilder(NoTensorFlowMixin, tfds.core.GeneratorBasedBuilder)`."""

@@ -3,5 +3,6 @@ from saliency_jax.maps.generate import batch_mesh
 from saliency_jax.maps.generate import default_mesh
 from saliency_jax.maps.generate import generate_maps
 from saliency_jax.maps.prepared import PreparedCache
+from saliency_jax.maps.store import iter_aligned
 from saliency_jax.maps.store import MapChunk
 from saliency_jax.maps.store import MapStore

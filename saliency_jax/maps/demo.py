@@ -50,7 +50,17 @@ def tiny_problem(*, seed: int = 0, num_images: int = 16, height: int = 12, width
   images = rng.uniform(-1, 1, (num_images, height, width, channels)).astype(np.float32)
   targets = rng.integers(0, num_classes, num_images).astype(np.int32)
   module = TinyCNN(num_classes=num_classes)
-  variables = jax.jit(module.init)(jax.random.key(seed), images[:1])  # One compile, not many.
+  # Weights from NumPy (LeCun normal kernels, zero biases): no random-number program to
+  # compile, which on the CPU costs more than everything else in a tiny job.
+  shapes = jax.eval_shape(module.init, jax.random.key(0), images[:1])
+
+  def draw(path, leaf):
+    if path[-1].key == "bias":
+      return np.zeros(leaf.shape, np.float32)
+    fan_in = int(np.prod(leaf.shape[:-1]))
+    return (rng.standard_normal(leaf.shape) / np.sqrt(fan_in)).astype(np.float32)
+
+  variables = jax.tree_util.tree_map_with_path(draw, shapes)
   indices = np.arange(num_images, dtype=np.int32)
   ids = np.array([f"tiny-{seed}-{i:05d}" for i in range(num_images)])
   return model_functions(module, variables), images, targets, indices, ids

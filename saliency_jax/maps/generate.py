@@ -29,6 +29,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from saliency_jax.maps.prepared import PreparedCache
 from saliency_jax.maps.store import MapStore
 
+# Settings that change how maps are computed (memory, parallelism) but not the maps: a job may
+# resume with other values, e.g. a smaller gradient cap on a smaller device.
+_SETTINGS_NOT_CHANGING_MAPS = ("max_grads_in_flight", "workers")
+
 # A prepared-data provider: (start, stop, images[start:stop]) -> method.prepare's output.
 PreparedFn = Callable[[int, int, np.ndarray], Any]
 
@@ -241,7 +245,8 @@ def generate_maps(path: str, method, model_fns, images, targets, indices=None, i
     raise ValueError(f"process_index {process_index} not in [0, {process_count})")
 
   name = _method_name(method)
-  full_metadata = {"method": name, "settings": settings, "key": _key_data(key)}
+  recorded = {k: v for k, v in settings.items() if k not in _SETTINGS_NOT_CHANGING_MAPS}
+  full_metadata = {"method": name, "settings": recorded, "key": _key_data(key)}
   full_metadata.update(metadata or {})
   full_metadata = json.loads(json.dumps(full_metadata, sort_keys=True, default=repr))
   store = MapStore.create_or_open(
@@ -252,14 +257,24 @@ def generate_maps(path: str, method, model_fns, images, targets, indices=None, i
   if todo:
     runner = _Runner(method, model_fns, settings, mesh or default_mesh(), key)
     prepare = getattr(method, "prepare", None)
-    cache = (PreparedCache(prepared_dir, name, settings)
+    cache = (PreparedCache(prepared_dir, name, recorded)
              if prepared_dir is not None and prepared is None and prepare is not None else None)
     bar = None
     if progress and process_index == 0:
       import tqdm  # pylint: disable=g-import-not-at-top
       bar = tqdm.tqdm(total=len(todo), desc=f"{name} maps", unit="chunk")
+
     def finish(i, wait, began):
-      store.write_chunk(i, wait())
+      chunk_maps = wait()
+      start, stop = store.chunk_bounds(i)
+      if chunk_maps.shape != (stop - start,) + store.map_shape:
+        raise ValueError(f"{name}.compute returned maps of shape {chunk_maps.shape} for "
+                         f"{stop - start} images of size {store.map_shape}; the MapMethod "
+                         "contract is float32 [B,H,W].")
+      if store.has_chunk(i):  # Another job on the same store got there first: same maps.
+        logging.warning("chunk %d of %s was written by another job; keeping it.", i, path)
+      else:
+        store.write_chunk(i, chunk_maps)
       if on_chunk is not None:
         on_chunk(i, time.perf_counter() - began)
       if bar is not None:

@@ -2,9 +2,10 @@
 
 `MapMethod.prepare(images, settings)` depends only on the images and the settings, not on the
 model, so a study computes it once per chunk of images and reuses it for every model state
-(replicates, randomization steps). Files are named by the chunk's range and hold the chunk's image
-ids and a fingerprint of the method and settings; a file that does not match is recomputed, so
-a stale cache never gives wrong data. Boolean arrays (segment masks) are bit-packed and the file
+(replicates, randomization steps). Files are named by a fingerprint of the method and settings,
+the chunk's range and a digest of the chunk's image bytes (so the same images preprocessed for
+two architectures get two entries), and hold the chunk's image ids; a file that does not match
+is recomputed, so a stale cache never gives wrong data. Boolean arrays (segment masks) are bit-packed and the file
 is zlib-compressed, since dilated segment masks are mostly zeros.
 """
 from __future__ import annotations
@@ -65,13 +66,16 @@ class PreparedCache:
     self.misses = 0
     os.makedirs(directory, exist_ok=True)
 
-  def _path(self, start: int, stop: int) -> str:
-    return os.path.join(self.directory, f"prepared_{self.fingerprint}_{start:08d}_{stop:08d}.pkl")
+  def _path(self, start: int, stop: int, images: np.ndarray) -> str:
+    digest = hashlib.blake2b(np.ascontiguousarray(images).view(np.uint8), digest_size=8)
+    digest.update(repr((images.shape, images.dtype.str)).encode())
+    return os.path.join(self.directory, f"prepared_{self.fingerprint}_{start:08d}_{stop:08d}_"
+                        f"{digest.hexdigest()}.pkl")
 
   def get(self, start: int, stop: int, ids: Sequence[str], images: np.ndarray,
           prepare_fn: Callable[[np.ndarray], Any]) -> Any:
     """The prepared data of images [start, stop) with these ids, from disk or computed."""
-    path = self._path(start, stop)
+    path = self._path(start, stop, images)
     ids = [str(i) for i in ids]
     if os.path.exists(path):
       with open(path, "rb") as f:

@@ -253,3 +253,24 @@ class MapStore:
     done = self.num_chunks - len(self.missing_chunks())
     return (f"MapStore({self.path!r}, num_maps={self.num_maps}, map_shape={self.map_shape}, "
             f"dtype={self.dtype}, chunks {done}/{self.num_chunks})")
+
+
+def iter_aligned(*stores: MapStore) -> Iterator[tuple[MapChunk, ...]]:
+  """Streams several stores of the same images chunk by chunk, e.g. to compare model states.
+
+  Yields one tuple of MapChunks (one per store, covering the same images) at a time.
+
+  Raises:
+    ValueError: the stores hold other images, map sizes or chunkings.
+  """
+  if not stores:
+    raise ValueError("iter_aligned needs at least one store")
+  first = stores[0]
+  for other in stores[1:]:
+    if (other.num_maps, other.map_shape, other.chunk_size) != (
+        first.num_maps, first.map_shape, first.chunk_size) or not (
+            np.array_equal(other.ids, first.ids) and
+            np.array_equal(other.indices, first.indices)):
+      raise ValueError(f"{other.path} and {first.path} do not hold maps of the same images "
+                       "in the same chunks.")
+  yield from zip(*(store.iter_chunks() for store in stores))

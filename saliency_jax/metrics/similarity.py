@@ -19,6 +19,7 @@ from saliency_jax.metrics import policy
 _SSIM_CHUNK = 128
 # scikit-image's Gaussian window: truncated at 3.5 sigma (11 taps for sigma 1.5, Wang et al.).
 _GAUSSIAN_TRUNCATE = 3.5
+_PER_MAP_LOOP = True
 
 
 def _window(win_size: int, gaussian_weights: bool, sigma: float) -> np.ndarray:
@@ -48,40 +49,36 @@ def _filter_valid(x: jax.Array, weights: np.ndarray) -> jax.Array:
   return sum(float(w) * acc[..., :, j:j + cols] for j, w in enumerate(weights))
 
 
-@functools.partial(jax.jit, static_argnames=("win_size", "gaussian_weights", "sigma",
-                                             "use_sample_covariance", "K1", "K2"))
-def ssim_jax(a: jax.Array, b: jax.Array, *, data_range, win_size: int | None = None,
-             gaussian_weights: bool = False, sigma: float = 1.5,
-             use_sample_covariance: bool = True, K1: float = 0.01,
-             K2: float = 0.03) -> jax.Array:
-  """jit-able `ssim` (float32 [N]); see `ssim`. No input checks beyond shapes."""
-  win_size = _resolve_win_size(win_size, gaussian_weights, sigma)
+def _ssim_maps(a: jax.Array, b: jax.Array, data_range: jax.Array, *, win_size: int,
+               gaussian_weights: bool, sigma: float, use_sample_covariance: bool, K1: float,
+               K2: float) -> jax.Array:
+  """SSIM over the last two axes of `a` and `b` (any leading axes); float32."""
   weights = _window(win_size, gaussian_weights, sigma)
   radius = (len(weights) - 1) // 2
   pad = (win_size - 1) // 2
   height, width = a.shape[-2:]
-  n = a.shape[0]
   a = a.astype(jnp.float32)
   b = b.astype(jnp.float32)
-  finite = (jnp.all(jnp.isfinite(a.reshape(n, -1)), axis=1)
-            & jnp.all(jnp.isfinite(b.reshape(n, -1)), axis=1))
-  a = jnp.where(finite[:, None, None], a, 0.0)
-  b = jnp.where(finite[:, None, None], b, 0.0)
+  finite = jnp.all(jnp.isfinite(a), axis=(-2, -1)) & jnp.all(jnp.isfinite(b), axis=(-2, -1))
+  a = jnp.where(finite[..., None, None], a, 0.0)
+  b = jnp.where(finite[..., None, None], b, 0.0)
   # Variances are shift-invariant: filter maps centred on their mean, which keeps float32's
   # cancellation in E[x^2] - E[x]^2 small, then add the means back for the luminance term.
-  mean_a = jnp.mean(a, axis=(1, 2), keepdims=True)
-  mean_b = jnp.mean(b, axis=(1, 2), keepdims=True)
-  stack = jnp.stack([a - mean_a, b - mean_b], axis=0)
+  mean_a = jnp.mean(a, axis=(-2, -1), keepdims=True)
+  mean_b = jnp.mean(b, axis=(-2, -1), keepdims=True)
+  x, y = a - mean_a, b - mean_b
   # Only the crop [pad:-pad] enters the mean. It needs the input `radius` pixels further out;
   # when the filter is wider than the crop margin, extend the image by 'reflect' padding
   # (scipy.ndimage's 'reflect' is NumPy's 'symmetric').
   inner = max(pad - radius, 0)
   outer = max(radius - pad, 0)
-  stack = stack[..., inner:height - inner, inner:width - inner]
+  x = x[..., inner:height - inner, inner:width - inner]
+  y = y[..., inner:height - inner, inner:width - inner]
   if outer:
-    stack = jnp.pad(stack, ((0, 0), (0, 0), (outer, outer), (outer, outer)), mode="symmetric")
-  x, y = stack[0], stack[1]
-  ux, uy, uxx, uyy, uxy = _filter_valid(jnp.stack([x, y, x * x, y * y, x * y]), weights)
+    widths = [(0, 0)] * (x.ndim - 2) + [(outer, outer)] * 2
+    x = jnp.pad(x, widths, mode="symmetric")
+    y = jnp.pad(y, widths, mode="symmetric")
+  ux, uy, uxx, uyy, uxy = (_filter_valid(v, weights) for v in (x, y, x * x, y * y, x * y))
 
   num_pixels = win_size**2
   cov_norm = num_pixels / (num_pixels - 1) if use_sample_covariance else 1.0
@@ -91,13 +88,30 @@ def ssim_jax(a: jax.Array, b: jax.Array, *, data_range, win_size: int | None = N
   ux = ux + mean_a
   uy = uy + mean_b
 
-  data_range = jnp.reshape(jnp.asarray(data_range, jnp.float32), (-1, 1, 1))
+  data_range = jnp.asarray(data_range, jnp.float32)[..., None, None]
   c1 = (K1 * data_range)**2
   c2 = (K2 * data_range)**2
   s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
   # Mean of row means: each partial sum is short, so float32 accumulates little error.
   value = jnp.mean(jnp.mean(s, axis=-1), axis=-1)
   return jnp.where(finite, value, jnp.nan)
+
+
+@functools.partial(jax.jit, static_argnames=("win_size", "gaussian_weights", "sigma",
+                                             "use_sample_covariance", "K1", "K2"))
+def ssim_jax(a: jax.Array, b: jax.Array, *, data_range, win_size: int | None = None,
+             gaussian_weights: bool = False, sigma: float = 1.5,
+             use_sample_covariance: bool = True, K1: float = 0.01,
+             K2: float = 0.03) -> jax.Array:
+  """jit-able `ssim` (float32 [N]); see `ssim`. No input checks beyond shapes."""
+  kwargs = dict(win_size=_resolve_win_size(win_size, gaussian_weights, sigma),
+                gaussian_weights=gaussian_weights, sigma=sigma,
+                use_sample_covariance=use_sample_covariance, K1=K1, K2=K2)
+  data_range = jnp.broadcast_to(jnp.asarray(data_range, jnp.float32), a.shape[:1])
+  if _PER_MAP_LOOP and jax.default_backend() == "cpu":
+    # One map at a time keeps the working set in cache; on the CPU that beats one big vmap.
+    return jax.lax.map(lambda t: _ssim_maps(*t, **kwargs), (a, b, data_range))
+  return _ssim_maps(a, b, data_range, **kwargs)
 
 
 def ssim(a, b, *, data_range, win_size: int | None = None, gaussian_weights: bool = False,

@@ -37,7 +37,8 @@ FEATURES = 1024  # channels of the final BN
 
 
 def _batch_norm(dtype: Any) -> nn.BatchNorm:
-  return nn.BatchNorm(momentum=0.99, epsilon=EPSILON, dtype=dtype)
+  # Keras' momentum; batch variance in two passes as Keras (jnp.var), not E[x^2] - E[x]^2.
+  return nn.BatchNorm(momentum=0.99, epsilon=EPSILON, use_fast_variance=False, dtype=dtype)
 
 
 class ConvBlock(nn.Module):

@@ -51,8 +51,10 @@ class ConvBN(nn.Module):
   def setup(self):
     self.conv = nn.Conv(self.features, tuple(self.kernel_size), strides=tuple(self.strides),
                         padding=self.padding, use_bias=False, dtype=self.dtype)
-    # Keras BatchNormalization defaults: momentum 0.99, epsilon 1e-3.
-    self.bn = nn.BatchNorm(use_scale=False, momentum=0.99, epsilon=1e-3, dtype=self.dtype)
+    # Keras BatchNormalization defaults: momentum 0.99, epsilon 1e-3; batch variance in two
+    # passes as Keras (jnp.var), not E[x^2] - E[x]^2.
+    self.bn = nn.BatchNorm(use_scale=False, momentum=0.99, epsilon=1e-3,
+                           use_fast_variance=False, dtype=self.dtype)
 
   def __call__(self, x: Array, train: bool = False) -> Array:
     return self.activation(self.bn(self.conv(x), use_running_average=not train))

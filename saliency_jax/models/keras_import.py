@@ -25,6 +25,7 @@ Mapping to our parameter tree:
     freshly initialized from `seed` (the model's own initializers).
 Anything left over or missing is an error, never a silent partial import.
 """
+import functools
 import re
 from typing import Any
 
@@ -62,20 +63,19 @@ def import_keras_weights(arch: str, path: str, *, seed: int = 0,
     module = inception_v3.InceptionV3(num_classes=num_classes)
     params, stats, used = _inception_body(layers)
     in_channels = params["stem"]["conv2d_1a_3x3"]["conv"]["kernel"].shape[2]
-    size, feats = inception_v3.MIN_SIZE, inception_v3.FEATURES
+    feats = inception_v3.FEATURES
   else:
     module = densenet.DenseNet121(num_classes=num_classes)
-    template = _template(module, densenet.MIN_SIZE, _densenet_in_channels(layers))
-    params, stats, used = _densenet_body(layers, template)
-    in_channels = params["stem"]["conv"]["kernel"].shape[2]
-    size, feats = densenet.MIN_SIZE, densenet.FEATURES
+    in_channels = _densenet_in_channels(layers)
+    params, stats, used = _densenet_body(layers, _template(arch, num_classes, in_channels))
+    feats = densenet.FEATURES
   params["logits"] = _head(layers, used, module, feats, seed=seed, num_classes=num_classes)
   leftover = sorted(set(layers) - used)
   if leftover:
     raise ValueError(f"{path}: {len(leftover)} layers with weights are not part of {arch} "
                      f"(e.g. {leftover[:5]}); is this a weight file of another model?")
   variables = {"params": params, "batch_stats": stats}
-  _check_structure(variables, _template(module, size, in_channels), path)
+  _check_structure(variables, _template(arch, num_classes, in_channels), path)
   return variables
 
 
@@ -254,7 +254,13 @@ def _head(layers, used: set, module, feats: int, *, seed: int, num_classes: int)
   return jax.tree.map(lambda a: np.asarray(a, np.float32), fresh["params"]["logits"])
 
 
-def _template(module, size: int, in_channels: int):
+@functools.lru_cache(maxsize=8)
+def _template(arch: str, num_classes: int, in_channels: int):
+  """Shapes of `create(arch).init(...)` (traced once per signature: tracing is not free)."""
+  if arch == "inception_v3":
+    module, size = inception_v3.InceptionV3(num_classes=num_classes), inception_v3.MIN_SIZE
+  else:
+    module, size = densenet.DenseNet121(num_classes=num_classes), densenet.MIN_SIZE
   return jax.eval_shape(module.init, jax.random.PRNGKey(0),
                         jnp.zeros((1, size, size, in_channels), jnp.float32))
 

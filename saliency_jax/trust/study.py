@@ -114,14 +114,16 @@ class Study:
   def run(self, stages=STAGES) -> str:
     """Runs the stages not done yet; returns the path of the report."""
     for stage in stages:
+      if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
       if self.progress.done(stage):
-        logging.info("stage %s: done already, skipped", stage)
+        print(f"[{stage}] done already: skipped")
         continue
-      logging.info("stage %s: starting", stage)
+      print(f"[{stage}] ...")
       began = time.perf_counter()
       getattr(self, f"stage_{stage}")()
       self.progress.record(stage, time.perf_counter() - began)
-      logging.info("stage %s: %.1f s", stage, time.perf_counter() - began)
+      print(f"[{stage}] done in {time.perf_counter() - began:.1f} s")
     return os.path.join(self.workdir, "report.html")
 
   def _cached(self, name: str, build: Callable[[], Any]) -> Any:

@@ -1,0 +1,285 @@
+r"""Times every saliency method against PAIR saliency.core and against raw model gradients.
+
+  python -m launch.benchmark --model=small_vgg --image_size=64 --channels=1 --batch=8 \
+      --json=/tmp/benchmark.json
+
+For each method, on the same jitted model and the same images, in one run:
+  * ours: `METHODS[name].compute` (the study's [0,1] map), maps/s after compilation;
+  * PAIR: `saliency.core` driven as a PAIR user would (a `call_model_function` doing jitted
+    JAX gradients per batch; IG-type methods with batch_size = their step count), followed by
+    `VisualizeImageGrayscale`, maps/s on `--pair_images` images;
+  * raw gradients: the same number of batched `jax.grad` calls of the model, at the best batch
+    size among `--raw_batch_sizes`, and `overhead_vs_raw_gradients` = ours / raw time.
+XRAI is also timed in parts: region selection alone (ours vs PAIR "full" on the same
+attributions and segments, identical output asserted), at the benchmark image size and at
+`--selection_size` (the paper's 320x320), and whole XRAI with PAIR's default segmentation.
+
+Method settings are the paper's, overridden by `--settings` (JSON: {"SG": {"samples": 10}}),
+identically for ours and PAIR. The load average is printed: on a shared CPU the ratios, measured
+in the same run, mean more than the absolute numbers. `--json` writes a list of records with keys
+method, ours_maps_per_s, pair_maps_per_s, ratio_vs_pair, overhead_vs_raw_gradients.
+"""
+import json
+import os
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+from saliency import core as pair
+
+from saliency_jax import attributions
+from saliency_jax import models
+from saliency_jax.attributions import xrai_segments
+from saliency_jax.attributions import xrai_selection
+
+_MODEL = flags.DEFINE_string("model", "small_vgg", "Model name (saliency_jax.models).")
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", 64, "Image side.")
+_CHANNELS = flags.DEFINE_integer("channels", 1, "Image channels.")
+_BATCH = flags.DEFINE_integer("batch", 8, "Images per call of ours.")
+_PAIR_IMAGES = flags.DEFINE_integer("pair_images", 2, "Images timed with PAIR (per image).")
+_METHODS = flags.DEFINE_list(
+    "methods", ["GRAD", "SG", "IG", "SIG", "GCAM", "XRAI", "GBP", "GGCAM", "BLUR_IG",
+                "GUIDED_IG", "OCCLUSION"], "Methods to time.")
+_SETTINGS = flags.DEFINE_string(
+    "settings", json.dumps({"XRAI": {"steps": 20}, "BLUR_IG": {"steps": 20},
+                            "GUIDED_IG": {"steps": 20}}),
+    "JSON overrides of the methods' default settings, applied to ours and PAIR.")
+_MAX_GRADS = flags.DEFINE_integer("max_grads_in_flight", 64, "Our gradient chunk size.")
+_RAW_BATCH_SIZES = flags.DEFINE_list("raw_batch_sizes", ["8", "32", "64"],
+                                     "Batch sizes tried for the raw-gradient baseline.")
+_SELECTION_SIZE = flags.DEFINE_integer("selection_size", 320,
+                                       "Also time XRAI selection on an image of this side "
+                                       "(0: skip).")
+_REPEATS = flags.DEFINE_integer("repeats", 2, "Warm repetitions; the best is reported.")
+_JSON = flags.DEFINE_string("json", None, "Write the records here.")
+
+
+def _best_of(fn, repeats):
+  best, result = float("inf"), None
+  for _ in range(repeats):
+    start = time.perf_counter()
+    result = fn()
+    best = min(best, time.perf_counter() - start)
+  return best, result
+
+
+def _block(x):
+  return jax.tree.map(lambda a: a.block_until_ready() if hasattr(a, "block_until_ready")
+                      else a, x)
+
+
+def _pair_call_model_function(fns):
+  """What a PAIR user writes for a JAX model: jitted gradients of the target per batch."""
+  @jax.jit
+  def input_grads(x, target):
+    return jax.grad(lambda x: fns.logits_fn(x)[:, target].sum())(x)
+
+  @jax.jit
+  def guided_grads(x, target):
+    return jax.grad(lambda x: fns.guided_logits_fn(x)[:, target].sum())(x)
+
+  @jax.jit
+  def conv_and_grads(x, target):
+    feats = fns.features_fn(x)
+    return feats, jax.grad(lambda f: fns.head_fn(f)[:, target].sum())(feats)
+
+  @jax.jit
+  def outputs(x, target):
+    return fns.logits_fn(x)[:, target]
+
+  def call_model_function(x_value_batch, call_model_args=None, expected_keys=None):
+    target, guided = call_model_args["target"], call_model_args.get("guided", False)
+    x = jnp.asarray(np.asarray(x_value_batch, np.float32))
+    out = {}
+    if pair.INPUT_OUTPUT_GRADIENTS in expected_keys:
+      out[pair.INPUT_OUTPUT_GRADIENTS] = np.asarray(
+          (guided_grads if guided else input_grads)(x, target))
+    if pair.CONVOLUTION_LAYER_VALUES in expected_keys:
+      feats, grads = conv_and_grads(x, target)
+      out[pair.CONVOLUTION_LAYER_VALUES] = np.asarray(feats)
+      out[pair.CONVOLUTION_OUTPUT_GRADIENTS] = np.asarray(grads)
+    if pair.OUTPUT_LAYER_VALUES in expected_keys:
+      out[pair.OUTPUT_LAYER_VALUES] = np.asarray(outputs(x, target))
+    return out
+
+  return call_model_function
+
+
+def _patch_pair_quantile():
+  """PAIR 0.2.1's Guided IG calls np.quantile(interpolation=...), which NumPy 2.4 removed."""
+  from saliency.core import guided_ig  # pylint: disable=g-import-not-at-top
+  import types  # pylint: disable=g-import-not-at-top
+
+  def quantile(a, q, interpolation="linear", **kwargs):
+    return np.quantile(a, q, method=interpolation, **kwargs)
+  shim = types.SimpleNamespace(**{k: getattr(np, k) for k in dir(np) if not k.startswith("__")})
+  shim.quantile = quantile
+  guided_ig.np = shim
+
+
+def _pair_map(name, s, image, target, cmf):
+  """One study map with PAIR core, as the study's code computes it."""
+  gray = pair.VisualizeImageGrayscale
+  args = {"target": int(target)}
+  with np.errstate(divide="ignore", invalid="ignore"):
+    if name == "GRAD":
+      return gray(pair.GradientSaliency().GetMask(image, cmf, args))
+    if name == "SG":
+      return gray(pair.GradientSaliency().GetSmoothedMask(
+          image, cmf, args, stdev_spread=s["spread"], nsamples=s["samples"],
+          magnitude=s["squared"]))
+    base = np.full(image.shape, s.get("baseline", 0.0), np.float32)
+    if name == "IG":
+      return gray(pair.IntegratedGradients().GetMask(
+          image, cmf, args, x_baseline=base, x_steps=s["steps"], batch_size=s["steps"]))
+    if name == "SIG":
+      return gray(pair.IntegratedGradients().GetSmoothedMask(
+          image, cmf, args, stdev_spread=s["spread"], nsamples=s["samples"],
+          magnitude=s["squared"], x_baseline=base, x_steps=s["steps"],
+          batch_size=s["steps"]))
+    if name in ("GCAM", "GGCAM"):
+      gcam = gray(pair.GradCam().GetMask(image, cmf, args))
+      if name == "GCAM":
+        return gcam
+      gbp = gray(pair.GradientSaliency().GetMask(image, cmf, {**args, "guided": True}))
+      return gbp * gcam
+    if name == "GBP":
+      return gray(pair.GradientSaliency().GetMask(image, cmf, {**args, "guided": True}))
+    if name == "XRAI":
+      params = pair.XRAIParameters(steps=s["steps"], algorithm=s["algorithm"],
+                                   area_threshold=s["area_threshold"])
+      out = pair.XRAI().GetMask(image, cmf, args, batch_size=s["steps"],
+                                extra_parameters=params)
+      return gray(out[..., None])
+    if name == "BLUR_IG":
+      return gray(pair.BlurIG().GetMask(image, cmf, args, max_sigma=s["max_sigma"],
+                                        steps=s["steps"], grad_step=s["grad_step"],
+                                        sqrt=s["sqrt"], batch_size=s["steps"]))
+    if name == "GUIDED_IG":
+      return gray(pair.GuidedIG().GetMask(image, cmf, args, x_baseline=base,
+                                          x_steps=s["steps"], fraction=s["fraction"],
+                                          max_dist=s["max_dist"]))
+    if name == "OCCLUSION":
+      return gray(pair.Occlusion().GetMask(image, cmf, args, size=s["size"],
+                                           value=s["value"]))
+  raise ValueError(name)
+
+
+def _gradients_per_map(name, s):
+  """Model gradients one map needs (None: not gradient-based)."""
+  return {"GRAD": 1, "GBP": 1, "GCAM": 1, "GGCAM": 2,
+          "SG": s.get("samples"), "IG": s.get("steps"),
+          "SIG": s.get("samples", 0) * s.get("steps", 0),
+          "XRAI": 2 * s.get("steps", 0), "BLUR_IG": s.get("steps"),
+          "GUIDED_IG": s.get("steps")}.get(name)
+
+
+def _raw_gradient_seconds_per_grad(fns, image_shape, batch_sizes, repeats):
+  """Best per-gradient time of batched jax.grad calls of the model, over batch sizes."""
+  grad_fn = jax.jit(lambda x, t: jax.grad(
+      lambda x: jnp.take_along_axis(fns.logits_fn(x), t[:, None], axis=1).sum())(x))
+  best = float("inf")
+  for bs in batch_sizes:
+    x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (bs,) + image_shape), jnp.float32)
+    t = jnp.zeros((bs,), jnp.int32)
+    _block(grad_fn(x, t))
+    calls = max(1, 64 // bs)
+    seconds, _ = _best_of(lambda: [_block(grad_fn(x, t)) for _ in range(calls)], repeats)
+    best = min(best, seconds / (calls * bs))
+  return best
+
+
+def _xrai_selection_records(image, attr, repeats, label):
+  """Ours vs PAIR "full" selection on the same attributions and PAIR-default segments."""
+  masks = xrai_segments.felzenszwalb_segments(image)
+  t_pair, ref = _best_of(lambda: xrai_selection.pair_xrai_reference(attr, masks), 1)
+  t_ours, out = _best_of(lambda: xrai_selection.select_full(attr, masks), repeats)
+  if not np.array_equal(out, ref):
+    raise AssertionError(f"{label}: XRAI selection differs from PAIR")
+  print(f"{label}: {len(masks)} masks, identical output; ours {t_ours:.4f} s, "
+        f"PAIR full {t_pair:.4f} s, {t_pair / t_ours:.1f}x")
+  return {"method": label, "ours_maps_per_s": 1 / t_ours, "pair_maps_per_s": 1 / t_pair,
+          "ratio_vs_pair": t_pair / t_ours, "overhead_vs_raw_gradients": None,
+          "num_masks": len(masks), "identical_output": True}
+
+
+def main(argv):
+  del argv
+  print(f"load average {os.getloadavg()}, {os.cpu_count()} CPUs, backend "
+        f"{jax.default_backend()}")
+  size, c, b = _IMAGE_SIZE.value, _CHANNELS.value, _BATCH.value
+  module = models.create(_MODEL.value, num_classes=2)
+  variables = models.init_variables(module, jax.random.key(0), (size, size, c))
+  fns = models.model_functions(module, variables)
+  rng = np.random.default_rng(0)
+  yy, xx = np.mgrid[:size, :size]
+  smooth = (np.sin(yy / 5.0) + np.cos(xx / 7.0))[None, ..., None] / 2
+  images = np.clip(smooth + 0.3 * rng.normal(size=(b, size, size, c)), -1, 1).astype(np.float32)
+  targets = np.asarray(jnp.argmax(fns.logits_fn(jnp.asarray(images)), axis=1), np.int32)
+  overrides = json.loads(_SETTINGS.value)
+  raw_per_grad = _raw_gradient_seconds_per_grad(
+      fns, images.shape[1:], [int(v) for v in _RAW_BATCH_SIZES.value], _REPEATS.value)
+  print(f"raw gradient: {raw_per_grad * 1e3:.2f} ms per gradient at the best batch size")
+  cmf = _pair_call_model_function(fns)
+  _patch_pair_quantile()
+  records = []
+  header = (f"{'method':18s} {'ours maps/s':>12s} {'PAIR maps/s':>12s} {'ours/PAIR':>10s} "
+            f"{'overhead vs raw grads':>22s}")
+  rows = []
+  for name in _METHODS.value:
+    method = attributions.METHODS[name]
+    s = {**method.default_settings, **overrides.get(name, {}),
+         "max_grads_in_flight": _MAX_GRADS.value}
+    key = jax.random.key(0)
+
+    def ours():
+      return _block(method.compute(fns, images, targets, key=key, settings=s))
+
+    ours()   # compile
+    t_ours, _ = _best_of(ours, _REPEATS.value)
+    n_pair = min(_PAIR_IMAGES.value, b)
+    _pair_map(name, s, images[0], targets[0], cmf)   # compile PAIR's jitted gradients
+    t_pair, _ = _best_of(
+        lambda: [_pair_map(name, s, images[i], targets[i], cmf) for i in range(n_pair)], 1)
+    ours_rate, pair_rate = b / t_ours, n_pair / t_pair
+    grads = _gradients_per_map(name, s)
+    overhead = None if grads is None else t_ours / (b * grads * raw_per_grad)
+    records.append({"method": name, "ours_maps_per_s": ours_rate,
+                    "pair_maps_per_s": pair_rate, "ratio_vs_pair": ours_rate / pair_rate,
+                    "overhead_vs_raw_gradients": overhead,
+                    "gradients_per_map": grads, "settings": {k: v for k, v in s.items()}})
+    rows.append(f"{name:18s} {ours_rate:12.2f} {pair_rate:12.2f} {ours_rate / pair_rate:10.1f} "
+                f"{'-' if overhead is None else f'{overhead:.2f}':>22s}")
+    print(rows[-1], flush=True)
+    if name == "XRAI":
+      attr = np.asarray(attributions.xrai_base_attribution(
+          fns.logits_fn, images[:1], targets[:1], steps=s["steps"]))[0]
+      records.append(_xrai_selection_records(images[0], attr, _REPEATS.value,
+                                             f"XRAI_SELECTION_{size}"))
+      if _SELECTION_SIZE.value:
+        n = _SELECTION_SIZE.value
+        yy, xx = np.mgrid[:n, :n]
+        big = ((np.sin(yy / 9.0) + np.cos(xx / 13.0))[..., None] / 2
+               + 0.2 * rng.normal(size=(n, n, c))).astype(np.float32)
+        big_attr = rng.normal(size=(n, n, c)).astype(np.float32)
+        records.append(_xrai_selection_records(big, big_attr, _REPEATS.value,
+                                               f"XRAI_SELECTION_{n}"))
+  print()
+  print(f"{_MODEL.value} {size}x{size}x{c}, batch {b}, settings overrides {overrides}")
+  print(header)
+  print("\n".join(rows))
+  for r in records:
+    if r["method"].startswith("XRAI_SELECTION"):
+      print(f"{r['method']:18s} {r['ours_maps_per_s']:12.2f} {r['pair_maps_per_s']:12.2f} "
+            f"{r['ratio_vs_pair']:10.1f} {'-':>22s}  ({r['num_masks']} masks, identical)")
+  if _JSON.value:
+    with open(_JSON.value, "w") as f:
+      json.dump(records, f, indent=1, default=str)
+    print(f"wrote {_JSON.value}")
+
+
+if __name__ == "__main__":
+  app.run(main)

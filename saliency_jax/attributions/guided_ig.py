@@ -1,0 +1,99 @@
+"""Guided integrated gradients (Kapishnikov et al., 2021), as PAIR's `GuidedIG.GetMask`, batched.
+
+At each of `steps` steps the path moves the `fraction` of features with the smallest absolute
+gradient toward the input, staying within `max_dist` (in alpha) of the straight line, until the
+L1 distance to the input reaches its target for the step; attributions accumulate
+(x_new - x_old) * gradient. The inner loop is a `lax.while_loop`, vmapped over images; every
+step's gradients are one chunked batched call.
+
+Precision: PAIR runs the path in float64, this in float32. PAIR's "close enough" test
+(math.isclose with 1e-9 tolerances) is widened to 1e-6 of the path's total L1 length, the
+float32 resolution of the L1 sums; the maps agree with PAIR to float32 tolerance (tested).
+"""
+from typing import Callable, Optional
+
+import numpy as np
+import jax
+import jax.numpy as jnp
+
+from saliency_jax.attributions import _engine
+from saliency_jax.attributions.integrated_gradients import Baseline
+from saliency_jax.attributions.integrated_gradients import broadcast_baseline
+
+Array = jax.Array
+_MAX_INNER_ITERATIONS = 200
+
+
+def _lower_quantile(v: Array, q: float) -> Array:
+  """np.quantile(v, q, method="lower") of a flat array."""
+  n = v.shape[0]
+  k = int(np.floor(q * (n - 1)))
+  return jnp.partition(v, k)[k]
+
+
+def _one_step(x, attr, grad, inp, base, step, *, steps, fraction, max_dist):
+  """One Guided-IG step of one image (PAIR's `guided_ig_impl` loop body)."""
+  shape = x.shape
+  x, attr, grad, inp, base = (a.reshape(-1) for a in (x, attr, grad, inp, base))
+  diff = inp - base
+  l1_total = jnp.abs(diff).sum()
+  alpha = (step + 1.0) / steps
+  alpha_min = jnp.maximum(alpha - max_dist, 0.0)
+  alpha_max = jnp.minimum(alpha + max_dist, 1.0)
+  x_min = base + diff * alpha_min
+  x_max = base + diff * alpha_max
+  l1_target = l1_total * (1.0 - (step + 1.0) / steps)
+  tol = jnp.maximum(1e-6 * l1_total, 1e-9)
+
+  def cond(state):
+    _, _, gamma, done, it = state
+    return (gamma > 1.0) & ~done & (it < _MAX_INNER_ITERATIONS)
+
+  def body(state):
+    x, attr, _, _, it = state
+    x_old = x
+    safe = jnp.where(diff != 0, diff, 1.0)
+    x_alpha = jnp.where(diff != 0, (x - base) / safe, alpha_max)
+    x = jnp.where(x_alpha < alpha_min, x_min, x)
+    l1_current = jnp.abs(x - inp).sum()
+    close = jnp.abs(l1_target - l1_current) <= tol
+    g = jnp.where(x == x_max, jnp.inf, grad)
+    threshold = _lower_quantile(jnp.abs(g), fraction)
+    s = (jnp.abs(g) <= threshold) & (g != jnp.inf)
+    l1_s = (jnp.abs(x - x_max) * s).sum()
+    gamma = jnp.where(l1_s > 0, (l1_current - l1_target) / jnp.where(l1_s > 0, l1_s, 1.0),
+                      jnp.inf)
+    moved = jnp.where(gamma > 1.0, x_max, x + (x_max - x) * gamma)
+    x_new = jnp.where(close, x, jnp.where(s, moved, x))
+    attr = attr + (x_new - x_old) * grad
+    gamma = jnp.where(close, 0.0, gamma)
+    return x_new, attr, gamma, close, it + 1
+
+  x, attr, _, _, _ = jax.lax.while_loop(
+      cond, body, (x, attr, jnp.float32(jnp.inf), jnp.bool_(False), 0))
+  return x.reshape(shape), attr.reshape(shape)
+
+
+def guided_ig(logits_fn: Callable[[Array], Array], images: Array, targets: Array, *,
+              baseline: Baseline = 0.0, steps: int = 200, fraction: float = 0.25,
+              max_dist: float = 0.02, max_grads_in_flight: Optional[int] = None) -> Array:
+  """Guided-IG maps, float32 [B,H,W,C]; arguments as PAIR's `GuidedIG.GetMask` (x_steps ->
+  steps; baseline: scalar or per-image array, PAIR's default 0)."""
+  images, targets = _engine.check_images(images, targets)
+  base = broadcast_baseline(baseline, images)
+  grad_fn = _engine.target_gradients(logits_fn)
+  one_step = jax.vmap(
+      lambda x, a, g, i, b0, s: _one_step(x, a, g, i, b0, s, steps=steps, fraction=fraction,
+                                          max_dist=max_dist),
+      in_axes=(0, 0, 0, 0, 0, None))
+
+  def step_fn(carry, step):
+    x, attr = carry
+    grad = _engine.map_in_chunks(grad_fn, x, targets, max_grads_in_flight=max_grads_in_flight)
+    x, attr = one_step(x, attr, grad, images, base, step.astype(jnp.float32))
+    return (x, attr), None
+
+  # Zero distance from the baseline: zero attribution (PAIR returns early).
+  (_, attr), _ = jax.lax.scan(step_fn, (base, jnp.zeros_like(images)), jnp.arange(steps))
+  same = jnp.abs(images - base).sum(axis=(1, 2, 3)) == 0
+  return jnp.where(same[:, None, None, None], 0.0, attr)

@@ -1,0 +1,126 @@
+"""XRAI vs PAIR saliency.core: segments, "full" and "fast" selection, the whole method."""
+import numpy as np
+import pytest
+from saliency import core as pair
+from saliency.core import xrai as pair_xrai
+
+from attribution_models import pair_call_model_function
+from attribution_models import random_images
+from attribution_models import tiny_model
+from saliency_jax import attributions
+from saliency_jax.attributions import xrai_segments
+from saliency_jax.attributions import xrai_selection
+
+
+def _image(h, w, c, seed=0):
+  rng = np.random.default_rng(seed)
+  yy, xx = np.mgrid[:h, :w]
+  img = (np.sin(yy / 4.0) + np.cos(xx / 3.0))[..., None] + 0.3 * rng.normal(size=(h, w, c))
+  return img.astype(np.float32)
+
+
+def test_segments_equal_pair_defaults():
+  """PAIR's own defaults (224x224 resize, six scales, dilation 5) on a small non-square image."""
+  img = _image(30, 23, 3)
+  ours = xrai_segments.felzenszwalb_segments(img)
+  ref = np.asarray(pair_xrai._get_segments_felzenszwalb(img))
+  assert ours.shape == ref.shape and ours.dtype == bool
+  np.testing.assert_array_equal(ours, ref)
+
+
+@pytest.mark.parametrize("radius", [0, 1, 3])
+def test_label_dilation_equals_skimage(radius):
+  from skimage.morphology import dilation, disk
+  rng = np.random.default_rng(radius)
+  seg = rng.integers(2, 7, size=(9, 13))
+  seg[seg == 4] = 5     # a missing label gives an empty mask, kept as PAIR does
+  ours = xrai_segments.dilate_label_masks(seg, radius)
+  ref = [seg == l for l in range(seg.min(), seg.max() + 1)]
+  if radius:
+    ref = [dilation(m, footprint=disk(radius)) for m in ref]
+  np.testing.assert_array_equal(ours, np.asarray(ref))
+
+
+def _segments_small(img):
+  return xrai_segments.felzenszwalb_segments(img, scales=(20, 80), min_size=10, resize=None,
+                                             dilation_radius=2)
+
+
+def _attrs(shape, rng):
+  yield rng.normal(size=shape).astype(np.float32)
+  yield rng.integers(-2, 3, size=shape).astype(np.float32)   # many exactly tied gains
+  yield np.zeros(shape, np.float32)                          # every gain tied
+  yield (rng.normal(size=shape) ** 3 * 1e-3).astype(np.float32)
+
+
+@pytest.mark.parametrize("algorithm,area", [("full", 1.0), ("full", 0.3), ("fast", 1.0)])
+def test_selection_identical_to_pair(algorithm, area):
+  rng = np.random.default_rng(1)
+  for h, w in [(31, 22), (24, 24)]:
+    img = _image(h, w, 1, seed=h)
+    masks = _segments_small(img)
+    # Duplicates and masks that do not cover the image (an uncomputed remainder).
+    user = np.concatenate([masks, masks[:3], np.zeros((1, h, w), bool)])
+    partial = masks[:4].copy()
+    partial[:, :5] = False
+    for segs in (masks, user, partial):
+      for attr in _attrs((h, w, 2), rng):
+        for min_diff in (50, 1):
+          ours = xrai_selection.select(attr, segs, algorithm=algorithm, area_threshold=area,
+                                       min_pixel_diff=min_diff)
+          ref = xrai_selection.pair_xrai_reference(attr, segs, algorithm=algorithm,
+                                                   area_threshold=area,
+                                                   min_pixel_diff=min_diff)
+          np.testing.assert_array_equal(ours, ref)
+
+
+def test_xrai_equals_pair_getmask():
+  """The whole method: our IG base attribution equals PAIR's (float32 tolerance); with the same
+  base attribution and segments the maps are identical, batched or not."""
+  _, _, fns = tiny_model(channels=3, size=(18, 14))
+  images = random_images((2, 18, 14, 3), seed=2)
+  targets = np.array([1, 0])
+  base = np.asarray(attributions.xrai_base_attribution(fns.logits_fn, images, targets, steps=6,
+                                                       max_grads_in_flight=5))
+  segments = [_segments_small(im) for im in images]
+  ours = attributions.xrai(fns.logits_fn, images, targets, steps=6, segments=segments,
+                           max_grads_in_flight=5)
+  ours_given = attributions.xrai(None, images, attributions=base, segments=segments)
+  np.testing.assert_array_equal(ours, ours_given)
+  cmf = pair_call_model_function(fns)
+  xr = pair.XRAI()
+  for i, t in enumerate(targets):
+    params = pair.XRAIParameters(steps=6, return_ig_attributions=True)
+    out = xr.GetMaskWithDetails(images[i], cmf, {"target": int(t)}, segments=list(segments[i]),
+                                batch_size=6, extra_parameters=params)
+    np.testing.assert_allclose(base[i], np.mean(out.ig_attribution, axis=0), rtol=1e-4,
+                               atol=1e-6)
+    for algorithm in ("full", "fast"):
+      params = pair.XRAIParameters(algorithm=algorithm)
+      ref = xr.GetMask(images[i], cmf, segments=list(segments[i]), base_attribution=base[i],
+                       extra_parameters=params)
+      mine = attributions.xrai(None, images[i:i + 1], attributions=base[i:i + 1],
+                               segments=segments[i:i + 1], algorithm=algorithm)
+      np.testing.assert_array_equal(mine[0], ref)
+
+
+def test_registry_xrai_prepare_and_parallel_segments():
+  _, _, fns = tiny_model(channels=1, size=(20, 20))
+  images = random_images((3, 20, 20, 1), seed=4)
+  targets = np.array([0, 1, 2])
+  settings = {"steps": 3, "scales": (30, 100), "min_size": 8, "segmentation_size": None,
+              "dilation_radius": 2, "workers": 2}
+  method = attributions.METHODS["XRAI"]
+  assert not method.jittable
+  prepared = method.prepare(images, settings)          # 3 images on 2 worker processes
+  serial = xrai_segments.segment_batch(images, workers=1, scales=(30, 100), min_size=8,
+                                       resize=None, dilation_radius=2)
+  for a, b in zip(prepared, serial):
+    np.testing.assert_array_equal(a, b)
+  maps = np.asarray(method.compute(fns, images, targets, settings=settings, prepared=prepared))
+  again = np.asarray(method.compute(fns, images, targets, settings=settings))
+  np.testing.assert_array_equal(maps, again)
+  base = attributions.xrai_base_attribution(fns.logits_fn, images, targets, steps=3)
+  raw = attributions.xrai(None, images, attributions=base, segments=serial)
+  np.testing.assert_allclose(maps, np.asarray(attributions.to_grayscale(raw)), atol=1e-6)
+  assert maps.shape == (3, 20, 20) and maps.dtype == np.float32
