@@ -14,6 +14,7 @@ draw.
 `sample_input` only fixes parameter shapes; a batch of one image of the study's size (or any
 size the model accepts with the same parameter shapes) is enough.
 """
+import functools
 from typing import Any, Sequence
 
 import jax
@@ -28,12 +29,17 @@ def _block_index(module: Any, name: str) -> int:
   return names.index(name)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _init(module: Any, key: jax.Array, sample_input: Any) -> Variables:
+  # Modules are hashable by their fields: one compilation per model and input shape.
+  return module.init(key, sample_input)
+
+
 class _FreshBlocks:
   """Draws (and caches) the fresh subtrees of each block, one `module.init` per block."""
 
   def __init__(self, module: Any, key: jax.Array, sample_input: Any):
-    self._init = jax.jit(module.init)
-    self._module = module
+    self.module = module
     self._key = key
     self._sample = sample_input
     self._cache: dict[str, dict[str, Any]] = {}
@@ -41,8 +47,8 @@ class _FreshBlocks:
   def __call__(self, name: str) -> dict[str, Any]:
     """{collection: fresh subtree of `name`} for every collection that holds the block."""
     if name not in self._cache:
-      index = _block_index(self._module, name)
-      fresh = self._init(jax.random.fold_in(self._key, index), self._sample)
+      index = _block_index(self.module, name)
+      fresh = _init(self.module, jax.random.fold_in(self._key, index), self._sample)
       self._cache[name] = {col: tree[name] for col, tree in fresh.items() if name in tree}
     return self._cache[name]
 
@@ -50,6 +56,7 @@ class _FreshBlocks:
 def _replace_blocks(variables: Variables, names: Sequence[str], fresh: _FreshBlocks) -> Variables:
   out = {col: dict(tree) for col, tree in variables.items()}  # shallow copies; leaves shared
   for name in names:
+    _block_index(fresh.module, name)
     if not any(name in tree for tree in variables.values()):
       raise ValueError(f"Block {name!r} is not in the variables (collections: "
                        f"{ {c: list(t) for c, t in variables.items()} }).")

@@ -38,6 +38,7 @@ Multi-host runs call `jax.distributed.initialize()` before anything else (the la
 each process then reads its own shard of the data and `batch_size` stays the global batch.
 """
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -224,23 +225,85 @@ def default_mesh() -> Mesh:
   return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
 
 
+def _optimizer_settings(config: Any) -> tuple:
+  """The optimizer's hyper-parameters as a hashable tuple (a cache key for the steps)."""
+  return (float(config.learning_rate), config.get("lr_schedule", "constant"),
+          int(config.get("warmup_steps", 0)), int(config.num_steps),
+          float(config.get("weight_decay", 0.0)))
+
+
 def make_optimizer(config: Any) -> optax.GradientTransformation:
   """Adam (AdamW on kernels when weight_decay > 0) with the configured schedule."""
-  lr = float(config.learning_rate)
-  schedule_name = config.get("lr_schedule", "constant")
+  return _optimizer(*_optimizer_settings(config))
+
+
+def _optimizer(lr: float, schedule_name: str, warmup_steps: int, num_steps: int,
+               weight_decay: float) -> optax.GradientTransformation:
   if schedule_name == "constant":
     schedule = lr
   elif schedule_name == "cosine":
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0, lr, int(config.get("warmup_steps", 0)), int(config.num_steps))
+    schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps, num_steps)
   else:
     raise ValueError(f"Unknown lr_schedule {schedule_name!r}: 'constant' or 'cosine'.")
-  weight_decay = float(config.get("weight_decay", 0.0))
   if weight_decay:
     # Decay kernels only: decaying batch-norm scales and biases is not what Keras/Adam did.
     return optax.adamw(schedule, weight_decay=weight_decay,
                        mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params))
   return optax.adam(schedule)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Steps:
+  init_state: Callable   # (key, sample) -> replicated train state
+  train_step: Callable   # (state, batch) -> (state, loss); donates the state
+  eval_step: Callable    # (variables, batch) -> per-example outputs, split over the mesh
+
+
+@functools.lru_cache(maxsize=8)
+def _steps(task: _Task, module: nn.Module, optimizer_settings: tuple, mesh: Mesh) -> _Steps:
+  """The jitted functions of one (task, model, optimizer, mesh), cached so that replicates and
+  resumed runs in one process compile them once (Flax modules hash by their fields)."""
+  tx = _optimizer(*optimizer_settings)
+  replicated = NamedSharding(mesh, P())
+  batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
+
+  def init_state(key, sample):
+    variables = module.init(key, sample)
+    state = {"step": jnp.zeros((), jnp.int32), "params": variables["params"],
+             "opt_state": tx.init(variables["params"])}
+    if variables.get("batch_stats"):
+      state["batch_stats"] = variables["batch_stats"]
+    return state
+
+  def loss_and_updates(params, batch_stats, batch):
+    if batch_stats is None:
+      out = module.apply({"params": params}, batch["image"], train=True)
+      return task.loss(out, batch), None
+    out, updates = module.apply({"params": params, "batch_stats": batch_stats},
+                                batch["image"], train=True, mutable=["batch_stats"])
+    return task.loss(out, batch), updates["batch_stats"]
+
+  def train_step(state, batch):
+    (loss, batch_stats), grads = jax.value_and_grad(loss_and_updates, has_aux=True)(
+        state["params"], state.get("batch_stats"), batch)
+    param_updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    new_state = {"step": state["step"] + 1,
+                 "params": optax.apply_updates(state["params"], param_updates),
+                 "opt_state": opt_state}
+    if batch_stats is not None:
+      new_state["batch_stats"] = batch_stats
+    return new_state, loss
+
+  def eval_step(variables, batch):
+    out = module.apply(variables, batch["image"], train=False)
+    return task.eval_outputs(out, batch)
+
+  return _Steps(
+      init_state=jax.jit(init_state, out_shardings=replicated),
+      train_step=jax.jit(train_step, in_shardings=(replicated, batch_sharding),
+                         out_shardings=(replicated, replicated), donate_argnums=0),
+      eval_step=jax.jit(eval_step, in_shardings=(replicated, batch_sharding),
+                        out_shardings=batch_sharding))
 
 
 def _check_config(config: Any) -> None:
@@ -352,18 +415,8 @@ def _train(task: _Task, module: nn.Module, train_source, val_source, *, workdir:
       return _finished_result(workdir, done, best_manager, abstract_variables)
 
   # Initial state, replicated over the mesh (same seed -> same values on every process).
-  tx = make_optimizer(config)
-
-  def init_state(key):
-    variables = module.init(key, sample)
-    state = {"step": jnp.zeros((), jnp.int32), "params": variables["params"],
-             "opt_state": tx.init(variables["params"])}
-    if variables.get("batch_stats"):
-      state["batch_stats"] = variables["batch_stats"]
-    return state
-
-  state = jax.jit(init_state, out_shardings=replicated)(jax.random.key(seed))
-  has_batch_stats = "batch_stats" in state
+  steps = _steps(task, module, _optimizer_settings(config), mesh)
+  state = steps.init_state(jax.random.key(seed), sample)
 
   local_batch = batch_size // jax.process_count()
   train_iter = iter(make_dataset(train_source, batch_size=local_batch, seed=seed,
@@ -389,38 +442,8 @@ def _train(task: _Task, module: nn.Module, train_source, val_source, *, workdir:
       _save_best(best_manager, latest, state, best["metrics"])
   log = _MetricsLog(os.path.join(workdir, "metrics.jsonl"), start_step)
 
-  def loss_and_updates(params, batch_stats, batch):
-    variables = {"params": params}
-    if has_batch_stats:
-      variables["batch_stats"] = batch_stats
-      out, updates = module.apply(variables, batch["image"], train=True,
-                                  mutable=["batch_stats"])
-    else:
-      out, updates = module.apply(variables, batch["image"], train=True), {}
-    return task.loss(out, batch), updates
-
-  def train_step(state, batch):
-    (loss, updates), grads = jax.value_and_grad(loss_and_updates, has_aux=True)(
-        state["params"], state.get("batch_stats"), batch)
-    param_updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    new_state = {"step": state["step"] + 1,
-                 "params": optax.apply_updates(state["params"], param_updates),
-                 "opt_state": opt_state}
-    if has_batch_stats:
-      new_state["batch_stats"] = updates["batch_stats"]
-    return new_state, loss
-
-  def eval_step(variables, batch):
-    out = module.apply(variables, batch["image"], train=False)
-    return task.eval_outputs(out, batch)
-
-  train_step = jax.jit(train_step, in_shardings=(replicated, batch_sharding),
-                       out_shardings=(replicated, replicated), donate_argnums=0)
-  eval_step = jax.jit(eval_step, in_shardings=(replicated, batch_sharding),
-                      out_shardings=batch_sharding)
-
   def evaluate(state) -> dict:
-    return _evaluate(task, eval_step, _model_variables(state), val_source, config,
+    return _evaluate(task, steps.eval_step, _model_variables(state), val_source, config,
                      eval_batch_size // jax.process_count(), batch_sharding)
 
   progress = tqdm(total=num_steps, initial=start_step, desc=f"train {os.path.basename(workdir)}",
@@ -430,7 +453,7 @@ def _train(task: _Task, module: nn.Module, train_source, val_source, *, workdir:
   start_time = time.perf_counter()
   for step in range(start_step + 1, num_steps + 1):
     batch = _global_batch(next(train_iter), task.batch_keys, batch_sharding)
-    state, loss = train_step(state, batch)
+    state, loss = steps.train_step(state, batch)
     loss_sum, loss_count = loss_sum + loss, loss_count + 1
     progress.update(1)
     if step % int(config.log_every) == 0 or step == num_steps:

@@ -150,6 +150,18 @@ def test_to_grayscale_equals_pair(index, percentile):
   np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("use_numpy", [True, False])
+def test_percentile_of_rows_both_paths(use_numpy):
+  """The NumPy callback (CPU) and XLA partition (accelerators) paths equal np.percentile."""
+  from saliency_jax.attributions.grayscale import percentile_of_rows
+  rng = np.random.default_rng(0)
+  rows = np.concatenate([rng.normal(size=(3, 97)), rng.integers(0, 3, size=(2, 97))])
+  rows = rows.astype(np.float32)
+  for q in (99, 50, 10, 0, 100, 37.5):
+    ours = np.asarray(jax.jit(lambda v: percentile_of_rows(v, q, use_numpy=use_numpy))(rows))
+    np.testing.assert_array_equal(ours, [np.percentile(r, q) for r in rows])
+
+
 @pytest.mark.parametrize("index", [0, 1, 4])
 def test_to_diverging_equals_pair(index):
   maps = list(_maps_for_grayscale())[index]

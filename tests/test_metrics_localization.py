@@ -129,3 +129,124 @@ def test_numpy_and_jax_paths_agree_on_large_maps():
   for name, values in ours.items():
     np.testing.assert_allclose(values, _sklearn(maps, masks, name), atol=1e-10)
     np.testing.assert_allclose(np.asarray(RANK[name][1](maps, masks)), values, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# Quantus / CheXlocalize metrics. References below are Quantus' published per-instance formulas
+# (quantus/metrics/localisation/*.py, evaluate_instance), written out per map.
+
+
+def _quantus_pointing(a, s):
+  a, s = a.flatten(), s.flatten().astype(bool)
+  return float(np.any(s[np.argwhere(a == np.max(a))]))
+
+
+def _quantus_mass(a, s):
+  return np.sum(a[s.astype(bool)]) / np.sum(a)
+
+
+def _quantus_rank(a, s):
+  a = a.flatten()
+  s = np.where(s.flatten().astype(bool))[0]
+  k = len(s)
+  return len(np.intersect1d(s, np.argsort(a)[-int(k):])) / float(k)
+
+
+def _quantus_top_k(a, s, k):
+  top = np.zeros(a.shape)
+  np.put_along_axis(top, np.argsort(a, axis=None)[-k:], 1, axis=None)
+  return 1.0 / k * np.sum(np.logical_and(s.astype(bool), top.astype(bool)))
+
+
+def _continuous_case(shape=(4, 13, 11)):
+  maps = RNG.random(shape)  # float64, no ties
+  masks = RNG.random(shape) < 0.25
+  masks[:, 0, 0] = True
+  masks[:, -1, 0] = False
+  return maps, masks
+
+
+def test_quantus_metrics_without_ties():
+  maps, masks = _continuous_case()
+  for ours_fn, ours_jax, ref in [
+      (metrics.pointing_game, metrics.pointing_game_jax, _quantus_pointing),
+      (metrics.relevance_mass_accuracy, metrics.relevance_mass_accuracy_jax, _quantus_mass),
+      (metrics.relevance_rank_accuracy, metrics.relevance_rank_accuracy_jax, _quantus_rank)]:
+    expected = [ref(a, s) for a, s in zip(maps, masks)]
+    np.testing.assert_allclose(ours_fn(maps, masks), expected, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(ours_jax(maps, masks)), expected, atol=1e-5)
+  for k in (1, 7, 100):
+    expected = [_quantus_top_k(a, s, k) for a, s in zip(maps, masks)]
+    np.testing.assert_allclose(metrics.top_k_intersection(maps, masks, k=k), expected,
+                               atol=1e-12)
+    np.testing.assert_allclose(np.asarray(metrics.top_k_intersection_jax(maps, masks, k=k)),
+                               expected, atol=1e-5)
+
+
+def test_quantus_metrics_hand_worked_ties():
+  maps = np.array([[[0.9, 0.9, 0.2], [0.5, 0.5, 0.5]]], np.float32)
+  masks = np.array([[[0, 1, 0], [1, 1, 0]]], bool)
+  # Pointing game: the maximum 0.9 is tied at (0,0) outside and (0,1) inside -> hit.
+  np.testing.assert_array_equal(metrics.pointing_game(maps, masks), [1.0])
+  # Rank accuracy, K = 3: the two 0.9 (one inside) plus one of three tied 0.5 (two inside):
+  # hits = 1 + 1 * 2/3, divided by K.
+  np.testing.assert_allclose(metrics.relevance_rank_accuracy(maps, masks), [(5 / 3) / 3])
+  # Top-2 holds both 0.9 pixels: 1 hit of 2.
+  np.testing.assert_allclose(metrics.top_k_intersection(maps, masks, k=2), [0.5])
+  # Mass: (0.9 + 0.5 + 0.5) / 3.8.
+  np.testing.assert_allclose(metrics.relevance_mass_accuracy(maps, masks), [1.9 / 3.8],
+                             rtol=1e-6)
+  # Miss: the unique maximum outside the mask.
+  np.testing.assert_array_equal(metrics.pointing_game(maps * [[[1, 0, 1], [1, 1, 1]]], masks),
+                                [0.0])
+
+
+def test_energy_pointing_counts_positive_mass_only():
+  maps = np.array([[[2.0, -1.0], [1.0, -3.0]], [[-1.0, -2.0], [-0.5, -3.0]]])
+  masks = np.array([[[1, 1], [0, 0]], [[1, 0], [0, 0]]], bool)
+  # Positive energy 2 (inside) + 1 (outside); the second map has none -> NaN.
+  np.testing.assert_allclose(metrics.energy_pointing(maps, masks), [2 / 3, np.nan])
+  np.testing.assert_allclose(np.asarray(metrics.energy_pointing_jax(maps, masks)),
+                             [2 / 3, np.nan])
+
+
+def test_otsu_iou_equals_skimage_threshold():
+  from skimage.filters import threshold_otsu
+  maps, masks = _continuous_case((3, 21, 17))
+  maps = np.concatenate([maps, np.round(maps[:1] * 5) / 5]).astype(np.float32)
+  masks = np.concatenate([masks, masks[:1]])
+  thresholds = [threshold_otsu(m) for m in maps]
+  np.testing.assert_allclose(metrics.otsu_threshold(maps), thresholds, rtol=0, atol=0)
+  expected = []
+  for m, s, t in zip(maps, masks, thresholds):
+    predicted = m > t
+    expected.append((predicted & s).sum() / (predicted | s).sum())
+  np.testing.assert_allclose(metrics.iou(maps, masks), expected, atol=1e-12)
+  # Fixed threshold, CheXlocalize's rule map >= t (binary maps: exactly the positive pixels).
+  binary = (maps > 0.5).astype(np.float32)
+  expected = [((m >= 1) & s).sum() / ((m >= 1) | s).sum() for m, s in zip(binary, masks)]
+  np.testing.assert_allclose(metrics.iou(binary, masks, threshold=1.0), expected, atol=1e-12)
+  np.testing.assert_allclose(np.asarray(metrics.fixed_threshold_iou_jax(binary, masks, 1.0)),
+                             expected, atol=1e-6)
+  assert metrics.otsu_threshold(np.full((1, 4, 4), 0.3))[0] == threshold_otsu(np.full((4, 4),
+                                                                                      0.3))
+
+
+@pytest.mark.parametrize("name", ["pointing_game", "relevance_mass_accuracy",
+                                  "relevance_rank_accuracy", "energy_pointing", "iou"])
+def test_policy_cases_for_every_localization_metric(name):
+  maps = RNG.random((5, 6, 7)) + 0.1
+  masks = np.zeros((5, 6, 7), bool)
+  masks[:, 1:3, 2:5] = True
+  masks[0] = False
+  masks[1] = True
+  maps[2] = 0.25
+  maps[3, 0, 0] = np.nan
+  maps[4, 1, 1] = -np.inf
+  values = getattr(metrics, name)(maps, masks)
+  assert np.isnan(values).all(), values
+  jax_fn = getattr(metrics, name + "_jax", None)
+  if jax_fn is not None:
+    assert np.isnan(np.asarray(jax_fn(maps, masks))).all()
+  # Quantus itself returns NaN for the empty mask.
+  assert np.isnan(metrics.top_k_intersection(maps, masks, k=3)).all()

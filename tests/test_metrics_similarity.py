@@ -100,3 +100,69 @@ def test_ssim_bad_input_raises():
     metrics.ssim(a, a[:1], data_range=1.0)
   with pytest.raises(ValueError, match="dimensions"):
     metrics.ssim(a[0], a[0], data_range=1.0)
+
+
+def _scipy_rows(fn, a, b):
+  return np.array([fn(x.ravel(), y.ravel())[0] for x, y in zip(a, b)])
+
+
+def _correlation_inputs():
+  a = RNG.random((4, 13, 9)) - 0.4
+  b = a + 0.5 * RNG.random((4, 13, 9))
+  a[1] = np.round(a[1] * 3) / 3        # ties
+  b[2] = (b[2] > 0.3).astype(float)    # binary map
+  return a, b
+
+
+def test_spearman_and_pearson_equal_scipy():
+  import scipy.stats
+  a, b = _correlation_inputs()
+  np.testing.assert_allclose(metrics.spearman(a, b), _scipy_rows(scipy.stats.spearmanr, a, b),
+                             atol=1e-12)
+  np.testing.assert_allclose(metrics.spearman(a, b, absolute=True),
+                             _scipy_rows(scipy.stats.spearmanr, np.abs(a), np.abs(b)),
+                             atol=1e-12)
+  np.testing.assert_allclose(metrics.pearson(a, b), _scipy_rows(scipy.stats.pearsonr, a, b),
+                             atol=1e-12)
+  np.testing.assert_allclose(np.asarray(metrics.spearman_jax(a, b)),
+                             _scipy_rows(scipy.stats.spearmanr, a, b), atol=1e-5)
+  np.testing.assert_allclose(np.asarray(metrics.pearson_jax(a, b)),
+                             _scipy_rows(scipy.stats.pearsonr, a, b), atol=1e-5)
+
+
+def test_correlations_undefined_cases():
+  a, b = _correlation_inputs()
+  a[0] = 0.5          # constant: SciPy returns NaN too
+  b[3, 0, 0] = np.nan
+  for fn in (metrics.spearman, metrics.pearson, metrics.spearman_jax, metrics.pearson_jax):
+    values = np.asarray(fn(a, b))
+    assert np.isnan(values[[0, 3]]).all() and np.isfinite(values[[1, 2]]).all()
+  import scipy.stats
+  import warnings
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    assert np.isnan(scipy.stats.pearsonr(a[0].ravel(), b[0].ravel())[0])
+
+
+def test_mse_l1_on_minmax_normalized_maps():
+  a = np.array([[[0.0, 2.0], [1.0, 2.0]], [[1.0, 1.0], [1.0, 1.0]]])
+  b = np.array([[[5.0, 7.0], [5.0, 6.0]], [[0.0, 1.0], [0.0, 1.0]]])
+  # Normalized: a0 = [0, 1, .5, 1], b0 = [0, 1, 0, .5]; differences 0, 0, .5, .5.
+  np.testing.assert_allclose(metrics.mse(a, b), [0.125, np.nan])
+  np.testing.assert_allclose(metrics.l1(a, b), [0.25, np.nan])
+  np.testing.assert_allclose(np.asarray(metrics.mse_jax(a, b)), [0.125, np.nan])
+  np.testing.assert_allclose(np.asarray(metrics.l1_jax(a, b)), [0.25, np.nan])
+
+
+def test_hog_similarity_equals_skimage_hog_pearson():
+  import scipy.stats
+  from skimage.feature import hog
+  a = RNG.random((2, 40, 33))
+  b = a + RNG.random((2, 40, 33))
+  expected = [scipy.stats.pearsonr(hog(x), hog(y))[0] for x, y in zip(a, b)]
+  np.testing.assert_allclose(metrics.hog_similarity(a, b), expected, atol=1e-12)
+  kwargs = dict(orientations=8, pixels_per_cell=(16, 16), cells_per_block=(1, 1))
+  expected = [scipy.stats.pearsonr(hog(x, **kwargs), hog(y, **kwargs))[0] for x, y in zip(a, b)]
+  np.testing.assert_allclose(metrics.hog_similarity(a, b, **kwargs), expected, atol=1e-12)
+  a[0] = 0.2  # constant map: all-zero HOG features
+  assert np.isnan(metrics.hog_similarity(a, b)[0])

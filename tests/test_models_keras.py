@@ -188,6 +188,22 @@ def test_imported_model_matches_keras(case, layout):
   _assert_close(logits, case.keras_logits)
 
 
+def test_nested_keras_model_imports_like_the_flat_one(case, tmp_path):
+  """The application used as a layer of another model (the usual fine-tuning set-up)."""
+  inputs = keras.Input(case.images.shape[1:])
+  pooled = keras.layers.GlobalAveragePooling2D()(case.keras_base(inputs))
+  outer = keras.Model(inputs, case.keras_model.get_layer("logits")(pooled))
+  flat = import_keras_weights(case.arch, case.files["keras3"], num_classes=NUM_CLASSES)
+  for name in ("nested.weights.h5", "nested_model.h5"):
+    path = str(tmp_path / name)
+    if name.endswith(".weights.h5"):
+      outer.save_weights(path)
+    else:
+      outer.save(path)
+    nested = import_keras_weights(case.arch, path, num_classes=NUM_CLASSES)
+    jax.tree.map(np.testing.assert_array_equal, nested, flat)
+
+
 def test_notop_file_gets_a_seeded_head(case):
   variables = import_keras_weights(case.arch, case.files["keras2_notop"], seed=5,
                                    num_classes=NUM_CLASSES)

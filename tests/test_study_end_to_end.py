@@ -80,3 +80,42 @@ def test_rerun_skips_every_stage(finished_study):
   for stage in trust.STAGES:
     assert f"[{stage}] done already: skipped" in out.stdout
   assert "Report:" in out.stdout
+
+
+def _browser():
+  import shutil  # pylint: disable=g-import-not-at-top
+  for name in ("chromium", "chromium-browser", "google-chrome"):
+    path = shutil.which(name)
+    if path:
+      return path
+  return None
+
+
+def test_report_renders_in_a_headless_browser(finished_study, tmp_path):
+  browser = _browser()
+  if browser is None:
+    pytest.skip("no headless browser: install Debian's chromium (apt-get install chromium) "
+                "to check that report.html renders")
+  _, workdir, report = finished_study
+  with open(report) as f:
+    page = f.read()
+  # Count, in the browser, the embedded figures that decoded to real pixels.
+  probe = ("<script>window.addEventListener('load', () => { const imgs = [...document.images];"
+           " document.title = 'decoded:' + imgs.filter(i => i.complete && i.naturalWidth > 100)"
+           ".length + '/' + imgs.length; });</script>")
+  probed = tmp_path / "probe.html"
+  probed.write_text(page.replace("</body>", probe + "</body>"))
+  flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000"]
+  dom = subprocess.run([browser, *flags, "--dump-dom", probed.as_uri()], capture_output=True,
+                       text=True, timeout=120)
+  assert dom.returncode == 0, dom.stderr[-2000:]
+  count = page.count("data:image/png;base64,")
+  assert f"<title>decoded:{count}/{count}</title>" in dom.stdout
+  shot = tmp_path / "report.png"
+  subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1200,2000",
+                  f"file://{report}"], capture_output=True, timeout=120, check=True)
+  import matplotlib.image  # pylint: disable=g-import-not-at-top
+  pixels = matplotlib.image.imread(shot)
+  assert pixels.shape[0] >= 1000 and pixels.std() > 0.05  # a rendered page, not a blank one

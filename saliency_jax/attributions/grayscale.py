@@ -7,7 +7,7 @@ Bit-for-bit the NumPy arithmetic of PAIR (`saliency.core.visualization`, NumPy >
     minimum) gives 0/0 = NaN at those pixels (and x/0 = inf, clipped to 1, above them). This is
     what the study's pipeline produced for constant maps (and why its SSIM means drop NaNs);
     callers that prefer a number pass `nan_to` (e.g. 0.0).
-The percentile uses a partition rather than a full sort (sorting is slow on the CPU backend).
+The percentile is NumPy's own on the CPU backend and a partition elsewhere.
 """
 from typing import Optional
 
@@ -27,9 +27,26 @@ def _as_channels(maps: Array) -> Array:
   return maps
 
 
-def percentile_of_rows(values: Array, q: float) -> Array:
-  """NumPy's `np.percentile(v, q)` (method "linear") of each row of values [B,N], float32 [B]."""
+def _numpy_percentiles(values: np.ndarray, q: float) -> np.ndarray:
+  flat = np.asarray(values).reshape(-1, values.shape[-1])
+  out = np.array([np.percentile(row, q) for row in flat], np.float32)
+  return out.reshape(values.shape[:-1])
+
+
+def percentile_of_rows(values: Array, q: float, *, use_numpy: Optional[bool] = None) -> Array:
+  """NumPy's `np.percentile(v, q)` (method "linear") of each row of values [B,N], float32 [B].
+
+  On the CPU backend this calls NumPy itself (a `pure_callback`: XLA:CPU sorts and partitions
+  slowly); elsewhere it is XLA's partition with NumPy's interpolation arithmetic.
+  """
   values = jnp.asarray(values, jnp.float32)
+  if use_numpy is None:
+    use_numpy = jax.default_backend() == "cpu"
+  if use_numpy:
+    return jax.pure_callback(
+        lambda v: _numpy_percentiles(v, q),
+        jax.ShapeDtypeStruct(values.shape[:-1], jnp.float32), values,
+        vmap_method="expand_dims")
   n = values.shape[1]
   qf = np.float64(q) / 100.0
   if not 0.0 <= qf <= 1.0:

@@ -74,11 +74,23 @@ def _one_step(x, attr, grad, inp, base, step, *, steps, fraction, max_dist):
   return x.reshape(shape), attr.reshape(shape)
 
 
+def host_loop(images) -> bool:
+  """Whether to drive the steps from Python: on the CPU backend, outside a trace.
+
+  XLA:CPU runs loop bodies several times slower than straight-line code, and a Guided-IG step
+  (a gradient plus a data-dependent inner loop) cannot be unrolled 200 times; a Python loop over
+  one jitted step (compiled once per call) is the fast plan there. Under `jax.jit` or on an
+  accelerator the steps are a `lax.scan`.
+  """
+  return jax.default_backend() == "cpu" and not isinstance(images, jax.core.Tracer)
+
+
 def guided_ig(logits_fn: Callable[[Array], Array], images: Array, targets: Array, *,
               baseline: Baseline = 0.0, steps: int = 200, fraction: float = 0.25,
               max_dist: float = 0.02, max_grads_in_flight: Optional[int] = None) -> Array:
   """Guided-IG maps, float32 [B,H,W,C]; arguments as PAIR's `GuidedIG.GetMask` (x_steps ->
-  steps; baseline: scalar or per-image array, PAIR's default 0)."""
+  steps; baseline: scalar or per-image array, PAIR's default 0). Traceable under `jax.jit`;
+  called eagerly on the CPU backend it drives the steps from Python (see `host_loop`)."""
   images, targets = _engine.check_images(images, targets)
   base = broadcast_baseline(baseline, images)
   grad_fn = _engine.target_gradients(logits_fn)
@@ -93,7 +105,14 @@ def guided_ig(logits_fn: Callable[[Array], Array], images: Array, targets: Array
     x, attr = one_step(x, attr, grad, images, base, step.astype(jnp.float32))
     return (x, attr), None
 
+  carry = (base, jnp.zeros_like(images))
+  if host_loop(images):
+    step_jit = jax.jit(lambda carry, step: step_fn(carry, step)[0])
+    for i in range(steps):
+      carry = step_jit(carry, jnp.int32(i))
+    attr = carry[1]
+  else:
+    (_, attr), _ = jax.lax.scan(step_fn, carry, jnp.arange(steps))
   # Zero distance from the baseline: zero attribution (PAIR returns early).
-  (_, attr), _ = jax.lax.scan(step_fn, (base, jnp.zeros_like(images)), jnp.arange(steps))
   same = jnp.abs(images - base).sum(axis=(1, 2, 3)) == 0
   return jnp.where(same[:, None, None, None], 0.0, attr)

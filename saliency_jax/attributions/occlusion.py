@@ -2,7 +2,8 @@
 
 A size x size window of `value` slides over every position where it fits; each pixel (every
 channel) receives the sum, over the windows covering it, of logit(x) - logit(occluded x). The
-forward passes of all (image, position) pairs run in chunks of `max_grads_in_flight`.
+forward passes of all (image, position) pairs run in chunks of 8 x `max_grads_in_flight` (a
+forward pass needs far less memory than a gradient).
 """
 from typing import Callable, Optional
 
@@ -12,6 +13,7 @@ import jax.numpy as jnp
 from saliency_jax.attributions import _engine
 
 Array = jax.Array
+FORWARDS_PER_GRADIENT = 8
 
 
 def occlusion(logits_fn: Callable[[Array], Array], images: Array, targets: Array, *,
@@ -36,8 +38,10 @@ def occlusion(logits_fn: Callable[[Array], Array], images: Array, targets: Array
     return _engine.target_values(logits_fn, x, targets[bi])
 
   items = jnp.arange(b * n_pos)
-  values = _engine.map_in_chunks(occluded_values, items,
-                                 max_grads_in_flight=max_grads_in_flight)
+  # Forward passes keep no activations for a backward pass: FORWARDS_PER_GRADIENT of them
+  # take about the memory of one gradient.
+  cap = _engine.chunk_size(b * n_pos, max_grads_in_flight) * FORWARDS_PER_GRADIENT
+  values = _engine.map_in_chunks(occluded_values, items, max_grads_in_flight=cap)
   diff = (base[:, None] - values.reshape(b, n_pos)).reshape(b, rows, cols)
   # Each pixel sums the differences of the windows covering it: a box sum over positions.
   scores = jax.lax.reduce_window(diff, 0.0, jax.lax.add, (1, size, size), (1, 1, 1),

@@ -212,6 +212,23 @@ def _guided_ig_impl(fns, s, images, targets, indices, key, prepared):
                          max_grads_in_flight=s["max_grads_in_flight"]), s)
 
 
+def _guided_ig_compute(model_fns, images, targets, *, indices=None, key=None, settings=None,
+                       prepared=None):
+  """GUIDED_IG: one jitted scan on accelerators, a host-driven step loop on the CPU backend
+  (see `guided_ig.host_loop`); hence not marked jittable."""
+  s = merge_settings(_GUIDED_IG_DEFAULTS, settings)
+  if jax.default_backend() != "cpu":
+    return make_compute("GUIDED_IG", _guided_ig_impl, _GUIDED_IG_DEFAULTS)(
+        model_fns, images, targets, indices=indices, key=key, settings=settings,
+        prepared=prepared)
+  images = jnp.asarray(images, jnp.float32)
+  return _guided_ig_impl(model_fns, s, images, jnp.asarray(targets, jnp.int32), None, None, None)
+
+
+_GUIDED_IG_DEFAULTS = {**COMMON_SETTINGS, "baseline": 0.0, "steps": 200, "fraction": 0.25,
+                       "max_dist": 0.02}
+
+
 def _occlusion_impl(fns, s, images, targets, indices, key, prepared):
   del indices, key, prepared
   return _gray(occlusion(fns.logits_fn, images, targets, size=s["size"], value=s["value"],
@@ -302,8 +319,8 @@ def _build_methods() -> dict[str, MapMethod]:
       # Not in the study; PAIR's defaults.
       _method("BLUR_IG", _blur_ig_impl, {"max_sigma": 50.0, "steps": 100, "grad_step": 0.01,
                                          "sqrt": False}),
-      _method("GUIDED_IG", _guided_ig_impl, {"baseline": 0.0, "steps": 200, "fraction": 0.25,
-                                             "max_dist": 0.02}),
+      MapMethod("GUIDED_IG", _guided_ig_compute, default_settings=_GUIDED_IG_DEFAULTS,
+                jittable=False),
       _method("OCCLUSION", _occlusion_impl, {"size": 15, "value": 0.0}),
   ]
   return {m.name: m for m in methods}

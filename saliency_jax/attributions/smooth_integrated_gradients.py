@@ -3,6 +3,7 @@
 (`squared=True`, PAIR's magnitude=True) and averaged over the copies. Noise keys are per dataset
 index and sample, as in `smoothgrad` (same key -> same noise as SmoothGrad's first samples).
 """
+import math
 from typing import Callable, Optional
 
 import jax
@@ -25,8 +26,7 @@ def smooth_integrated_gradients(
     noise: Optional[Array] = None, indices: Optional[Array] = None,
     max_grads_in_flight: Optional[int] = None) -> Array:
   """SmoothGrad-IG maps, float32 [B,H,W,C]; arguments as `smoothgrad` and
-  `integrated_gradients`. Noisy copies are processed one at a time (a `lax.scan`), each as one
-  chunked IG over the batch, so memory is bounded by `max_grads_in_flight`."""
+  `integrated_gradients`. Memory is bounded by `max_grads_in_flight` gradients."""
   images, targets = _engine.check_images(images, targets)
   b = images.shape[0]
   shape = images.shape[1:]
@@ -41,14 +41,29 @@ def smooth_integrated_gradients(
     if noise.shape != (b, samples) + shape:
       raise ValueError(f"noise must have shape {(b, samples) + shape}, got {noise.shape}")
 
-  def one_copy(total, s):
-    if noise is None:
-      eps = jax.vmap(lambda i, sd: draw_noise(key, i, s, sd, shape))(indices, std)
-    else:
-      eps = noise[:, s]
-    ig = integrated_gradients(logits_fn, images + eps, targets, baseline=base, steps=steps,
-                              max_grads_in_flight=max_grads_in_flight)
-    return total + (ig * ig if squared else ig), None
+  # Noisy copies are processed in groups of g, each group one chunked IG over its B*g paths,
+  # so a chunk holds up to max_grads_in_flight gradients whatever B and steps are.
+  cap = _engine.chunk_size(b * samples * steps, max_grads_in_flight)
+  g = max(1, min(samples, cap // (b * steps)))
+  n_groups = math.ceil(samples / g)
+  path_image = jnp.repeat(jnp.arange(b), g)           # path p = (image p // g, copy p % g)
+  path_copy = jnp.tile(jnp.arange(g), b)
 
-  total, _ = jax.lax.scan(one_copy, jnp.zeros(images.shape, jnp.float32), jnp.arange(samples))
+  def group(total, gi):
+    copy = gi * g + path_copy
+    valid = copy < samples
+    copy = jnp.minimum(copy, samples - 1)
+    if noise is None:
+      eps = jax.vmap(lambda i, n, sd: draw_noise(key, i, n, sd, shape))(
+          indices[path_image], copy, std[path_image])
+    else:
+      eps = noise[path_image, copy]
+    ig = integrated_gradients(logits_fn, images[path_image] + eps, targets[path_image],
+                              baseline=base[path_image], steps=steps,
+                              max_grads_in_flight=cap)
+    value = ig * ig if squared else ig
+    value = jnp.where(valid.reshape((-1,) + (1,) * len(shape)), value, 0.0)
+    return total + value.reshape((b, g) + shape).sum(axis=1), None
+
+  total, _ = _engine.scan(group, jnp.zeros(images.shape, jnp.float32), jnp.arange(n_groups))
   return total / samples

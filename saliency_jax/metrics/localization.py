@@ -28,51 +28,51 @@ _CHUNK = 64
 # Rank metrics: NumPy path.
 
 
-def _sortable_bits(x: np.ndarray) -> np.ndarray:
-  """uint32 keys whose unsigned order is the float32 order of `x` (-0.0 folded into +0.0)."""
-  bits = (x.astype(np.float32) + np.float32(0.0)).view(np.uint32)
-  flip = np.where(bits >> np.uint32(31), np.uint32(0xFFFFFFFF), np.uint32(0x80000000))
-  return bits ^ flip
-
-
 def _group_end_counts(scores: np.ndarray, labels: np.ndarray):
   """Yields per map (tps, fps) at every distinct score, from the highest score down.
 
   This is scikit-learn's `_binary_clf_curve` without `drop_intermediate`: point k counts the true
-  and false positives among pixels whose score is >= the k-th distinct score.
+  and false positives among pixels whose score is >= the k-th highest distinct score. It needs
+  no argsort: one sort of all scores (runs of equal scores are the curve's points) and one sort
+  of the positives' scores, placed among all scores by binary search.
   """
   n = scores.shape[0]
   flat = scores.reshape(n, -1)
   lab = labels.reshape(n, -1)
-  exact32 = flat.dtype in (np.float32, np.float16) or np.issubdtype(flat.dtype, np.integer) and (
-      flat.dtype.itemsize <= 2)
-  if not exact32:
-    with np.errstate(over="ignore"):
-      exact32 = bool(np.array_equal(flat.astype(np.float32), flat))
-  if exact32:
-    # One sort of packed (score, label) keys: no argsort, no gather. Within a run of equal
-    # scores the labels come out sorted, which changes nothing at the run's end.
-    keys = (_sortable_bits(flat).astype(np.uint64) << np.uint64(1)) | lab.astype(np.uint64)
-    keys = np.sort(keys, axis=1)[:, ::-1]
-    sorted_labels = (keys & np.uint64(1)).astype(np.int64)
-    sorted_scores = keys >> np.uint64(1)
+  size = flat.shape[1]
+  # float32 sorts twice as fast as float64; use it whenever it holds every value exactly.
+  if flat.dtype in (np.float32, np.float16) or (
+      np.issubdtype(flat.dtype, np.integer) and flat.dtype.itemsize <= 2):
+    flat = flat.astype(np.float32, copy=False)
   else:
-    order = np.argsort(-flat.astype(np.float64), axis=1, kind="stable")
-    sorted_scores = np.take_along_axis(flat.astype(np.float64), order, axis=1)
-    sorted_labels = np.take_along_axis(lab, order, axis=1).astype(np.int64)
+    flat = flat.astype(np.float64, copy=False)
+    with np.errstate(over="ignore"):
+      as32 = flat.astype(np.float32)
+    if np.array_equal(as32, flat):
+      flat = as32
+  sorted_scores = np.sort(flat, axis=1)
+  changes = sorted_scores[:, 1:] != sorted_scores[:, :-1]
   for i in range(n):
-    s = sorted_scores[i]
-    ends = np.flatnonzero(np.append(s[:-1] != s[1:], True))
-    tps = np.cumsum(sorted_labels[i])[ends].astype(np.float64)
-    fps = (ends + 1).astype(np.float64) - tps
+    row = sorted_scores[i]
+    # Ascending runs of equal scores start at 0 and after every change.
+    starts = np.concatenate([[0], np.flatnonzero(changes[i]) + 1])
+    # Each positive lands at the start of its score's run ('left' finds the first equal value).
+    run_start = np.searchsorted(row, np.sort(flat[i][lab[i]]), side="left")
+    positives_upto = np.cumsum(np.bincount(run_start, minlength=size))
+    positives_before = np.concatenate([[0], positives_upto[starts[1:] - 1]])
+    total = positives_upto[-1]
+    # Highest threshold first: pixels with score >= the run's score.
+    tps = (total - positives_before[::-1]).astype(np.float64)
+    fps = (size - starts[::-1]).astype(np.float64) - tps
     yield tps, fps
 
 
 def _rank_metrics_numpy(maps: np.ndarray, masks: np.ndarray, which: tuple[str, ...]) -> dict:
   valid = policy.localization_valid(maps, masks)
-  clean = np.where(valid.reshape((-1,) + (1,) * (maps.ndim - 1)), maps, 0)
+  if not valid.all():
+    maps = np.where(valid.reshape((-1,) + (1,) * (maps.ndim - 1)), maps, 0)
   out = {name: np.full(maps.shape[0], np.nan) for name in which}
-  for i, (tps, fps) in enumerate(_group_end_counts(clean, masks)):
+  for i, (tps, fps) in enumerate(_group_end_counts(maps, masks)):
     if not valid[i]:
       continue
     recall = np.concatenate([[0.0], tps / tps[-1]])
@@ -82,9 +82,8 @@ def _rank_metrics_numpy(maps: np.ndarray, masks: np.ndarray, which: tuple[str, .
     if "average_precision" in which:
       out["average_precision"][i] = np.sum(np.diff(recall) * precision[1:])
     if "roc_auc" in which:
-      tpr = np.concatenate([[0.0], tps / tps[-1]])
       fpr = np.concatenate([[0.0], fps / fps[-1]])
-      out["roc_auc"][i] = np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2)
+      out["roc_auc"][i] = np.sum(np.diff(fpr) * (recall[1:] + recall[:-1]) / 2)
   return out
 
 
@@ -201,3 +200,216 @@ def average_precision(maps, masks) -> np.ndarray:
 def roc_auc(maps, masks) -> np.ndarray:
   """Area under the ROC curve, = `sklearn.metrics.roc_auc_score` (Quantus `AUC`); float64 [N]."""
   return rank_metrics(maps, masks, ("roc_auc",))["roc_auc"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Threshold-free localization metrics. Each is written once against an array namespace `xp`:
+# NumPy in float64 for the public functions (exact, and as fast as XLA for one pass of sums on
+# the CPU), jax.numpy in float32 for the jit-able `*_jax` versions.
+
+
+def _flat(xp, maps, masks):
+  n = maps.shape[0]
+  return xp.reshape(maps, (n, -1)), xp.reshape(masks, (n, -1)).astype(bool)
+
+
+def _valid(xp, maps, masks):
+  """Policy rules 1 and 2 on flattened (map, mask) pairs."""
+  finite = xp.all(xp.isfinite(maps), axis=1)
+  safe = xp.where(finite[:, None], maps, 0)
+  nonconstant = xp.max(safe, axis=1) > xp.min(safe, axis=1)
+  two_class = xp.any(masks, axis=1) & ~xp.all(masks, axis=1)
+  return finite & nonconstant & two_class, safe
+
+
+def _ratio(xp, numerator, denominator, valid):
+  ok = valid & (denominator != 0)
+  return xp.where(ok, numerator / xp.where(ok, denominator, 1), xp.nan)
+
+
+def _pointing_game(xp, maps, masks):
+  maps, masks = _flat(xp, maps, masks)
+  valid, maps = _valid(xp, maps, masks)
+  peak = maps == xp.max(maps, axis=1, keepdims=True)
+  hit = xp.any(peak & masks, axis=1)
+  return xp.where(valid, hit.astype(maps.dtype), xp.nan)
+
+
+def _relevance_mass_accuracy(xp, maps, masks):
+  maps, masks = _flat(xp, maps, masks)
+  valid, maps = _valid(xp, maps, masks)
+  return _ratio(xp, xp.sum(xp.where(masks, maps, 0), axis=1), xp.sum(maps, axis=1), valid)
+
+
+def _energy_pointing(xp, maps, masks):
+  maps, masks = _flat(xp, maps, masks)
+  valid, maps = _valid(xp, maps, masks)
+  energy = xp.maximum(maps, 0)
+  return _ratio(xp, xp.sum(xp.where(masks, energy, 0), axis=1), xp.sum(energy, axis=1), valid)
+
+
+def _kth_largest(xp, maps, k):
+  """Per row, the k-th largest value (k: int [N], 1 <= k <= row length)."""
+  size = maps.shape[1]
+  if xp is np:
+    return np.array([np.partition(row, size - kk)[size - kk] for row, kk in zip(maps, k)],
+                    dtype=maps.dtype)
+  ordered = jnp.sort(maps, axis=1)
+  return jnp.take_along_axis(ordered, (size - k)[:, None], axis=1)[:, 0]
+
+
+def _top_k_hits(xp, maps, masks, k):
+  """Mask pixels among the k highest of each map; ties at the k-th value shared out evenly.
+
+  With no tie at the k-th value this is the count of Quantus' `np.argsort(a)[-k:]` inside the
+  mask. Where several pixels share the k-th value, which of them enter the top k is arbitrary
+  (Quantus leaves it to NumPy's sort); we count the expected hits over every choice, so the
+  value does not depend on pixel order.
+  """
+  kth = _kth_largest(xp, maps, k)[:, None]
+  above = maps > kth
+  tied = maps == kth
+  count_above = xp.sum(above, axis=1)
+  hits_above = xp.sum(above & masks, axis=1)
+  tied_total = xp.sum(tied, axis=1)
+  tied_in_mask = xp.sum(tied & masks, axis=1)
+  return hits_above + (k - count_above) * tied_in_mask / xp.maximum(tied_total, 1)
+
+
+def _relevance_rank_accuracy(xp, maps, masks):
+  maps, masks = _flat(xp, maps, masks)
+  valid, maps = _valid(xp, maps, masks)
+  k = xp.sum(masks, axis=1)
+  k_safe = xp.clip(k, 1, maps.shape[1])
+  hits = _top_k_hits(xp, maps, masks, k_safe)
+  return xp.where(valid, hits / k_safe, xp.nan)
+
+
+def _top_k_intersection(xp, maps, masks, k):
+  maps, masks = _flat(xp, maps, masks)
+  valid, maps = _valid(xp, maps, masks)
+  ks = xp.full(maps.shape[:1], k)
+  return xp.where(valid, _top_k_hits(xp, maps, masks, ks) / k, xp.nan)
+
+
+def _fixed_threshold_iou(xp, maps, masks, threshold):
+  maps, masks = _flat(xp, maps, masks)
+  valid, maps = _valid(xp, maps, masks)
+  predicted = maps >= threshold
+  intersection = xp.sum(predicted & masks, axis=1)
+  union = xp.sum(predicted | masks, axis=1)
+  return _ratio(xp, intersection.astype(maps.dtype), union.astype(maps.dtype), valid)
+
+
+def _as_float64(maps, masks):
+  maps, masks = _checked(maps, masks)
+  return maps.astype(np.float64), masks
+
+
+def pointing_game(maps, masks) -> np.ndarray:
+  """Pointing game hit (1.0 / 0.0): the map's maximum lies inside the mask.
+
+  Ties: a hit when ANY pixel holding the maximum value lies in the mask, as Quantus'
+  `PointingGame` (`np.any(s[np.argwhere(a == np.max(a))])`). The hit rate of a method is
+  `summarize(...)["mean"]`.
+  """
+  return _pointing_game(np, *_as_float64(maps, masks))
+
+
+def relevance_mass_accuracy(maps, masks) -> np.ndarray:
+  """Quantus `RelevanceMassAccuracy`: sum of the map inside the mask / sum of the map.
+
+  The map is used as given (Quantus' `abs`/`normalise` preprocessing is the caller's; a max
+  normalization does not change the ratio). NaN where the map sums to zero.
+  """
+  return _relevance_mass_accuracy(np, *_as_float64(maps, masks))
+
+
+def relevance_rank_accuracy(maps, masks) -> np.ndarray:
+  """Quantus `RelevanceRankAccuracy`: share of the K highest pixels inside the mask, K = |mask|.
+
+  Ties at the K-th value are shared out evenly (the expected value over tie orders); without
+  such ties this is Quantus' value exactly.
+  """
+  return _relevance_rank_accuracy(np, *_as_float64(maps, masks))
+
+
+def top_k_intersection(maps, masks, *, k: int = 1000) -> np.ndarray:
+  """Quantus `TopKIntersection` (default k = 1000): |top-k pixels inside the mask| / k.
+
+  Ties at the k-th value are shared out evenly, as in `relevance_rank_accuracy`. Quantus'
+  `concept_influence` variant is this value times (pixels / |mask|).
+  """
+  maps, masks = _as_float64(maps, masks)
+  size = int(np.prod(maps.shape[1:]))
+  if not 1 <= k <= size:
+    raise ValueError(f"k must be in [1, {size}] (pixels per map), got {k}.")
+  return _top_k_intersection(np, maps, masks, k)
+
+
+def energy_pointing(maps, masks) -> np.ndarray:
+  """Energy-based pointing game (Score-CAM): positive map mass inside the mask / positive mass.
+
+  Uses max(map, 0), so negative attributions carry no energy; NaN where no pixel is positive.
+  """
+  return _energy_pointing(np, *_as_float64(maps, masks))
+
+
+def otsu_threshold(maps) -> np.ndarray:
+  """Per-map Otsu threshold, = `skimage.filters.threshold_otsu(map)` (256 bins): float64 [N].
+
+  The histogram is NumPy's over [min, max] with counts held in float32, as scikit-image does; a
+  constant map's threshold is its value. NaN for a map holding NaN or inf.
+  """
+  maps = policy.as_map_stack(maps)
+  out = np.full(maps.shape[0], np.nan)
+  for i, row in enumerate(maps.reshape(maps.shape[0], -1)):
+    if not np.all(np.isfinite(row)):
+      continue
+    if np.all(row == row[0]):
+      out[i] = row[0]
+      continue
+    counts, edges = np.histogram(row, bins=256)
+    counts = counts.astype(np.float32)
+    centers = (edges[:-1] + edges[1:]) / 2.0
+    weight1 = np.cumsum(counts)
+    weight2 = np.cumsum(counts[::-1])[::-1]
+    mean1 = np.cumsum(counts * centers) / weight1
+    mean2 = (np.cumsum((counts * centers)[::-1]) / weight2[::-1])[::-1]
+    variance12 = weight1[:-1] * weight2[1:] * (mean1[:-1] - mean2[1:])**2
+    out[i] = centers[np.argmax(variance12)]
+  return out
+
+
+def iou(maps, masks, *, threshold="otsu") -> np.ndarray:
+  """Intersection over union of the thresholded map with the mask (CheXlocalize's mIoU terms).
+
+  Args:
+    maps, masks: [N, ...] maps and binary masks.
+    threshold: "otsu": predicted = map > Otsu threshold of that map (`otsu_threshold`;
+      scikit-image's foreground convention, and CheXlocalize's `cv2.THRESH_OTSU` binarization);
+      or a number t: predicted = map >= t (CheXlocalize's fixed-threshold rule).
+
+  Returns:
+    float64 [N]; NaN per the policy (empty / all-positive mask, constant or non-finite map).
+  """
+  maps, masks = _as_float64(maps, masks)
+  if isinstance(threshold, str):
+    if threshold != "otsu":
+      raise ValueError(f"threshold must be 'otsu' or a number, got {threshold!r}.")
+    flat, flat_masks = _flat(np, maps, masks)
+    valid, flat = _valid(np, flat, flat_masks)
+    predicted = flat > otsu_threshold(flat)[:, None]
+    intersection = np.sum(predicted & flat_masks, axis=1).astype(np.float64)
+    union = np.sum(predicted | flat_masks, axis=1).astype(np.float64)
+    return _ratio(np, intersection, union, valid)
+  return _fixed_threshold_iou(np, maps, masks, float(threshold))
+
+
+pointing_game_jax = jax.jit(functools.partial(_pointing_game, jnp))
+relevance_mass_accuracy_jax = jax.jit(functools.partial(_relevance_mass_accuracy, jnp))
+relevance_rank_accuracy_jax = jax.jit(functools.partial(_relevance_rank_accuracy, jnp))
+energy_pointing_jax = jax.jit(functools.partial(_energy_pointing, jnp))
+top_k_intersection_jax = jax.jit(functools.partial(_top_k_intersection, jnp),
+                                 static_argnames="k")
+fixed_threshold_iou_jax = jax.jit(functools.partial(_fixed_threshold_iou, jnp))

@@ -7,6 +7,7 @@
 The paper's models ("inception_v3", "densenet121") and the Keras weight import are imported
 only when asked for, so the small models work without them.
 """
+import functools
 import importlib
 from typing import Any
 
@@ -62,8 +63,13 @@ def init_variables(module: Any, key: jax.Array, image_shape: tuple[int, int, int
   """
   if len(image_shape) != 3:
     raise ValueError(f"image_shape must be (H, W, C); got {image_shape}.")
-  sample = jnp.zeros((1, *image_shape), jnp.float32)
-  return dict(jax.jit(module.init)(key, sample))
+  return dict(_init(module, key, tuple(image_shape)))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _init(module: Any, key: jax.Array, image_shape: tuple[int, int, int]) -> dict:
+  # Modules are hashable by their fields: one compilation per model and image shape.
+  return module.init(key, jnp.zeros((1, *image_shape), jnp.float32))
 
 
 def import_keras_weights(arch: str, path: str, *, seed: int = 0, num_classes: int = 2):

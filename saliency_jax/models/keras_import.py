@@ -202,20 +202,19 @@ def _densenet_body(layers, template):
   params, stats, used = {}, {}, set()
 
   def visit(tree, path):
+    if "kernel" not in tree and "scale" not in tree:  # a module holding convs and BNs
+      for key, child in tree.items():
+        visit(child, path + (key,))
+      return
+    name = densenet.keras_layer_name(path)
+    used.add(name)
     if "kernel" in tree:  # a convolution
-      name = densenet.keras_layer_name(path)
       _set(params, path, {"kernel": _values(_layer(layers, name), ("kernel",), name)["kernel"]})
-    elif "scale" in tree:  # a batch norm
-      name = densenet.keras_layer_name(path)
+    else:  # a batch norm
       norm = _values(_layer(layers, name), ("gamma", "beta", "moving_mean", "moving_variance"),
                      name)
       _set(params, path, {"scale": norm["gamma"], "bias": norm["beta"]})
       _set(stats, path, {"mean": norm["moving_mean"], "var": norm["moving_variance"]})
-    else:
-      for key, child in tree.items():
-        visit(child, path + (key,))
-      return
-    used.add(name)
 
   for block in densenet.DenseNet121.block_names:
     if block != "logits":
