@@ -41,10 +41,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.weights = ml_collections.ConfigDict()
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = 32
-  config.train.num_steps = 600
+  config.train.num_steps = 200
   config.train.learning_rate = 2e-3
   config.train.weight_decay = 1e-4
-  config.train.eval_every = 200
+  config.train.eval_every = 100
   config.train.log_every = 50
   config.train.dtype = "float32"
 
@@ -53,7 +53,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.localization.arch = "unet"
   config.localization.seeds = (1, 2)
   config.localization.train = ml_collections.ConfigDict(config.train.to_dict())
-  config.localization.train.num_steps = 300
+  config.localization.train.num_steps = 200
   config.localization.train.learning_rate = 2e-3
 
   config.methods = ml_collections.ConfigDict()

@@ -48,7 +48,7 @@ _SETTINGS = flags.DEFINE_string(
                             "GUIDED_IG": {"steps": 20}}),
     "JSON overrides of the methods' default settings, applied to ours and PAIR.")
 _MAX_GRADS = flags.DEFINE_integer("max_grads_in_flight", 64, "Our gradient chunk size.")
-_RAW_BATCH_SIZES = flags.DEFINE_list("raw_batch_sizes", ["8", "32", "64"],
+_RAW_BATCH_SIZES = flags.DEFINE_list("raw_batch_sizes", ["1", "8", "16", "32", "64"],
                                      "Batch sizes tried for the raw-gradient baseline.")
 _SELECTION_SIZE = flags.DEFINE_integer("selection_size", 320,
                                        "Also time XRAI selection on an image of this side "

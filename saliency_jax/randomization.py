@@ -11,13 +11,14 @@ Keys. Block number i of `module.block_names` always gets its fresh values from
 into block k: the two variants differ only in which other blocks are randomized, not in the
 draw.
 
-`sample_input` only fixes parameter shapes; a batch of one image of the study's size (or any
-size the model accepts with the same parameter shapes) is enough.
+`sample_input` (an image batch [B, H, W, C]) only fixes parameter shapes: its image shape is
+what the fresh model is initialized with.
 """
-import functools
 from typing import Any, Sequence
 
 import jax
+
+from saliency_jax.models import init_variables
 
 Variables = dict
 
@@ -27,12 +28,6 @@ def _block_index(module: Any, name: str) -> int:
   if name not in names:
     raise ValueError(f"{name!r} is not a block of {type(module).__name__}; blocks: {names}.")
   return names.index(name)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _init(module: Any, key: jax.Array, sample_input: Any) -> Variables:
-  # Modules are hashable by their fields: one compilation per model and input shape.
-  return module.init(key, sample_input)
 
 
 class _FreshBlocks:
@@ -48,7 +43,9 @@ class _FreshBlocks:
     """{collection: fresh subtree of `name`} for every collection that holds the block."""
     if name not in self._cache:
       index = _block_index(self.module, name)
-      fresh = _init(self.module, jax.random.fold_in(self._key, index), self._sample)
+      # init_variables compiles once per model and input shape (then reused by every draw).
+      fresh = init_variables(self.module, jax.random.fold_in(self._key, index),
+                             tuple(self._sample.shape[1:]))
       self._cache[name] = {col: tree[name] for col, tree in fresh.items() if name in tree}
     return self._cache[name]
 

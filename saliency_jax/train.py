@@ -26,7 +26,9 @@ optional:
 
 Workdir layout: checkpoints/<step>/ (train state, the Grain iterator state, bookkeeping),
 best/<step>/ (the variables with the best validation score so far), metrics.jsonl (one JSON
-record per log or evaluation step), done.json (written last: a finished run returns at once).
+record per log or evaluation step), train_settings.json (seed and settings: resuming with other
+settings is an error; num_steps may grow), done.json (written last: a finished run returns at
+once; a larger num_steps continues it).
 A killed run resumes from its latest checkpoint at the same step with the same data order, and
 ends with the same weights as an uninterrupted one.
 
@@ -57,6 +59,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from saliency_jax.data import make_dataset
+from saliency_jax.models import init_variables
 
 REQUIRED_KEYS = ("batch_size", "num_steps", "learning_rate", "eval_every", "log_every",
                  "style", "channels")
@@ -227,8 +230,11 @@ def default_mesh() -> Mesh:
 
 def _optimizer_settings(config: Any) -> tuple:
   """The optimizer's hyper-parameters as a hashable tuple (a cache key for the steps)."""
-  return (float(config.learning_rate), config.get("lr_schedule", "constant"),
-          int(config.get("warmup_steps", 0)), int(config.num_steps),
+  schedule = config.get("lr_schedule", "constant")
+  # The run length matters to the cosine schedule only; leaving it out of the constant one's
+  # key lets runs of different lengths share their compiled steps.
+  num_steps = int(config.num_steps) if schedule == "cosine" else 0
+  return (float(config.learning_rate), schedule, int(config.get("warmup_steps", 0)), num_steps,
           float(config.get("weight_decay", 0.0)))
 
 
@@ -254,7 +260,7 @@ def _optimizer(lr: float, schedule_name: str, warmup_steps: int, num_steps: int,
 
 @dataclasses.dataclass(frozen=True)
 class _Steps:
-  init_state: Callable   # (key, sample) -> replicated train state
+  init_state: Callable   # variables -> replicated train state
   train_step: Callable   # (state, batch) -> (state, loss); donates the state
   eval_step: Callable    # (variables, batch) -> per-example outputs, split over the mesh
 
@@ -267,8 +273,7 @@ def _steps(task: _Task, module: nn.Module, optimizer_settings: tuple, mesh: Mesh
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
 
-  def init_state(key, sample):
-    variables = module.init(key, sample)
+  def init_state(variables):
     state = {"step": jnp.zeros((), jnp.int32), "params": variables["params"],
              "opt_state": tx.init(variables["params"])}
     if variables.get("batch_stats"):
@@ -394,10 +399,12 @@ def _train(task: _Task, module: nn.Module, train_source, val_source, *, workdir:
     if size % mesh.size or size % jax.process_count():
       raise ValueError(f"config.{name}={size} must be divisible by the {mesh.size} devices "
                        f"and {jax.process_count()} processes.")
+  init_module = module  # parameters are float32 whatever the computation dtype
   module = _with_dtype(module, config.get("dtype", "float32"))
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
   os.makedirs(workdir, exist_ok=True)
+  _check_same_settings(workdir, config, seed)
   done_path = os.path.join(workdir, "done.json")
   best_manager = _checkpoint_manager(os.path.join(workdir, "best"), max_to_keep=1)
 
@@ -416,7 +423,10 @@ def _train(task: _Task, module: nn.Module, train_source, val_source, *, workdir:
 
   # Initial state, replicated over the mesh (same seed -> same values on every process).
   steps = _steps(task, module, _optimizer_settings(config), mesh)
-  state = steps.init_state(jax.random.key(seed), sample)
+  # Initialized apart from the optimizer, so the (slow to compile) initializers are shared by
+  # every optimizer and mesh: the values do not depend on either.
+  variables = init_variables(init_module, jax.random.key(seed), sample.shape[1:])
+  state = steps.init_state(jax.device_put(variables, replicated))
 
   local_batch = batch_size // jax.process_count()
   train_iter = iter(make_dataset(train_source, batch_size=local_batch, seed=seed,
@@ -479,10 +489,10 @@ def _train(task: _Task, module: nn.Module, train_source, val_source, *, workdir:
         _save_best(best_manager, step, state, metrics)
     if stop_after_steps is not None and step >= stop_after_steps and step < num_steps:
       progress.close()
-      manager.wait_until_finished()
+      manager.close()
+      best_manager.close()
       raise TrainingInterrupted(f"Stopped after step {step} of {num_steps}.")
   progress.close()
-  manager.wait_until_finished()
   manager.close()
 
   if best["step"] < 0:
@@ -494,6 +504,30 @@ def _train(task: _Task, module: nn.Module, train_source, val_source, *, workdir:
       json.dump(done, f, indent=1)
     os.replace(done_path + ".tmp", done_path)
   return _finished_result(workdir, done, best_manager, abstract_variables)
+
+
+# Settings that may change between a run and its resumption without changing its result.
+_RESUMABLE_CHANGES = ("num_steps", "progress", "log_every", "eval_every", "keep_checkpoints",
+                      "eval_batch_size")
+
+
+def _check_same_settings(workdir: str, config: Any, seed: int) -> None:
+  """Refuses to resume a workdir written with other training settings (a silent mix)."""
+  items = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+  settings = {k: v for k, v in items.items() if k not in _RESUMABLE_CHANGES}
+  settings = json.loads(json.dumps({"seed": seed, **settings}, sort_keys=True, default=str))
+  path = os.path.join(workdir, "train_settings.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    if saved != settings:
+      changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+      raise ValueError(f"{workdir} holds a run with other training settings ({changed}: "
+                       f"{ {k: saved.get(k) for k in changed} } there, "
+                       f"{ {k: settings.get(k) for k in changed} } now); use another workdir.")
+  elif jax.process_index() == 0:
+    with open(path, "w") as f:
+      json.dump(settings, f, indent=1, sort_keys=True)
 
 
 def _better(value: float, incumbent: float | None) -> bool:
@@ -519,6 +553,7 @@ def _finished_result(workdir: str, done: dict, best_manager: ocp.CheckpointManag
   restored = best_manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract_variables)))
   variables = dict(restored.state)
+  best_manager.close()
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     history = [json.loads(line) for line in f if line.strip()]
   metrics = done["val_metrics"]
@@ -556,3 +591,52 @@ def _evaluate(task: _Task, eval_step, variables, val_source, config, local_batch
   merged = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
   valid = merged.pop("valid")
   return task.summarize({k: v[valid] for k, v in merged.items()})
+
+
+def benchmark_train_step(module: nn.Module, image_shape: tuple[int, int, int], *,
+                         batch_size: int, mesh: Mesh | None = None, num_steps: int = 10,
+                         dtype: str = "float32", learning_rate: float = 1e-3,
+                         segmentation: bool = False) -> dict:
+  """Times the jitted training step on random data (no input pipeline).
+
+  Returns {"step_s": median seconds per step, "images_per_s": batch_size / step_s,
+  "compile_s": first call, "devices": mesh size}. `batch_size` is the global batch.
+  """
+  mesh = default_mesh() if mesh is None else mesh
+  config = {"learning_rate": learning_rate, "num_steps": num_steps}
+  settings = _optimizer_settings(_MappingConfig(config))
+  task = _SEGMENTER if segmentation else _CLASSIFIER
+  steps = _steps(task, _with_dtype(module, dtype), settings, mesh)
+  replicated = NamedSharding(mesh, P())
+  batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
+  variables = init_variables(module, jax.random.key(0), tuple(image_shape))
+  state = steps.init_state(jax.device_put(variables, replicated))
+  rng = np.random.default_rng(0)
+  local = batch_size // jax.process_count()
+  batch = {"image": rng.normal(size=(local, *image_shape)).astype(np.float32),
+           "label": (np.arange(local) % 2).astype(np.int32),
+           "mask": rng.random((local, *image_shape[:2])) > 0.9}
+  batch = _global_batch(batch, task.batch_keys, batch_sharding)
+  start = time.perf_counter()
+  state, loss = steps.train_step(state, batch)
+  jax.block_until_ready(loss)
+  compile_s = time.perf_counter() - start
+  times = []
+  for _ in range(num_steps):
+    start = time.perf_counter()
+    state, loss = steps.train_step(state, batch)
+    jax.block_until_ready(loss)
+    times.append(time.perf_counter() - start)
+  step_s = float(np.median(times))
+  return {"step_s": step_s, "images_per_s": batch_size / step_s, "compile_s": compile_s,
+          "devices": mesh.size}
+
+
+class _MappingConfig(dict):
+  """A plain dict read like a ConfigDict (attribute access), for internal settings."""
+
+  def __getattr__(self, name):
+    try:
+      return self[name]
+    except KeyError as e:
+      raise AttributeError(name) from e

@@ -162,7 +162,18 @@ def test_hog_similarity_equals_skimage_hog_pearson():
   expected = [scipy.stats.pearsonr(hog(x), hog(y))[0] for x, y in zip(a, b)]
   np.testing.assert_allclose(metrics.hog_similarity(a, b), expected, atol=1e-12)
   kwargs = dict(orientations=8, pixels_per_cell=(16, 16), cells_per_block=(1, 1))
+  a = RNG.random((2, 80, 64))
+  b = a + RNG.random((2, 80, 64))
   expected = [scipy.stats.pearsonr(hog(x, **kwargs), hog(y, **kwargs))[0] for x, y in zip(a, b)]
+  assert np.isfinite(expected).all()
   np.testing.assert_allclose(metrics.hog_similarity(a, b, **kwargs), expected, atol=1e-12)
   a[0] = 0.2  # constant map: all-zero HOG features
   assert np.isnan(metrics.hog_similarity(a, b)[0])
+
+
+def test_spearman_accelerator_dispatch_path(monkeypatch):
+  from saliency_jax.metrics import _batching
+  a, b = _correlation_inputs()
+  expected = metrics.spearman(a, b, absolute=True)
+  monkeypatch.setattr(_batching, "on_cpu", lambda: False)
+  np.testing.assert_allclose(metrics.spearman(a, b, absolute=True), expected, atol=1e-5)

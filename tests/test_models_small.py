@@ -14,6 +14,8 @@ from saliency_jax.attributions.guided_relu import guided_relu
 from saliency_jax.models import small_cnn
 
 # Small widths keep compilation fast; the structure (block names, splits) is the default one.
+# The same tiny models and image shape are used by test_randomization and test_train, so a whole
+# test session compiles each of them once.
 TINY = {
     "small_vgg": dict(stem_width=4, widths=(4, 8)),
     "small_densenet": dict(stem_width=4, growth_rate=4, layers_per_block=(1, 1)),
@@ -30,7 +32,7 @@ def _images(n=3, shape=SHAPE, seed=0):
 
 @pytest.fixture(scope="module", params=sorted(TINY))
 def model(request):
-  module = models.create(request.param, num_classes=3, **TINY[request.param])
+  module = models.create(request.param, **TINY[request.param])
   variables = models.init_variables(module, jax.random.key(1), SHAPE)
   # Make the batch-norm statistics non-trivial, as after training.
   variables["batch_stats"] = jax.tree.map(
@@ -44,7 +46,7 @@ def test_head_of_features_is_the_forward_pass(model):
   x = _images()
   logits = module.apply(variables, x)
   feats = module.apply(variables, x, method="features")
-  assert logits.shape == (3, 3) and logits.dtype == jnp.float32
+  assert logits.shape == (3, 2) and logits.dtype == jnp.float32
   r = REDUCTION[name]
   assert feats.ndim == 4 and feats.shape[:3] == (3, 24 // r, 16 // r)
   np.testing.assert_allclose(module.apply(variables, feats, method="head"), logits,
@@ -140,16 +142,29 @@ def test_default_models_at_64_pixels():
 
 
 def test_unet_output_shape_and_size_check():
-  module = models.create("unet", depth=2, base_width=2)
-  variables = models.init_variables(module, jax.random.key(0), (8, 12, 3))
-  x = _images(2, (8, 12, 3))
+  module = models.create("unet", depth=1, base_width=4)
+  variables = models.init_variables(module, jax.random.key(0), SHAPE)
+  x = _images(2)
   out = module.apply(variables, x)
-  assert out.shape == (2, 8, 12) and out.dtype == jnp.float32
-  assert set(variables["params"]) == {"down1", "down2", "bottleneck", "upsample2", "up2",
-                                      "upsample1", "up1", "logits"}
-  assert variables["params"]["bottleneck"]["conv1"]["kernel"].shape == (3, 3, 4, 8)
-  with pytest.raises(ValueError, match="divisible by 4"):
-    module.apply(variables, _images(1, (10, 12, 3)))
+  assert out.shape == (2, 24, 16) and out.dtype == jnp.float32
+  with pytest.raises(ValueError, match="divisible by 2"):
+    module.apply(variables, _images(1, (9, 16, 1)))
+  # Structure of a deeper one (shapes only): widths double at each level, skips concatenated.
+  deep = models.create("unet", depth=3, base_width=2)
+  shapes = jax.eval_shape(deep.init, jax.random.key(0), jnp.zeros((1, 16, 24, 3)))["params"]
+  assert set(shapes) == {"down1", "down2", "down3", "bottleneck", "upsample3", "up3",
+                         "upsample2", "up2", "upsample1", "up1", "logits"}
+  assert shapes["down1"]["conv1"]["kernel"].shape == (3, 3, 3, 2)
+  assert shapes["bottleneck"]["conv1"]["kernel"].shape == (3, 3, 8, 16)
+  assert shapes["upsample3"]["kernel"].shape == (2, 2, 16, 8)
+  assert shapes["up3"]["conv1"]["kernel"].shape == (3, 3, 16, 8)  # 8 skip + 8 upsampled
+  assert shapes["logits"]["kernel"].shape == (1, 1, 2, 1)
+  out = jax.eval_shape(deep.apply, {"params": shapes, "batch_stats": jax.eval_shape(
+      deep.init, jax.random.key(0), jnp.zeros((1, 16, 24, 3)))["batch_stats"]},
+                       jnp.zeros((5, 16, 24, 3)))
+  assert out.shape == (5, 16, 24)
+  with pytest.raises(ValueError, match="divisible by 8"):
+    jax.eval_shape(deep.init, jax.random.key(0), jnp.zeros((1, 20, 24, 3)))
   with pytest.raises(ValueError, match="one foreground logit"):
     models.create("unet", num_classes=3)
 
@@ -157,7 +172,10 @@ def test_unet_output_shape_and_size_check():
 def test_registry():
   assert set(models.MODEL_NAMES) == {"small_vgg", "small_densenet", "unet", "inception_v3",
                                      "densenet121"}
-  assert isinstance(models.create("small_vgg", num_classes=5), small_cnn.SmallVGG)
+  five = models.create("small_vgg", num_classes=5)
+  assert isinstance(five, small_cnn.SmallVGG)
+  assert jax.eval_shape(five.init, jax.random.key(0), jnp.zeros((2, 8, 8, 1)))["params"][
+      "logits"]["dense"]["kernel"].shape == (64, 5)
   assert models.create("small_densenet").num_classes == 2
   with pytest.raises(ValueError, match="Unknown model"):
     models.create("resnet")

@@ -7,20 +7,20 @@ import pytest
 from saliency_jax import models
 from saliency_jax import randomization
 
-SAMPLE = jnp.zeros((1, 8, 8, 1))
+SAMPLE = jnp.zeros((1, 24, 16, 1))
 KEY = jax.random.key(7)
 
 
 @pytest.fixture(scope="module")
 def setup():
-  module = models.create("small_vgg", stem_width=2, widths=(2, 3))
-  variables = module.init(jax.random.key(0), SAMPLE)
+  module = models.create("small_vgg", stem_width=4, widths=(4, 8))  # as in test_models_small
+  variables = models.init_variables(module, jax.random.key(0), SAMPLE.shape[1:])
   # "Trained" variables: every leaf moved away from any initializer's value (BN biases start at
   # 0 and variances at 1 in every init, so an untouched block must be told apart from a fresh one).
   trained = jax.tree.map(lambda a: a + 1.5, variables)
-  # The expected fresh values, independently: block i of block_names comes from
-  # module.init(fold_in(KEY, i)).
-  fresh = {name: module.init(jax.random.fold_in(KEY, i), SAMPLE)
+  # The expected fresh values: block i of block_names comes from the model initialized with
+  # fold_in(KEY, i).
+  fresh = {name: models.init_variables(module, jax.random.fold_in(KEY, i), SAMPLE.shape[1:])
            for i, name in enumerate(module.block_names)}
   return module, trained, fresh
 
@@ -75,7 +75,7 @@ def test_independent_changes_one_block_with_the_cascading_draw(setup):
 
 def test_randomized_model_still_runs_and_differs(setup):
   module, trained, _ = setup
-  x = jax.random.normal(jax.random.key(3), (2, 8, 8, 1))
+  x = jax.random.normal(jax.random.key(3), (2, 24, 16, 1))
   out = randomization.randomize_blocks(module, trained, ["logits"], KEY, SAMPLE)
   a, b = module.apply(trained, x), module.apply(out, x)
   assert a.shape == b.shape == (2, 2)

@@ -50,7 +50,8 @@ def test_report_shows_every_method_criterion_and_figure(finished_study):
     page = f.read()
   for text in METHODS + CRITERIA + ("SSIM data_range", "Provenance", "average mask"):
     assert text in md and text in page
-  for name in ("cascading_ssim.png", "utility_auprc.png", "examples.png",
+  for name in ("cascading_ssim_small_vgg.png", "cascading_ssim_small_densenet.png",
+               "utility_auprc.png", "examples.png",
                "repeatability_reproducibility.png"):
     assert os.path.getsize(os.path.join(workdir, "figures", name)) > 10_000
     assert f"figures/{name}" in md

@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 from saliency_jax import models
 from saliency_jax import train
 
-SIZE = 16
+SHAPE = (24, 16)  # as in test_models_small: the tiny models compile once per session
 
 
 def _synthetic_source(n, seed):
@@ -22,10 +22,10 @@ def _synthetic_source(n, seed):
   examples = []
   for i in range(n):
     label = i % 2
-    image = rng.normal(100, 20, (SIZE, SIZE, 1)).clip(0, 255)
-    mask = np.zeros((SIZE, SIZE, 1), np.uint8)
+    image = rng.normal(100, 20, (*SHAPE, 1)).clip(0, 255)
+    mask = np.zeros((*SHAPE, 1), np.uint8)
     if label:
-      y, x = rng.integers(0, SIZE - 5, 2)
+      y, x = rng.integers(0, SHAPE[0] - 5), rng.integers(0, SHAPE[1] - 5)
       mask[y:y + 5, x:x + 5] = 1
       image = np.where(mask, 220.0, image)
     examples.append({"id": f"ex{i}", "image": image.astype(np.uint8), "label": label,
@@ -146,12 +146,17 @@ def test_killed_run_resumes_to_the_same_weights_and_finished_run_returns(tmp_pat
   assert source.reads <= 1  # the shape of one example
   _assert_trees_close(again.variables, straight.variables, rtol=0, atol=0)
   assert again.history == straight.history and again.best_step == straight.best_step
+  # Resuming with other settings would mix two runs: refused.
+  with pytest.raises(ValueError, match="learning_rate"):
+    train.train_classifier(_classifier(), TRAIN, VAL, workdir=str(tmp_path / "a"), seed=3,
+                           config=_config(num_steps=6, eval_every=2, learning_rate=0.5),
+                           mesh=_mesh(1))
 
 
 def test_eight_devices_match_one(tmp_path):
   # Same global batch on 1 and 8 devices: gradients and batch-norm statistics are reduced over
   # the global batch in both, so only the summation order differs (float32 rounding).
-  config = _config(num_steps=3, eval_every=3, batch_size=16)
+  config = _config(num_steps=3, eval_every=3)
   one = train.train_classifier(_classifier(), TRAIN, VAL, workdir=str(tmp_path / "one"),
                                seed=1, config=config, mesh=_mesh(1))
   eight = train.train_classifier(_classifier(), TRAIN, VAL, workdir=str(tmp_path / "eight"),
@@ -163,14 +168,14 @@ def test_eight_devices_match_one(tmp_path):
 
 
 def test_segmenter_trains_and_reports_dice(tmp_path):
-  module = models.create("unet", depth=2, base_width=4)
+  module = models.create("unet", depth=1, base_width=4)
   result = train.train_segmenter(module, TRAIN, VAL, workdir=str(tmp_path), seed=0,
                                  config=_config(num_steps=4, eval_every=4, log_every=2))
   assert result.val_auc is None
   assert 0 <= result.val_metrics["val_dice"] <= 1
   assert result.val_metrics["val_dice_excluded_empty"] == 10  # the 10 negatives
-  out = module.apply(result.variables, np.zeros((1, SIZE, SIZE, 1), np.float32))
-  assert out.shape == (1, SIZE, SIZE)
+  out = module.apply(result.variables, np.zeros((1, *SHAPE, 1), np.float32))
+  assert out.shape == (1, *SHAPE)
 
 
 def test_dice_summary_by_hand():

@@ -86,18 +86,34 @@ def chunk_size(total: int, max_grads_in_flight: Optional[int]) -> int:
   return max(1, min(cap, total))
 
 
+# Per-gradient cost on the CPU is lowest for small batches (cache-resident activations: a
+# 64x64 CNN measured ~0.6 ms/gradient at 16 vs ~1.2 at 80), so on the CPU backend chunks are
+# no larger than this unless that would need more than CPU_MAX_UNROLL chunks.
+CPU_CHUNK = 16
+
+
+def plan_chunks(total: int, max_grads_in_flight: Optional[int]) -> tuple[int, int]:
+  """(number of chunks, chunk size) for `total` items: equal chunks within the cap."""
+  c = chunk_size(total, max_grads_in_flight)
+  if jax.default_backend() == "cpu":
+    c = min(c, max(CPU_CHUNK, math.ceil(total / CPU_MAX_UNROLL)))
+  n_chunks = math.ceil(total / c)
+  return n_chunks, math.ceil(total / n_chunks)
+
+
 def chunked_sum(contribution: Callable[[Array, Array], Array], num_images: int,
                 num_samples: int, out_shape: tuple[int, ...],
                 max_grads_in_flight: Optional[int]) -> Array:
   """Sums contribution(image_idx[c], sample_idx[c]) -> [c, *out_shape] over samples, per image.
 
-  Work items (image b, sample s) are enumerated image-major and processed `c` at a time in a
-  `lax.scan` (a single call when everything fits); padded items of the last chunk repeat the
-  last item and are masked out. Returns float32 [num_images, *out_shape].
+  Work items (image b, sample s) are enumerated image-major and split into the fewest chunks of
+  at most `max_grads_in_flight` items, of equal size (so at most n_chunks - 1 padded items,
+  which repeat the last item and are masked out); chunks run in a `scan` (a single call when
+  everything fits). Each chunk is added to its images by a one-hot matrix product (XLA's
+  scatter-add is slow on the CPU). Returns float32 [num_images, *out_shape].
   """
   total = num_images * num_samples
-  c = chunk_size(total, max_grads_in_flight)
-  n_chunks = math.ceil(total / c)
+  n_chunks, c = plan_chunks(total, max_grads_in_flight)
 
   def body(acc, k):
     j = k * c + jnp.arange(c)
@@ -105,8 +121,10 @@ def chunked_sum(contribution: Callable[[Array, Array], Array], num_images: int,
     j = jnp.minimum(j, total - 1)
     b, s = j // num_samples, j % num_samples
     values = contribution(b, s)
-    values = jnp.where(valid.reshape((c,) + (1,) * len(out_shape)), values, 0.0)
-    return acc.at[b].add(values), None
+    weights = ((b[:, None] == jnp.arange(num_images)[None, :]) & valid[:, None])
+    added = jnp.tensordot(weights.astype(jnp.float32), values, axes=(0, 0),
+                          precision=jax.lax.Precision.HIGHEST)
+    return acc + added, None
 
   acc = jnp.zeros((num_images,) + tuple(out_shape), jnp.float32)
   if n_chunks == 1:
@@ -120,10 +138,9 @@ def map_in_chunks(fn: Callable[..., Array], *arrays: Array,
                   max_grads_in_flight: Optional[int]) -> Array:
   """Applies a batch function fn(*chunks) over the leading axis, at most c rows at a time."""
   n = arrays[0].shape[0]
-  c = chunk_size(n, max_grads_in_flight)
-  if c >= n:
+  n_chunks, c = plan_chunks(n, max_grads_in_flight)   # at most n_chunks - 1 padded rows
+  if n_chunks == 1:
     return fn(*arrays)
-  n_chunks = math.ceil(n / c)
   pad = n_chunks * c - n
 
   def padded(a):

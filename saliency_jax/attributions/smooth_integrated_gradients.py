@@ -17,6 +17,7 @@ from saliency_jax.attributions.smoothgrad import draw_noise
 from saliency_jax.attributions.smoothgrad import noise_std
 
 Array = jax.Array
+GROUP_BYTES = 256 * 2**20
 
 
 def smooth_integrated_gradients(
@@ -41,10 +42,12 @@ def smooth_integrated_gradients(
     if noise.shape != (b, samples) + shape:
       raise ValueError(f"noise must have shape {(b, samples) + shape}, got {noise.shape}")
 
-  # Noisy copies are processed in groups of g, each group one chunked IG over its B*g paths,
-  # so a chunk holds up to max_grads_in_flight gradients whatever B and steps are.
+  # Noisy copies are processed in groups of g, each group one chunked IG over its B*g paths
+  # (chunks of at most max_grads_in_flight gradients); g is as large as the per-path
+  # accumulators allow (GROUP_BYTES), so the chunks are few and full.
   cap = _engine.chunk_size(b * samples * steps, max_grads_in_flight)
-  g = max(1, min(samples, cap // (b * steps)))
+  per_copy = b * math.prod(shape) * 4 * 3      # noisy inputs, IG and squares of one copy
+  g = max(1, min(samples, GROUP_BYTES // per_copy))
   n_groups = math.ceil(samples / g)
   path_image = jnp.repeat(jnp.arange(b), g)           # path p = (image p // g, copy p % g)
   path_copy = jnp.tile(jnp.arange(g), b)

@@ -26,12 +26,15 @@ def map_in_chunks(fn: Callable[..., jax.Array], arrays: Sequence[np.ndarray], *,
   n = arrays[0].shape[0]
   if n <= chunk:
     return np.asarray(fn(*arrays), dtype=np.float64)
-  out = []
+  # Dispatch every chunk before reading any result back, so the host slices the next chunk
+  # while the device computes.
+  out, sizes = [], []
   for start in range(0, n, chunk):
     parts = [a[start:start + chunk] for a in arrays]
     size = parts[0].shape[0]
     if size < chunk:
       parts = [np.concatenate([p, np.repeat(a[:1], chunk - size, axis=0)]) for p, a in
                zip(parts, arrays)]
-    out.append(np.asarray(fn(*parts), dtype=np.float64)[:size])
-  return np.concatenate(out)
+    out.append(fn(*parts))
+    sizes.append(size)
+  return np.concatenate([np.asarray(o, dtype=np.float64)[:size] for o, size in zip(out, sizes)])

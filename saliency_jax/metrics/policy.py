@@ -40,7 +40,9 @@ POLICY_TEXT = __doc__
 def as_map_stack(maps, name: str = "maps", *, ndim: int | None = None) -> np.ndarray:
   """Returns `maps` as a float NumPy array with a leading batch axis; checks its rank."""
   maps = np.asarray(maps)
-  if maps.dtype == bool or not np.issubdtype(maps.dtype, np.number):
+  if maps.dtype == bool:
+    maps = maps.astype(np.float32)
+  if not np.issubdtype(maps.dtype, np.number):
     raise ValueError(f"{name} must be numeric, got dtype {maps.dtype}.")
   if ndim is not None and maps.ndim != ndim:
     raise ValueError(f"{name} must have {ndim} dimensions (a stack [N, H, W] of 2-D maps), "

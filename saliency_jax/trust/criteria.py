@@ -53,8 +53,15 @@ def random_pair_baseline(maps: np.ndarray, *, pairs: int, seed: int,
   partners = (np.arange(n)[:, None] + rng.integers(1, n, size=(n, pairs))) % n
   left = np.repeat(np.arange(n), pairs)
   values = similarity(maps[left], maps[partners.ravel()], data_range=data_range)
-  return {name: np.nanmean(v.reshape(n, pairs), axis=1) if np.isfinite(v).any()
-          else np.full(n, np.nan) for name, v in values.items()}
+  return {name: _mean_of_defined(v.reshape(n, pairs)) for name, v in values.items()}
+
+
+def _mean_of_defined(values: np.ndarray) -> np.ndarray:
+  """Row means over the defined (finite) values; NaN for a row with none."""
+  defined = np.isfinite(values)
+  count = defined.sum(axis=1)
+  total = np.where(defined, values, 0.0).sum(axis=1)
+  return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
 def average_mask(train_masks: Sequence[np.ndarray]) -> np.ndarray:

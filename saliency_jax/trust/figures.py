@@ -29,30 +29,37 @@ def _grid(n: int, cols: int = 4):
   return fig, axes.ravel()
 
 
-def cascading_curves(curves: Dict[str, Any], metric: str, path: str, *,
+def cascading_curves(curves: Dict[str, Any], path: str, *, metric_label: str,
                      title: str) -> str:
   """One panel per method: similarity to the trained map at each cascading step (mean +/- std
-  over replicates, one line per architecture), with the random-pair baseline dashed."""
-  methods = list(curves[metric])
+  over replicates), the random-pair baseline (dashed) and, where it was run, independent
+  randomization of each block alone (dotted)."""
+  methods = list(curves)
   fig, axes = _grid(len(methods))
+  low = -0.1
   for ax, method in zip(axes, methods):
-    for color, (arch, c) in zip(_COLORS, curves[metric][method].items()):
-      x = np.arange(len(c["steps"]))
-      mean = np.array([np.nan if v is None else v for v in c["mean"]])
-      std = np.array([np.nan if v is None else v for v in c["std"]])
-      label = f"{arch} (n={len(c['replicates'])})"
-      ax.plot(x, mean, "o-", color=color, ms=3, label=label)
-      ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2, lw=0)
-      if c["baseline"] is not None:
-        ax.axhline(c["baseline"], color=color, ls="--", lw=1)
-      ax.set_xticks(x)
-      ax.set_xticklabels(c["steps"], rotation=60, ha="right", fontsize=7)
+    c = curves[method]
+    x = np.arange(len(c["steps"]))
+    mean = np.array([np.nan if v is None else v for v in c["mean"]])
+    std = np.array([np.nan if v is None else v for v in c["std"]])
+    ax.plot(x, mean, "o-", color=_COLORS[0], ms=3,
+            label=f"cascading (n={len(c['replicates'])})")
+    ax.fill_between(x, mean - std, mean + std, color=_COLORS[0], alpha=0.2, lw=0)
+    if c.get("independent"):
+      ind = np.array([np.nan if v is None else v for v in c["independent"]["mean"]])
+      ax.plot(x[1:], ind, "s:", color=_COLORS[1], ms=3, label="independent")
+    if c["baseline"] is not None:
+      ax.axhline(c["baseline"], color="k", ls="--", lw=1, label="random pairs")
+    low = min(low, np.nanmin(np.concatenate([mean - std, [0.0]])) - 0.05)
+    ax.set_xticks(x)
+    ax.set_xticklabels(c["steps"], rotation=60, ha="right", fontsize=7)
     ax.set_title(method, fontsize=10)
-    ax.set_ylim(-0.05 if metric == "ssim" else -1.05, 1.05)
     ax.grid(alpha=0.3)
-  axes[0].set_ylabel(metric.upper())
+  for ax in axes[:len(methods)]:
+    ax.set_ylim(low, 1.05)
+  axes[0].set_ylabel(metric_label)
   axes[0].legend(fontsize=7, loc="lower left")
-  fig.suptitle(title + "  (dashed: random-pair baseline)", fontsize=11)
+  fig.suptitle(title, fontsize=11)
   fig.tight_layout()
   return _save(fig, path)
 
@@ -105,7 +112,7 @@ def example_panel(raw: np.ndarray, masks: np.ndarray, boxes: List[np.ndarray],
     for (y0, x0, y1, x1) in np.asarray(boxes[r]).reshape(-1, 4):
       ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
                                  ec="yellow", lw=0.8))
-    ax.set_title(str(ids[r])[:18], fontsize=7)
+    ax.set_title(str(ids[r]), fontsize=6)
     for c, (method, stack) in enumerate(maps.items(), start=1):
       ax = axes[r, c]
       ax.imshow(stack[r], cmap="inferno", vmin=0, vmax=1)
@@ -129,12 +136,14 @@ def all_figures(study, summary: Dict[str, Any], records, directory: str) -> Dict
   index = verdicts.index_records(records)
   methods = study.method_names()
   out = {}
-  out["cascading_ssim"] = cascading_curves(
-      summary["curves"], "ssim", os.path.join(directory, "cascading_ssim.png"),
-      title="Cascading randomization: SSIM to the trained model's map")
-  out["cascading_spearman"] = cascading_curves(
-      summary["curves"], "spearman_abs", os.path.join(directory, "cascading_spearman.png"),
-      title="Cascading randomization: Spearman (|map|) to the trained model's map")
+  labels = {"ssim": "SSIM", "spearman_abs": "Spearman of |map|"}
+  for metric, by_arch in summary["curves"].items():
+    for arch, by_method in by_arch.items():
+      out[f"cascading_{metric}_{arch}"] = cascading_curves(
+          by_method, os.path.join(directory, f"cascading_{metric}_{arch}.png"),
+          metric_label=labels[metric],
+          title=f"{arch}: {labels[metric]} between the trained and the randomized model's "
+                "maps, randomizing from the logits down")
 
   ids = verdicts._ids(index, "utility")  # pylint: disable=protected-access
   models = list(study.config.study.utility_models)

@@ -11,6 +11,7 @@ import html
 import json
 import os
 import platform
+import shutil
 import sys
 from importlib import metadata
 from typing import Any, Dict, List, Sequence, Union
@@ -176,14 +177,20 @@ def build_sections(study, summary: Dict[str, Any], figure_paths: Dict[str, str])
              "AUPRC per image for trained and untrained (fully randomized) models; lines: "
              "the average-mask and U-Net baselines."),
       utility_table(summary)]))
-  sections.append(("2. Sensitivity to weight randomization", [
-      Figure(figure_paths["cascading_ssim"],
-             "Cascading randomization from the logits down to the stem: mean SSIM between "
-             "the trained model's map and the randomized model's map (band: std over "
-             "replicates). A trustworthy method falls below its dashed random-pair line."),
-      Figure(figure_paths["cascading_spearman"],
-             "The same with Spearman rank correlation of |map| (Adebayo et al.; Quantus' "
-             "MPRT default).")]))
+  randomization = []
+  for name, path in figure_paths.items():
+    if name.startswith("cascading_ssim_"):
+      randomization.append(Figure(path, (
+          f"{name[len('cascading_ssim_'):]}: cascading randomization from the logits down "
+          "to the stem, mean SSIM between the trained model's map and the randomized "
+          "model's map (band: std over replicates); dotted: one block randomized alone. A "
+          "trustworthy method falls below the dashed random-pair line.")))
+  for name, path in figure_paths.items():
+    if name.startswith("cascading_spearman_abs_"):
+      randomization.append(Figure(path, (
+          f"{name[len('cascading_spearman_abs_'):]}: the same with the Spearman rank "
+          "correlation of |map| (Adebayo et al.; Quantus' MPRT default).")))
+  sections.append(("2. Sensitivity to weight randomization", randomization))
   if "agreement" in figure_paths:
     sections.append(("3-4. Repeatability and reproducibility", [Figure(
         figure_paths["agreement"],
@@ -269,7 +276,9 @@ def write_report(study) -> str:
     summary = json.load(f)
   with open(os.path.join(workdir, "results.json")) as f:
     records = json.load(f)
-  figure_paths = figures.all_figures(study, summary, records, os.path.join(workdir, "figures"))
+  figure_dir = os.path.join(workdir, "figures")
+  shutil.rmtree(figure_dir, ignore_errors=True)  # no stale figures from an earlier config
+  figure_paths = figures.all_figures(study, summary, records, figure_dir)
   title = f"Trustworthiness of saliency maps: {study.config.data.name}"
   sections = build_sections(study, summary, figure_paths)
   with open(os.path.join(workdir, "report.md"), "w") as f:

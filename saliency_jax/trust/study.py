@@ -376,8 +376,7 @@ class Study:
 
   def stage_report(self) -> None:
     from saliency_jax.trust import report  # pylint: disable=g-import-not-at-top
-    path = report.write_report(self)
-    print(f"Report: {os.path.abspath(path)}")
+    report.write_report(self)
 
 
 def _text(value) -> str:

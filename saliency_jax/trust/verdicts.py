@@ -14,6 +14,7 @@ import numpy as np
 from saliency_jax.metrics import statistics
 from saliency_jax.trust.names import AVERAGE_MASK
 from saliency_jax.trust.names import CASCADE_PREFIX
+from saliency_jax.trust.names import INDEPENDENT_PREFIX
 from saliency_jax.trust.names import LOCALIZATION_METHOD
 from saliency_jax.trust.names import ORIGINAL
 from saliency_jax.trust.names import UNTRAINED
@@ -124,19 +125,13 @@ def scorecard(records, study) -> List[Dict[str, Any]]:
 
 
 def _describe(values: np.ndarray, prefix: str, *, seed: int, resamples: int) -> Dict[str, Any]:
-  finite = values[np.isfinite(values)]
-  out = {f"{prefix}_n": int(finite.size), f"{prefix}_excluded": int(values.size - finite.size)}
-  if finite.size == 0:
-    out.update({prefix: None, f"{prefix}_std": None, f"{prefix}_ci": None})
-    return out
-  out[prefix] = float(finite.mean())
-  out[f"{prefix}_std"] = float(finite.std(ddof=1)) if finite.size > 1 else 0.0
-  if finite.size > 1:
-    low, high = statistics.bootstrap_ci(finite, seed=seed, n_resamples=resamples)
-    out[f"{prefix}_ci"] = [float(low), float(high)]
-  else:
-    out[f"{prefix}_ci"] = None
-  return out
+  """Mean, std and bootstrap 95% CI of the defined values; NaN (undefined) excluded, counted."""
+  summary = statistics.summarize(values)
+  ci = statistics.bootstrap_ci(values, seed=seed, n_resamples=resamples)
+  return {prefix: _finite_or_none(summary["mean"]),
+          f"{prefix}_std": _finite_or_none(summary["std"]),
+          f"{prefix}_ci": ([ci["low"], ci["high"]] if np.isfinite(ci["low"]) else None),
+          f"{prefix}_n": summary["n"], f"{prefix}_excluded": summary["n_excluded"]}
 
 
 _TESTS = {"wilcoxon": statistics.wilcoxon, "paired_t": statistics.paired_t}
@@ -181,35 +176,56 @@ def rules_from_config(config) -> Dict[str, Dict[str, Any]]:
 
 
 def curves(records, study) -> Dict[str, Any]:
-  """Cascading-randomization curves: per method and architecture, mean and std over replicates
-  of the per-replicate mean similarity at each step, plus the random-pair baseline line."""
+  """Randomization curves, {metric: {architecture: {method: curve}}}.
+
+  A curve holds, per cascading step, the mean and std over replicates of each replicate's
+  mean similarity over images (the paper's curves), the random-pair baseline (mean over
+  replicates), and the independent-randomization curve (Adebayo et al.) where it was run.
+  """
   index = index_records(records)
-  out: Dict[str, Any] = {}
-  archs = collections.OrderedDict()
+  archs: Dict[str, list] = collections.OrderedDict()
   for clf in study.classifiers():
     archs.setdefault(clf.arch, []).append(clf)
+
+  def image_mean(criterion, metric, method, model, state):
+    return _nanmean(list(index.get((criterion, metric, method, model, state), {}).values()))
+
+  out: Dict[str, Any] = {}
   for metric in ("ssim", "spearman_abs"):
-    for method in study.method_names():
-      for arch, clfs in archs.items():
-        steps = study.cascade_steps(clfs[0])
-        per_replicate = []
-        base = []
-        for clf in clfs:
-          row = []
-          for step in steps:
-            column = index.get(("cascading_randomization", metric, method, clf.name, step), {})
-            row.append(_nanmean(list(column.values())))
-          per_replicate.append(row)
-          column = index.get(("random_pairs", metric, method, clf.name, "baseline"), {})
-          base.append(_nanmean(list(column.values())))
-        arr = np.asarray(per_replicate, np.float64)
-        out.setdefault(metric, {}).setdefault(method, {})[arch] = dict(
+    for arch, clfs in archs.items():
+      steps = study.cascade_steps(clfs[0])
+      blocks = list(clfs[0].module.block_names)
+      for method in study.method_names():
+        cascade = np.array([[_none_to_nan(image_mean("cascading_randomization", metric,
+                                                     method, c.name, step))
+                             for step in steps] for c in clfs])
+        mean, std = _column_mean_std(cascade)
+        independent = np.array([[_none_to_nan(image_mean(
+            "independent_randomization", metric, method, c.name, INDEPENDENT_PREFIX + b))
+            for b in blocks] for c in clfs])
+        has_independent = np.isfinite(independent).any()
+        out.setdefault(metric, {}).setdefault(arch, {})[method] = dict(
             steps=[s.replace(CASCADE_PREFIX, "") for s in steps],
-            mean=_list(np.nanmean(arr, 0) if np.isfinite(arr).any() else arr[0]),
-            std=_list(np.nanstd(arr, 0) if np.isfinite(arr).any() else arr[0]),
-            replicates=[c.name for c in clfs],
-            baseline=_nanmean(base))
+            mean=_list(mean), std=_list(std), replicates=[c.name for c in clfs],
+            baseline=_nanmean([_none_to_nan(image_mean("random_pairs", metric, method,
+                                                       c.name, "baseline")) for c in clfs]),
+            independent=dict(steps=blocks, mean=_list(_column_mean_std(independent)[0]))
+            if has_independent else None)
   return out
+
+
+def _none_to_nan(value) -> float:
+  return np.nan if value is None else value
+
+
+def _column_mean_std(arr: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+  """Column mean and (population) std over the finite entries; NaN where a column has none."""
+  finite = np.isfinite(arr)
+  count = finite.sum(0)
+  safe = np.where(finite, arr, 0.0)
+  mean = np.where(count > 0, safe.sum(0) / np.maximum(count, 1), np.nan)
+  var = np.where(finite, (arr - mean) ** 2, 0.0).sum(0) / np.maximum(count, 1)
+  return mean, np.where(count > 0, np.sqrt(var), np.nan)
 
 
 def _nanmean(values) -> Optional[float]:
