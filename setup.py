@@ -17,6 +17,7 @@ setuptools.setup(
         "tensorflow-datasets",
         "grain",
         "scikit-image",
+        "scipy",
         "numpy",
         "pydicom",
         "absl-py",

@@ -51,6 +51,7 @@ def get_config(dataset: str = "siim_acr_pneumothorax") -> ml_collections.ConfigD
   config.localization = ml_collections.ConfigDict()
   config.localization.arch = "unet"
   config.localization.seeds = (1, 2)
+  config.localization.kwargs = dict(depth=4, base_width=32)
   config.localization.train = ml_collections.ConfigDict(config.train.to_dict())
   config.localization.train.learning_rate = 1e-4
   config.localization.train.num_steps = 10000

@@ -52,8 +52,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.localization = ml_collections.ConfigDict()
   config.localization.arch = "unet"
   config.localization.seeds = (1, 2)
+  config.localization.kwargs = dict(depth=3, base_width=8)
   config.localization.train = ml_collections.ConfigDict(config.train.to_dict())
-  config.localization.train.num_steps = 200
+  config.localization.train.num_steps = 150
+  config.localization.train.batch_size = 16
   config.localization.train.learning_rate = 2e-3
 
   config.methods = ml_collections.ConfigDict()

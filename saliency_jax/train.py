@@ -7,7 +7,7 @@
 Sources are random-access sequences of dataset examples (`tfds.data_source(...)[split]`); they
 are turned into batches by `saliency_jax.data.make_dataset`.
 
-Config section (an ml_collections ConfigDict, or any mapping with `get`):
+Config section (an ml_collections ConfigDict):
   batch_size       global batch (all processes together); divisible by the number of devices.
   num_steps        optimizer steps of the whole run.
   learning_rate    Adam learning rate (peak rate when `lr_schedule` is "cosine").
@@ -514,7 +514,10 @@ _RESUMABLE_CHANGES = ("num_steps", "progress", "log_every", "eval_every", "keep_
 def _check_same_settings(workdir: str, config: Any, seed: int) -> None:
   """Refuses to resume a workdir written with other training settings (a silent mix)."""
   items = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-  settings = {k: v for k, v in items.items() if k not in _RESUMABLE_CHANGES}
+  resumable = set(_RESUMABLE_CHANGES)
+  if items.get("lr_schedule", "constant") == "cosine":
+    resumable.discard("num_steps")  # the schedule depends on the run's length
+  settings = {k: v for k, v in items.items() if k not in resumable}
   settings = json.loads(json.dumps({"seed": seed, **settings}, sort_keys=True, default=str))
   path = os.path.join(workdir, "train_settings.json")
   if os.path.exists(path):
@@ -603,8 +606,7 @@ def benchmark_train_step(module: nn.Module, image_shape: tuple[int, int, int], *
   "compile_s": first call, "devices": mesh size}. `batch_size` is the global batch.
   """
   mesh = default_mesh() if mesh is None else mesh
-  config = {"learning_rate": learning_rate, "num_steps": num_steps}
-  settings = _optimizer_settings(_MappingConfig(config))
+  settings = (float(learning_rate), "constant", 0, 0, 0.0)  # as _optimizer_settings
   task = _SEGMENTER if segmentation else _CLASSIFIER
   steps = _steps(task, _with_dtype(module, dtype), settings, mesh)
   replicated = NamedSharding(mesh, P())
@@ -631,12 +633,3 @@ def benchmark_train_step(module: nn.Module, image_shape: tuple[int, int, int], *
   return {"step_s": step_s, "images_per_s": batch_size / step_s, "compile_s": compile_s,
           "devices": mesh.size}
 
-
-class _MappingConfig(dict):
-  """A plain dict read like a ConfigDict (attribute access), for internal settings."""
-
-  def __getattr__(self, name):
-    try:
-      return self[name]
-    except KeyError as e:
-      raise AttributeError(name) from e

@@ -44,25 +44,37 @@ def _resolve_win_size(win_size: int | None, gaussian_weights: bool, sigma: float
 
 
 def _filter_valid(x: jax.Array, weights: np.ndarray) -> tuple[jax.Array, float]:
-  """Separable correlation over the last two axes, 'valid' part only.
+  """Separable correlation with a symmetric 1-D kernel over the last two axes, 'valid' part.
+
+  Window sums come from reduce_window, which XLA:CPU runs several times faster than sums of
+  shifted slices (and whose outputs it does not fuse into one another). A non-uniform kernel
+  is applied as a weighted sum of centred box sums of widths 1, 3, ..., taps: a symmetric
+  kernel w equals sum_k (w[r + k] - w[r + k + 1]) * box_{2k+1}.
 
   Returns:
     (filtered, scale): the filter's output is `filtered * scale`. The scale is left to the
     caller, to fold into its own elementwise pass (a separate pass costs as much as a filter).
   """
   taps = len(weights)
-  if np.all(weights == weights[0]):
-    # Uniform window: window sums by reduce_window (XLA:CPU runs it several times faster than
-    # sums of shifted slices), normalized by the caller.
-    for axis in (x.ndim - 2, x.ndim - 1):
+  radius = (taps - 1) // 2
+  uniform = bool(np.all(weights == weights[0]))
+  for axis in (x.ndim - 2, x.ndim - 1):
+    def box_sum(width, x=x, axis=axis):
       window = [1] * x.ndim
-      window[axis] = taps
-      x = jax.lax.reduce_window(x, 0.0, jax.lax.add, window, [1] * x.ndim, "VALID")
-    return x, float(weights[0])**2
-  rows = x.shape[-2] - taps + 1
-  cols = x.shape[-1] - taps + 1
-  acc = sum(float(w) * x[..., i:i + rows, :] for i, w in enumerate(weights))
-  return sum(float(w) * acc[..., :, j:j + cols] for j, w in enumerate(weights)), 1.0
+      window[axis] = width
+      return jax.lax.reduce_window(x, 0.0, jax.lax.add, window, [1] * x.ndim, "VALID")
+
+    if uniform:
+      x = box_sum(taps)
+      continue
+    size = x.shape[axis] - taps + 1
+    acc = 0.0
+    for k in range(radius + 1):
+      outer = weights[radius + k + 1] if k < radius else 0.0
+      acc = acc + float(weights[radius + k] - outer) * jax.lax.slice_in_dim(
+          box_sum(2 * k + 1), radius - k, radius - k + size, axis=axis)
+    x = acc
+  return x, float(weights[0])**2 if uniform else 1.0
 
 
 def _ssim_maps(a: jax.Array, b: jax.Array, data_range: jax.Array, *, win_size: int,

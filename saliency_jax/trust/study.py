@@ -202,7 +202,7 @@ class Study:
       sources = self.sources()
       result = []
       for spec in self.config.models:
-        module = models.create(spec["arch"], num_classes=2)
+        module = models.create(spec["arch"], num_classes=2, **spec.get("kwargs", {}))
         style = spec.get("style", self.config.data.style)
         trained = train_lib.train_classifier(
             module, sources["train"], sources["validation"],
@@ -219,7 +219,7 @@ class Study:
     def build():
       sources = self.sources()
       loc = self.config.localization
-      module = models.create(loc.arch)
+      module = models.create(loc.arch, **loc.get("kwargs", {}))
       result = []
       for i, seed in enumerate(loc.seeds):
         name = f"{LOCALIZATION_METHOD}{i + 1}"
