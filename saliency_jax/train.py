@@ -26,7 +26,8 @@ optional:
 
 Workdir layout: checkpoints/<step>/ (train state, the Grain iterator state, bookkeeping),
 best/<step>/ (the variables with the best validation score so far), metrics.jsonl (one JSON
-record per log or evaluation step), train_settings.json (seed and settings: resuming with other
+record per log or evaluation step; the same as TensorBoard events in tensorboard/ where
+tensorboardX or PyTorch is installed), train_settings.json (seed and settings: resuming with other
 settings is an error; num_steps may grow), done.json (written last: a finished run returns at
 once; a larger num_steps continues it).
 A killed run resumes from its latest checkpoint at the same step with the same data order, and
@@ -41,6 +42,7 @@ each process then reads its own shard of the data and `batch_size` stays the glo
 """
 import dataclasses
 import functools
+import importlib
 import json
 import math
 import os
@@ -48,7 +50,6 @@ import time
 from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
-import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -58,7 +59,6 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from saliency_jax.data import make_dataset
 from saliency_jax.models import init_variables
 
 REQUIRED_KEYS = ("batch_size", "num_steps", "learning_rate", "eval_every", "log_every",
@@ -190,8 +190,8 @@ _SEGMENTER = _Task(("image", "mask"), _segmenter_loss, _segmenter_outputs,
 
 def train_classifier(module: nn.Module, train_source: Sequence[dict],
                      val_source: Sequence[dict], *, workdir: str, seed: int, config: Any,
-                     mesh: Mesh | None = None,
-                     stop_after_steps: int | None = None) -> TrainResult:
+                     mesh: Mesh | None = None, stop_after_steps: int | None = None,
+                     initial_variables: Any = None) -> TrainResult:
   """Trains a classifier with softmax cross-entropy; selects the best validation ROC AUC.
 
   Args:
@@ -203,9 +203,13 @@ def train_classifier(module: nn.Module, train_source: Sequence[dict],
     mesh: a 1-D device mesh with axis "data" (default: all devices).
     stop_after_steps: end the run after this many steps in total by raising
       `TrainingInterrupted`, as a kill would (for resume tests and preemption drills).
+    initial_variables: start from these variables (e.g. ImageNet weights from
+      `models.import_keras_weights`) instead of a seeded initialization; a resumed run
+      ignores them.
   """
   return _train(_CLASSIFIER, module, train_source, val_source, workdir=workdir, seed=seed,
-                config=config, mesh=mesh, stop_after_steps=stop_after_steps)
+                config=config, mesh=mesh, stop_after_steps=stop_after_steps,
+                initial_variables=initial_variables)
 
 
 def train_segmenter(module: nn.Module, train_source: Sequence[dict],
@@ -351,6 +355,7 @@ class _MetricsLog:
   def __init__(self, path: str, resume_step: int):
     self.path = path
     self.records = []
+    self.events = _EventWriter(os.path.join(os.path.dirname(path), "tensorboard"))
     if os.path.exists(path):
       with open(path) as f:
         self.records = [r for r in map(json.loads, filter(str.strip, f))
@@ -369,9 +374,38 @@ class _MetricsLog:
     if jax.process_index() == 0:
       with open(self.path, "a") as f:
         f.write(json.dumps(record) + "\n")
+      self.events.write(record)
+
+
+class _EventWriter:
+  """TensorBoard event files, where a writer library (tensorboardX, or PyTorch's) is installed;
+  otherwise nothing (metrics.jsonl holds the same records). TensorFlow is never imported."""
+
+  def __init__(self, logdir: str):
+    self._writer = None
+    for module_name in ("tensorboardX", "torch.utils.tensorboard"):
+      try:
+        module = importlib.import_module(module_name)
+      except ImportError:
+        continue
+      self._writer = module.SummaryWriter(logdir)
+      break
+
+  def write(self, record: dict) -> None:
+    if self._writer is None:
+      return
+    for name, value in record.items():
+      if name != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+        self._writer.add_scalar(name, value, record["step"])
+    self._writer.flush()
+
+  def close(self) -> None:
+    if self._writer is not None:
+      self._writer.close()
 
 
 def _checkpoint_manager(directory: str, max_to_keep: int) -> ocp.CheckpointManager:
+  import grain  # pylint: disable=g-import-not-at-top
   return ocp.CheckpointManager(
       directory,
       options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
@@ -381,13 +415,28 @@ def _checkpoint_manager(directory: str, max_to_keep: int) -> ocp.CheckpointManag
                      "meta": ocp.JsonCheckpointHandler()})
 
 
+def _checked_initial_variables(variables: Any, abstract: Any) -> Any:
+  """`variables` (e.g. imported ImageNet weights) if they fit the model, else a clear error."""
+  variables = {k: v for k, v in _model_variables(variables).items() if v}
+  want = jax.tree.map(lambda a: (tuple(a.shape), jnp.dtype(a.dtype)), abstract)
+  got = jax.tree.map(lambda a: (tuple(np.shape(a)), jnp.dtype(np.asarray(a).dtype)), variables)
+  if jax.tree.structure(want) != jax.tree.structure(got) or want != got:
+    raise ValueError("initial_variables do not fit the model (different parameter tree, "
+                     "shapes or dtypes); were they imported for another architecture, "
+                     "input channel count or num_classes?")
+  return variables
+
+
 def _model_variables(state: dict) -> dict:
   return {k: state[k] for k in ("params", "batch_stats") if k in state}
 
 
 def _train(task: _Task, module: nn.Module, train_source, val_source, *, workdir: str,
            seed: int, config: Any, mesh: Mesh | None,
-           stop_after_steps: int | None) -> TrainResult:
+           stop_after_steps: int | None, initial_variables: Any = None) -> TrainResult:
+  # The data stack (Grain, TFDS) loads only to train, so benchmarks run without it.
+  import grain  # pylint: disable=g-import-not-at-top
+  from saliency_jax.data import make_dataset  # pylint: disable=g-import-not-at-top
   _check_config(config)
   mesh = default_mesh() if mesh is None else mesh
   if mesh.axis_names != (DATA_AXIS,):
@@ -425,7 +474,10 @@ def _train(task: _Task, module: nn.Module, train_source, val_source, *, workdir:
   steps = _steps(task, module, _optimizer_settings(config), mesh)
   # Initialized apart from the optimizer, so the (slow to compile) initializers are shared by
   # every optimizer and mesh: the values do not depend on either.
-  variables = init_variables(init_module, jax.random.key(seed), sample.shape[1:])
+  if initial_variables is None:
+    variables = init_variables(init_module, jax.random.key(seed), sample.shape[1:])
+  else:
+    variables = _checked_initial_variables(initial_variables, abstract_variables)
   state = steps.init_state(jax.device_put(variables, replicated))
 
   local_batch = batch_size // jax.process_count()
@@ -491,9 +543,11 @@ def _train(task: _Task, module: nn.Module, train_source, val_source, *, workdir:
       progress.close()
       manager.close()
       best_manager.close()
+      log.events.close()
       raise TrainingInterrupted(f"Stopped after step {step} of {num_steps}.")
   progress.close()
   manager.close()
+  log.events.close()
 
   if best["step"] < 0:
     raise RuntimeError(f"No validation step produced a finite {task.select}; see "
@@ -567,6 +621,7 @@ def _finished_result(workdir: str, done: dict, best_manager: ocp.CheckpointManag
 def _evaluate(task: _Task, eval_step, variables, val_source, config, local_batch: int,
               batch_sharding: NamedSharding) -> dict:
   """Runs `eval_step` over the whole validation split; returns the task's summary."""
+  from saliency_jax.data import make_dataset  # pylint: disable=g-import-not-at-top
   dataset = make_dataset(val_source, batch_size=local_batch, seed=0, style=config.style,
                          channels=int(config.channels), shuffle=False, num_epochs=1,
                          drop_remainder=False, shard_by_process=True)

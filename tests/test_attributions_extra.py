@@ -1,6 +1,7 @@
 """Blur IG, Guided IG and occlusion vs PAIR saliency.core, and the extra registry entries."""
 import types
 
+import jax
 import numpy as np
 import pytest
 from saliency import core as pair
@@ -62,11 +63,15 @@ def pair_quantile_shim(monkeypatch):
   monkeypatch.setattr(pair_guided_ig, "np", shim)
 
 
-@pytest.mark.parametrize("max_dist,fraction", [(0.02, 0.25), (0.1, 0.5), (1.0, 0.25)])
-def test_guided_ig_equals_pair(setup, pair_quantile_shim, max_dist, fraction):
+@pytest.mark.parametrize("max_dist,fraction,traced", [
+    (0.02, 0.25, True), (0.1, 0.5, True), (1.0, 0.25, True), (0.02, 0.25, False),
+    (1.0, 0.25, False)])
+def test_guided_ig_equals_pair(setup, pair_quantile_shim, max_dist, fraction, traced):
+  """Both plans: traced (float32 lax.scan) and eager on the CPU (float64 NumPy path)."""
   fns, images, targets = setup
-  ours = np.asarray(attributions.guided_ig(fns.logits_fn, images, targets, baseline=-1.0,
-                                           steps=15, fraction=fraction, max_dist=max_dist))
+  run = lambda x: attributions.guided_ig(fns.logits_fn, x, targets, baseline=-1.0, steps=15,
+                                         fraction=fraction, max_dist=max_dist)
+  ours = np.asarray(jax.jit(run)(images) if traced else run(images))
   cmf = pair_call_model_function(fns)
   for i, t in enumerate(targets):
     ref = pair.GuidedIG().GetMask(images[i], cmf, {"target": int(t)},

@@ -1,6 +1,8 @@
 """The training loop: AUC, learning, resuming, finished runs, data parallelism, the U-Net."""
 import json
 import os
+import sys
+import types
 
 import jax
 import ml_collections
@@ -98,7 +100,26 @@ def test_roc_auc_matches_sklearn_with_ties():
     train.roc_auc([0, 1], [0.1, np.nan])
 
 
-def test_training_reduces_the_loss_and_learns(tmp_path):
+class _FakeSummaryWriter:
+  """Stands in for tensorboardX.SummaryWriter (not installed here)."""
+  scalars = []
+
+  def __init__(self, logdir):
+    self.logdir = logdir
+
+  def add_scalar(self, name, value, step):
+    self.scalars.append((os.path.basename(os.path.dirname(self.logdir)), name, value, step))
+
+  def flush(self):
+    pass
+
+  def close(self):
+    pass
+
+
+def test_training_reduces_the_loss_and_learns(tmp_path, monkeypatch):
+  monkeypatch.setitem(sys.modules, "tensorboardX",
+                      types.SimpleNamespace(SummaryWriter=_FakeSummaryWriter))
   result = train.train_classifier(_classifier(), TRAIN, VAL, workdir=str(tmp_path), seed=0,
                                   config=_config(num_steps=24, eval_every=12))
   losses = [r["train_loss"] for r in result.history if "train_loss" in r]
@@ -118,6 +139,9 @@ def test_training_reduces_the_loss_and_learns(tmp_path):
   assert roc_auc_score(labels, scores) == pytest.approx(result.val_auc, abs=1e-6)
   with open(tmp_path / "metrics.jsonl") as f:
     assert [json.loads(line) for line in f] == result.history
+  # The same records went to the TensorBoard writer.
+  assert [(name, value, step) for _, name, value, step in _FakeSummaryWriter.scalars] == [
+      (k, v, r["step"]) for r in result.history for k, v in r.items() if k != "step"]
 
 
 def test_killed_run_resumes_to_the_same_weights_and_finished_run_returns(tmp_path):
@@ -201,3 +225,21 @@ def test_bfloat16_compute_and_config_errors(tmp_path):
   with pytest.raises(ValueError, match="divisible"):
     train.train_classifier(_classifier(), TRAIN, VAL, workdir=str(tmp_path / "y"), seed=0,
                            config=_config(batch_size=12), mesh=_mesh(8))
+
+
+def test_training_starts_from_given_variables(tmp_path):
+  module = _classifier()
+  start = models.init_variables(module, jax.random.key(123), (*SHAPE, 1))
+  # A zero learning rate keeps the parameters where they started: the run began from `start`,
+  # not from its own seeded initialization.
+  result = train.train_classifier(module, TRAIN, VAL, workdir=str(tmp_path / "given"), seed=0,
+                                  config=_config(num_steps=2, learning_rate=0.0),
+                                  initial_variables=start)
+  _assert_trees_close(result.variables["params"], start["params"], rtol=0, atol=0)
+  seeded = models.init_variables(module, jax.random.key(0), (*SHAPE, 1))
+  assert any(not np.allclose(np.asarray(a), np.asarray(b)) for a, b in
+             zip(jax.tree.leaves(seeded["params"]), jax.tree.leaves(start["params"])))
+  wrong = models.init_variables(module, jax.random.key(0), (*SHAPE, 3))
+  with pytest.raises(ValueError, match="do not fit the model"):
+    train.train_classifier(module, TRAIN, VAL, workdir=str(tmp_path / "wrong"), seed=0,
+                           config=_config(num_steps=2), initial_variables=wrong)

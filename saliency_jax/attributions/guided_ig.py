@@ -6,10 +6,12 @@ L1 distance to the input reaches its target for the step; attributions accumulat
 (x_new - x_old) * gradient. The inner loop is a `lax.while_loop`, vmapped over images; every
 step's gradients are one chunked batched call.
 
-Precision: PAIR runs the path in float64, this in float32. PAIR's "close enough" test
+Precision: eager on the CPU backend the path runs in float64 NumPy like PAIR (see `host_loop`).
+Traced (under jit / on accelerators) it runs in float32, and PAIR's "close enough" test
 (math.isclose with 1e-9 tolerances) is widened to 1e-6 of the path's total L1 length, the
-float32 resolution of the L1 sums; the maps agree with PAIR to float32 tolerance (tested).
+float32 resolution of the L1 sums; both agree with PAIR to float32 tolerance (tested).
 """
+import math
 from typing import Callable, Optional
 
 import numpy as np
@@ -74,13 +76,65 @@ def _one_step(x, attr, grad, inp, base, step, *, steps, fraction, max_dist):
   return x.reshape(shape), attr.reshape(shape)
 
 
+def _numpy_step(x, attr, grad, inp, base, step, *, steps, fraction, max_dist):
+  """One Guided-IG step of one image in float64 NumPy, PAIR's `guided_ig_impl` loop body."""
+  diff = inp - base
+  l1_total = np.abs(diff).sum()
+  alpha = (step + 1.0) / steps
+  alpha_min, alpha_max = max(alpha - max_dist, 0.0), min(alpha + max_dist, 1.0)
+  x_min, x_max = base + diff * alpha_min, base + diff * alpha_max
+  l1_target = l1_total * (1 - (step + 1) / steps)
+  gamma = np.inf
+  for _ in range(_MAX_INNER_ITERATIONS):
+    if not gamma > 1.0:
+      break
+    x_old = x.copy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+      x_alpha = np.where(diff != 0, (x - base) / diff, np.nan)
+    x_alpha[np.isnan(x_alpha)] = alpha_max
+    behind = x_alpha < alpha_min
+    x[behind] = x_min[behind]
+    l1_current = np.abs(x - inp).sum()
+    if math.isclose(l1_target, l1_current, rel_tol=1e-9, abs_tol=1e-9):
+      attr += (x - x_old) * grad
+      break
+    g = grad.copy()
+    g[x == x_max] = np.inf
+    threshold = np.quantile(np.abs(g), fraction, method="lower")
+    sel = (np.abs(g) <= threshold) & (g != np.inf)
+    l1_s = (np.abs(x - x_max) * sel).sum()
+    gamma = (l1_current - l1_target) / l1_s if l1_s > 0 else np.inf
+    if gamma > 1.0:
+      x[sel] = x_max[sel]
+    else:
+      x[sel] = (x + (x_max - x) * gamma)[sel]
+    attr += (x - x_old) * grad
+  return x, attr
+
+
+def _host_guided_ig(logits_fn, images, targets, base, *, steps, fraction, max_dist,
+                    max_grads_in_flight):
+  """Guided IG driven from Python: batched jitted gradients, float64 NumPy path updates."""
+  grads_jit = _engine.jitted_gradients(logits_fn, max_grads_in_flight)
+  inp = np.asarray(images, np.float64)
+  base = np.asarray(base, np.float64)
+  x = base.copy()
+  attr = np.zeros_like(inp)
+  for step in range(steps):
+    grad = np.asarray(grads_jit(jnp.asarray(x, jnp.float32), targets), np.float64)
+    for i in range(len(inp)):
+      x[i], attr[i] = _numpy_step(x[i], attr[i], grad[i], inp[i], base[i], step, steps=steps,
+                                  fraction=fraction, max_dist=max_dist)
+  return jnp.asarray(attr, jnp.float32)
+
+
 def host_loop(images) -> bool:
   """Whether to drive the steps from Python: on the CPU backend, outside a trace.
 
   XLA:CPU runs loop bodies several times slower than straight-line code, and a Guided-IG step
-  (a gradient plus a data-dependent inner loop) cannot be unrolled 200 times; a Python loop over
-  one jitted step (compiled once per call) is the fast plan there. Under `jax.jit` or on an
-  accelerator the steps are a `lax.scan`.
+  (a gradient plus a data-dependent inner loop) cannot be unrolled 200 times. There, each step is
+  one jitted batched gradient call and the path update runs in float64 NumPy, exactly PAIR's
+  arithmetic. Under `jax.jit` or on an accelerator the steps are a `lax.scan` (float32).
   """
   return jax.default_backend() == "cpu" and not isinstance(images, jax.core.Tracer)
 
@@ -105,13 +159,11 @@ def guided_ig(logits_fn: Callable[[Array], Array], images: Array, targets: Array
     x, attr = one_step(x, attr, grad, images, base, step.astype(jnp.float32))
     return (x, attr), None
 
-  carry = (base, jnp.zeros_like(images))
   if host_loop(images):
-    step_jit = jax.jit(lambda carry, step: step_fn(carry, step)[0])
-    for i in range(steps):
-      carry = step_jit(carry, jnp.int32(i))
-    attr = carry[1]
+    attr = _host_guided_ig(logits_fn, images, targets, base, steps=steps, fraction=fraction,
+                           max_dist=max_dist, max_grads_in_flight=max_grads_in_flight)
   else:
+    carry = (base, jnp.zeros_like(images))
     (_, attr), _ = jax.lax.scan(step_fn, carry, jnp.arange(steps))
   # Zero distance from the baseline: zero attribution (PAIR returns early).
   same = jnp.abs(images - base).sum(axis=(1, 2, 3)) == 0

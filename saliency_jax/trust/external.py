@@ -14,12 +14,13 @@ dataset's "id" feature. Missing states leave the criteria that need them N/A; a 
 wrong size or an id the set needs but the file lacks is an error naming the file.
 """
 import os
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import numpy as np
 
 from saliency_jax import attributions
 from saliency_jax.maps import MapStore
+from saliency_jax.trust.names import EVAL_SET, ORIGINAL, UNTRAINED, UTILITY_SET
 
 
 def discover(directory: str) -> Dict[str, Dict[str, Dict[str, str]]]:
@@ -60,11 +61,20 @@ def _as_map(array: np.ndarray, image_id: str, path: str, shape) -> np.ndarray:
   return m
 
 
+def _sets_of_state(state: str) -> Tuple[str, ...]:
+  if state == ORIGINAL:
+    return (UTILITY_SET, EVAL_SET)
+  if state == UNTRAINED:
+    return (UTILITY_SET,)
+  return (EVAL_SET,)
+
+
 def import_maps(directory: str, image_sets, store_path, chunk_size: int) -> List[str]:
   """Copies every external map into the study's stores; returns the method names found.
 
-  A state's file fills an image set when it holds maps for all of the set's ids (it may hold
-  more); a file holding only some of them is an error, one holding none skips that set.
+  Each state fills the image sets the criteria read it from: `original` both sets,
+  `untrained` the utility set, the randomization states the eval set. The file must hold a
+  map for every id of those sets (it may hold more); a missing id is an error.
 
   Args:
     directory: the external maps directory.
@@ -77,14 +87,15 @@ def import_maps(directory: str, image_sets, store_path, chunk_size: int) -> List
     for model, by_state in by_model.items():
       for state, path in by_state.items():
         arrays = _load_arrays(path)
-        for set_name, image_set in image_sets.items():
+        for set_name in _sets_of_state(state):
+          if set_name not in image_sets:
+            continue
+          image_set = image_sets[set_name]
           ids = [str(i) for i in image_set.ids]
           missing = [i for i in ids if i not in arrays]
-          if len(missing) == len(ids):
-            continue
           if missing:
-            raise KeyError(f"{path} has maps for some of the {set_name} images but lacks "
-                           f"{len(missing)}, e.g. {missing[:3]}")
+            raise KeyError(f"{path} lacks maps of {len(missing)} of the {len(ids)} "
+                           f"{set_name} images, e.g. {missing[:3]}")
           shape = image_set.masks.shape[1:]
           maps = np.stack([_as_map(arrays[i], i, path, shape) for i in ids])
           store = MapStore.create_or_open(

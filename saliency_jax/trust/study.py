@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import tqdm
 
 from saliency_jax import attributions
 from saliency_jax import data as data_lib
@@ -204,16 +205,27 @@ class Study:
       for spec in self.config.models:
         module = models.create(spec["arch"], num_classes=2, **spec.get("kwargs", {}))
         style = spec.get("style", self.config.data.style)
+        workdir = os.path.join(self.workdir, "models", spec["name"])
         trained = train_lib.train_classifier(
-            module, sources["train"], sources["validation"],
-            workdir=os.path.join(self.workdir, "models", spec["name"]), seed=spec["seed"],
-            config=self._train_config(self.config.train, style))
+            module, sources["train"], sources["validation"], workdir=workdir,
+            seed=spec["seed"], config=self._train_config(self.config.train, style),
+            initial_variables=self._pretrained(spec, workdir))
         logging.info("%s (%s): validation AUC %.4f", spec["name"], spec["arch"],
                      trained.val_auc)
         result.append(Classifier(spec["name"], spec["arch"], module, trained.variables,
                                  float(trained.val_auc), style))
       return result
     return self._cached("classifiers", build)
+
+  def _pretrained(self, spec, workdir: str):
+    """ImageNet weights from `config.weights.<arch>` (Keras files), for a run not started yet;
+    None: the model's own seeded initialization."""
+    path = self.config.get("weights", {}).get(spec["arch"], "")
+    if not path or os.path.exists(os.path.join(workdir, "checkpoints")):
+      return None
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"config.weights.{spec['arch']} = {path!r} does not exist")
+    return models.import_keras_weights(spec["arch"], path, seed=spec["seed"], num_classes=2)
 
   def localizers(self) -> List[Classifier]:
     def build():
@@ -317,7 +329,7 @@ class Study:
         image_set.ids, key=key, settings=settings, chunk_size=study.chunk_size,
         dtype=study.map_dtype,
         prepared_dir=os.path.join(self.workdir, "maps", image_set.name, "prepared"),
-        progress=True)
+        progress=False)
 
   def stage_maps(self) -> None:
     key = jax.random.key(self.config.seed)
@@ -328,16 +340,20 @@ class Study:
     for clf in self.classifiers():
       targets = {}
       image_shape = self.inputs(self.image_set(EVAL_SET), clf.style).shape[1:]
-      for set_name, state, variables in self.states(clf, image_shape):
-        image_set = self.image_set(set_name)
-        if set_name not in targets:
-          targets[set_name] = self.targets(clf, image_set)
-        fns = models.model_functions(clf.module, variables)
-        for name in names:
-          self._generate(self.store_path(set_name, clf.name, state, name),
-                         attributions.METHODS[name], fns, image_set, clf.style,
-                         targets[set_name],
-                         self.method_settings(name), key)
+      states = self.states(clf, image_shape)
+      with tqdm.tqdm(total=len(states) * len(names), desc=f"maps {clf.name}",
+                     unit="store") as bar:
+        for set_name, state, variables in states:
+          image_set = self.image_set(set_name)
+          if set_name not in targets:
+            targets[set_name] = self.targets(clf, image_set)
+          fns = models.model_functions(clf.module, variables)
+          for name in names:
+            bar.set_postfix_str(f"{set_name} {state} {name}")
+            self._generate(self.store_path(set_name, clf.name, state, name),
+                           attributions.METHODS[name], fns, image_set, clf.style,
+                           targets[set_name], self.method_settings(name), key)
+            bar.update()
     for loc in self.localizers():
       fns = models.ModelFunctions(
           lambda x, loc=loc: loc.module.apply(loc.variables, x))
