@@ -71,7 +71,8 @@ class TrainResult:
   """What a training run returns.
 
   Attributes:
-    variables: {"params", "batch_stats"?} of the selected (best validation) checkpoint.
+    variables: {"params", "batch_stats"?} of the selected (best validation) checkpoint, as host
+      NumPy arrays.
     val_auc: classifier: validation ROC AUC of the selected checkpoint; segmenter: None (see
       `val_metrics`).
     history: every record of metrics.jsonl, in step order.
@@ -609,7 +610,8 @@ def _finished_result(workdir: str, done: dict, best_manager: ocp.CheckpointManag
                        f"{best_manager.all_steps()}.")
   restored = best_manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract_variables)))
-  variables = dict(restored.state)
+  # Host arrays: the caller may place them on any mesh (map generation uses its own).
+  variables = _to_host(dict(restored.state))
   best_manager.close()
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     history = [json.loads(line) for line in f if line.strip()]

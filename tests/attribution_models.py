@@ -5,6 +5,7 @@
 `pair_call_model_function` is how a PAIR user drives `saliency.core` with a JAX model.
 """
 import flax.linen as nn
+import pytest
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -84,3 +85,11 @@ def pair_call_model_function(fns):
     return out
 
   return call_model_function
+
+
+@pytest.fixture(autouse=True)
+def full_float32_precision():
+  """Full float32 matmuls/convolutions on GPU/TPU (their default is TF32/bf16 passes), so
+  comparisons with PAIR test the algorithms, not the accelerator's precision. No-op on CPU."""
+  with jax.default_matmul_precision("highest"):
+    yield

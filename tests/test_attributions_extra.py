@@ -7,6 +7,7 @@ import pytest
 from saliency import core as pair
 from saliency.core import guided_ig as pair_guided_ig
 
+from attribution_models import full_float32_precision  # noqa: F401 (autouse)
 from attribution_models import pair_call_model_function
 from attribution_models import random_images
 from attribution_models import tiny_model

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from saliency import core as pair
 
+from attribution_models import full_float32_precision  # noqa: F401 (autouse)
 from attribution_models import pair_call_model_function
 from attribution_models import random_images
 from attribution_models import tiny_model
@@ -111,13 +112,13 @@ def test_smoothgrad_noise_is_keyed_and_scaled(setup):
 def test_ig_completeness_converges_with_steps(setup):
   fns, images, targets = setup
   errors = []
-  for steps in (2, 8, 40):
+  for steps in (2, 40):
     ig = attributions.integrated_gradients(fns.logits_fn, images, targets, baseline=-1.0,
                                            steps=steps)
     check = attributions.ig_completeness(fns.logits_fn, images, targets, ig, baseline=-1.0)
     errors.append(np.asarray(check.relative_error))
-  assert np.all(errors[2] < errors[0])
-  assert np.all(errors[2] < 0.02), errors[2]
+  assert np.all(errors[1] < errors[0])
+  assert np.all(errors[1] < 0.02), errors[1]
   # Closed form: for f(x) = sum(w * x) IG is exact at any step count.
   w = random_images((1,) + images.shape[1:], seed=1)[0]
   lin = lambda x: (x * w).sum(axis=(1, 2, 3))[:, None] * np.ones((1, 3), np.float32)

@@ -177,3 +177,22 @@ def test_spearman_accelerator_dispatch_path(monkeypatch):
   expected = metrics.spearman(a, b, absolute=True)
   monkeypatch.setattr(_batching, "on_cpu", lambda: False)
   np.testing.assert_allclose(metrics.spearman(a, b, absolute=True), expected, atol=1e-5)
+
+
+def test_average_ranks_equal_scipy_rankdata_and_give_spearman():
+  import scipy.stats
+  a, b = _correlation_inputs()
+  ranks = metrics.average_ranks(a)
+  assert ranks.shape == a.shape
+  for got, x in zip(ranks, a):
+    np.testing.assert_allclose(got.ravel(), scipy.stats.rankdata(x.ravel()), atol=0)
+  np.testing.assert_allclose(metrics.average_ranks(a, absolute=True)[1].ravel(),
+                             scipy.stats.rankdata(np.abs(a[1]).ravel()), atol=0)
+  np.testing.assert_allclose(
+      metrics.pearson(metrics.average_ranks(a, absolute=True),
+                      metrics.average_ranks(b, absolute=True)),
+      metrics.spearman(a, b, absolute=True), atol=1e-12)
+  bad = a.copy()
+  bad[0, 0, 0] = np.nan
+  assert np.isnan(metrics.average_ranks(bad)[0]).all()
+  assert np.isfinite(metrics.average_ranks(bad)[1:]).all()

@@ -4,6 +4,7 @@ import types
 import ml_collections
 import numpy as np
 import pytest
+import scipy.stats
 from skimage.metrics import structural_similarity
 
 from saliency_jax.trust import criteria
@@ -21,11 +22,14 @@ def _smooth_maps(n, h=17, w=13, seed=0):
   return np.asarray(maps, np.float32)
 
 
-def test_random_pairs_with_two_images_is_their_ssim():
+def test_random_pairs_with_two_images_is_their_similarity():
   maps = _smooth_maps(2)
-  got = criteria.random_pair_baseline(maps, pairs=5, seed=3, data_range=1.0)["ssim"]
+  maps[1] -= 0.5  # signed: the Spearman baseline ranks |map|
+  got = criteria.random_pair_baseline(maps, pairs=5, seed=3, data_range=1.0)
   expected = structural_similarity(maps[0], maps[1], data_range=1.0)
-  np.testing.assert_allclose(got, [expected, expected], atol=1e-5)
+  np.testing.assert_allclose(got["ssim"], [expected, expected], atol=1e-5)
+  rho = scipy.stats.spearmanr(np.abs(maps[0]).ravel(), np.abs(maps[1]).ravel())[0]
+  np.testing.assert_allclose(got["spearman_abs"], [rho, rho], atol=1e-9)
 
 
 def test_random_pairs_approach_the_mean_over_all_other_images():

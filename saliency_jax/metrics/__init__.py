@@ -35,6 +35,7 @@ from saliency_jax.metrics.similarity import pearson
 from saliency_jax.metrics.similarity import pearson_jax
 from saliency_jax.metrics.similarity import spearman
 from saliency_jax.metrics.similarity import spearman_jax
+from saliency_jax.metrics.similarity import average_ranks
 from saliency_jax.metrics.similarity import ssim
 from saliency_jax.metrics.similarity import ssim_jax
 from saliency_jax.metrics.statistics import benjamini_hochberg

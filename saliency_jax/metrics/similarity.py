@@ -227,14 +227,30 @@ def _pearson_rows(xp, a, b, valid):
 
 def _average_ranks(xp, x):
   """1-based ranks along axis 1, ties given their average rank (scipy.stats.rankdata)."""
-  ordered = xp.sort(x, axis=1)
   if xp is np:
-    less = np.stack([np.searchsorted(o, r, side="left") for o, r in zip(ordered, x)])
-    less_equal = np.stack([np.searchsorted(o, r, side="right") for o, r in zip(ordered, x)])
-  else:
-    less = jax.vmap(lambda o, r: jnp.searchsorted(o, r, side="left"))(ordered, x)
-    less_equal = jax.vmap(lambda o, r: jnp.searchsorted(o, r, side="right"))(ordered, x)
+    return _average_ranks_numpy(x)
+  ordered = xp.sort(x, axis=1)
+  less = jax.vmap(lambda o, r: jnp.searchsorted(o, r, side="left"))(ordered, x)
+  less_equal = jax.vmap(lambda o, r: jnp.searchsorted(o, r, side="right"))(ordered, x)
   return (less + less_equal + 1) / 2
+
+
+def _average_ranks_numpy(x: np.ndarray) -> np.ndarray:
+  """As `_average_ranks`, from one argsort per row: a tie group's ranks run from its first to
+  its last sorted position, found by running max/min over the group boundaries (no per-row
+  Python loop, no binary searches)."""
+  n = x.shape[1]
+  order = np.argsort(x, axis=1, kind="stable")
+  ordered = np.take_along_axis(x, order, axis=1)
+  position = np.broadcast_to(np.arange(n), ordered.shape)
+  differs = ordered[:, 1:] != ordered[:, :-1]
+  starts = np.concatenate([np.ones((len(x), 1), bool), differs], axis=1)
+  ends = np.concatenate([differs, np.ones((len(x), 1), bool)], axis=1)
+  first = np.maximum.accumulate(np.where(starts, position, 0), axis=1)
+  last = np.minimum.accumulate(np.where(ends, position, n - 1)[:, ::-1], axis=1)[:, ::-1]
+  ranks = np.empty(x.shape, np.float64)
+  np.put_along_axis(ranks, order, (first + last) / 2 + 1, axis=1)
+  return ranks
 
 
 def _pearson(xp, a, b):
@@ -295,6 +311,21 @@ def spearman(a, b, *, absolute: bool = False) -> np.ndarray:
     return _spearman(np, a, b, absolute)
   fn = functools.partial(spearman_jax, absolute=absolute)
   return _batching.map_in_chunks(fn, [a, b], chunk=_SSIM_CHUNK)
+
+
+def average_ranks(maps, *, absolute: bool = False) -> np.ndarray:
+  """Each map's pixel ranks (1-based, ties at their average rank, = scipy.stats.rankdata),
+  float64 with the maps' shape; NaN everywhere in a map holding NaN/inf.
+
+  `pearson(average_ranks(a), average_ranks(b)) == spearman(a, b)`: rank a map once when it is
+  compared with many others (the random-pair baseline).
+  """
+  maps = np.asarray(maps, np.float64)
+  flat = maps.reshape(maps.shape[0], -1)
+  finite = np.all(np.isfinite(flat), axis=1)
+  flat = np.where(finite[:, None], np.abs(flat) if absolute else flat, 0.0)
+  ranks = _average_ranks_numpy(flat)
+  return np.where(finite[:, None], ranks, np.nan).reshape(maps.shape)
 
 
 def mse(a, b) -> np.ndarray:
