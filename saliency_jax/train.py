@@ -439,6 +439,7 @@ def _train(task: _Task, module: nn.Module, train_source, val_source, *, workdir:
   import grain  # pylint: disable=g-import-not-at-top
   from saliency_jax.data import make_dataset  # pylint: disable=g-import-not-at-top
   _check_config(config)
+  workdir = os.path.abspath(workdir)  # orbax refuses relative checkpoint paths
   mesh = default_mesh() if mesh is None else mesh
   if mesh.axis_names != (DATA_AXIS,):
     raise ValueError(f"The mesh must be 1-D with axis {DATA_AXIS!r}; got {mesh.axis_names}.")

@@ -243,3 +243,12 @@ def test_training_starts_from_given_variables(tmp_path):
   with pytest.raises(ValueError, match="do not fit the model"):
     train.train_classifier(module, TRAIN, VAL, workdir=str(tmp_path / "wrong"), seed=0,
                            config=_config(num_steps=2), initial_variables=wrong)
+
+
+def test_a_relative_workdir_works(tmp_path, monkeypatch):
+  # The README's quick start uses the relative runs/synthetic: orbax needs absolute paths.
+  monkeypatch.chdir(tmp_path)
+  result = train.train_classifier(_classifier(), TRAIN, VAL, workdir="runs/rel", seed=0,
+                                  config=_config(num_steps=2))
+  assert os.path.exists(tmp_path / "runs" / "rel" / "done.json")
+  assert np.isfinite(result.val_auc)

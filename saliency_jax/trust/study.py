@@ -44,6 +44,7 @@ from saliency_jax.trust.names import UNTRAINED
 from saliency_jax.trust.names import UTILITY_SET
 
 STAGES = ("data", "train", "maps", "criteria", "report")
+HOST0_STAGES = ("criteria", "report")  # single-writer stages of a multi-host run
 
 
 @dataclasses.dataclass
@@ -120,10 +121,13 @@ class Study:
       if self.progress.done(stage):
         print(f"[{stage}] done already: skipped")
         continue
+      if stage in HOST0_STAGES and jax.process_index() != 0:
+        continue  # one host scores and reports; the others' work ended with the maps
       print(f"[{stage}] ...")
       began = time.perf_counter()
       getattr(self, f"stage_{stage}")()
-      self.progress.record(stage, time.perf_counter() - began)
+      if jax.process_index() == 0:
+        self.progress.record(stage, time.perf_counter() - began)
       print(f"[{stage}] done in {time.perf_counter() - began:.1f} s")
     return os.path.join(self.workdir, "report.html")
 
