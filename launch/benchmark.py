@@ -32,6 +32,7 @@ from saliency import core as pair
 
 from saliency_jax import attributions
 from saliency_jax import models
+from saliency_jax.attributions import pair_interop
 from saliency_jax.attributions import xrai_segments
 from saliency_jax.attributions import xrai_selection
 
@@ -69,43 +70,6 @@ def _best_of(fn, repeats):
 def _block(x):
   return jax.tree.map(lambda a: a.block_until_ready() if hasattr(a, "block_until_ready")
                       else a, x)
-
-
-def _pair_call_model_function(fns):
-  """What a PAIR user writes for a JAX model: jitted gradients of the target per batch."""
-  @jax.jit
-  def input_grads(x, target):
-    return jax.grad(lambda x: fns.logits_fn(x)[:, target].sum())(x)
-
-  @jax.jit
-  def guided_grads(x, target):
-    return jax.grad(lambda x: fns.guided_logits_fn(x)[:, target].sum())(x)
-
-  @jax.jit
-  def conv_and_grads(x, target):
-    feats = fns.features_fn(x)
-    return feats, jax.grad(lambda f: fns.head_fn(f)[:, target].sum())(feats)
-
-  @jax.jit
-  def outputs(x, target):
-    return fns.logits_fn(x)[:, target]
-
-  def call_model_function(x_value_batch, call_model_args=None, expected_keys=None):
-    target, guided = call_model_args["target"], call_model_args.get("guided", False)
-    x = jnp.asarray(np.asarray(x_value_batch, np.float32))
-    out = {}
-    if pair.INPUT_OUTPUT_GRADIENTS in expected_keys:
-      out[pair.INPUT_OUTPUT_GRADIENTS] = np.asarray(
-          (guided_grads if guided else input_grads)(x, target))
-    if pair.CONVOLUTION_LAYER_VALUES in expected_keys:
-      feats, grads = conv_and_grads(x, target)
-      out[pair.CONVOLUTION_LAYER_VALUES] = np.asarray(feats)
-      out[pair.CONVOLUTION_OUTPUT_GRADIENTS] = np.asarray(grads)
-    if pair.OUTPUT_LAYER_VALUES in expected_keys:
-      out[pair.OUTPUT_LAYER_VALUES] = np.asarray(outputs(x, target))
-    return out
-
-  return call_model_function
 
 
 def _patch_pair_quantile():
@@ -223,7 +187,7 @@ def main(argv):
   raw_per_grad = _raw_gradient_seconds_per_grad(
       fns, images.shape[1:], [int(v) for v in _RAW_BATCH_SIZES.value], _REPEATS.value)
   print(f"raw gradient: {raw_per_grad * 1e3:.2f} ms per gradient at the best batch size")
-  cmf = _pair_call_model_function(fns)
+  cmf = pair_interop.pair_call_model_function(fns)
   _patch_pair_quantile()
   records = []
   header = (f"{'method':18s} {'ours maps/s':>12s} {'PAIR maps/s':>12s} {'ours/PAIR':>10s} "

@@ -9,8 +9,8 @@ import pytest
 import jax
 import jax.numpy as jnp
 import numpy as np
-from saliency.core import base as pair_base
 
+from saliency_jax.attributions.pair_interop import pair_call_model_function  # noqa: F401
 from saliency_jax.models.functions import model_functions
 
 
@@ -53,38 +53,6 @@ def random_images(shape, seed=0):
   x = rng.uniform(-1, 1, shape).astype(np.float32)
   return np.clip(x + np.linspace(-0.5, 0.5, shape[2])[None, None, :, None], -1, 1).astype(
       np.float32)
-
-
-def pair_call_model_function(fns):
-  """A PAIR call_model_function over our ModelFunctions (jax gradients per batch)."""
-  @jax.jit
-  def input_grads(x, target):
-    return jax.grad(lambda x: fns.logits_fn(x)[:, target].sum())(x)
-
-  @jax.jit
-  def conv_and_grads(x, target):
-    feats = fns.features_fn(x)
-    return feats, jax.grad(lambda f: fns.head_fn(f)[:, target].sum())(feats)
-
-  @jax.jit
-  def outputs(x, target):
-    return fns.logits_fn(x)[:, target]
-
-  def call_model_function(x_value_batch, call_model_args=None, expected_keys=None):
-    target = call_model_args["target"]
-    x = jnp.asarray(np.asarray(x_value_batch, np.float32))
-    out = {}
-    if pair_base.INPUT_OUTPUT_GRADIENTS in expected_keys:
-      out[pair_base.INPUT_OUTPUT_GRADIENTS] = np.asarray(input_grads(x, target))
-    if pair_base.CONVOLUTION_LAYER_VALUES in expected_keys:
-      feats, grads = conv_and_grads(x, target)
-      out[pair_base.CONVOLUTION_LAYER_VALUES] = np.asarray(feats)
-      out[pair_base.CONVOLUTION_OUTPUT_GRADIENTS] = np.asarray(grads)
-    if pair_base.OUTPUT_LAYER_VALUES in expected_keys:
-      out[pair_base.OUTPUT_LAYER_VALUES] = np.asarray(outputs(x, target))
-    return out
-
-  return call_model_function
 
 
 @pytest.fixture(autouse=True)
