@@ -152,9 +152,11 @@ def build_sections(study, summary: Dict[str, Any], figure_paths: Dict[str, str])
   methods = study.method_names()
   s = study.config.study
   tests = {"wilcoxon": "Wilcoxon signed-rank test", "paired_t": "paired t-test"}
+  corrections = {"holm": "Holm", "bh": "Benjamini-Hochberg"}
   rules = [f"**{c}**: PASS when {r['text']} (metric {r['metric'].upper()}, one-sided "
            f"{tests.get(r['test'], r['test'])} over images paired with the baseline, "
-           f"alternative '{r['alternative']}', {s.correction}-corrected across methods, "
+           f"alternative '{r['alternative']}', {corrections.get(s.correction, s.correction)}-"
+           f"corrected across methods, "
            f"alpha = {s.alpha})." for c, r in summary["rules"].items()]
   sections = [
       ("Scorecard", [
