@@ -90,8 +90,8 @@ def main(argv):
   compare("roc_auc", lambda: metrics.roc_auc(a, masks),
           lambda: [skm.roc_auc_score(m.ravel(), x.ravel()) for x, m in zip(a, masks)])
 
-  header = (f"| metric | reference loop (s) | ours (s) | ms/map ours | speed-up | "
-            f"ours first call (s) | max abs diff |")
+  header = ("| metric | reference loop (s) | ours (s) | ms/map ours | speed-up | "
+            "ours first call (s) | max abs diff |")
   print(header)
   print("|" + "---|" * 7)
   for name, t_ref, t_ours, first, diff in rows:

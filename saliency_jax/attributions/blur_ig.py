@@ -80,7 +80,7 @@ def blur_ig(logits_fn: Callable[[Array], Array], images: Array, targets: Array, 
   def contribution(bi, si):
     x = images[bi]
     ah0, aw0 = _band(k0[si], h, radius_max), _band(k0[si], w, radius_max)
-    ah1, aw1 = _band(k1[si], h, radius_max), _band(k1[si], w, radius_max)
+    aw1 = _band(k1[si], w, radius_max)
     dh, dw = _band(dk[si], h, radius_max), _band(dk[si], w, radius_max)
     blurred = jnp.einsum("nyh,nhwc,nxw->nyxc", ah0, x, aw0, precision=hp)
     # d blur / d sigma ~ (A1 X A1'^T - A0 X A0'^T) / step = dA X A1'^T + A0 X dA'^T.
