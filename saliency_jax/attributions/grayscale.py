@@ -29,7 +29,8 @@ def _as_channels(maps: Array) -> Array:
 
 def _numpy_percentiles(values: np.ndarray, q: float) -> np.ndarray:
   flat = np.asarray(values).reshape(-1, values.shape[-1])
-  out = np.array([np.percentile(row, q) for row in flat], np.float32)
+  # One call over all rows: the same per-row arithmetic as PAIR's np.percentile(image, q).
+  out = np.percentile(flat, q, axis=1).astype(np.float32)
   return out.reshape(values.shape[:-1])
 
 
