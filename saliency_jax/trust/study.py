@@ -194,8 +194,8 @@ class Study:
     from saliency_jax.trust import criteria  # pylint: disable=g-import-not-at-top
     def build():
       train = self.sources()["train"]
-      masks = (np.asarray(train[i]["mask"]) for i in range(len(train))
-               if int(train[i]["label"]) == 1)
+      examples = (train[i] for i in range(len(train)))  # each decoded once
+      masks = (np.asarray(ex["mask"]) for ex in examples if int(ex["label"]) == 1)
       return criteria.average_mask(masks)
     return self._cached("average_mask", build)
 
