@@ -167,3 +167,10 @@ def test_rules_from_config_override_defaults():
   assert rules["utility"]["test"] == "paired_t"
   assert rules["utility"]["metric"] == "auprc"
   assert set(rules) == {"utility", "randomization", "repeatability", "reproducibility"}
+
+
+def test_means_leave_undefined_values_out():
+  values = np.array([[1.0, np.nan, 3.0], [np.nan, np.nan, np.nan], [2.0, 2.0, np.inf]])
+  np.testing.assert_array_equal(criteria.mean_of_defined(values, axis=1), [2.0, np.nan, 2.0])
+  np.testing.assert_array_equal(criteria.mean_of_defined(values, axis=0), [1.5, 2.0, 3.0])
+  assert np.isnan(criteria.mean_of_defined([]))

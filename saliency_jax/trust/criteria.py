@@ -57,14 +57,16 @@ def random_pair_baseline(maps: np.ndarray, *, pairs: int, seed: int,
   values = {"ssim": metrics.ssim(maps[left], maps[right], data_range=data_range),
             "spearman_abs": metrics.pearson(ranks[left], ranks[right])}
   assert set(values) == set(SIMILARITY_METRICS)
-  return {name: _mean_of_defined(v.reshape(n, pairs)) for name, v in values.items()}
+  return {name: mean_of_defined(v.reshape(n, pairs), axis=1) for name, v in values.items()}
 
 
-def _mean_of_defined(values: np.ndarray) -> np.ndarray:
-  """Row means over the defined (finite) values; NaN for a row with none."""
+def mean_of_defined(values, axis: int = 0):
+  """Mean over `axis` of the finite values, NaN where there are none: undefined values (NaN)
+  are left out of every mean the study reports, never averaged in (see metrics.POLICY_TEXT)."""
+  values = np.asarray(values, np.float64)
   defined = np.isfinite(values)
-  count = defined.sum(axis=1)
-  total = np.where(defined, values, 0.0).sum(axis=1)
+  count = defined.sum(axis=axis)
+  total = np.where(defined, values, 0.0).sum(axis=axis)
   return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 

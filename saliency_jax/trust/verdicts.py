@@ -12,6 +12,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 import numpy as np
 
 from saliency_jax.metrics import statistics
+from saliency_jax.trust import criteria
 from saliency_jax.trust.names import AVERAGE_MASK
 from saliency_jax.trust.names import CASCADE_PREFIX
 from saliency_jax.trust.names import INDEPENDENT_PREFIX
@@ -56,10 +57,7 @@ def per_image(index, criterion: str, metric: str, method: str,
              if (criterion, metric, method, model, state) in index]
   if not columns:
     return np.full(len(ids), np.nan)
-  stacked = np.asarray(columns, np.float64)
-  counts = np.isfinite(stacked).sum(0)
-  sums = np.where(np.isfinite(stacked), stacked, 0.0).sum(0)
-  return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+  return criteria.mean_of_defined(columns, axis=0)
 
 
 def _models(index, criterion: str, method: str) -> List[str]:
@@ -219,19 +217,13 @@ def _none_to_nan(value) -> float:
 
 
 def _column_mean_std(arr: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-  """Column mean and (population) std over the finite entries; NaN where a column has none."""
-  finite = np.isfinite(arr)
-  count = finite.sum(0)
-  safe = np.where(finite, arr, 0.0)
-  mean = np.where(count > 0, safe.sum(0) / np.maximum(count, 1), np.nan)
-  var = np.where(finite, (arr - mean) ** 2, 0.0).sum(0) / np.maximum(count, 1)
-  return mean, np.where(count > 0, np.sqrt(var), np.nan)
+  """Column mean and (population) std over the defined entries; NaN where a column has none."""
+  mean = criteria.mean_of_defined(arr, axis=0)
+  return mean, np.sqrt(criteria.mean_of_defined((arr - mean) ** 2, axis=0))
 
 
 def _nanmean(values) -> Optional[float]:
-  arr = np.asarray(values, np.float64)
-  arr = arr[np.isfinite(arr)]
-  return float(arr.mean()) if arr.size else None
+  return _finite_or_none(float(criteria.mean_of_defined(values)))
 
 
 def _list(arr) -> List[Optional[float]]:
