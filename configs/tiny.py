@@ -10,11 +10,14 @@ def get_config():
   config.workdir = "runs/tiny"
   d = config.data
   d.image_size, d.num_train, d.num_val, d.num_test = 32, 96, 32, 24
+  # Narrow, shallow models: the test pays mostly for compiling them.
   config.models = [
-      dict(name="A1", arch="small_vgg", seed=1),
-      dict(name="A2", arch="small_vgg", seed=2),
-      dict(name="B1", arch="small_densenet", seed=1),
+      dict(name="A1", arch="small_vgg", seed=1, kwargs=dict(stem_width=4, widths=(8, 16))),
+      dict(name="A2", arch="small_vgg", seed=2, kwargs=dict(stem_width=4, widths=(8, 16))),
+      dict(name="B1", arch="small_densenet", seed=1,
+           kwargs=dict(stem_width=4, growth_rate=4, layers_per_block=(2, 2))),
   ]
+  config.localization.kwargs = dict(depth=2, base_width=8)
   config.train.num_steps = 6
   config.train.batch_size = 16
   config.train.eval_every = 6
