@@ -14,7 +14,7 @@ from saliency_jax.attributions.integrated_gradients import Baseline
 from saliency_jax.attributions.integrated_gradients import broadcast_baseline
 from saliency_jax.attributions.integrated_gradients import integrated_gradients
 from saliency_jax.attributions.smoothgrad import draw_noise
-from saliency_jax.attributions.smoothgrad import noise_std
+from saliency_jax.attributions.smoothgrad import noise_source
 
 Array = jax.Array
 GROUP_BYTES = 256 * 2**20
@@ -32,15 +32,9 @@ def smooth_integrated_gradients(
   b = images.shape[0]
   shape = images.shape[1:]
   base = broadcast_baseline(baseline, images)
-  if noise is None:
-    if key is None:
-      raise ValueError("smooth_integrated_gradients needs a `key` (or explicit `noise`)")
-    indices = _engine.resolve_indices(indices, b)
-    std = noise_std(images, spread)
-  else:
-    noise = jnp.asarray(noise, jnp.float32)
-    if noise.shape != (b, samples) + shape:
-      raise ValueError(f"noise must have shape {(b, samples) + shape}, got {noise.shape}")
+  indices, std, noise = noise_source(images, key=key, noise=noise, samples=samples,
+                                     spread=spread, indices=indices,
+                                     method="smooth_integrated_gradients")
 
   # Noisy copies are processed in groups of g, each group one chunked IG over its B*g paths
   # (chunks of at most max_grads_in_flight gradients); g is as large as the per-path

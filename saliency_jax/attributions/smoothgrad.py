@@ -20,6 +20,22 @@ def noise_std(images: Array, spread: float) -> Array:
   return spread * (images.max(axis=(1, 2, 3)) - images.min(axis=(1, 2, 3)))
 
 
+def noise_source(images: Array, *, key, noise, samples: int, spread: float, indices,
+                 method: str):
+  """(indices, std, noise) of a noisy method: drawn noise (indices and std, from `key`) or
+  injected noise [B, samples, H, W, C] (checked), whichever the caller gave."""
+  b = images.shape[0]
+  if noise is None:
+    if key is None:
+      raise ValueError(f"{method} needs a `key` (or explicit `noise`)")
+    return _engine.resolve_indices(indices, b), noise_std(images, spread), None
+  noise = jnp.asarray(noise, jnp.float32)
+  expected = (b, samples) + tuple(images.shape[1:])
+  if noise.shape != expected:
+    raise ValueError(f"noise must have shape {expected}, got {noise.shape}")
+  return indices, None, noise
+
+
 def draw_noise(key: Array, index: Array, sample: Array, std: Array, shape) -> Array:
   """std * N(0, 1) noise of one (image, sample), from its own key."""
   return std * jax.random.normal(_engine.sample_key(key, index, sample), shape, jnp.float32)
@@ -48,15 +64,8 @@ def smoothgrad(logits_fn: Callable[[Array], Array], images: Array, targets: Arra
   images, targets = _engine.check_images(images, targets)
   b = images.shape[0]
   shape = images.shape[1:]
-  if noise is None:
-    if key is None:
-      raise ValueError("smoothgrad needs a `key` (or explicit `noise`)")
-    indices = _engine.resolve_indices(indices, b)
-    std = noise_std(images, spread)
-  else:
-    noise = jnp.asarray(noise, jnp.float32)
-    if noise.shape != (b, samples) + shape:
-      raise ValueError(f"noise must have shape {(b, samples) + shape}, got {noise.shape}")
+  indices, std, noise = noise_source(images, key=key, noise=noise, samples=samples,
+                                     spread=spread, indices=indices, method="smoothgrad")
   grad_fn = _engine.target_gradients(logits_fn)
 
   def contribution(bi, si):
