@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from absl import logging
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import tqdm
@@ -147,10 +148,17 @@ class Study:
     d = self.config.data
     if d.name != "synthetic_cxr":
       return d.name  # real datasets are built beforehand by launch.prepare_data
-    return data_lib.build_synthetic(
-        self.data_dir, image_size=d.image_size, num_train=d.num_train, num_val=d.num_val,
-        num_test=d.num_test, seed=self.config.seed, difficulty=d.difficulty,
-        positive_fraction=d.positive_fraction)
+    def build():
+      return data_lib.build_synthetic(
+          self.data_dir, image_size=d.image_size, num_train=d.num_train, num_val=d.num_val,
+          num_test=d.num_test, seed=self.config.seed, difficulty=d.difficulty,
+          positive_fraction=d.positive_fraction)
+    if jax.process_count() > 1:
+      # One host writes the dataset; the others find it built (build_synthetic is idempotent).
+      if jax.process_index() == 0:
+        build()
+      multihost_utils.sync_global_devices("synthetic dataset built")
+    return build()
 
   def sources(self) -> Dict[str, Any]:
     def build():
