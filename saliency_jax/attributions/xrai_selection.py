@@ -111,6 +111,17 @@ def _finish(output: np.ndarray, flat_attr: np.ndarray, shape) -> np.ndarray:
   return output.reshape(shape)
 
 
+def _start(attr, masks, min_pixel_diff):
+  """What both algorithms start from: (attr, flat attr, output filled with -inf, the masks
+  without duplicates)."""
+  attr, masks = _as_inputs(attr, masks, min_pixel_diff)
+  flat = np.ascontiguousarray(attr.reshape(-1))
+  output = np.full(flat.size, -np.inf)
+  if len(masks):
+    masks = masks[_first_of_duplicates(masks)]
+  return attr, flat, output, masks
+
+
 def select_full(attr: np.ndarray, masks: np.ndarray, *, area_threshold: float = 1.0,
                 min_pixel_diff: int = 50) -> np.ndarray:
   """PAIR's greedy "full" XRAI: the attribution map (float32 values in a float64 [H,W] array).
@@ -121,13 +132,10 @@ def select_full(attr: np.ndarray, masks: np.ndarray, *, area_threshold: float = 
     area_threshold: stop once this fraction of the image is covered (PAIR's area_threshold).
     min_pixel_diff: masks adding fewer new pixels are dropped (PAIR: 50).
   """
-  attr, masks = _as_inputs(attr, masks, min_pixel_diff)
-  flat = np.ascontiguousarray(attr.reshape(-1))
-  num_pixels = flat.size
-  output = np.full(num_pixels, -np.inf)
+  attr, flat, output, masks = _start(attr, masks, min_pixel_diff)
   if len(masks) == 0:
     return _finish(output, flat, attr.shape)
-  masks = masks[_first_of_duplicates(masks)]
+  num_pixels = flat.size
   atoms = _Atoms(flat, masks)
   # Float64 drift of the incremental updates, far below the float32 bound.
   floor = 1e-12 * atoms.stats[:, 2] / np.maximum(atoms.count, 1)
@@ -164,13 +172,10 @@ def select_fast(attr: np.ndarray, masks: np.ndarray, *,
   """PAIR's "fast" XRAI: masks ranked once by their own mean attribution, then added in order
   (skipping those adding fewer than min_pixel_diff new pixels), each new region valued by its
   own mean attribution. Returns the attribution map as `select_full`."""
-  attr, masks = _as_inputs(attr, masks, min_pixel_diff)
-  flat = np.ascontiguousarray(attr.reshape(-1))
-  num_pixels = flat.size
-  output = np.full(num_pixels, -np.inf)
+  attr, flat, output, masks = _start(attr, masks, min_pixel_diff)
   if len(masks) == 0:
     return _finish(output, flat, attr.shape)
-  masks = masks[_first_of_duplicates(masks)]
+  num_pixels = flat.size
   atoms = _Atoms(flat, masks)
   count, total, abs_total = atoms.stats.T
   with np.errstate(divide="ignore", invalid="ignore"):

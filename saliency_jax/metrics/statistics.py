@@ -161,25 +161,30 @@ def paired_t(values, baseline, *, alternative: str = "two-sided") -> TestResult:
                     int(d.size), excluded, mean_difference)
 
 
+def _adjusted(pvalues: Sequence[float], adjust) -> np.ndarray:
+  """Applies `adjust(sorted non-NaN p-values, m)` and returns them in the given order, NaN kept."""
+  p = np.asarray(pvalues, dtype=np.float64)
+  out = np.full(p.shape, np.nan)
+  keep = ~np.isnan(p)
+  q = p[keep]
+  if q.size:
+    order = np.argsort(q, kind="stable")
+    result = np.empty(q.size)
+    result[order] = adjust(q[order], q.size)
+    out[keep] = result
+  return out
+
+
 def holm(pvalues: Sequence[float]) -> np.ndarray:
   """Holm-Bonferroni adjusted p-values (family-wise error), same order as given; NaN kept.
 
   Adjusted p_(i) = max_{j <= i} min(1, (m - j + 1) p_(j)) over the m non-NaN p-values sorted
   increasingly. Reject at level alpha where the adjusted p-value <= alpha.
   """
-  p = np.asarray(pvalues, dtype=np.float64)
-  out = np.full(p.shape, np.nan)
-  keep = ~np.isnan(p)
-  q = p[keep]
-  m = q.size
-  if m:
-    order = np.argsort(q, kind="stable")
-    scaled = (m - np.arange(m)) * q[order]
-    adjusted = np.minimum(np.maximum.accumulate(scaled), 1.0)
-    result = np.empty(m)
-    result[order] = adjusted
-    out[keep] = result
-  return out
+  def adjust(sorted_p, m):
+    scaled = (m - np.arange(m)) * sorted_p
+    return np.minimum(np.maximum.accumulate(scaled), 1.0)
+  return _adjusted(pvalues, adjust)
 
 
 def benjamini_hochberg(pvalues: Sequence[float]) -> np.ndarray:
@@ -188,19 +193,10 @@ def benjamini_hochberg(pvalues: Sequence[float]) -> np.ndarray:
   Adjusted p_(i) = min_{j >= i} min(1, m p_(j) / j) over the m non-NaN p-values sorted
   increasingly; equals `scipy.stats.false_discovery_control(p, method="bh")`.
   """
-  p = np.asarray(pvalues, dtype=np.float64)
-  out = np.full(p.shape, np.nan)
-  keep = ~np.isnan(p)
-  q = p[keep]
-  m = q.size
-  if m:
-    order = np.argsort(q, kind="stable")
-    scaled = q[order] * m / np.arange(1, m + 1)
-    adjusted = np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 1.0)
-    result = np.empty(m)
-    result[order] = adjusted
-    out[keep] = result
-  return out
+  def adjust(sorted_p, m):
+    scaled = sorted_p * m / np.arange(1, m + 1)
+    return np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 1.0)
+  return _adjusted(pvalues, adjust)
 
 
 _CORRECTIONS = {"holm": holm, "bh": benjamini_hochberg}

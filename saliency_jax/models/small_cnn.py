@@ -83,7 +83,24 @@ class _ClassifierHead(nn.Module):
     return logits.astype(jnp.float32)
 
 
-class SmallVGG(nn.Module):
+class _StemBlocksHead:
+  """The model contract of a net made of `stem`, `blocks` and a `logits` head (set up by the
+  subclass): the Grad-CAM layer is the last block's output."""
+
+  def features(self, x: Array, train: bool = False) -> Array:
+    x = self.stem(x.astype(self.dtype), train)
+    for block in self.blocks:
+      x = block(x, train)
+    return x
+
+  def head(self, feats: Array) -> Array:
+    return self.logits(feats)
+
+  def __call__(self, x: Array, train: bool = False) -> Array:
+    return self.head(self.features(x, train))
+
+
+class SmallVGG(_StemBlocksHead, nn.Module):
   """Architecture A: a VGG-like CNN.
 
   stem: 3x3 conv with stride 2 (halves the resolution cheaply), BN, act;
@@ -112,18 +129,6 @@ class SmallVGG(nn.Module):
       blocks.append(block)
     self.blocks = blocks
     self.logits = _ClassifierHead(self.num_classes, dtype=self.dtype)
-
-  def features(self, x: Array, train: bool = False) -> Array:
-    x = self.stem(x.astype(self.dtype), train)
-    for block in self.blocks:
-      x = block(x, train)
-    return x
-
-  def head(self, feats: Array) -> Array:
-    return self.logits(feats)
-
-  def __call__(self, x: Array, train: bool = False) -> Array:
-    return self.head(self.features(x, train))
 
 
 class DenseLayer(nn.Module):
@@ -181,7 +186,7 @@ class DenseStem(nn.Module):
     return nn.max_pool(x, (2, 2), strides=(2, 2))
 
 
-class SmallDenseNet(nn.Module):
+class SmallDenseNet(_StemBlocksHead, nn.Module):
   """Architecture B: a small DenseNet.
 
   stem: 3x3 conv with stride 2, BN, act, 2x2 max pooling (as DenseNet's stem, it reaches 1/4
@@ -213,14 +218,3 @@ class SmallDenseNet(nn.Module):
     ]
     self.logits = _ClassifierHead(self.num_classes, dtype=self.dtype)
 
-  def features(self, x: Array, train: bool = False) -> Array:
-    x = self.stem(x.astype(self.dtype), train)
-    for block in self.blocks:
-      x = block(x, train)
-    return x
-
-  def head(self, feats: Array) -> Array:
-    return self.logits(feats)
-
-  def __call__(self, x: Array, train: bool = False) -> Array:
-    return self.head(self.features(x, train))
