@@ -23,7 +23,7 @@ from saliency_jax import metrics
 
 _NUM_MAPS = flags.DEFINE_integer("num_maps", 100, "Maps in the stack.")
 _SIZE = flags.DEFINE_integer("size", 320, "Map side (square maps).")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Warm repetitions; the best is reported.")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Warm repetitions; the best is reported.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the synthetic maps.")
 
 

@@ -50,6 +50,18 @@ def test_ssim_keyword_variants_equal_skimage():
                                err_msg=str(kwargs))
 
 
+def test_ssim_float32_keeps_precision_for_maps_far_from_zero():
+  # Maps with a large offset against their range: float32 variances must not cancel.
+  rng = np.random.default_rng(7)
+  a = (10_000 + rng.random((3, 23, 21))).astype(np.float32)
+  b = a + (0.01 * rng.random(a.shape)).astype(np.float32)
+  b[2] = (10_000 + rng.random((23, 21))).astype(np.float32)
+  for gaussian in (False, True):
+    np.testing.assert_allclose(
+        metrics.ssim(a, b, data_range=1.0, gaussian_weights=gaussian),
+        _skimage(a, b, data_range=1.0, gaussian_weights=gaussian), rtol=0, atol=1e-5)
+
+
 def test_ssim_per_map_data_range_and_jit():
   a, b = next(_pairs((3, 16, 15)))[1:]
   ranges = np.array([1.0, 2.0, 0.25])
