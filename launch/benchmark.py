@@ -9,7 +9,8 @@ For each method, on the same jitted model and the same images, in one run:
     JAX gradients per batch; IG-type methods with batch_size = their step count), followed by
     `VisualizeImageGrayscale`, maps/s on `--pair_images` images;
   * raw gradients: the same number of batched `jax.grad` calls of the model, at the best batch
-    size among `--raw_batch_sizes`, and `overhead_vs_raw_gradients` = ours / raw time.
+    size among `--raw_batch_sizes`, timed alternately with ours (so that the shared CPU's
+    drifts affect both), and `overhead_vs_raw_gradients` = ours / raw time.
 XRAI is also timed in parts: region selection alone (ours vs PAIR "full" on the same
 attributions and segments, identical output asserted), at the benchmark image size and at
 `--selection_size` (the paper's 320x320), and whole XRAI with PAIR's default segmentation.
@@ -54,16 +55,19 @@ _RAW_BATCH_SIZES = flags.DEFINE_list("raw_batch_sizes", ["1", "8", "16", "32", "
 _SELECTION_SIZE = flags.DEFINE_integer("selection_size", 320,
                                        "Also time XRAI selection on an image of this side "
                                        "(0: skip).")
-_REPEATS = flags.DEFINE_integer("repeats", 2, "Warm repetitions; the best is reported.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Warm repetitions; the best is reported.")
 _JSON = flags.DEFINE_string("json", None, "Write the records here.")
 
 
-def _best_of(fn, repeats):
-  best, result = float("inf"), None
-  for _ in range(repeats):
+def _best_of(fn, repeats, min_seconds=1.0):
+  """Best time of at least `repeats` calls, repeated until `min_seconds` have passed (short
+  calls are timed more often: one call of 40 ms varies by 10% on a shared CPU)."""
+  best, result, spent, done = float("inf"), None, 0.0, 0
+  while done < repeats or spent < min_seconds:
     start = time.perf_counter()
     result = fn()
-    best = min(best, time.perf_counter() - start)
+    elapsed = time.perf_counter() - start
+    best, spent, done = min(best, elapsed), spent + elapsed, done + 1
   return best, result
 
 
@@ -141,18 +145,47 @@ def _gradients_per_map(name, s):
           "GUIDED_IG": s.get("steps")}.get(name)
 
 
-def _raw_gradient_seconds_per_grad(fns, image_shape, batch_sizes, repeats):
-  """Best per-gradient time of batched jax.grad calls of the model, over batch sizes."""
-  grad_fn = jax.jit(lambda x, t: jax.grad(
-      lambda x: jnp.take_along_axis(fns.logits_fn(x), t[:, None], axis=1).sum())(x))
-  best = float("inf")
-  for bs in batch_sizes:
-    x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (bs,) + image_shape), jnp.float32)
-    t = jnp.zeros((bs,), jnp.int32)
-    _block(grad_fn(x, t))
-    calls = max(1, 64 // bs)
-    seconds, _ = _best_of(lambda: [_block(grad_fn(x, t)) for _ in range(calls)], repeats)
-    best = min(best, seconds / (calls * bs))
+class _RawGradients:
+  """Batched jax.grad calls of the model at the best of `batch_sizes` (chosen once)."""
+
+  def __init__(self, fns, image_shape, batch_sizes, repeats):
+    self._grad_fn = jax.jit(lambda x, t: jax.grad(
+        lambda x: jnp.take_along_axis(fns.logits_fn(x), t[:, None], axis=1).sum())(x))
+    best = float("inf")
+    for bs in batch_sizes:
+      self._use(bs, image_shape)
+      seconds, _ = _best_of(self.run, max(3, repeats))
+      if seconds / self.grads_per_call < best:
+        best, best_bs = seconds / self.grads_per_call, bs
+    self._use(best_bs, image_shape)
+    self.batch_size = best_bs
+
+  def _use(self, bs, image_shape):
+    self._x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (bs,) + image_shape),
+                          jnp.float32)
+    self._t = jnp.zeros((bs,), jnp.int32)
+    self._calls = max(1, 256 // bs)   # enough gradients per timing to rise above timer noise
+    self.grads_per_call = self._calls * bs
+    _block(self._grad_fn(self._x, self._t))
+
+  def run(self):
+    for _ in range(self._calls):
+      _block(self._grad_fn(self._x, self._t))
+
+
+def _best_of_interleaved(ours, raw, repeats, min_seconds=1.0):
+  """Best times of `ours` and `raw`, timed alternately, so that a change of the machine's
+  speed during the run (a shared CPU) affects both alike."""
+  best = [float("inf"), float("inf")]
+  spent, done = 0.0, 0
+  while done < repeats or spent < min_seconds:
+    for i, fn in enumerate((ours, raw)):
+      start = time.perf_counter()
+      fn()
+      elapsed = time.perf_counter() - start
+      best[i] = min(best[i], elapsed)
+      spent += elapsed if i == 0 else 0.0
+    done += 1
   return best
 
 
@@ -184,9 +217,10 @@ def main(argv):
   images = np.clip(smooth + 0.3 * rng.normal(size=(b, size, size, c)), -1, 1).astype(np.float32)
   targets = np.asarray(jnp.argmax(fns.logits_fn(jnp.asarray(images)), axis=1), np.int32)
   overrides = json.loads(_SETTINGS.value)
-  raw_per_grad = _raw_gradient_seconds_per_grad(
-      fns, images.shape[1:], [int(v) for v in _RAW_BATCH_SIZES.value], _REPEATS.value)
-  print(f"raw gradient: {raw_per_grad * 1e3:.2f} ms per gradient at the best batch size")
+  raw = _RawGradients(fns, images.shape[1:], [int(v) for v in _RAW_BATCH_SIZES.value],
+                      _REPEATS.value)
+  print(f"raw gradients: batches of {raw.batch_size} (the fastest of "
+        f"{_RAW_BATCH_SIZES.value}), timed alternately with each method")
   cmf = pair_interop.pair_call_model_function(fns)
   _patch_pair_quantile()
   records = []
@@ -203,7 +237,8 @@ def main(argv):
       return _block(method.compute(fns, images, targets, key=key, settings=s))
 
     ours()   # compile
-    t_ours, _ = _best_of(ours, _REPEATS.value)
+    t_ours, t_raw = _best_of_interleaved(ours, raw.run, _REPEATS.value)
+    raw_per_grad = t_raw / raw.grads_per_call
     n_pair = min(_PAIR_IMAGES.value, b)
     _pair_map(name, s, images[0], targets[0], cmf)   # compile PAIR's jitted gradients
     t_pair, _ = _best_of(
@@ -223,7 +258,9 @@ def main(argv):
       ig = jax.jit(lambda f, x, t: attributions.xrai_base_attribution(
           f.logits_fn, x, t, steps=s["steps"], max_grads_in_flight=s["max_grads_in_flight"]))
       _block(ig(fns, images, targets))
-      t_ig, _ = _best_of(lambda: _block(ig(fns, images, targets)), _REPEATS.value)
+      t_ig, t_raw = _best_of_interleaved(lambda: _block(ig(fns, images, targets)), raw.run,
+                                         _REPEATS.value)
+      raw_per_grad = t_raw / raw.grads_per_call
       records.append({"method": "XRAI_IG", "ours_maps_per_s": b / t_ig, "pair_maps_per_s": None,
                       "ratio_vs_pair": None,
                       "overhead_vs_raw_gradients": t_ig / (b * grads * raw_per_grad)})

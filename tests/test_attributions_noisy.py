@@ -76,6 +76,38 @@ def test_smooth_integrated_gradients_equals_pair_with_same_noise(setup):
     np.testing.assert_allclose(ours[i], ref, rtol=1e-4, atol=1e-7)
 
 
+def test_smooth_integrated_gradients_sample_ranges_add_up(setup):
+  """Disjoint ranges of noisy copies (one traced start, the last range past the end) sum to
+  the map of all copies."""
+  fns, images, targets = setup
+  noise = _pair_noise(images, 5, 0.15, seed=4)
+  kwargs = dict(samples=5, baseline=-1.0, steps=4, noise=noise, max_grads_in_flight=6)
+  full = np.asarray(attributions.smooth_integrated_gradients(fns.logits_fn, images, targets,
+                                                             **kwargs))
+  part = jax.jit(lambda start: attributions.smooth_integrated_gradients(
+      fns.logits_fn, images, targets, sample_start=start, sample_count=2, **kwargs))
+  total = sum(np.asarray(part(start)) for start in (0, 2, 4))
+  np.testing.assert_allclose(total, full, rtol=1e-5, atol=1e-7)
+  assert np.abs(np.asarray(part(0))).max() < np.abs(full).max()  # a part is not the whole
+
+
+def test_sig_cpu_plan_split_by_samples_equals_one_program(setup):
+  """More gradients per map than one CPU call takes: the eager plan splits the noisy copies
+  over calls; the map equals the one-program (traced) map."""
+  from saliency_jax.attributions import registry
+  fns, images, targets = setup
+  method = attributions.METHODS["SIG"]
+  settings = {"samples": 5, "steps": 8}
+  assert 5 * 8 > registry.CPU_GRADS_PER_CALL
+  key = jax.random.key(3)
+  indices = np.array([4, 5, 6])
+  eager = np.asarray(method.compute(fns, images, targets, indices=indices, key=key,
+                                    settings=settings))
+  traced = np.asarray(jax.jit(lambda x: method.compute(
+      fns, x, targets, indices=indices, key=key, settings=settings))(images))
+  np.testing.assert_allclose(eager, traced, atol=1e-5)
+
+
 @pytest.mark.parametrize("name", ["SG", "SIG"])
 def test_noisy_maps_do_not_depend_on_batching(setup, name):
   """Image i's map is the same alone, in a batch, or with another chunk size."""

@@ -7,7 +7,7 @@ Bit-for-bit the NumPy arithmetic of PAIR (`saliency.core.visualization`, NumPy >
     minimum) gives 0/0 = NaN at those pixels (and x/0 = inf, clipped to 1, above them). This is
     what the study's pipeline produced for constant maps (and why its SSIM means drop NaNs);
     callers that prefer a number pass `nan_to` (e.g. 0.0).
-The percentile is NumPy's own on the CPU backend and a partition elsewhere.
+The percentile's order statistics come from `lax.top_k`, on every backend.
 """
 from typing import Optional
 
@@ -27,27 +27,14 @@ def _as_channels(maps: Array) -> Array:
   return maps
 
 
-def _numpy_percentiles(values: np.ndarray, q: float) -> np.ndarray:
-  flat = np.asarray(values).reshape(-1, values.shape[-1])
-  # One call over all rows: the same per-row arithmetic as PAIR's np.percentile(image, q).
-  out = np.percentile(flat, q, axis=1).astype(np.float32)
-  return out.reshape(values.shape[:-1])
-
-
-def percentile_of_rows(values: Array, q: float, *, use_numpy: Optional[bool] = None) -> Array:
+def percentile_of_rows(values: Array, q: float) -> Array:
   """NumPy's `np.percentile(v, q)` (method "linear") of each row of values [B,N], float32 [B].
 
-  On the CPU backend this calls NumPy itself (a `pure_callback`: XLA:CPU sorts and partitions
-  slowly); elsewhere it is XLA's partition with NumPy's interpolation arithmetic.
+  The two order statistics come from one `lax.top_k` over the shorter end of each row (for
+  q = 99, the largest 1% of values): on XLA:CPU 2x faster than NumPy's percentile of the same
+  rows, and 25x faster than a full partition. A row holding NaN gives NaN, as in NumPy.
   """
   values = jnp.asarray(values, jnp.float32)
-  if use_numpy is None:
-    use_numpy = jax.default_backend() == "cpu"
-  if use_numpy:
-    return jax.pure_callback(
-        lambda v: _numpy_percentiles(v, q),
-        jax.ShapeDtypeStruct(values.shape[:-1], jnp.float32), values,
-        vmap_method="expand_dims")
   n = values.shape[1]
   qf = np.float64(q) / 100.0
   if not 0.0 <= qf <= 1.0:
@@ -57,13 +44,20 @@ def percentile_of_rows(values: Array, q: float, *, use_numpy: Optional[bool] = N
   gamma = virtual - lo
   lo = min(max(lo, 0), n - 1)
   hi = min(lo + 1, n - 1)
-  part = jnp.partition(values, lo, axis=1)     # part[:, lo] is the lo-th smallest
-  a = part[:, lo]
-  b = part[:, lo + 1:].min(axis=1) if hi > lo else a
+  # The barriers keep XLA from rewriting a top_k of which only two columns are read into a
+  # full sort (measured on the CPU: 16 ms instead of 0.5 ms for 32 rows of 4096).
+  if n - lo <= hi + 1:
+    largest = jax.lax.optimization_barrier(jax.lax.top_k(values, n - lo)[0])  # descending
+    a, b = largest[:, n - 1 - lo], largest[:, n - 1 - hi]
+  else:
+    smallest = -jax.lax.optimization_barrier(jax.lax.top_k(-values, hi + 1)[0])  # ascending
+    a, b = smallest[:, lo], smallest[:, hi]
   diff = b - a
   if gamma >= 0.5:
-    return b - diff * np.float32(1.0 - gamma)
-  return a + diff * np.float32(gamma)
+    out = b - diff * np.float32(1.0 - gamma)
+  else:
+    out = a + diff * np.float32(gamma)
+  return jnp.where(jnp.isnan(values).any(axis=1), jnp.float32(jnp.nan), out)
 
 
 def to_grayscale(maps: Array, percentile: float = 99, *,
