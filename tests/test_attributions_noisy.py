@@ -76,29 +76,34 @@ def test_smooth_integrated_gradients_equals_pair_with_same_noise(setup):
     np.testing.assert_allclose(ours[i], ref, rtol=1e-4, atol=1e-7)
 
 
-def test_smooth_integrated_gradients_sample_ranges_add_up(setup):
-  """Disjoint ranges of noisy copies (one traced start, the last range past the end) sum to
-  the map of all copies."""
+@pytest.mark.parametrize("name", ["smoothgrad", "integrated_gradients",
+                                  "smooth_integrated_gradients", "blur_ig"])
+def test_item_windows_add_up_to_the_whole_map(setup, name):
+  """Disjoint windows of (image, sample) items, spanning images, with a traced offset and the
+  last window past the end, sum to the map of all items."""
   fns, images, targets = setup
-  noise = _pair_noise(images, 5, 0.15, seed=4)
-  kwargs = dict(samples=5, baseline=-1.0, steps=4, noise=noise, max_grads_in_flight=6)
-  full = np.asarray(attributions.smooth_integrated_gradients(fns.logits_fn, images, targets,
-                                                             **kwargs))
-  part = jax.jit(lambda start: attributions.smooth_integrated_gradients(
-      fns.logits_fn, images, targets, sample_start=start, sample_count=2, **kwargs))
-  total = sum(np.asarray(part(start)) for start in (0, 2, 4))
-  np.testing.assert_allclose(total, full, rtol=1e-5, atol=1e-7)
-  assert np.abs(np.asarray(part(0))).max() < np.abs(full).max()  # a part is not the whole
+  kwargs = {"smoothgrad": dict(samples=5, noise=_pair_noise(images, 5, 0.15, seed=4)),
+            "integrated_gradients": dict(steps=5, baseline=-1.0),
+            "smooth_integrated_gradients": dict(samples=5, steps=3, baseline=-1.0,
+                                                noise=_pair_noise(images, 5, 0.15, seed=4)),
+            "blur_ig": dict(steps=5, max_sigma=3.0)}[name]
+  fn = getattr(attributions, name)
+  full = np.asarray(fn(fns.logits_fn, images, targets, max_grads_in_flight=6, **kwargs))
+  part = jax.jit(lambda offset: fn(fns.logits_fn, images, targets, max_grads_in_flight=6,
+                                   item_window=(offset, 4), **kwargs))
+  parts = [np.asarray(part(offset)) for offset in range(0, 3 * 5, 4)]
+  np.testing.assert_allclose(sum(parts), full, rtol=1e-5, atol=1e-6)
+  # The window of items 4..7 holds image 0's last sample and image 1's first three.
+  assert np.abs(parts[1][0]).max() > 0 and np.abs(parts[1][2]).max() == 0
 
 
-def test_sig_cpu_plan_split_by_samples_equals_one_program(setup):
-  """More gradients per map than one CPU call takes: the eager plan splits the noisy copies
-  over calls; the map equals the one-program (traced) map."""
-  from saliency_jax.attributions import registry
+@pytest.mark.parametrize("name,settings", [("SIG", {"samples": 5, "steps": 8}),
+                                           ("SG", {"samples": 7}), ("IG", {"steps": 12})])
+def test_cpu_plan_item_windows_equal_one_program(setup, name, settings):
+  """The eager CPU plan runs windows of items (SIG's noisy copies, SG's samples, IG's steps)
+  as separate calls, some spanning images; the maps equal the one-program (traced) maps."""
   fns, images, targets = setup
-  method = attributions.METHODS["SIG"]
-  settings = {"samples": 5, "steps": 8}
-  assert 5 * 8 > registry.CPU_GRADS_PER_CALL
+  method = attributions.METHODS[name]
   key = jax.random.key(3)
   indices = np.array([4, 5, 6])
   eager = np.asarray(method.compute(fns, images, targets, indices=indices, key=key,

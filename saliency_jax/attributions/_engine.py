@@ -6,7 +6,7 @@ samples. `chunked_sum` does that as one compiled loop whose body evaluates at mo
 and the loop has a fixed trip count so it works under `jax.jit` on any backend.
 """
 import math
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -114,22 +114,30 @@ def plan_chunks(total: int, max_grads_in_flight: Optional[int]) -> tuple[int, in
 
 def chunked_sum(contribution: Callable[[Array, Array], Array], num_images: int,
                 num_samples: int, out_shape: tuple[int, ...],
-                max_grads_in_flight: Optional[int]) -> Array:
+                max_grads_in_flight: Optional[int],
+                item_window: Optional[tuple[Union[int, Array], int]] = None) -> Array:
   """Sums contribution(image_idx[c], sample_idx[c]) -> [c, *out_shape] over samples, per image.
 
-  Work items (image b, sample s) are enumerated image-major and split into the fewest chunks of
-  at most `max_grads_in_flight` items, of equal size (so at most n_chunks - 1 padded items,
-  which repeat the last item and are masked out); chunks run in a `scan` (a single call when
-  everything fits). Each chunk is added to its images by a one-hot matrix product (XLA's
-  scatter-add is slow on the CPU). Returns float32 [num_images, *out_shape].
+  Work items (image b, sample s) are enumerated image-major (item b * num_samples + s) and
+  split into the fewest chunks of at most `max_grads_in_flight` items, of equal size (so at
+  most n_chunks - 1 padded items, which repeat the last item and are masked out); chunks run
+  in a `scan` (a single call when everything fits). Each chunk is added to its images by a
+  one-hot matrix product (XLA's scatter-add is slow on the CPU). Returns float32
+  [num_images, *out_shape].
+
+  item_window: (offset, count) sums only items offset, ..., offset + count - 1 (offset may be
+  traced; items outside 0 .. num_images * num_samples - 1 count as zero), so that disjoint
+  windows add up to the whole sum. Default: every item.
   """
   total = num_images * num_samples
-  n_chunks, c = plan_chunks(total, max_grads_in_flight)
+  offset, count = (0, total) if item_window is None else item_window
+  n_chunks, c = plan_chunks(count, max_grads_in_flight)
 
   def body(acc, k):
-    j = k * c + jnp.arange(c)
-    valid = j < total
-    j = jnp.minimum(j, total - 1)
+    local = k * c + jnp.arange(c)
+    j = offset + local
+    valid = (local < count) & (j >= 0) & (j < total)
+    j = jnp.clip(j, 0, total - 1)
     b, s = j // num_samples, j % num_samples
     values = contribution(b, s)
     weights = ((b[:, None] == jnp.arange(num_images)[None, :]) & valid[:, None])

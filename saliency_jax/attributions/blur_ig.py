@@ -61,8 +61,14 @@ def _band(kernels: Array, n: int, radius_max: int) -> Array:
 
 def blur_ig(logits_fn: Callable[[Array], Array], images: Array, targets: Array, *,
             max_sigma: float = 50.0, steps: int = 100, grad_step: float = 0.01,
-            sqrt: bool = False, max_grads_in_flight: Optional[int] = None) -> Array:
-  """Blur-IG maps, float32 [B,H,W,C]; arguments as PAIR's `BlurIG.GetMask`."""
+            sqrt: bool = False, max_grads_in_flight: Optional[int] = None,
+            item_window: Optional[tuple] = None) -> Array:
+  """Blur-IG maps, float32 [B,H,W,C]; arguments as PAIR's `BlurIG.GetMask`.
+
+  item_window: (offset, count): only the (image, step) items offset .. offset + count - 1,
+  enumerated image-major (see `_engine.chunked_sum`); disjoint windows add up to the whole
+  map. Default: every item.
+  """
   images, targets = _engine.check_images(images, targets)
   b, h, w, _ = images.shape
   sigmas = blur_sigmas(max_sigma, steps, sqrt)
@@ -89,5 +95,6 @@ def blur_ig(logits_fn: Callable[[Array], Array], images: Array, targets: Array, 
     g = grad_fn(blurred, targets[bi])
     return spacing[si].reshape(-1, 1, 1, 1) * dblur * g
 
-  total = _engine.chunked_sum(contribution, b, steps, images.shape[1:], max_grads_in_flight)
+  total = _engine.chunked_sum(contribution, b, steps, images.shape[1:], max_grads_in_flight,
+                              item_window)
   return -total

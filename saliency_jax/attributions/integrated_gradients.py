@@ -29,7 +29,8 @@ def broadcast_baseline(baseline: Baseline, images: Array) -> Array:
 
 def integrated_gradients(logits_fn: Callable[[Array], Array], images: Array, targets: Array,
                          *, baseline: Baseline = 0.0, steps: int = 25,
-                         max_grads_in_flight: Optional[int] = None) -> Array:
+                         max_grads_in_flight: Optional[int] = None,
+                         item_window: Optional[tuple] = None) -> Array:
   """Integrated-gradients maps, float32 [B,H,W,C].
 
   Args:
@@ -40,6 +41,9 @@ def integrated_gradients(logits_fn: Callable[[Array], Array], images: Array, tar
       images (per-image baselines [B,H,W,C]). PAIR's default is 0.
     steps: number of alphas in linspace(0, 1, steps) (PAIR's x_steps; the study: 10).
     max_grads_in_flight: at most this many gradients per backward pass.
+    item_window: (offset, count): only the (image, step) items offset .. offset + count - 1,
+      enumerated image-major (see `_engine.chunked_sum`); disjoint windows add up to the
+      whole map. Default: every item.
   """
   images, targets = _engine.check_images(images, targets)
   base = broadcast_baseline(baseline, images)
@@ -54,7 +58,7 @@ def integrated_gradients(logits_fn: Callable[[Array], Array], images: Array, tar
     return grad_fn(x, targets[bi])
 
   total = _engine.chunked_sum(contribution, images.shape[0], steps, images.shape[1:],
-                              max_grads_in_flight)
+                              max_grads_in_flight, item_window)
   return total * diff / steps
 
 

@@ -25,15 +25,14 @@ def smooth_integrated_gradients(
     key: Optional[Array] = None, samples: int = 25, spread: float = 0.15,
     squared: bool = True, baseline: Baseline = 0.0, steps: int = 25,
     noise: Optional[Array] = None, indices: Optional[Array] = None,
-    max_grads_in_flight: Optional[int] = None, sample_start: Union[int, Array] = 0,
-    sample_count: Optional[int] = None) -> Array:
+    max_grads_in_flight: Optional[int] = None,
+    item_window: Optional[tuple[Union[int, Array], int]] = None) -> Array:
   """SmoothGrad-IG maps, float32 [B,H,W,C]; arguments as `smoothgrad` and
   `integrated_gradients`. Memory is bounded by `max_grads_in_flight` gradients.
 
-  `sample_start` (may be traced) and `sample_count` (static) restrict the sum to the noisy
-  copies sample_start, ..., sample_start + sample_count - 1 (those past `samples` count as
-  zero), still divided by `samples`: the results of disjoint ranges add up to the map of all
-  copies (to float32 rounding). Default: every copy.
+  item_window: (offset, count): only the (image, noisy copy) items offset .. offset + count - 1
+  (offset may be traced), enumerated image-major as in `_engine.chunked_sum`; disjoint
+  windows add up to the whole map (to float32 rounding). Default: every item.
   """
   images, targets = _engine.check_images(images, targets)
   b = images.shape[0]
@@ -42,36 +41,36 @@ def smooth_integrated_gradients(
   indices, std, noise = noise_source(images, key=key, noise=noise, samples=samples,
                                      spread=spread, indices=indices,
                                      method="smooth_integrated_gradients")
-  count = samples if sample_count is None else int(sample_count)
-  if count < 1:
-    raise ValueError(f"sample_count must be >= 1, got {count}")
+  total_items = b * samples
+  offset, count = (0, total_items) if item_window is None else item_window
 
-  # Noisy copies are processed in groups of g, each group one chunked IG over its B*g paths
-  # (chunks of at most max_grads_in_flight gradients); g is as large as the per-path
-  # accumulators allow (GROUP_BYTES), so the chunks are few and full.
-  cap = _engine.chunk_size(b * count * steps, max_grads_in_flight)
-  per_copy = b * math.prod(shape) * 4 * 3      # noisy inputs, IG and squares of one copy
-  g = max(1, min(count, GROUP_BYTES // per_copy))
+  # The (image, copy) paths are processed in groups of g, each group one chunked IG (chunks of
+  # at most max_grads_in_flight gradients); g is as large as the per-path accumulators allow
+  # (GROUP_BYTES), so the chunks are few and full.
+  cap = _engine.chunk_size(count * steps, max_grads_in_flight)
+  per_path = math.prod(shape) * 4 * 3      # noisy input, IG and square of one path
+  g = max(1, min(count, GROUP_BYTES // per_path))
   n_groups = math.ceil(count / g)
-  path_image = jnp.repeat(jnp.arange(b), g)           # path p = (image p // g, copy p % g)
-  path_copy = jnp.tile(jnp.arange(g), b)
 
   def group(total, gi):
-    offset = gi * g + path_copy
-    copy = sample_start + offset
-    valid = (offset < count) & (copy < samples)
-    copy = jnp.minimum(copy, samples - 1)
+    local = gi * g + jnp.arange(g)
+    item = offset + local
+    valid = (local < count) & (item >= 0) & (item < total_items)
+    item = jnp.clip(item, 0, total_items - 1)
+    image, copy = item // samples, item % samples
     if noise is None:
       eps = jax.vmap(lambda i, n, sd: draw_noise(key, i, n, sd, shape))(
-          indices[path_image], copy, std[path_image])
+          indices[image], copy, std[image])
     else:
-      eps = noise[path_image, copy]
-    ig = integrated_gradients(logits_fn, images[path_image] + eps, targets[path_image],
-                              baseline=base[path_image], steps=steps,
-                              max_grads_in_flight=cap)
+      eps = noise[image, copy]
+    ig = integrated_gradients(logits_fn, images[image] + eps, targets[image],
+                              baseline=base[image], steps=steps, max_grads_in_flight=cap)
     value = ig * ig if squared else ig
-    value = jnp.where(valid.reshape((-1,) + (1,) * len(shape)), value, 0.0)
-    return total + value.reshape((b, g) + shape).sum(axis=1), None
+    # Each path's value goes to its image (a one-hot product: scatter-add is slow on the CPU).
+    weights = (image[:, None] == jnp.arange(b)[None, :]) & valid[:, None]
+    added = jnp.tensordot(weights.astype(jnp.float32), value, axes=(0, 0),
+                          precision=jax.lax.Precision.HIGHEST)
+    return total + added, None
 
   total, _ = _engine.scan(group, jnp.zeros(images.shape, jnp.float32), jnp.arange(n_groups))
   return total / samples

@@ -45,7 +45,8 @@ def smoothgrad(logits_fn: Callable[[Array], Array], images: Array, targets: Arra
                key: Optional[Array] = None, samples: int = 25, spread: float = 0.15,
                squared: bool = True, noise: Optional[Array] = None,
                indices: Optional[Array] = None,
-               max_grads_in_flight: Optional[int] = None) -> Array:
+               max_grads_in_flight: Optional[int] = None,
+               item_window: Optional[tuple] = None) -> Array:
   """SmoothGrad maps, float32 [B,H,W,C].
 
   Args:
@@ -60,6 +61,9 @@ def smoothgrad(logits_fn: Callable[[Array], Array], images: Array, targets: Arra
       reproduce another implementation's draws exactly).
     indices: int [B] dataset indices the noise keys are folded with (default 0..B-1).
     max_grads_in_flight: at most this many gradients per backward pass.
+    item_window: (offset, count): only the (image, sample) items offset .. offset + count - 1,
+      enumerated image-major (see `_engine.chunked_sum`); disjoint windows add up to the
+      whole map. Default: every item.
   """
   images, targets = _engine.check_images(images, targets)
   b = images.shape[0]
@@ -77,5 +81,6 @@ def smoothgrad(logits_fn: Callable[[Array], Array], images: Array, targets: Arra
     g = grad_fn(images[bi] + eps, targets[bi])
     return g * g if squared else g
 
-  total = _engine.chunked_sum(contribution, b, samples, shape, max_grads_in_flight)
+  total = _engine.chunked_sum(contribution, b, samples, shape, max_grads_in_flight,
+                              item_window)
   return total / samples
