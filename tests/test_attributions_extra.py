@@ -81,6 +81,14 @@ def test_guided_ig_equals_pair(setup, pair_quantile_shim, max_dist, fraction, tr
     np.testing.assert_allclose(ours[i], ref, atol=1e-4 * _scale(ref))
 
 
+def test_guided_ig_host_plan_chunks_do_not_change_maps(setup):
+  """Eager on the CPU, images go in pipelined chunks of max_grads_in_flight: same maps."""
+  fns, images, targets = setup
+  run = lambda cap: np.asarray(attributions.guided_ig(
+      fns.logits_fn, images, targets, baseline=-1.0, steps=6, max_grads_in_flight=cap))
+  np.testing.assert_array_equal(run(2), run(64))
+
+
 def test_guided_ig_zero_when_input_is_baseline(setup):
   fns, images, targets = setup
   out = attributions.guided_ig(fns.logits_fn, images, targets, baseline=images, steps=3)

@@ -328,6 +328,7 @@ def _guided_ig_compute(model_fns, images, targets, *, indices=None, key=None, se
     return make_compute("GUIDED_IG", _guided_ig_impl, _GUIDED_IG_DEFAULTS)(
         model_fns, images, targets, indices=indices, key=key, settings=settings,
         prepared=prepared)
+  s = {**s, "max_grads_in_flight": min(int(s["max_grads_in_flight"]), CPU_GRADS_PER_CALL)}
   images = jnp.asarray(images, jnp.float32)
   return _guided_ig_impl(model_fns, s, images, jnp.asarray(targets, jnp.int32), None, None, None)
 
