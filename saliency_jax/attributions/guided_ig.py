@@ -157,8 +157,9 @@ def host_loop(images) -> bool:
 
   XLA:CPU runs loop bodies several times slower than straight-line code, and a Guided-IG step
   (a gradient plus a data-dependent inner loop) cannot be unrolled 200 times. There, each step is
-  one jitted batched gradient call and the path update runs in float64 NumPy, exactly PAIR's
-  arithmetic. Under `jax.jit` or on an accelerator the steps are a `lax.scan` (float32).
+  one jitted batched gradient call per chunk of images and the path update runs in float64
+  NumPy, exactly PAIR's arithmetic, overlapped with the next chunk's gradients. Under `jax.jit`
+  or on an accelerator the steps are a `lax.scan` (float32).
   """
   return jax.default_backend() == "cpu" and not isinstance(images, jax.core.Tracer)
 

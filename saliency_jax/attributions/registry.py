@@ -12,9 +12,12 @@ leaves), it is an argument of the jitted computation, so one compilation serves 
 of an architecture (replicates, randomization steps); otherwise its functions are closed over and
 the computation is compiled once per `model_fns` object (cached).
 
-CPU plan. On the CPU backend an eager `compute` splits the batch into small groups of images,
-each one call of the same compilation (see `CPU_GRADS_PER_CALL`); `MapMethod.jittable` is False
-there, telling callers to call `compute` eagerly. Maps do not depend on the grouping.
+CPU plan. On the CPU backend an eager `compute` splits the batch into calls of about
+`CPU_GRADS_PER_CALL` gradients, each one call of the same compilation: groups of images, or for
+methods summing over samples or steps windows of (image, sample) items that may span images
+(`make_compute`'s item_split); `MapMethod.jittable` is False there, telling callers to call
+`compute` eagerly. Maps do not depend on the grouping (to float32 rounding where an image's
+samples are split).
 
 Noise. `key` (default `jax.random.key(0)`) is folded with each image's `indices` entry (default
 0..B-1), so a map depends only on the key, the image and its dataset index.
@@ -148,10 +151,11 @@ def _key_zero():
   return jax.random.key(0)
 
 
-# The CPU plan: XLA:CPU computes gradients fastest in small batches (a 64x64 CNN: ~0.08 s for
-# 80 gradients in batches of 1 or 16, ~0.11 s in one batch of 80 or two of 40), so on the CPU
-# backend an eager `compute` splits the images into groups needing about this many gradients,
-# each one call of the same cached compilation with chunks of at most this many gradients.
+# The CPU plan: XLA:CPU computes gradients fastest in mid-sized batches, one batch per call
+# (small_vgg at 64x64: 0.52 ms per gradient in batches of 32, 0.60 of 16 or 25, 0.76 of 64, 0.96
+# of 1; two batches in one program 1.1-1.2x slower than in two calls), so on the CPU backend an
+# eager `compute` splits the work into calls of about this many gradients, each one call of the
+# same cached compilation with one chunk of at most this many gradients.
 CPU_GRADS_PER_CALL = 32
 
 
