@@ -169,8 +169,9 @@ def make_compute(name: str, impl: Callable, defaults: Mapping[str, Any],
   grads_per_map(settings): model gradients per map, for the CPU plan (None: no split).
   item_split: (attr, items_per_map, grads_per_item) of a method whose attributions are a sum
     over (image, item) pairs (SmoothGrad's samples, IG's steps, SIG's noisy copies). Its CPU
-    plan runs windows of CPU_GRADS_PER_CALL // grads_per_item consecutive items (image-major,
-    so a window may span images), each one call adding its part to the running sums, then
+    plan runs windows of max_grads_in_flight // grads_per_item consecutive items (image-major,
+    so a window may span images; max_grads_in_flight is capped at CPU_GRADS_PER_CALL there),
+    each one call adding its part to the running sums, then
     the grayscale step: every call then evaluates one full chunk of gradients (XLA:CPU runs
     several chunks in one program 1.1-1.2x slower than in separate calls, and a batch of 25
     7% slower than one of 32). attr(model_fns, settings, images, targets, indices, key,
@@ -221,7 +222,8 @@ def _split_items(name, attr, items_per_map, grads_per_item, model_fns, s, arrays
   """The CPU plan of `make_compute(item_split=...)`: windows of items, one call each."""
   b = arrays[0].shape[0]
   items = int(items_per_map(s))
-  window = max(1, CPU_GRADS_PER_CALL // max(1, int(grads_per_item(s))))
+  # One chunk per call: at most max_grads_in_flight (itself at most CPU_GRADS_PER_CALL).
+  window = max(1, int(s["max_grads_in_flight"]) // max(1, int(grads_per_item(s))))
   span = min(b, -(-(window - 1) // items) + 1)     # images a window can touch
   if span > 1:   # pad so that every window's images are rows first .. first + span - 1
     arrays = [np.concatenate([a, np.repeat(a[-1:], span - 1, axis=0)]) for a in arrays]
