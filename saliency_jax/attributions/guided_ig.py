@@ -103,17 +103,21 @@ def _numpy_steps(x, attr, grad, inp, base, step, *, steps, fraction, max_dist):
     rows = slice(None) if rows.size == x.shape[0] else rows
     xr, gr, xm = x[rows], grad[rows], x_max[rows]
     x_old = xr.copy()
-    # Coordinates behind alpha_min jump to x_min (a zero diff never is behind: alpha_max).
-    x_alpha = np.where(moving[rows], (xr - base[rows]) / safe_diff[rows], alpha_max)
-    xr = np.where(x_alpha < alpha_min, x_min[rows], xr)
+    # Coordinates behind alpha_min jump to x_min (PAIR sets a zero diff's alpha to alpha_max:
+    # never behind). Masked selects cost 5x an arithmetic pass: skipped when nothing changes.
+    behind = ((xr - base[rows]) / safe_diff[rows] < alpha_min) & moving[rows]
+    if behind.any():
+      xr = np.where(behind, x_min[rows], xr)
     l1_current = np.abs(xr - inp[rows]).sum(axis=1)
     target = l1_target[rows]
     close = np.abs(target - l1_current) <= np.maximum(
         1e-9 * np.maximum(np.abs(target), np.abs(l1_current)), 1e-9)
-    g = np.where(xr == xm, np.inf, gr)
-    abs_g = np.abs(g)
+    at_max = xr == xm                 # PAIR: g = grad with inf there
+    abs_g = np.abs(gr)
+    if at_max.any():
+      abs_g = np.where(at_max, np.inf, abs_g)
     threshold = np.partition(abs_g, kth, axis=1)[:, kth]
-    sel = (abs_g <= threshold[:, None]) & (g != np.inf) & ~close[:, None]
+    sel = (abs_g <= threshold[:, None]) & ~at_max & (gr != np.inf) & ~close[:, None]
     l1_s = (np.abs(xr - xm) * sel).sum(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
       gamma_r = np.where(l1_s > 0, (l1_current - target) / l1_s, np.inf)
