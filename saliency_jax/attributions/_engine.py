@@ -134,16 +134,8 @@ def chunked_sum(contribution: Callable[[Array, Array], Array], num_images: int,
   n_chunks, c = plan_chunks(count, max_grads_in_flight)
 
   def body(acc, k):
-    local = k * c + jnp.arange(c)
-    j = offset + local
-    valid = (local < count) & (j >= 0) & (j < total)
-    j = jnp.clip(j, 0, total - 1)
-    b, s = j // num_samples, j % num_samples
-    values = contribution(b, s)
-    weights = ((b[:, None] == jnp.arange(num_images)[None, :]) & valid[:, None])
-    added = jnp.tensordot(weights.astype(jnp.float32), values, axes=(0, 0),
-                          precision=jax.lax.Precision.HIGHEST)
-    return acc + added, None
+    b, s, valid = window_items(offset, count, k * c, c, num_images, num_samples)
+    return add_to_images(acc, b, valid, contribution(b, s)), None
 
   acc = jnp.zeros((num_images,) + tuple(out_shape), jnp.float32)
   if n_chunks == 1:
@@ -151,6 +143,27 @@ def chunked_sum(contribution: Callable[[Array, Array], Array], num_images: int,
     return acc
   acc, _ = scan(body, acc, jnp.arange(n_chunks))
   return acc
+
+
+def window_items(offset, count: int, start, size: int, num_images: int,
+                 num_samples: int) -> tuple[Array, Array, Array]:
+  """Items start .. start + size - 1 of the window (offset, count) of the image-major
+  (image, sample) enumeration: (image, sample, valid), int32 [size] each; items past the window
+  or outside 0 .. num_images * num_samples - 1 are not valid (clipped to a real item)."""
+  total = num_images * num_samples
+  local = start + jnp.arange(size)
+  j = offset + local
+  valid = (local < count) & (j >= 0) & (j < total)
+  j = jnp.clip(j, 0, total - 1)
+  return j // num_samples, j % num_samples, valid
+
+
+def add_to_images(acc: Array, image: Array, valid: Array, values: Array) -> Array:
+  """acc [num_images, ...] plus each valid item's values [n, ...] at its image: a one-hot
+  matrix product (XLA's scatter-add is slow on the CPU)."""
+  weights = (image[:, None] == jnp.arange(acc.shape[0])[None, :]) & valid[:, None]
+  return acc + jnp.tensordot(weights.astype(jnp.float32), values, axes=(0, 0),
+                             precision=jax.lax.Precision.HIGHEST)
 
 
 def map_in_chunks(fn: Callable[..., Array], *arrays: Array,

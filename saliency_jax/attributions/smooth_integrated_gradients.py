@@ -53,11 +53,7 @@ def smooth_integrated_gradients(
   n_groups = math.ceil(count / g)
 
   def group(total, gi):
-    local = gi * g + jnp.arange(g)
-    item = offset + local
-    valid = (local < count) & (item >= 0) & (item < total_items)
-    item = jnp.clip(item, 0, total_items - 1)
-    image, copy = item // samples, item % samples
+    image, copy, valid = _engine.window_items(offset, count, gi * g, g, b, samples)
     if noise is None:
       eps = jax.vmap(lambda i, n, sd: draw_noise(key, i, n, sd, shape))(
           indices[image], copy, std[image])
@@ -65,12 +61,7 @@ def smooth_integrated_gradients(
       eps = noise[image, copy]
     ig = integrated_gradients(logits_fn, images[image] + eps, targets[image],
                               baseline=base[image], steps=steps, max_grads_in_flight=cap)
-    value = ig * ig if squared else ig
-    # Each path's value goes to its image (a one-hot product: scatter-add is slow on the CPU).
-    weights = (image[:, None] == jnp.arange(b)[None, :]) & valid[:, None]
-    added = jnp.tensordot(weights.astype(jnp.float32), value, axes=(0, 0),
-                          precision=jax.lax.Precision.HIGHEST)
-    return total + added, None
+    return _engine.add_to_images(total, image, valid, ig * ig if squared else ig), None
 
   total, _ = _engine.scan(group, jnp.zeros(images.shape, jnp.float32), jnp.arange(n_groups))
   return total / samples
