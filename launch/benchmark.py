@@ -59,15 +59,25 @@ _REPEATS = flags.DEFINE_integer("repeats", 3, "Warm repetitions; the best is rep
 _JSON = flags.DEFINE_string("json", None, "Write the records here.")
 
 
-def _best_of(fn, repeats, min_seconds=1.0):
-  """Best time of at least `repeats` calls, repeated until `min_seconds` have passed (short
-  calls are timed more often: one call of 40 ms varies by 10% on a shared CPU)."""
-  best, result, spent, done = float("inf"), None, 0.0, 0
+def _best_times(fns, repeats, min_seconds=1.0):
+  """Best time of each of `fns`, called in turn (so that a change of the shared CPU's speed
+  affects all alike) at least `repeats` times and until the first has run `min_seconds` in all
+  (one call of 40 ms varies by 10%). Returns (best times, results of the last calls)."""
+  best, results = [float("inf")] * len(fns), [None] * len(fns)
+  spent, done = 0.0, 0
   while done < repeats or spent < min_seconds:
-    start = time.perf_counter()
-    result = fn()
-    elapsed = time.perf_counter() - start
-    best, spent, done = min(best, elapsed), spent + elapsed, done + 1
+    for i, fn in enumerate(fns):
+      start = time.perf_counter()
+      results[i] = fn()
+      elapsed = time.perf_counter() - start
+      best[i] = min(best[i], elapsed)
+      spent += elapsed if i == 0 else 0.0
+    done += 1
+  return best, results
+
+
+def _best_of(fn, repeats):
+  (best,), (result,) = _best_times([fn], repeats)
   return best, result
 
 
@@ -173,22 +183,6 @@ class _RawGradients:
       _block(self._grad_fn(self._x, self._t))
 
 
-def _best_of_interleaved(ours, raw, repeats, min_seconds=1.0):
-  """Best times of `ours` and `raw`, timed alternately, so that a change of the machine's
-  speed during the run (a shared CPU) affects both alike."""
-  best = [float("inf"), float("inf")]
-  spent, done = 0.0, 0
-  while done < repeats or spent < min_seconds:
-    for i, fn in enumerate((ours, raw)):
-      start = time.perf_counter()
-      fn()
-      elapsed = time.perf_counter() - start
-      best[i] = min(best[i], elapsed)
-      spent += elapsed if i == 0 else 0.0
-    done += 1
-  return best
-
-
 def _xrai_selection_records(image, attr, repeats, label):
   """Ours vs PAIR "full" selection on the same attributions and PAIR-default segments."""
   masks = xrai_segments.felzenszwalb_segments(image)
@@ -237,7 +231,7 @@ def main(argv):
       return _block(method.compute(fns, images, targets, key=key, settings=s))
 
     ours()   # compile
-    t_ours, t_raw = _best_of_interleaved(ours, raw.run, _REPEATS.value)
+    (t_ours, t_raw), _ = _best_times([ours, raw.run], _REPEATS.value)
     raw_per_grad = t_raw / raw.grads_per_call
     n_pair = min(_PAIR_IMAGES.value, b)
     _pair_map(name, s, images[0], targets[0], cmf)   # compile PAIR's jitted gradients
@@ -258,8 +252,8 @@ def main(argv):
       ig = jax.jit(lambda f, x, t: attributions.xrai_base_attribution(
           f.logits_fn, x, t, steps=s["steps"], max_grads_in_flight=s["max_grads_in_flight"]))
       _block(ig(fns, images, targets))
-      t_ig, t_raw = _best_of_interleaved(lambda: _block(ig(fns, images, targets)), raw.run,
-                                         _REPEATS.value)
+      (t_ig, t_raw), _ = _best_times([lambda: _block(ig(fns, images, targets)), raw.run],
+                                     _REPEATS.value)
       raw_per_grad = t_raw / raw.grads_per_call
       records.append({"method": "XRAI_IG", "ours_maps_per_s": b / t_ig, "pair_maps_per_s": None,
                       "ratio_vs_pair": None,

@@ -11,7 +11,6 @@ Traced (under jit / on accelerators) it runs in float32, and PAIR's "close enoug
 (math.isclose with 1e-9 tolerances) is widened to 1e-6 of the path's total L1 length, the
 float32 resolution of the L1 sums; both agree with PAIR to float32 tolerance (tested).
 """
-import math
 from typing import Callable, Optional
 
 import numpy as np
