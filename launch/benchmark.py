@@ -41,7 +41,8 @@ _MODEL = flags.DEFINE_string("model", "small_vgg", "Model name (saliency_jax.mod
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 64, "Image side.")
 _CHANNELS = flags.DEFINE_integer("channels", 1, "Image channels.")
 _BATCH = flags.DEFINE_integer("batch", 8, "Images per call of ours.")
-_PAIR_IMAGES = flags.DEFINE_integer("pair_images", 2, "Images timed with PAIR (per image).")
+_PAIR_IMAGES = flags.DEFINE_integer("pair_images", 2,
+                                    "Images timed with PAIR (per image; 0: skip PAIR).")
 _METHODS = flags.DEFINE_list(
     "methods", ["GRAD", "SG", "IG", "SIG", "GCAM", "XRAI", "GBP", "GGCAM", "BLUR_IG",
                 "GUIDED_IG", "OCCLUSION"], "Methods to time.")
@@ -49,7 +50,10 @@ _SETTINGS = flags.DEFINE_string(
     "settings", json.dumps({"XRAI": {"steps": 20}, "BLUR_IG": {"steps": 20},
                             "GUIDED_IG": {"steps": 20}}),
     "JSON overrides of the methods' default settings, applied to ours and PAIR.")
-_MAX_GRADS = flags.DEFINE_integer("max_grads_in_flight", 64, "Our gradient chunk size.")
+_MAX_GRADS = flags.DEFINE_integer(
+    "max_grads_in_flight", 0,
+    "Our gradient chunk size (0: the raw baseline's fastest batch size; the CPU plan caps it "
+    "at CPU_GRADS_PER_CALL).")
 _RAW_BATCH_SIZES = flags.DEFINE_list("raw_batch_sizes", ["1", "8", "16", "32", "64"],
                                      "Batch sizes tried for the raw-gradient baseline.")
 _SELECTION_SIZE = flags.DEFINE_integer("selection_size", 320,
@@ -79,6 +83,10 @@ def _best_times(fns, repeats, min_seconds=1.0):
 def _best_of(fn, repeats):
   (best,), (result,) = _best_times([fn], repeats)
   return best, result
+
+
+def _fmt(value, width, digits):
+  return f"{'-':>{width}s}" if value is None else f"{value:{width}.{digits}f}"
 
 
 def _block(x):
@@ -217,62 +225,76 @@ def main(argv):
         f"{_RAW_BATCH_SIZES.value}), timed alternately with each method")
   cmf = pair_interop.pair_call_model_function(fns)
   _patch_pair_quantile()
+  max_grads = _MAX_GRADS.value or raw.batch_size
+  # Ours gets device-resident inputs, as the raw gradients do: an input pipeline prefetches to
+  # the device, and a host-to-device copy per call is not the method's cost.
+  images_dev, targets_dev = jax.device_put(images), jax.device_put(targets)
   records = []
   header = (f"{'method':18s} {'ours maps/s':>12s} {'PAIR maps/s':>12s} {'ours/PAIR':>10s} "
             f"{'overhead vs raw grads':>22s}")
   rows = []
+
+  def record(r, row=None):
+    records.append(r)
+    if row is not None:
+      rows.append(row)
+      print(row, flush=True)
+    if _JSON.value:   # after every record: a run cut short keeps what it measured
+      with open(_JSON.value, "w") as f:
+        json.dump(records, f, indent=1, default=str)
+
   for name in _METHODS.value:
     method = attributions.METHODS[name]
-    s = {**method.default_settings, **overrides.get(name, {}),
-         "max_grads_in_flight": _MAX_GRADS.value}
+    s = {**method.default_settings, **overrides.get(name, {}), "max_grads_in_flight": max_grads}
     key = jax.random.key(0)
 
     def ours():
-      return _block(method.compute(fns, images, targets, key=key, settings=s))
+      return _block(method.compute(fns, images_dev, targets_dev, key=key, settings=s))
 
+    start = time.perf_counter()
     ours()   # compile
+    first_call_s = time.perf_counter() - start
     (t_ours, t_raw), _ = _best_times([ours, raw.run], _REPEATS.value)
     raw_per_grad = t_raw / raw.grads_per_call
     n_pair = min(_PAIR_IMAGES.value, b)
-    _pair_map(name, s, images[0], targets[0], cmf)   # compile PAIR's jitted gradients
-    t_pair, _ = _best_of(
-        lambda: [_pair_map(name, s, images[i], targets[i], cmf) for i in range(n_pair)], 1)
-    ours_rate, pair_rate = b / t_ours, n_pair / t_pair
+    pair_rate = None
+    if n_pair:
+      _pair_map(name, s, images[0], targets[0], cmf)   # compile PAIR's jitted gradients
+      t_pair, _ = _best_of(
+          lambda: [_pair_map(name, s, images[i], targets[i], cmf) for i in range(n_pair)], 1)
+      pair_rate = n_pair / t_pair
+    ours_rate = b / t_ours
+    ratio = None if pair_rate is None else ours_rate / pair_rate
     grads = _gradients_per_map(name, s)
     overhead = None if grads is None else t_ours / (b * grads * raw_per_grad)
-    records.append({"method": name, "ours_maps_per_s": ours_rate,
-                    "pair_maps_per_s": pair_rate, "ratio_vs_pair": ours_rate / pair_rate,
-                    "overhead_vs_raw_gradients": overhead,
-                    "gradients_per_map": grads, "settings": {k: v for k, v in s.items()}})
-    rows.append(f"{name:18s} {ours_rate:12.2f} {pair_rate:12.2f} {ours_rate / pair_rate:10.1f} "
-                f"{'-' if overhead is None else f'{overhead:.2f}':>22s}")
-    print(rows[-1], flush=True)
+    record({"method": name, "ours_maps_per_s": ours_rate, "pair_maps_per_s": pair_rate,
+            "ratio_vs_pair": ratio, "overhead_vs_raw_gradients": overhead,
+            "first_call_s": first_call_s, "gradients_per_map": grads,
+            "settings": {k: v for k, v in s.items()}},
+           f"{name:18s} {ours_rate:12.2f} {_fmt(pair_rate, 12, 2)} {_fmt(ratio, 10, 1)} "
+           f"{_fmt(overhead, 22, 2)}   (first call {first_call_s:.1f} s)")
     if name == "XRAI":
       # The model part alone (IG from two baselines), against the same raw gradients.
       ig = jax.jit(lambda f, x, t: attributions.xrai_base_attribution(
           f.logits_fn, x, t, steps=s["steps"], max_grads_in_flight=s["max_grads_in_flight"]))
-      _block(ig(fns, images, targets))
-      (t_ig, t_raw), _ = _best_times([lambda: _block(ig(fns, images, targets)), raw.run],
+      _block(ig(fns, images_dev, targets_dev))
+      (t_ig, t_raw), _ = _best_times([lambda: _block(ig(fns, images_dev, targets_dev)), raw.run],
                                      _REPEATS.value)
       raw_per_grad = t_raw / raw.grads_per_call
-      records.append({"method": "XRAI_IG", "ours_maps_per_s": b / t_ig, "pair_maps_per_s": None,
-                      "ratio_vs_pair": None,
-                      "overhead_vs_raw_gradients": t_ig / (b * grads * raw_per_grad)})
-      rows.append(f"{'XRAI_IG':18s} {b / t_ig:12.2f} {'-':>12s} {'-':>10s} "
-                  f"{records[-1]['overhead_vs_raw_gradients']:22.2f}")
-      print(rows[-1], flush=True)
+      ig_overhead = t_ig / (b * grads * raw_per_grad)
+      record({"method": "XRAI_IG", "ours_maps_per_s": b / t_ig, "pair_maps_per_s": None,
+              "ratio_vs_pair": None, "overhead_vs_raw_gradients": ig_overhead},
+             f"{'XRAI_IG':18s} {b / t_ig:12.2f} {'-':>12s} {'-':>10s} {ig_overhead:22.2f}")
       attr = np.asarray(attributions.xrai_base_attribution(
           fns.logits_fn, images[:1], targets[:1], steps=s["steps"]))[0]
-      records.append(_xrai_selection_records(images[0], attr, _REPEATS.value,
-                                             f"XRAI_SELECTION_{size}"))
-      if _SELECTION_SIZE.value:
+      record(_xrai_selection_records(images[0], attr, _REPEATS.value, f"XRAI_SELECTION_{size}"))
+      if _SELECTION_SIZE.value and _SELECTION_SIZE.value != size:   # else timed just above
         n = _SELECTION_SIZE.value
         yy, xx = np.mgrid[:n, :n]
         big = ((np.sin(yy / 9.0) + np.cos(xx / 13.0))[..., None] / 2
                + 0.2 * rng.normal(size=(n, n, c))).astype(np.float32)
         big_attr = rng.normal(size=(n, n, c)).astype(np.float32)
-        records.append(_xrai_selection_records(big, big_attr, _REPEATS.value,
-                                               f"XRAI_SELECTION_{n}"))
+        record(_xrai_selection_records(big, big_attr, _REPEATS.value, f"XRAI_SELECTION_{n}"))
   print()
   print(f"{_MODEL.value} {size}x{size}x{c}, batch {b}, settings overrides {overrides}")
   print(header)
@@ -282,8 +304,6 @@ def main(argv):
       print(f"{r['method']:18s} {r['ours_maps_per_s']:12.2f} {r['pair_maps_per_s']:12.2f} "
             f"{r['ratio_vs_pair']:10.1f} {'-':>22s}  ({r['num_masks']} masks, identical)")
   if _JSON.value:
-    with open(_JSON.value, "w") as f:
-      json.dump(records, f, indent=1, default=str)
     print(f"wrote {_JSON.value}")
 
 
