@@ -77,7 +77,8 @@ def test_smooth_integrated_gradients_equals_pair_with_same_noise(setup):
 
 
 @pytest.mark.parametrize("name", ["smoothgrad", "integrated_gradients",
-                                  "smooth_integrated_gradients", "blur_ig"])
+                                  "smooth_integrated_gradients", "blur_ig",
+                                  "xrai_base_attribution"])
 def test_item_windows_add_up_to_the_whole_map(setup, name):
   """Disjoint windows of (image, sample) items, spanning images, with a traced offset and the
   last window past the end, sum to the map of all items."""
@@ -86,14 +87,16 @@ def test_item_windows_add_up_to_the_whole_map(setup, name):
             "integrated_gradients": dict(steps=5, baseline=-1.0),
             "smooth_integrated_gradients": dict(samples=5, steps=3, baseline=-1.0,
                                                 noise=_pair_noise(images, 5, 0.15, seed=4)),
-            "blur_ig": dict(steps=5, max_sigma=3.0)}[name]
+            "blur_ig": dict(steps=5, max_sigma=3.0),
+            "xrai_base_attribution": dict(steps=3)}[name]   # 6 items: 3 steps, 2 baselines
+  items = 6 if name == "xrai_base_attribution" else 5
   fn = getattr(attributions, name)
   full = np.asarray(fn(fns.logits_fn, images, targets, max_grads_in_flight=6, **kwargs))
   part = jax.jit(lambda offset: fn(fns.logits_fn, images, targets, max_grads_in_flight=6,
                                    item_window=(offset, 4), **kwargs))
-  parts = [np.asarray(part(offset)) for offset in range(0, 3 * 5, 4)]
+  parts = [np.asarray(part(offset)) for offset in range(0, 3 * items, 4)]
   np.testing.assert_allclose(sum(parts), full, rtol=1e-5, atol=1e-6)
-  # The window of items 4..7 holds image 0's last sample and image 1's first three.
+  # The window of items 4..7 holds image 0's last items and image 1's first ones.
   assert np.abs(parts[1][0]).max() > 0 and np.abs(parts[1][2]).max() == 0
 
 

@@ -9,6 +9,7 @@ from attribution_models import pair_call_model_function
 from attribution_models import random_images
 from attribution_models import tiny_model
 from saliency_jax import attributions
+from saliency_jax.attributions import registry
 from saliency_jax.attributions import xrai_segments
 from saliency_jax.attributions import xrai_selection
 
@@ -125,3 +126,17 @@ def test_registry_xrai_prepare_and_parallel_segments():
   raw = attributions.xrai(None, images, attributions=base, segments=serial)
   np.testing.assert_allclose(maps, np.asarray(attributions.to_grayscale(raw)), atol=1e-6)
   assert maps.shape == (3, 20, 20) and maps.dtype == np.float32
+
+
+def test_xrai_ig_cpu_plan_windows_equal_one_program():
+  """XRAI's model part runs on the CPU plan as windows of (image, step) items, some spanning
+  images and splitting one image's two baselines; it equals the one-program attributions."""
+  _, _, fns = tiny_model(channels=3, size=(18, 14))
+  images = random_images((3, 18, 14, 3), seed=5)
+  targets = np.array([1, 0, 2])
+  settings = {"steps": 7, "max_grads_in_flight": 5}   # 14 items per image, windows of 5
+  eager = np.asarray(registry.XRAI_IG_COMPUTE(fns, images, targets, settings=settings))
+  whole = np.asarray(attributions.xrai_base_attribution(fns.logits_fn, images, targets,
+                                                        steps=7))
+  assert eager.shape == images.shape
+  np.testing.assert_allclose(eager, whole, rtol=1e-5, atol=1e-7 * np.abs(whole).max())

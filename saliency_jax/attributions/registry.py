@@ -162,7 +162,8 @@ CPU_GRADS_PER_CALL = 32
 def make_compute(name: str, impl: Callable, defaults: Mapping[str, Any],
                  grads_per_map: Optional[Callable[[dict], int]] = None,
                  item_split: Optional[tuple[Callable, Callable[[dict], int],
-                                            Callable[[dict], int]]] = None) -> Callable:
+                                            Callable[[dict], int]]] = None,
+                 grayscale: bool = True) -> Callable:
   """A `compute` that merges settings, validates inputs and runs impl jitted.
 
   impl(model_fns, settings, images, targets, indices, key, prepared) -> float32 [B,H,W].
@@ -176,6 +177,8 @@ def make_compute(name: str, impl: Callable, defaults: Mapping[str, Any],
     several chunks in one program 1.1-1.2x slower than in separate calls, and a batch of 25
     7% slower than one of 32). attr(model_fns, settings, images, targets, indices, key,
     item_window) -> float32 [B,H,W,C]; item_window=None: all items.
+  grayscale: whether the item split's sums are turned into maps (False: impl returns the
+    attributions themselves, and so does compute).
   Maps do not depend on the split (to float32 rounding where items are split): noise keys
   come from each image's `indices` entry and sample number.
   """
@@ -202,7 +205,7 @@ def make_compute(name: str, impl: Callable, defaults: Mapping[str, Any],
     s = {**s, "max_grads_in_flight": min(int(s["max_grads_in_flight"]), CPU_GRADS_PER_CALL)}
     arrays = (images, targets, indices)
     if item_split is not None:
-      return _split_items(name, *item_split, model_fns, s, arrays, key, prepared)
+      return _split_items(name, *item_split, model_fns, s, arrays, key, prepared, grayscale)
     per_call = min(b, max(1, CPU_GRADS_PER_CALL // max(1, int(grads_per_map(s)))))
     run = _cached_jit(impl, name, model_fns, s)
     pad = -b % per_call
@@ -218,7 +221,7 @@ def make_compute(name: str, impl: Callable, defaults: Mapping[str, Any],
 
 
 def _split_items(name, attr, items_per_map, grads_per_item, model_fns, s, arrays, key,
-                 prepared):
+                 prepared, grayscale=True):
   """The CPU plan of `make_compute(item_split=...)`: windows of items, one call each."""
   b = arrays[0].shape[0]
   items = int(items_per_map(s))
@@ -234,7 +237,7 @@ def _split_items(name, attr, items_per_map, grads_per_item, model_fns, s, arrays
     first = start // items
     totals = run(*(a[first:first + span] for a in arrays), key, prepared,
                  start - first * items, first, totals)
-  maps = _jitted_gray(_frozen(s))(totals)
+  maps = _jitted_gray(_frozen(s))(totals) if grayscale else totals
   return maps[:b] if span > 1 else maps
 
 
@@ -388,16 +391,26 @@ def _xrai_prepare_async(images, settings=None):
       dilation_radius=s["dilation_radius"])
 
 
-def _xrai_ig_impl(fns, s, images, targets, indices, key, prepared):
-  del indices, key, prepared
+def _xrai_ig_attr(fns, s, images, targets, indices, key, item_window=None):
+  del indices, key
   return xrai_lib.xrai_base_attribution(fns.logits_fn, images, targets, steps=s["steps"],
-                                        max_grads_in_flight=s["max_grads_in_flight"])
+                                        max_grads_in_flight=s["max_grads_in_flight"],
+                                        item_window=item_window)
 
 
-# The jitted model part of XRAI (with the CPU plan), returning [B,H,W,C] attributions.
-_XRAI_IG_COMPUTE = make_compute("XRAI_IG", _xrai_ig_impl,
-                                {"steps": 100, "max_grads_in_flight": 64},
-                                lambda s: 2 * s["steps"])
+def _xrai_ig_impl(fns, s, images, targets, indices, key, prepared):
+  del prepared
+  return _xrai_ig_attr(fns, s, images, targets, indices, key)
+
+
+# The jitted model part of XRAI, returning [B,H,W,C] attributions; on the CPU, windows of
+# (image, step) items like IG's.
+XRAI_IG_COMPUTE = make_compute("XRAI_IG", _xrai_ig_impl,
+                               {"steps": 100, "max_grads_in_flight": 64},
+                               lambda s: 2 * s["steps"],
+                               item_split=(_xrai_ig_attr, lambda s: 2 * s["steps"],
+                                           lambda s: 1),
+                               grayscale=False)
 
 
 def _xrai_compute(model_fns, images, targets, *, indices=None, key=None, settings=None,
@@ -410,7 +423,7 @@ def _xrai_compute(model_fns, images, targets, *, indices=None, key=None, setting
   ig_settings = {"steps": s["steps"], "max_grads_in_flight": s["max_grads_in_flight"]}
   # Segments (when not prepared) are computed in worker processes while IG runs.
   pending = _xrai_prepare_async(images, s) if prepared is None else (lambda: prepared)
-  attributions = np.asarray(_XRAI_IG_COMPUTE(model_fns, images, targets, settings=ig_settings))
+  attributions = np.asarray(XRAI_IG_COMPUTE(model_fns, images, targets, settings=ig_settings))
   segments = pending()
   maps = xrai_lib.xrai(None, images, attributions=attributions, segments=segments,
                        algorithm=s["algorithm"], area_threshold=s["area_threshold"],

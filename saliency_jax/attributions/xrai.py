@@ -2,7 +2,8 @@
 
 1. Base attribution: integrated gradients from two baselines, the image's minimum and maximum
    value (constant images), `steps` alphas each (PAIR: 100), averaged; channels merged by max.
-   Computed for the whole batch as one jitted, chunked IG over 2B paths.
+   Computed for the whole batch as one jitted, chunked IG over 2B paths (or, on the CPU
+   plan, windows of them).
 2. Segments: `xrai_segments.felzenszwalb_segments` per image (model-independent: pass them in
    via `segments` to reuse them for every model state), in parallel worker processes.
 3. Region selection: `xrai_selection` ("full" greedy or "fast"), equal to PAIR's output.
@@ -23,18 +24,25 @@ Array = jax.Array
 
 
 def xrai_base_attribution(logits_fn: Callable[[Array], Array], images: Array, targets: Array,
-                          *, steps: int = 100,
-                          max_grads_in_flight: Optional[int] = None) -> Array:
-  """PAIR XRAI's default attribution: mean of IG from the min and max baselines, [B,H,W,C]."""
+                          *, steps: int = 100, max_grads_in_flight: Optional[int] = None,
+                          item_window: Optional[tuple] = None) -> Array:
+  """PAIR XRAI's default attribution: mean of IG from the min and max baselines, [B,H,W,C].
+
+  item_window: (offset, count) over the (image, item) pairs, 2 * steps items per image (the
+  min baseline's steps, then the max's), as `integrated_gradients`' item_window: only those
+  items' part of the mean.
+  """
   images, targets = _engine.check_images(images, targets)
   b = images.shape[0]
   lo = jnp.broadcast_to(images.min(axis=(1, 2, 3), keepdims=True), images.shape)
   hi = jnp.broadcast_to(images.max(axis=(1, 2, 3), keepdims=True), images.shape)
+  # Each image's two paths side by side, so that its 2 * steps items are consecutive.
+  pair = lambda a, c: jnp.stack([a, c], axis=1).reshape((2 * b,) + a.shape[1:])
   ig = integrated_gradients(
-      logits_fn, jnp.concatenate([images, images]), jnp.concatenate([targets, targets]),
-      baseline=jnp.concatenate([lo, hi]), steps=steps,
-      max_grads_in_flight=max_grads_in_flight)
-  return (ig[:b] + ig[b:]) / 2
+      logits_fn, pair(images, images), jnp.repeat(targets, 2), baseline=pair(lo, hi),
+      steps=steps, max_grads_in_flight=max_grads_in_flight, item_window=item_window)
+  ig = ig.reshape((b, 2) + images.shape[1:])
+  return (ig[:, 0] + ig[:, 1]) / 2
 
 
 def xrai(logits_fn: Optional[Callable[[Array], Array]], images: Array,
