@@ -4,7 +4,9 @@ r"""Times every saliency method against PAIR saliency.core and against raw model
       --json=/tmp/benchmark.json
 
 For each method, on the same jitted model and the same images, in one run:
-  * ours: `METHODS[name].compute` (the study's [0,1] map), maps/s after compilation;
+  * ours: `METHODS[name].compute` (the study's [0,1] map) on device-resident images, maps/s
+    after compilation, with gradient chunks of the raw baseline's batch size (unless
+    `--max_grads_in_flight`);
   * PAIR: `saliency.core` driven as a PAIR user would (a `call_model_function` doing jitted
     JAX gradients per batch; IG-type methods with batch_size = their step count), followed by
     `VisualizeImageGrayscale`, maps/s on `--pair_images` images;
@@ -13,12 +15,15 @@ For each method, on the same jitted model and the same images, in one run:
     drifts affect both), and `overhead_vs_raw_gradients` = ours / raw time.
 XRAI is also timed in parts: region selection alone (ours vs PAIR "full" on the same
 attributions and segments, identical output asserted), at the benchmark image size and at
-`--selection_size` (the paper's 320x320), and whole XRAI with PAIR's default segmentation.
+`--selection_size` (the paper's 320x320), its IG part alone, and whole XRAI with PAIR's
+default segmentation.
 
 Method settings are the paper's, overridden by `--settings` (JSON: {"SG": {"samples": 10}}),
 identically for ours and PAIR. The load average is printed: on a shared CPU the ratios, measured
 in the same run, mean more than the absolute numbers. `--json` writes a list of records with keys
-method, ours_maps_per_s, pair_maps_per_s, ratio_vs_pair, overhead_vs_raw_gradients.
+method, ours_maps_per_s, pair_maps_per_s, ratio_vs_pair, overhead_vs_raw_gradients (rewritten
+after every method, so that a run cut short keeps what it measured); `--pair_images=0` skips
+PAIR (its occlusion makes one model call per window position).
 """
 import json
 import os
