@@ -37,9 +37,9 @@ def xrai_base_attribution(logits_fn: Callable[[Array], Array], images: Array, ta
   lo = jnp.broadcast_to(images.min(axis=(1, 2, 3), keepdims=True), images.shape)
   hi = jnp.broadcast_to(images.max(axis=(1, 2, 3), keepdims=True), images.shape)
   # Each image's two paths side by side, so that its 2 * steps items are consecutive.
-  pair = lambda a, c: jnp.stack([a, c], axis=1).reshape((2 * b,) + a.shape[1:])
+  baselines = jnp.stack([lo, hi], axis=1).reshape((2 * b,) + images.shape[1:])
   ig = integrated_gradients(
-      logits_fn, pair(images, images), jnp.repeat(targets, 2), baseline=pair(lo, hi),
+      logits_fn, jnp.repeat(images, 2, axis=0), jnp.repeat(targets, 2), baseline=baselines,
       steps=steps, max_grads_in_flight=max_grads_in_flight, item_window=item_window)
   ig = ig.reshape((b, 2) + images.shape[1:])
   return (ig[:, 0] + ig[:, 1]) / 2
