@@ -1,7 +1,9 @@
 """Blur IG, Guided IG and occlusion vs PAIR saliency.core, and the extra registry entries."""
+import importlib
 import types
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from saliency import core as pair
@@ -12,6 +14,9 @@ from attribution_models import pair_call_model_function
 from attribution_models import random_images
 from attribution_models import tiny_model
 from saliency_jax import attributions
+
+# The module (the package exports its function under the same name).
+guided_ig_lib = importlib.import_module("saliency_jax.attributions.guided_ig")
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +84,21 @@ def test_guided_ig_equals_pair(setup, pair_quantile_shim, max_dist, fraction, tr
                                   x_baseline=np.full(images.shape[1:], -1.0), x_steps=15,
                                   fraction=fraction, max_dist=max_dist)
     np.testing.assert_allclose(ours[i], ref, atol=1e-4 * _scale(ref))
+
+
+@pytest.mark.parametrize("q", [0.0, 0.25, 0.5, 0.999, 1.0])
+def test_guided_ig_lower_quantile_equals_numpy(q):
+  """The traced path's bisection quantile: zeros, ties, inf (pixels at x_max), an odd size and
+  a constant row give NumPy's quantile(method="lower") exactly."""
+  rng = np.random.default_rng(0)
+  v = np.abs(rng.normal(size=1001)).astype(np.float32)
+  v[:40] = 0.0
+  v[40:300] = np.inf
+  v[300:500] = v[500:700]
+  rows = [v, np.full(7, 3.5, np.float32), np.array([np.inf, 0.0, 1e-30], np.float32)]
+  for row in rows:
+    ours = guided_ig_lib._lower_quantile(jnp.asarray(row), q)
+    assert ours == np.quantile(row, q, method="lower"), (q, row[:5])
 
 
 def test_guided_ig_host_plan_chunks_do_not_change_maps(setup):
