@@ -30,8 +30,9 @@ _NUMPY_BLOCK_VALUES = 4 * 64 * 64
 
 
 def _lower_quantile(v: Array, q: float) -> Array:
-  """np.quantile(v, q, method="lower") of a flat array of non-negative float32 values (inf and
-  NaN allowed, NaN last as in a sort).
+  """np.quantile(v, q, method="lower") of a flat array of non-negative float32 values (inf
+  allowed). NaN counts as the largest value, as in the CPU path's `np.partition`; NumPy's
+  quantile (PAIR's) would give NaN for the whole array.
 
   The k-th smallest value, found by bisection on its bit pattern (which orders non-negative
   floats): 31 counting passes instead of the sort behind `jnp.partition`, exact, and 4-8x
