@@ -357,6 +357,10 @@ XRAI_DEFAULTS = {
     "scales": xrai_segments.SCALES, "sigma": xrai_segments.SIGMA,
     "min_size": xrai_segments.MIN_SIZE, "segmentation_size": xrai_segments.RESIZE[0],
     "dilation_radius": xrai_segments.DILATION_RADIUS, "workers": None,
+    # How region scores become the grayscale map: "abs", PAIR's VisualizeImageGrayscale of the
+    # [H,W,1] map (|score|: a strongly negative region comes out bright), or "shifted": the
+    # scores minus their minimum, so the grayscale keeps their order (lowest region darkest).
+    "region_scores": "abs",
     # Alias of segmentation_size kept for older callers; "default" defers to it.
     "segment_resize": "default",
 }
@@ -428,7 +432,16 @@ def _xrai_compute(model_fns, images, targets, *, indices=None, key=None, setting
   maps = xrai_lib.xrai(None, images, attributions=attributions, segments=segments,
                        algorithm=s["algorithm"], area_threshold=s["area_threshold"],
                        min_pixel_diff=s["min_pixel_diff"])
-  return _gray(jnp.asarray(maps), s)
+  return _gray(jnp.asarray(xrai_region_scores(maps, s["region_scores"])), s)
+
+
+def xrai_region_scores(maps: np.ndarray, how: str) -> np.ndarray:
+  """XRAI's region scores [B,H,W] as given to the grayscale step (setting `region_scores`)."""
+  if how == "shifted":
+    return maps - maps.min(axis=(1, 2), keepdims=True)
+  if how != "abs":
+    raise ValueError(f"XRAI's region_scores must be 'abs' or 'shifted', got {how!r}")
+  return maps  # the grayscale takes |score|, as PAIR's does of its [H,W,1] map
 
 
 def _method(name, impl, own_defaults, grads_per_map=None):

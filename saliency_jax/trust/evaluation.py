@@ -85,29 +85,39 @@ def randomization_records(study) -> List[Dict[str, Any]]:
 
 
 def agreement_records(study) -> List[Dict[str, Any]]:
-  """Repeatability (same architecture) and reproducibility (different architectures)."""
-  image_set = study.image_set(EVAL_SET)
+  """Repeatability (same architecture) and reproducibility (different architectures), on the
+  set `study.agreement_set()`, and the localization networks' agreement (their baseline)."""
+  set_name = study.agreement_set()
+  image_set = study.image_set(set_name)
   data_range = study.config.study.ssim_data_range
   records = []
   for a, b in itertools.combinations(study.classifiers(), 2):
     criterion = "repeatability" if a.arch == b.arch else "reproducibility"
     for method in study.method_names():
-      maps_a = study.read_maps(EVAL_SET, a.name, ORIGINAL, method)
-      maps_b = study.read_maps(EVAL_SET, b.name, ORIGINAL, method)
+      maps_a = study.read_maps(set_name, a.name, ORIGINAL, method)
+      maps_b = study.read_maps(set_name, b.name, ORIGINAL, method)
       if maps_a is None or maps_b is None:
         continue
       values = criteria.similarity(maps_a, maps_b, data_range=data_range)
       records += _records(values, image_set.ids, criterion=criterion, method=method,
                           model=f"{a.name}-{b.name}", state=ORIGINAL)
+  binary = study.config.protocol.localization_agreement == "binary_uint8"
   for a, b in itertools.combinations(study.localizers(), 2):
-    values = criteria.similarity(
-        study.read_maps(EVAL_SET, a.name, ORIGINAL, LOCALIZATION_METHOD),
-        study.read_maps(EVAL_SET, b.name, ORIGINAL, LOCALIZATION_METHOD),
-        data_range=data_range)
+    out_a, out_b = (study.read_maps(set_name, x.name, ORIGINAL, LOCALIZATION_METHOD)
+                    for x in (a, b))
+    if binary:  # the authors' PNG masks: 0 or 255, compared at uint8's range
+      values = criteria.similarity(binary_uint8(out_a), binary_uint8(out_b), data_range=255.0)
+    else:
+      values = criteria.similarity(out_a, out_b, data_range=data_range)
     records += _records(values, image_set.ids, criterion="localization_agreement",
                         method=LOCALIZATION_METHOD, model=f"{a.name}-{b.name}",
                         state=ORIGINAL)
   return records
+
+
+def binary_uint8(probabilities: np.ndarray) -> np.ndarray:
+  """A segmentation network's probabilities as the 8-bit mask a PNG holds: 255 where >= 0.5."""
+  return np.where(np.asarray(probabilities) >= 0.5, 255.0, 0.0).astype(np.float32)
 
 
 def write_records(records: List[Dict[str, Any]], workdir: str) -> None:

@@ -35,6 +35,7 @@ from saliency_jax import models
 from saliency_jax import randomization
 from saliency_jax import train as train_lib
 
+from saliency_jax.trust import config_check
 from saliency_jax.trust import external
 from saliency_jax.trust.names import CASCADE_PREFIX
 from saliency_jax.trust.names import EVAL_SET
@@ -105,9 +106,9 @@ class Study:
   """The study of PAPER.md for one config, resumable under `workdir`."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    config_check.validate(config)  # every problem named now, not after training
     self.config = config
     self.workdir = workdir
-    os.makedirs(workdir, exist_ok=True)
     self.progress = ProgressLog(os.path.join(workdir, "progress.json"))
     self._cache: Dict[str, Any] = {}
 
@@ -116,6 +117,7 @@ class Study:
 
   def run(self, stages=STAGES) -> str:
     """Runs the stages not done yet; returns the path of the report."""
+    os.makedirs(self.workdir, exist_ok=True)
     for stage in stages:
       if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
@@ -131,6 +133,47 @@ class Study:
         self.progress.record(stage, time.perf_counter() - began)
       print(f"[{stage}] done in {time.perf_counter() - began:.1f} s")
     return os.path.join(self.workdir, "report.html")
+
+  def plan(self) -> Dict[str, Any]:
+    """What a run of this config does, as plain data, from the functions the stages call
+    (nothing is read or trained): the dataset, each model with its training settings, every
+    map store with its method settings and targets, the scoring and the report. A config
+    field that changes nothing here does nothing (tests/test_config.py checks every field)."""
+    c, s, p = self.config, self.config.study, self.config.protocol
+    data = dict(name=c.data.name, data_dir=self.data_dir, image_size=c.data.image_size,
+                channels=c.data.channels)
+    if c.data.name == config_check.SYNTHETIC:
+      data.update(synthetic={k: c.data[k] for k in config_check.SYNTHETIC_DATA_FIELDS})
+    classifiers, maps = [], {}
+    for spec in c.models:
+      module = models.create(spec["arch"], num_classes=2, **spec.get("kwargs", {}))
+      style = spec.get("style", c.data.style)
+      classifiers.append(dict(
+          name=spec["name"], arch=spec["arch"], kwargs=dict(spec.get("kwargs", {})),
+          seed=spec["seed"], train=self._train_config(c.train, style).to_dict(),
+          weights=c.weights.get(spec["arch"], "") if p.init == "imagenet" else None))
+      maps[spec["name"]] = dict(
+          states=self.state_names(spec["name"], module),
+          methods={name: self.method_settings(name, style) for name in c.methods.names})
+    loc = c.localization
+    localizers = [dict(arch=loc.arch, kwargs=dict(loc.kwargs), seed=seed,
+                       train=self._train_config(loc.train, c.data.style).to_dict())
+                  for seed in loc.seeds]
+    from saliency_jax.trust import verdicts  # pylint: disable=g-import-not-at-top
+    return dict(
+        seed=c.seed, workdir=self.workdir, data=data, classifiers=classifiers,
+        localizers=localizers,
+        images=dict(eval=s.num_eval_images, utility=s.num_utility_images,
+                    utility_selection=p.utility_images, agreement=self.agreement_set()),
+        maps=dict(stores=maps, target=s.target, randomized_target=p.randomized_target,
+                  chunk_size=s.chunk_size, dtype=s.map_dtype, external=s.external_maps),
+        scoring=dict(
+            rules=verdicts.rules_from_config(c), alpha=s.alpha, correction=s.correction,
+            bootstrap_resamples=s.bootstrap_resamples, random_pairs=s.random_pairs,
+            random_pair_baseline=p.random_pairs, pooling=p.randomization_pooling,
+            ssim_data_range=s.ssim_data_range, utility_models=tuple(s.utility_models),
+            localization_agreement=p.localization_agreement, minmax_maps=p.minmax_maps),
+        report=dict(examples=s.num_example_images))
 
   def _cached(self, name: str, build: Callable[[], Any]) -> Any:
     if name not in self._cache:
@@ -189,7 +232,10 @@ class Study:
       count = (self.config.study.num_utility_images if name == UTILITY_SET
                else self.config.study.num_eval_images)
       if count and count < len(positives):
-        positives = np.sort(rng.choice(positives, size=count, replace=False))
+        if name == UTILITY_SET and self.config.protocol.utility_images == "first":
+          positives = positives[:count]  # the authors' SIIM utility set: the first ones
+        else:
+          positives = np.sort(rng.choice(positives, size=count, replace=False))
       arrays = data_lib.load_arrays(test, positives)
       return ImageSet(name=name, ids=np.asarray([_text(i) for i in arrays["id"]]),
                       indices=np.asarray(arrays["index"]), raw=np.asarray(arrays["image"]),
@@ -232,8 +278,9 @@ class Study:
   def _pretrained(self, spec, workdir: str):
     """ImageNet weights from `config.weights.<arch>` (Keras files), for a run not started yet;
     None: the model's own seeded initialization."""
-    path = self.config.get("weights", {}).get(spec["arch"], "")
-    if not path or os.path.exists(os.path.join(workdir, "checkpoints")):
+    path = self.config.weights.get(spec["arch"], "")
+    if self.config.protocol.init != "imagenet" or os.path.exists(
+        os.path.join(workdir, "checkpoints")):
       return None
     if not os.path.exists(path):
       raise FileNotFoundError(f"config.weights.{spec['arch']} = {path!r} does not exist")
@@ -275,32 +322,57 @@ class Study:
   # ---------------------------------------------------------------------------------------
   # Model states and maps.
 
+  def state_names(self, name: str, module: Any) -> List[Tuple[str, str]]:
+    """(set, state) of every map store of the classifier `name`."""
+    result = [(EVAL_SET, state) for state in self.cascade_steps(module)]
+    if name in self.config.study.independent_randomization:
+      result += [(EVAL_SET, f"{INDEPENDENT_PREFIX}{block}") for block in module.block_names]
+    if name in self.config.study.utility_models:
+      result += [(UTILITY_SET, ORIGINAL), (UTILITY_SET, UNTRAINED)]
+    elif self.agreement_set() == UTILITY_SET:
+      result.append((UTILITY_SET, ORIGINAL))
+    return result
+
   def states(self, clf: Classifier, image_shape) -> List[Tuple[str, str, Any]]:
     """(set, state, variables) for which this classifier's maps are needed."""
     key = jax.random.fold_in(jax.random.key(self.config.seed), _stable_hash(clf.name))
     sample = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
     cascade = randomization.cascading_randomization(clf.module, clf.variables, key, sample)
-    result = [(EVAL_SET, f"{CASCADE_PREFIX}{step}" if step != ORIGINAL else ORIGINAL, variables)
-              for step, variables in cascade]
-    if clf.name in self.config.study.independent_randomization:
-      for block, variables in randomization.independent_randomization(
-          clf.module, clf.variables, key, sample):
-        result.append((EVAL_SET, f"{INDEPENDENT_PREFIX}{block}", variables))
-    if clf.name in self.config.study.utility_models:
-      result.append((UTILITY_SET, ORIGINAL, clf.variables))
-      result.append((UTILITY_SET, UNTRAINED, cascade[-1][1]))
-    return result
+    variables = {ORIGINAL: clf.variables,
+                 UNTRAINED: cascade[-1][1]}  # every block randomized
+    variables.update({f"{CASCADE_PREFIX}{step}": v for step, v in cascade[1:]})
+    names = self.state_names(clf.name, clf.module)
+    if any(state.startswith(INDEPENDENT_PREFIX) for _, state in names):
+      variables.update({f"{INDEPENDENT_PREFIX}{block}": v for block, v in
+                        randomization.independent_randomization(clf.module, clf.variables,
+                                                                key, sample)})
+    return [(set_name, state, variables[state]) for set_name, state in names]
 
-  def cascade_steps(self, clf: Classifier) -> List[str]:
-    return [ORIGINAL] + [f"{CASCADE_PREFIX}{block}" for block in clf.module.block_names]
+  def cascade_steps(self, clf: Classifier | Any) -> List[str]:
+    """The cascade's states of a classifier (or its module): the trained model, then one block
+    more randomized per step, stopping `protocol.cascade_keep` blocks above the bottom (the
+    authors kept mixed0 and the stem of InceptionV3 trained)."""
+    blocks = list(getattr(clf, "module", clf).block_names)
+    blocks = blocks[:max(len(blocks) - self.config.protocol.cascade_keep, 1)]
+    return [ORIGINAL] + [f"{CASCADE_PREFIX}{block}" for block in blocks]
 
-  def method_settings(self, name: str) -> Dict[str, Any]:
+  def agreement_set(self) -> str:
+    """The image set of repeatability and reproducibility (the authors': the utility set)."""
+    return UTILITY_SET if self.config.protocol.agreement_images == "utility" else EVAL_SET
+
+  def method_settings(self, name: str, style: str) -> Dict[str, Any]:
+    """A method's settings for models fed `style`: defaults, config overrides, protocol."""
     settings = dict(attributions.METHODS[name].default_settings)
     overrides = self.config.methods.settings
     if name in overrides:
       settings.update(overrides[name].to_dict())
     if "max_grads_in_flight" in settings:
       settings["max_grads_in_flight"] = self.config.methods.max_grads_in_flight
+    protocol = self.config.protocol
+    if name in ("IG", "SIG"):
+      settings["baseline"] = ig_baseline(protocol.ig_baseline, style, self.config.data.channels)
+    if name == "XRAI":
+      settings["region_scores"] = protocol.xrai_grayscale
     return settings
 
   def external_methods(self) -> List[str]:
@@ -316,18 +388,12 @@ class Study:
   def store_path(self, set_name: str, model: str, state: str, method: str) -> str:
     return os.path.join(self.workdir, "maps", set_name, model, state, method)
 
-  def targets(self, clf: Classifier, image_set: ImageSet) -> np.ndarray:
-    """The class each map explains: the trained model's prediction (the paper) or the label.
-
-    Randomized states keep the trained model's targets, so every step of a curve explains
-    the same output.
-    """
+  def targets(self, clf: Classifier, image_set: ImageSet, variables=None) -> np.ndarray:
+    """The class each map explains: the prediction of the model state `variables` (default:
+    the trained model's), or the label (study.target = "label")."""
     if self.config.study.target == "label":
       return np.ones(len(image_set.ids), np.int32)  # the sets hold positive images only
-    if self.config.study.target != "predicted":
-      raise ValueError(f"study.target must be 'predicted' or 'label', got "
-                       f"{self.config.study.target!r}")
-    fns = models.model_functions(clf.module, clf.variables)
+    fns = models.model_functions(clf.module, clf.variables if variables is None else variables)
     logits = jax.jit(lambda f, x: f.logits_fn(x))
     images = self.inputs(image_set, clf.style)
     preds = [np.asarray(jnp.argmax(logits(fns, images[i:i + 64]), -1))
@@ -349,6 +415,9 @@ class Study:
     unknown = [n for n in names if n not in attributions.METHODS]
     if unknown:
       raise ValueError(f"unknown methods {unknown}; known: {sorted(attributions.METHODS)}")
+    # protocol.randomized_target: "recomputed" (the authors) explains each randomized state's
+    # own prediction; "trained" keeps the trained model's class at every step of a curve.
+    recomputed = self.config.protocol.randomized_target == "recomputed"
     for clf in self.classifiers():
       targets = {}
       image_shape = self.inputs(self.image_set(EVAL_SET), clf.style).shape[1:]
@@ -357,14 +426,16 @@ class Study:
                      unit="store") as bar:
         for set_name, state, variables in states:
           image_set = self.image_set(set_name)
-          if set_name not in targets:
-            targets[set_name] = self.targets(clf, image_set)
+          target_key = (set_name, state) if recomputed else set_name
+          if target_key not in targets:
+            targets[target_key] = self.targets(clf, image_set,
+                                               variables if recomputed else None)
           fns = models.model_functions(clf.module, variables)
           for name in names:
             bar.set_postfix_str(f"{set_name} {state} {name}")
             self._generate(self.store_path(set_name, clf.name, state, name),
                            attributions.METHODS[name], fns, image_set, clf.style,
-                           targets[set_name], self.method_settings(name), key)
+                           targets[target_key], self.method_settings(name, clf.style), key)
             bar.update()
     for loc in self.localizers():
       fns = models.ModelFunctions(
@@ -393,7 +464,10 @@ class Study:
     store = maps_lib.MapStore.open(path)
     if not store.complete:
       raise RuntimeError(f"the map store {path} is incomplete: rerun the maps stage")
-    return store.read_all()
+    maps = store.read_all()
+    if self.config.protocol.minmax_maps and method != LOCALIZATION_METHOD:
+      maps = minmax(maps)
+    return maps
 
   # ---------------------------------------------------------------------------------------
   # Criteria and report.
@@ -405,6 +479,28 @@ class Study:
   def stage_report(self) -> None:
     from saliency_jax.trust import report  # pylint: disable=g-import-not-at-top
     report.write_report(self)
+
+
+def minmax(maps: np.ndarray) -> np.ndarray:
+  """Each map rescaled to [0, 1] by its own min and max, as the authors' `saliency_ttest` did
+  to every map before storing it (a constant map gives NaN, their 0/0)."""
+  maps = np.asarray(maps, np.float32)
+  lo = maps.min(axis=(1, 2), keepdims=True)
+  hi = maps.max(axis=(1, 2), keepdims=True)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return ((maps - lo) / (hi - lo)).astype(np.float32)
+
+
+def ig_baseline(choice: str, style: str, channels: int):
+  """IG's baseline: -1 (the authors', black for Inception scaling) or "black": a black pixel
+  in the model's input space, per channel (ImageNet scaling: -mean / std)."""
+  if choice == "minus_one":
+    return -1.0
+  if choice != "black":
+    raise ValueError(f"protocol.ig_baseline must be 'minus_one' or 'black', got {choice!r}")
+  black = data_lib.preprocess(np.zeros((1, 1, 1), np.uint8), style=style, channels=channels)
+  values = [float(v) for v in np.asarray(black).reshape(-1)]
+  return values[0] if len(set(values)) == 1 else tuple(values)
 
 
 def _text(value) -> str:

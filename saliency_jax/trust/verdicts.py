@@ -20,20 +20,45 @@ from saliency_jax.trust.names import LOCALIZATION_METHOD
 from saliency_jax.trust.names import ORIGINAL
 from saliency_jax.trust.names import UNTRAINED
 
+# What each criterion's rule may compare with and measure (a rule's `baseline` and `metric`).
+CRITERIA = ("utility", "randomization", "repeatability", "reproducibility")
+BASELINES = {
+    "utility": ("average_mask", "localization_network"),
+    "randomization": ("random_pairs",),
+    "repeatability": ("localization_network",),
+    "reproducibility": ("localization_network",),
+}
+METRICS = {
+    "utility": criteria.UTILITY_METRICS,
+    "randomization": criteria.SIMILARITY_METRICS,
+    "repeatability": criteria.SIMILARITY_METRICS,
+    "reproducibility": criteria.SIMILARITY_METRICS,
+}
+
+# Rules by name; a rule's `criterion` says which records it reads (default: its name).
 DEFAULT_RULES = {
     "utility": dict(
-        metric="auprc", baseline="average_mask", alternative="greater", test="wilcoxon",
+        criterion="utility", metric="auprc", baseline="average_mask", alternative="greater",
+        test="wilcoxon",
         text="AUPRC of the trained model's maps is higher than the average-mask baseline's"),
+    "utility_localization": dict(
+        criterion="utility", metric="auprc", baseline="localization_network",
+        alternative="greater", test="wilcoxon",
+        text=("AUPRC of the trained model's maps is higher than the localization network's "
+              "(mean over its replicates)")),
     "randomization": dict(
-        metric="ssim", baseline="random_pairs", alternative="less", test="wilcoxon",
-        text=("SSIM between the trained and the fully randomized model's maps is lower than "
+        criterion="randomization", metric="ssim", baseline="random_pairs", alternative="less",
+        test="wilcoxon",
+        text=("SSIM between the trained and the randomized model's maps is lower than "
               "SSIM between maps of two different images (random pairs)")),
     "repeatability": dict(
-        metric="ssim", baseline="localization_network", alternative="greater", test="wilcoxon",
+        criterion="repeatability", metric="ssim", baseline="localization_network",
+        alternative="greater", test="wilcoxon",
         text=("SSIM between maps of two replicates of the same architecture is higher than "
               "SSIM between the two localization-network replicates' outputs")),
     "reproducibility": dict(
-        metric="ssim", baseline="localization_network", alternative="greater", test="wilcoxon",
+        criterion="reproducibility", metric="ssim", baseline="localization_network",
+        alternative="greater", test="wilcoxon",
         text=("SSIM between maps of the two architectures is higher than SSIM between the two "
               "localization-network replicates' outputs")),
 }
@@ -65,15 +90,21 @@ def _models(index, criterion: str, method: str) -> List[str]:
 
 
 def criterion_values(index, study, criterion: str, method: str, metric: str,
-                     ids: List[str]) -> Tuple[np.ndarray, np.ndarray, str]:
+                     ids: List[str], baseline_kind: str = "") -> Tuple[np.ndarray, np.ndarray, str]:
   """(method's per-image values, baseline's per-image values, baseline name)."""
   if criterion == "utility":
     models = list(study.config.study.utility_models)
     values = per_image(index, "utility", metric, method, [(m, ORIGINAL) for m in models], ids)
+    if baseline_kind == "localization_network":
+      loc = [(m, "baseline") for m in _models(index, "utility", LOCALIZATION_METHOD)]
+      return values, per_image(index, "utility", metric, LOCALIZATION_METHOD, loc, ids), (
+          "localization network")
+    if baseline_kind not in ("", "average_mask"):
+      raise ValueError(f"unknown utility baseline {baseline_kind!r}")
     baseline = per_image(index, "utility", metric, AVERAGE_MASK, [("-", "baseline")], ids)
     return values, baseline, "average mask"
   if criterion == "randomization":
-    last = [(c.name, CASCADE_PREFIX + c.module.block_names[-1]) for c in study.classifiers()]
+    last = [(c.name, study.cascade_steps(c)[-1]) for c in study.classifiers()]
     values = per_image(index, "cascading_randomization", metric, method, last, ids)
     baseline = per_image(index, "random_pairs", metric, method,
                          [(c.name, "baseline") for c in study.classifiers()], ids)
@@ -101,14 +132,15 @@ def scorecard(records, study) -> List[Dict[str, Any]]:
   s = study.config.study
   rules = rules_from_config(study.config)
   rows = []
-  for criterion, rule in rules.items():
+  for name, rule in rules.items():
+    criterion = rule.get("criterion", name)
     source = {"randomization": "cascading_randomization"}.get(criterion, criterion)
     ids = _ids(index, source)
     criterion_rows, results = [], {}
     for method in study.method_names():
       values, baseline, baseline_name = criterion_values(
-          index, study, criterion, method, rule["metric"], ids)
-      row = dict(criterion=criterion, method=method, metric=rule["metric"],
+          index, study, criterion, method, rule["metric"], ids, rule.get("baseline", ""))
+      row = dict(criterion=name, method=method, metric=rule["metric"],
                  baseline_name=baseline_name, rule=rule["text"],
                  alternative=rule["alternative"])
       row.update(_describe(values, "value", seed=study.config.seed,
@@ -132,14 +164,14 @@ def _describe(values: np.ndarray, prefix: str, *, seed: int, resamples: int) -> 
           f"{prefix}_n": summary["n"], f"{prefix}_excluded": summary["n_excluded"]}
 
 
-_TESTS = {"wilcoxon": statistics.wilcoxon, "paired_t": statistics.paired_t}
+TESTS = {"wilcoxon": statistics.wilcoxon, "paired_t": statistics.paired_t}
 
 
 def _paired_test(values: np.ndarray, baseline: np.ndarray, rule) -> statistics.TestResult:
   test = rule.get("test", "wilcoxon")
-  if test not in _TESTS:
-    raise ValueError(f"unknown test {test!r}; known: {sorted(_TESTS)}")
-  return _TESTS[test](values, baseline, alternative=rule["alternative"])
+  if test not in TESTS:
+    raise ValueError(f"unknown test {test!r}; known: {sorted(TESTS)}")
+  return TESTS[test](values, baseline, alternative=rule["alternative"])
 
 
 def _apply_tests(rows: List[Dict[str, Any]], results: Dict[str, statistics.TestResult],
@@ -165,11 +197,14 @@ def _finite_or_none(value) -> Optional[float]:
 
 
 def rules_from_config(config) -> Dict[str, Dict[str, Any]]:
-  rules = {k: dict(v) for k, v in DEFAULT_RULES.items()}
-  overrides = config.study.get("rules", None)
-  if overrides:
-    for criterion, rule in overrides.to_dict().items():
-      rules.setdefault(criterion, {}).update(rule)
+  """The config's rules, each completed from the default rule of its name where it has one
+  (a rule left out of the config is not scored)."""
+  configured = config.study.get("rules", None)
+  configured = DEFAULT_RULES if configured is None else configured.to_dict()
+  rules = {}
+  for name, rule in configured.items():
+    rules[name] = {**DEFAULT_RULES.get(name, {}), **rule}
+    rules[name].setdefault("criterion", name)
   return rules
 
 
