@@ -103,7 +103,7 @@ def import_maps(directory: str, image_sets, store_path, chunk_size: int) -> List
               map_shape=shape, chunk_size=chunk_size, dtype="float32", ids=ids,
               indices=image_set.indices,
               metadata={"method": method, "source": os.path.abspath(path)})
-          for chunk in store.missing_chunks():
+          for chunk in store.missing_chunks(verify=True):
             start, stop = store.chunk_bounds(chunk)
             store.write_chunk(chunk, maps[start:stop])
   return sorted(found)
