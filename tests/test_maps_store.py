@@ -1,4 +1,5 @@
 """Tests of the chunked map store: layout, atomic chunks, resuming, float16, streaming."""
+import errno
 import gc
 import os
 import re
@@ -226,4 +227,44 @@ def test_a_chunk_without_its_checksum_is_unfinished(tmp_path):
   os.remove(store.checksum_path(1))
   assert store.missing_chunks() == [1] and not store.complete
   store.write_chunk(1, maps[4:8])
+  np.testing.assert_array_equal(store.read_all(), maps)
+
+
+class _FullDisk:
+  """A file that takes `room` bytes, then fails as a full disk does (ENOSPC)."""
+
+  def __init__(self, f, room):
+    self._f, self._room = f, room
+
+  def write(self, data):
+    if len(data) > self._room:
+      self._room = 0
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    self._room -= len(data)
+    return self._f.write(data)
+
+  def __getattr__(self, name):
+    return getattr(self._f, name)
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    return self._f.__exit__(*exc)
+
+
+def test_a_full_disk_says_so_names_the_file_and_that_a_rerun_resumes(tmp_path, monkeypatch):
+  store, maps = _filled(tmp_path / "s")
+  os.remove(store.checksum_path(2))  # Chunk 2 still to do.
+  real_fdopen = os.fdopen
+  monkeypatch.setattr(os, "fdopen", lambda fd, *a, **k: _FullDisk(real_fdopen(fd, *a, **k),
+                                                                    room=100))
+  with pytest.raises(OSError, match=re.escape(store.chunk_path(2)) +
+                     ".*disk full.*rerun.*resume") as raised:
+    store.write_chunk(2, maps[8:])
+  assert raised.value.errno == errno.ENOSPC
+  monkeypatch.undo()
+  assert not [f for f in os.listdir(tmp_path / "s") if f.startswith(".tmp")]
+  assert store.missing_chunks() == [2]  # The rerun finds what is left to do.
+  store.write_chunk(2, maps[8:])
   np.testing.assert_array_equal(store.read_all(), maps)

@@ -27,11 +27,13 @@ that record, needs no extra dependency, and every chunk can be read back with Nu
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import io
 import json
 import logging
 import os
+import shutil
 import tempfile
 from typing import Iterator, Sequence
 
@@ -65,14 +67,26 @@ def _atomic_write(path: str, write_fn) -> None:
       f.flush()
       os.fsync(f.fileno())  # The rename must not publish a file whose bytes are not on disk.
     os.replace(tmp, path)
-  except BaseException:
+  except BaseException as e:
     if os.path.exists(tmp):
       os.remove(tmp)
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+      raise OSError(e.errno, f"writing {path}: disk full ({_free_space(directory)}); "
+                    "free some space and rerun the same command: finished files are kept "
+                    "and the run resumes where it stopped") from e
     raise
 
 
+def _free_space(directory: str) -> str:
+  try:
+    return f"{shutil.disk_usage(directory).free / 2**20:.1f} MiB free on that filesystem"
+  except OSError:
+    return "free space unknown"
+
+
 def _save_npy(path: str, array: np.ndarray) -> None:
-  _atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
+  data = _npy_bytes(array)  # Written by Python, whose errors carry errno (ENOSPC).
+  _atomic_write(path, lambda f: f.write(data))
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
