@@ -1,4 +1,6 @@
 """Each protocol choice changes what it claims to (the verdict choices: test_trust_criteria)."""
+import os
+
 import numpy as np
 import pytest
 import saliency.core as pair
@@ -144,3 +146,10 @@ def test_float32_stored_maps_score_as_the_computed_maps_and_float16_would_not(tm
     np.testing.assert_array_equal(f32[metric], computed[metric])
   f16 = criteria.utility(_stored(tmp_path, maps, "float16"), masks)
   assert not np.allclose(f16["auprc"], computed["auprc"])
+
+
+def test_the_readme_table_lists_every_choice_with_the_papers_value():
+  with open(os.path.join(os.path.dirname(__file__), "..", "README.md")) as f:
+    readme = f.read()
+  for choice in protocol.CHOICES:
+    assert f"| `{choice.field}` | {protocol._text(choice.paper)} |" in readme, choice.field

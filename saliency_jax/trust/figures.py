@@ -47,7 +47,8 @@ def cascading_curves(curves: Dict[str, Any], path: str, *, metric_label: str,
     ax.fill_between(x, mean - std, mean + std, color=_COLORS[0], alpha=0.2, lw=0)
     if c.get("independent"):
       ind = np.array([np.nan if v is None else v for v in c["independent"]["mean"]])
-      ax.plot(x[1:], ind, "s:", color=_COLORS[1], ms=3, label="independent")
+      n = min(len(ind), len(x) - 1)  # the blocks the cascade reached
+      ax.plot(x[1:1 + n], ind[:n], "s:", color=_COLORS[1], ms=3, label="independent")
     if c["baseline"] is not None:
       ax.axhline(c["baseline"], color="k", ls="--", lw=1, label="random pairs")
     low = min(low, np.nanmin(np.concatenate([mean - std, [0.0]])) - 0.05)

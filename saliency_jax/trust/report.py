@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Sequence, Union
 import jax
 
 from saliency_jax.trust import figures
+from saliency_jax.trust import protocol
 from saliency_jax.trust.names import AVERAGE_MASK, LOCALIZATION_METHOD
 
 _PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain",
@@ -148,6 +149,19 @@ def provenance(study) -> List[Block]:
   ]
 
 
+def protocol_section(config) -> List[Block]:
+  """The protocol choices of the run next to the paper's (saliency_jax/trust/protocol.py)."""
+  differs = protocol.differs(config)
+  return [
+      ("Every choice below changes reported numbers or verdicts. "
+       + (f"This run differs from the paper in {len(differs)}: "
+          + ", ".join(f"`{f}`" for f in differs) + "." if differs
+          else "This run makes the paper's choice in each.")),
+      Table(["choice", "field", "value in this run", "paper's value",
+             "consequence where they differ"], protocol.table(config)),
+  ]
+
+
 def build_sections(study, summary: Dict[str, Any], figure_paths: Dict[str, str]):
   methods = study.method_names()
   s = study.config.study
@@ -169,6 +183,7 @@ def build_sections(study, summary: Dict[str, Any], figure_paths: Dict[str, str])
           "tests and counted in the tables.",
       ]),
   ]
+  sections.append(("Protocol", protocol_section(study.config)))
   if "examples" in figure_paths:
     sections.append(("Examples", [Figure(
         figure_paths["examples"],
