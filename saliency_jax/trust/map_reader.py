@@ -80,7 +80,8 @@ class MapReader:
       return None
     store = MapStore.open(path)
     if not store.complete:
-      raise RuntimeError(f"the map store {path} is incomplete: rerun the maps stage")
+      raise RuntimeError(f"the map store {path} is incomplete: rerun the maps stage "
+                         "(launch.run_all --redo=maps)")
     return store.read_all()
 
   def ground_truth(self, set_name: str) -> GroundTruth:
