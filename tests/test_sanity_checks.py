@@ -1,6 +1,5 @@
 """sMPRT smoothing, eMPRT entropy, random logit, input invariance, permuted labels."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import stats

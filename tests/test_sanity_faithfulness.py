@@ -44,7 +44,9 @@ def test_deletion_matches_a_pixel_loop_with_the_blur_baseline():
   images = rng.uniform(-1, 1, (2, 6, 5, 2)).astype(np.float32)
   maps = np.round(rng.uniform(0, 1, (2, 6, 5)), 1)   # ties
   weights = rng.normal(size=(6, 5, 2))
-  predict = lambda x: np.tensordot(np.asarray(x, np.float64), weights, axes=3)
+
+  def predict(x):
+    return np.tensordot(np.asarray(x, np.float64), weights, axes=3)
   curves = F.perturbation_curves(images, maps, predict, steps=4, baseline="blur",
                                  blur_sigma=1.5, insertion=False)
   blurred = np.stack([ndimage.gaussian_filter(im, (1.5, 1.5, 0), mode="nearest")
