@@ -33,6 +33,7 @@ setuptools.setup(
             "scipy",
             "keras>=3",
             "h5py",
+            "pycocotools",
         ],
         "jpeg": ["pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg"],
     },
