@@ -199,8 +199,9 @@ def _detector_task(anchors_key: tuple, image_shape: tuple[int, int], max_boxes: 
                    box_loss: str) -> _Task:
   """The RetinaNet task for one anchor set and image size (cached: one object per setting, so
   the jitted steps are shared by replicates)."""
-  from saliency_jax.detection import losses, metrics, postprocess  # pylint: disable=g-import-not-at-top
-  from saliency_jax.detection import boxes as boxes_lib  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from saliency_jax.detection import boxes as boxes_lib
+  from saliency_jax.detection import losses, metrics, postprocess
   if box_loss not in losses.BOX_LOSSES:
     raise ValueError(f"Unknown box loss {box_loss!r}; expected one of {losses.BOX_LOSSES}.")
   anchors = boxes_lib.anchors(*image_shape, anchors_key)
@@ -212,7 +213,7 @@ def _detector_task(anchors_key: tuple, image_shape: tuple[int, int], max_boxes: 
 
   def outputs(out, batch):
     logits, deltas = out
-    per_image = jax.vmap(lambda l, d, b, n: loss((l[None], d[None]),
+    per_image = jax.vmap(lambda lg, d, b, n: loss((lg[None], d[None]),
                                                  {"boxes": b[None], "num_boxes": n[None]}))
     det_boxes, det_scores = postprocess.detect(logits, deltas, jnp.asarray(anchors),
                                                image_shape=tuple(image_shape))

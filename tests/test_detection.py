@@ -136,7 +136,8 @@ def test_detection_loss_sums_over_positives():
   deltas = jnp.full((2, 3, 4), 0.5)
   total, parts = losses.detection_loss(logits, deltas, anchors, boxes, num_boxes,
                                        box_loss_kind="l1")
-  fl = lambda x, t: float(losses.focal_loss(jnp.array([x]), jnp.array([t]))[0])
+  def fl(x, t):
+    return float(losses.focal_loss(jnp.array([x]), jnp.array([t]))[0])
   # Image 1: anchor 0 positive, anchor 1 ignored (IoU 0.45), anchor 2 negative;
   # image 2: all three negative. One positive in the batch.
   want_cls = fl(1.0, 1) + fl(-1.0, 0) + fl(0.5, 0) + fl(-0.5, 0) + fl(3.0, 0)

@@ -85,7 +85,7 @@ def test_retinanet_outputs_anchors_and_prior():
   assert abs(float(jax.nn.sigmoid(logits).mean()) - 0.01) < 0.003
   kernel = variables["params"]["box_0"]["kernel"]
   assert abs(float(kernel.std()) - 0.01) < 0.002 and float(abs(kernel.mean())) < 0.002
-  with pytest.raises(ValueError, match="one foreground class"):
+  with pytest.raises(ValueError, match="one foreground logit"):
     models.create("retinanet", num_classes=3)
 
 

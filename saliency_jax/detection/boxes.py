@@ -59,7 +59,8 @@ def iou(a: Array, b: Array) -> Array:
   inter_h = jnp.clip(jnp.minimum(a[..., 2], b[..., 2]) - jnp.maximum(a[..., 0], b[..., 0]), 0)
   inter_w = jnp.clip(jnp.minimum(a[..., 3], b[..., 3]) - jnp.maximum(a[..., 1], b[..., 1]), 0)
   inter = inter_h * inter_w
-  area = lambda x: (x[..., 2] - x[..., 0]) * (x[..., 3] - x[..., 1])
+  def area(x):
+    return (x[..., 2] - x[..., 0]) * (x[..., 3] - x[..., 1])
   union = area(a) + area(b) - inter
   return jnp.where(union > 0, inter / jnp.where(union > 0, union, 1.0), 0.0)
 

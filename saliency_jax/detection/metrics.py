@@ -19,7 +19,8 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
               0, None)
   w = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]),
               0, None)
-  area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])
+  def area(x):
+    return (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])
   union = area(a)[:, None] + area(b)[None, :] - h * w
   return np.where(union > 0, h * w / np.where(union > 0, union, 1), 0.0)
 

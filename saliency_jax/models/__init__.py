@@ -53,7 +53,8 @@ def create(name: str, num_classes: int = 2, **kwargs: Any):
   if name in ("unet", "retinanet"):
     if num_classes not in (1, 2):
       # 2 is accepted because it is the registry-wide default; these have one foreground class.
-      raise ValueError(f"The {name} has one foreground class; got num_classes={num_classes}.")
+      raise ValueError(f"The {name} predicts one foreground logit; got "
+                       f"num_classes={num_classes}.")
     return cls(**kwargs)
   return cls(num_classes=num_classes, **kwargs)
 

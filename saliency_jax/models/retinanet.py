@@ -64,8 +64,10 @@ class RetinaNet(nn.Module):
     dt, width = self.dtype, self.fpn_width
     _, c3, c4, c5 = resnet.ResNet(self.stem_width, tuple(self.widths), tuple(self.blocks),
                                   dtype=dt, name="backbone")(x, train)
-    conv = lambda k, s, name: nn.Conv(width, (k, k), (s, s), padding="SAME", dtype=dt,
-                                      name=name)
+
+    def conv(k, s, name):
+      return nn.Conv(width, (k, k), (s, s), padding="SAME", dtype=dt, name=name)
+
     p5 = conv(1, 1, "lateral5")(c5)
     p4 = conv(1, 1, "lateral4")(c4) + _upsample_to(p5, c4.shape[1:3])
     p3 = conv(1, 1, "lateral3")(c3) + _upsample_to(p4, c3.shape[1:3])
