@@ -118,7 +118,7 @@ def _check_models(config, fail) -> list[str]:
     for key in ("name", "arch", "seed"):
       if key not in spec:
         fail(f"{field}.{key}", "missing")
-    if spec.get("arch") is not None and spec["arch"] not in models.MODEL_NAMES:
+    if spec.get("arch") is not None and not _known_arch(spec["arch"]):
       fail(f"{field}.arch", f"unknown architecture {spec['arch']!r}; known: "
            f"{', '.join(models.MODEL_NAMES)}")
     if "style" in spec and spec["style"] not in pipeline.STYLES:
@@ -127,12 +127,17 @@ def _check_models(config, fail) -> list[str]:
       if spec["name"] in names:
         fail(f"{field}.name", f"{spec['name']!r} is used twice")
       names.append(spec["name"])
-    if spec.get("arch") in models.MODEL_NAMES:
-      try:  # kwargs the architecture does not take
+    if spec.get("arch") is not None and _known_arch(spec["arch"]):
+      try:  # kwargs the architecture does not take (or an import path that does not import)
         models.create(spec["arch"], num_classes=2, **spec.get("kwargs", {}))
       except (TypeError, ValueError) as e:
         fail(f"{field}.kwargs", str(e))
   return names
+
+
+def _known_arch(arch: str) -> bool:
+  """A registered name, or an import path (models.create says whether it imports)."""
+  return arch in models.MODEL_NAMES or "." in arch or ":" in arch
 
 
 def _check_train(section, field: str, fail) -> None:
@@ -148,16 +153,18 @@ def _check_train(section, field: str, fail) -> None:
 
 def _check_localization(config, fail) -> None:
   loc = config.localization
-  if loc.arch != "unet":
-    fail("localization.arch", f"unknown localization network {loc.arch!r}; known: unet")
+  if loc.arch not in models.MODEL_NAMES:
+    fail("localization.arch", f"unknown localization network {loc.arch!r}; known: "
+         f"{', '.join(models.MODEL_NAMES)}")
     return
   if len(loc.seeds) < 1:
     fail("localization.seeds", "needs at least one seed (two for the agreement baseline)")
-  kwargs = dict(loc.kwargs)
   try:
-    module = models.create("unet", **kwargs)
+    module = models.create(loc.arch, num_classes=1, **dict(loc.kwargs))
   except (TypeError, ValueError) as e:
     fail("localization.kwargs", str(e))
+    return
+  if loc.arch != "unet":
     return
   depth = int(module.depth)
   if config.data.image_size % (2 ** depth):
@@ -227,8 +234,8 @@ def _check_rules(rules, fail) -> None:
     for key in sorted(set(rule) - RULE_KEYS):
       fail(f"{field}.{key}", f"unknown rule field; known: {', '.join(sorted(RULE_KEYS))}")
     criterion = rule.get("criterion", name)
-    if criterion not in verdicts.CRITERIA:
-      fail(f"{field}.criterion", f"{criterion!r} is not one of {verdicts.CRITERIA}")
+    if criterion not in verdicts.BASELINES:
+      fail(f"{field}.criterion", f"{criterion!r} is not one of {tuple(verdicts.BASELINES)}")
       continue
     allowed = verdicts.BASELINES[criterion]
     if rule.get("baseline") not in allowed:
@@ -236,7 +243,7 @@ def _check_rules(rules, fail) -> None:
            f"({', '.join(allowed)})")
     if rule.get("metric") not in verdicts.METRICS[criterion]:
       fail(f"{field}.metric", f"{rule.get('metric')!r} is not one of "
-           f"{verdicts.METRICS[criterion]}")
+           f"{tuple(verdicts.METRICS[criterion])}")
     if rule.get("alternative") not in ALTERNATIVES:
       fail(f"{field}.alternative", f"{rule.get('alternative')!r} is not one of {ALTERNATIVES}")
     if rule.get("test", "wilcoxon") not in verdicts.TESTS:

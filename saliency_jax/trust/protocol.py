@@ -38,9 +38,10 @@ def _field(config, path: str) -> Any:
 
 
 def utility_baselines(config) -> tuple[str, ...]:
-  """The baselines the run's utility rules compare with (point 5: the rules' `baseline`)."""
-  return tuple(rule["baseline"] for name, rule in config.study.rules.items()
-               if rule.get("criterion", name) == "utility")
+  """The baselines the run's utility rules compare with (the rules' `baseline`)."""
+  from saliency_jax.trust import verdicts  # pylint: disable=g-import-not-at-top
+  return tuple(rule["baseline"] for rule in verdicts.rules_from_config(config.study).values()
+               if rule["criterion"] == "utility")
 
 
 CHOICES: tuple[Choice, ...] = (
@@ -98,9 +99,13 @@ def paper_protocol() -> ml_collections.ConfigDict:
 
 
 def value(config, choice: Choice) -> Any:
+  """The run's value of a choice; the paper's where the config does not set it."""
   if choice.field == "study.rules":
     return utility_baselines(config)
-  return _field(config, choice.field)
+  try:
+    return _field(config, choice.field)
+  except (KeyError, AttributeError):
+    return choice.paper
 
 
 def table(config) -> list[list[str]]:

@@ -8,6 +8,8 @@ done in `progress.json` is skipped on a rerun. Layout of the workdir:
   models/<name>/                 checkpoints, metrics.jsonl of each classifier and U-Net
   maps/<set>/<model>/<state>/<method>/   map stores (set: "utility" or "eval")
   maps/<set>/prepared/           model-independent per-image data (XRAI segments)
+  maps/<set>/ground_truth.npz, maps/average_mask.npy   what scoring needs of the dataset
+  run_manifest.json              what the maps stage decided and each stage's config
   results.json, results.csv      one record per image x method x criterion x step
   summary.json                   the scorecard and the curves the report draws
   report.md, report.html, figures/
@@ -18,7 +20,7 @@ import json
 import os
 import time
 import zlib
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 from absl import logging
 import jax
@@ -37,16 +39,28 @@ from saliency_jax import train as train_lib
 
 from saliency_jax.trust import config_check
 from saliency_jax.trust import external
-from saliency_jax.trust.names import CASCADE_PREFIX
-from saliency_jax.trust.names import EVAL_SET
-from saliency_jax.trust.names import INDEPENDENT_PREFIX
-from saliency_jax.trust.names import LOCALIZATION_METHOD
-from saliency_jax.trust.names import ORIGINAL
-from saliency_jax.trust.names import UNTRAINED
-from saliency_jax.trust.names import UTILITY_SET
+from saliency_jax.trust import map_reader
+from saliency_jax.trust.manifest import CLASSIFIER
+from saliency_jax.trust.manifest import LOCALIZER
+from saliency_jax.trust.manifest import Manifest
+from saliency_jax.trust.manifest import ModelEntry
+from saliency_jax.trust.names import Baseline
+from saliency_jax.trust.names import cascade_state
+from saliency_jax.trust.names import independent_state
+from saliency_jax.trust.names import SetName
+from saliency_jax.trust.names import State
 
 STAGES = ("data", "train", "maps", "criteria", "report")
 HOST0_STAGES = ("criteria", "report")  # single-writer stages of a multi-host run
+# The config sections each stage reads, recorded in the manifest when the stage finishes
+# (None: the whole config).
+STAGE_CONFIG = {
+    "data": ("seed", "data"),
+    "train": ("seed", "data", "models", "train", "localization", "weights", "protocol"),
+    "maps": ("seed", "data", "models", "localization", "methods", "study", "protocol"),
+    "criteria": ("seed", "study", "protocol"),
+    "report": None,
+}
 
 
 @dataclasses.dataclass
@@ -93,7 +107,7 @@ class ProgressLog:
 
 class SegmentationOutput:
   """The localization network's per-pixel probability, stored like a saliency map."""
-  name = LOCALIZATION_METHOD
+  name = Baseline.LOCALIZATION
   prepare = None
   default_settings: Dict[str, Any] = {}
 
@@ -103,13 +117,18 @@ class SegmentationOutput:
 
 
 class Study:
-  """The study of PAPER.md for one config, resumable under `workdir`."""
+  """The study for one config, resumable under `workdir`: runs the stages, nothing else.
+
+  Scoring and reporting read what the maps stage wrote (the manifest, the map stores, the
+  ground truth); they never see this object.
+  """
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     config_check.validate(config)  # every problem named now, not after training
     self.config = config
     self.workdir = workdir
     self.progress = ProgressLog(os.path.join(workdir, "progress.json"))
+    self.manifest = Manifest.load(workdir)
     self._cache: Dict[str, Any] = {}
 
   # ---------------------------------------------------------------------------------------
@@ -130,6 +149,8 @@ class Study:
       began = time.perf_counter()
       getattr(self, f"stage_{stage}")()
       if jax.process_index() == 0:
+        self.manifest.record_stage(stage, self.stage_config(stage))
+        self.manifest.save()
         self.progress.record(stage, time.perf_counter() - began)
       print(f"[{stage}] done in {time.perf_counter() - began:.1f} s")
     return os.path.join(self.workdir, "report.html")
@@ -139,6 +160,7 @@ class Study:
     (nothing is read or trained): the dataset, each model with its training settings, every
     map store with its method settings and targets, the scoring and the report. A config
     field that changes nothing here does nothing (tests/test_config.py checks every field)."""
+    from saliency_jax.trust import verdicts  # pylint: disable=g-import-not-at-top
     c, s, p = self.config, self.config.study, self.config.protocol
     data = dict(name=c.data.name, data_dir=self.data_dir, image_size=c.data.image_size,
                 channels=c.data.channels)
@@ -159,7 +181,6 @@ class Study:
     localizers = [dict(arch=loc.arch, kwargs=dict(loc.kwargs), seed=seed,
                        train=self._train_config(loc.train, c.data.style).to_dict())
                   for seed in loc.seeds]
-    from saliency_jax.trust import verdicts  # pylint: disable=g-import-not-at-top
     return dict(
         seed=c.seed, workdir=self.workdir, data=data, classifiers=classifiers,
         localizers=localizers,
@@ -168,12 +189,18 @@ class Study:
         maps=dict(stores=maps, target=s.target, randomized_target=p.randomized_target,
                   chunk_size=s.chunk_size, dtype=s.map_dtype, external=s.external_maps),
         scoring=dict(
-            rules=verdicts.rules_from_config(c), alpha=s.alpha, correction=s.correction,
+            rules=verdicts.rules_from_config(s), alpha=s.alpha, correction=s.correction,
             bootstrap_resamples=s.bootstrap_resamples, random_pairs=s.random_pairs,
             random_pair_baseline=p.random_pairs, pooling=p.randomization_pooling,
             ssim_data_range=s.ssim_data_range, utility_models=tuple(s.utility_models),
             localization_agreement=p.localization_agreement, minmax_maps=p.minmax_maps),
         report=dict(examples=s.num_example_images))
+
+  def stage_config(self, stage: str) -> Dict[str, Any]:
+    """The config sections `stage` reads (STAGE_CONFIG), as plain data."""
+    config = self.config.to_dict()
+    sections = STAGE_CONFIG[stage]
+    return {k: v for k, v in config.items() if sections is None or k in sections}
 
   def _cached(self, name: str, build: Callable[[], Any]) -> Any:
     if name not in self._cache:
@@ -229,10 +256,10 @@ class Study:
       if len(positives) < 2:
         raise ValueError(f"the test split has {len(positives)} positive images; need >= 2")
       rng = np.random.default_rng(self.config.seed)
-      count = (self.config.study.num_utility_images if name == UTILITY_SET
+      count = (self.config.study.num_utility_images if name == SetName.UTILITY
                else self.config.study.num_eval_images)
       if count and count < len(positives):
-        if name == UTILITY_SET and self.config.protocol.utility_images == "first":
+        if name == SetName.UTILITY and self.config.protocol.utility_images == "first":
           positives = positives[:count]  # the authors' SIIM utility set: the first ones
         else:
           positives = np.sort(rng.choice(positives, size=count, replace=False))
@@ -293,7 +320,7 @@ class Study:
       module = models.create(loc.arch, **loc.get("kwargs", {}))
       result = []
       for i, seed in enumerate(loc.seeds):
-        name = f"{LOCALIZATION_METHOD}{i + 1}"
+        name = f"{Baseline.LOCALIZATION}{i + 1}"
         trained = train_lib.train_segmenter(
             module, sources["train"], sources["validation"],
             workdir=os.path.join(self.workdir, "models", name), seed=seed,
@@ -324,13 +351,13 @@ class Study:
 
   def state_names(self, name: str, module: Any) -> List[Tuple[str, str]]:
     """(set, state) of every map store of the classifier `name`."""
-    result = [(EVAL_SET, state) for state in self.cascade_steps(module)]
+    result = [(SetName.EVAL, state) for state in self.cascade_steps(module)]
     if name in self.config.study.independent_randomization:
-      result += [(EVAL_SET, f"{INDEPENDENT_PREFIX}{block}") for block in module.block_names]
+      result += [(SetName.EVAL, independent_state(block)) for block in module.block_names]
     if name in self.config.study.utility_models:
-      result += [(UTILITY_SET, ORIGINAL), (UTILITY_SET, UNTRAINED)]
-    elif self.agreement_set() == UTILITY_SET:
-      result.append((UTILITY_SET, ORIGINAL))
+      result += [(SetName.UTILITY, State.ORIGINAL), (SetName.UTILITY, State.UNTRAINED)]
+    elif self.agreement_set() == SetName.UTILITY:
+      result.append((SetName.UTILITY, State.ORIGINAL))
     return result
 
   def states(self, clf: Classifier, image_shape) -> List[Tuple[str, str, Any]]:
@@ -338,27 +365,29 @@ class Study:
     key = jax.random.fold_in(jax.random.key(self.config.seed), _stable_hash(clf.name))
     sample = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
     cascade = randomization.cascading_randomization(clf.module, clf.variables, key, sample)
-    variables = {ORIGINAL: clf.variables,
-                 UNTRAINED: cascade[-1][1]}  # every block randomized
-    variables.update({f"{CASCADE_PREFIX}{step}": v for step, v in cascade[1:]})
+    variables = {State.ORIGINAL: clf.variables,
+                 State.UNTRAINED: cascade[-1][1]}  # every block randomized
+    variables.update({cascade_state(step): v for step, v in cascade[1:]})
     names = self.state_names(clf.name, clf.module)
-    if any(state.startswith(INDEPENDENT_PREFIX) for _, state in names):
-      variables.update({f"{INDEPENDENT_PREFIX}{block}": v for block, v in
+    if clf.name in self.config.study.independent_randomization:
+      variables.update({independent_state(block): v for block, v in
                         randomization.independent_randomization(clf.module, clf.variables,
                                                                 key, sample)})
     return [(set_name, state, variables[state]) for set_name, state in names]
 
-  def cascade_steps(self, clf: Classifier | Any) -> List[str]:
-    """The cascade's states of a classifier (or its module): the trained model, then one block
-    more randomized per step, stopping `protocol.cascade_keep` blocks above the bottom (the
+  def cascade_steps(self, module: Any) -> List[str]:
+    """The cascade's states of a classifier module: the trained model, then one block more
+    randomized per step, stopping `protocol.cascade_keep` blocks above the bottom (the
     authors kept mixed0 and the stem of InceptionV3 trained)."""
-    blocks = list(getattr(clf, "module", clf).block_names)
-    blocks = blocks[:max(len(blocks) - self.config.protocol.cascade_keep, 1)]
-    return [ORIGINAL] + [f"{CASCADE_PREFIX}{block}" for block in blocks]
+    return [State.ORIGINAL] + [cascade_state(b) for b in self.cascade_blocks(module)]
+
+  def cascade_blocks(self, module: Any) -> List[str]:
+    blocks = list(module.block_names)
+    return blocks[:max(len(blocks) - self.config.protocol.cascade_keep, 1)]
 
   def agreement_set(self) -> str:
     """The image set of repeatability and reproducibility (the authors': the utility set)."""
-    return UTILITY_SET if self.config.protocol.agreement_images == "utility" else EVAL_SET
+    return SetName.UTILITY if self.config.protocol.agreement_images == "utility" else SetName.EVAL
 
   def method_settings(self, name: str, style: str) -> Dict[str, Any]:
     """A method's settings for models fed `style`: defaults, config overrides, protocol."""
@@ -386,7 +415,7 @@ class Study:
         m for m in self.external_methods() if m not in self.config.methods.names]
 
   def store_path(self, set_name: str, model: str, state: str, method: str) -> str:
-    return os.path.join(self.workdir, "maps", set_name, model, state, method)
+    return map_reader.store_path(self.workdir, set_name, model, state, method)
 
   def targets(self, clf: Classifier, image_set: ImageSet, variables=None) -> np.ndarray:
     """The class each map explains: the prediction of the model state `variables` (default:
@@ -420,7 +449,7 @@ class Study:
     recomputed = self.config.protocol.randomized_target == "recomputed"
     for clf in self.classifiers():
       targets = {}
-      image_shape = self.inputs(self.image_set(EVAL_SET), clf.style).shape[1:]
+      image_shape = self.inputs(self.image_set(SetName.EVAL), clf.style).shape[1:]
       states = self.states(clf, image_shape)
       with tqdm.tqdm(total=len(states) * len(names), desc=f"maps {clf.name}",
                      unit="store") as bar:
@@ -440,56 +469,59 @@ class Study:
     for loc in self.localizers():
       fns = models.ModelFunctions(
           lambda x, loc=loc: loc.module.apply(loc.variables, x))
-      for set_name in (UTILITY_SET, EVAL_SET):
+      for set_name in (SetName.UTILITY, SetName.EVAL):
         image_set = self.image_set(set_name)
-        self._generate(self.store_path(set_name, loc.name, ORIGINAL, LOCALIZATION_METHOD),
+        self._generate(self.store_path(set_name, loc.name, State.ORIGINAL, Baseline.LOCALIZATION),
                        SegmentationOutput(), fns, image_set, loc.style,
                        np.zeros(len(image_set.ids), np.int32), {}, key)
     if self.config.study.external_maps:
       found = external.import_maps(
           self.config.study.external_maps,
-          {n: self.image_set(n) for n in (UTILITY_SET, EVAL_SET)}, self.store_path,
+          {n: self.image_set(n) for n in (SetName.UTILITY, SetName.EVAL)}, self.store_path,
           self.config.study.chunk_size)
       logging.info("imported external maps of %s", found)
+    if jax.process_index() == 0:
+      self.write_run_files()
 
-  def read_maps(self, set_name: str, model: str, state: str,
-                method: str) -> Optional[np.ndarray]:
-    """The maps of one store as float32 [N,H,W]; None where the store does not exist (e.g. an
-    external method that did not provide this state)."""
-    path = self.store_path(set_name, model, state, method)
-    if not os.path.exists(path):
-      if method in self.config.methods.names or method == LOCALIZATION_METHOD:
-        raise FileNotFoundError(f"no maps at {path}: run the maps stage first")
-      return None
-    store = maps_lib.MapStore.open(path)
-    if not store.complete:
-      raise RuntimeError(f"the map store {path} is incomplete: rerun the maps stage "
-                         "(launch.run_all --redo=maps)")
-    maps = store.read_all()
-    if self.config.protocol.minmax_maps and method != LOCALIZATION_METHOD:
-      maps = minmax(maps)
-    return maps
+  def write_run_files(self) -> None:
+    """Writes what scoring needs besides the maps: each set's ground truth, the average mask
+    and the run manifest (models, image ids, methods, which models serve which criterion)."""
+    for set_name in (SetName.UTILITY, SetName.EVAL):
+      s = self.image_set(set_name)
+      map_reader.write_ground_truth(self.workdir, set_name, s.ids, s.raw, s.masks, s.boxes)
+    map_reader.write_average_mask(self.workdir, self.average_mask())
+    models_ = [ModelEntry(c.name, c.arch, tuple(c.module.block_names), CLASSIFIER)
+               for c in self.classifiers()]
+    models_ += [ModelEntry(c.name, c.arch, tuple(getattr(c.module, "block_names", ())),
+                           LOCALIZER) for c in self.localizers()]
+    self.manifest.record_run(
+        models=models_,
+        image_ids={n: list(self.image_set(n).ids) for n in (SetName.UTILITY, SetName.EVAL)},
+        methods=self.method_names(), computed_methods=list(self.config.methods.names),
+        utility_models=list(self.config.study.utility_models),
+        independent_models=list(self.config.study.independent_randomization),
+        cascade_keep=self.config.protocol.cascade_keep)
+    self.manifest.save()
+
+  def reader(self) -> map_reader.MapReader:
+    if not self.manifest.has_run:
+      self.write_run_files()  # a workdir whose maps stage finished before manifests existed
+    return map_reader.MapReader(self.workdir, self.manifest.computed_methods,
+                                minmax=self.config.protocol.minmax_maps)
 
   # ---------------------------------------------------------------------------------------
-  # Criteria and report.
+  # Criteria and report: they read the manifest, the maps and the records, not this object.
 
   def stage_criteria(self) -> None:
     from saliency_jax.trust import evaluation  # pylint: disable=g-import-not-at-top
-    evaluation.evaluate(self)
+    reader = self.reader()
+    evaluation.evaluate(self.manifest, reader, self.config.study, seed=self.config.seed,
+                        workdir=self.workdir, protocol=self.config.protocol)
 
   def stage_report(self) -> None:
     from saliency_jax.trust import report  # pylint: disable=g-import-not-at-top
-    report.write_report(self)
-
-
-def minmax(maps: np.ndarray) -> np.ndarray:
-  """Each map rescaled to [0, 1] by its own min and max, as the authors' `saliency_ttest` did
-  to every map before storing it (a constant map gives NaN, their 0/0)."""
-  maps = np.asarray(maps, np.float32)
-  lo = maps.min(axis=(1, 2), keepdims=True)
-  hi = maps.max(axis=(1, 2), keepdims=True)
-  with np.errstate(invalid="ignore", divide="ignore"):
-    return ((maps - lo) / (hi - lo)).astype(np.float32)
+    reader = self.reader()
+    report.write_report(self.manifest, reader, self.config, self.workdir)
 
 
 def ig_baseline(choice: str, style: str, channels: int):
