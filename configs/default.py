@@ -61,6 +61,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Overrides of each method's default (the authors') settings.
   config.methods.settings = ml_collections.ConfigDict()
   config.methods.max_grads_in_flight = 32  # fits InceptionV3 at 320 on a 16 GB GPU
+  # Methods of your own: {name: "package.module:function"} (README, "Your own method").
+  config.methods.custom = ml_collections.ConfigDict()
 
   config.study = ml_collections.ConfigDict()
   config.study.target = "predicted"       # or "label": the class each map explains

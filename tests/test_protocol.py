@@ -28,25 +28,25 @@ def _study(**choices):
 
 def test_the_cascade_stops_where_the_authors_did():
   inception = models.create("inception_v3", num_classes=2)
-  steps = _study().cascade_steps(inception)
+  steps = _study().cascade_steps(inception.block_names)
   # randomization_plot_siim.py: x = ['Original', 'Logits', '10', ..., '1'].
   assert steps == ["original", "cascade_logits"] + [f"cascade_mixed{i}" for i in range(10, 0, -1)]
-  assert _study(cascade_keep=0).cascade_steps(inception)[-2:] == ["cascade_mixed0",
+  assert _study(cascade_keep=0).cascade_steps(inception.block_names)[-2:] == ["cascade_mixed0",
                                                                  "cascade_stem"]
 
 
 def test_the_untrained_utility_state_is_still_fully_randomized():
   study = _study()
   vgg = models.create("small_vgg", num_classes=2)
-  names = study.state_names("A1", vgg)
+  names = study.state_names("A1", vgg.block_names)
   assert (UTILITY_SET, UNTRAINED) in names
   assert (EVAL_SET, "cascade_block1") not in names and (EVAL_SET, "cascade_block2") in names
 
 
 def test_agreement_on_the_utility_set_adds_every_models_utility_maps():
   vgg = models.create("small_vgg", num_classes=2)
-  assert (UTILITY_SET, ORIGINAL) in _study().state_names("A2", vgg)
-  assert (UTILITY_SET, ORIGINAL) not in _study(agreement_images="eval").state_names("A2", vgg)
+  assert (UTILITY_SET, ORIGINAL) in _study().state_names("A2", vgg.block_names)
+  assert (UTILITY_SET, ORIGINAL) not in _study(agreement_images="eval").state_names("A2", vgg.block_names)
   assert _study().agreement_set() == UTILITY_SET
   assert _study(agreement_images="eval").agreement_set() == EVAL_SET
 

@@ -11,6 +11,7 @@ from saliency_jax import trust
 
 METHODS = ("GRAD", "SG", "IG", "SIG", "GCAM", "XRAI", "GBP", "GGCAM")
 CRITERIA = ("utility", "randomization", "repeatability", "reproducibility")
+RULES = ("utility", "utility_localization", "randomization", "repeatability", "reproducibility")
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def test_scorecard_covers_every_method_and_criterion(finished_study):
   with open(os.path.join(workdir, "summary.json")) as f:
     summary = json.load(f)
   cells = {(r["method"], r["criterion"]) for r in summary["scorecard"]}
-  assert cells == {(m, c) for m in METHODS for c in CRITERIA}
+  assert cells == {(m, c) for m in METHODS for c in RULES}
   for row in summary["scorecard"]:
     assert row["verdict"] in ("PASS", "FAIL", "N/A")
     if row["verdict"] != "N/A":

@@ -12,13 +12,13 @@ from typing import Any
 from saliency_jax import attributions
 from saliency_jax import models
 from saliency_jax.data import pipeline
+from saliency_jax.models import plugin
 from saliency_jax.trust import protocol
 from saliency_jax.trust import verdicts
 
 SYNTHETIC = "synthetic_cxr"
 SYNTHETIC_DATA_FIELDS = {"num_train": int, "num_val": int, "num_test": int,
                          "positive_fraction": float, "difficulty": float}
-MODEL_SPEC_KEYS = {"name", "arch", "seed", "kwargs", "style"}
 TRAIN_DTYPES = ("float32", "bfloat16")
 RULE_KEYS = {"criterion", "metric", "baseline", "alternative", "test", "text"}
 ALTERNATIVES = ("greater", "less")
@@ -66,7 +66,8 @@ def validate(config, schema=None) -> None:
 
 def _check_keys(config, schema, prefix: str, fail, synthetic: bool) -> None:
   """Every field of `config` must exist in `schema` (sections recursively)."""
-  open_sections = {"weights", "methods.settings", "study.rules", "localization.kwargs"}
+  open_sections = {"weights", "methods.settings", "methods.custom", "study.rules",
+                   "localization.kwargs"}
   for key in config.keys():
     field = f"{prefix}{key}"
     if key not in schema:
@@ -113,11 +114,17 @@ def _check_models(config, fail) -> list[str]:
   for i, spec in enumerate(config.models):
     field = f"models[{i}]"
     spec = dict(spec)
-    for key in sorted(set(spec) - MODEL_SPEC_KEYS):
-      fail(f"{field}.{key}", f"unknown model field; known: {', '.join(sorted(MODEL_SPEC_KEYS))}")
-    for key in ("name", "arch", "seed"):
-      if key not in spec:
-        fail(f"{field}.{key}", "missing")
+    for key in sorted(set(spec) - plugin._SPEC_KEYS):  # pylint: disable=protected-access
+      fail(f"{field}.{key}", "unknown model field; known: "
+           + ", ".join(sorted(plugin._SPEC_KEYS)))  # pylint: disable=protected-access
+    if "name" not in spec:
+      fail(f"{field}.name", "missing")
+    given = [k for k in ("arch", "module", "keras_model") if spec.get(k)]
+    if len(given) != 1:
+      fail(field, f"needs exactly one of arch, module, keras_model; got {given or 'none'}")
+    trained_here = not (spec.get("weights") or spec.get("keras_model"))
+    if trained_here and "seed" not in spec:
+      fail(f"{field}.seed", "missing (the model is trained here)")
     if spec.get("arch") is not None and not _known_arch(spec["arch"]):
       fail(f"{field}.arch", f"unknown architecture {spec['arch']!r}; known: "
            f"{', '.join(models.MODEL_NAMES)}")
@@ -136,8 +143,7 @@ def _check_models(config, fail) -> list[str]:
 
 
 def _known_arch(arch: str) -> bool:
-  """A registered name, or an import path (models.create says whether it imports)."""
-  return arch in models.MODEL_NAMES or "." in arch or ":" in arch
+  return arch in models.MODEL_NAMES
 
 
 def _check_train(section, field: str, fail) -> None:
@@ -175,8 +181,9 @@ def _check_localization(config, fail) -> None:
 def _check_methods(config, fail) -> None:
   m = config.methods
   names = list(m.names)
+  custom = set(m.custom.keys())
   for name in names:
-    if name not in attributions.METHODS:
+    if name not in attributions.METHODS and name not in custom:
       fail("methods.names", f"unknown method {name!r}; known: "
            f"{', '.join(sorted(attributions.METHODS))}")
   if len(set(names)) != len(names):
@@ -186,7 +193,7 @@ def _check_methods(config, fail) -> None:
       fail(f"methods.settings.{name}", f"settings of a method not in methods.names ({names})")
       continue
     if name not in attributions.METHODS:
-      continue
+      continue  # a custom method checks its own settings
     overrides = m.settings[name]
     overrides = overrides.to_dict() if hasattr(overrides, "to_dict") else dict(overrides)
     unknown = sorted(set(overrides) - set(attributions.METHODS[name].default_settings))
@@ -263,7 +270,9 @@ def _check_cohort_and_init(config, fail, synthetic: bool) -> None:
            "'_csv'). Without it RSNA keeps the 'No Lung Opacity / Not Normal' images the "
            "authors left out. To run on another cohort anyway: "
            "--config.protocol.cohort=any")
-  archs = sorted({dict(spec).get("arch") for spec in config.models})
+  # Architectures trained here from ImageNet weights (a model given with its weights is not).
+  archs = sorted({dict(spec)["arch"] for spec in config.models if dict(spec).get("arch")
+                  and not dict(spec).get("weights")})
   weights = config.weights
   for arch in sorted(set(weights.keys()) - set(archs)):
     fail(f"weights.{arch}", f"no model has this architecture ({archs})")

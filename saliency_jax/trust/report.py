@@ -226,6 +226,11 @@ def build_sections(manifest: Manifest, config: ml_collections.ConfigDict, workdi
       ]),
   ]
   sections.append(("Protocol", protocol_section(config, summary.get("protocol"))))
+  if manifest.skipped:
+    sections.append(("Not evaluated", [
+        "What a model does not expose disables only the methods and criteria that need it:",
+        Table(["model", "method or criterion", "why"],
+              [[e["model"], e["what"], e["why"]] for e in manifest.skipped])]))
   if "examples" in figure_paths:
     sections.append(("Examples", [Figure(
         figure_paths["examples"],

@@ -20,7 +20,7 @@ import json
 import os
 import time
 import zlib
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 from absl import logging
 import jax
@@ -36,6 +36,8 @@ from saliency_jax import maps as maps_lib
 from saliency_jax import models
 from saliency_jax import randomization
 from saliency_jax import train as train_lib
+from saliency_jax.attributions import custom as custom_methods
+from saliency_jax.models import plugin
 
 from saliency_jax.trust import config_check
 from saliency_jax.trust import external
@@ -82,6 +84,9 @@ class Classifier:
   variables: Any
   val_auc: float
   style: str  # the pixel scaling this model was trained with (see data.preprocess)
+  # How the study uses it (blocks, functions, what it lacks); None: a package model, bound
+  # when first needed (`Study.plugin`).
+  bound: plugin.PluginModel | None = None
 
 
 class ProgressLog:
@@ -168,14 +173,18 @@ class Study:
       data.update(synthetic={k: c.data[k] for k in config_check.SYNTHETIC_DATA_FIELDS})
     classifiers, maps = [], {}
     for spec in c.models:
-      module = models.create(spec["arch"], num_classes=2, **spec.get("kwargs", {}))
+      spec = dict(spec)
       style = spec.get("style", c.data.style)
-      classifiers.append(dict(
-          name=spec["name"], arch=spec["arch"], kwargs=dict(spec.get("kwargs", {})),
-          seed=spec["seed"], train=self._train_config(c.train, style).to_dict(),
-          weights=c.weights.get(spec["arch"], "") if p.init == "imagenet" else None))
+      entry = dict(spec, train=self._train_config(c.train, style).to_dict())
+      if spec.get("arch"):
+        module = models.create(spec["arch"], num_classes=2, **spec.get("kwargs", {}))
+        entry.update(imagenet=c.weights.get(spec["arch"], "") if p.init == "imagenet" else None)
+        states = self.state_names(spec["name"], module.block_names)
+      else:  # a model by import path or file: its blocks are known once it is loaded
+        states = "from the loaded model"
+      classifiers.append(entry)
       maps[spec["name"]] = dict(
-          states=self.state_names(spec["name"], module),
+          states=states,
           methods={name: self.method_settings(name, style) for name in c.methods.names})
     loc = c.localization
     localizers = [dict(arch=loc.arch, kwargs=dict(loc.kwargs), seed=seed,
@@ -186,7 +195,7 @@ class Study:
         localizers=localizers,
         images=dict(eval=s.num_eval_images, utility=s.num_utility_images,
                     utility_selection=p.utility_images, agreement=self.agreement_set()),
-        maps=dict(stores=maps, target=s.target, randomized_target=p.randomized_target,
+        maps=dict(stores=maps, custom_methods=dict(c.methods.custom), target=s.target, randomized_target=p.randomized_target,
                   chunk_size=s.chunk_size, dtype=s.map_dtype, external=s.external_maps),
         scoring=dict(
             rules=verdicts.rules_from_config(s), alpha=s.alpha, correction=s.correction,
@@ -288,8 +297,11 @@ class Study:
       sources = self.sources()
       result = []
       for spec in self.config.models:
-        module = models.create(spec["arch"], num_classes=2, **spec.get("kwargs", {}))
         style = spec.get("style", self.config.data.style)
+        if any(spec.get(k) for k in ("module", "keras_model", "weights")):
+          result.append(self._plugin_classifier(spec, style))
+          continue
+        module = models.create(spec["arch"], num_classes=2, **spec.get("kwargs", {}))
         workdir = os.path.join(self.workdir, "models", spec["name"])
         trained = train_lib.train_classifier(
             module, sources["train"], sources["validation"], workdir=workdir,
@@ -301,6 +313,28 @@ class Study:
                                  float(trained.val_auc), style))
       return result
     return self._cached("classifiers", build)
+
+  def _plugin_classifier(self, spec, style: str) -> Classifier:
+    """A `config.models` entry naming a module by import path, a Keras model or weights (see
+    models.plugin): loaded, or trained first where it names no weights."""
+    image_shape = self.inputs(self.image_set(SetName.EVAL), style).shape[1:]
+    module, variables, extras = plugin.resolve(spec, image_shape)
+    val_auc = float("nan")  # not trained here: no validation score of ours
+    if variables is None:
+      sources = self.sources()
+      trained = train_lib.train_classifier(
+          module, sources["train"], sources["validation"],
+          workdir=os.path.join(self.workdir, "models", spec["name"]), seed=spec["seed"],
+          config=self._train_config(self.config.train, style))
+      variables, val_auc = trained.variables, float(trained.val_auc)
+    bound = plugin.from_flax(spec["name"], module, variables, image_shape, **extras)
+    return Classifier(spec["name"], bound.arch, module, variables, val_auc, style, bound)
+
+  def bound_model(self, clf: Classifier, image_shape) -> plugin.PluginModel:
+    if clf.bound is None:
+      clf.bound = plugin.from_flax(clf.name, clf.module, clf.variables, image_shape,
+                                    arch=clf.arch)
+    return clf.bound
 
   def _pretrained(self, spec, workdir: str):
     """ImageNet weights from `config.weights.<arch>` (Keras files), for a run not started yet;
@@ -349,12 +383,19 @@ class Study:
   # ---------------------------------------------------------------------------------------
   # Model states and maps.
 
-  def state_names(self, name: str, module: Any) -> List[Tuple[str, str]]:
-    """(set, state) of every map store of the classifier `name`."""
-    result = [(SetName.EVAL, state) for state in self.cascade_steps(module)]
+  def state_names(self, name: str, blocks: Sequence[str]) -> List[Tuple[str, str]]:
+    """(set, state) of every map store of the classifier `name`, whose blocks (logits first)
+    are `blocks` (none: only the trained model's maps)."""
+    utility = name in self.config.study.utility_models
+    if not blocks:
+      result = [(SetName.EVAL, State.ORIGINAL)]
+      if utility or self.agreement_set() == SetName.UTILITY:
+        result.append((SetName.UTILITY, State.ORIGINAL))
+      return result
+    result = [(SetName.EVAL, state) for state in self.cascade_steps(blocks)]
     if name in self.config.study.independent_randomization:
-      result += [(SetName.EVAL, independent_state(block)) for block in module.block_names]
-    if name in self.config.study.utility_models:
+      result += [(SetName.EVAL, independent_state(block)) for block in blocks]
+    if utility:
       result += [(SetName.UTILITY, State.ORIGINAL), (SetName.UTILITY, State.UNTRAINED)]
     elif self.agreement_set() == SetName.UTILITY:
       result.append((SetName.UTILITY, State.ORIGINAL))
@@ -362,28 +403,31 @@ class Study:
 
   def states(self, clf: Classifier, image_shape) -> List[Tuple[str, str, Any]]:
     """(set, state, variables) for which this classifier's maps are needed."""
+    blocks = self.bound_model(clf, image_shape).block_names
+    if not blocks:  # nothing to randomize (the report says so)
+      return [(set_name, state, clf.variables)
+              for set_name, state in self.state_names(clf.name, blocks)]
     key = jax.random.fold_in(jax.random.key(self.config.seed), _stable_hash(clf.name))
     sample = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
-    cascade = randomization.cascading_randomization(clf.module, clf.variables, key, sample)
+    cascade = randomization.cascading_randomization(clf.module, clf.variables, key, sample,
+                                                    blocks)
     variables = {State.ORIGINAL: clf.variables,
                  State.UNTRAINED: cascade[-1][1]}  # every block randomized
     variables.update({cascade_state(step): v for step, v in cascade[1:]})
-    names = self.state_names(clf.name, clf.module)
+    names = self.state_names(clf.name, blocks)
     if clf.name in self.config.study.independent_randomization:
       variables.update({independent_state(block): v for block, v in
                         randomization.independent_randomization(clf.module, clf.variables,
-                                                                key, sample)})
+                                                                key, sample, blocks)})
     return [(set_name, state, variables[state]) for set_name, state in names]
 
-  def cascade_steps(self, module: Any) -> List[str]:
-    """The cascade's states of a classifier module: the trained model, then one block more
-    randomized per step, stopping `protocol.cascade_keep` blocks above the bottom (the
-    authors kept mixed0 and the stem of InceptionV3 trained)."""
-    return [State.ORIGINAL] + [cascade_state(b) for b in self.cascade_blocks(module)]
-
-  def cascade_blocks(self, module: Any) -> List[str]:
-    blocks = list(module.block_names)
-    return blocks[:max(len(blocks) - self.config.protocol.cascade_keep, 1)]
+  def cascade_steps(self, blocks: Sequence[str]) -> List[str]:
+    """The cascade's states of a classifier with `blocks` (logits first): the trained model,
+    then one block more randomized per step, stopping `protocol.cascade_keep` blocks above the
+    bottom (the authors kept mixed0 and the stem of InceptionV3 trained)."""
+    blocks = list(blocks)
+    blocks = blocks[:max(len(blocks) - self.config.protocol.cascade_keep, 1)]
+    return [State.ORIGINAL] + [cascade_state(b) for b in blocks]
 
   def agreement_set(self) -> str:
     """The image set of repeatability and reproducibility (the authors': the utility set)."""
@@ -422,9 +466,10 @@ class Study:
     the trained model's), or the label (study.target = "label")."""
     if self.config.study.target == "label":
       return np.ones(len(image_set.ids), np.int32)  # the sets hold positive images only
-    fns = models.model_functions(clf.module, clf.variables if variables is None else variables)
-    logits = jax.jit(lambda f, x: f.logits_fn(x))
     images = self.inputs(image_set, clf.style)
+    bound = self.bound_model(clf, images.shape[1:])
+    fns = bound.functions() if variables is None else bound.bind(variables)
+    logits = jax.jit(lambda f, x: f.logits_fn(x))
     preds = [np.asarray(jnp.argmax(logits(fns, images[i:i + 64]), -1))
              for i in range(0, len(images), 64)]
     return np.concatenate(preds).astype(np.int32)
@@ -440,6 +485,7 @@ class Study:
 
   def stage_maps(self) -> None:
     key = jax.random.key(self.config.seed)
+    custom_methods.register_from_config(self.config.methods.get("custom"))
     names = list(self.config.methods.names)
     unknown = [n for n in names if n not in attributions.METHODS]
     if unknown:
@@ -451,6 +497,8 @@ class Study:
       targets = {}
       image_shape = self.inputs(self.image_set(SetName.EVAL), clf.style).shape[1:]
       states = self.states(clf, image_shape)
+      bound = self.bound_model(clf, image_shape)
+      lacking = dict(self.skipped_methods(bound))
       with tqdm.tqdm(total=len(states) * len(names), desc=f"maps {clf.name}",
                      unit="store") as bar:
         for set_name, state, variables in states:
@@ -459,8 +507,11 @@ class Study:
           if target_key not in targets:
             targets[target_key] = self.targets(clf, image_set,
                                                variables if recomputed else None)
-          fns = models.model_functions(clf.module, variables)
+          fns = bound.bind(variables)
           for name in names:
+            bar.update(name in lacking)
+            if name in lacking:
+              continue
             bar.set_postfix_str(f"{set_name} {state} {name}")
             self._generate(self.store_path(set_name, clf.name, state, name),
                            attributions.METHODS[name], fns, image_set, clf.style,
@@ -483,6 +534,26 @@ class Study:
     if jax.process_index() == 0:
       self.write_run_files()
 
+  def skipped_methods(self, bound: plugin.PluginModel) -> List[Tuple[str, str]]:
+    """[(method, why)] of the configured methods this model cannot give."""
+    out = []
+    for name in self.config.methods.names:
+      needs = plugin.METHOD_NEEDS.get(name, ()) + custom_methods.NEEDS.get(name, ())
+      missing = [part for part in needs if part in bound.lacks]
+      if missing:
+        out.append((name, bound.lacks[missing[0]]))
+    return out
+
+  def skipped(self) -> List[Dict[str, str]]:
+    """What was not evaluated and why: methods and criteria per model (for the report)."""
+    out = []
+    for clf in self.classifiers():
+      bound = self.bound_model(clf, self.inputs(self.image_set(SetName.EVAL), clf.style).shape[1:])
+      out += [dict(model=clf.name, what=m, why=why) for m, why in self.skipped_methods(bound)]
+      out += [dict(model=clf.name, what=what, why=why) for what, why in bound.skipped()
+              if what not in plugin.METHOD_NEEDS]
+    return out
+
   def write_run_files(self) -> None:
     """Writes what scoring needs besides the maps: each set's ground truth, the average mask
     and the run manifest (models, image ids, methods, which models serve which criterion)."""
@@ -490,8 +561,9 @@ class Study:
       s = self.image_set(set_name)
       map_reader.write_ground_truth(self.workdir, set_name, s.ids, s.raw, s.masks, s.boxes)
     map_reader.write_average_mask(self.workdir, self.average_mask())
-    models_ = [ModelEntry(c.name, c.arch, tuple(c.module.block_names), CLASSIFIER)
-               for c in self.classifiers()]
+    image_shape = self.inputs(self.image_set(SetName.EVAL), self.config.data.style).shape[1:]
+    models_ = [ModelEntry(c.name, c.arch, tuple(self.bound_model(c, image_shape).block_names),
+                          CLASSIFIER) for c in self.classifiers()]
     models_ += [ModelEntry(c.name, c.arch, tuple(getattr(c.module, "block_names", ())),
                            LOCALIZER) for c in self.localizers()]
     self.manifest.record_run(
@@ -500,13 +572,14 @@ class Study:
         methods=self.method_names(), computed_methods=list(self.config.methods.names),
         utility_models=list(self.config.study.utility_models),
         independent_models=list(self.config.study.independent_randomization),
-        cascade_keep=self.config.protocol.cascade_keep)
+        skipped=self.skipped(), cascade_keep=self.config.protocol.cascade_keep)
     self.manifest.save()
 
   def reader(self) -> map_reader.MapReader:
     if not self.manifest.has_run:
       self.write_run_files()  # a workdir whose maps stage finished before manifests existed
     return map_reader.MapReader(self.workdir, self.manifest.computed_methods,
+                                skipped=[(s["model"], s["what"]) for s in self.manifest.skipped],
                                 minmax=self.config.protocol.minmax_maps)
 
   # ---------------------------------------------------------------------------------------

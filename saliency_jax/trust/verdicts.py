@@ -136,6 +136,7 @@ def criterion_values(index: Index, manifest: Manifest, rule: dict[str, Any], met
     return values, baseline, "average mask"
   if criterion == Criterion.RANDOMIZATION:
     classifiers = manifest.classifiers if classifiers is None else classifiers
+    classifiers = [c for c in classifiers if c.block_names]  # a model with no blocks: N/A
     last = [(c.name, manifest.cascade_steps(c)[-1]) for c in classifiers]
     values = per_image(index, Measure.CASCADING, metric, method, last, ids)
     if scalar_pairs:
@@ -318,6 +319,8 @@ def curves(records, manifest: Manifest, protocol=None) -> dict[str, Any]:
   out: dict[str, Any] = {}
   for metric in ("ssim", "spearman_abs"):
     for arch, clfs in archs.items():
+      if not clfs[0].block_names:
+        continue  # nothing was randomized (the report says why)
       steps = manifest.cascade_steps(clfs[0])
       blocks = list(clfs[0].block_names)
       for method in manifest.methods:
