@@ -46,7 +46,8 @@ def test_the_untrained_utility_state_is_still_fully_randomized():
 def test_agreement_on_the_utility_set_adds_every_models_utility_maps():
   vgg = models.create("small_vgg", num_classes=2)
   assert (UTILITY_SET, ORIGINAL) in _study().state_names("A2", vgg.block_names)
-  assert (UTILITY_SET, ORIGINAL) not in _study(agreement_images="eval").state_names("A2", vgg.block_names)
+  assert (UTILITY_SET, ORIGINAL) not in _study(agreement_images="eval").state_names(
+      "A2", vgg.block_names)
   assert _study().agreement_set() == UTILITY_SET
   assert _study(agreement_images="eval").agreement_set() == EVAL_SET
 

@@ -246,7 +246,7 @@ def build_sections(manifest: Manifest, config: ml_collections.ConfigDict, workdi
     if name.startswith("cascading_ssim_"):
       randomization.append(Figure(path, (
           f"{name[len('cascading_ssim_'):]}: cascading randomization from the logits down "
-          "to the stem, mean SSIM between the trained model's map and the randomized "
+          "to the last block the protocol randomizes, mean SSIM between the trained model's map and the randomized "
           "model's map (band: std over replicates); dotted: one block randomized alone. A "
           "trustworthy method falls below the dashed random-pair line.")))
   for name, path in figure_paths.items():

@@ -195,8 +195,9 @@ class Study:
         localizers=localizers,
         images=dict(eval=s.num_eval_images, utility=s.num_utility_images,
                     utility_selection=p.utility_images, agreement=self.agreement_set()),
-        maps=dict(stores=maps, custom_methods=dict(c.methods.custom), target=s.target, randomized_target=p.randomized_target,
-                  chunk_size=s.chunk_size, dtype=s.map_dtype, external=s.external_maps),
+        maps=dict(stores=maps, custom_methods=dict(c.methods.custom), target=s.target,
+                  randomized_target=p.randomized_target, chunk_size=s.chunk_size,
+                  dtype=s.map_dtype, external=s.external_maps),
         scoring=dict(
             rules=verdicts.rules_from_config(s), alpha=s.alpha, correction=s.correction,
             bootstrap_resamples=s.bootstrap_resamples, random_pairs=s.random_pairs,

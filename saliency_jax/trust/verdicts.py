@@ -31,7 +31,6 @@ from saliency_jax.trust import criteria
 from saliency_jax.trust import protocol as protocol_lib
 from saliency_jax.trust.manifest import Manifest
 from saliency_jax.trust.names import Baseline
-from saliency_jax.trust.names import cascade_state
 from saliency_jax.trust.names import CASCADE_PREFIX
 from saliency_jax.trust.names import Criterion
 from saliency_jax.trust.names import independent_state
@@ -292,7 +291,9 @@ def rules_from_config(study_config: ml_collections.ConfigDict) -> dict[str, dict
   configured = study_config.get("rules", None)
   configured = DEFAULT_RULES if configured is None else configured.to_dict()
   rules = {}
-  for name, rule in configured.items():
+  order = list(DEFAULT_RULES)  # the defaults' order first (a ConfigDict sorts its keys)
+  for name, rule in sorted(configured.items(), key=lambda item: (
+      order.index(item[0]) if item[0] in order else len(order), item[0])):
     rules[name] = {**DEFAULT_RULES.get(name, {}), **rule}
     rules[name].setdefault("criterion", name)
   return rules
