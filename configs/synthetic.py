@@ -22,7 +22,7 @@ def detector_localization(train: ml_collections.ConfigDict) -> ml_collections.Co
   loc.kwargs = dict(stem_width=16, widths=(16, 16, 32, 32), blocks=(1, 1, 1, 1),
                     fpn_width=32, head_depth=2, anchor_sizes=(8, 16, 32, 64, 128))
   loc.train = ml_collections.ConfigDict(train.to_dict())
-  loc.train.num_steps = 600
+  loc.train.num_steps = 800
   loc.train.batch_size = 16
   loc.train.learning_rate = 1e-3
   loc.train.eval_every = 200
