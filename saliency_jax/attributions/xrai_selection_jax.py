@@ -85,6 +85,7 @@ def _bucket(n: int, least: int) -> int:
 
 class _State(NamedTuple):
   cnt: jax.Array        # int32 [B, M]   new pixels of each mask
+  nonzero: jax.Array    # int32 [B, M]   those with a nonzero attribution
   tot: jax.Array        # f64 [B, M]     their attribution sum
   ab: jax.Array         # f64 [B, M]     their absolute attribution sum
   uncovered: jax.Array  # bool [B, A]
@@ -104,6 +105,7 @@ def _rows(table, index):
 
 def _step(s: _State, consts, *, min_pixel_diff, area_threshold, num_pixels, chunk):
   pair_atoms, mask_start, mask_len, atom_masks, atom_cnt, atom_vals, floor = consts
+  # atom_cnt: int32 [B, A, 2] pixels, nonzero pixels; atom_vals: f64 [B, A, 2] sum, |sum|
   b, m = s.cnt.shape
   bi = jnp.arange(b)[:, None]
   active = s.status == _ACTIVE
@@ -116,7 +118,7 @@ def _step(s: _State, consts, *, min_pixel_diff, area_threshold, num_pixels, chun
   gj, tj = _rows(gain, j), _rows(tol, j)
   near = remaining & (gain >= (gj - tj)[:, None] - tol)
   multiple = near.sum(axis=1) > 1
-  zero = ~jnp.any(near & (s.ab != 0), axis=1)
+  zero = ~jnp.any(near & (s.nonzero > 0), axis=1)   # all near-tied means exactly 0
   first = jnp.argmax(near, axis=1)
   forced = s.forced >= 0
   pick = jnp.where(forced, s.forced, jnp.where(multiple & zero, first, j)).astype(jnp.int32)
@@ -129,27 +131,27 @@ def _step(s: _State, consts, *, min_pixel_diff, area_threshold, num_pixels, chun
   dummy = s.uncovered.shape[1] - 1
 
   def body(k, carry):
-    dcnt, dtot, dab, newly = carry
+    dcnt, dnz, dtot, dab, newly = carry
     offset = k * chunk + jnp.arange(chunk)                                # [C]
     inside = offset[None, :] < length[:, None]
     ids = jnp.take_along_axis(pair_atoms, start[:, None] + jnp.where(inside, offset, 0), axis=1)
     ids = jnp.where(inside, ids, dummy)                                   # [B, C]
     live = jnp.take_along_axis(s.uncovered, ids, axis=1) & want[:, None]
-    c = jnp.where(live, jnp.take_along_axis(atom_cnt, ids, axis=1), 0)
+    c = jnp.where(live[..., None], atom_cnt[bi, ids], 0)                  # [B, C, 2]
     v = jnp.where(live[..., None], atom_vals[bi, ids], 0.0)               # [B, C, 2]
     holders = atom_masks[bi, ids]                                         # [B, C, D]
     d = holders.shape[-1]
     rows = jnp.broadcast_to(bi[..., None], holders.shape)
-    dcnt = dcnt.at[rows, holders].add(jnp.repeat(c[..., None], d, axis=2))
+    dcnt = dcnt.at[rows, holders].add(jnp.repeat(c[..., 0:1], d, axis=2))
+    dnz = dnz.at[rows, holders].add(jnp.repeat(c[..., 1:2], d, axis=2))
     dtot = dtot.at[rows, holders].add(jnp.repeat(v[..., 0:1], d, axis=2))
     dab = dab.at[rows, holders].add(jnp.repeat(v[..., 1:2], d, axis=2))
     newly = newly.at[bi, ids].max(live)
-    return dcnt, dtot, dab, newly
+    return dcnt, dnz, dtot, dab, newly
 
-  zeros_f = jnp.zeros((b, m), jnp.float64)
-  dcnt, dtot, dab, newly = jax.lax.fori_loop(
-      0, trips, body, (jnp.zeros((b, m), jnp.int32), zeros_f, zeros_f,
-                       jnp.zeros(s.uncovered.shape, bool)))
+  zeros_i, zeros_f = jnp.zeros((b, m), jnp.int32), jnp.zeros((b, m), jnp.float64)
+  dcnt, dnz, dtot, dab, newly = jax.lax.fori_loop(
+      0, trips, body, (zeros_i, zeros_i, zeros_f, zeros_f, jnp.zeros(s.uncovered.shape, bool)))
 
   pick_cnt = _rows(s.cnt, pick)
   same = (dcnt == s.cnt) & (s.cnt == pick_cnt[:, None])   # the same new pixels as `pick`
@@ -166,7 +168,8 @@ def _step(s: _State, consts, *, min_pixel_diff, area_threshold, num_pixels, chun
                                jnp.where(go & ~(area <= area_threshold), _DONE, s.status)))
   chosen = jax.nn.one_hot(choice, m, dtype=bool) & g
   return _State(
-      cnt=jnp.where(g, s.cnt - dcnt, s.cnt), tot=jnp.where(g, s.tot - dtot, s.tot),
+      cnt=jnp.where(g, s.cnt - dcnt, s.cnt), nonzero=jnp.where(g, s.nonzero - dnz, s.nonzero),
+      tot=jnp.where(g, s.tot - dtot, s.tot),
       ab=jnp.where(g, s.ab - dab, s.ab), uncovered=s.uncovered & ~(newly & g),
       remaining=jnp.where(active[:, None], remaining & ~chosen, s.remaining),
       atom_step=jnp.where(newly & g, s.n[:, None], s.atom_step), n=s.n + go,
@@ -202,9 +205,9 @@ def _device_inputs(regions: Sequence[Regions], attrs: Sequence[np.ndarray], chun
   mask_start = np.zeros((b, m), np.int32)
   mask_len = np.zeros((b, m), np.int32)
   atom_masks = np.full((b, a, depth), m - 1, np.int32)
-  atom_cnt = np.zeros((b, a), np.int32)
+  atom_cnt = np.zeros((b, a, 2), np.int32)
   atom_vals = np.zeros((b, a, 2))
-  cnt = np.zeros((b, m), np.int32)
+  cnt, nonzero = np.zeros((b, m), np.int32), np.zeros((b, m), np.int32)
   tot, ab = np.zeros((b, m)), np.zeros((b, m))
   uncovered = np.zeros((b, a), bool)
   remaining = np.zeros((b, m), bool)
@@ -217,10 +220,12 @@ def _device_inputs(regions: Sequence[Regions], attrs: Sequence[np.ndarray], chun
     mask_start[i, :nm] = np.cumsum(mask_len[i, :nm]) - mask_len[i, :nm]
     atom_masks[i, :na, :r.atom_masks.shape[1]] = np.where(r.atom_masks < 0, m - 1, r.atom_masks)
     f64 = flat.astype(np.float64)
-    atom_cnt[i, :na] = np.bincount(r.atom_of_pixel, minlength=na)
+    atom_cnt[i, :na, 0] = np.bincount(r.atom_of_pixel, minlength=na)
+    atom_cnt[i, :na, 1] = np.bincount(r.atom_of_pixel, weights=f64 != 0, minlength=na)
     atom_vals[i, :na, 0] = np.bincount(r.atom_of_pixel, weights=f64, minlength=na)
     atom_vals[i, :na, 1] = np.bincount(r.atom_of_pixel, weights=np.abs(f64), minlength=na)
-    cnt[i, :nm] = np.bincount(rows, weights=atom_cnt[i, cols], minlength=nm)
+    cnt[i, :nm] = np.bincount(rows, weights=atom_cnt[i, cols, 0], minlength=nm)
+    nonzero[i, :nm] = np.bincount(rows, weights=atom_cnt[i, cols, 1], minlength=nm)
     tot[i, :nm] = np.bincount(rows, weights=atom_vals[i, cols, 0], minlength=nm)
     ab[i, :nm] = np.bincount(rows, weights=atom_vals[i, cols, 1], minlength=nm)
     uncovered[i, :na] = True
@@ -228,7 +233,7 @@ def _device_inputs(regions: Sequence[Regions], attrs: Sequence[np.ndarray], chun
     status[i] = _ACTIVE
   # Float64 drift of the incremental updates (far below the float32 bound).
   floor = 1e-12 * ab
-  state = _State(cnt=cnt, tot=tot, ab=ab, uncovered=uncovered, remaining=remaining,
+  state = _State(cnt=cnt, nonzero=nonzero, tot=tot, ab=ab, uncovered=uncovered, remaining=remaining,
                  atom_step=np.full((b, a), -1, np.int32), n=np.zeros(b, np.int32),
                  covered=np.zeros(b, np.int32), status=status, near=np.zeros((b, m), bool),
                  forced=np.full(b, -1, np.int32))
@@ -315,7 +320,10 @@ def select_full_batch_details(attrs, segments, *, area_threshold=1.0, min_pixel_
     scalars = dict(min_pixel_diff=jnp.asarray(min_pixel_diff, jnp.float64),
                    area_threshold=jnp.asarray(area_threshold, jnp.float64),
                    num_pixels=jnp.asarray(num_pixels, jnp.float64))
-    run = lambda s: _run(s, consts, **scalars, chunk=int(chunk))
+
+    def run(s):
+      return _run(s, consts, **scalars, chunk=int(chunk))
+
     state = run(state)
     while True:
       status = np.array(state.status)
