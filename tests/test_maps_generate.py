@@ -278,3 +278,23 @@ def test_xrai_segments_are_computed_once_for_all_model_states(tmp_path, problem)
                                      key=jax.random.key(0), settings=settings))
     np.testing.assert_allclose(got, direct, rtol=0, atol=_ATOL)
   assert calls == [8, 8, 5]  # Segments of each chunk once, for the first model state only.
+
+
+def test_a_rerun_recomputes_a_corrupt_or_replaced_chunk_and_only_it(tmp_path, problem):
+  method = demo.DemoGradient()
+  store = _generate(tmp_path / "s", method, problem)
+  expected = store.read_all()
+  with open(store.chunk_path(0), "rb") as f:
+    chunk0 = f.read()
+  with open(store.chunk_path(1), "wb") as f:
+    f.write(chunk0)  # Chunks 0 and 1 both hold 8 maps: a valid file of the wrong maps.
+  path2 = store.chunk_path(2)
+  with open(path2, "r+b") as f:
+    f.truncate(os.path.getsize(path2) // 2)
+  untouched = os.stat(store.chunk_path(0))
+  written = []
+  again = _generate(tmp_path / "s", method, problem, on_chunk=lambda i, s: written.append(i))
+  assert written == [1, 2]
+  np.testing.assert_array_equal(again.read_all(), expected)
+  after = os.stat(store.chunk_path(0))
+  assert (after.st_ino, after.st_mtime_ns) == (untouched.st_ino, untouched.st_mtime_ns)

@@ -47,7 +47,7 @@ def test_a_killed_job_restarts_where_it_stopped(tmp_path):
   job = _launch(store_path, log1, chunk_delay_s=1.5)
   deadline = time.monotonic() + 120
   while True:
-    done = [f for f in os.listdir(store_path) if f.startswith("chunk_")] if os.path.isdir(
+    done = [f for f in os.listdir(store_path) if f.endswith(".sha256")] if os.path.isdir(
         store_path) else []
     if len(done) >= 2:
       break

@@ -1,6 +1,8 @@
 """Tests of the chunked map store: layout, atomic chunks, resuming, float16, streaming."""
+import errno
 import gc
 import os
+import re
 import weakref
 
 import numpy as np
@@ -171,3 +173,98 @@ def test_aligned_stores_stream_the_same_images_together(tmp_path):
   other = _create(tmp_path / "c", chunk_size=5)
   with pytest.raises(ValueError, match="same images"):
     next(iter_aligned(stores[0], other))
+
+
+def _filled(path, n=11, chunk_size=4, seed=0):
+  store = _create(path, n=n, chunk_size=chunk_size)
+  maps = _maps(n, seed=seed)
+  for i in range(store.num_chunks):
+    start, stop = store.chunk_bounds(i)
+    store.write_chunk(i, maps[start:stop])
+  return store, maps
+
+
+def test_a_truncated_chunk_is_an_error_naming_its_file(tmp_path):
+  store, _ = _filled(tmp_path / "s")
+  path = store.chunk_path(1)
+  with open(path, "r+b") as f:
+    f.truncate(os.path.getsize(path) - 10)
+  reader = MapStore.open(str(tmp_path / "s"))
+  with pytest.raises(ValueError, match=re.escape(path) + ".*checksum.*--redo=maps"):
+    reader.read_all()
+  np.testing.assert_array_equal(reader.read_chunk(0).maps, _maps(11)[:4])  # The others read.
+
+
+def test_a_chunk_replaced_by_another_valid_one_is_an_error(tmp_path):
+  # Chunks 0 and 1 have the same shape: a copied file is a valid .npy of the wrong maps.
+  store, _ = _filled(tmp_path / "s")
+  with open(store.chunk_path(1), "rb") as f:
+    other = f.read()
+  with open(store.chunk_path(0), "wb") as f:
+    f.write(other)
+  with pytest.raises(ValueError, match=re.escape(store.chunk_path(0)) + ".*checksum"):
+    MapStore.open(str(tmp_path / "s")).read_chunk(0)
+
+
+def test_a_chunk_that_fails_its_checksum_is_rewritten_and_counts_as_missing(tmp_path):
+  store, maps = _filled(tmp_path / "s")
+  assert store.missing_chunks(verify=True) == []
+  with open(store.chunk_path(2), "r+b") as f:
+    f.seek(-4, os.SEEK_END)
+    f.write(b"\0\0\x80\x7f")  # A different but valid float32 (inf) in the last map.
+  assert store.missing_chunks() == []  # Both files are there ...
+  assert store.missing_chunks(verify=True) == [2]  # ... but the bytes are not the ones written.
+  assert store.missing_chunks(process_index=1, process_count=2, verify=True) == []
+  store.write_chunk(2, maps[8:])  # A bad chunk may be replaced; a good one may not.
+  np.testing.assert_array_equal(store.read_all(), maps)
+  with pytest.raises(FileExistsError):
+    store.write_chunk(2, maps[8:])
+
+
+def test_a_chunk_without_its_checksum_is_unfinished(tmp_path):
+  # A writer killed between the chunk and its checksum: the chunk is redone, not trusted.
+  store, maps = _filled(tmp_path / "s")
+  os.remove(store.checksum_path(1))
+  assert store.missing_chunks() == [1] and not store.complete
+  store.write_chunk(1, maps[4:8])
+  np.testing.assert_array_equal(store.read_all(), maps)
+
+
+class _FullDisk:
+  """A file that takes `room` bytes, then fails as a full disk does (ENOSPC)."""
+
+  def __init__(self, f, room):
+    self._f, self._room = f, room
+
+  def write(self, data):
+    if len(data) > self._room:
+      self._room = 0
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    self._room -= len(data)
+    return self._f.write(data)
+
+  def __getattr__(self, name):
+    return getattr(self._f, name)
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    return self._f.__exit__(*exc)
+
+
+def test_a_full_disk_says_so_names_the_file_and_that_a_rerun_resumes(tmp_path, monkeypatch):
+  store, maps = _filled(tmp_path / "s")
+  os.remove(store.checksum_path(2))  # Chunk 2 still to do.
+  real_fdopen = os.fdopen
+  monkeypatch.setattr(os, "fdopen", lambda fd, *a, **k: _FullDisk(real_fdopen(fd, *a, **k),
+                                                                    room=100))
+  with pytest.raises(OSError, match=re.escape(store.chunk_path(2)) +
+                     ".*disk full.*rerun.*resume") as raised:
+    store.write_chunk(2, maps[8:])
+  assert raised.value.errno == errno.ENOSPC
+  monkeypatch.undo()
+  assert not [f for f in os.listdir(tmp_path / "s") if f.startswith(".tmp")]
+  assert store.missing_chunks() == [2]  # The rerun finds what is left to do.
+  store.write_chunk(2, maps[8:])
+  np.testing.assert_array_equal(store.read_all(), maps)

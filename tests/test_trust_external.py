@@ -69,3 +69,46 @@ def test_partial_files_and_wrong_sizes_are_errors(tmp_path):
     external.import_maps(str(tmp_path / "ext"), sets, _store_path(str(tmp_path / "s")), 2)
   with pytest.raises(FileNotFoundError):
     external.discover(str(tmp_path / "missing"))
+
+
+def _import_one(tmp_path, maps, method="X"):
+  folder = tmp_path / "ext" / method / "A1"
+  folder.mkdir(parents=True, exist_ok=True)
+  np.savez(folder / "original.npz", **maps)
+  sets = {"eval": _image_set("eval", sorted(maps))}
+  root = str(tmp_path / "stores")
+  external.import_maps(str(tmp_path / "ext"), sets, _store_path(root), chunk_size=2)
+  return MapStore.open(os.path.join(root, "eval", "A1", "original", method)).read_all()
+
+
+def test_integer_maps_are_an_error_naming_the_file(tmp_path):
+  # 0..255 maps would score differently from the same maps in [0, 1] (SSIM's data range,
+  # thresholds): the user scales them, nothing is guessed.
+  maps = {"a": np.full((6, 5), 255, np.uint8), "b": np.zeros((6, 5), np.uint8)}
+  with pytest.raises(ValueError, match=r"original\.npz.*'a'.*integer.*\[0, 1\]"):
+    _import_one(tmp_path, maps)
+
+
+def test_maps_outside_zero_one_are_an_error_naming_the_file(tmp_path):
+  for bad in (1.5, -0.25):
+    maps = {"a": np.full((6, 5), 0.5, np.float32), "b": np.full((6, 5), bad, np.float32)}
+    with pytest.raises(ValueError, match=rf"original\.npz.*'b'.*\[{bad}, {bad}\].*\[0, 1\]"):
+      _import_one(tmp_path, maps)
+
+
+def test_inf_is_an_error_naming_the_file_and_nan_is_kept(tmp_path):
+  nan_map = np.full((6, 5), np.nan, np.float32)  # NaN marks an undefined map, as ours.
+  got = _import_one(tmp_path, {"a": np.full((6, 5), 0.5, np.float32), "b": nan_map})
+  assert np.isnan(got[1]).all() and (got[0] == 0.5).all()
+  for channels in ((), (3,)):
+    bad = np.full((6, 5) + channels, 0.5, np.float32)
+    bad[1, 2] = np.inf
+    with pytest.raises(ValueError, match=r"Y[/\\]A1[/\\]original\.npz.*'a'.*inf"):
+      _import_one(tmp_path, {"a": bad, "b": np.zeros((6, 5), np.float32)}, method="Y")
+
+
+def test_a_file_fixed_in_place_is_imported_again(tmp_path):
+  first = {"a": np.full((6, 5), 0.25, np.float32), "b": np.zeros((6, 5), np.float32)}
+  np.testing.assert_array_equal(_import_one(tmp_path, first)[0], first["a"])
+  fixed = {"a": np.full((6, 5), 0.75, np.float32), "b": np.zeros((6, 5), np.float32)}
+  np.testing.assert_array_equal(_import_one(tmp_path, fixed)[0], fixed["a"])

@@ -253,7 +253,8 @@ def generate_maps(path: str, method, model_fns, images, targets, indices=None, i
       path, num_maps=num_maps, map_shape=image_shape[:2], chunk_size=chunk_size, dtype=dtype,
       ids=ids, indices=indices, metadata=full_metadata)
 
-  todo = store.missing_chunks(process_index, process_count)
+  # Verified: a chunk truncated, corrupted or replaced since it was written is recomputed.
+  todo = store.missing_chunks(process_index, process_count, verify=True)
   if todo:
     runner = _Runner(method, model_fns, settings, mesh or default_mesh(), key)
     prepare = getattr(method, "prepare", None)
@@ -271,7 +272,7 @@ def generate_maps(path: str, method, model_fns, images, targets, indices=None, i
         raise ValueError(f"{name}.compute returned maps of shape {chunk_maps.shape} for "
                          f"{stop - start} images of size {store.map_shape}; the MapMethod "
                          "contract is float32 [B,H,W].")
-      if store.has_chunk(i):  # Another job on the same store got there first: same maps.
+      if store.chunk_is_valid(i):  # Another job on the same store got there first: same maps.
         logging.warning("chunk %d of %s was written by another job; keeping it.", i, path)
       else:
         store.write_chunk(i, chunk_maps)

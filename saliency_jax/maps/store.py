@@ -7,11 +7,17 @@ chunks of `chunk_size` consecutive maps (the last one may be shorter). Layout of
   <path>/ids.npy             str [N]: the image ids, in map order
   <path>/indices.npy         int64 [N]: the images' indices in their dataset (the noise keys)
   <path>/chunk_00000.npy     maps [chunk_size, H, W] in the stored dtype
+  <path>/chunk_00000.sha256  {"chunk": 0, "sha256": ...} of the chunk file's bytes
   ...
 
 Every file is written to a temporary name in the same directory and renamed over its final name
 (`os.replace`, atomic on POSIX filesystems), so a chunk is either completely present or absent,
-whatever happens to the writer. Finished chunks are never written again, so a killed job restarts
+whatever happens to the writer. A chunk is finished once its checksum file is written after it;
+reads verify the bytes against it and name the file when they differ (truncated, corrupted, or
+replaced by another chunk), and a writer asked for the chunks still to do
+(`missing_chunks(verify=True)`) gets such a chunk back to recompute. The checksums sit next to
+their chunks, not in manifest.json, because several hosts write chunks of one store at once and
+the manifest is written once. Finished chunks are never written again, so a killed job restarts
 where it stopped, and several hosts can write disjoint chunks of the same store at once.
 
 Why plain `.npy` files and not zarr: a zarr array reads a missing chunk as its fill value, so a
@@ -21,8 +27,13 @@ that record, needs no extra dependency, and every chunk can be read back with Nu
 from __future__ import annotations
 
 import dataclasses
+import errno
+import hashlib
+import io
 import json
+import logging
 import os
+import shutil
 import tempfile
 from typing import Iterator, Sequence
 
@@ -56,14 +67,36 @@ def _atomic_write(path: str, write_fn) -> None:
       f.flush()
       os.fsync(f.fileno())  # The rename must not publish a file whose bytes are not on disk.
     os.replace(tmp, path)
-  except BaseException:
+  except BaseException as e:
     if os.path.exists(tmp):
       os.remove(tmp)
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+      raise OSError(e.errno, f"writing {path}: disk full ({_free_space(directory)}); "
+                    "free some space and rerun the same command: finished files are kept "
+                    "and the run resumes where it stopped") from e
     raise
 
 
+def _free_space(directory: str) -> str:
+  try:
+    return f"{shutil.disk_usage(directory).free / 2**20:.1f} MiB free on that filesystem"
+  except OSError:
+    return "free space unknown"
+
+
 def _save_npy(path: str, array: np.ndarray) -> None:
-  _atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
+  data = _npy_bytes(array)  # Written by Python, whose errors carry errno (ENOSPC).
+  _atomic_write(path, lambda f: f.write(data))
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+  buffer = io.BytesIO()
+  np.save(buffer, array, allow_pickle=False)
+  return buffer.getvalue()
+
+
+_REPAIR_HINT = ("rerun the job that wrote the store to recompute it (a study: "
+                "`launch.run_all --redo=maps`)")
 
 
 class MapStore:
@@ -181,13 +214,51 @@ class MapStore:
   def chunk_path(self, chunk_index: int) -> str:
     return os.path.join(self.path, f"chunk_{chunk_index:05d}.npy")
 
-  def has_chunk(self, chunk_index: int) -> bool:
-    return os.path.exists(self.chunk_path(chunk_index))
+  def checksum_path(self, chunk_index: int) -> str:
+    return os.path.join(self.path, f"chunk_{chunk_index:05d}.sha256")
 
-  def missing_chunks(self, process_index: int = 0, process_count: int = 1) -> list[int]:
-    """Chunks not on disk yet, among those of host `process_index` (i % process_count)."""
-    return [i for i in range(process_index, self.num_chunks, process_count)
-            if not self.has_chunk(i)]
+  def has_chunk(self, chunk_index: int) -> bool:
+    """Whether the chunk and its checksum are on disk (not whether its bytes match it)."""
+    return (os.path.exists(self.chunk_path(chunk_index)) and
+            os.path.exists(self.checksum_path(chunk_index)))
+
+  def _recorded_digest(self, chunk_index: int) -> str | None:
+    try:
+      with open(self.checksum_path(chunk_index)) as f:
+        record = json.load(f)
+    except (OSError, ValueError):
+      return None
+    if not isinstance(record, dict) or record.get("chunk") != chunk_index:
+      return None  # A checksum file copied from another chunk proves nothing.
+    return record.get("sha256")
+
+  def chunk_is_valid(self, chunk_index: int) -> bool:
+    """Whether the chunk is on disk with exactly the bytes its checksum records."""
+    recorded = self._recorded_digest(chunk_index)
+    if recorded is None:
+      return False
+    try:
+      with open(self.chunk_path(chunk_index), "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest() == recorded
+    except OSError:
+      return False
+
+  def missing_chunks(self, process_index: int = 0, process_count: int = 1, *,
+                     verify: bool = False) -> list[int]:
+    """Chunks not finished yet, among those of host `process_index` (i % process_count).
+
+    With `verify`, also the finished chunks whose bytes fail their checksum (each is logged
+    with its path), so that a writer recomputes them; this reads every chunk of the share.
+    """
+    todo = []
+    for i in range(process_index, self.num_chunks, process_count):
+      if not self.has_chunk(i):
+        todo.append(i)
+      elif verify and not self.chunk_is_valid(i):
+        logging.warning("%s fails its checksum (truncated, corrupted or replaced); it will be "
+                        "recomputed.", self.chunk_path(i))
+        todo.append(i)
+    return todo
 
   @property
   def complete(self) -> bool:
@@ -196,8 +267,11 @@ class MapStore:
   def write_chunk(self, chunk_index: int, maps) -> None:
     """Writes chunk `chunk_index` ([n, H, W], n its length) atomically, cast to the stored dtype.
 
+    A chunk on disk whose bytes fail its checksum (or that has none) is replaced.
+
     Raises:
-      FileExistsError: the chunk is already on disk (finished chunks are never rewritten).
+      FileExistsError: the chunk is already on disk and valid (finished chunks are never
+        rewritten).
       ValueError: wrong shape, or infinite values. NaN is stored: it is how the methods mark
         an undefined map (a constant one), which the metrics then handle by their policy.
     """
@@ -209,18 +283,31 @@ class MapStore:
     if np.any(np.isinf(maps)):
       raise ValueError(f"chunk {chunk_index} has infinite values; refusing to store them.")
     path = self.chunk_path(chunk_index)
-    if os.path.exists(path):
+    if self.has_chunk(chunk_index) and self.chunk_is_valid(chunk_index):
       raise FileExistsError(f"chunk {chunk_index} of {self.path} is already written.")
-    _save_npy(path, maps.astype(self.dtype))
+    data = _npy_bytes(maps.astype(self.dtype))
+    record = json.dumps({"chunk": chunk_index,
+                         "sha256": hashlib.sha256(data).hexdigest()}).encode()
+    _atomic_write(path, lambda f: f.write(data))
+    # Written last: a chunk without its checksum is unfinished and gets recomputed.
+    _atomic_write(self.checksum_path(chunk_index), lambda f: f.write(record))
 
   def read_chunk(self, chunk_index: int) -> MapChunk:
     """Reads one finished chunk; its maps come back as float32."""
     start, stop = self.chunk_bounds(chunk_index)
     path = self.chunk_path(chunk_index)
-    if not os.path.exists(path):
+    if not self.has_chunk(chunk_index):
       raise FileNotFoundError(f"chunk {chunk_index} of {self.path} is not written yet.")
-    stored = np.load(path, allow_pickle=False)
+    with open(path, "rb") as f:
+      data = f.read()
     self.chunks_read += 1
+    if hashlib.sha256(data).hexdigest() != self._recorded_digest(chunk_index):
+      raise ValueError(f"{path} fails its checksum (truncated, corrupted or replaced by "
+                       f"another file); {_REPAIR_HINT}.")
+    try:
+      stored = np.load(io.BytesIO(data), allow_pickle=False)
+    except ValueError as e:
+      raise ValueError(f"{path} cannot be read ({e}); {_REPAIR_HINT}.") from e
     if stored.shape != (stop - start,) + self.map_shape or stored.dtype != self.dtype:
       raise ValueError(f"{path} has shape {stored.shape} and dtype {stored.dtype}, expected "
                        f"{(stop - start,) + self.map_shape} and {self.dtype}.")
@@ -238,7 +325,8 @@ class MapStore:
     missing = self.missing_chunks()
     if missing:
       raise ValueError(f"The map store at {self.path} is incomplete: {len(missing)} of "
-                       f"{self.num_chunks} chunks missing (first: {missing[0]}).")
+                       f"{self.num_chunks} chunks missing (first: {missing[0]}); "
+                       f"{_REPAIR_HINT}.")
     for i in range(self.num_chunks):
       yield self.read_chunk(i)
 

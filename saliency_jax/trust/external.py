@@ -8,12 +8,19 @@ Layout of the directory named by `config.study.external_maps`:
 METHOD is any name (it becomes a column of the report, e.g. CAPTUM_IG); model is a name from
 `config.models` (A1, A2, B1, ...); state is `original`, `untrained`, `cascade_<block>` or
 `independent_<block>` with the model's block names (see `models/<name>` in the report). Each
-map is [H, W] (used as it is: scale it to [0, 1] as our maps are) or [H, W, C] (made 2-D by
-`to_grayscale`, PAIR's VisualizeImageGrayscale) at the dataset's image size. Image ids are the
-dataset's "id" feature. Missing states leave the criteria that need them N/A; a map of the
-wrong size or an id the set needs but the file lacks is an error naming the file.
+map is [H, W] in [0, 1], as our maps are (used as it is), or [H, W, C] (made 2-D by
+`to_grayscale`, PAIR's VisualizeImageGrayscale) at the dataset's image size; float, since an
+integer map (0..255) or one outside [0, 1] would score differently from the same map scaled.
+NaN marks an undefined map (every metric is NaN for it, as for ours); inf is an error. Image
+ids are the dataset's "id" feature. Missing states leave the criteria that need them N/A; a
+map of the wrong size, type or range, or an id the set needs but the file lacks is an error
+naming the file and the id. Stores are keyed by the maps' content, so a file fixed in place is
+imported again.
 """
+import hashlib
+import logging
 import os
+import shutil
 from typing import Dict, List, Tuple
 
 import numpy as np
@@ -53,11 +60,23 @@ def _load_arrays(path: str) -> Dict[str, np.ndarray]:
 
 
 def _as_map(array: np.ndarray, image_id: str, path: str, shape) -> np.ndarray:
+  where = f"{path}: map of {image_id!r}"
+  array = np.asarray(array)
+  if not np.issubdtype(array.dtype, np.floating):
+    raise ValueError(f"{where} has {array.dtype} (integer) values; maps must be float in "
+                     "[0, 1] as ours are (e.g. divide 0..255 maps by 255).")
+  if np.isinf(array).any():
+    raise ValueError(f"{where} has inf values; use NaN to mark an undefined map.")
   m = np.asarray(array, np.float32)
   if m.ndim == 3:
     m = np.asarray(attributions.to_grayscale(m[None]))[0]
   if m.shape != tuple(shape):
-    raise ValueError(f"{path}: map of {image_id!r} has shape {m.shape}, expected {tuple(shape)}")
+    raise ValueError(f"{where} has shape {m.shape}, expected {tuple(shape)}")
+  if not np.isnan(m).all():
+    lo, hi = float(np.nanmin(m)), float(np.nanmax(m))
+    if lo < 0 or hi > 1:
+      raise ValueError(f"{where} has values in [{lo:g}, {hi:g}], outside [0, 1]; scale the "
+                       "maps to [0, 1] as ours are (the criteria are not scale-invariant).")
   return m
 
 
@@ -98,12 +117,18 @@ def import_maps(directory: str, image_sets, store_path, chunk_size: int) -> List
                            f"{set_name} images, e.g. {missing[:3]}")
           shape = image_set.masks.shape[1:]
           maps = np.stack([_as_map(arrays[i], i, path, shape) for i in ids])
+          path_out = store_path(set_name, model, state, method)
+          # Keyed by content: a file fixed in place gives another digest and is imported again.
+          metadata = {"method": method,
+                      "sha256": hashlib.sha256(np.ascontiguousarray(maps).data).hexdigest()}
+          if (os.path.exists(os.path.join(path_out, "manifest.json")) and
+              MapStore.open(path_out).metadata != metadata):
+            logging.warning("%s changed since it was imported: importing it again", path)
+            shutil.rmtree(path_out)
           store = MapStore.create_or_open(
-              store_path(set_name, model, state, method), num_maps=len(ids),
-              map_shape=shape, chunk_size=chunk_size, dtype="float32", ids=ids,
-              indices=image_set.indices,
-              metadata={"method": method, "source": os.path.abspath(path)})
-          for chunk in store.missing_chunks():
+              path_out, num_maps=len(ids), map_shape=shape, chunk_size=chunk_size,
+              dtype="float32", ids=ids, indices=image_set.indices, metadata=metadata)
+          for chunk in store.missing_chunks(verify=True):
             start, stop = store.chunk_bounds(chunk)
             store.write_chunk(chunk, maps[start:stop])
   return sorted(found)

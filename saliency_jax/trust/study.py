@@ -392,7 +392,8 @@ class Study:
       return None
     store = maps_lib.MapStore.open(path)
     if not store.complete:
-      raise RuntimeError(f"the map store {path} is incomplete: rerun the maps stage")
+      raise RuntimeError(f"the map store {path} is incomplete: rerun the maps stage "
+                         "(launch.run_all --redo=maps)")
     return store.read_all()
 
   # ---------------------------------------------------------------------------------------
