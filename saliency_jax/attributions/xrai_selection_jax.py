@@ -37,7 +37,8 @@ _ACTIVE, _DONE, _STALLED = 0, 1, 2
 class Regions(NamedTuple):
   """One image's masks prepared for the device (model-independent)."""
   shape: tuple[int, int]
-  masks: np.ndarray          # bool [M, P], PAIR's order, duplicates dropped
+  masks: np.ndarray          # bool [M0, P], PAIR's order (duplicates included)
+  kept: np.ndarray           # int [M]: the masks that are not a copy of an earlier one
   atom_of_pixel: np.ndarray  # int [P]
   pairs: tuple[np.ndarray, np.ndarray]   # int32 (mask, atom) of every membership, by mask
   atom_masks: np.ndarray     # int32 [A, D]: each atom's masks (ascending), padded with -1
@@ -65,15 +66,17 @@ def prepare(masks: np.ndarray, shape: tuple[int, int] | None = None) -> Regions:
                      f"{masks.shape}")
   shape = masks.shape[1:]
   flat = np.ascontiguousarray(masks.reshape(len(masks), -1))
-  if len(flat):
-    flat = flat[xrai_selection._first_of_duplicates(flat)]
+  if len(flat):   # copies do not change the atoms; they are found on the (few) atoms
     atom_of_pixel, first = xrai_selection._pixel_classes(flat)
+    members = np.take(flat, first, axis=1)                   # bool [M0, A]
+    kept = xrai_selection._first_of_duplicates(members)
+    members = members[kept]
   else:
     atom_of_pixel, first = np.zeros(flat.shape[1], np.int64), np.zeros(1, np.int64)
-  members = np.take(flat, first, axis=1)                     # bool [M, A]
+    kept, members = np.zeros(0, np.int64), np.zeros((0, 1), bool)
   rows, cols = np.nonzero(members)
   cols_t, rows_t = np.nonzero(members.T)
-  return Regions(shape=tuple(shape), masks=flat, atom_of_pixel=atom_of_pixel,
+  return Regions(shape=tuple(shape), masks=flat, kept=kept, atom_of_pixel=atom_of_pixel,
                  pairs=(rows.astype(np.int32), cols.astype(np.int32)),
                  atom_masks=_padded_rows(cols_t, rows_t, len(first)))
 
@@ -197,10 +200,10 @@ def _device_inputs(regions: Sequence[Regions], attrs: Sequence[np.ndarray], chun
   """Padded batch arrays. Padding atom A-1 and mask M-1 are dummies: never uncovered, never
   remaining; -1 entries of the tables point at them."""
   b = _bucket(len(regions), 4)
-  m = _bucket(max(len(r.masks) for r in regions) + 1, 64)
+  m = _bucket(max(len(r.kept) for r in regions) + 1, 64)
   a = _bucket(max(r.num_atoms for r in regions) + 1, 512)
   n = _bucket(max(len(r.pairs[0]) for r in regions), max(2048, chunk))
-  depth = _bucket(max(r.atom_masks.shape[1] for r in regions), 16)
+  depth = -(-max(r.atom_masks.shape[1] for r in regions) // 8) * 8   # masks per atom: few
   pair_atoms = np.full((b, n), a - 1, np.int32)
   mask_start = np.zeros((b, m), np.int32)
   mask_len = np.zeros((b, m), np.int32)
@@ -213,7 +216,7 @@ def _device_inputs(regions: Sequence[Regions], attrs: Sequence[np.ndarray], chun
   remaining = np.zeros((b, m), bool)
   status = np.full(b, _DONE, np.int32)
   for i, (r, flat) in enumerate(zip(regions, attrs)):
-    nm, na = len(r.masks), r.num_atoms
+    nm, na = len(r.kept), r.num_atoms
     rows, cols = r.pairs
     pair_atoms[i, :len(cols)] = cols
     mask_len[i, :nm] = np.bincount(rows, minlength=nm)
@@ -303,7 +306,7 @@ def select_full_batch_details(attrs, segments, *, area_threshold=1.0, min_pixel_
     flats.append(np.ascontiguousarray(attr.reshape(-1)))
   out = np.empty((len(flats),) + shape)
   # Images without masks: no selection, the mean everywhere (as PAIR).
-  device = [i for i, r in enumerate(regions) if len(r.masks)]
+  device = [i for i, r in enumerate(regions) if len(r.kept)]
   for i in sorted(set(range(len(flats))) - set(device)):
     out[i] = xrai_selection.select_full(flats[i].reshape(shape), regions[i].masks.reshape(
         (-1,) + shape), area_threshold=area_threshold, min_pixel_diff=min_pixel_diff)
@@ -336,7 +339,7 @@ def select_full_batch_details(attrs, segments, *, area_threshold=1.0, min_pixel_
         r, flat = regions[device[k]], flats[device[k]]
         fresh = uncovered[k, :r.num_atoms][r.atom_of_pixel]    # pixels not yet covered
         candidates = np.flatnonzero(near[k])
-        exact = [flat[r.masks[c] & fresh].mean() for c in candidates]
+        exact = [flat[r.masks[r.kept[c]] & fresh].mean() for c in candidates]
         forced[k] = candidates[int(np.argmax(exact))]   # the first maximum, as PAIR's ">" scan
       decisions += len(stalled)
       status[stalled] = _ACTIVE
