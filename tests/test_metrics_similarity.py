@@ -208,3 +208,31 @@ def test_average_ranks_equal_scipy_rankdata_and_give_spearman():
   bad[0, 0, 0] = np.nan
   assert np.isnan(metrics.average_ranks(bad)[0]).all()
   assert np.isfinite(metrics.average_ranks(bad)[1:]).all()
+
+
+def test_top_k_iou_by_hand_and_against_sets():
+  # 10 pixels, k = ceil(0.3 * 10) = 3. a's top 3: pixels 7, 8, 9. b ties at its 3rd value:
+  # pixels 6, 7, 8, 9 are all >= it, so b's set has 4. IoU = |{7,8,9}| / |{6,...,9}| = 3/4.
+  a = np.arange(10, dtype=np.float64)[None, None, :]
+  b = np.array([0, 1, 2, 3, 4, 5, 7, 7, 8, 9], np.float64)[None, None, :]
+  assert metrics.top_k_iou(a, b, fraction=0.3)[0] == pytest.approx(3 / 4)
+  # Against sets built by sorting, on random maps with ties, odd sizes.
+  rng = np.random.default_rng(3)
+  x = np.round(rng.random((5, 7, 11)) * 6)
+  y = rng.random((5, 7, 11))
+  for fraction in (0.05, 0.25, 1.0):
+    k = int(np.ceil(fraction * 77))
+    expected = []
+    for p, q in zip(x.reshape(5, -1), y.reshape(5, -1)):
+      sp = set(np.flatnonzero(p >= np.sort(p)[-k]))
+      sq = set(np.flatnonzero(q >= np.sort(q)[-k]))
+      expected.append(len(sp & sq) / len(sp | sq))
+    np.testing.assert_allclose(metrics.top_k_iou(x, y, fraction=fraction), expected)
+  # Undefined: a constant map, a NaN; bad fraction raises.
+  z = y.copy()
+  z[0] = 0.5
+  z[1, 0, 0] = np.nan
+  out = metrics.top_k_iou(z, y, fraction=0.1)
+  assert np.isnan(out[:2]).all() and np.isfinite(out[2:]).all()
+  with pytest.raises(ValueError, match="fraction"):
+    metrics.top_k_iou(x, y, fraction=0.0)

@@ -38,6 +38,7 @@ from saliency_jax.metrics.similarity import spearman_jax
 from saliency_jax.metrics.similarity import average_ranks
 from saliency_jax.metrics.similarity import ssim
 from saliency_jax.metrics.similarity import ssim_jax
+from saliency_jax.metrics.similarity import top_k_iou
 from saliency_jax.metrics.statistics import benjamini_hochberg
 from saliency_jax.metrics.statistics import bootstrap_ci
 from saliency_jax.metrics.statistics import correct

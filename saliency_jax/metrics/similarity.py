@@ -377,6 +377,31 @@ def l1(a, b) -> np.ndarray:
   return _normalized_distance(np, *_checked_pair(a, b), 1)
 
 
+def top_k_iou(a, b, *, fraction: float = 0.1) -> np.ndarray:
+  """IoU of the two maps' top-k pixel sets, k = ceil(fraction * pixels); float64 [N].
+
+  A map's top-k set holds every pixel at or above its k-th largest value, so pixels tied with
+  the k-th value are all in (the set may exceed k; this does not depend on pixel order).
+  NaN where a map is constant (its set would be every pixel) or holds NaN/inf.
+  """
+  a, b = _checked_pair(a, b)
+  if not 0 < fraction <= 1:
+    raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+  a, b, finite = _pairs(np, a, b)
+  size = a.shape[1]
+  k = min(size, max(1, int(np.ceil(fraction * size))))
+
+  def top(x):
+    kth = np.partition(x, size - k, axis=1)[:, size - k]
+    return x >= kth[:, None]
+
+  top_a, top_b = top(a), top(b)
+  inter = np.sum(top_a & top_b, axis=1)
+  union = np.sum(top_a | top_b, axis=1)
+  valid = finite & policy.nonconstant_rows(a) & policy.nonconstant_rows(b)
+  return np.where(valid, inter / union, np.nan)
+
+
 def hog_similarity(a, b, *, orientations: int = 9, pixels_per_cell=(8, 8),
                    cells_per_block=(3, 3), block_norm: str = "L2-Hys") -> np.ndarray:
   """Pearson correlation of the maps' HOG features (Adebayo et al. 2018's HOG similarity).

@@ -5,7 +5,7 @@ returns one value per image, so verdicts can use paired per-image tests. Undefin
 (an empty mask, a constant map where the metric needs variance) are NaN, following the policy
 of `saliency_jax.metrics`; the statistics count and report what they exclude.
 """
-from typing import Dict, Sequence
+from typing import Callable, Dict, Sequence
 
 import numpy as np
 
@@ -19,6 +19,28 @@ UTILITY_METRICS = ("auprc", "pointing_game", "iou_otsu")
 SIMILARITY_METRICS = ("ssim", "spearman_abs")
 
 
+def _similarity_functions(data_range: float, top_k_fraction: float) -> Dict[str, Callable]:
+  """Every similarity a criterion can use, by record name: f(maps_a, maps_b) -> [N]."""
+  return {
+      "ssim": lambda a, b: metrics.ssim(a, b, data_range=data_range),
+      "spearman_abs": lambda a, b: metrics.spearman(a, b, absolute=True),
+      "spearman": lambda a, b: metrics.spearman(a, b),
+      "hog": metrics.hog_similarity,
+      "top_k_iou": lambda a, b: metrics.top_k_iou(a, b, fraction=top_k_fraction),
+  }
+
+
+SIMILARITY_NAMES = tuple(_similarity_functions(1.0, 0.1))
+# Ranked once per map in the random-pair baseline (Spearman = Pearson of the ranks).
+_RANKED = {"spearman_abs": True, "spearman": False}
+
+
+def _check_names(names: Sequence[str]) -> None:
+  unknown = [n for n in names if n not in SIMILARITY_NAMES]
+  if unknown:
+    raise ValueError(f"unknown similarity metrics {unknown}; known: {list(SIMILARITY_NAMES)}")
+
+
 def utility(maps: np.ndarray, masks: np.ndarray) -> Dict[str, np.ndarray]:
   """Localization utility: each map scored against its ground-truth mask."""
   masks = np.asarray(masks).astype(bool)
@@ -29,22 +51,28 @@ def utility(maps: np.ndarray, masks: np.ndarray) -> Dict[str, np.ndarray]:
   }
 
 
-def similarity(maps_a: np.ndarray, maps_b: np.ndarray, *,
-               data_range: float) -> Dict[str, np.ndarray]:
-  """Map-to-map similarity of paired maps (same image, two model states or models)."""
-  return {
-      "ssim": metrics.ssim(maps_a, maps_b, data_range=data_range),
-      "spearman_abs": metrics.spearman(maps_a, maps_b, absolute=True),
-  }
+def similarity(maps_a: np.ndarray, maps_b: np.ndarray, *, data_range: float,
+               names: Sequence[str] = SIMILARITY_METRICS,
+               top_k_fraction: float = 0.1) -> Dict[str, np.ndarray]:
+  """Map-to-map similarity of paired maps (same image, two model states or models).
+
+  names: which of `SIMILARITY_NAMES` to compute (SSIM with `data_range`, Spearman of |map| or
+  of the signed map, HOG, IoU of the top `top_k_fraction` pixels).
+  """
+  _check_names(names)
+  functions = _similarity_functions(data_range, top_k_fraction)
+  return {name: functions[name](maps_a, maps_b) for name in names}
 
 
-def random_pair_baseline(maps: np.ndarray, *, pairs: int, seed: int,
-                         data_range: float) -> Dict[str, np.ndarray]:
+def random_pair_baseline(maps: np.ndarray, *, pairs: int, seed: int, data_range: float,
+                         names: Sequence[str] = SIMILARITY_METRICS,
+                         top_k_fraction: float = 0.1) -> Dict[str, np.ndarray]:
   """The randomization baseline of the paper: similarity of maps of different images.
 
   For each image i, `pairs` other images j != i are drawn (with replacement when fewer exist)
   and the similarity of map i with map j is averaged, giving one baseline value per image.
   """
+  _check_names(names)
   n = len(maps)
   if n < 2:
     raise ValueError("the random-pair baseline needs at least two images")
@@ -52,11 +80,15 @@ def random_pair_baseline(maps: np.ndarray, *, pairs: int, seed: int,
   # Draw from the n-1 other images: an offset in [1, n) never lands on i itself.
   partners = (np.arange(n)[:, None] + rng.integers(1, n, size=(n, pairs))) % n
   left, right = np.repeat(np.arange(n), pairs), partners.ravel()
-  # Each map is in about 2 x pairs comparisons: rank it once (Spearman = Pearson of ranks).
-  ranks = metrics.average_ranks(maps, absolute=True)
-  values = {"ssim": metrics.ssim(maps[left], maps[right], data_range=data_range),
-            "spearman_abs": metrics.pearson(ranks[left], ranks[right])}
-  assert set(values) == set(SIMILARITY_METRICS)
+  functions = _similarity_functions(data_range, top_k_fraction)
+  values = {}
+  for name in names:
+    if name in _RANKED:
+      # Each map is in about 2 x pairs comparisons: rank it once.
+      ranks = metrics.average_ranks(maps, absolute=_RANKED[name])
+      values[name] = metrics.pearson(ranks[left], ranks[right])
+    else:
+      values[name] = functions[name](maps[left], maps[right])
   return {name: mean_of_defined(v.reshape(n, pairs), axis=1) for name, v in values.items()}
 
 
