@@ -188,7 +188,8 @@ def generate_maps(path: str, method, model_fns, images, targets, indices=None, i
                   prepared: PreparedFn | None = None, prepared_dir: str | None = None,
                   metadata: dict | None = None, progress: bool = True,
                   process_index: int | None = None, process_count: int | None = None,
-                  on_chunk: Callable[[int, float], None] | None = None) -> MapStore:
+                  on_chunk: Callable[[int, float], None] | None = None,
+                  replace: bool = False) -> MapStore:
   """Computes the maps of a dataset into the store at `path`, only the chunks not there yet.
 
   Args:
@@ -219,6 +220,9 @@ def generate_maps(path: str, method, model_fns, images, targets, indices=None, i
     progress: show a progress bar (host 0 only).
     process_index, process_count: this host's share of the chunks; default from JAX.
     on_chunk: called as on_chunk(chunk_index, seconds) after each chunk is written.
+    replace: an existing store at `path` of other maps (another description, other images) is
+      deleted and computed anew, instead of being an error (host 0 replaces it, the others
+      wait).
 
   Returns:
     The store. It is complete once every host has finished; with several JAX processes, this
@@ -249,9 +253,19 @@ def generate_maps(path: str, method, model_fns, images, targets, indices=None, i
   full_metadata = {"method": name, "settings": recorded, "key": _key_data(key)}
   full_metadata.update(metadata or {})
   full_metadata = json.loads(json.dumps(full_metadata, sort_keys=True, default=repr))
-  store = MapStore.create_or_open(
-      path, num_maps=num_maps, map_shape=image_shape[:2], chunk_size=chunk_size, dtype=dtype,
-      ids=ids, indices=indices, metadata=full_metadata)
+  def open_store(replace_other):
+    return MapStore.create_or_open(
+        path, num_maps=num_maps, map_shape=image_shape[:2], chunk_size=chunk_size, dtype=dtype,
+        ids=ids, indices=indices, metadata=full_metadata, replace=replace_other)
+  if replace and uses_jax_processes and process_count > 1:
+    # One host deletes a store of other maps; the others open the new one after it.
+    from saliency_jax import multihost  # pylint: disable=g-import-not-at-top
+    if process_index == 0:
+      open_store(True)
+    multihost.barrier(f"generate_maps store:{path}")
+    store = open_store(False)
+  else:
+    store = open_store(replace)
 
   # Verified: a chunk truncated, corrupted or replaced since it was written is recomputed.
   todo = store.missing_chunks(process_index, process_count, verify=True)
