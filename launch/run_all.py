@@ -5,14 +5,22 @@
   python -m launch.run_all --config=configs/synthetic.py --config.study.num_eval_images=50
 
 Rerunning with the same workdir skips finished stages and resumes an interrupted one.
+
+Several hosts: the same command on every host with --distributed (under SLURM, MPI, a TPU pod
+or Kubernetes, JAX finds the others itself); anywhere else name them:
+
+  python -m launch.run_all --workdir=/shared/run --coordinator_address=host0:1234 \
+      --num_processes=2 --process_id=0        # and --process_id=1 on the other host
 """
 import os
 
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 from ml_collections import config_flags
 
+from saliency_jax import multihost
 from saliency_jax import trust
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -22,8 +30,13 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where every stage writes; defau
                                "the config's workdir.")
 _STAGES = flags.DEFINE_list("stages", list(trust.STAGES), "Stages to run, in order.")
 _REDO = flags.DEFINE_list("redo", [], "Stages to run again even if done (e.g. report).")
-_DISTRIBUTED = flags.DEFINE_bool("distributed", False,
-                                 "Call jax.distributed.initialize() (multi-host runs).")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Run as one of several hosts (jax.distributed.initialize; the "
+    "three flags below, or the cluster's environment when they are unset).")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 (implies --distributed).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of hosts.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This host's index.")
 
 
 def main(argv):
@@ -31,9 +44,8 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     # Checkpointing libraries log every save at INFO; progress bars and prints tell the story.
     logging.set_verbosity(logging.WARNING)
-  if _DISTRIBUTED.value:
-    import jax  # pylint: disable=g-import-not-at-top
-    jax.distributed.initialize()
+  if _DISTRIBUTED.value or _COORDINATOR.value:
+    multihost.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   config = _CONFIG.value
   workdir = _WORKDIR.value or config.workdir
   study = trust.Study(config, workdir)
@@ -41,7 +53,9 @@ def main(argv):
     study.progress.stages.pop(stage, None)
   logging.info("workdir: %s", os.path.abspath(workdir))
   report = study.run(_STAGES.value)
-  if os.path.exists(report):
+  if not multihost.is_writer():
+    print(f"host {jax.process_index()}: done (host 0 writes the scores and the report).")
+  elif os.path.exists(report):
     print(f"\nReport: {os.path.abspath(report)}"
           f"\n  (also {os.path.abspath(os.path.join(workdir, 'report.md'))})")
   else:
