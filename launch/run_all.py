@@ -13,6 +13,8 @@ or Kubernetes, JAX finds the others itself); anywhere else name them:
       --num_processes=2 --process_id=0        # and --process_id=1 on the other host
 """
 import os
+import sys
+import traceback
 
 from absl import app
 from absl import flags
@@ -39,6 +41,22 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of hosts.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This host's index.")
 
 
+def _host_failure(error: Exception) -> str:
+  """One line for a failed host of a multi-host run: which hosts are gone, how to resume."""
+  me, count = jax.process_index(), jax.process_count()
+  gone = []
+  try:
+    from jax._src import distributed  # pylint: disable=g-import-not-at-top
+    live = distributed.global_state.client.get_live_nodes(list(range(count)))
+    gone = sorted(set(range(count)) - set(live))
+  except Exception:  # pylint: disable=broad-except
+    pass  # an older JAX or a coordinator that is gone itself: say what is known
+  who = (f"host(s) {', '.join(map(str, gone))} of {count} stopped" if gone else
+         f"host {me} of {count} failed ({type(error).__name__})")
+  return (f"host {me}: {who}; restart every host with the same command: the run resumes "
+          "where it stopped.")
+
+
 def main(argv):
   del argv
   if not flags.FLAGS["verbosity"].present:
@@ -52,7 +70,19 @@ def main(argv):
   for stage in _REDO.value:
     study.progress.stages.pop(stage, None)
   logging.info("workdir: %s", os.path.abspath(workdir))
-  report = study.run(_STAGES.value)
+  try:
+    report = study.run(_STAGES.value)
+  except KeyboardInterrupt:
+    print("interrupted: rerun to resume", file=sys.stderr, flush=True)
+    os._exit(130)  # at once: library threads and pools would print their own tracebacks
+  except Exception as e:  # pylint: disable=broad-except
+    if jax.process_count() == 1:
+      raise
+    # A host that stopped leaves the others in a collective or a barrier: say which host
+    # failed and how to go on, and exit without JAX's shutdown barrier (minutes of waiting).
+    traceback.print_exc()
+    print(_host_failure(e), file=sys.stderr, flush=True)
+    os._exit(1)
   if not multihost.is_writer():
     print(f"host {jax.process_index()}: done (host 0 writes the scores and the report).")
   elif os.path.exists(report):

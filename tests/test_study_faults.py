@@ -1,6 +1,11 @@
 """Faults of a study's workdir: what a user sees when stores, configs or runs go wrong."""
 import json
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -10,6 +15,7 @@ from saliency_jax import maps as maps_lib
 from saliency_jax import trust
 from saliency_jax.trust import map_reader
 from saliency_jax.trust import report as report_lib
+from saliency_jax.trust import workdir_lock
 from saliency_jax.trust.manifest import Manifest
 
 
@@ -133,3 +139,63 @@ def test_maps_of_retrained_weights_replace_the_old_ones(tmp_path):
   after = maps(retrained)
   np.testing.assert_array_equal(after, maps(retrained, at=str(tmp_path / "fresh")))
   assert not np.array_equal(after, before)
+
+
+def _write_lock(workdir, **holder):
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, workdir_lock.FILENAME)
+  with open(path, "w") as f:
+    json.dump({"started": "earlier", **holder}, f)
+  return path
+
+
+def test_a_second_run_on_a_busy_workdir_is_refused_naming_the_first(tmp_path):
+  other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+  try:
+    _write_lock(tmp_path / "work", pid=other.pid, host=socket.gethostname())
+    study = _study(tmp_path / "work")
+    with pytest.raises(workdir_lock.WorkdirBusy,
+                       match=f"in use by another run: pid {other.pid} on host "
+                             f"{socket.gethostname()}"):
+      study.run(())
+  finally:
+    other.kill()
+    other.wait()
+  study.run(())  # Its process is gone: the lock is stale and taken over.
+  assert not os.path.exists(tmp_path / "work" / workdir_lock.FILENAME)  # Released.
+
+
+def test_a_lock_of_another_host_is_stale_only_without_heartbeat(tmp_path):
+  path = _write_lock(tmp_path / "work", pid=123, host="elsewhere")
+  study = _study(tmp_path / "work")
+  with pytest.raises(workdir_lock.WorkdirBusy, match="pid 123 on host elsewhere"):
+    study.run(())
+  old = time.time() - workdir_lock.STALE_AFTER_S - 5
+  os.utime(path, (old, old))
+  study.run(())
+
+
+def test_ctrl_c_prints_one_line_and_releases_the_workdir(tmp_path):
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1",
+         "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+  workdir = tmp_path / "work"
+  job = subprocess.Popen([sys.executable, "-m", "launch.run_all", "--config=configs/tiny.py",
+                          f"--workdir={workdir}"], cwd=root, env=env, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         start_new_session=True)
+  try:
+    seen = []
+    for line in job.stdout:  # Ctrl-C once training has started, to the whole process group.
+      seen.append(line)
+      if line.startswith("[train] ..."):
+        time.sleep(2)
+        os.killpg(job.pid, signal.SIGINT)
+        break
+    out = "".join(seen) + job.communicate(timeout=120)[0]
+  finally:
+    if job.poll() is None:
+      job.kill()
+  assert job.returncode == 130, out[-3000:]
+  assert out.count("interrupted: rerun to resume") == 1 and "Traceback" not in out, out[-3000:]
+  assert not os.path.exists(workdir / workdir_lock.FILENAME)

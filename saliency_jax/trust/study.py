@@ -16,7 +16,9 @@ and map stores of other models, images or settings are replaced. Layout of the w
   summary.json                   the scorecard and the curves the report draws
   report.md, report.html, figures/
   progress.json                  stages done and their wall time
+  run.lock                       the run using the workdir (see workdir_lock)
 """
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -45,6 +47,7 @@ from saliency_jax.models import plugin
 
 from saliency_jax.trust import external
 from saliency_jax.trust import map_reader
+from saliency_jax.trust import workdir_lock
 from saliency_jax.trust.manifest import CLASSIFIER
 from saliency_jax.trust.manifest import LOCALIZER
 from saliency_jax.trust.manifest import Manifest
@@ -147,7 +150,14 @@ class Study:
     for stage in stages:
       if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
-    self._redo_changed_stages(stages)
+    # One run per workdir (host 0 holds the lock for all hosts of a multi-host run).
+    with (workdir_lock.hold(self.workdir) if multihost.is_writer()
+          else contextlib.nullcontext()):
+      self._redo_changed_stages(stages)
+      self._run_stages(stages)
+    return os.path.join(self.workdir, "report.html")
+
+  def _run_stages(self, stages) -> None:
     for stage in stages:
       if self.progress.done(stage):
         _say(f"[{stage}] done already: skipped")
@@ -162,7 +172,6 @@ class Study:
         self.manifest.save()
         self.progress.record(stage, time.perf_counter() - began)
       _say(f"[{stage}] done in {time.perf_counter() - began:.1f} s")
-    return os.path.join(self.workdir, "report.html")
 
   def stage_config(self, stage: str) -> Dict[str, Any]:
     """The config sections `stage` reads (STAGE_CONFIG), as plain data."""
