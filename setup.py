@@ -20,6 +20,7 @@ setuptools.setup(
         "scipy",
         "numpy",
         "pydicom",
+        "pillow",
         "absl-py",
         "ml-collections",
         "matplotlib",

@@ -210,6 +210,32 @@ def test_registry_grad_gcam_gbp_ggcam(setup):
   assert grad.dtype == np.float32 and grad.shape == images.shape[:3]
 
 
+def test_registry_diverging_visualization_equals_pair(setup):
+  """visualization="diverging": PAIR's VisualizeImageDiverging of the raw map; GGCAM is the
+  signed guided backprop times the Grad-CAM grayscale, then diverging."""
+  fns, images, targets = setup
+  cmf = pair_call_model_function(fns)
+  guided_cmf = pair_call_model_function(ModelFunctions(fns.guided_logits_fn, fns.features_fn,
+                                                      fns.head_fn))
+  m = attributions.METHODS
+  settings = {"visualization": "diverging", "resize": "skimage_bilinear"}
+  grad = np.asarray(m["GRAD"].compute(fns, images, targets, settings={"visualization":
+                                                                      "diverging"}))
+  ggcam = np.asarray(m["GGCAM"].compute(fns, images, targets, settings=settings))
+  for i, t in enumerate(targets):
+    args = {"target": int(t)}
+    raw_grad = pair.GradientSaliency().GetMask(images[i], cmf, args)
+    raw_gbp = pair.GradientSaliency().GetMask(images[i], guided_cmf, args)
+    with np.errstate(divide="ignore", invalid="ignore"):
+      ref_gcam = pair.VisualizeImageGrayscale(pair.GradCam().GetMask(images[i], cmf, args))
+    np.testing.assert_allclose(grad[i], pair.VisualizeImageDiverging(raw_grad), atol=2e-5)
+    np.testing.assert_allclose(ggcam[i], pair.VisualizeImageDiverging(
+        raw_gbp * ref_gcam[..., None]), atol=4e-5)
+  assert (grad < 0.5).any() and (grad > 0.5).any()   # the sign is kept
+  with pytest.raises(ValueError, match="visualization must be one of"):
+    m["GRAD"].compute(fns, images, targets, settings={"visualization": "signed"})
+
+
 def test_registry_rejects_unknown_settings(setup):
   fns, images, targets = setup
   with pytest.raises(ValueError, match="unknown settings"):

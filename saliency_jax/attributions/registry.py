@@ -2,7 +2,10 @@
 
 Every `compute` returns the study's 2-D map, float32 [B,H,W] in [0,1] (PAIR's
 VisualizeImageGrayscale applied to the method's raw output; NaN where a map is constant, as in
-the study's pipeline unless the setting `grayscale_nan_to` is a number). Settings are a plain dict
+the study's pipeline unless the setting `grayscale_nan_to` is a number). The setting
+`visualization="diverging"` keeps the sign instead: PAIR's VisualizeImageDiverging of the
+channel sum (0.5 where it is 0; GGCAM is then the signed guided backprop times the Grad-CAM
+grayscale, Selvaraju et al.'s product). Settings are a plain dict
 or ConfigDict overriding `default_settings` (the paper's values); unknown keys are an error.
 
 Compilation. Each (method, settings, image shape) runs as one jitted computation, and `compute`
@@ -34,6 +37,7 @@ import jax.numpy as jnp
 from saliency_jax.attributions.blur_ig import blur_ig
 from saliency_jax.attributions.gradcam import gradcam
 from saliency_jax.attributions.gradient import gradient
+from saliency_jax.attributions.grayscale import to_diverging
 from saliency_jax.attributions.grayscale import to_grayscale
 from saliency_jax.attributions.guided_backprop import guided_backprop
 from saliency_jax.attributions.guided_ig import guided_ig
@@ -49,7 +53,8 @@ Settings = Mapping[str, Any]
 
 # Settings every method accepts (on top of its own).
 COMMON_SETTINGS = {"max_grads_in_flight": 64, "grayscale_percentile": 99,
-                   "grayscale_nan_to": None}
+                   "grayscale_nan_to": None, "visualization": "grayscale"}
+VISUALIZATIONS = ("grayscale", "diverging")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,6 +265,12 @@ def _jitted_gray(frozen_settings):
 
 
 def _gray(maps, s):
+  """The 2-D map of raw attributions under the `visualization` setting."""
+  if s["visualization"] == "diverging":
+    return to_diverging(maps, s["grayscale_percentile"], nan_to=s["grayscale_nan_to"])
+  if s["visualization"] != "grayscale":
+    raise ValueError(f"visualization must be one of {VISUALIZATIONS}, got "
+                     f"{s['visualization']!r}")
   return to_grayscale(maps, s["grayscale_percentile"], nan_to=s["grayscale_nan_to"])
 
 
@@ -304,10 +315,14 @@ def _grayscale_of(attr):
   return impl
 
 
+def _gbp_attr(fns, s, images, targets):
+  return guided_backprop(fns.guided_logits_fn, images, targets,
+                         max_grads_in_flight=s["max_grads_in_flight"])
+
+
 def _gbp_impl(fns, s, images, targets, indices, key, prepared):
   del indices, key, prepared
-  return _gray(guided_backprop(fns.guided_logits_fn, images, targets,
-                               max_grads_in_flight=s["max_grads_in_flight"]), s)
+  return _gray(_gbp_attr(fns, s, images, targets), s)
 
 
 def _gcam_impl(fns, s, images, targets, indices, key, prepared):
@@ -317,6 +332,10 @@ def _gcam_impl(fns, s, images, targets, indices, key, prepared):
 
 
 def _ggcam_impl(fns, s, images, targets, indices, key, prepared):
+  if s["visualization"] == "diverging":
+    gcam = _gcam_impl(fns, {**s, "visualization": "grayscale"}, images, targets, indices, key,
+                      prepared)
+    return _gray(_gbp_attr(fns, s, images, targets) * gcam[..., None], s)
   return _gbp_impl(fns, s, images, targets, indices, key, prepared) * _gcam_impl(
       fns, s, images, targets, indices, key, prepared)
 

@@ -21,6 +21,7 @@ __all__ = [
     "MODEL_NAMES",
     "ModelFunctions",
     "create",
+    "import_keras_model",
     "import_keras_weights",
     "init_variables",
     "model_functions",
@@ -80,3 +81,10 @@ def import_keras_weights(arch: str, path: str, *, seed: int = 0, num_classes: in
   """
   keras_import = importlib.import_module("saliency_jax.models.keras_import")
   return keras_import.import_keras_weights(arch, path, seed=seed, num_classes=num_classes)
+
+
+def import_keras_model(path: str, *, arch: str | None = None):
+  """A whole Keras InceptionV3/DenseNet121 classifier (.h5, .keras, .weights.h5) as our module
+  and variables; see `saliency_jax.models.keras_model.import_keras_model`."""
+  keras_model = importlib.import_module("saliency_jax.models.keras_model")
+  return keras_model.import_keras_model(path, arch=arch)

@@ -8,7 +8,8 @@ Two file layouts are read; nothing is downloaded:
   * the Keras 3 `.weights.h5` layout: `layers/<key>/vars/<0, 1, ...>`, nested models as
     `layers/<model>/layers/...`, where <key> is the layer's class and rank in `model.layers`
     ("conv2d_7"), not its name; the name is the `name` attribute of the `vars` group (files
-    without it are refused: their mapping would rest on Keras' topological layer order).
+    without it are refused: their mapping would rest on Keras' topological layer order);
+    a `.keras` file holds it as `model.weights.h5` in its zip.
 Both store a layer's variables as trainable then non-trainable (kernel, bias; gamma, beta,
 moving_mean, moving_variance), which is the order used where the file gives no names.
 
@@ -26,7 +27,9 @@ Mapping to our parameter tree:
 Anything left over or missing is an error, never a silent partial import.
 """
 import functools
+import io
 import re
+import zipfile
 from typing import Any
 
 import h5py
@@ -48,7 +51,7 @@ def import_keras_weights(arch: str, path: str, *, seed: int = 0,
 
   Args:
     arch: "inception_v3" or "densenet121".
-    path: a legacy `.h5` weight (or whole-model) file or a Keras 3 `.weights.h5` file.
+    path: a legacy `.h5` weight (or whole-model) file, a Keras 3 `.weights.h5` or `.keras` file.
     seed: PRNG seed of the head when the file has none (`*_notop` files).
     num_classes: outputs of the head.
 
@@ -85,7 +88,7 @@ def read_keras_layers(path: str) -> dict[str, list[tuple[str | None, np.ndarray]
   Layer names have "/" replaced by "_"; variables are in Keras' saved order (sorted into it
   by name when the file names them).
   """
-  with h5py.File(path, "r") as f:
+  with open_weights(path) as f:
     if "layer_names" in f.attrs or "layer_names0" in f.attrs:
       return _read_legacy(f)
     if "model_weights" in f:
@@ -96,6 +99,16 @@ def read_keras_layers(path: str) -> dict[str, list[tuple[str | None, np.ndarray]
       return layers
   raise ValueError(f"{path} is neither a legacy Keras HDF5 weight file (no `layer_names`) nor "
                    "a Keras 3 `.weights.h5` file (no `layers` group).")
+
+
+def open_weights(path: str) -> h5py.File:
+  """The HDF5 weights of `path`: the file itself, or `model.weights.h5` inside a `.keras` zip."""
+  if zipfile.is_zipfile(path):
+    with zipfile.ZipFile(path) as archive:
+      if "model.weights.h5" not in archive.namelist():
+        raise ValueError(f"{path} is a zip file without model.weights.h5: not a .keras model.")
+      return h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r")
+  return h5py.File(path, "r")
 
 
 def _attr_strings(group: h5py.Group, name: str) -> list[str]:

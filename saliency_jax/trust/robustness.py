@@ -21,6 +21,7 @@ CONFIGURED = "configured"
 GRAYSCALE = {
     CONFIGURED: {},                            # the maps stage's own maps
     "no_clip": {"grayscale_percentile": 100},  # |.| min-max, no 99th-percentile clip
+    "diverging": {"visualization": "diverging"},  # signed: PAIR's VisualizeImageDiverging
 }
 
 
