@@ -360,12 +360,13 @@ class Study:
 
   def _generate(self, path, method, model_fns, image_set, style, targets, settings, key):
     study = self.config.study
-    return maps_lib.generate_maps(
-        path, method, model_fns, self.inputs(image_set, style), targets, image_set.indices,
-        image_set.ids, key=key, settings=settings, chunk_size=study.chunk_size,
-        dtype=study.map_dtype,
-        prepared_dir=os.path.join(self.workdir, "maps", image_set.name, "prepared"),
-        progress=False)
+    inputs = maps_lib.MapInputs(self.inputs(image_set, style), targets, image_set.indices,
+                                image_set.ids)
+    plan = maps_lib.MapPlan(
+        chunk_size=study.chunk_size, dtype=study.map_dtype, progress=False,
+        prepared_dir=os.path.join(self.workdir, "maps", image_set.name, "prepared"))
+    return maps_lib.generate_maps(path, method, model_fns, inputs, key=key, settings=settings,
+                                  plan=plan)
 
   def stage_maps(self) -> None:
     key = jax.random.key(self.config.seed)
@@ -395,8 +396,8 @@ class Study:
           lambda x, loc=loc: loc.module.apply(loc.variables, x))
       for set_name in (SetName.UTILITY, SetName.EVAL):
         image_set = self.image_set(set_name)
-        self._generate(self.store_path(set_name, loc.name, State.ORIGINAL, Baseline.LOCALIZATION),
-                       SegmentationOutput(), fns, image_set, loc.style,
+        path = self.store_path(set_name, loc.name, State.ORIGINAL, Baseline.LOCALIZATION)
+        self._generate(path, SegmentationOutput(), fns, image_set, loc.style,
                        np.zeros(len(image_set.ids), np.int32), {}, key)
     if self.config.study.external_maps:
       found = external.import_maps(
