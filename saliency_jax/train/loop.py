@@ -147,7 +147,7 @@ def _train_iterator(plan: _Plan, train_source):
   return iter(make_dataset(train_source, batch_size=plan.batch_size // jax.process_count(),
                            seed=plan.seed, style=config.style, channels=int(config.channels),
                            shuffle=True, num_epochs=None, drop_remainder=True,
-                           shard_by_process=True))
+                           shard_by_process=True, max_boxes=plan.task.max_boxes))
 
 
 def _restore(plan: _Plan, manager: ocp.CheckpointManager, state: dict, train_iter):
@@ -267,7 +267,8 @@ def _evaluate(task: Task, eval_step, variables, val_source, config, local_batch:
   from saliency_jax.data import make_dataset  # pylint: disable=g-import-not-at-top
   dataset = make_dataset(val_source, batch_size=local_batch, seed=0, style=config.style,
                          channels=int(config.channels), shuffle=False, num_epochs=1,
-                         drop_remainder=False, shard_by_process=True)
+                         drop_remainder=False, shard_by_process=True,
+                         max_boxes=task.max_boxes)
   # Every process runs the same number of steps (unequal shards would deadlock multi-host
   # runs): exhausted processes feed batches that are all padding.
   per_process = -(-len(val_source) // jax.process_count())

@@ -5,6 +5,7 @@ and their host-side summary, and the validation metric that selects the best che
 kind of model (e.g. a detector) is one more `Task` here, passed to `loop.train`.
 """
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import jax
@@ -53,6 +54,7 @@ class Task:
   eval_outputs: Callable[[jax.Array, dict], dict]    # -> per-example arrays [B, ...]
   summarize: Callable[[dict], dict]                  # host arrays of valid examples -> metrics
   select: str                                        # the metric maximized for "best"
+  max_boxes: int = 0                                 # batches carry padded boxes when > 0
 
 
 def _classifier_loss(logits, batch):
@@ -107,3 +109,48 @@ CLASSIFIER = Task(("image", "label"), _classifier_loss, _classifier_outputs,
                   _classifier_summary, "val_auc")
 SEGMENTER = Task(("image", "mask"), _segmenter_loss, _segmenter_outputs,
                  _segmenter_summary, "val_dice")
+
+
+@functools.lru_cache(maxsize=8)
+def detector_task(anchors_key: tuple, image_shape: tuple[int, int], max_boxes: int,
+                  box_loss: str) -> Task:
+  """The RetinaNet task for one anchor set and image size (cached: one object per setting, so
+  the jitted steps are shared by replicates)."""
+  # pylint: disable=g-import-not-at-top
+  from saliency_jax.detection import boxes as boxes_lib
+  from saliency_jax.detection import losses, metrics, postprocess
+  if box_loss not in losses.BOX_LOSSES:
+    raise ValueError(f"Unknown box loss {box_loss!r}; expected one of {losses.BOX_LOSSES}.")
+  anchors = boxes_lib.anchors(*image_shape, anchors_key)
+
+  def loss(out, batch):
+    logits, deltas = out
+    return losses.detection_loss(logits, deltas, jnp.asarray(anchors), batch["boxes"],
+                                 batch["num_boxes"], box_loss_kind=box_loss)[0]
+
+  def outputs(out, batch):
+    logits, deltas = out
+    per_image = jax.vmap(lambda lg, d, b, n: loss((lg[None], d[None]),
+                                                 {"boxes": b[None], "num_boxes": n[None]}))
+    det_boxes, det_scores = postprocess.detect(logits, deltas, jnp.asarray(anchors),
+                                               image_shape=tuple(image_shape))
+    return {"det_boxes": det_boxes, "det_scores": det_scores, "boxes": batch["boxes"],
+            "num_boxes": batch["num_boxes"],
+            "loss": per_image(logits, deltas, batch["boxes"], batch["num_boxes"])}
+
+  def summary(out):
+    preds = [b[s > 0] for b, s in zip(out["det_boxes"], out["det_scores"])]
+    scores = [s[s > 0] for s in out["det_scores"]]
+    truth = [b[:n] for b, n in zip(out["boxes"], out["num_boxes"])]
+    confident = [s * (s >= RSNA_SCORE_THRESHOLD) for s in scores]
+    return {"val_map": metrics.mean_ap(preds, scores, truth),
+            "val_rsna_score": metrics.rsna_score(preds, confident, truth),
+            "val_loss": float(np.mean(out["loss"]))}
+
+  return Task(("image", "boxes", "num_boxes"), loss, outputs, summary, "val_map",
+              max_boxes=max_boxes)
+
+
+# Detections scoring at least this count for the RSNA challenge score (which, unlike mAP,
+# punishes every false positive); mAP uses all detections.
+RSNA_SCORE_THRESHOLD = 0.5
