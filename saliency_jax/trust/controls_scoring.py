@@ -93,7 +93,8 @@ def table(records, manifest: Manifest, study_config: ml_collections.ConfigDict, 
   index = verdicts.index_records(records)
   scores, comparisons = [], []
   flags: dict[str, list[str]] = {m: [] for m in manifest.methods}
-  for criterion, rule in verdicts.rules_from_config(study_config).items():
+  for rule_name, rule in verdicts.rules_from_config(study_config).items():
+    criterion = rule.get("criterion", rule_name)
     ids = verdicts.image_ids(index, verdicts.source_measure(criterion))
     metric = rule["metric"]
     method_values = {m: verdicts.criterion_values(index, manifest, criterion, m, metric, ids)[0]
@@ -105,7 +106,7 @@ def table(records, manifest: Manifest, study_config: ml_collections.ConfigDict, 
       own = verdicts.paired_test(values, baseline, rule)
       own_verdict = ("N/A" if not np.isfinite(own.pvalue) else
                      "PASS" if own.pvalue < study_config.alpha else "FAIL")
-      scores.append(dict(criterion=criterion, control=name, metric=metric,
+      scores.append(dict(criterion=rule_name, control=name, metric=metric,
                          applicable=applicable, baseline_name=baseline_name,
                          own_p_value=verdicts.finite_or_none(own.pvalue),
                          own_verdict=own_verdict,
@@ -119,7 +120,7 @@ def table(records, manifest: Manifest, study_config: ml_collections.ConfigDict, 
         p_adjusted = corrected.get(method, {}).get("pvalue_adjusted")
         beats = p_adjusted is not None and p_adjusted < study_config.alpha
         comparisons.append(dict(
-            criterion=criterion, control=name, method=method, metric=metric,
+            criterion=rule_name, control=name, method=method, metric=metric,
             applicable=applicable, alternative=rule["alternative"],
             method_value=verdicts.finite_or_none(np.nanmean(method_values[method])
                                                  if np.isfinite(method_values[method]).any()
@@ -129,7 +130,7 @@ def table(records, manifest: Manifest, study_config: ml_collections.ConfigDict, 
             test=test.test, p_value=verdicts.finite_or_none(test.pvalue),
             p_adjusted=p_adjusted, beats=beats))
         if applicable and not beats:
-          flags[method].append(f"{criterion}: {name}")
+          flags[method].append(f"{rule_name}: {name}")
   return dict(scores=scores, comparisons=comparisons, flags=flags,
               applicable={k: list(v) for k, v in controls.APPLICABLE.items()},
               not_applicable_why=dict(controls.NOT_APPLICABLE_WHY))

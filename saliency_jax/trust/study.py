@@ -37,13 +37,16 @@ from saliency_jax import models
 from saliency_jax import randomization
 from saliency_jax import train as train_lib
 
+from saliency_jax.trust import checks
 from saliency_jax.trust import external
+from saliency_jax.trust import robustness
 from saliency_jax.trust import map_reader
 from saliency_jax.trust.manifest import CLASSIFIER
 from saliency_jax.trust.manifest import LOCALIZER
 from saliency_jax.trust.manifest import Manifest
 from saliency_jax.trust.manifest import ModelEntry
 from saliency_jax.trust.names import Baseline
+from saliency_jax.trust.names import CASCADE_PREFIX
 from saliency_jax.trust.names import cascade_state
 from saliency_jax.trust.names import independent_state
 from saliency_jax.trust.names import SetName
@@ -205,16 +208,19 @@ class Study:
         np.float32))
 
   def image_set(self, name: str) -> ImageSet:
-    """The positive test images of a set: all of them for utility, a seeded subset for SSIM."""
+    """The positive test images of a set: all of them for utility, a seeded subset for SSIM;
+    the validation set: positive validation images (CheXlocalize's threshold tuning)."""
     def build():
-      test = self.sources()["test"]
+      split = "validation" if name == SetName.VALIDATION else "test"
+      test = self.sources()[split]
       labels = np.array([int(test[i]["label"]) for i in range(len(test))])
       positives = np.flatnonzero(labels == 1)
       if len(positives) < 2:
-        raise ValueError(f"the test split has {len(positives)} positive images; need >= 2")
+        raise ValueError(f"the {split} split has {len(positives)} positive images; need >= 2")
       rng = np.random.default_rng(self.config.seed)
-      count = (self.config.study.num_utility_images if name == SetName.UTILITY
-               else self.config.study.num_eval_images)
+      count = {SetName.UTILITY: self.config.study.num_utility_images,
+               SetName.EVAL: self.config.study.num_eval_images,
+               SetName.VALIDATION: self.config.study.chexlocalize.validation_images}[name]
       if count and count < len(positives):
         positives = np.sort(rng.choice(positives, size=count, replace=False))
       arrays = data_lib.load_arrays(test, positives)
@@ -404,13 +410,64 @@ class Study:
           {n: self.image_set(n) for n in (SetName.UTILITY, SetName.EVAL)}, self.store_path,
           self.config.study.chunk_size)
       logging.info("imported external maps of %s", found)
+    self._check_maps(key)
     if jax.process_index() == 0:
       self.write_run_files()
+
+  def _image_sets(self) -> list[str]:
+    """The image sets of the run: utility, eval, and validation for CheXlocalize's tuning."""
+    sets = [SetName.UTILITY, SetName.EVAL]
+    return sets + ([SetName.VALIDATION] if checks.enabled(self.config.study, "chexlocalize")
+                   else [])
+
+  def _check_maps(self, key) -> None:
+    """The maps the checks need besides the criteria's: for CheXlocalize's tuned thresholds,
+    the validation images' maps of the utility models and localization networks; for the
+    robustness grid, each grayscale variant of the maps its verdicts read (eval set: trained
+    and last cascading step; utility set: trained), stored as `<method>@<variant>`."""
+    s = self.config.study
+    names = list(self.config.methods.names)
+    for clf in self.classifiers():
+      jobs = []   # (set, state, variables, store name, method, settings)
+      if checks.enabled(s, "chexlocalize") and clf.name in s.utility_models:
+        jobs += [(SetName.VALIDATION, State.ORIGINAL, clf.variables, n, n,
+                  self.method_settings(n)) for n in names]
+      if checks.enabled(s, "robustness"):
+        image_shape = self.inputs(self.image_set(SetName.EVAL), clf.style).shape[1:]
+        states = self.states(clf, image_shape)
+        needed = [st for st in states if st[:2] == (SetName.EVAL, State.ORIGINAL)]
+        needed += [[st for st in states if st[0] == SetName.EVAL
+                    and st[1].startswith(CASCADE_PREFIX)][-1]]
+        needed += [st for st in states if st[:2] == (SetName.UTILITY, State.ORIGINAL)]
+        for grayscale in s.robustness.grayscale:
+          overrides = robustness.GRAYSCALE[grayscale]
+          if not overrides:
+            continue
+          jobs += [(set_name, state, variables, robustness.variant_method(n, grayscale), n,
+                    {**self.method_settings(n), **overrides})
+                   for set_name, state, variables in needed for n in names]
+      targets = {}
+      for set_name, state, variables, store_name, name, settings in tqdm.tqdm(
+          jobs, desc=f"check maps {clf.name}", unit="store", disable=not jobs):
+        image_set = self.image_set(set_name)
+        if set_name not in targets:
+          targets[set_name] = self.targets(clf, image_set)
+        self._generate(self.store_path(set_name, clf.name, state, store_name),
+                       attributions.METHODS[name], models.model_functions(clf.module, variables),
+                       image_set, clf.style, targets[set_name], settings, key)
+    if checks.enabled(s, "chexlocalize"):
+      image_set = self.image_set(SetName.VALIDATION)
+      for loc in self.localizers():
+        fns = models.ModelFunctions(lambda x, loc=loc: loc.module.apply(loc.variables, x))
+        self._generate(self.store_path(SetName.VALIDATION, loc.name, State.ORIGINAL,
+                                       Baseline.LOCALIZATION),
+                       SegmentationOutput(), fns, image_set, loc.style,
+                       np.zeros(len(image_set.ids), np.int32), {}, key)
 
   def write_run_files(self) -> None:
     """Writes what scoring needs besides the maps: each set's ground truth, the average mask
     and the run manifest (models, image ids, methods, which models serve which criterion)."""
-    for set_name in (SetName.UTILITY, SetName.EVAL):
+    for set_name in self._image_sets():
       s = self.image_set(set_name)
       map_reader.write_ground_truth(self.workdir, set_name, s.ids, s.raw, s.masks, s.boxes)
     map_reader.write_average_mask(self.workdir, self.average_mask())
@@ -420,7 +477,7 @@ class Study:
                            LOCALIZER) for c in self.localizers()]
     self.manifest.record_run(
         models=models_,
-        image_ids={n: list(self.image_set(n).ids) for n in (SetName.UTILITY, SetName.EVAL)},
+        image_ids={n: list(self.image_set(n).ids) for n in self._image_sets()},
         methods=self.method_names(), computed_methods=list(self.config.methods.names),
         utility_models=list(self.config.study.utility_models),
         independent_models=list(self.config.study.independent_randomization))
