@@ -1,10 +1,12 @@
-r"""Builds a real chest X-ray dataset (RSNA Pneumonia or SIIM-ACR) as TFDS.
+r"""Builds a real dataset (RSNA Pneumonia, SIIM-ACR, or your own image folder) as TFDS.
 
   python -m launch.prepare_data --dataset=rsna_pneumonia \
     --manual_dir=/data/rsna --data_dir=/data/tfds --image_size=320 --split_seed=0
   python -m launch.prepare_data --dataset=siim_acr_pneumothorax \
     --manual_dir=/data/siim --data_dir=/data/tfds \
     --split_csv=pneumothorax_splits.csv
+  python -m launch.prepare_data --dataset=image_mask_folder \
+    --manual_dir=/data/my_images --data_dir=/data/tfds --split_fractions=0,0,1
 
 Prints the skip report (also saved as skip_report.json in the dataset's
 directory) and the name to read the dataset with. Rerunning after an
@@ -42,6 +44,9 @@ _SPLIT_CSV = flags.DEFINE_string(
     "split_csv", None, "CSV with columns Image_ID and Split (e.g. the "
     "authors' pneumonia_splits.csv / pneumothorax_splits.csv); overrides the "
     "seeded split, and images it does not list are left out.")
+_FLOAT_RANGE = flags.DEFINE_list(
+    "float_range", ["-1", "1"], "image_mask_folder: the range of float .npy images (the "
+    "authors' samples: -1,1).")
 _NUM_WORKERS = flags.DEFINE_integer("num_workers", 1,
                                     "Threads decoding DICOM files.")
 _CHECK_DICOM_IDS = flags.DEFINE_bool(
@@ -76,7 +81,8 @@ def main(argv: Sequence[str]) -> None:
         image_dtype=_IMAGE_DTYPE.value, split_seed=_SPLIT_SEED.value,
         split_fractions=[float(f) for f in _SPLIT_FRACTIONS.value],
         split_csv=_SPLIT_CSV.value, num_workers=_NUM_WORKERS.value,
-        check_dicom_ids=_CHECK_DICOM_IDS.value, overwrite=_OVERWRITE.value)
+        check_dicom_ids=_CHECK_DICOM_IDS.value, overwrite=_OVERWRITE.value,
+        float_range=[float(v) for v in _FLOAT_RANGE.value])
   except (real_cxr.ManualDirError, real_cxr.EmptySplitError) as e:
     sys.exit(f"prepare_data: {e}")
   logging.info("Built %s in %s", name, _DATA_DIR.value)

@@ -18,3 +18,4 @@ __all__ = ["build_synthetic", "load_arrays", "make_dataset", "preprocess"]
 # siim_acr_pneumothorax for tfds.data_source.
 from saliency_jax.data import rsna_pneumonia  # noqa: F401,E402
 from saliency_jax.data import siim_acr_pneumothorax  # noqa: F401,E402
+from saliency_jax.data import image_mask_folder  # noqa: F401,E402

@@ -1,7 +1,7 @@
 """Building the real chest X-ray datasets from their manual directories.
 
 `prepare(name, manual_dir=..., data_dir=..., image_size=320, ...)` builds
-`rsna_pneumonia` or `siim_acr_pneumothorax` (unless already built) and returns
+`rsna_pneumonia`, `siim_acr_pneumothorax` or `image_mask_folder` (unless already built) and returns
 the name to read it with, `tfds.data_source(read_name, data_dir=data_dir)`, and
 its skip report.
 
@@ -22,6 +22,7 @@ from typing import Any
 import tensorflow_datasets as tfds
 
 from saliency_jax.data import build_report
+from saliency_jax.data import image_mask_folder
 from saliency_jax.data import real_cxr
 from saliency_jax.data import rsna_pneumonia
 from saliency_jax.data import siim_acr_pneumothorax
@@ -30,6 +31,7 @@ from saliency_jax.data import splits as splits_lib
 BUILDERS: dict[str, type[real_cxr.RealCxrBuilder]] = {
     "rsna_pneumonia": rsna_pneumonia.RsnaPneumonia,
     "siim_acr_pneumothorax": siim_acr_pneumothorax.SiimAcrPneumothorax,
+    "image_mask_folder": image_mask_folder.ImageMaskFolder,
 }
 
 
@@ -51,8 +53,12 @@ def prepare(name: str, *, manual_dir: str, data_dir: str,
             split_fractions: Sequence[float] = splits_lib.DEFAULT_FRACTIONS,
             split_csv: str | None = None, check_dicom_ids: bool = True,
             num_workers: int = 1, clean_incomplete: bool = True,
-            overwrite: bool = False) -> tuple[str, dict[str, Any]]:
+            overwrite: bool = False,
+            float_range: Sequence[float] = image_mask_folder.DEFAULT_FLOAT_RANGE
+            ) -> tuple[str, dict[str, Any]]:
   """Builds one real dataset; returns (read name, skip report dict).
+
+  `float_range` is the range float NPY images of `image_mask_folder` are read from.
 
   A dataset already built with the same settings is reused, unless
   `overwrite` (e.g. after installing a missing decoder): then it is rebuilt
@@ -65,9 +71,13 @@ def prepare(name: str, *, manual_dir: str, data_dir: str,
   """
   if name not in BUILDERS:
     raise KeyError(f"unknown dataset {name!r}; expected one of {sorted(BUILDERS)}")
-  config = real_cxr.make_config(
-      image_size, image_dtype=image_dtype, split_seed=split_seed,
-      split_fractions=split_fractions, split_csv=split_csv)
+  options = dict(image_dtype=image_dtype, split_seed=split_seed,
+                 split_fractions=split_fractions, split_csv=split_csv)
+  if name == "image_mask_folder":
+    config = image_mask_folder.make_config(manual_dir, image_size, float_range=float_range,
+                                           **options)
+  else:
+    config = real_cxr.make_config(image_size, **options)
   cls = BUILDERS[name]
   # TFDS takes a listed config by name only, an unlisted one as an object.
   builder = cls(
