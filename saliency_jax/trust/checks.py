@@ -34,9 +34,20 @@ def enabled(study_config: ml_collections.ConfigDict, check: str) -> bool:
   return bool(section is not None and section.enabled)
 
 
+def check_config(study_config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the field of an enabled check's section that holds a bad value."""
+  if enabled(study_config, "controls"):
+    controls_scoring.check_section(study_config.controls)
+  if enabled(study_config, "chexlocalize"):
+    chexlocalize_scoring.check_section(study_config.chexlocalize)
+  if enabled(study_config, "robustness"):
+    robustness.check_section(study_config.robustness)
+
+
 def records(manifest: Manifest, reader, study_config: ml_collections.ConfigDict, *,
             seed: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
   """(per-image records of the enabled checks, what their summaries need besides records)."""
+  check_config(study_config)
   out: list[dict[str, Any]] = []
   extras: dict[str, Any] = {}
   methods = list(manifest.methods)

@@ -374,6 +374,7 @@ class Study:
         progress=False)
 
   def stage_maps(self) -> None:
+    checks.check_config(self.config.study)  # before any map, not after the study's
     key = jax.random.key(self.config.seed)
     names = list(self.config.methods.names)
     unknown = [n for n in names if n not in attributions.METHODS]
