@@ -48,6 +48,8 @@ BLOCKS = "blocks"
 NEEDS = {GRADCAM: ("GCAM", "GGCAM"), GUIDED: ("GBP", "GGCAM"),
          BLOCKS: ("cascading randomization", "independent randomization",
                   "untrained-model utility baseline")}
+# The built-in methods that need more than logits_fn.
+METHOD_NEEDS = {"GCAM": (GRADCAM,), "GBP": (GUIDED,), "GGCAM": (GRADCAM, GUIDED)}
 _SPEC_KEYS = {"name", "arch", "module", "kwargs", "weights", "keras_model", "gradcam_layer",
               "blocks", "seed", "style"}
 

@@ -12,6 +12,7 @@ and a `MapReader`, never from the `Study` (so they never load a dataset or touch
   manifest.computed_methods                # the methods whose maps the maps stage computed
   manifest.utility_models                  # which models serve which criterion
   manifest.independent_models
+  manifest.skipped                         # [{model, what, why}] not evaluated, and why
   manifest.cascade_steps(model)            # original, cascade_<block>, ... (logits first)
 
 Each stage records the configuration it ran with (JSON-able, e.g. a `ConfigDict.to_dict()`):
@@ -74,14 +75,16 @@ class Manifest:
 
   def record_run(self, *, models: list[ModelEntry], image_ids: dict[str, list[str]],
                  methods: list[str], computed_methods: list[str], utility_models: list[str],
-                 independent_models: list[str]) -> None:
+                 independent_models: list[str],
+                 skipped: list[dict[str, str]] | None = None) -> None:
     """Records the maps stage's decisions (call save() to write them)."""
     self.data["run"] = dict(
         models=[dict(name=m.name, arch=m.arch, block_names=list(m.block_names), role=m.role)
                 for m in models],
         image_ids={str(k): [str(i) for i in v] for k, v in image_ids.items()},
         methods=list(methods), computed_methods=list(computed_methods),
-        utility_models=list(utility_models), independent_models=list(independent_models))
+        utility_models=list(utility_models), independent_models=list(independent_models),
+        skipped=[dict(s) for s in skipped or []])
 
   @property
   def has_run(self) -> bool:
@@ -129,6 +132,12 @@ class Manifest:
   @property
   def independent_models(self) -> list[str]:
     return list(self._run()["independent_models"])
+
+  @property
+  def skipped(self) -> list[dict[str, str]]:
+    """[{model, what, why}]: methods and criteria a model could not give (e.g. a model known
+    only by its logits has no blocks to randomize); their stores do not exist."""
+    return list(self.data.get("run", {}).get("skipped", []))
 
   def cascade_steps(self, model: ModelEntry | str) -> list[str]:
     entry = self.model(model) if isinstance(model, str) else model

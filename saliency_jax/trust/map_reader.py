@@ -61,13 +61,16 @@ class MapReader:
   """Reads the maps and ground truth of a workdir's maps stage.
 
   `required_methods`: methods whose stores must exist (the ones the maps stage computed, and
-  the localization network's output); a missing store of another (external) method reads as
-  None, which leaves the criteria that need it N/A.
+  the localization network's output); a missing store of another (external) method, or of a
+  (model, method) pair in `skipped` (the model cannot give that method), reads as None, which
+  leaves the criteria that need it N/A.
   """
 
-  def __init__(self, workdir: str, required_methods: Sequence[str]):
+  def __init__(self, workdir: str, required_methods: Sequence[str],
+               skipped: Sequence[tuple[str, str]] = ()):
     self.workdir = workdir
     self.required = set(required_methods) | {Baseline.LOCALIZATION}
+    self.skipped = {tuple(pair) for pair in skipped}
     self._ground_truth: dict[str, GroundTruth] = {}
 
   def read(self, set_name: str, model: str, state: str, method: str) -> np.ndarray | None:
@@ -75,7 +78,7 @@ class MapReader:
     not exist."""
     path = store_path(self.workdir, set_name, model, state, method)
     if not os.path.exists(path):
-      if method in self.required:
+      if method in self.required and (model, method) not in self.skipped:
         raise FileNotFoundError(f"no maps at {path}: run the maps stage first")
       return None
     store = MapStore.open(path)

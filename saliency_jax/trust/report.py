@@ -181,6 +181,11 @@ def build_sections(manifest: Manifest, config: ml_collections.ConfigDict, workdi
           "tests and counted in the tables.",
       ]),
   ]
+  if manifest.skipped:
+    sections.append(("Not evaluated", [
+        "What a model does not expose disables only the methods and criteria that need it:",
+        Table(["model", "method or criterion", "why"],
+              [[e["model"], e["what"], e["why"]] for e in manifest.skipped])]))
   if "examples" in figure_paths:
     sections.append(("Examples", [Figure(
         figure_paths["examples"],

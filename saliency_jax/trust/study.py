@@ -36,6 +36,8 @@ from saliency_jax import maps as maps_lib
 from saliency_jax import models
 from saliency_jax import randomization
 from saliency_jax import train as train_lib
+from saliency_jax.attributions import custom as custom_methods
+from saliency_jax.models import plugin
 
 from saliency_jax.trust import checks
 from saliency_jax.trust import external
@@ -84,6 +86,9 @@ class Classifier:
   variables: Any
   val_auc: float
   style: str  # the pixel scaling this model was trained with (see data.preprocess)
+  # How the study uses it (blocks, functions, what it lacks); None: a package model, bound
+  # when first needed (`Study.plugin`).
+  bound: plugin.PluginModel | None = None
 
 
 class ProgressLog:
@@ -248,8 +253,11 @@ class Study:
       sources = self.sources()
       result = []
       for spec in self.config.models:
-        module = models.create(spec["arch"], num_classes=2, **spec.get("kwargs", {}))
         style = spec.get("style", self.config.data.style)
+        if any(spec.get(k) for k in ("module", "keras_model", "weights")):
+          result.append(self._plugin_classifier(spec, style))
+          continue
+        module = models.create(spec["arch"], num_classes=2, **spec.get("kwargs", {}))
         workdir = os.path.join(self.workdir, "models", spec["name"])
         trained = train_lib.train_classifier(
             module, sources["train"], sources["validation"], workdir=workdir,
@@ -261,6 +269,28 @@ class Study:
                                  float(trained.val_auc), style))
       return result
     return self._cached("classifiers", build)
+
+  def _plugin_classifier(self, spec, style: str) -> Classifier:
+    """A `config.models` entry naming a module by import path, a Keras model or weights (see
+    models.plugin): loaded, or trained first where it names no weights."""
+    image_shape = self.inputs(self.image_set(SetName.EVAL), style).shape[1:]
+    module, variables, extras = plugin.resolve(spec, image_shape)
+    val_auc = float("nan")  # not trained here: no validation score of ours
+    if variables is None:
+      sources = self.sources()
+      trained = train_lib.train_classifier(
+          module, sources["train"], sources["validation"],
+          workdir=os.path.join(self.workdir, "models", spec["name"]), seed=spec["seed"],
+          config=self._train_config(self.config.train, style))
+      variables, val_auc = trained.variables, float(trained.val_auc)
+    bound = plugin.from_flax(spec["name"], module, variables, image_shape, **extras)
+    return Classifier(spec["name"], bound.arch, module, variables, val_auc, style, bound)
+
+  def bound_model(self, clf: Classifier, image_shape) -> plugin.PluginModel:
+    if clf.bound is None:
+      clf.bound = plugin.from_flax(clf.name, clf.module, clf.variables, image_shape,
+                                    arch=clf.arch)
+    return clf.bound
 
   def _pretrained(self, spec, workdir: str):
     """ImageNet weights from `config.weights.<arch>` (Keras files), for a run not started yet;
@@ -310,14 +340,21 @@ class Study:
 
   def states(self, clf: Classifier, image_shape) -> List[Tuple[str, str, Any]]:
     """(set, state, variables) for which this classifier's maps are needed."""
+    blocks = self.bound_model(clf, image_shape).block_names
+    if not blocks:  # nothing to randomize (the report says so)
+      result = [(SetName.EVAL, State.ORIGINAL, clf.variables)]
+      if clf.name in self.config.study.utility_models:
+        result.append((SetName.UTILITY, State.ORIGINAL, clf.variables))
+      return result
     key = jax.random.fold_in(jax.random.key(self.config.seed), _stable_hash(clf.name))
     sample = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
-    cascade = randomization.cascading_randomization(clf.module, clf.variables, key, sample)
+    cascade = randomization.cascading_randomization(clf.module, clf.variables, key, sample,
+                                                    blocks)
     result = [(SetName.EVAL, cascade_state(step) if step != State.ORIGINAL else State.ORIGINAL,
                variables) for step, variables in cascade]
     if clf.name in self.config.study.independent_randomization:
       for block, variables in randomization.independent_randomization(
-          clf.module, clf.variables, key, sample):
+          clf.module, clf.variables, key, sample, blocks):
         result.append((SetName.EVAL, independent_state(block), variables))
     if clf.name in self.config.study.utility_models:
       result.append((SetName.UTILITY, State.ORIGINAL, clf.variables))
@@ -357,9 +394,9 @@ class Study:
     if self.config.study.target != "predicted":
       raise ValueError(f"study.target must be 'predicted' or 'label', got "
                        f"{self.config.study.target!r}")
-    fns = models.model_functions(clf.module, clf.variables)
-    logits = jax.jit(lambda f, x: f.logits_fn(x))
     images = self.inputs(image_set, clf.style)
+    fns = self.bound_model(clf, images.shape[1:]).functions()
+    logits = jax.jit(lambda f, x: f.logits_fn(x))
     preds = [np.asarray(jnp.argmax(logits(fns, images[i:i + 64]), -1))
              for i in range(0, len(images), 64)]
     return np.concatenate(preds).astype(np.int32)
@@ -376,6 +413,7 @@ class Study:
   def stage_maps(self) -> None:
     checks.check_config(self.config.study)  # before any map, not after the study's
     key = jax.random.key(self.config.seed)
+    custom_methods.register_from_config(self.config.methods.get("custom"))
     names = list(self.config.methods.names)
     unknown = [n for n in names if n not in attributions.METHODS]
     if unknown:
@@ -384,14 +422,19 @@ class Study:
       targets = {}
       image_shape = self.inputs(self.image_set(SetName.EVAL), clf.style).shape[1:]
       states = self.states(clf, image_shape)
+      bound = self.bound_model(clf, image_shape)
+      lacking = dict(self.skipped_methods(bound))
       with tqdm.tqdm(total=len(states) * len(names), desc=f"maps {clf.name}",
                      unit="store") as bar:
         for set_name, state, variables in states:
           image_set = self.image_set(set_name)
           if set_name not in targets:
             targets[set_name] = self.targets(clf, image_set)
-          fns = models.model_functions(clf.module, variables)
+          fns = bound.bind(variables)
           for name in names:
+            bar.update(name in lacking)
+            if name in lacking:
+              continue
             bar.set_postfix_str(f"{set_name} {state} {name}")
             self._generate(self.store_path(set_name, clf.name, state, name),
                            attributions.METHODS[name], fns, image_set, clf.style,
@@ -427,18 +470,21 @@ class Study:
     robustness grid, each grayscale variant of the maps its verdicts read (eval set: trained
     and last cascading step; utility set: trained), stored as `<method>@<variant>`."""
     s = self.config.study
-    names = list(self.config.methods.names)
     for clf in self.classifiers():
+      image_shape = self.inputs(self.image_set(SetName.EVAL), clf.style).shape[1:]
+      bound = self.bound_model(clf, image_shape)
+      lacking = dict(self.skipped_methods(bound))
+      names = [n for n in self.config.methods.names if n not in lacking]
       jobs = []   # (set, state, variables, store name, method, settings)
       if checks.enabled(s, "chexlocalize") and clf.name in s.utility_models:
         jobs += [(SetName.VALIDATION, State.ORIGINAL, clf.variables, n, n,
                   self.method_settings(n)) for n in names]
       if checks.enabled(s, "robustness"):
-        image_shape = self.inputs(self.image_set(SetName.EVAL), clf.style).shape[1:]
         states = self.states(clf, image_shape)
         needed = [st for st in states if st[:2] == (SetName.EVAL, State.ORIGINAL)]
-        needed += [[st for st in states if st[0] == SetName.EVAL
-                    and st[1].startswith(CASCADE_PREFIX)][-1]]
+        cascade = [st for st in states
+                   if st[0] == SetName.EVAL and st[1].startswith(CASCADE_PREFIX)]
+        needed += cascade[-1:]   # none for a model that cannot be randomized
         needed += [st for st in states if st[:2] == (SetName.UTILITY, State.ORIGINAL)]
         for grayscale in s.robustness.grayscale:
           overrides = robustness.GRAYSCALE[grayscale]
@@ -454,8 +500,8 @@ class Study:
         if set_name not in targets:
           targets[set_name] = self.targets(clf, image_set)
         self._generate(self.store_path(set_name, clf.name, state, store_name),
-                       attributions.METHODS[name], models.model_functions(clf.module, variables),
-                       image_set, clf.style, targets[set_name], settings, key)
+                       attributions.METHODS[name], bound.bind(variables), image_set,
+                       clf.style, targets[set_name], settings, key)
     if checks.enabled(s, "chexlocalize"):
       image_set = self.image_set(SetName.VALIDATION)
       for loc in self.localizers():
@@ -465,6 +511,26 @@ class Study:
                        SegmentationOutput(), fns, image_set, loc.style,
                        np.zeros(len(image_set.ids), np.int32), {}, key)
 
+  def skipped_methods(self, bound: plugin.PluginModel) -> List[Tuple[str, str]]:
+    """[(method, why)] of the configured methods this model cannot give."""
+    out = []
+    for name in self.config.methods.names:
+      needs = plugin.METHOD_NEEDS.get(name, ()) + custom_methods.NEEDS.get(name, ())
+      missing = [part for part in needs if part in bound.lacks]
+      if missing:
+        out.append((name, bound.lacks[missing[0]]))
+    return out
+
+  def skipped(self) -> List[Dict[str, str]]:
+    """What was not evaluated and why: methods and criteria per model (for the report)."""
+    out = []
+    for clf in self.classifiers():
+      bound = self.bound_model(clf, self.inputs(self.image_set(SetName.EVAL), clf.style).shape[1:])
+      out += [dict(model=clf.name, what=m, why=why) for m, why in self.skipped_methods(bound)]
+      out += [dict(model=clf.name, what=what, why=why) for what, why in bound.skipped()
+              if what not in plugin.METHOD_NEEDS]
+    return out
+
   def write_run_files(self) -> None:
     """Writes what scoring needs besides the maps: each set's ground truth, the average mask
     and the run manifest (models, image ids, methods, which models serve which criterion)."""
@@ -472,8 +538,9 @@ class Study:
       s = self.image_set(set_name)
       map_reader.write_ground_truth(self.workdir, set_name, s.ids, s.raw, s.masks, s.boxes)
     map_reader.write_average_mask(self.workdir, self.average_mask())
-    models_ = [ModelEntry(c.name, c.arch, tuple(c.module.block_names), CLASSIFIER)
-               for c in self.classifiers()]
+    image_shape = self.inputs(self.image_set(SetName.EVAL), self.config.data.style).shape[1:]
+    models_ = [ModelEntry(c.name, c.arch, tuple(self.bound_model(c, image_shape).block_names),
+                          CLASSIFIER) for c in self.classifiers()]
     models_ += [ModelEntry(c.name, c.arch, tuple(getattr(c.module, "block_names", ())),
                            LOCALIZER) for c in self.localizers()]
     self.manifest.record_run(
@@ -481,13 +548,15 @@ class Study:
         image_ids={n: list(self.image_set(n).ids) for n in self._image_sets()},
         methods=self.method_names(), computed_methods=list(self.config.methods.names),
         utility_models=list(self.config.study.utility_models),
-        independent_models=list(self.config.study.independent_randomization))
+        independent_models=list(self.config.study.independent_randomization),
+        skipped=self.skipped())
     self.manifest.save()
 
   def reader(self) -> map_reader.MapReader:
     if not self.manifest.has_run:
       self.write_run_files()  # a workdir whose maps stage finished before manifests existed
-    return map_reader.MapReader(self.workdir, self.manifest.computed_methods)
+    return map_reader.MapReader(self.workdir, self.manifest.computed_methods,
+                                skipped=[(s["model"], s["what"]) for s in self.manifest.skipped])
 
   # ---------------------------------------------------------------------------------------
   # Criteria and report: they read the manifest, the maps and the records, not this object.

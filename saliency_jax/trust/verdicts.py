@@ -88,7 +88,7 @@ def criterion_values(index: Index, manifest: Manifest, criterion: str, method: s
     return values, baseline, "average mask"
   if criterion == Criterion.RANDOMIZATION:
     classifiers = manifest.classifiers
-    last = [(c.name, cascade_state(c.block_names[-1])) for c in classifiers]
+    last = [(c.name, cascade_state(c.block_names[-1])) for c in classifiers if c.block_names]
     values = per_image(index, Measure.CASCADING, metric, method, last, ids)
     baseline = per_image(index, Measure.RANDOM_PAIRS, metric, method,
                          [(c.name, State.BASELINE) for c in classifiers], ids)
@@ -208,6 +208,8 @@ def curves(records, manifest: Manifest) -> dict[str, Any]:
   out: dict[str, Any] = {}
   for metric in ("ssim", "spearman_abs"):
     for arch, clfs in archs.items():
+      if not clfs[0].block_names:
+        continue  # nothing was randomized (the report says why)
       steps = manifest.cascade_steps(clfs[0])
       blocks = list(clfs[0].block_names)
       for method in manifest.methods:
