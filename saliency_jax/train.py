@@ -727,15 +727,19 @@ def _evaluate(task: _Task, eval_step, variables, val_source, config, local_batch
 def benchmark_train_step(module: nn.Module, image_shape: tuple[int, int, int], *,
                          batch_size: int, mesh: Mesh | None = None, num_steps: int = 10,
                          dtype: str = "float32", learning_rate: float = 1e-3,
-                         segmentation: bool = False) -> dict:
+                         segmentation: bool = False, detector: bool = False) -> dict:
   """Times the jitted training step on random data (no input pipeline).
 
-  Returns {"step_s": median seconds per step, "images_per_s": batch_size / step_s,
+  `segmentation`: the U-Net's task; `detector`: the RetinaNet's (random boxes, up to 3 per
+  image). Returns {"step_s": median seconds per step, "images_per_s": batch_size / step_s,
   "compile_s": first call, "devices": mesh size}. `batch_size` is the global batch.
   """
   mesh = default_mesh() if mesh is None else mesh
   settings = (float(learning_rate), "constant", 0, 0, 0.0)  # as _optimizer_settings
   task = _SEGMENTER if segmentation else _CLASSIFIER
+  if detector:
+    task = _detector_task(tuple(float(s) for s in module.anchor_sizes),
+                          tuple(image_shape[:2]), 3, "smooth_l1")
   steps = _steps(task, _with_dtype(module, dtype), settings, mesh)
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
@@ -745,7 +749,10 @@ def benchmark_train_step(module: nn.Module, image_shape: tuple[int, int, int], *
   local = batch_size // jax.process_count()
   batch = {"image": rng.normal(size=(local, *image_shape)).astype(np.float32),
            "label": (np.arange(local) % 2).astype(np.int32),
-           "mask": rng.random((local, *image_shape[:2])) > 0.9}
+           "mask": rng.random((local, *image_shape[:2])) > 0.9,
+           "num_boxes": (np.arange(local) % 4).astype(np.int32)}
+  corners = rng.uniform(0, min(image_shape[:2]), (local, 3, 2, 2))
+  batch["boxes"] = np.concatenate([corners.min(2), corners.max(2) + 4], -1).astype(np.float32)
   batch = _global_batch(batch, task.batch_keys, batch_sharding)
   start = time.perf_counter()
   state, loss = steps.train_step(state, batch)

@@ -5,7 +5,7 @@ resumes from its last checkpoint, map stores keep their finished chunks, and a s
 done in `progress.json` is skipped on a rerun. Layout of the workdir:
 
   data/                          the TFDS dataset (synthetic runs build it here)
-  models/<name>/                 checkpoints, metrics.jsonl of each classifier and U-Net
+  models/<name>/                 checkpoints, metrics.jsonl of each classifier and localizer
   maps/<set>/<model>/<state>/<method>/   map stores (set: "utility" or "eval")
   maps/<set>/prepared/           model-independent per-image data (XRAI segments)
   maps/<set>/ground_truth.npz, maps/average_mask.npy   what scoring needs of the dataset
@@ -55,6 +55,7 @@ from saliency_jax.trust.names import SetName
 from saliency_jax.trust.names import State
 
 STAGES = ("data", "train", "maps", "criteria", "report")
+LOCALIZATION_ARCHS = ("unet", "retinanet")  # config.localization.arch
 HOST0_STAGES = ("criteria", "report")  # single-writer stages of a multi-host run
 # The config sections each stage reads, recorded in the manifest when the stage finishes
 # (None: the whole config).
@@ -84,11 +85,12 @@ class Classifier:
   arch: str
   module: Any
   variables: Any
-  val_auc: float
+  val_auc: float  # the selection metric: validation AUC, Dice (U-Net) or mAP (RetinaNet)
   style: str  # the pixel scaling this model was trained with (see data.preprocess)
   # How the study uses it (blocks, functions, what it lacks); None: a package model, bound
   # when first needed (`Study.plugin`).
   bound: plugin.PluginModel | None = None
+  val_metrics: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 class ProgressLog:
@@ -121,6 +123,26 @@ class SegmentationOutput:
   def compute(self, model_fns, images, targets, *, indices, key, settings, prepared=None):
     del targets, indices, key, settings, prepared
     return jax.nn.sigmoid(model_fns.logits_fn(images)).astype(jnp.float32)
+
+
+class DetectionScoreMap:
+  """The RetinaNet's per-pixel score map (`detection.postprocess.score_maps` of its
+  detections), stored like a saliency map: the detector's localization baseline."""
+  name = Baseline.LOCALIZATION
+  prepare = None
+  default_settings: Dict[str, Any] = {}
+
+  def __init__(self, anchors: np.ndarray):
+    self.anchors = anchors
+
+  def compute(self, model_fns, images, targets, *, indices, key, settings, prepared=None):
+    del targets, indices, key, settings, prepared
+    from saliency_jax.detection import postprocess  # pylint: disable=g-import-not-at-top
+    logits, deltas = model_fns.logits_fn(images)
+    shape = tuple(images.shape[1:3])
+    boxes, scores = postprocess.detect(logits, deltas, jnp.asarray(self.anchors),
+                                       image_shape=shape)
+    return postprocess.score_maps(boxes, scores, shape)
 
 
 class Study:
@@ -303,22 +325,60 @@ class Study:
     return models.import_keras_weights(spec["arch"], path, seed=spec["seed"], num_classes=2)
 
   def localizers(self) -> List[Classifier]:
+    """The localization baseline's replicates: U-Nets (`config.localization.arch` "unet") or
+    RetinaNets ("retinanet", the paper's baseline for box datasets)."""
     def build():
       sources = self.sources()
       loc = self.config.localization
+      if loc.arch not in LOCALIZATION_ARCHS:
+        raise ValueError(f"config.localization.arch = {loc.arch!r}; expected one of "
+                         f"{LOCALIZATION_ARCHS}.")
       module = models.create(loc.arch, **loc.get("kwargs", {}))
       result = []
       for i, seed in enumerate(loc.seeds):
         name = f"{Baseline.LOCALIZATION}{i + 1}"
-        trained = train_lib.train_segmenter(
-            module, sources["train"], sources["validation"],
-            workdir=os.path.join(self.workdir, "models", name), seed=seed,
-            config=self._train_config(loc.train, self.config.data.style))
+        workdir = os.path.join(self.workdir, "models", name)
+        config = self._train_config(loc.train, self.config.data.style)
+        if loc.arch == "retinanet":
+          trained = train_lib.train_detector(
+              module, sources["train"], sources["validation"], workdir=workdir, seed=seed,
+              config=config, initial_variables=self._detector_init(module, seed, workdir))
+          metrics = {k: trained.val_metrics[k] for k in ("val_map", "val_rsna_score")}
+        else:
+          trained = train_lib.train_segmenter(
+              module, sources["train"], sources["validation"], workdir=workdir, seed=seed,
+              config=config)
+          metrics = {"val_dice": trained.val_metrics["val_dice"]}
         result.append(Classifier(name, loc.arch, module, trained.variables,
-                                 float(trained.val_metrics["val_dice"]),
-                                 self.config.data.style))
+                                 float(next(iter(metrics.values()))),
+                                 self.config.data.style, val_metrics=metrics))
       return result
     return self._cached("localizers", build)
+
+  def _detector_init(self, module, seed: int, workdir: str):
+    """A RetinaNet init whose backbone holds `config.weights.resnet50` (Keras ResNet50 notop
+    weights), for a run not started yet; None: the seeded initialization."""
+    path = self.config.get("weights", {}).get("resnet50", "")
+    if not path or os.path.exists(os.path.join(workdir, "checkpoints")):
+      return None
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"config.weights.resnet50 = {path!r} does not exist")
+    backbone = models.import_keras_weights("resnet50", path)
+    size = self.config.data.image_size
+    variables = models.init_variables(module, jax.random.key(seed),
+                                      (size, size, self.config.data.channels))
+    for collection in ("params", "batch_stats"):
+      variables[collection] = {**variables[collection], "backbone": backbone[collection]}
+    return variables
+
+  def _localization_output(self, loc: Classifier, shape) -> Any:
+    """The map "method" of the localization baseline; one object per architecture and image
+    size, so its compilation is shared by the replicates and both image sets."""
+    def build():
+      if loc.arch == "retinanet":
+        return DetectionScoreMap(loc.module.anchors(*shape))
+      return SegmentationOutput()
+    return self._cached(f"localization_output_{loc.arch}_{tuple(shape)}", build)
 
   def _train_config(self, section: ml_collections.ConfigDict,
                     style: str) -> ml_collections.ConfigDict:
@@ -329,7 +389,7 @@ class Study:
 
   def stage_train(self) -> None:
     summary = {c.name: {"arch": c.arch, "val_auc": c.val_auc} for c in self.classifiers()}
-    summary.update({c.name: {"arch": c.arch, "val_dice": c.val_auc} for c in self.localizers()})
+    summary.update({c.name: {"arch": c.arch, **c.val_metrics} for c in self.localizers()})
     with open(os.path.join(self.workdir, "models", "summary.json"), "w") as f:
       json.dump(summary, f, indent=2)
     for name, entry in summary.items():
@@ -446,8 +506,8 @@ class Study:
       for set_name in (SetName.UTILITY, SetName.EVAL):
         image_set = self.image_set(set_name)
         self._generate(self.store_path(set_name, loc.name, State.ORIGINAL, Baseline.LOCALIZATION),
-                       SegmentationOutput(), fns, image_set, loc.style,
-                       np.zeros(len(image_set.ids), np.int32), {}, key)
+                       self._localization_output(loc, image_set.raw.shape[1:3]), fns,
+                       image_set, loc.style, np.zeros(len(image_set.ids), np.int32), {}, key)
     if self.config.study.external_maps:
       found = external.import_maps(
           self.config.study.external_maps,
