@@ -62,7 +62,7 @@ _SETTINGS_SCRIPT = textwrap.dedent("""
     from jax.experimental import multihost_utils
     import ml_collections
     from saliency_jax import multihost
-    from saliency_jax import train
+    from saliency_jax.train import workdir as train_workdir
     root, port, host = sys.argv[1], sys.argv[2], int(sys.argv[3])
     multihost.initialize(f"localhost:{port}", 2, host)
     config = ml_collections.ConfigDict(dict(batch_size=4, num_steps=2, learning_rate=1e-3,
@@ -73,7 +73,7 @@ _SETTINGS_SCRIPT = textwrap.dedent("""
         workdir = os.path.join(root, str(i))
         os.makedirs(workdir, exist_ok=True)
         multihost_utils.sync_global_devices("lockstep")  # both hosts start each check at once
-        train._check_same_settings(workdir, config, seed=i)
+        train_workdir.check_same_settings(workdir, config, seed=i)
     except Exception:
       traceback.print_exc()
       sys.stdout.flush()
