@@ -10,6 +10,8 @@ configs/paper_*.py keep the authors' settings.
 """
 import ml_collections
 
+from saliency_jax.metrics import chexlocalize
+
 from saliency_jax.trust import verdicts
 
 
@@ -109,4 +111,18 @@ def get_config(localization: str = "unet") -> ml_collections.ConfigDict:
   config.study.chunk_size = 32
   config.study.map_dtype = "float32"
   config.study.external_maps = ""         # directory of maps from another framework
+  # Checks beyond the paper's four criteria (criteria stage; README "Checks beyond the paper").
+  # Control maps scored by every criterion like a method (Binder et al. 2023).
+  config.study.controls = ml_collections.ConfigDict(dict(
+      enabled=True, names=("NOISE", "SOBEL", "BLOB", "AVERAGE_MASK"),
+      blob_sigma=0.25))                   # BLOB's sigma, a fraction of the shorter side
+  # CheXlocalize's localization metrics (Saporta et al. 2022).
+  config.study.chexlocalize = ml_collections.ConfigDict(dict(
+      enabled=True, validation_images=0,  # positive validation images for tuning; 0: all
+      thresholds=chexlocalize.TUNING_THRESHOLDS))  # CheXlocalize's arange(0.2, 0.8, 0.1)
+  # The verdict rules re-run over a grid of protocol choices.
+  config.study.robustness = ml_collections.ConfigDict(dict(
+      enabled=True, grayscale=("configured", "no_clip", "diverging"),
+      similarity=("ssim", "spearman_abs", "spearman", "hog", "top_k_iou"),
+      ssim_data_ranges=(1.0, 2.0), top_k_fraction=0.1))
   return config

@@ -44,4 +44,7 @@ def get_config(localization: str = "unet"):
   config.study.bootstrap_resamples = 100
   config.study.chunk_size = 8
   config.study.num_example_images = 2
+  # One extra grayscale variant (its maps are the checks' main cost), few validation images.
+  config.study.robustness.grayscale = ("configured", "diverging")
+  config.study.chexlocalize.validation_images = 8
   return config

@@ -24,6 +24,7 @@ from typing import Any, Sequence, Union
 import jax
 import ml_collections
 
+from saliency_jax.trust import check_report
 from saliency_jax.trust import figures
 from saliency_jax.trust.manifest import Manifest
 from saliency_jax.trust.map_reader import MapReader
@@ -219,6 +220,7 @@ def build_sections(manifest: Manifest, config: ml_collections.ConfigDict, workdi
         "SSIM between maps of replicates of the same architecture (repeatability) and of "
         f"different architectures (reproducibility); line: SSIM between the two {loc_label} "
         "replicates' outputs.")]))
+  sections += check_report.sections(summary, figure_paths, Table, Figure)
   sections.append(("Statistical details", [details_table(summary)]))
   sections.append(("Provenance", provenance(manifest, config, workdir)))
   return sections
@@ -302,6 +304,7 @@ def write_report(manifest: Manifest, reader: MapReader, config: ml_collections.C
   shutil.rmtree(figure_dir, ignore_errors=True)  # no stale figures from an earlier config
   figure_paths = figures.all_figures(manifest, reader, summary, records, figure_dir,
                                      num_examples=config.study.num_example_images)
+  figure_paths.update(check_report.figures(summary, manifest.methods, figure_dir))
   title = f"Trustworthiness of saliency maps: {config.data.name}"
   sections = build_sections(manifest, config, workdir, summary, figure_paths)
   with open(os.path.join(workdir, "report.md"), "w") as f:
