@@ -232,11 +232,10 @@ def main(argv):
       records["maps"][f"{spec['name']}/{name}"] = dict(vars(r), peak_fraction=gfrac)
   loc = config.localization
   loc_module = models.create(loc.arch, **loc.get("kwargs", {}))
-  for i in range(len(loc.seeds)):
-    if i == 0:
-      loc_rates, _, loc_map_s = _train_rates(loc_module, shape, loc.train, config.data.style,
-                                             os.path.join(tmp, "train", "localizer"),
-                                             segmentation=True)
+  for i in range(len(loc.seeds)):   # the second reuses the first's compiled programs
+    loc_rates, _, loc_map_s = _train_rates(loc_module, shape, loc.train, config.data.style,
+                                           os.path.join(tmp, "train", f"localizer{i + 1}"),
+                                           segmentation=True)
     train_rates[f"localizer{i + 1}"] = loc_rates
   crit, crit_fixed = _criteria_rates(size, chunk, config.study)
   rates = projection.Rates(
@@ -244,9 +243,10 @@ def main(argv):
       segmentation_s=seg_cache.get("seconds", 0.0), utility_map_s=crit["utility"],
       similarity_pair_s=crit["similarity"], random_pair_s=crit["random"],
       fixed_s={"maps": seg_cache.get("fixed", 0.0), "criteria": crit_fixed})
-  print(f"{'localizer':10s} {1 / loc_rates.step_s:9.2f} "
-        f"{int(loc.train.batch_size) / loc_rates.step_s:9.1f} {loc_rates.compile_s:13.1f} "
-        f"{loc_rates.eval_batch_s:13.3f}")
+  for name in [f"localizer{i + 1}" for i in range(len(loc.seeds))]:
+    r = train_rates[name]
+    print(f"{name:10s} {1 / r.step_s:9.2f} {int(loc.train.batch_size) / r.step_s:9.1f} "
+          f"{r.compile_s:13.1f} {r.eval_batch_s:13.3f}")
   print(f"\n{'maps/s (steady)':16s}" + "".join(f"{m:>9s}" for m in config.methods.names))
   for spec in config.models:
     print(f"{spec['name']:16s}" + "".join(
