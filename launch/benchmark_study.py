@@ -35,9 +35,11 @@ from saliency_jax import attributions
 from saliency_jax import compilation_cache
 from saliency_jax import models
 from saliency_jax import projection
+from saliency_jax import randomization
 from saliency_jax import train
 from saliency_jax import trust
 from saliency_jax.trust import criteria
+from saliency_jax.trust import study as study_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(__file__), "..", "configs", "paper_siim.py"),
@@ -155,6 +157,34 @@ def _map_rates(name, module, shape, study, chunk, seg_cache):
                              state_s=max(0.0, second - steady), per_map_s=steady / chunk)
 
 
+def _state_setup_s(module, variables, shape, name, study_config):
+  """A classifier's setup in the maps stage, beyond its maps: the randomized states' weights
+  and the targets of each image set (a jitted forward pass, compiled per call as the study's)."""
+  key, sample = jax.random.key(0), jnp.zeros((1,) + tuple(shape), jnp.float32)
+  seconds, _ = _timed(lambda: randomization.cascading_randomization(
+      module, variables, key, sample, module.block_names))
+  if name in study_config.independent_randomization:
+    seconds += _timed(lambda: randomization.independent_randomization(
+        module, variables, key, sample, module.block_names))[0]
+  fns = models.model_functions(module, variables)
+  x = jnp.asarray(_images(min(64, int(study_config.num_eval_images)), shape[0], shape[2]))
+  sets = 2 if name in study_config.utility_models else 1
+  for _ in range(sets):
+    seconds += _timed(lambda: jax.jit(lambda f, x: f.logits_fn(x))(fns, x))[0]
+  return seconds
+
+
+def _localizer_map_rates(module, variables, shape, chunk):
+  """(first-call extra, per map) of the localizer's maps (the study's SegmentationOutput)."""
+  fns = models.model_functions(module, variables)
+  images = jnp.asarray(_images(chunk, shape[0], shape[2], seed=3))
+  compute = jax.jit(lambda f, x: study_lib.SegmentationOutput().compute(
+      f, x, None, indices=None, key=None, settings={}))
+  first, _ = _timed(lambda: compute(fns, images))
+  steady, _ = best_of(lambda: block(compute(fns, images)), _REPEATS.value)
+  return max(0.0, first - steady), steady / chunk
+
+
 def _criteria_rates(size, chunk, study_config):
   rng = np.random.default_rng(0)
   n = max(2, min(chunk, 16))
@@ -204,7 +234,7 @@ def main(argv):
         f"peak {'unknown' if not peak else f'{peak / 1e12:.0f} TFLOP/s'}")
   study = trust.Study(config, os.path.join(tmp, "workdir"))
   train_rates, map_rates, blocks, records = {}, {}, {}, {"maps": {}, "train": {}}
-  seg_cache = {}
+  seg_cache, setup_s = {}, 0.0
   print(f"\n{'model':10s} {'steps/s':>9s} {'images/s':>9s} {'first call s':>13s} "
           f"{'eval batch s':>13s} {'peak':>6s}")
   for spec in config.models:
@@ -217,6 +247,7 @@ def main(argv):
     train_rates[spec["name"]] = rates
     blocks[spec["name"]] = len(module.block_names)
     flops = _forward_flops(module, variables, shape)
+    setup_s += _state_setup_s(module, variables, shape, spec["name"], config.study)
     batch = int(config.train.batch_size)
     frac = 3 * flops * batch / rates.step_s / peak if flops and peak else None
     print(f"{spec['name']:10s} {1 / rates.step_s:9.2f} {batch / rates.step_s:9.1f} "
@@ -233,16 +264,18 @@ def main(argv):
   loc = config.localization
   loc_module = models.create(loc.arch, **loc.get("kwargs", {}))
   for i in range(len(loc.seeds)):   # the second reuses the first's compiled programs
-    loc_rates, _, loc_map_s = _train_rates(loc_module, shape, loc.train, config.data.style,
+    loc_rates, loc_variables, _ = _train_rates(loc_module, shape, loc.train, config.data.style,
                                            os.path.join(tmp, "train", f"localizer{i + 1}"),
                                            segmentation=True)
     train_rates[f"localizer{i + 1}"] = loc_rates
+  loc_fixed, loc_map_s = _localizer_map_rates(loc_module, loc_variables, shape, chunk)
   crit, crit_fixed = _criteria_rates(size, chunk, config.study)
   rates = projection.Rates(
       train=train_rates, maps=map_rates, localizer_map_s=loc_map_s,
       segmentation_s=seg_cache.get("seconds", 0.0), utility_map_s=crit["utility"],
       similarity_pair_s=crit["similarity"], random_pair_s=crit["random"],
-      fixed_s={"maps": seg_cache.get("fixed", 0.0), "criteria": crit_fixed})
+      fixed_s={"maps": seg_cache.get("fixed", 0.0) + setup_s + loc_fixed,
+               "criteria": crit_fixed})
   for name in [f"localizer{i + 1}" for i in range(len(loc.seeds))]:
     r = train_rates[name]
     print(f"{name:10s} {1 / r.step_s:9.2f} {int(loc.train.batch_size) / r.step_s:9.1f} "
@@ -259,7 +292,9 @@ def main(argv):
       for m in config.methods.names))
   if "seconds" in seg_cache:
     print(f"XRAI segmentation: {1 / seg_cache['seconds']:.2f} images/s (host, worker processes)")
-  print(f"first calls: XRAI segmentation workers {seg_cache.get('fixed', 0.0):.1f} s")
+  print(f"maps stage, once: XRAI segmentation workers {seg_cache.get('fixed', 0.0):.1f} s, "
+        f"randomized weights and targets {setup_s:.1f} s, localizer maps' first call "
+        f"{loc_fixed:.1f} s")
   print(f"criteria: utility {1 / crit['utility']:.1f} maps/s, similarity "
         f"{1 / crit['similarity']:.1f} pairs/s, random pairs {1 / crit['random']:.1f} pairs/s, "
         f"first calls {crit_fixed:.1f} s")
