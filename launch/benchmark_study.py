@@ -31,6 +31,7 @@ from ml_collections import config_flags
 
 from launch.timing import best_of
 from launch.timing import block
+from launch.train_step_timing import train_step_time
 from saliency_jax import attributions
 from saliency_jax import compilation_cache
 from saliency_jax import models
@@ -103,7 +104,7 @@ def _train_rates(module, shape, section, style, workdir, segmentation=False):
   """TrainRates of one model: the real training loop (`train.train_classifier` or
   `train_segmenter`, in-memory data) for a slice of `--train_steps` steps with one validation
   pass of one batch, which gives compilation, input pipeline and checkpoint costs; then the
-  steady step (`train.benchmark_train_step`) and a validation batch (forward pass)."""
+  steady step (`launch.train_step_timing`) and a validation batch (forward pass)."""
   batch = int(section.batch_size)
   eval_batch = int(section.get("eval_batch_size", batch))
   steps = _TRAIN_STEPS.value
@@ -114,9 +115,8 @@ def _train_rates(module, shape, section, style, workdir, segmentation=False):
   slice_s, _ = _timed(lambda: loop(module, _examples(batch, shape[0], 0),
                                    _examples(eval_batch, shape[0], 1), workdir=workdir, seed=0,
                                    config=config))
-  r = train.benchmark_train_step(module, shape, batch_size=batch, num_steps=steps,
-                                 dtype=section.get("dtype", "float32"),
-                                 segmentation=segmentation)
+  r = train_step_time(module, shape, batch_size=batch, num_steps=steps,
+                      dtype=section.get("dtype", "float32"), segmentation=segmentation)
   variables = models.init_variables(module, jax.random.key(0), shape)
   x = jnp.asarray(_images(eval_batch, shape[0], shape[2]))
   forward = jax.jit(lambda v, x: module.apply(v, x))
