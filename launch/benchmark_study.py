@@ -4,15 +4,17 @@ r"""The whole study's wall time, projected from a measured slice of every stage.
   python -m launch.benchmark_study --config=configs/tiny.py --datasets=config
 
 On synthetic images of the config's size, with the config's models, methods and settings, it
-times a slice of each stage: training steps (and the first step, compilation) of every
-classifier and localizer, a validation batch, one chunk of maps per (classifier, method) at a
-first state, a second state (new weights) and again (steady), XRAI's segmentation of the chunk,
-and the criteria (utility, similarity, random pairs) on maps of the real size. Then it counts
-the work of the full study for each dataset's split sizes (`saliency_jax.projection`: the
-authors' SIIM and RSNA splits by default; `--datasets=config` uses the config's own synthetic
-split) and prints the projected time of every stage, with the fraction of the device's peak
-FLOP/s that training and the gradient methods reach (peak from `--peak_tflops` or a table of
-known devices, bfloat16 dense). Not projected: the data stage (preparing real data is a
+times a slice of each stage: the real training loop for a few steps (compilation, input
+pipeline, a checkpoint), then steady steps and a validation batch, of every classifier and
+localizer; one chunk of maps per (classifier, method) at a first state, a second state (new
+weights) and again (steady); XRAI's segmentation of the chunk; the maps stage's setup
+(randomized weights, targets); and the criteria (utility, similarity, random pairs) on maps of
+the real size. Then it counts the work of the full study for each dataset's split sizes
+(`saliency_jax.projection`: the authors' SIIM and RSNA splits by default; `--datasets=config`:
+the config's own synthetic split; every dataset with the one `--config`, whose localizer must
+be the U-Net) and prints the projected time of every stage, with the fraction of the device's
+peak FLOP/s that training and the gradient methods reach (peak from `--peak_tflops` or a table
+of known devices, bfloat16 dense). Not projected: the data stage (preparing real data is a
 separate step) and the report. `--compilation_cache` as `launch.run_all` (default off, so that
 the first calls show compilation).
 """
@@ -262,6 +264,9 @@ def main(argv):
       gfrac = (3 * flops * grads / r.per_map_s / peak) if grads and flops and peak else None
       records["maps"][f"{spec['name']}/{name}"] = dict(vars(r), peak_fraction=gfrac)
   loc = config.localization
+  if loc.arch != "unet":
+    raise ValueError(f"config.localization.arch={loc.arch!r}: only the U-Net localizer is timed "
+                     "(--config.localization.arch=unet)")
   loc_module = models.create(loc.arch, **loc.get("kwargs", {}))
   for i in range(len(loc.seeds)):   # the second reuses the first's compiled programs
     loc_rates, loc_variables, _ = _train_rates(loc_module, shape, loc.train, config.data.style,
