@@ -11,6 +11,7 @@ with --config.protocol.cohort=any or --config.protocol.init=random.
 """
 import ml_collections
 
+from saliency_jax.metrics import chexlocalize
 from saliency_jax.trust import protocol
 from saliency_jax.trust import verdicts
 
@@ -47,7 +48,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.log_every = 100
   config.train.dtype = "float32"       # "bfloat16" for mixed precision
 
-  # The localization-network baseline (the paper's U-Net / RetinaNet).
+  # The localization-network baseline: the paper's U-Net (SIIM); configs/paper_rsna.py sets the
+  # RetinaNet (arch "retinanet", its train section adds max_boxes and box_loss).
   config.localization = ml_collections.ConfigDict()
   config.localization.arch = "unet"
   config.localization.seeds = (1, 2)
@@ -67,7 +69,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.study = ml_collections.ConfigDict()
   config.study.target = "predicted"       # or "label": the class each map explains
   config.study.num_eval_images = 100      # the SSIM criteria's sample of positive test images
-  config.study.num_utility_images = 0     # 0: all positive test images
+  config.study.num_utility_images = 100   # SIIM: the first 100 positive test images; 0: all
   config.study.random_pairs = 50          # random-pair baseline: pairs per image
   config.study.ssim_data_range = 2.0      # the paper's 2020 scikit-image took 2.0 from float
   config.study.alpha = 0.05
@@ -81,6 +83,21 @@ def get_config() -> ml_collections.ConfigDict:
   config.study.chunk_size = 64
   config.study.map_dtype = "float32"
   config.study.external_maps = ""         # directory of maps from another framework
+  # Checks beyond the paper's four criteria (criteria stage; README "Checks beyond the paper");
+  # they add to the report and change no verdict of the paper's rules.
+  # Control maps scored by every criterion like a method (Binder et al. 2023).
+  config.study.controls = ml_collections.ConfigDict(dict(
+      enabled=True, names=("NOISE", "SOBEL", "BLOB", "AVERAGE_MASK"),
+      blob_sigma=0.25))                   # BLOB's sigma, a fraction of the shorter side
+  # CheXlocalize's localization metrics (Saporta et al. 2022).
+  config.study.chexlocalize = ml_collections.ConfigDict(dict(
+      enabled=True, validation_images=0,  # positive validation images for tuning; 0: all
+      thresholds=chexlocalize.TUNING_THRESHOLDS))  # CheXlocalize's arange(0.2, 0.8, 0.1)
+  # The verdict rules re-run over a grid of protocol choices.
+  config.study.robustness = ml_collections.ConfigDict(dict(
+      enabled=True, grayscale=("configured", "no_clip", "diverging"),
+      similarity=("ssim", "spearman_abs", "spearman", "hog", "top_k_iou"),
+      ssim_data_ranges=(1.0, 2.0), top_k_fraction=0.1))
 
   config.protocol = protocol.paper_protocol()
   return config

@@ -19,7 +19,7 @@ def _runnable_paper(module, tmp_path):
   """A paper config as a user runs it: the authors' split prepared, ImageNet weight files."""
   config = module.get_config()
   config.data.name += "/320_csv0a1b2c3d"
-  for arch in ("inception_v3", "densenet121"):
+  for arch in config.weights.keys():
     path = tmp_path / f"{arch}_notop.h5"
     path.write_bytes(b"")
     config.weights[arch] = str(path)

@@ -13,12 +13,17 @@ from saliency_jax import attributions
 from saliency_jax import models
 from saliency_jax.data import pipeline
 from saliency_jax.models import plugin
+from saliency_jax.trust import checks
 from saliency_jax.trust import protocol
 from saliency_jax.trust import verdicts
 
 SYNTHETIC = "synthetic_cxr"
 SYNTHETIC_DATA_FIELDS = {"num_train": int, "num_val": int, "num_test": int,
                          "positive_fraction": float, "difficulty": float}
+# Training fields only a detector (localization.arch "retinanet") has.
+DETECTOR = "retinanet"
+DETECTOR_TRAIN_FIELDS = ("max_boxes", "box_loss")
+DETECTOR_WEIGHTS = "resnet50"  # the RetinaNet backbone's Keras ImageNet weights
 TRAIN_DTYPES = ("float32", "bfloat16")
 RULE_KEYS = {"criterion", "metric", "baseline", "alternative", "test", "text"}
 ALTERNATIVES = ("greater", "less")
@@ -48,7 +53,8 @@ def validate(config, schema=None) -> None:
 
   schema = _default_schema() if schema is None else schema
   synthetic = config.get("data", {}).get("name", "") == SYNTHETIC
-  _check_keys(config, schema, "", fail, synthetic)
+  detector = config.get("localization", {}).get("arch", "") == DETECTOR
+  _check_keys(config, schema, "", fail, synthetic, detector)
   if problems:  # the checks below read the fields the schema promises
     raise ConfigError(problems)
   _check_data(config, fail, synthetic)
@@ -58,13 +64,17 @@ def validate(config, schema=None) -> None:
   _check_localization(config, fail)
   _check_methods(config, fail)
   _check_study(config, names, fail)
+  try:  # the checks beyond the paper: their own sections of config.study
+    checks.check_config(config.study)
+  except ValueError as e:
+    fail("study", str(e))
   protocol.check(config, fail)
   _check_cohort_and_init(config, fail, synthetic)
   if problems:
     raise ConfigError(problems)
 
 
-def _check_keys(config, schema, prefix: str, fail, synthetic: bool) -> None:
+def _check_keys(config, schema, prefix: str, fail, synthetic: bool, detector: bool) -> None:
   """Every field of `config` must exist in `schema` (sections recursively)."""
   open_sections = {"weights", "methods.settings", "methods.custom", "study.rules",
                    "localization.kwargs"}
@@ -75,13 +85,17 @@ def _check_keys(config, schema, prefix: str, fail, synthetic: bool) -> None:
         if not synthetic:
           fail(field, f"only the synthetic dataset ({SYNTHETIC}) has this field")
         continue
+      if prefix == "localization.train." and key in DETECTOR_TRAIN_FIELDS:
+        if not detector:
+          fail(field, f"only a detector (localization.arch = {DETECTOR!r}) has this field")
+        continue
       fail(field, "unknown field (misspelt?); known: " + ", ".join(sorted(schema.keys())))
       continue
     if field in open_sections:
       continue
     value, expected = config[key], schema[key]
     if hasattr(expected, "keys") and hasattr(value, "keys"):
-      _check_keys(value, expected, field + ".", fail, synthetic)
+      _check_keys(value, expected, field + ".", fail, synthetic, detector)
   if prefix == "data." and synthetic:
     for name in sorted(set(SYNTHETIC_DATA_FIELDS) - set(config.keys())):
       fail(f"data.{name}", "the synthetic dataset needs this field (see configs/synthetic.py)")
@@ -273,6 +287,8 @@ def _check_cohort_and_init(config, fail, synthetic: bool) -> None:
   # Architectures trained here from ImageNet weights (a model given with its weights is not).
   archs = sorted({dict(spec)["arch"] for spec in config.models if dict(spec).get("arch")
                   and not dict(spec).get("weights")})
+  if config.localization.arch == DETECTOR:
+    archs.append(DETECTOR_WEIGHTS)
   weights = config.weights
   for arch in sorted(set(weights.keys()) - set(archs)):
     fail(f"weights.{arch}", f"no model has this architecture ({archs})")
@@ -280,7 +296,7 @@ def _check_cohort_and_init(config, fail, synthetic: bool) -> None:
     for arch in archs:
       path = weights.get(arch, "")
       if not path:
-        fail(f"weights.{arch}", "empty: the paper's classifiers start from ImageNet weights. "
+        fail(f"weights.{arch}", "empty: the paper's networks start from ImageNet weights. "
              "Pass the Keras notop weight file, or train from random initialization with "
              "--config.protocol.init=random")
       elif not os.path.exists(path):

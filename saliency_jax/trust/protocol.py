@@ -22,12 +22,18 @@ class Choice:
     paper: the authors' value.
     values: the accepted values (None: `check` below validates the field).
     consequence: what a run that differs from the paper reports differently.
+    paper_for: the authors' value for a run's config where it depends on the dataset (e.g. the
+      localization network's agreement: SIIM's U-Net masks, RSNA's RetinaNet score maps).
   """
   name: str
   field: str
   paper: Any
   values: tuple | None
   consequence: str
+  paper_for: Callable[[Any], Any] | None = None
+
+  def paper_value(self, config) -> Any:
+    return self.paper if self.paper_for is None else self.paper_for(config)
 
 
 def _field(config, path: str) -> Any:
@@ -63,8 +69,10 @@ CHOICES: tuple[Choice, ...] = (
            None, "the scorecard compares utility with other baselines than the paper's two"),
     Choice("localization-network agreement", "protocol.localization_agreement", "binary_uint8",
            ("binary_uint8", "probability"),
-           "SSIM of the two networks' sigmoid probabilities at study.ssim_data_range, not of "
-           "their binary uint8 masks (range 255): a lower repeatability baseline"),
+           "the authors compared binary uint8 masks (range 255) of their U-Nets (SIIM) and the "
+           "score maps of their RetinaNets (RSNA); this run does the other",
+           paper_for=lambda config: ("probability" if _arch(config) == "retinanet"
+                                     else "binary_uint8")),
     Choice("images of repeatability/reproducibility", "protocol.agreement_images", "utility",
            ("utility", "eval"),
            "agreement is measured on the sampled evaluation set, not on all utility images"),
@@ -98,6 +106,13 @@ def paper_protocol() -> ml_collections.ConfigDict:
                                     if c.field.startswith("protocol.")})
 
 
+def _arch(config) -> str:
+  try:
+    return config.localization.arch
+  except (KeyError, AttributeError):
+    return "unet"
+
+
 def value(config, choice: Choice) -> Any:
   """The run's value of a choice; the paper's where the config does not set it."""
   if choice.field == "study.rules":
@@ -112,16 +127,15 @@ def table(config) -> list[list[str]]:
   """Rows of the protocol table: choice, field, value in this run, paper's value, consequence."""
   rows = []
   for choice in CHOICES:
-    current = value(config, choice)
-    same = _same(current, choice.paper)
-    rows.append([choice.name, f"`{choice.field}`", _text(current), _text(choice.paper),
-                 "as the paper" if same else choice.consequence])
+    current, paper = value(config, choice), choice.paper_value(config)
+    rows.append([choice.name, f"`{choice.field}`", _text(current), _text(paper),
+                 "as the paper" if _same(current, paper) else choice.consequence])
   return rows
 
 
 def differs(config) -> list[str]:
   """Fields whose value is not the paper's."""
-  return [c.field for c in CHOICES if not _same(value(config, c), c.paper)]
+  return [c.field for c in CHOICES if not _same(value(config, c), c.paper_value(config))]
 
 
 def _same(a, b) -> bool:

@@ -48,9 +48,9 @@ BASELINES = {
 }
 METRICS = {
     Criterion.UTILITY: criteria.UTILITY_METRICS,
-    Criterion.RANDOMIZATION: criteria.SIMILARITY_METRICS,
-    Criterion.REPEATABILITY: criteria.SIMILARITY_METRICS,
-    Criterion.REPRODUCIBILITY: criteria.SIMILARITY_METRICS,
+    Criterion.RANDOMIZATION: criteria.SIMILARITY_NAMES,
+    Criterion.REPEATABILITY: criteria.SIMILARITY_NAMES,
+    Criterion.REPRODUCIBILITY: criteria.SIMILARITY_NAMES,
 }
 
 # Rules by name; a rule's `criterion` says which records it reads (default: its name). Plain
@@ -396,3 +396,14 @@ def summarize_study(records, manifest: Manifest, study_config: ml_collections.Co
       curves=curves(records, manifest, protocol),
       utility=utility_table(records, manifest),
   )
+
+
+# The helpers the checks beyond the four criteria reuse (controls_scoring, robustness).
+def source_measure(criterion: str) -> str:
+  """The measure whose records give a criterion's image ids."""
+  return {Criterion.RANDOMIZATION: Measure.CASCADING}.get(criterion, criterion)
+
+
+describe = _describe
+paired_test = _test
+finite_or_none = _finite_or_none
