@@ -70,6 +70,7 @@ def get_config(localization: str = "unet") -> ml_collections.ConfigDict:
   loc.train.batch_size = 16
   if localization == "retinanet":
     config.localization = detector_localization(t)
+    config.protocol.localization_agreement = "probability"  # score maps, as the authors' RSNA
   elif localization != "unet":
     raise ValueError(f"localization must be 'unet' or 'retinanet', got {localization!r}.")
 
