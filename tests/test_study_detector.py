@@ -17,6 +17,7 @@ def detector_study(tmp_path_factory):
   # Two replicates of one classifier and two methods: the baseline is what is tested here.
   config.models = config.models[:2]
   config.methods.names = ("GRAD", "GCAM")
+  config.methods.settings = {}  # the other methods' settings would act on nothing
   config.study.independent_randomization = ()
   study = trust.Study(config, workdir)
   study.run()

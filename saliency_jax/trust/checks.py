@@ -45,14 +45,16 @@ def check_config(study_config: ml_collections.ConfigDict) -> None:
 
 
 def records(manifest: Manifest, reader, study_config: ml_collections.ConfigDict, *,
-            seed: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-  """(per-image records of the enabled checks, what their summaries need besides records)."""
+            seed: int, protocol=None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+  """(per-image records of the enabled checks, what their summaries need besides records);
+  `protocol`: config.protocol, whose image sets and baselines the controls follow."""
   check_config(study_config)
   out: list[dict[str, Any]] = []
   extras: dict[str, Any] = {}
   methods = list(manifest.methods)
   if enabled(study_config, "controls"):
-    out += controls_scoring.records(manifest, reader, study_config, seed=seed)
+    out += controls_scoring.records(manifest, reader, study_config, seed=seed,
+                                    protocol=protocol)
     names = [controls.record_name(n) for n in study_config.controls.names]
     methods += names
     reader = controls_scoring.ControlReader(reader, study_config.controls, seed=seed)

@@ -204,7 +204,8 @@ def _check_methods(config, fail) -> None:
     fail("methods.names", f"a method is listed twice: {names}")
   for name in m.settings.keys():
     if name not in names:
-      fail(f"methods.settings.{name}", f"settings of a method not in methods.names ({names})")
+      fail(f"methods.settings.{name}", f"settings of a method not in methods.names ({names}): "
+           "add the method or remove its settings")
       continue
     if name not in attributions.METHODS:
       continue  # a custom method checks its own settings

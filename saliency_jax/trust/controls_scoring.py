@@ -64,7 +64,7 @@ def _with_methods(manifest: Manifest, methods: list[str]) -> Manifest:
 
 
 def records(manifest: Manifest, reader, study_config: ml_collections.ConfigDict, *,
-            seed: int) -> list[dict[str, Any]]:
+            seed: int, protocol=None) -> list[dict[str, Any]]:
   """Every criterion's records of every configured control (method `control:<NAME>`)."""
   from saliency_jax.trust import evaluation  # pylint: disable=g-import-not-at-top
   section = study_config.controls
@@ -72,7 +72,8 @@ def records(manifest: Manifest, reader, study_config: ml_collections.ConfigDict,
   names = [controls.record_name(n) for n in section.names]
   as_methods = _with_methods(manifest, names)
   control_reader = ControlReader(reader, section, seed=seed)
-  out = evaluation.all_records(as_methods, control_reader, study_config, seed=seed)
+  out = evaluation.all_records(as_methods, control_reader, study_config, seed=seed,
+                               protocol=protocol)
   # The record functions also score the baselines, which the study's own records hold.
   return [r for r in out if r["method"] in names]
 

@@ -179,7 +179,8 @@ def evaluate(manifest: Manifest, reader: MapReader, study_config: ml_collections
 
   `protocol`: config.protocol (default: the paper's choices)."""
   records = all_records(manifest, reader, study_config, seed=seed, protocol=protocol)
-  check_records, extras = checks.records(manifest, reader, study_config, seed=seed)
+  check_records, extras = checks.records(manifest, reader, study_config, seed=seed,
+                                         protocol=protocol)
   records += check_records
   write_records(records, workdir)
   summary = verdicts.summarize_study(records, manifest, study_config, seed=seed,

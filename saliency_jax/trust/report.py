@@ -251,9 +251,9 @@ def build_sections(manifest: Manifest, config: ml_collections.ConfigDict, workdi
     if name.startswith("cascading_ssim_"):
       randomization.append(Figure(path, (
           f"{name[len('cascading_ssim_'):]}: cascading randomization from the logits down "
-          "to the last block the protocol randomizes, mean SSIM between the trained model's map and the randomized "
-          "model's map (band: std over replicates); dotted: one block randomized alone. A "
-          "trustworthy method falls below the dashed random-pair line.")))
+          "to the last block the protocol randomizes, mean SSIM between the trained model's "
+          "map and the randomized model's map (band: std over replicates); dotted: one block "
+          "randomized alone. A trustworthy method falls below the dashed random-pair line.")))
   for name, path in figure_paths.items():
     if name.startswith("cascading_spearman_abs_"):
       randomization.append(Figure(path, (

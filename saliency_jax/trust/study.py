@@ -557,8 +557,10 @@ class Study:
     from saliency_jax.trust import evaluation  # pylint: disable=g-import-not-at-top
     return evaluation.agreement_set(self.config.protocol)
 
-  def method_settings(self, name: str, style: str) -> Dict[str, Any]:
-    """A method's settings for models fed `style`: defaults, config overrides, protocol."""
+  def method_settings(self, name: str, style: str | None = None) -> Dict[str, Any]:
+    """A method's settings for models fed `style` (default: data.style): defaults, config
+    overrides, protocol."""
+    style = self.config.data.style if style is None else style
     settings = dict(attributions.METHODS[name].default_settings)
     overrides = self.config.methods.settings
     if name in overrides:
