@@ -252,3 +252,25 @@ def test_a_relative_workdir_works(tmp_path, monkeypatch):
                                   config=_config(num_steps=2))
   assert os.path.exists(tmp_path / "runs" / "rel" / "done.json")
   assert np.isfinite(result.val_auc)
+
+
+def test_a_truncated_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
+  config = _config(num_steps=6, eval_every=2)
+  straight = train.train_classifier(_classifier(), TRAIN, VAL, workdir=str(tmp_path / "a"),
+                                    seed=3, config=config, mesh=_mesh(1))
+  with pytest.raises(train.TrainingInterrupted):  # checkpoints at steps 2 and 4
+    train.train_classifier(_classifier(), TRAIN, VAL, workdir=str(tmp_path / "b"), seed=3,
+                           config=config, mesh=_mesh(1), stop_after_steps=5)
+  latest = tmp_path / "b" / "checkpoints" / "4"
+  truncated = 0
+  for root, _, files in os.walk(latest / "state"):
+    for name in files:
+      path = os.path.join(root, name)
+      if os.path.getsize(path) > 64:
+        with open(path, "r+b") as f:
+          f.truncate(os.path.getsize(path) // 2)
+        truncated += 1
+  assert truncated
+  resumed = train.train_classifier(_classifier(), TRAIN, VAL, workdir=str(tmp_path / "b"),
+                                   seed=3, config=config, mesh=_mesh(1))
+  _assert_trees_close(straight.variables, resumed.variables, rtol=1e-6, atol=1e-6)

@@ -11,6 +11,7 @@
 A new task is a `tasks.Task`; the loop does not change.
 """
 import dataclasses
+import logging
 import math
 import os
 import time
@@ -155,13 +156,23 @@ def _restore(plan: _Plan, manager: ocp.CheckpointManager, state: dict, train_ite
   step 0 where there is none."""
   import grain  # pylint: disable=g-import-not-at-top
   best = {"step": -1, "metrics": {}}
-  latest = manager.latest_step()
-  if latest is None:
+  restored = None
+  # Newest first: a checkpoint that cannot be read (truncated by a full disk or a kill) is
+  # deleted and the previous one still on disk is used.
+  for latest in sorted(manager.all_steps(), reverse=True):
+    try:
+      restored = manager.restore(latest, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(state),
+          data=grain.checkpoint.CheckpointRestore(train_iter),
+          meta=ocp.args.JsonRestore()))
+      break
+    except Exception as e:  # pylint: disable=broad-except  (orbax, JSON and tensorstore errors)
+      logging.warning("checkpoint %d in %s cannot be read (%s: %.200s); deleting it and "
+                      "resuming from the one before", latest, manager.directory,
+                      type(e).__name__, e)
+      manager.delete(latest)
+  if restored is None:
     return state, train_iter, best, 0
-  restored = manager.restore(latest, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(state),
-      data=grain.checkpoint.CheckpointRestore(train_iter),
-      meta=ocp.args.JsonRestore()))
   state, train_iter, best = restored.state, restored.data, restored.meta["best"]
   # The best checkpoint is written after the train checkpoint of the same step: a kill in
   # between leaves it missing, and the restored state is exactly what it should hold.
