@@ -141,3 +141,38 @@ def test_two_hosts_give_the_results_of_one_process(tmp_path):
   for text in ("[criteria]", "[report]", "Report:", "maps A1", "train A1", "[train]"):
     assert text not in hosts[1], (text, hosts[1][-2000:])
   assert "host 1: done" in hosts[1]
+
+
+_DEAD_HOST_SCRIPT = textwrap.dedent("""
+    import os, sys
+    from jax.experimental import multihost_utils
+    from launch import run_all
+    from saliency_jax import multihost
+    port, host = sys.argv[1], int(sys.argv[2])
+    multihost.initialize(f"localhost:{port}", 2, host)
+    multihost_utils.sync_global_devices("started")
+    if host == 1:
+      os._exit(1)  # as a killed host
+    try:
+      multihost_utils.sync_global_devices("host 1 never comes")
+    except Exception as e:
+      print(run_all._host_failure(e), flush=True)
+      os._exit(1)
+""")
+
+
+def test_the_surviving_host_names_the_dead_one(tmp_path):
+  script = tmp_path / "dead.py"
+  script.write_text(_DEAD_HOST_SCRIPT)
+  port = _free_port()
+  jobs = [subprocess.Popen([sys.executable, str(script), str(port), str(host)], cwd=_ROOT,
+                           env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True) for host in (0, 1)]
+  try:
+    out = jobs[0].communicate(timeout=240)[0]
+  finally:
+    for job in jobs:
+      job.kill()
+      job.wait()
+  assert ("host 0: host(s) 1 of 2 stopped; restart every host with the same command: the "
+          "run resumes where it stopped.") in out, out[-3000:]
