@@ -568,8 +568,8 @@ class Study:
         fns = models.ModelFunctions(lambda x, loc=loc: loc.module.apply(loc.variables, x))
         self._generate(self.store_path(SetName.VALIDATION, loc.name, State.ORIGINAL,
                                        Baseline.LOCALIZATION),
-                       SegmentationOutput(), fns, image_set, loc.style,
-                       np.zeros(len(image_set.ids), np.int32), {}, key)
+                       self._localization_output(loc, image_set.raw.shape[1:3]), fns,
+                       image_set, loc.style, np.zeros(len(image_set.ids), np.int32), {}, key)
 
   def skipped_methods(self, bound: plugin.PluginModel) -> List[Tuple[str, str]]:
     """[(method, why)] of the configured methods this model cannot give."""
