@@ -49,6 +49,7 @@ def main(argv):
   from configs import paper_rsna  # pylint: disable=g-import-not-at-top
   from configs import synthetic  # pylint: disable=g-import-not-at-top
   from saliency_jax import models  # pylint: disable=g-import-not-at-top
+  from launch.train_step_timing import train_step_time  # pylint: disable=g-import-not-at-top
   from saliency_jax import train  # pylint: disable=g-import-not-at-top
   from saliency_jax.detection import postprocess  # pylint: disable=g-import-not-at-top
 
@@ -64,9 +65,8 @@ def main(argv):
   print(f"backend {jax.default_backend()}: {jax.local_devices()[0].device_kind}; preset "
         f"{_PRESET.value}, batch {batch}, {shape}")
 
-  trained = train.benchmark_train_step(module, shape, batch_size=batch, mesh=mesh,
-                                       num_steps=_STEPS.value, dtype=_DTYPE.value,
-                                       detector=True)
+  trained = train_step_time(module, shape, batch_size=batch, mesh=mesh,
+                            num_steps=_STEPS.value, dtype=_DTYPE.value, detector=True)
   variables = models.init_variables(module, jax.random.key(0), shape)
   images = jax.device_put(np.random.default_rng(0).normal(size=(batch, *shape)).astype(
       np.float32))
