@@ -8,7 +8,7 @@ from saliency import core as pair
 
 from saliency_jax import attributions
 from saliency_jax.attributions import guided_relu
-from saliency_jax.attributions import registry
+from saliency_jax.attributions import _execution
 from saliency_jax.models.functions import ModelFunctions
 from saliency_jax.models.functions import model_functions
 from attribution_models import full_float32_precision  # noqa: F401 (autouse)
@@ -257,6 +257,7 @@ def test_registry_compiles_once_per_architecture():
       lambda x: module.apply(v2, x), images, targets)))
   np.testing.assert_allclose(out2, ref2, atol=1e-6)
   assert not np.allclose(out1, out2)
-  key = next(k for k in registry._JIT_CACHE if k[0] == "GRAD" and k[2] == "pytree"
-             and dict(k[1])["max_grads_in_flight"] == 3)
-  assert registry._JIT_CACHE[key]._cache_size() == 1
+  cache = _execution._CACHE  # pylint: disable=protected-access
+  key = next(k for k in cache if k[:2] == ("method", "GRAD") and k[3] == "pytree"
+             and dict(k[2])["max_grads_in_flight"] == 3)
+  assert cache[key][1]._cache_size() == 1

@@ -93,3 +93,17 @@ def to_diverging(maps: Array, percentile: float = 99, *,
   vmin, vmax = -span, span
   out = jnp.clip((image_2d - vmin) / (vmax - vmin), -1.0, 1.0)
   return out if nan_to is None else jnp.where(jnp.isnan(out), jnp.float32(nan_to), out)
+
+
+VISUALIZATIONS = ("grayscale", "diverging")
+
+
+def visualize(maps, s):
+  """The 2-D map of raw attributions under the settings `visualization` ("grayscale" or
+  "diverging"), `grayscale_percentile` and `grayscale_nan_to`."""
+  if s["visualization"] == "diverging":
+    return to_diverging(maps, s["grayscale_percentile"], nan_to=s["grayscale_nan_to"])
+  if s["visualization"] != "grayscale":
+    raise ValueError(f"visualization must be one of {VISUALIZATIONS}, got "
+                     f"{s['visualization']!r}")
+  return to_grayscale(maps, s["grayscale_percentile"], nan_to=s["grayscale_nan_to"])

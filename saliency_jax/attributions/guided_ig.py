@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from saliency_jax.attributions import _engine
+from saliency_jax.attributions import _execution
 from saliency_jax.attributions.integrated_gradients import Baseline
 from saliency_jax.attributions.integrated_gradients import broadcast_baseline
 
@@ -151,7 +152,7 @@ def _host_guided_ig(logits_fn, images, targets, base, *, steps, fraction, max_di
   # One call per chunk of images: XLA:CPU runs chunks in separate calls faster than in one.
   # The chunks are pipelined: while NumPy updates one chunk's path, the next chunk's
   # gradients run.
-  cap = _engine.chunk_size(shape[0], max_grads_in_flight)
+  cap = _execution.chunk_size(shape[0], max_grads_in_flight)
   grads_jit = _engine.jitted_gradients(logits_fn, cap)
   targets = np.asarray(targets)
   inp = np.asarray(images, np.float64).reshape(shape[0], -1)

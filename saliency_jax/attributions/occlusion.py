@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from saliency_jax.attributions import _engine
+from saliency_jax.attributions import _execution
 
 Array = jax.Array
 FORWARDS_PER_GRADIENT = 8
@@ -40,7 +41,7 @@ def occlusion(logits_fn: Callable[[Array], Array], images: Array, targets: Array
   items = jnp.arange(b * n_pos)
   # Forward passes keep no activations for a backward pass: FORWARDS_PER_GRADIENT of them
   # take about the memory of one gradient.
-  cap = _engine.chunk_size(b * n_pos, max_grads_in_flight) * FORWARDS_PER_GRADIENT
+  cap = _execution.chunk_size(b * n_pos, max_grads_in_flight) * FORWARDS_PER_GRADIENT
   values = _engine.map_in_chunks(occluded_values, items, max_grads_in_flight=cap)
   diff = (base[:, None] - values.reshape(b, n_pos)).reshape(b, rows, cols)
   # Each pixel sums the differences of the windows covering it: a box sum over positions.

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from saliency_jax.attributions import _engine
+from saliency_jax.attributions import _execution
 from saliency_jax.attributions.integrated_gradients import Baseline
 from saliency_jax.attributions.integrated_gradients import broadcast_baseline
 from saliency_jax.attributions.integrated_gradients import integrated_gradients
@@ -47,7 +48,7 @@ def smooth_integrated_gradients(
   # The (image, copy) paths are processed in groups of g, each group one chunked IG (chunks of
   # at most max_grads_in_flight gradients); g is as large as the per-path accumulators allow
   # (GROUP_BYTES), so the chunks are few and full.
-  cap = _engine.chunk_size(count * steps, max_grads_in_flight)
+  cap = _execution.chunk_size(count * steps, max_grads_in_flight)
   per_path = math.prod(shape) * 4 * 3      # noisy input, IG and square of one path
   g = max(1, min(count, GROUP_BYTES // per_path))
   n_groups = math.ceil(count / g)
@@ -63,5 +64,5 @@ def smooth_integrated_gradients(
                               baseline=base[image], steps=steps, max_grads_in_flight=cap)
     return _engine.add_to_images(total, image, valid, ig * ig if squared else ig), None
 
-  total, _ = _engine.scan(group, jnp.zeros(images.shape, jnp.float32), jnp.arange(n_groups))
+  total, _ = _execution.scan(group, jnp.zeros(images.shape, jnp.float32), jnp.arange(n_groups))
   return total / samples

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from saliency_jax.attributions import _execution
 from saliency_jax.maps.prepared import PreparedCache
 from saliency_jax.maps.store import MapStore
 
@@ -97,19 +98,16 @@ def _pad_to(array: np.ndarray, size: int) -> np.ndarray:
   return np.concatenate([array, np.repeat(array[-1:], pad, axis=0)], axis=0)
 
 
-# Jitted runners by (method, settings, mesh): the model functions are an argument (a pytree
-# whose leaves are a Flax model's variables), so every model state of an architecture reuses
-# one compilation.
-_RUNNERS: dict = {}
-
-
 def _jitted_compute(method, settings: dict, mesh: Mesh) -> Callable:
-  """jit(method.compute), sharded over `mesh` on the batch axis; cached."""
-  cache_key = (id(method), json.dumps(settings, sort_keys=True, default=repr), mesh)
-  entry = _RUNNERS.get(cache_key)
-  if entry is not None and entry[0] is method:
-    return entry[1]
+  """jit(method.compute), sharded over `mesh` on the batch axis; cached by (method, settings,
+  mesh). The model functions are an argument (a pytree whose leaves are a Flax model's
+  variables), so every model state of an architecture reuses one compilation."""
+  cache_key = ("generate", id(method), json.dumps(settings, sort_keys=True, default=repr), mesh)
+  return _execution.cached(cache_key, lambda: _sharded_compute(method, settings, mesh),
+                           owner=method)
 
+
+def _sharded_compute(method, settings: dict, mesh: Mesh) -> Callable:
   def local(model_fns, images, targets, indices, key):
     return method.compute(model_fns, images, targets, indices=indices, key=key,
                           settings=settings, prepared=None)
@@ -124,9 +122,6 @@ def _jitted_compute(method, settings: dict, mesh: Mesh) -> Callable:
         jax.shard_map(local, mesh=mesh, in_specs=(P(), P(axis), P(axis), P(axis), P()),
                       out_specs=P(axis), check_vma=False),
         in_shardings=(replicated,) + (batch,) * 3 + (replicated,), out_shardings=batch)
-  if len(_RUNNERS) > 64:
-    _RUNNERS.clear()
-  _RUNNERS[cache_key] = (method, fn)
   return fn
 
 
