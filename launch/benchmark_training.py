@@ -42,7 +42,7 @@ def train_step_time(module: nn.Module, image_shape: tuple[int, int, int], *, bat
   Returns {"step_s": median seconds per step, "images_per_s": batch_size / step_s,
   "compile_s": first call, "devices": mesh size}. `batch_size` is the global batch.
   """
-  mesh = steps.default_mesh() if mesh is None else mesh
+  mesh = steps.data_parallel_mesh() if mesh is None else mesh
   settings = (float(learning_rate), "constant", 0, 0, 0.0)  # as steps.optimizer_settings
   task = tasks.SEGMENTER if segmentation else tasks.CLASSIFIER
   train_steps = steps.make_steps(task, steps.with_dtype(module, dtype), settings, mesh)

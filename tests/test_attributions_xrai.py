@@ -113,7 +113,7 @@ def test_registry_xrai_prepare_and_parallel_segments():
   settings = {"steps": 3, "scales": (30, 100), "min_size": 8, "segmentation_size": None,
               "dilation_radius": 2, "workers": 2}
   method = attributions.METHODS["XRAI"]
-  assert not method.jittable
+  assert not method.wrap_in_jit
   prepared = method.prepare(images, settings)          # 3 images on 2 worker processes
   serial = xrai_segments.segment_batch(images, workers=1, scales=(30, 100), min_size=8,
                                        resize=None, dilation_radius=2)

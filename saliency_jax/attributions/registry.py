@@ -19,7 +19,7 @@ IG: `traceable=False`). If `model_fns` is a pytree whose leaves are arrays (our 
 a Flax model's variables are its leaves), it is an argument of the jitted computation, so one
 compilation serves every model state of an architecture; otherwise the computation is compiled
 once per `model_fns` object (cached). On the CPU backend an eager `compute` runs the CPU plan
-(`_execution.make_compute`); `MapMethod.jittable` is False there, telling callers to call
+(`_execution.make_compute`); `MapMethod.wrap_in_jit` is False there, telling callers to call
 `compute` eagerly.
 
 Noise. `key` (default `jax.random.key(0)`) is folded with each image's `indices` entry (default
@@ -77,7 +77,7 @@ class MapMethod:
   traceable: bool = True
 
   @property
-  def jittable(self) -> bool:
+  def wrap_in_jit(self) -> bool:
     """Whether a caller should wrap `compute` in its own jit: never on the CPU backend, where
     `compute` runs its own plan (see `make_compute`); else when traceable."""
     return self.traceable and jax.default_backend() != "cpu"
@@ -185,8 +185,6 @@ XRAI_DEFAULTS = {
     "scales": xrai_segments.SCALES, "sigma": xrai_segments.SIGMA,
     "min_size": xrai_segments.MIN_SIZE, "segmentation_size": xrai_segments.RESIZE[0],
     "dilation_radius": xrai_segments.DILATION_RADIUS, "workers": None,
-    # Alias of segmentation_size kept for older callers; "default" defers to it.
-    "segment_resize": "default",
 }
 
 
@@ -214,8 +212,7 @@ def _xrai_prepare_async(images, settings=None):
   return xrai_segments.segment_batch_async(
       np.asarray(images, np.float32), workers=s["workers"], scales=tuple(s["scales"]),
       sigma=s["sigma"], min_size=s["min_size"],
-      resize=_segmentation_size(s["segmentation_size"] if s["segment_resize"] == "default"
-                                else s["segment_resize"]),
+      resize=_segmentation_size(s["segmentation_size"]),
       dilation_radius=s["dilation_radius"])
 
 

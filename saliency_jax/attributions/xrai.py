@@ -52,7 +52,7 @@ def xrai(logits_fn: Optional[Callable[[Array], Array]], images: Array,
          area_threshold: float = 1.0, min_pixel_diff: int = 50,
          scales: Sequence[float] = xrai_segments.SCALES, sigma: float = xrai_segments.SIGMA,
          min_size: int = xrai_segments.MIN_SIZE,
-         segment_resize: Optional[tuple[int, int]] = xrai_segments.RESIZE,
+         segmentation_size: Optional[tuple[int, int]] = xrai_segments.RESIZE,
          dilation_radius: int = xrai_segments.DILATION_RADIUS,
          workers: Optional[int] = None,
          max_grads_in_flight: Optional[int] = None) -> np.ndarray:
@@ -69,7 +69,7 @@ def xrai(logits_fn: Optional[Callable[[Array], Array]], images: Array,
     algorithm: "full" (PAIR's default greedy) or "fast".
     area_threshold: "full" stops once this fraction of the image is covered (PAIR: 1.0).
     min_pixel_diff: masks adding fewer new pixels are dropped (PAIR: 50).
-    scales, sigma, min_size, segment_resize, dilation_radius: the segmentation
+    scales, sigma, min_size, segmentation_size, dilation_radius: the segmentation
       (`xrai_segments.felzenszwalb_segments`; PAIR: 224x224 resize; None keeps the image size).
     workers: segmentation processes (default: CPU count; <= 1 serial).
     max_grads_in_flight: gradient chunk size of the IG step.
@@ -82,7 +82,7 @@ def xrai(logits_fn: Optional[Callable[[Array], Array]], images: Array,
   if segments is None:   # segment in worker processes while the model runs
     pending = xrai_segments.segment_batch_async(
         images, workers=workers, scales=tuple(scales), sigma=sigma, min_size=min_size,
-        resize=None if segment_resize is None else tuple(segment_resize),
+        resize=None if segmentation_size is None else tuple(segmentation_size),
         dilation_radius=dilation_radius)
   if attributions is None:
     if logits_fn is None or targets is None:

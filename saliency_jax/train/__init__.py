@@ -59,14 +59,14 @@ from saliency_jax.train import tasks
 from saliency_jax.train.loop import REQUIRED_KEYS
 from saliency_jax.train.loop import TrainingInterrupted
 from saliency_jax.train.steps import DATA_AXIS
-from saliency_jax.train.steps import default_mesh
+from saliency_jax.train.steps import data_parallel_mesh
 from saliency_jax.train.steps import make_optimizer
-from saliency_jax.train.tasks import roc_auc
+from saliency_jax.train.tasks import roc_auc_score
 from saliency_jax.train.tasks import RSNA_SCORE_THRESHOLD
 from saliency_jax.train.workdir import TrainResult
 
 __all__ = ["DATA_AXIS", "REQUIRED_KEYS", "RSNA_SCORE_THRESHOLD", "TrainResult",
-           "TrainingInterrupted", "default_mesh", "make_optimizer", "roc_auc",
+           "TrainingInterrupted", "data_parallel_mesh", "make_optimizer", "roc_auc_score",
            "train_classifier", "train_detector", "train_segmenter"]
 
 

@@ -21,7 +21,7 @@ from saliency_jax.train.tasks import Task
 DATA_AXIS = "data"
 
 
-def default_mesh() -> Mesh:
+def data_parallel_mesh() -> Mesh:
   """A 1-D data-parallel mesh over every device of every process."""
   return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
 

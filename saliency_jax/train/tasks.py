@@ -14,7 +14,7 @@ import numpy as np
 import optax
 
 
-def roc_auc(labels: Any, scores: Any) -> float:
+def roc_auc_score(labels: Any, scores: Any) -> float:
   """Area under the ROC curve by the rank-sum (Mann-Whitney) formula; ties count one half.
 
   Args:
@@ -73,7 +73,7 @@ def _classifier_outputs(logits, batch):
 
 
 def _classifier_summary(out):
-  return {"val_auc": roc_auc(out["label"], out["score"]),
+  return {"val_auc": roc_auc_score(out["label"], out["score"]),
           "val_loss": float(np.mean(out["loss"])),
           "val_accuracy": float(np.mean((out["score"] > 0.5) == (out["label"] == 1)))}
 

@@ -76,12 +76,13 @@ class ImageSet:
 
 
 @dataclasses.dataclass
-class Classifier:
+class TrainedModel:
+  """A classifier or a localization network as the study holds it."""
   name: str
   arch: str
   module: Any
   variables: Any
-  val_auc: float
+  val_score: float  # validation ROC AUC of a classifier, Dice of a localization network
   style: str  # the pixel scaling this model was trained with (see data.preprocess)
   # How the study uses it (blocks, functions, what it lacks); None: a package model, bound
   # when first needed (`Study.plugin`).
@@ -242,7 +243,7 @@ class Study:
   # ---------------------------------------------------------------------------------------
   # Training.
 
-  def classifiers(self) -> List[Classifier]:
+  def classifiers(self) -> List[TrainedModel]:
     def build():
       sources = self.sources()
       result = []
@@ -259,12 +260,12 @@ class Study:
             initial_variables=self._pretrained(spec, workdir))
         logging.info("%s (%s): validation AUC %.4f", spec["name"], spec["arch"],
                      trained.val_auc)
-        result.append(Classifier(spec["name"], spec["arch"], module, trained.variables,
-                                 float(trained.val_auc), style))
+        result.append(TrainedModel(spec["name"], spec["arch"], module, trained.variables,
+                                   float(trained.val_auc), style))
       return result
     return self._cached("classifiers", build)
 
-  def _plugin_classifier(self, spec, style: str) -> Classifier:
+  def _plugin_classifier(self, spec, style: str) -> TrainedModel:
     """A `config.models` entry naming a module by import path, a Keras model or weights (see
     models.plugin): loaded, or trained first where it names no weights."""
     image_shape = self.inputs(self.image_set(SetName.EVAL), style).shape[1:]
@@ -278,9 +279,9 @@ class Study:
           config=self._train_config(self.config.train, style))
       variables, val_auc = trained.variables, float(trained.val_auc)
     bound = plugin.from_flax(spec["name"], module, variables, image_shape, **extras)
-    return Classifier(spec["name"], bound.arch, module, variables, val_auc, style, bound)
+    return TrainedModel(spec["name"], bound.arch, module, variables, val_auc, style, bound)
 
-  def bound_model(self, clf: Classifier, image_shape) -> plugin.PluginModel:
+  def bound_model(self, clf: TrainedModel, image_shape) -> plugin.PluginModel:
     if clf.bound is None:
       clf.bound = plugin.from_flax(clf.name, clf.module, clf.variables, image_shape,
                                     arch=clf.arch)
@@ -296,7 +297,7 @@ class Study:
       raise FileNotFoundError(f"config.weights.{spec['arch']} = {path!r} does not exist")
     return models.import_keras_weights(spec["arch"], path, seed=spec["seed"], num_classes=2)
 
-  def localizers(self) -> List[Classifier]:
+  def localizers(self) -> List[TrainedModel]:
     def build():
       sources = self.sources()
       loc = self.config.localization
@@ -308,9 +309,9 @@ class Study:
             module, sources["train"], sources["validation"],
             workdir=os.path.join(self.workdir, "models", name), seed=seed,
             config=self._train_config(loc.train, self.config.data.style))
-        result.append(Classifier(name, loc.arch, module, trained.variables,
-                                 float(trained.val_metrics["val_dice"]),
-                                 self.config.data.style))
+        result.append(TrainedModel(name, loc.arch, module, trained.variables,
+                                   float(trained.val_metrics["val_dice"]),
+                                   self.config.data.style))
       return result
     return self._cached("localizers", build)
 
@@ -322,8 +323,9 @@ class Study:
     return config
 
   def stage_train(self) -> None:
-    summary = {c.name: {"arch": c.arch, "val_auc": c.val_auc} for c in self.classifiers()}
-    summary.update({c.name: {"arch": c.arch, "val_dice": c.val_auc} for c in self.localizers()})
+    summary = {c.name: {"arch": c.arch, "val_auc": c.val_score} for c in self.classifiers()}
+    summary.update({c.name: {"arch": c.arch, "val_dice": c.val_score}
+                    for c in self.localizers()})
     with open(os.path.join(self.workdir, "models", "summary.json"), "w") as f:
       json.dump(summary, f, indent=2)
     for name, entry in summary.items():
@@ -332,7 +334,7 @@ class Study:
   # ---------------------------------------------------------------------------------------
   # Model states and maps.
 
-  def states(self, clf: Classifier, image_shape) -> List[Tuple[str, str, Any]]:
+  def states(self, clf: TrainedModel, image_shape) -> List[Tuple[str, str, Any]]:
     """(set, state, variables) for which this classifier's maps are needed."""
     blocks = self.bound_model(clf, image_shape).block_names
     if not blocks:  # nothing to randomize (the report says so)
@@ -377,7 +379,7 @@ class Study:
   def store_path(self, set_name: str, model: str, state: str, method: str) -> str:
     return map_reader.store_path(self.workdir, set_name, model, state, method)
 
-  def targets(self, clf: Classifier, image_set: ImageSet) -> np.ndarray:
+  def targets(self, clf: TrainedModel, image_set: ImageSet) -> np.ndarray:
     """The class each map explains: the trained model's prediction (the paper) or the label.
 
     Randomized states keep the trained model's targets, so every step of a curve explains
