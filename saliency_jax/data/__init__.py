@@ -14,7 +14,7 @@ from saliency_jax.data.synthetic_cxr import build_synthetic
 
 __all__ = ["build_synthetic", "load_arrays", "make_dataset", "preprocess"]
 
-# Real chest X-ray builders (issue 6, helper H6): registers rsna_pneumonia and
+# Real chest X-ray builders: registers rsna_pneumonia and
 # siim_acr_pneumothorax for tfds.data_source.
 from saliency_jax.data import rsna_pneumonia  # noqa: F401,E402
 from saliency_jax.data import siim_acr_pneumothorax  # noqa: F401,E402

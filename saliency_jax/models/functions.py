@@ -27,7 +27,7 @@ Fn = Callable[[Array], Array]
 
 @jax.tree_util.register_pytree_node_class
 class ModelFunctions:
-  """The views of a classifier that attribution methods need (see DESIGN.md).
+  """The views of a classifier that attribution methods need.
 
   Attributes:
     logits_fn: images [B,H,W,C] -> logits [B,K].
