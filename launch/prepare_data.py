@@ -21,8 +21,8 @@ from absl import flags
 from absl import logging
 
 from saliency_jax.data import build_report
-from saliency_jax.data import real_builder
 from saliency_jax.data import prepare_real
+from saliency_jax.data import real_builder
 
 _DATASET = flags.DEFINE_enum("dataset", None, sorted(prepare_real.BUILDERS),
                              "Which dataset to build.")

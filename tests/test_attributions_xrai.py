@@ -1,13 +1,13 @@
 """XRAI vs PAIR saliency.core: segments, "full" and "fast" selection, the whole method."""
+from attribution_models import full_float32_precision  # noqa: F401 (autouse)
+from attribution_models import pair_call_model_function
+from attribution_models import random_images
+from attribution_models import tiny_model
 import numpy as np
 import pytest
 from saliency import core as pair
 from saliency.core import xrai as pair_xrai
 
-from attribution_models import full_float32_precision  # noqa: F401 (autouse)
-from attribution_models import pair_call_model_function
-from attribution_models import random_images
-from attribution_models import tiny_model
 from saliency_jax import attributions
 from saliency_jax.attributions import registry
 from saliency_jax.attributions import xrai_segments
@@ -33,7 +33,8 @@ def test_segments_equal_pair_defaults():
 
 @pytest.mark.parametrize("radius", [0, 1, 3])
 def test_label_dilation_equals_skimage(radius):
-  from skimage.morphology import dilation, disk
+  from skimage.morphology import dilation
+  from skimage.morphology import disk
   rng = np.random.default_rng(radius)
   seg = rng.integers(2, 7, size=(9, 13))
   seg[seg == 4] = 5     # a missing label gives an empty mask, kept as PAIR does

@@ -1,7 +1,6 @@
 """The `image_mask_folder` builder: the authors' sample format (float .npy in [-1, 1], 3 equal
 channels) and PNG images with PNG masks, boxes, RLE and a labels CSV; bad input is skipped and
 counted in the skip report."""
-import os
 
 import numpy as np
 from PIL import Image

@@ -16,17 +16,17 @@ from pydicom import uid
 import pytest
 import skimage.transform
 import tensorflow_datasets as tfds
+from test_data_dicom import linear_window
+from test_data_dicom import write_dicom
 
 import saliency_jax.data  # noqa: F401  (registers the builders)
 from saliency_jax.data import build_report
-from saliency_jax.data import real_builder
 from saliency_jax.data import prepare_real
+from saliency_jax.data import real_builder
 from saliency_jax.data import rle
 from saliency_jax.data import rsna_pneumonia
 from saliency_jax.data import siim_acr_pneumothorax
 from saliency_jax.data import splits
-from test_data_dicom import linear_window
-from test_data_dicom import write_dicom
 
 SIZE = 32
 

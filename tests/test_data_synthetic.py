@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from scipy import ndimage
 from sklearn.metrics import average_precision_score
+import tensorflow_datasets as tfds
 
 from saliency_jax.data import build_synthetic
 from saliency_jax.data import load_arrays
 from saliency_jax.data import make_dataset
-from saliency_jax.data import synthetic_images
 from saliency_jax.data import synthetic_cxr
-import tensorflow_datasets as tfds
+from saliency_jax.data import synthetic_images
 
 EIGHT_CONNECTED = np.ones((3, 3), int)
 

@@ -5,11 +5,11 @@ import sys
 import types
 
 import jax
+from jax.sharding import Mesh
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from jax.sharding import Mesh
 from sklearn.metrics import roc_auc_score
 
 from saliency_jax import models

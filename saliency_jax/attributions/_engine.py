@@ -5,7 +5,7 @@ samples. `chunked_sum` does that as one compiled loop whose body evaluates at mo
 `max_grads_in_flight` model gradients at once, so memory stays bounded whatever the batch size,
 and the loop has a fixed trip count so it works under `jax.jit` on any backend.
 """
-from typing import Callable, Optional, Union
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +35,7 @@ def target_values(logits_fn: Callable[[Array], Array], x: Array, targets: Array)
   return jnp.take_along_axis(logits, targets[:, None].astype(jnp.int32), axis=1)[:, 0]
 
 
-def resolve_indices(indices: Optional[Array], batch: int) -> Array:
+def resolve_indices(indices: Array | None, batch: int) -> Array:
   """Each image's dataset index (default 0..B-1), the value noise keys are folded with."""
   if indices is None:
     return jnp.arange(batch, dtype=jnp.int32)
@@ -65,8 +65,8 @@ def sample_key(key: Array, index: Array, sample: Array) -> Array:
 
 def chunked_sum(contribution: Callable[[Array, Array], Array], num_images: int,
                 num_samples: int, out_shape: tuple[int, ...],
-                max_grads_in_flight: Optional[int],
-                item_window: Optional[tuple[Union[int, Array], int]] = None) -> Array:
+                max_grads_in_flight: int | None,
+                item_window: tuple[int | Array, int] | None = None) -> Array:
   """Sums contribution(image_idx[c], sample_idx[c]) -> [c, *out_shape] over samples, per image.
 
   Work items (image b, sample s) are enumerated image-major (item b * num_samples + s) and
@@ -118,7 +118,7 @@ def add_to_images(acc: Array, image: Array, valid: Array, values: Array) -> Arra
 
 
 def map_in_chunks(fn: Callable[..., Array], *arrays: Array,
-                  max_grads_in_flight: Optional[int]) -> Array:
+                  max_grads_in_flight: int | None) -> Array:
   """Applies a batch function fn(*chunks) over the leading axis, at most c rows at a time."""
   n = arrays[0].shape[0]
   # At most n_chunks - 1 padded rows.
@@ -137,7 +137,7 @@ def map_in_chunks(fn: Callable[..., Array], *arrays: Array,
 
 
 def jitted_gradients(logits_fn: Callable[[Array], Array],
-                     max_grads_in_flight: Optional[int]) -> Callable[[Array, Array], Array]:
+                     max_grads_in_flight: int | None) -> Callable[[Array, Array], Array]:
   """jit(chunked target gradients of logits_fn), cached per function object (host loops)."""
   grad_fn = target_gradients(logits_fn)
   return _execution.cached(

@@ -20,9 +20,10 @@ One home for the decisions about where and in what pieces a computation runs:
 Maps do not depend on the plan (to float32 rounding where an image's items are split).
 """
 import collections
+from collections.abc import Callable, Mapping
 import functools
 import math
-from typing import Any, Callable, Mapping, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -61,7 +62,7 @@ def cached(key: Any, build: Callable[[], Any], owner: Any = None) -> Any:
   return entry[1]
 
 
-def merge_settings(defaults: Mapping[str, Any], settings: Optional[Settings]) -> dict:
+def merge_settings(defaults: Mapping[str, Any], settings: Settings | None) -> dict:
   """defaults updated by settings (dict or ConfigDict); unknown keys raise ValueError."""
   merged = dict(defaults)
   if settings is None:
@@ -133,7 +134,7 @@ def scan(body, carry, xs=None, length=None):
   return carry, jax.tree.map(lambda *a: jnp.stack(a), *ys)
 
 
-def chunk_size(total: int, max_grads_in_flight: Optional[int]) -> int:
+def chunk_size(total: int, max_grads_in_flight: int | None) -> int:
   cap = DEFAULT_MAX_GRADS_IN_FLIGHT if max_grads_in_flight is None else int(max_grads_in_flight)
   if cap < 1:
     raise ValueError(f"max_grads_in_flight must be >= 1, got {cap}")
@@ -147,7 +148,7 @@ def chunk_size(total: int, max_grads_in_flight: Optional[int]) -> int:
 CPU_CHUNK = 64
 
 
-def plan_chunks(total: int, max_grads_in_flight: Optional[int]) -> tuple[int, int]:
+def plan_chunks(total: int, max_grads_in_flight: int | None) -> tuple[int, int]:
   """(number of chunks, chunk size) for `total` items: equal chunks within the cap."""
   c = chunk_size(total, max_grads_in_flight)
   if jax.default_backend() == "cpu":
@@ -165,9 +166,9 @@ CPU_GRADS_PER_CALL = 32
 
 
 def make_compute(name: str, impl: Callable, defaults: Mapping[str, Any],
-                 grads_per_map: Optional[Callable[[dict], int]] = None,
-                 item_split: Optional[tuple[Callable, Callable[[dict], int],
-                                            Callable[[dict], int]]] = None,
+                 grads_per_map: Callable[[dict], int] | None = None,
+                 item_split: tuple[Callable, Callable[[dict], int],
+                                   Callable[[dict], int]] | None = None,
                  grayscale: bool = True) -> Callable:
   """A `compute` that merges settings, validates inputs and runs impl jitted.
 

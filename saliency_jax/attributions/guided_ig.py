@@ -11,11 +11,11 @@ Traced (under jit / on accelerators) it runs in float32, and PAIR's "close enoug
 (math.isclose with 1e-9 tolerances) is widened to 1e-6 of the path's total L1 length, the
 float32 resolution of the L1 sums; both agree with PAIR to float32 tolerance (tested).
 """
-from typing import Callable, Optional
+from collections.abc import Callable
 
-import numpy as np
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from saliency_jax.attributions import _engine
 from saliency_jax.attributions import _execution
@@ -192,7 +192,7 @@ def host_loop(images) -> bool:
 
 def guided_ig(logits_fn: Callable[[Array], Array], images: Array, targets: Array, *,
               baseline: Baseline = 0.0, steps: int = 200, fraction: float = 0.25,
-              max_dist: float = 0.02, max_grads_in_flight: Optional[int] = None) -> Array:
+              max_dist: float = 0.02, max_grads_in_flight: int | None = None) -> Array:
   """Guided-IG maps, float32 [B,H,W,C]; arguments as PAIR's `GuidedIG.GetMask` (x_steps ->
   steps; baseline: scalar or per-image array, PAIR's default 0). Traceable under `jax.jit`;
   called eagerly on the CPU backend it drives the steps from Python (see `host_loop`)."""

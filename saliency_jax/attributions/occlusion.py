@@ -5,7 +5,7 @@ channel) receives the sum, over the windows covering it, of logit(x) - logit(occ
 forward passes of all (image, position) pairs run in chunks of 8 x `max_grads_in_flight` (a
 forward pass needs far less memory than a gradient).
 """
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +19,7 @@ FORWARDS_PER_GRADIENT = 8
 
 def occlusion(logits_fn: Callable[[Array], Array], images: Array, targets: Array, *,
               size: int = 15, value: float = 0.0,
-              max_grads_in_flight: Optional[int] = None) -> Array:
+              max_grads_in_flight: int | None = None) -> Array:
   """Occlusion maps, float32 [B,H,W,C] (the same value in every channel, as PAIR)."""
   images, targets = _engine.check_images(images, targets)
   b, h, w, c = images.shape

@@ -25,28 +25,29 @@ once per `model_fns` object (cached). On the CPU backend an eager `compute` runs
 Noise. `key` (default `jax.random.key(0)`) is folded with each image's `indices` entry (default
 0..B-1), so a map depends only on the key, the image and its dataset index.
 """
+from collections.abc import Callable, Mapping
 import dataclasses
-from typing import Any, Callable, Mapping, Optional
+from typing import Any
 
-import numpy as np
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from saliency_jax.attributions import xrai as xrai_lib
+from saliency_jax.attributions import xrai_segments
+from saliency_jax.attributions._execution import CPU_GRADS_PER_CALL
+from saliency_jax.attributions._execution import make_compute
+from saliency_jax.attributions._execution import merge_settings
 from saliency_jax.attributions.blur_ig import blur_ig
 from saliency_jax.attributions.gradcam import gradcam
 from saliency_jax.attributions.gradient import gradient
 from saliency_jax.attributions.grayscale import visualize
 from saliency_jax.attributions.guided_backprop import guided_backprop
 from saliency_jax.attributions.guided_ig import guided_ig
-from saliency_jax.attributions.occlusion import occlusion
 from saliency_jax.attributions.integrated_gradients import integrated_gradients
+from saliency_jax.attributions.occlusion import occlusion
 from saliency_jax.attributions.smooth_integrated_gradients import smooth_integrated_gradients
 from saliency_jax.attributions.smoothgrad import smoothgrad
-from saliency_jax.attributions._execution import CPU_GRADS_PER_CALL
-from saliency_jax.attributions._execution import make_compute
-from saliency_jax.attributions._execution import merge_settings
-from saliency_jax.attributions import xrai as xrai_lib
-from saliency_jax.attributions import xrai_segments
 
 Array = jax.Array
 Settings = Mapping[str, Any]
@@ -72,7 +73,7 @@ class MapMethod:
   """
   name: str
   compute: Callable[..., Array]
-  prepare: Optional[Callable[[Array, Settings], Any]] = None
+  prepare: Callable[[Array, Settings], Any] | None = None
   default_settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   traceable: bool = True
 

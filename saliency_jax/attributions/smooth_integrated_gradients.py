@@ -3,8 +3,8 @@
 (`squared=True`, PAIR's magnitude=True) and averaged over the copies. Noise keys are per dataset
 index and sample, as in `smoothgrad` (same key -> same noise as SmoothGrad's first samples).
 """
+from collections.abc import Callable
 import math
-from typing import Callable, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -23,11 +23,11 @@ GROUP_BYTES = 256 * 2**20
 
 def smooth_integrated_gradients(
     logits_fn: Callable[[Array], Array], images: Array, targets: Array, *,
-    key: Optional[Array] = None, samples: int = 25, spread: float = 0.15,
+    key: Array | None = None, samples: int = 25, spread: float = 0.15,
     squared: bool = True, baseline: Baseline = 0.0, steps: int = 25,
-    noise: Optional[Array] = None, indices: Optional[Array] = None,
-    max_grads_in_flight: Optional[int] = None,
-    item_window: Optional[tuple[Union[int, Array], int]] = None) -> Array:
+    noise: Array | None = None, indices: Array | None = None,
+    max_grads_in_flight: int | None = None,
+    item_window: tuple[int | Array, int] | None = None) -> Array:
   """SmoothGrad-IG maps, float32 [B,H,W,C]; arguments as `smoothgrad` and
   `integrated_gradients`. Memory is bounded by `max_grads_in_flight` gradients.
 

@@ -15,10 +15,10 @@ A batch of images is segmented in worker processes (a "forkserver"/"spawn" pool:
 fork-safe; the pool is reused across calls), one task per image normalization and then one per
 (image, scale); `workers` <= 1 runs in this process.
 """
+from collections.abc import Callable, Sequence
 import concurrent.futures
 import multiprocessing
 import os
-from typing import Callable, Optional, Sequence
 
 import numpy as np
 from skimage import segmentation
@@ -94,7 +94,7 @@ def _check_image(image) -> np.ndarray:
 
 def felzenszwalb_segments(image: np.ndarray, *, scales: Sequence[float] = SCALES,
                           sigma: float = SIGMA, min_size: int = MIN_SIZE,
-                          resize: Optional[tuple[int, int]] = RESIZE,
+                          resize: tuple[int, int] | None = RESIZE,
                           dilation_radius: int = DILATION_RADIUS) -> np.ndarray:
   """One image's XRAI segments as PAIR computes them: bool [M, H, W] in PAIR's order."""
   image = _check_image(image)
@@ -104,7 +104,7 @@ def felzenszwalb_segments(image: np.ndarray, *, scales: Sequence[float] = SCALES
   return _masks_from_labels(segs, image.shape[:2], resize is not None, dilation_radius)
 
 
-_POOL: Optional[concurrent.futures.ProcessPoolExecutor] = None
+_POOL: concurrent.futures.ProcessPoolExecutor | None = None
 _POOL_WORKERS = 0
 
 
@@ -124,9 +124,9 @@ def default_workers() -> int:
   return max(1, min(os.cpu_count() or 1, 8))
 
 
-def segment_batch_async(images: np.ndarray, *, workers: Optional[int] = None,
+def segment_batch_async(images: np.ndarray, *, workers: int | None = None,
                         scales: Sequence[float] = SCALES, sigma: float = SIGMA,
-                        min_size: int = MIN_SIZE, resize: Optional[tuple[int, int]] = RESIZE,
+                        min_size: int = MIN_SIZE, resize: tuple[int, int] | None = RESIZE,
                         dilation_radius: int = DILATION_RADIUS
                         ) -> Callable[[], list[np.ndarray]]:
   """Starts `segment_batch` in the worker pool and returns a function that waits for it.
@@ -161,7 +161,7 @@ def segment_batch_async(images: np.ndarray, *, workers: Optional[int] = None,
   return result
 
 
-def segment_batch(images: np.ndarray, *, workers: Optional[int] = None,
+def segment_batch(images: np.ndarray, *, workers: int | None = None,
                   **kwargs) -> list[np.ndarray]:
   """`felzenszwalb_segments` of every image of [B,H,W,C], in parallel worker processes.
 

@@ -27,12 +27,12 @@ malformed image or mask, values outside `float_range`, a mask of another size, a
 the image, an RLE that does not decode, a labels.csv row that does not parse, a negative label
 with ground truth (label_conflict), an id listed in a CSV without an image.
 """
+from collections.abc import Sequence
 import csv
 import dataclasses
 import hashlib
 import math
 import os
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np

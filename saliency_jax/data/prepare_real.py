@@ -12,11 +12,11 @@ incomplete directory behind; `prepare` removes such leftovers first
 (`clean_incomplete=True`), so run one build per dataset config at a time.
 """
 
+from collections.abc import Sequence
 import glob
 import logging
 import os
 import shutil
-from collections.abc import Sequence
 from typing import Any
 
 import tensorflow_datasets as tfds

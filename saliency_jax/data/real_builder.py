@@ -23,12 +23,12 @@ boxes scale by S / rows in y and S / columns in x.
 """
 
 import collections
+from collections.abc import Callable, Iterator, Sequence
 import concurrent.futures
 import dataclasses
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np

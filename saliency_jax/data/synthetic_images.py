@@ -18,11 +18,11 @@ rectangle holding the lesion (the convention of box-labelled data such as RSNA's
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 import dataclasses
 import functools
 import math
 import zlib
-from typing import Iterator
 
 import numpy as np
 

@@ -19,16 +19,19 @@ and maps plus what the method holds in flight (its in-flight-gradients setting).
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 import dataclasses
 import json
 import logging
 import time
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from saliency_jax.attributions import _execution
 from saliency_jax.maps.prepared import PreparedCache

@@ -1,7 +1,7 @@
 """Runs a jitted per-map function over a stack in fixed-size chunks, bounding memory."""
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np

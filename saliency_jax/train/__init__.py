@@ -48,7 +48,8 @@ batch-norm statistics are computed over the global batch, exactly as on one devi
 Multi-host runs call `jax.distributed.initialize()` before anything else (the launcher's job);
 each process then reads its own shard of the data and `batch_size` stays the global batch.
 """
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 from jax.sharding import Mesh

@@ -20,6 +20,7 @@ import orbax.checkpoint as ocp
 from saliency_jax.train.steps import model_variables
 from saliency_jax.train.steps import to_host
 
+
 @dataclasses.dataclass
 class TrainResult:
   """What a training run returns.

@@ -15,17 +15,18 @@ done in `progress.json` is skipped on a rerun. Layout of the workdir:
   report.md, report.html, figures/
   progress.json                  stages done and their wall time
 """
+from collections.abc import Callable
 import dataclasses
 import json
 import os
 import time
+from typing import Any
 import zlib
-from typing import Any, Callable, Dict, List, Tuple
 
 from absl import logging
 import jax
-import jax.numpy as jnp
 from jax.experimental import multihost_utils
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
@@ -38,7 +39,6 @@ from saliency_jax import randomization
 from saliency_jax import train as train_lib
 from saliency_jax.attributions import custom as custom_methods
 from saliency_jax.models import plugin
-
 from saliency_jax.trust import external
 from saliency_jax.trust import map_reader
 from saliency_jax.trust.manifest import CLASSIFIER
@@ -72,7 +72,7 @@ class ImageSet:
   indices: np.ndarray   # int [N], dataset indices in the test split (noise keys fold them)
   raw: np.ndarray       # uint8/uint16 [N,H,W,1], as stored
   masks: np.ndarray     # bool [N,H,W]
-  boxes: List[np.ndarray]
+  boxes: list[np.ndarray]
 
 
 @dataclasses.dataclass
@@ -94,7 +94,7 @@ class ProgressLog:
 
   def __init__(self, path: str):
     self.path = path
-    self.stages: Dict[str, Dict[str, Any]] = {}
+    self.stages: dict[str, dict[str, Any]] = {}
     if os.path.exists(path):
       with open(path) as f:
         self.stages = json.load(f)
@@ -114,7 +114,7 @@ class SegmentationOutput:
   """The localization network's per-pixel probability, stored like a saliency map."""
   name = Baseline.LOCALIZATION
   prepare = None
-  default_settings: Dict[str, Any] = {}
+  default_settings: dict[str, Any] = {}
 
   def compute(self, model_fns, images, targets, *, indices, key, settings, prepared=None):
     del targets, indices, key, settings, prepared
@@ -134,7 +134,7 @@ class Study:
     os.makedirs(workdir, exist_ok=True)
     self.progress = ProgressLog(os.path.join(workdir, "progress.json"))
     self.manifest = Manifest.load(workdir)
-    self._cache: Dict[str, Any] = {}
+    self._cache: dict[str, Any] = {}
 
   # ---------------------------------------------------------------------------------------
   # Driving the stages.
@@ -159,7 +159,7 @@ class Study:
       print(f"[{stage}] done in {time.perf_counter() - began:.1f} s")
     return os.path.join(self.workdir, "report.html")
 
-  def stage_config(self, stage: str) -> Dict[str, Any]:
+  def stage_config(self, stage: str) -> dict[str, Any]:
     """The config sections `stage` reads (STAGE_CONFIG), as plain data."""
     config = self.config.to_dict()
     sections = STAGE_CONFIG[stage]
@@ -193,7 +193,7 @@ class Study:
       multihost_utils.sync_global_devices("synthetic dataset built")
     return build()
 
-  def sources(self) -> Dict[str, Any]:
+  def sources(self) -> dict[str, Any]:
     def build():
       import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
       return tfds.data_source(self.dataset_name(), data_dir=self.data_dir)
@@ -243,7 +243,7 @@ class Study:
   # ---------------------------------------------------------------------------------------
   # Training.
 
-  def classifiers(self) -> List[TrainedModel]:
+  def classifiers(self) -> list[TrainedModel]:
     def build():
       sources = self.sources()
       result = []
@@ -297,7 +297,7 @@ class Study:
       raise FileNotFoundError(f"config.weights.{spec['arch']} = {path!r} does not exist")
     return models.import_keras_weights(spec["arch"], path, seed=spec["seed"], num_classes=2)
 
-  def localizers(self) -> List[TrainedModel]:
+  def localizers(self) -> list[TrainedModel]:
     def build():
       sources = self.sources()
       loc = self.config.localization
@@ -334,7 +334,7 @@ class Study:
   # ---------------------------------------------------------------------------------------
   # Model states and maps.
 
-  def states(self, clf: TrainedModel, image_shape) -> List[Tuple[str, str, Any]]:
+  def states(self, clf: TrainedModel, image_shape) -> list[tuple[str, str, Any]]:
     """(set, state, variables) for which this classifier's maps are needed."""
     blocks = self.bound_model(clf, image_shape).block_names
     if not blocks:  # nothing to randomize (the report says so)
@@ -357,7 +357,7 @@ class Study:
       result.append((SetName.UTILITY, State.UNTRAINED, cascade[-1][1]))
     return result
 
-  def method_settings(self, name: str) -> Dict[str, Any]:
+  def method_settings(self, name: str) -> dict[str, Any]:
     settings = dict(attributions.METHODS[name].default_settings)
     overrides = self.config.methods.settings
     if name in overrides:
@@ -366,12 +366,12 @@ class Study:
       settings["max_grads_in_flight"] = self.config.methods.max_grads_in_flight
     return settings
 
-  def external_methods(self) -> List[str]:
+  def external_methods(self) -> list[str]:
     """Names of the methods whose maps come from `config.study.external_maps`."""
     directory = self.config.study.external_maps
     return sorted(external.discover(directory)) if directory else []
 
-  def method_names(self) -> List[str]:
+  def method_names(self) -> list[str]:
     """Every method the criteria score: ours (config.methods.names), then external ones."""
     return list(self.config.methods.names) + [
         m for m in self.external_methods() if m not in self.config.methods.names]
@@ -453,7 +453,7 @@ class Study:
     if jax.process_index() == 0:
       self.write_run_files()
 
-  def skipped_methods(self, bound: plugin.PluginModel) -> List[Tuple[str, str]]:
+  def skipped_methods(self, bound: plugin.PluginModel) -> list[tuple[str, str]]:
     """[(method, why)] of the configured methods this model cannot give."""
     out = []
     for name in self.config.methods.names:
@@ -463,7 +463,7 @@ class Study:
         out.append((name, bound.lacks[missing[0]]))
     return out
 
-  def skipped(self) -> List[Dict[str, str]]:
+  def skipped(self) -> list[dict[str, str]]:
     """What was not evaluated and why: methods and criteria per model (for the report)."""
     out = []
     for clf in self.classifiers():
