@@ -221,7 +221,8 @@ def build_sections(manifest: Manifest, config: ml_collections.ConfigDict, workdi
         "SSIM between maps of replicates of the same architecture (repeatability) and of "
         f"different architectures (reproducibility); line: SSIM between the two {loc_label} "
         "replicates' outputs.")]))
-  sections += check_report.sections(summary, figure_paths, Table, Figure)
+  sections += check_report.sections(summary, figure_paths, Table, Figure,
+                                    localization=figures.localization_label(manifest))
   sections.append(("Statistical details", [details_table(summary)]))
   sections.append(("Provenance", provenance(manifest, config, workdir)))
   return sections

@@ -613,7 +613,8 @@ class Study:
                    for set_name, state, variables in needed for n in names]
       targets = {}
       for set_name, state, variables, store_name, name, settings in tqdm.tqdm(
-          jobs, desc=f"check maps {clf.name}", unit="store", disable=not jobs):
+          jobs, desc=f"check maps {clf.name}", unit="store",
+          disable=not jobs or jax.process_index() != 0):
         image_set = self.image_set(set_name)
         if set_name not in targets:
           targets[set_name] = self.targets(clf, image_set)
@@ -626,8 +627,9 @@ class Study:
         fns = models.ModelFunctions(lambda x, loc=loc: loc.module.apply(loc.variables, x))
         self._generate(self.store_path(SetName.VALIDATION, loc.name, State.ORIGINAL,
                                        Baseline.LOCALIZATION),
-                       SegmentationOutput(), fns, image_set, loc.style,
-                       np.zeros(len(image_set.ids), np.int32), {}, key, loc.variables)
+                       self._localization_output(loc, image_set.raw.shape[1:3]), fns,
+                       image_set, loc.style, np.zeros(len(image_set.ids), np.int32), {}, key,
+                       loc.variables)
 
   def skipped_methods(self, bound: plugin.PluginModel) -> list[tuple[str, str]]:
     """[(method, why)] of the configured methods this model cannot give."""
