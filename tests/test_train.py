@@ -5,11 +5,11 @@ import sys
 import types
 
 import jax
+from jax.sharding import Mesh
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from jax.sharding import Mesh
 from sklearn.metrics import roc_auc_score
 
 from saliency_jax import models
@@ -90,14 +90,14 @@ def test_roc_auc_matches_sklearn_with_ties():
                    rng.normal(size=n),
                    np.where(labels == 1, 1.0, 0.0),       # perfect
                    np.ones(n)):                           # constant: 0.5
-      assert train.roc_auc(labels, scores) == pytest.approx(roc_auc_score(labels, scores),
+      assert train.roc_auc_score(labels, scores) == pytest.approx(roc_auc_score(labels, scores),
                                                             abs=1e-12)
-  assert train.roc_auc([1, 0], [0.2, 0.9]) == 0.0
-  assert np.isnan(train.roc_auc([1, 1, 1], [0.1, 0.2, 0.3]))
+  assert train.roc_auc_score([1, 0], [0.2, 0.9]) == 0.0
+  assert np.isnan(train.roc_auc_score([1, 1, 1], [0.1, 0.2, 0.3]))
   with pytest.raises(ValueError, match="0 or 1"):
-    train.roc_auc([0, 2], [0.1, 0.2])
+    train.roc_auc_score([0, 2], [0.1, 0.2])
   with pytest.raises(ValueError, match="NaN"):
-    train.roc_auc([0, 1], [0.1, np.nan])
+    train.roc_auc_score([0, 1], [0.1, np.nan])
 
 
 class _FakeSummaryWriter:

@@ -20,15 +20,17 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
 import orbax.checkpoint as ocp
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from saliency_jax.models import init_variables
 from saliency_jax.train import workdir as workdir_lib
 from saliency_jax.train.steps import DATA_AXIS
-from saliency_jax.train.steps import default_mesh
+from saliency_jax.train.steps import data_parallel_mesh
 from saliency_jax.train.steps import global_batch
 from saliency_jax.train.steps import make_steps
 from saliency_jax.train.steps import model_variables
@@ -100,7 +102,7 @@ def _plan(task: Task, module: nn.Module, train_source, *, workdir: str, seed: in
   """Checks the config and the mesh; fixes the run's sizes, dtypes and variable shapes."""
   _check_config(config)
   workdir = os.path.abspath(workdir)
-  mesh = default_mesh() if mesh is None else mesh
+  mesh = data_parallel_mesh() if mesh is None else mesh
   if mesh.axis_names != (DATA_AXIS,):
     raise ValueError(f"The mesh must be 1-D with axis {DATA_AXIS!r}; got {mesh.axis_names}.")
   num_steps = int(config.num_steps)
