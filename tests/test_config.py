@@ -7,7 +7,11 @@ import sys
 import ml_collections
 import pytest
 
-from configs import default, paper_rsna, paper_siim, synthetic, tiny
+from configs import default
+from configs import paper_rsna
+from configs import paper_siim
+from configs import synthetic
+from configs import tiny
 from saliency_jax import trust
 from saliency_jax.trust import config_check
 from saliency_jax.trust import protocol

@@ -6,17 +6,21 @@ import pytest
 import saliency.core as pair
 from skimage.metrics import structural_similarity
 
-from configs import default, synthetic
+from configs import default
+from configs import synthetic
 from saliency_jax import attributions
 from saliency_jax import models
 from saliency_jax.attributions import registry
 from saliency_jax.data import pipeline
-from saliency_jax.trust import evaluation
-from saliency_jax.trust import protocol
-from saliency_jax.trust import map_reader
-from saliency_jax.trust import study as study_lib
 from saliency_jax.trust import criteria
-from saliency_jax.trust.names import EVAL_SET, ORIGINAL, UNTRAINED, UTILITY_SET
+from saliency_jax.trust import evaluation
+from saliency_jax.trust import map_reader
+from saliency_jax.trust import protocol
+from saliency_jax.trust import study as study_lib
+from saliency_jax.trust.names import EVAL_SET
+from saliency_jax.trust.names import ORIGINAL
+from saliency_jax.trust.names import UNTRAINED
+from saliency_jax.trust.names import UTILITY_SET
 
 
 def _study(**choices):

@@ -6,8 +6,9 @@ field of the run's config (most under `config.protocol`), `configs/default.py` h
 value, and the report prints `table(config)`: each choice, its value in the run, the paper's,
 and what differs when they differ.
 """
+from collections.abc import Callable
 import dataclasses
-from typing import Any, Callable
+from typing import Any
 
 import ml_collections
 

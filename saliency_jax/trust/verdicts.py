@@ -20,8 +20,9 @@ and `protocol` sections; no Study, dataset or model:
   scorecard(records, manifest, config.study, seed=config.seed, protocol=config.protocol)
 """
 import collections
+from collections.abc import Iterable
 import dataclasses
-from typing import Any, Iterable
+from typing import Any
 
 import ml_collections
 import numpy as np
