@@ -13,6 +13,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from saliency_jax import api
 from saliency_jax import trust
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -36,11 +37,10 @@ def main(argv):
     jax.distributed.initialize()
   config = _CONFIG.value
   workdir = _WORKDIR.value or config.workdir
-  study = trust.Study(config, workdir)
-  for stage in _REDO.value:
-    study.progress.stages.pop(stage, None)
   logging.info("workdir: %s", os.path.abspath(workdir))
-  report = study.run(_STAGES.value)
+  # The Python API's entry point, with the config's dataset and models.
+  report = api.evaluate(config=config, workdir=workdir, stages=_STAGES.value,
+                        redo=_REDO.value, load_records=False).report
   if os.path.exists(report):
     print(f"\nReport: {os.path.abspath(report)}"
           f"\n  (also {os.path.abspath(os.path.join(workdir, 'report.md'))})")

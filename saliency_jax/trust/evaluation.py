@@ -45,7 +45,9 @@ def utility_records(manifest: Manifest, reader: MapReader) -> list[dict[str, Any
   truth = reader.ground_truth(SetName.UTILITY)
   records = []
   for model in manifest.utility_models:
-    for state in (State.ORIGINAL, State.UNTRAINED):
+    # A model without blocks has no untrained state (the manifest's `skipped` says so).
+    untrained = (State.UNTRAINED,) if manifest.model(model).block_names else ()
+    for state in (State.ORIGINAL, *untrained):
       for method in manifest.methods:
         maps = reader.read(SetName.UTILITY, model, state, method)
         if maps is None:
@@ -80,7 +82,8 @@ def randomization_records(manifest: Manifest, reader: MapReader,
           original, pairs=study_config.random_pairs, seed=seed, data_range=data_range)
       records += _records(baseline, ids, criterion=Measure.RANDOM_PAIRS, method=method,
                           model=clf.name, state=State.BASELINE)
-      states = [(s, Measure.CASCADING) for s in manifest.cascade_steps(clf)]
+      # No blocks, no randomization (the manifest's `skipped` says so).
+      states = [(s, Measure.CASCADING) for s in manifest.cascade_steps(clf) if clf.block_names]
       if clf.name in manifest.independent_models:
         states += [(independent_state(b), Measure.INDEPENDENT) for b in clf.block_names]
       for state, criterion in states:

@@ -324,6 +324,7 @@ class Study:
   def stage_train(self) -> None:
     summary = {c.name: {"arch": c.arch, "val_auc": c.val_auc} for c in self.classifiers()}
     summary.update({c.name: {"arch": c.arch, "val_dice": c.val_auc} for c in self.localizers()})
+    os.makedirs(os.path.join(self.workdir, "models"), exist_ok=True)  # none trained here
     with open(os.path.join(self.workdir, "models", "summary.json"), "w") as f:
       json.dump(summary, f, indent=2)
     for name, entry in summary.items():
