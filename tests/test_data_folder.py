@@ -1,8 +1,6 @@
 """The `image_mask_folder` builder: the authors' sample format (float .npy in [-1, 1], 3 equal
 channels) and PNG images with PNG masks, boxes, RLE and a labels CSV; bad input is skipped and
 counted in the skip report."""
-import os
-
 import numpy as np
 from PIL import Image
 import pytest
@@ -63,7 +61,7 @@ def test_authors_sample_format(tmp_path):
       "image_missing_file": 1}
   assert report["info"]["labels"] == "ground truth present"
   # Another float range is another build, and maps [0, 2] to the unit range.
-  name2, report2 = real_datasets.prepare(
+  name2, _ = real_datasets.prepare(
       "image_mask_folder", manual_dir=str(root), data_dir=data_dir, image_size=24,
       split_fractions=(0, 0, 1), float_range=(-2, 2))
   assert name2 != name
