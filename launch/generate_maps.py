@@ -107,10 +107,12 @@ def main(argv):
         f.write(f"{index} {seconds:.4f}\n")
     time.sleep(_CHUNK_DELAY_S.value)
 
+  plan = maps.MapPlan(chunk_size=_CHUNK_SIZE.value, dtype=_DTYPE.value, mesh=mesh,
+                      prepared_dir=_PREPARED_DIR.value, on_chunk=on_chunk)
   store = maps.generate_maps(
-      _STORE.value, _method(_METHOD.value), model_fns, images, targets, indices, ids,
-      key=jax.random.key(_KEY_SEED.value), chunk_size=_CHUNK_SIZE.value, dtype=_DTYPE.value,
-      mesh=mesh, prepared_dir=_PREPARED_DIR.value, on_chunk=on_chunk)
+      _STORE.value, _method(_METHOD.value), model_fns,
+      maps.MapInputs(images, targets, indices, ids), key=jax.random.key(_KEY_SEED.value),
+      plan=plan)
   print(store)
 
 
