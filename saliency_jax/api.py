@@ -20,7 +20,8 @@ positive unless `labels` says otherwise. What the given models and images cannot
 evaluated, and the report's "Not evaluated" section says what and why: a model known only by
 its `logits_fn` has no blocks to randomize and no Grad-CAM layer; without a training split there
 is no localization network to train, so repeatability and reproducibility have no baseline;
-without `train_masks` the average-mask baseline is the mean of the given images' own masks.
+without `train_masks` the average-mask baseline is the mean of the given images' own masks;
+CheXlocalize's metrics need validation images to tune their thresholds on.
 """
 import dataclasses
 import json
@@ -180,6 +181,10 @@ class _GivenStudy(study_lib.Study):
     study.independent_randomization = tuple(
         m for m in study.independent_randomization if m in names) or names[:1]
     config.localization.seeds = ()
+    # CheXlocalize tunes its thresholds on validation images; none are given here.
+    self._no_tuning = bool(study.get("chexlocalize") and study.chexlocalize.enabled)
+    if self._no_tuning:
+      study.chexlocalize.enabled = False
     super().__init__(config, workdir)
     self._images, self._truth, self._boxes = images, truth, box_list
     self._labels, self._ids, self._models = labels, np.asarray(ids), list(models)
@@ -246,6 +251,9 @@ class _GivenStudy(study_lib.Study):
     out.append(dict(model="-", what="localization-network baseline",
                     why="no training split to train it on: repeatability and reproducibility "
                         "have no baseline"))
+    if self._no_tuning:
+      out.append(dict(model="-", what="CheXlocalize metrics",
+                      why="their thresholds are tuned on validation images: none given"))
     if self._train_masks is None:
       out.append(dict(model="-", what="average-mask baseline (as in the paper)",
                       why="no train_masks given: the baseline is the mean of the scored "
