@@ -36,6 +36,7 @@ from absl import flags
 import jax
 
 from saliency_jax import maps
+from saliency_jax import multihost
 from saliency_jax.maps import demo
 
 _STORE = flags.DEFINE_string("store", None, "Directory of the map store.", required=True)
@@ -90,11 +91,7 @@ def main(argv):
     _print_status(_STORE.value)
     return
   if _DISTRIBUTED.value:
-    # CPU hosts need a collectives library for the final barrier; accelerators ignore this.
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
-                               num_processes=_NUM_PROCESSES.value,
-                               process_id=_PROCESS_ID.value)
+    multihost.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   model_fns, images, targets, indices, ids = demo.tiny_problem(
       seed=_SEED.value, num_images=_NUM_IMAGES.value, height=_HEIGHT.value,
       width=_WIDTH.value, channels=_CHANNELS.value)

@@ -306,3 +306,15 @@ def test_a_rerun_recomputes_a_corrupt_or_replaced_chunk_and_only_it(tmp_path, pr
   np.testing.assert_array_equal(again.read_all(), expected)
   after = os.stat(store.chunk_path(0))
   assert (after.st_ino, after.st_mtime_ns) == (untouched.st_ino, untouched.st_mtime_ns)
+
+
+def test_replace_recomputes_the_maps_of_another_model(tmp_path, problem):
+  method = demo.DemoGradient()
+  first = _generate(tmp_path / "s", method, problem, metadata={"model": "a"}).read_all()
+  with pytest.raises(ValueError, match="other maps"):
+    _generate(tmp_path / "s", method, problem, metadata={"model": "b"})
+  written = []
+  again = _generate(tmp_path / "s", method, problem, metadata={"model": "b"}, replace=True,
+                    on_chunk=lambda i, s: written.append(i))
+  assert written == [0, 1, 2] and again.metadata["model"] == "b"
+  np.testing.assert_array_equal(again.read_all(), first)  # Same model really: same maps.

@@ -222,6 +222,9 @@ class MapPlan:
   progress: show a progress bar (host 0 only).
   process_index, process_count: this host's share of the chunks; default from JAX.
   on_chunk: called as on_chunk(chunk_index, seconds) after each chunk is written.
+  replace: an existing store at `path` of other maps (another description, other images) is
+    deleted and computed anew, instead of being an error (with several JAX processes, host 0
+    replaces it and the others wait).
   """
   chunk_size: int
   dtype: str = "float32"
@@ -233,6 +236,7 @@ class MapPlan:
   process_index: int | None = None
   process_count: int | None = None
   on_chunk: Callable[[int, float], None] | None = None
+  replace: bool = False
 
 
 def generate_maps(path: str, method, model_fns, inputs: MapInputs, *, key,
@@ -258,6 +262,14 @@ def generate_maps(path: str, method, model_fns, inputs: MapInputs, *, key,
   settings = settings.to_dict() if hasattr(settings, "to_dict") else dict(settings)
   targets, indices, image_shape = _checked_inputs(inputs)
   process_index, process_count = _host_share(plan)
+  jax_hosts = plan.process_index is None and plan.process_count is None and process_count > 1
+  if plan.replace and jax_hosts:
+    # One host deletes a store of other maps; the others open the new one after it.
+    from saliency_jax import multihost  # pylint: disable=g-import-not-at-top
+    if process_index == 0:
+      _open_store(path, method, settings, key, inputs, indices, image_shape, plan)
+    multihost.barrier(f"generate_maps store:{path}")
+    plan = dataclasses.replace(plan, replace=False)
   store = _open_store(path, method, settings, key, inputs, indices, image_shape, plan)
   # Verified: a chunk truncated, corrupted or replaced since it was written is recomputed.
   todo = store.missing_chunks(process_index, process_count, verify=True)
@@ -266,7 +278,7 @@ def generate_maps(path: str, method, model_fns, inputs: MapInputs, *, key,
     _compute_chunks(store, todo, runner, inputs.images, targets, indices,
                     _prepared_source(method, settings, plan),
                     progress=plan.progress and process_index == 0, on_chunk=plan.on_chunk)
-  if plan.process_index is None and plan.process_count is None and process_count > 1:
+  if jax_hosts:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices(f"generate_maps:{path}")
   return store
@@ -311,7 +323,8 @@ def _open_store(path: str, method, settings: dict, key, inputs: MapInputs, indic
   full_metadata = json.loads(json.dumps(full_metadata, sort_keys=True, default=repr))
   return MapStore.create_or_open(
       path, num_maps=len(indices), map_shape=image_shape[:2], chunk_size=plan.chunk_size,
-      dtype=plan.dtype, ids=inputs.ids, indices=indices, metadata=full_metadata)
+      dtype=plan.dtype, ids=inputs.ids, indices=indices, metadata=full_metadata,
+      replace=plan.replace)
 
 
 def _prepared_source(method, settings: dict, plan: MapPlan) -> Callable | None:

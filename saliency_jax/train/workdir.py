@@ -17,6 +17,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from saliency_jax import multihost
 from saliency_jax.train.steps import model_variables
 from saliency_jax.train.steps import to_host
 
@@ -120,17 +121,18 @@ def check_same_settings(workdir: str, config: Any, seed: int) -> None:
   settings = {k: v for k, v in items.items() if k not in resumable}
   settings = json.loads(json.dumps({"seed": seed, **settings}, sort_keys=True, default=str))
   path = os.path.join(workdir, "train_settings.json")
-  if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
-    if saved != settings:
-      changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
-      raise ValueError(f"{workdir} holds a run with other training settings ({changed}: "
-                       f"{ {k: saved.get(k) for k in changed} } there, "
-                       f"{ {k: settings.get(k) for k in changed} } now); use another workdir.")
-  elif jax.process_index() == 0:
-    with open(path, "w") as f:
-      json.dump(settings, f, indent=1, sort_keys=True)
+  # Host 0 writes a fresh run's settings (atomically); every host reads them after the barrier,
+  # so all see the whole file and agree on refusing.
+  if multihost.is_writer() and not os.path.exists(path):
+    multihost.write_json(path, settings)
+  multihost.barrier(f"train settings {os.path.basename(workdir)}")
+  with open(path) as f:
+    saved = json.load(f)
+  if saved != settings:
+    changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+    raise ValueError(f"{workdir} holds a run with other training settings ({changed}: "
+                     f"{ {k: saved.get(k) for k in changed} } there, "
+                     f"{ {k: settings.get(k) for k in changed} } now); use another workdir.")
 
 
 def save_best(best_manager: ocp.CheckpointManager, step: int, state: dict,

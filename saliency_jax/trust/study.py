@@ -2,7 +2,9 @@
 
 Every stage writes under the run's workdir and resumes: the dataset is built once, training
 resumes from its last checkpoint, map stores keep their finished chunks, and a stage marked
-done in `progress.json` is skipped on a rerun. Layout of the workdir:
+done in `progress.json` is skipped on a rerun, unless the config sections it reads changed
+since it ran (the run manifest records them): then it runs again with every stage after it,
+and map stores of other models, images or settings are replaced. Layout of the workdir:
 
   data/                          the TFDS dataset (synthetic runs build it here)
   models/<name>/                 checkpoints, metrics.jsonl of each classifier and localizer
@@ -14,8 +16,11 @@ done in `progress.json` is skipped on a rerun. Layout of the workdir:
   summary.json                   the scorecard and the curves the report draws
   report.md, report.html, figures/
   progress.json                  stages done and their wall time
+  run.lock                       the run using the workdir (see workdir_lock)
 """
+import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -34,6 +39,7 @@ from saliency_jax import attributions
 from saliency_jax import data as data_lib
 from saliency_jax import maps as maps_lib
 from saliency_jax import models
+from saliency_jax import multihost
 from saliency_jax import randomization
 from saliency_jax import train as train_lib
 from saliency_jax.attributions import custom as custom_methods
@@ -43,6 +49,7 @@ from saliency_jax.trust import checks
 from saliency_jax.trust import external
 from saliency_jax.trust import robustness
 from saliency_jax.trust import map_reader
+from saliency_jax.trust import workdir_lock
 from saliency_jax.trust.manifest import CLASSIFIER
 from saliency_jax.trust.manifest import LOCALIZER
 from saliency_jax.trust.manifest import Manifest
@@ -168,26 +175,71 @@ class Study:
     for stage in stages:
       if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+    # One run per workdir (host 0 holds the lock for all hosts of a multi-host run).
+    with (workdir_lock.hold(self.workdir) if multihost.is_writer()
+          else contextlib.nullcontext()):
+      self._redo_changed_stages(stages)
+      self._run_stages(stages)
+    return os.path.join(self.workdir, "report.html")
+
+  def _run_stages(self, stages) -> None:
+    for stage in stages:
       if self.progress.done(stage):
-        print(f"[{stage}] done already: skipped")
+        _say(f"[{stage}] done already: skipped")
         continue
       if stage in HOST0_STAGES and jax.process_index() != 0:
         continue  # one host scores and reports; the others' work ended with the maps
-      print(f"[{stage}] ...")
+      _say(f"[{stage}] ...")
       began = time.perf_counter()
       getattr(self, f"stage_{stage}")()
       if jax.process_index() == 0:
         self.manifest.record_stage(stage, self.stage_config(stage))
         self.manifest.save()
         self.progress.record(stage, time.perf_counter() - began)
-      print(f"[{stage}] done in {time.perf_counter() - began:.1f} s")
-    return os.path.join(self.workdir, "report.html")
+      _say(f"[{stage}] done in {time.perf_counter() - began:.1f} s")
 
   def stage_config(self, stage: str) -> Dict[str, Any]:
     """The config sections `stage` reads (STAGE_CONFIG), as plain data."""
     config = self.config.to_dict()
     sections = STAGE_CONFIG[stage]
     return {k: v for k, v in config.items() if sections is None or k in sections}
+
+  def changed_fields(self, stage: str) -> List[str]:
+    """"field: then -> now" for each config field `stage` reads that changed since it ran ([]
+    where the manifest recorded no config for it)."""
+    recorded = self.manifest.stage_config(stage)
+    if recorded is None:
+      return []
+    now = json.loads(json.dumps(self.stage_config(stage), default=str))
+    recorded = {k: v for k, v in recorded.items() if k != "workdir"}  # where, not what
+    return _differences(recorded, {k: v for k, v in now.items() if k != "workdir"})
+
+  def _redo_changed_stages(self, stages) -> None:
+    """The first done stage whose config changed runs again, with every stage after it (they
+    used its results); a run that leaves that stage out is refused, naming the fields."""
+    for i, stage in enumerate(STAGES):
+      changed = self.changed_fields(stage) if self.progress.done(stage) else []
+      if not changed:
+        continue
+      fields = "; ".join(changed[:5]) + (" ..." if len(changed) > 5 else "")
+      if stage not in stages:
+        raise ValueError(
+            f"the {stage} stage ran with another config ({fields}), so the stages after it "
+            f"would mix the results of two configs: run it again (add {stage} to --stages or "
+            "leave --stages out), or use another workdir.")
+      _say(f"[{stage}] the config changed since it ran ({fields}): running it and the "
+           "stages after it again")
+      for later in STAGES[i:]:
+        self.progress.stages.pop(later, None)
+      return
+
+  def numbers_config(self) -> ml_collections.ConfigDict:
+    """The config the scores came from: each section as the last stage reading it ran with
+    (the current config for sections no finished stage reads)."""
+    config = self.config.to_dict()
+    for stage in ("data", "train", "maps", "criteria"):
+      config.update(self.manifest.stage_config(stage) or {})
+    return ml_collections.ConfigDict(config)
 
   def _cached(self, name: str, build: Callable[[], Any]) -> Any:
     if name not in self._cache:
@@ -391,10 +443,10 @@ class Study:
     summary = {c.name: {"arch": c.arch, "val_auc": c.val_auc} for c in self.classifiers()}
     summary.update({c.name: {"arch": c.arch, **c.val_metrics} for c in self.localizers()})
     os.makedirs(os.path.join(self.workdir, "models"), exist_ok=True)  # none trained here
-    with open(os.path.join(self.workdir, "models", "summary.json"), "w") as f:
-      json.dump(summary, f, indent=2)
+    multihost.write_shared_json(os.path.join(self.workdir, "models", "summary.json"), summary,
+                                "models/summary.json")
     for name, entry in summary.items():
-      print(f"  {name}: {entry}")
+      _say(f"  {name}: {entry}")
 
   # ---------------------------------------------------------------------------------------
   # Model states and maps.
@@ -462,13 +514,16 @@ class Study:
              for i in range(0, len(images), 64)]
     return np.concatenate(preds).astype(np.int32)
 
-  def _generate(self, path, method, model_fns, image_set, style, targets, settings, key):
+  def _generate(self, path, method, model_fns, image_set, style, targets, settings, key,
+                variables):
+    """Fills one store; a store of another model (weights), images or settings is replaced."""
     study = self.config.study
     inputs = maps_lib.MapInputs(self.inputs(image_set, style), targets, image_set.indices,
                                 image_set.ids)
     plan = maps_lib.MapPlan(
         chunk_size=study.chunk_size, dtype=study.map_dtype, progress=False,
-        prepared_dir=os.path.join(self.workdir, "maps", image_set.name, "prepared"))
+        prepared_dir=os.path.join(self.workdir, "maps", image_set.name, "prepared"),
+        metadata={"model": _variables_digest(variables)}, replace=True)
     return maps_lib.generate_maps(path, method, model_fns, inputs, key=key, settings=settings,
                                   plan=plan)
 
@@ -486,8 +541,8 @@ class Study:
       states = self.states(clf, image_shape)
       bound = self.bound_model(clf, image_shape)
       lacking = dict(self.skipped_methods(bound))
-      with tqdm.tqdm(total=len(states) * len(names), desc=f"maps {clf.name}",
-                     unit="store") as bar:
+      with tqdm.tqdm(total=len(states) * len(names), desc=f"maps {clf.name}", unit="store",
+                     disable=jax.process_index() != 0) as bar:
         for set_name, state, variables in states:
           image_set = self.image_set(set_name)
           if set_name not in targets:
@@ -500,7 +555,7 @@ class Study:
             bar.set_postfix_str(f"{set_name} {state} {name}")
             self._generate(self.store_path(set_name, clf.name, state, name),
                            attributions.METHODS[name], fns, image_set, clf.style,
-                           targets[set_name], self.method_settings(name), key)
+                           targets[set_name], self.method_settings(name), key, variables)
             bar.update()
     for loc in self.localizers():
       fns = models.ModelFunctions(
@@ -509,8 +564,9 @@ class Study:
         image_set = self.image_set(set_name)
         path = self.store_path(set_name, loc.name, State.ORIGINAL, Baseline.LOCALIZATION)
         self._generate(path, self._localization_output(loc, image_set.raw.shape[1:3]), fns,
-                       image_set, loc.style, np.zeros(len(image_set.ids), np.int32), {}, key)
-    if self.config.study.external_maps:
+                       image_set, loc.style, np.zeros(len(image_set.ids), np.int32), {}, key,
+                       loc.variables)
+    if self.config.study.external_maps and multihost.is_writer():
       found = external.import_maps(
           self.config.study.external_maps,
           {n: self.image_set(n) for n in (SetName.UTILITY, SetName.EVAL)}, self.store_path,
@@ -563,7 +619,7 @@ class Study:
           targets[set_name] = self.targets(clf, image_set)
         self._generate(self.store_path(set_name, clf.name, state, store_name),
                        attributions.METHODS[name], bound.bind(variables), image_set,
-                       clf.style, targets[set_name], settings, key)
+                       clf.style, targets[set_name], settings, key, variables)
     if checks.enabled(s, "chexlocalize"):
       image_set = self.image_set(SetName.VALIDATION)
       for loc in self.localizers():
@@ -571,7 +627,7 @@ class Study:
         self._generate(self.store_path(SetName.VALIDATION, loc.name, State.ORIGINAL,
                                        Baseline.LOCALIZATION),
                        SegmentationOutput(), fns, image_set, loc.style,
-                       np.zeros(len(image_set.ids), np.int32), {}, key)
+                       np.zeros(len(image_set.ids), np.int32), {}, key, loc.variables)
 
   def skipped_methods(self, bound: plugin.PluginModel) -> List[Tuple[str, str]]:
     """[(method, why)] of the configured methods this model cannot give."""
@@ -632,7 +688,34 @@ class Study:
   def stage_report(self) -> None:
     from saliency_jax.trust import report  # pylint: disable=g-import-not-at-top
     reader = self.reader()
-    report.write_report(self.manifest, reader, self.config, self.workdir)
+    report.write_report(self.manifest, reader, self.numbers_config(), self.workdir)
+
+
+def _differences(then: Any, now: Any, prefix: str = "") -> List[str]:
+  """"path: then -> now" for every leaf that differs between two JSON-like trees."""
+  if isinstance(then, dict) and isinstance(now, dict):
+    out = []
+    for key in sorted(set(then) | set(now)):
+      out += _differences(then.get(key), now.get(key), f"{prefix}{key}.")
+    return out
+  return [] if then == now else [f"{prefix[:-1]}: {then} -> {now}"]
+
+
+def _say(text: str) -> None:
+  """Prints on host 0 only: one copy of every line in a multi-host run."""
+  if jax.process_index() == 0:
+    print(text)
+
+
+def _variables_digest(variables: Any) -> str:
+  """A digest of a model's variables, kept with its maps: other weights, other maps."""
+  digest = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_leaves_with_path(variables):
+    array = np.asarray(leaf)
+    digest.update(f"{jax.tree_util.keystr(path)} {array.dtype} {array.shape}".encode())
+    digest.update(np.ascontiguousarray(array).data if array.dtype != object
+                  else repr(leaf).encode())
+  return digest.hexdigest()[:16]
 
 
 def _text(value) -> str:
