@@ -23,10 +23,10 @@ is no localization network to train, so repeatability and reproducibility have n
 without `train_masks` the average-mask baseline is the mean of the given images' own masks;
 CheXlocalize's metrics need validation images to tune their thresholds on.
 """
+from collections.abc import Callable, Sequence
 import dataclasses
 import json
 import os
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import ml_collections
@@ -128,11 +128,11 @@ def evaluate(models: Sequence[FlaxModel | FunctionModel] | None = None,
 
 def _boxes_mask(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
   """The union of (ymin, xmin, ymax, xmax) boxes as a bool mask, by pixel centers."""
-  from saliency_jax.data import real_cxr  # pylint: disable=g-import-not-at-top
+  from saliency_jax.data import real_builder  # pylint: disable=g-import-not-at-top
   mask = np.zeros(shape, bool)
   for ymin, xmin, ymax, xmax in np.asarray(boxes, np.float64).reshape(-1, 4):
-    r0, r1 = real_cxr._center_range(ymin, ymax, shape[0])  # pylint: disable=protected-access
-    c0, c1 = real_cxr._center_range(xmin, xmax, shape[1])  # pylint: disable=protected-access
+    r0, r1 = real_builder._center_range(ymin, ymax, shape[0])  # pylint: disable=protected-access
+    c0, c1 = real_builder._center_range(xmin, xmax, shape[1])  # pylint: disable=protected-access
     mask[r0:r1, c0:c1] = True
   return mask
 

@@ -16,7 +16,7 @@ import tensorflow_datasets as tfds
 
 from saliency_jax import api
 from saliency_jax import data as data_lib
-from saliency_jax.data import real_datasets
+from saliency_jax.data import prepare_real
 
 SIZE = 16
 BLOCKS = ("head", "conv2", "conv1")
@@ -91,7 +91,7 @@ def _key(r):
 
 def test_config_by_import_path_and_api_give_the_same_records(folder, tmp_path):
   data_dir = str(tmp_path / "tfds")
-  name, _ = real_datasets.prepare("image_mask_folder", manual_dir=str(folder),
+  name, _ = prepare_real.prepare("image_mask_folder", manual_dir=str(folder),
                                   data_dir=data_dir, image_size=SIZE)
   config = _config(tmp_path)
   config.data.name, config.data.data_dir, config.data.channels = name, data_dir, 1
