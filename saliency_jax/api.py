@@ -212,7 +212,7 @@ class _GivenStudy(study_lib.Study):
                                          guided_logits_fn=m.guided_logits_fn, arch=m.arch)
         else:
           raise TypeError(f"models must be api.FlaxModel or api.FunctionModel, got {type(m)}")
-        out.append(study_lib.Classifier(m.name, bound.arch, bound.module, bound.variables,
+        out.append(study_lib.TrainedModel(m.name, bound.arch, bound.module, bound.variables,
                                         float("nan"), self.config.data.style, bound))
       return out
     return self._cached("classifiers", build)
