@@ -22,9 +22,11 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from saliency_jax import api
 from saliency_jax import compilation_cache
 from saliency_jax import multihost
 from saliency_jax import trust
+from saliency_jax.trust import config_check
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(__file__), "..", "configs", "synthetic.py"),
@@ -71,13 +73,13 @@ def main(argv):
     multihost.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   config = _CONFIG.value
   workdir = _WORKDIR.value or config.workdir
-  study = trust.Study(config, workdir)  # checks the whole config first: nothing written yet
+  config_check.validate(config)  # the whole config, before anything is written
   compilation_cache.enable(_COMPILATION_CACHE.value, workdir)
-  for stage in _REDO.value:
-    study.progress.stages.pop(stage, None)
   logging.info("workdir: %s", os.path.abspath(workdir))
   try:
-    report = study.run(_STAGES.value)
+    # The Python API's entry point, with the config's dataset and models.
+    report = api.evaluate(config=config, workdir=workdir, stages=_STAGES.value,
+                          redo=_REDO.value, load_records=False).report
   except KeyboardInterrupt:
     print("interrupted: rerun to resume", file=sys.stderr, flush=True)
     os._exit(130)  # at once: library threads and pools would print their own tracebacks

@@ -184,6 +184,21 @@ def test_synthetic_fields_are_refused_for_a_real_dataset(tmp_path):
   config = _runnable_paper(paper_siim, tmp_path)
   config.data.num_train = 5
   assert "only the synthetic dataset" in _problems(config)["data.num_train"]
+  # Left unchanged in configs/synthetic.py pointed at another dataset (a command line cannot
+  # delete them): accepted, they are what that config says.
+  config = synthetic.get_config()
+  config.data.name = "image_mask_folder/32"
+  config_check.validate(config)
+  config.data.difficulty = 2.0
+  assert "only the synthetic dataset" in _problems(config)["data.difficulty"]
+
+
+def test_settings_of_an_unknown_method_are_refused_and_of_a_method_left_out_kept():
+  config = synthetic.get_config()
+  config.methods.names = ("GRAD",)
+  config_check.validate(config)  # SG, SIG and XRAI settings wait for runs that include them
+  config.methods.settings.SMOTHGRAD = dict(samples=3)
+  assert "unknown method" in _problems(config)["methods.settings.SMOTHGRAD"]
 
 
 def test_a_study_refuses_a_bad_config_before_any_stage(tmp_path):

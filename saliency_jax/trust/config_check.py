@@ -44,24 +44,32 @@ def _default_schema():
   return default.get_config()
 
 
-def validate(config, schema=None) -> None:
-  """Raises ConfigError naming every problem of `config` (None if there is none)."""
+def validate(config, schema=None, *, given: bool = False) -> None:
+  """Raises ConfigError naming every problem of `config` (None if there is none).
+
+  `given`: models and images come from Python (saliency_jax.api), so config.data and
+  config.models do not describe them, nothing is trained and there are no localization
+  networks: those sections are not checked.
+  """
   problems: list[tuple[str, str]] = []
 
   def fail(field: str, problem: str) -> None:
     problems.append((field, problem))
 
   schema = _default_schema() if schema is None else schema
-  synthetic = config.get("data", {}).get("name", "") == SYNTHETIC
+  synthetic = given or config.get("data", {}).get("name", "") == SYNTHETIC
   detector = config.get("localization", {}).get("arch", "") == DETECTOR
   _check_keys(config, schema, "", fail, synthetic, detector)
   if problems:  # the checks below read the fields the schema promises
     raise ConfigError(problems)
-  _check_data(config, fail, synthetic)
-  names = _check_models(config, fail)
-  _check_train(config.train, "train", fail)
-  _check_train(config.localization.train, "localization.train", fail)
-  _check_localization(config, fail)
+  if given:
+    names = [dict(spec)["name"] for spec in config.models]
+  else:
+    _check_data(config, fail, synthetic)
+    names = _check_models(config, fail)
+    _check_train(config.train, "train", fail)
+    _check_train(config.localization.train, "localization.train", fail)
+    _check_localization(config, fail)
   _check_methods(config, fail)
   _check_study(config, names, fail)
   try:  # the checks beyond the paper: their own sections of config.study
@@ -69,7 +77,8 @@ def validate(config, schema=None) -> None:
   except ValueError as e:
     fail("study", str(e))
   protocol.check(config, fail)
-  _check_cohort_and_init(config, fail, synthetic)
+  if not given:
+    _check_cohort_and_init(config, fail, synthetic)
   if problems:
     raise ConfigError(problems)
 
@@ -82,7 +91,9 @@ def _check_keys(config, schema, prefix: str, fail, synthetic: bool, detector: bo
     field = f"{prefix}{key}"
     if key not in schema:
       if prefix == "data." and key in SYNTHETIC_DATA_FIELDS:
-        if not synthetic:
+        # Left over from configs/synthetic.py (a command line cannot delete a field): only a
+        # changed value, which would act on nothing, is an error.
+        if not synthetic and config[key] != _synthetic_defaults()[key]:
           fail(field, f"only the synthetic dataset ({SYNTHETIC}) has this field")
         continue
       if prefix == "localization.train." and key in DETECTOR_TRAIN_FIELDS:
@@ -96,9 +107,14 @@ def _check_keys(config, schema, prefix: str, fail, synthetic: bool, detector: bo
     value, expected = config[key], schema[key]
     if hasattr(expected, "keys") and hasattr(value, "keys"):
       _check_keys(value, expected, field + ".", fail, synthetic, detector)
-  if prefix == "data." and synthetic:
+  if prefix == "data." and config.get("name") == SYNTHETIC:
     for name in sorted(set(SYNTHETIC_DATA_FIELDS) - set(config.keys())):
       fail(f"data.{name}", "the synthetic dataset needs this field (see configs/synthetic.py)")
+
+
+def _synthetic_defaults():
+  from configs import synthetic  # pylint: disable=g-import-not-at-top
+  return synthetic.get_config().data
 
 
 def _positive(fail, field: str, value: Any, minimum: int = 1) -> None:
@@ -177,8 +193,6 @@ def _check_localization(config, fail) -> None:
     fail("localization.arch", f"unknown localization network {loc.arch!r}; known: "
          f"{', '.join(models.MODEL_NAMES)}")
     return
-  if len(loc.seeds) < 1:
-    fail("localization.seeds", "needs at least one seed (two for the agreement baseline)")
   try:
     module = models.create(loc.arch, num_classes=1, **dict(loc.kwargs))
   except (TypeError, ValueError) as e:
@@ -203,9 +217,10 @@ def _check_methods(config, fail) -> None:
   if len(set(names)) != len(names):
     fail("methods.names", f"a method is listed twice: {names}")
   for name in m.settings.keys():
-    if name not in names:
-      fail(f"methods.settings.{name}", f"settings of a method not in methods.names ({names}): "
-           "add the method or remove its settings")
+    # Settings of a known method this run leaves out are kept for the runs that include it.
+    if name not in attributions.METHODS and name not in custom:
+      fail(f"methods.settings.{name}", f"settings of an unknown method; known: "
+           f"{', '.join(sorted(attributions.METHODS))}")
       continue
     if name not in attributions.METHODS:
       continue  # a custom method checks its own settings

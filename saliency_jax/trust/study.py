@@ -97,7 +97,7 @@ class TrainedModel:
   val_score: float  # the selection metric: validation AUC, Dice (U-Net) or mAP (RetinaNet)
   style: str  # the pixel scaling this model was trained with (see data.preprocess)
   # How the study uses it (blocks, functions, what it lacks); None: a package model, bound
-  # when first needed (`Study.plugin`).
+  # when first needed (`Study.bound_model`).
   bound: plugin.PluginModel | None = None
   val_metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -161,8 +161,12 @@ class Study:
   ground truth); they never see this object.
   """
 
+  # Models and images given in Python (saliency_jax.api): config.data and config.models do
+  # not describe them, and nothing is trained.
+  GIVEN = False
+
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
-    config_check.validate(config)  # every problem named now, not after training
+    config_check.validate(config, given=self.GIVEN)  # every problem now, not after training
     self.config = config
     self.workdir = workdir
     self.progress = ProgressLog(os.path.join(workdir, "progress.json"))
@@ -499,6 +503,7 @@ class Study:
   def stage_train(self) -> None:
     summary = {c.name: {"arch": c.arch, "val_auc": c.val_score} for c in self.classifiers()}
     summary.update({c.name: {"arch": c.arch, **c.val_metrics} for c in self.localizers()})
+    os.makedirs(os.path.join(self.workdir, "models"), exist_ok=True)  # none trained here
     multihost.write_shared_json(os.path.join(self.workdir, "models", "summary.json"), summary,
                                 "models/summary.json")
     for name, entry in summary.items():

@@ -140,6 +140,8 @@ def criterion_values(index: Index, manifest: Manifest, rule: dict[str, Any], met
     last = [(c.name, manifest.cascade_steps(c)[-1]) for c in classifiers]
     values = per_image(index, Measure.CASCADING, metric, method, last, ids)
     if scalar_pairs:
+      if not classifiers:  # no model with blocks to randomize: N/A
+        return values, float("nan"), "random pairs"
       first = classifiers[0].name
       pairs = per_image(index, Measure.RANDOM_PAIRS, metric, method,
                         [(first, State.BASELINE)], ids)
@@ -210,6 +212,7 @@ def scorecard(records, manifest: Manifest, study_config: ml_collections.ConfigDi
     for arch, classifiers in verdict_groups(manifest, criterion, protocol):
       group_rows, results = [], {}
       randomization = criterion == Criterion.RANDOMIZATION
+      classifiers = [c for c in classifiers if c.block_names]  # none: nothing to randomize
       for method in manifest.methods:
         values, baseline, baseline_name = criterion_values(
             index, manifest, rule, method, ids, classifiers=classifiers,
