@@ -37,4 +37,14 @@ def get_config():
   config.study.bootstrap_resamples = 100
   config.study.chunk_size = 8
   config.study.num_example_images = 2
+  sanity = config.sanity
+  sanity.data_randomization.models = ("A1",)
+  sanity.smooth_mprt.samples = 2
+  sanity.smooth_mprt.methods = ("GRAD", "SG", "GBP")
+  sanity.random_logit.models = ("A1",)
+  sanity.input_invariance.models = ("B1",)
+  sanity.faithfulness.steps = 4
+  sanity.faithfulness.road_percentages = (0.25, 0.75)
+  sanity.faithfulness.pic_thresholds = (0.05, 0.25, 0.5)
+  sanity.faithfulness.pic_min_pred_value = 0.0
   return config

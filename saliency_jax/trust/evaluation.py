@@ -123,9 +123,14 @@ def write_records(records: List[Dict[str, Any]], workdir: str) -> None:
 
 def evaluate(study) -> Dict[str, Any]:
   """Computes every record and the scorecard; writes results.* and summary.json."""
+  from saliency_jax.trust import sanity  # pylint: disable=g-import-not-at-top
   records = utility_records(study) + randomization_records(study) + agreement_records(study)
+  records += sanity.records(study)
   write_records(records, study.workdir)
   summary = verdicts.summarize_study(records, study)
+  summary["sanity"] = sanity.summarize(records, study)
+  summary["rules"].update(summary["sanity"]["rules"])      # scorecard columns
+  summary["scorecard"] += summary["sanity"]["scorecard"]
   with open(os.path.join(study.workdir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
   return summary

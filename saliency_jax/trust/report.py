@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Sequence, Union
 import jax
 
 from saliency_jax.trust import figures
+from saliency_jax.trust import sanity_report
 from saliency_jax.trust.names import AVERAGE_MASK, LOCALIZATION_METHOD
 
 _PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain",
@@ -199,6 +200,7 @@ def build_sections(study, summary: Dict[str, Any], figure_paths: Dict[str, str])
         "SSIM between maps of replicates of the same architecture (repeatability) and of "
         "different architectures (reproducibility); line: SSIM between the two U-Net "
         "replicates' outputs.")]))
+  sections += sanity_report.section(summary, figure_paths, Table, Figure)
   sections.append(("Statistical details", [details_table(summary)]))
   sections.append(("Provenance", provenance(study)))
   return sections
@@ -281,6 +283,7 @@ def write_report(study) -> str:
   figure_dir = os.path.join(workdir, "figures")
   shutil.rmtree(figure_dir, ignore_errors=True)  # no stale figures from an earlier config
   figure_paths = figures.all_figures(study, summary, records, figure_dir)
+  figure_paths.update(sanity_report.figures(summary, figure_dir))
   title = f"Trustworthiness of saliency maps: {study.config.data.name}"
   sections = build_sections(study, summary, figure_paths)
   with open(os.path.join(workdir, "report.md"), "w") as f:
