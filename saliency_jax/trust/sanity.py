@@ -11,12 +11,15 @@ Each check is a section of `config.sanity` with `enabled` and its settings:
   random_logit        maps of another class (state "other_class") vs the explained class's.
   input_invariance    maps of the shifted input from the model with its first layer adjusted
                       (state "input_shifted") vs the original maps.
-  faithfulness        deletion / insertion / ROAD / SIC / AIC of the trained model's maps.
+  faithfulness        deletion / insertion / ROAD / SIC / AIC of the trained model's maps,
+                      computed in the maps stage (sanity/faithfulness/<model>/<method>.npz).
 
 Map states are stores like the paper's (maps/eval/<model>/<state>/<method>), so any criterion
 (e.g. the robustness grid) can read them with `study.read_maps`; `COMPARISONS` names which
 pair of states each similarity check compares. Records use the study's tidy fields.
 """
+import json
+import os
 from typing import Any, Dict, List, Sequence
 
 import jax
@@ -118,7 +121,7 @@ def permuted_classifiers(study) -> Dict[str, Any]:
       spec = specs[name]
       module = models.create(spec["arch"], num_classes=2, **spec.get("kwargs", {}))
       style = spec.get("style", study.config.data.style)
-      workdir = f"{study.workdir}/models/{name}{PERMUTED_SUFFIX}"
+      workdir = os.path.join(study.workdir, "models", name + PERMUTED_SUFFIX)
       # Validation labels are permuted too: model selection sees no real label.
       trained = train_lib.train_classifier(
           module, labels.PermutedLabels(sources["train"], section.label_seed),
@@ -141,7 +144,8 @@ def _generate(study, path, method, fns, images, image_set, targets, settings, ke
   return maps_lib.generate_maps(
       path, method, fns, images, targets, image_set.indices, image_set.ids, key=key,
       settings=settings, chunk_size=s.chunk_size, dtype=s.map_dtype,
-      prepared_dir=f"{study.workdir}/maps/{image_set.name}/{prepared_name}", progress=False)
+      prepared_dir=os.path.join(study.workdir, "maps", image_set.name, prepared_name),
+      progress=False)
 
 
 def _fully_randomized(study, clf, image_shape):
@@ -155,6 +159,12 @@ def generate_maps(study, key) -> None:
   image_set = study.image_set(EVAL_SET)
   names = list(config.methods.names)
   classifiers = {c.name: c for c in study.classifiers()}
+  explained = {}
+
+  def targets_of(clf):
+    if clf.name not in explained:
+      explained[clf.name] = study.targets(clf, image_set)
+    return explained[clf.name]
 
   def run(clf, state, fns, images, targets, method_names, wrap=None, extra=None,
           prepared_name="prepared"):
@@ -169,14 +179,14 @@ def generate_maps(study, key) -> None:
   for name, twin in permuted_classifiers(study).items():
     clf = classifiers[name]
     run(clf, DATA_RANDOMIZED, models.model_functions(twin.module, twin.variables),
-        study.inputs(image_set, clf.style), study.targets(clf, image_set), names)
+        study.inputs(image_set, clf.style), targets_of(clf), names)
   if enabled(config, "smooth_mprt"):
     section = config.sanity.smooth_mprt
     extra = dict(smooth_samples=section.samples, smooth_noise=section.noise)
     for name in section.models:
       clf = classifiers[name]
       images = study.inputs(image_set, clf.style)
-      targets = study.targets(clf, image_set)
+      targets = targets_of(clf)
       methods = method_list(config, "smooth_mprt")
       run(clf, SMOOTHED_ORIGINAL, models.model_functions(clf.module, clf.variables), images,
           targets, methods, smoothing.smoothed, extra)
@@ -190,7 +200,7 @@ def generate_maps(study, key) -> None:
       images = study.inputs(image_set, clf.style)
       fns = models.model_functions(clf.module, clf.variables)
       num_classes = int(jax.eval_shape(fns.logits_fn, images[:1]).shape[-1])
-      other = logits_lib.other_classes(study.targets(clf, image_set), num_classes,
+      other = logits_lib.other_classes(targets_of(clf), num_classes,
                                        section.seed)
       run(clf, OTHER_CLASS, fns, images, other, names)
   if enabled(config, "input_invariance"):
@@ -201,7 +211,10 @@ def generate_maps(study, key) -> None:
       shifted = invariance.shifted_model_functions(clf.module, clf.variables, section.shift)
       check_shift_invisible(clf, shifted, images, section.shift)
       run(clf, INPUT_SHIFTED, shifted, images + np.float32(section.shift),
-          study.targets(clf, image_set), names, prepared_name="prepared_shifted")
+          targets_of(clf), names, prepared_name="prepared_shifted")
+  if enabled(config, "faithfulness"):
+    for name in config.sanity.faithfulness.models:
+      write_faithfulness(study, classifiers[name], targets_of(classifiers[name]))
 
 
 def check_shift_invisible(clf, shifted, images, shift: float, atol: float = 1e-3) -> float:
@@ -271,7 +284,7 @@ def records(study) -> List[Dict[str, Any]]:
                         ids, criterion="efficient_mprt", method=method, model=clf.name,
                         state=FULLY_RANDOMIZED)
   if enabled(config, "faithfulness"):
-    out += faithfulness_records(study)
+    out += faithfulness_records(study.workdir, config)
   return out
 
 
@@ -285,32 +298,56 @@ def _probabilities(clf):
   return probs_fn
 
 
-def faithfulness_records(study) -> List[Dict[str, Any]]:
-  """Per image: deletion and insertion areas, ROAD MoRF / LeRF means, SIC and AIC."""
+def faithfulness_path(workdir: str, model: str, method: str) -> str:
+  return os.path.join(workdir, "sanity", "faithfulness", model, f"{method}.npz")
+
+
+def write_faithfulness(study, clf, targets) -> None:
+  """The faithfulness values of the model's maps (and of a random pixel order), computed in
+  the maps stage where the model is at hand; one file per method, kept on a rerun."""
   f = study.config.sanity.faithfulness
   image_set = study.image_set(EVAL_SET)
-  classifiers = {c.name: c for c in study.classifiers()}
+  images = study.inputs(image_set, clf.style)
+  probs_fn = _probabilities(clf)
+  methods = list(study.config.methods.names) + [RANDOM_ORDER]
+  for method in methods:
+    path = faithfulness_path(study.workdir, clf.name, method)
+    if os.path.exists(path):
+      continue
+    if method == RANDOM_ORDER:
+      maps = np.random.default_rng(study.config.seed).uniform(size=images.shape[:3])
+    else:
+      maps = study.read_maps(EVAL_SET, clf.name, ORIGINAL, method)
+    values = faithfulness_values(images, image_set.raw, maps, targets, probs_fn, f,
+                                 style=clf.style, channels=study.config.data.channels,
+                                 seed=study.config.seed)
+    curves = values.pop("curves")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, ids=np.asarray(image_set.ids), **values,
+             **{f"curve_{k}": v for k, v in curves.items()})
+    os.replace(tmp, path)
+
+
+def faithfulness_records(workdir: str, config) -> List[Dict[str, Any]]:
+  """Records of the faithfulness files the maps stage wrote."""
+  f = config.sanity.faithfulness
   out = []
   for model in f.models:
-    clf = classifiers[model]
-    images = study.inputs(image_set, clf.style)
-    targets = study.targets(clf, image_set)
-    probs_fn = _probabilities(clf)
-    rng = np.random.default_rng(study.config.seed)
-    entries = [(m, study.read_maps(EVAL_SET, model, ORIGINAL, m))
-               for m in study.config.methods.names]
-    entries.append((RANDOM_ORDER, rng.uniform(size=images.shape[:3])))
-    for method, maps in entries:
-      values = faithfulness_values(images, image_set.raw, maps, targets, probs_fn, f,
-                                   style=clf.style, channels=study.config.data.channels,
-                                   seed=study.config.seed)
-      curves = values.pop("curves")
-      out += _records(values, image_set.ids, criterion="faithfulness", method=method,
-                      model=model, state=ORIGINAL)
-      for kind, curve in curves.items():
-        out += _records({f"{kind}_step{k}": curve[:, k] for k in range(curve.shape[1])},
-                        image_set.ids, criterion="faithfulness_curve", method=method,
-                        model=model, state=kind)
+    for method in list(config.methods.names) + [RANDOM_ORDER]:
+      path = faithfulness_path(workdir, model, method)
+      if not os.path.exists(path):
+        raise FileNotFoundError(f"no faithfulness values at {path}: rerun the maps stage "
+                                "(launch.run_all --redo=maps)")
+      with np.load(path) as data:
+        ids = data["ids"]
+        out += _records({m: data[m] for m in FAITHFULNESS_METRICS}, ids,
+                        criterion="faithfulness", method=method, model=model, state=ORIGINAL)
+        for kind in ("deletion", "insertion"):
+          curve = data[f"curve_{kind}"]
+          out += _records({f"{kind}_step{k}": curve[:, k] for k in range(curve.shape[1])},
+                          ids, criterion="faithfulness_curve", method=method, model=model,
+                          state=kind)
   return out
 
 
@@ -503,8 +540,18 @@ def summarize(records_, study) -> Dict[str, Any]:
               faithfulness=faithfulness_table(records_, study.config),
               faithfulness_baseline=(study.config.sanity.faithfulness.baseline
                                      if enabled(study.config, "faithfulness") else None),
-              permuted_models={name: clf.val_auc
-                               for name, clf in permuted_classifiers(study).items()})
+              permuted_models=_permuted_scores(study.workdir))
+
+
+def _permuted_scores(workdir: str) -> Dict[str, float]:
+  """Validation AUC (on permuted labels) of each permuted-label model, from the train stage."""
+  path = os.path.join(workdir, "models", "summary.json")
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    trained = json.load(f)
+  return {name: entry["val_auc_permuted_labels"] for name, entry in trained.items()
+          if "val_auc_permuted_labels" in entry}
 
 
 def method_list(config, check: str) -> Sequence[str]:
