@@ -152,3 +152,11 @@ def test_pic_auc_equals_pair(monkeypatch, keep_monotonous):
   # Where PAIR raises ComputePicMetricError, the image is undefined (NaN).
   assert np.isnan(F.pic_auc(image, saliency_map, random_mask, predict, thresholds,
                             min_pred_value=0.9999))
+
+
+def test_pic_images_keep_the_shape_where_every_pixel_is_kept():
+  image = np.arange(64, dtype=np.uint8).reshape(8, 8)
+  constant = np.zeros((8, 8))          # every pixel ties at the quantile: all kept
+  images = F.pic_images(image, constant, np.zeros((8, 8), bool), (0.1,))
+  assert [im.shape for im in images] == [(8, 8), (8, 8)]
+  np.testing.assert_array_equal(images[1], image)

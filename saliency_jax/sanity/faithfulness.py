@@ -187,7 +187,8 @@ def pic_images(image: np.ndarray, saliency_map: np.ndarray, mask: np.ndarray,
   for threshold in thresholds:
     top = saliency_map >= np.quantile(saliency_map, 1 - threshold)
     out.append(pic.create_blurred_image(image, np.logical_or(top, mask)))
-  return out
+  # PAIR returns a gray [H,W] image as [H,W,1] where the mask keeps every pixel.
+  return [np.reshape(im, image.shape) for im in out]
 
 
 def image_entropy(image: np.ndarray) -> float:
