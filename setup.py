@@ -34,6 +34,7 @@ setuptools.setup(
             "scipy",
             "keras>=3",
             "h5py",
+            "pycocotools",
         ],
         "jpeg": ["pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg"],
     },

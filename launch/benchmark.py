@@ -19,10 +19,11 @@ method for another class) and the input-invariance map (the method through the m
 first layer adjusted) against raw gradients; eMPRT's entropies against the raw gradients of the
 two maps they compare; deletion and insertion (blur baseline) against the same number of raw
 batched forward passes, ROAD (2 fractions, both orders) and SIC/AIC (4 thresholds) likewise.
-XRAI is also timed in parts: region selection alone (ours vs PAIR "full" on the same
-attributions and segments, identical output asserted), at the benchmark image size and at
-`--selection_size` (the paper's 320x320), its IG part alone, and whole XRAI with PAIR's
-default segmentation.
+XRAI is also timed in parts: region selection alone (ours, the batched JAX program, vs our
+NumPy selection and PAIR "full" on the same attributions and segments, identical output
+asserted; `--selection_images` per call), at the benchmark image size and at `--selection_size`
+(the paper's 320x320, about 500 masks), its IG part alone, and whole XRAI with PAIR's default
+segmentation.
 
 Method settings are the paper's, overridden by `--settings` (JSON: {"SG": {"samples": 10}}),
 identically for ours and PAIR. The load average is printed: on a shared CPU the ratios, measured
@@ -48,6 +49,7 @@ from saliency_jax.attributions import pair_interop
 from saliency_jax.attributions import registry
 from saliency_jax.attributions import xrai_segments
 from saliency_jax.attributions import xrai_selection
+from saliency_jax.attributions import xrai_selection_jax
 
 _MODEL = flags.DEFINE_string("model", "small_vgg", "Model name (saliency_jax.models).")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 64, "Image side.")
@@ -71,6 +73,8 @@ _RAW_BATCH_SIZES = flags.DEFINE_list("raw_batch_sizes", ["1", "8", "16", "32", "
 _SELECTION_SIZE = flags.DEFINE_integer("selection_size", 320,
                                        "Also time XRAI selection on an image of this side "
                                        "(0: skip).")
+_SELECTION_IMAGES = flags.DEFINE_integer(
+    "selection_images", 4, "Images per call of the XRAI selection timing.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Warm repetitions; the best is reported.")
 _JSON = flags.DEFINE_string("json", None, "Write the records here.")
 _SANITY = flags.DEFINE_list(
@@ -211,18 +215,36 @@ class _RawGradients:
       _block(self._grad_fn(self._x, self._t))
 
 
-def _xrai_selection_records(image, attr, repeats, label):
-  """Ours vs PAIR "full" selection on the same attributions and PAIR-default segments."""
-  masks = xrai_segments.felzenszwalb_segments(image)
-  t_pair, ref = _best_of(lambda: xrai_selection.pair_xrai_reference(attr, masks), 1)
-  t_ours, out = _best_of(lambda: xrai_selection.select_full(attr, masks), repeats)
-  if not np.array_equal(out, ref):
-    raise AssertionError(f"{label}: XRAI selection differs from PAIR")
-  print(f"{label}: {len(masks)} masks, identical output; ours {t_ours:.4f} s, "
-        f"PAIR full {t_pair:.4f} s, {t_pair / t_ours:.1f}x")
-  return {"method": label, "ours_maps_per_s": 1 / t_ours, "pair_maps_per_s": 1 / t_pair,
-          "ratio_vs_pair": t_pair / t_ours, "overhead_vs_raw_gradients": None,
-          "num_masks": len(masks), "identical_output": True}
+def _xrai_selection_records(images, attrs, repeats, label):
+  """XRAI "full" selection on the same attributions and PAIR-default segments: ours (the
+  batched JAX program, all images in one call, masks prepared in the call as XRAI does), the
+  NumPy one (image by image) timed alternately with it, and PAIR (first image)."""
+  masks = [xrai_segments.felzenszwalb_segments(im) for im in images]
+  t_pair, ref = _best_of(lambda: xrai_selection.pair_xrai_reference(attrs[0], masks[0]), 1)
+  batch = lambda: xrai_selection_jax.select_full_batch_details(attrs, masks)  # noqa: E731
+  start = time.perf_counter()
+  batch()
+  first_call_s = time.perf_counter() - start
+  (t_ours, t_numpy), (got, outs) = _best_times(
+      [batch, lambda: [xrai_selection.select_full(a, m) for a, m in zip(attrs, masks)]],
+      repeats)
+  if not np.array_equal(got.maps[0], ref) or not all(
+      np.array_equal(a, b) for a, b in zip(got.maps, outs)):
+    raise AssertionError(f"{label}: XRAI selection differs from PAIR or the NumPy selection")
+  regions = [xrai_selection_jax.prepare(m) for m in masks]
+  t_prepared, _ = _best_of(lambda: xrai_selection_jax.select_full_batch(attrs, regions), repeats)
+  n = len(images)
+  print(f"{label}: {n} images, {min(map(len, masks))}-{max(map(len, masks))} masks, identical "
+        f"output; per map: ours {t_ours / n:.4f} s (first call {first_call_s:.1f} s; masks "
+        f"prepared once {t_prepared / n:.4f} s), NumPy {t_numpy / n:.4f} s, PAIR {t_pair:.4f} s;"
+        f" ours/NumPy {t_numpy / t_ours:.2f}x, ours/PAIR {t_pair * n / t_ours:.1f}x, "
+        f"{got.host_decisions} near-ties decided on the host")
+  return {"method": label, "ours_maps_per_s": n / t_ours, "pair_maps_per_s": 1 / t_pair,
+          "ratio_vs_pair": t_pair * n / t_ours, "overhead_vs_raw_gradients": None,
+          "numpy_maps_per_s": n / t_numpy, "ratio_vs_numpy": t_numpy / t_ours,
+          "prepared_maps_per_s": n / t_prepared, "first_call_s": first_call_s,
+          "host_decisions": got.host_decisions, "num_masks": [len(m) for m in masks],
+          "identical_output": True}
 
 
 class _RawForward:
@@ -398,15 +420,17 @@ def main(argv):
       record({"method": "XRAI_IG", "ours_maps_per_s": b / t_ig, "pair_maps_per_s": None,
               "ratio_vs_pair": None, "overhead_vs_raw_gradients": ig_overhead},
              f"{'XRAI_IG':18s} {b / t_ig:12.2f} {'-':>12s} {'-':>10s} {ig_overhead:22.2f}")
+      k = min(b, _SELECTION_IMAGES.value)
       attr = np.asarray(attributions.xrai_base_attribution(
-          fns.logits_fn, images[:1], targets[:1], steps=s["steps"]))[0]
-      record(_xrai_selection_records(images[0], attr, _REPEATS.value, f"XRAI_SELECTION_{size}"))
+          fns.logits_fn, images[:k], targets[:k], steps=s["steps"]))
+      record(_xrai_selection_records(images[:k], list(attr), _REPEATS.value,
+                                     f"XRAI_SELECTION_{size}"))
       if _SELECTION_SIZE.value and _SELECTION_SIZE.value != size:   # else timed just above
-        n = _SELECTION_SIZE.value
-        yy, xx = np.mgrid[:n, :n]
-        big = ((np.sin(yy / 9.0) + np.cos(xx / 13.0))[..., None] / 2
-               + 0.2 * rng.normal(size=(n, n, c))).astype(np.float32)
-        big_attr = rng.normal(size=(n, n, c)).astype(np.float32)
+        n, k = _SELECTION_SIZE.value, _SELECTION_IMAGES.value
+        yy, xx = np.mgrid[:n, :n]   # the benchmark images' recipe: about 500 masks at 320
+        big = np.clip((np.sin(yy / 5.0) + np.cos(xx / 7.0))[None, ..., None] / 2
+                      + 0.3 * rng.normal(size=(k, n, n, c)), -1, 1).astype(np.float32)
+        big_attr = list(rng.normal(size=(k, n, n, c)).astype(np.float32))
         record(_xrai_selection_records(big, big_attr, _REPEATS.value, f"XRAI_SELECTION_{n}"))
   if _SANITY.value:
     _sanity_records(module, variables, fns, images, images_dev, targets_dev, raw, overrides,
@@ -418,7 +442,8 @@ def main(argv):
   for r in records:
     if r["method"].startswith("XRAI_SELECTION"):
       print(f"{r['method']:18s} {r['ours_maps_per_s']:12.2f} {r['pair_maps_per_s']:12.2f} "
-            f"{r['ratio_vs_pair']:10.1f} {'-':>22s}  ({r['num_masks']} masks, identical)")
+            f"{r['ratio_vs_pair']:10.1f} {'-':>22s}  ({max(r['num_masks'])} masks, identical; "
+            f"NumPy {r['numpy_maps_per_s']:.2f} maps/s, ours/NumPy {r['ratio_vs_numpy']:.2f})")
   if _JSON.value:
     print(f"wrote {_JSON.value}")
 

@@ -13,6 +13,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from saliency_jax import compilation_cache
 from saliency_jax import trust
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -22,6 +23,10 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where every stage writes; defau
                                "the config's workdir.")
 _STAGES = flags.DEFINE_list("stages", list(trust.STAGES), "Stages to run, in order.")
 _REDO = flags.DEFINE_list("redo", [], "Stages to run again even if done (e.g. report).")
+_COMPILATION_CACHE = flags.DEFINE_string(
+    "compilation_cache", "workdir",
+    "JAX's persistent compilation cache: workdir (<workdir>/compilation_cache), user "
+    "(~/.cache/saliency_jax/compilation_cache, shared by every workdir), off, or a directory.")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False,
                                  "Call jax.distributed.initialize() (multi-host runs).")
 
@@ -36,6 +41,7 @@ def main(argv):
     jax.distributed.initialize()
   config = _CONFIG.value
   workdir = _WORKDIR.value or config.workdir
+  compilation_cache.enable(_COMPILATION_CACHE.value, workdir)
   study = trust.Study(config, workdir)
   for stage in _REDO.value:
     study.progress.stages.pop(stage, None)

@@ -23,8 +23,8 @@ from saliency_jax.models import init_variables
 Variables = dict
 
 
-def _block_index(module: Any, name: str) -> int:
-  names = tuple(module.block_names)
+def _block_index(module: Any, name: str, block_names=None) -> int:
+  names = tuple(module.block_names if block_names is None else block_names)
   if name not in names:
     raise ValueError(f"{name!r} is not a block of {type(module).__name__}; blocks: {names}.")
   return names.index(name)
@@ -33,8 +33,10 @@ def _block_index(module: Any, name: str) -> int:
 class _FreshBlocks:
   """Draws (and caches) the fresh subtrees of each block, one `module.init` per block."""
 
-  def __init__(self, module: Any, key: jax.Array, sample_input: Any):
+  def __init__(self, module: Any, key: jax.Array, sample_input: Any,
+               block_names: Sequence[str] | None = None):
     self.module = module
+    self.block_names = tuple(module.block_names if block_names is None else block_names)
     self._key = key
     self._sample = sample_input
     self._cache: dict[str, dict[str, Any]] = {}
@@ -42,7 +44,7 @@ class _FreshBlocks:
   def __call__(self, name: str) -> dict[str, Any]:
     """{collection: fresh subtree of `name`} for every collection that holds the block."""
     if name not in self._cache:
-      index = _block_index(self.module, name)
+      index = _block_index(self.module, name, self.block_names)
       # init_variables compiles once per model and input shape (then reused by every draw).
       fresh = init_variables(self.module, jax.random.fold_in(self._key, index),
                              tuple(self._sample.shape[1:]))
@@ -53,7 +55,7 @@ class _FreshBlocks:
 def _replace_blocks(variables: Variables, names: Sequence[str], fresh: _FreshBlocks) -> Variables:
   out = {col: dict(tree) for col, tree in variables.items()}  # shallow copies; leaves shared
   for name in names:
-    _block_index(fresh.module, name)
+    _block_index(fresh.module, name, fresh.block_names)
     if not any(name in tree for tree in variables.values()):
       raise ValueError(f"Block {name!r} is not in the variables (collections: "
                        f"{ {c: list(t) for c, t in variables.items()} }).")
@@ -79,23 +81,26 @@ def randomize_blocks(module: Any, variables: Variables, block_names: Sequence[st
 
 
 def cascading_randomization(module: Any, variables: Variables, key: jax.Array,
-                            sample_input: Any) -> list[tuple[str, Variables]]:
+                            sample_input: Any, block_names: Sequence[str] | None = None
+                            ) -> list[tuple[str, Variables]]:
   """Cumulative re-initialization from the top: [("original", v), ("logits", v1), ...].
 
   Step k (named after the block it adds, module.block_names[k-1]) has blocks 0..k-1 of
-  `module.block_names` randomized; the last step has every block randomized.
+  `module.block_names` (or of `block_names`, for a module without that attribute) randomized;
+  the last step has every block randomized.
   """
-  fresh = _FreshBlocks(module, key, sample_input)
+  fresh = _FreshBlocks(module, key, sample_input, block_names)
   steps = [("original", variables)]
   current = variables
-  for name in module.block_names:
+  for name in fresh.block_names:
     current = _replace_blocks(current, [name], fresh)
     steps.append((name, current))
   return steps
 
 
 def independent_randomization(module: Any, variables: Variables, key: jax.Array,
-                              sample_input: Any) -> list[tuple[str, Variables]]:
+                              sample_input: Any, block_names: Sequence[str] | None = None
+                              ) -> list[tuple[str, Variables]]:
   """One block at a time: [(block_name, variables with only that block randomized), ...]."""
-  fresh = _FreshBlocks(module, key, sample_input)
-  return [(name, _replace_blocks(variables, [name], fresh)) for name in module.block_names]
+  fresh = _FreshBlocks(module, key, sample_input, block_names)
+  return [(name, _replace_blocks(variables, [name], fresh)) for name in fresh.block_names]

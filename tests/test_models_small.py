@@ -171,7 +171,7 @@ def test_unet_output_shape_and_size_check():
 
 def test_registry():
   assert set(models.MODEL_NAMES) == {"small_vgg", "small_densenet", "unet", "inception_v3",
-                                     "densenet121"}
+                                     "densenet121", "retinanet"}
   five = models.create("small_vgg", num_classes=5)
   assert isinstance(five, small_cnn.SmallVGG)
   assert jax.eval_shape(five.init, jax.random.key(0), jnp.zeros((2, 8, 8, 1)))["params"][

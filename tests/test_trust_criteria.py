@@ -1,6 +1,4 @@
 """The trust criteria and verdicts on hand-made maps with known answers."""
-import types
-
 import ml_collections
 import numpy as np
 import pytest
@@ -9,7 +7,10 @@ from skimage.metrics import structural_similarity
 
 from saliency_jax.trust import criteria
 from saliency_jax.trust import verdicts
-from saliency_jax.trust.names import AVERAGE_MASK, LOCALIZATION_METHOD
+from saliency_jax.trust.manifest import CLASSIFIER
+from saliency_jax.trust.manifest import Manifest
+from saliency_jax.trust.manifest import ModelEntry
+from saliency_jax.trust.names import Baseline
 
 
 def _smooth_maps(n, h=17, w=13, seed=0):
@@ -87,19 +88,20 @@ def test_similarity_of_identical_maps():
 # ----------------------------------------------------------------------------------------
 # Verdicts on hand-made records.
 
-def _fake_study(methods=("GOOD", "BAD")):
-  config = ml_collections.ConfigDict()
-  config.seed = 0
-  config.methods = ml_collections.ConfigDict({"names": methods})
-  config.study = ml_collections.ConfigDict(dict(
-      utility_models=("A1",), alpha=0.05, correction="holm", bootstrap_resamples=200))
-  clf = types.SimpleNamespace(name="A1", arch="a",
-                              module=types.SimpleNamespace(block_names=("logits", "stem")))
-  study = types.SimpleNamespace(config=config, classifiers=lambda: [clf],
-                                method_names=lambda: list(methods),
-                                cascade_steps=lambda c: ["original", "cascade_logits",
-                                                         "cascade_stem"])
-  return study
+def _manifest(methods=("GOOD", "BAD")):
+  manifest = Manifest("unused.json")
+  manifest.record_run(models=[ModelEntry("A1", "a", ("logits", "stem"), CLASSIFIER)],
+                      image_ids={}, methods=list(methods), computed_methods=list(methods),
+                      utility_models=["A1"], independent_models=[])
+  return manifest
+
+
+_STUDY_CONFIG = ml_collections.ConfigDict(dict(
+    alpha=0.05, correction="holm", bootstrap_resamples=200))
+
+
+def _scorecard(records):
+  return verdicts.scorecard(records, _manifest(), _STUDY_CONFIG, seed=0)
 
 
 def _records(criterion, metric, method, model, state, values):
@@ -112,12 +114,12 @@ def test_utility_verdicts_follow_the_paired_test():
   rng = np.random.default_rng(0)
   n = 30
   base = rng.uniform(0.1, 0.2, n)
-  records = _records("utility", "auprc", AVERAGE_MASK, "-", "baseline", base)
+  records = _records("utility", "auprc", Baseline.AVERAGE_MASK, "-", "baseline", base)
   records += _records("utility", "auprc", "GOOD", "A1", "original", base + 0.3)
   bad = base - 0.05
   bad[0] = np.nan  # one undefined image: excluded and counted
   records += _records("utility", "auprc", "BAD", "A1", "original", bad)
-  rows = {r["method"]: r for r in verdicts.scorecard(records, _fake_study())
+  rows = {r["method"]: r for r in _scorecard(records)
           if r["criterion"] == "utility"}
   assert rows["GOOD"]["verdict"] == "PASS"
   assert rows["BAD"]["verdict"] == "FAIL"
@@ -145,25 +147,24 @@ def test_randomization_verdict_uses_the_last_cascading_step_and_random_pairs():
                         np.full(n, 0.99))
     records += _records("cascading_randomization", "ssim", method, "A1", "cascade_stem",
                         final)
-  rows = {r["method"]: r for r in verdicts.scorecard(records, _fake_study())
+  rows = {r["method"]: r for r in _scorecard(records)
           if r["criterion"] == "randomization"}
   assert rows["GOOD"]["verdict"] == "PASS" and rows["BAD"]["verdict"] == "FAIL"
   assert rows["GOOD"]["baseline"] == pytest.approx(pairs.mean())
 
 
 def test_repeatability_without_pairs_is_not_applicable():
-  records = _records("utility", "auprc", AVERAGE_MASK, "-", "baseline", np.ones(3))
-  records += _records("localization_agreement", "ssim", LOCALIZATION_METHOD, "U1-U2",
+  records = _records("utility", "auprc", Baseline.AVERAGE_MASK, "-", "baseline", np.ones(3))
+  records += _records("localization_agreement", "ssim", Baseline.LOCALIZATION, "U1-U2",
                       "original", np.full(3, 0.9))
-  rows = [r for r in verdicts.scorecard(records, _fake_study())
+  rows = [r for r in _scorecard(records)
           if r["criterion"] == "repeatability"]
   assert rows and all(r["verdict"] == "N/A" for r in rows)
 
 
 def test_rules_from_config_override_defaults():
-  config = ml_collections.ConfigDict()
-  config.study = ml_collections.ConfigDict(dict(rules=dict(utility=dict(test="paired_t"))))
-  rules = verdicts.rules_from_config(config)
+  study_config = ml_collections.ConfigDict(dict(rules=dict(utility=dict(test="paired_t"))))
+  rules = verdicts.rules_from_config(study_config)
   assert rules["utility"]["test"] == "paired_t"
   assert rules["utility"]["metric"] == "auprc"
   assert set(rules) == {"utility", "randomization", "repeatability", "reproducibility"}

@@ -6,8 +6,9 @@
    plan, windows of them).
 2. Segments: `xrai_segments.felzenszwalb_segments` per image (model-independent: pass them in
    via `segments` to reuse them for every model state), in parallel worker processes.
-3. Region selection: `xrai_selection` ("full" greedy or "fast"), equal to PAIR's output.
-Steps 2-3 run on the host (NumPy/scikit-image), so `xrai` is not traceable under `jax.jit`.
+3. Region selection, equal to PAIR's output: "full" greedy for the whole batch as one JAX
+   program (`xrai_selection_jax`), "fast" in NumPy (`xrai_selection`).
+Steps 2-3 involve the host (scikit-image, NumPy), so `xrai` is not traceable under `jax.jit`.
 """
 from typing import Callable, Optional, Sequence
 
@@ -18,6 +19,7 @@ import jax.numpy as jnp
 from saliency_jax.attributions import _engine
 from saliency_jax.attributions import xrai_segments
 from saliency_jax.attributions import xrai_selection
+from saliency_jax.attributions import xrai_selection_jax
 from saliency_jax.attributions.integrated_gradients import integrated_gradients
 
 Array = jax.Array
@@ -64,8 +66,8 @@ def xrai(logits_fn: Optional[Callable[[Array], Array]], images: Array,
     targets: int [B] (unused when `attributions` is given).
     steps: IG steps per baseline (PAIR: 100).
     attributions: precomputed base attributions [B,H,W,C] (or [B,H,W]) instead of IG.
-    segments: per image, boolean masks [M_i,H,W] (or a list of [H,W] masks), instead of
-      Felzenszwalb; PAIR's `segments`.
+    segments: per image, boolean masks [M_i,H,W] (or a list of [H,W] masks, or
+      `xrai_selection_jax.prepare`'s Regions), instead of Felzenszwalb; PAIR's `segments`.
     algorithm: "full" (PAIR's default greedy) or "fast".
     area_threshold: "full" stops once this fraction of the image is covered (PAIR: 1.0).
     min_pixel_diff: masks adding fewer new pixels are dropped (PAIR: 50).
@@ -99,9 +101,15 @@ def xrai(logits_fn: Optional[Callable[[Array], Array]], images: Array,
     segments = pending()
   if len(segments) != b:
     raise ValueError(f"segments must hold one entry per image ({b}), got {len(segments)}")
+  segments = [seg if isinstance(seg, xrai_selection_jax.Regions)
+              else np.asarray(seg, bool).reshape(-1, h, w) for seg in segments]
+  if algorithm == "full":   # every image at once on the device
+    return xrai_selection_jax.select_full_batch(
+        attr, segments, area_threshold=area_threshold,
+        min_pixel_diff=min_pixel_diff).astype(np.float32)
   out = np.empty((b, h, w), np.float32)
-  for i in range(b):
-    masks = np.asarray(segments[i], bool).reshape(-1, h, w)
+  for i, seg in enumerate(segments):
+    masks = seg.masks.reshape(-1, h, w) if isinstance(seg, xrai_selection_jax.Regions) else seg
     out[i] = xrai_selection.select(attr[i], masks, algorithm=algorithm,
                                    area_threshold=area_threshold,
                                    min_pixel_diff=min_pixel_diff)

@@ -26,8 +26,8 @@ def _pixel_classes(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """Groups pixels by mask membership: (atom of each pixel [P], first pixel of each atom)."""
   m, p = masks.shape
   words = np.zeros((-(-m // 64), p), np.uint64)
-  for j in range(m):   # membership bits, 64 masks per word
-    words[j // 64] |= masks[j].view(np.uint8).astype(np.uint64) << np.uint64(j % 64)
+  for j in range(m):   # membership bits, 64 masks per word (one pass per mask)
+    np.bitwise_or(words[j // 64], np.uint64(1 << (j % 64)), out=words[j // 64], where=masks[j])
   digest = np.zeros(p, np.uint64)
   with np.errstate(over="ignore"):
     for row in words:

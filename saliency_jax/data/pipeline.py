@@ -4,7 +4,8 @@
 `tfds.data_source(name, data_dir=...)["train"]`) into batches
 `{"image": float32 [B,H,W,C], "label": int32 [B], "mask": bool [B,H,W], "index": int64 [B]}`,
 where "index" is the example's position in the split (the key attributions fold their noise
-with).
+with). With `max_boxes` > 0 batches also carry the boxes, padded to a fixed number:
+"boxes" float32 [B, max_boxes, 4] (zeros past the real ones) and "num_boxes" int32 [B].
 
 Resuming training: the pipeline is deterministic given (source, seed, batch_size, sharding), and
 its iterator state is a small dict. Save `iterator.get_state()` with each model checkpoint (with
@@ -69,17 +70,28 @@ def _with_index(index: int, example: dict[str, Any], *, num_examples: int) -> di
   return {**example, "index": index % num_examples}
 
 
-def _model_example(example: dict[str, Any], *, style: str, channels: int) -> dict[str, Any]:
-  """One stored example -> the fields a batch carries (boxes and id do not batch)."""
+def _model_example(example: dict[str, Any], *, style: str, channels: int,
+                   max_boxes: int = 0) -> dict[str, Any]:
+  """One stored example -> the fields a batch carries (the id does not batch; the boxes only
+  padded to `max_boxes`, when that is > 0)."""
   mask = np.asarray(example["mask"])
   if mask.ndim == 3:
     mask = mask[..., 0]
-  return {
+  out = {
       "image": preprocess(np.asarray(example["image"]), style=style, channels=channels),
       "label": np.int32(example["label"]),
       "mask": mask.astype(bool),
       "index": np.int64(example["index"]),
   }
+  if max_boxes:
+    boxes = np.asarray(example["boxes"], np.float32).reshape(-1, 4)
+    if len(boxes) > max_boxes:
+      raise ValueError(f"Example {example['index']} has {len(boxes)} boxes, more than "
+                       f"max_boxes={max_boxes}; raise the detector's max_boxes.")
+    out["boxes"] = np.zeros((max_boxes, 4), np.float32)
+    out["boxes"][:len(boxes)] = boxes
+    out["num_boxes"] = np.int32(len(boxes))
+  return out
 
 
 def shard_indices(num_examples: int, shard_index: int, shard_count: int, *,
@@ -100,7 +112,8 @@ def make_dataset(source: Sequence[dict[str, Any]], *, batch_size: int, seed: int
                  num_epochs: int | None = None, drop_remainder: bool = True,
                  shard_by_process: bool = True, shard_index: int | None = None,
                  shard_count: int | None = None, num_threads: int = 2,
-                 prefetch_buffer_size: int | None = None) -> grain.IterDataset:
+                 prefetch_buffer_size: int | None = None,
+                 max_boxes: int = 0) -> grain.IterDataset:
   """A Grain pipeline of preprocessed batches from a random-access source of examples.
 
   Args:
@@ -118,6 +131,8 @@ def make_dataset(source: Sequence[dict[str, Any]], *, batch_size: int, seed: int
     shard_index, shard_count: explicit shard (overrides the process-based one).
     num_threads, prefetch_buffer_size: Grain read options (examples decoded ahead in threads;
       default buffer: two batches).
+    max_boxes: > 0: batches carry "boxes" padded to this many and "num_boxes" (an example
+      with more is an error).
 
   Returns:
     A `grain.IterDataset`; `iter()` of it has `get_state()`/`set_state()` for checkpoints.
@@ -139,7 +154,8 @@ def make_dataset(source: Sequence[dict[str, Any]], *, batch_size: int, seed: int
   if shuffle:
     ds = ds.shuffle(seed=seed)
   ds = ds.repeat(num_epochs)
-  ds = ds.map(functools.partial(_model_example, style=style, channels=channels))
+  ds = ds.map(functools.partial(_model_example, style=style, channels=channels,
+                                max_boxes=max_boxes))
   read_options = grain.ReadOptions(
       num_threads=num_threads,
       prefetch_buffer_size=(2 * batch_size if prefetch_buffer_size is None

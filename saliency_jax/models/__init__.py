@@ -34,6 +34,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "unet": ("saliency_jax.models.unet", "UNet"),
     "inception_v3": ("saliency_jax.models.inception_v3", "InceptionV3"),
     "densenet121": ("saliency_jax.models.densenet", "DenseNet121"),
+    "retinanet": ("saliency_jax.models.retinanet", "RetinaNet"),
 }
 MODEL_NAMES = tuple(_REGISTRY)
 
@@ -41,17 +42,19 @@ MODEL_NAMES = tuple(_REGISTRY)
 def create(name: str, num_classes: int = 2, **kwargs: Any):
   """Returns the Flax module registered as `name`, built with `num_classes` and `kwargs`.
 
-  The U-Net predicts a single foreground logit per pixel; it takes no `num_classes` other than 1
-  (any other value is an error, rather than silently ignored).
+  The U-Net predicts a single foreground logit per pixel and the RetinaNet detects one
+  foreground class; they take no `num_classes` other than 1 (any other value is an error,
+  rather than silently ignored).
   """
   if name not in _REGISTRY:
     raise ValueError(f"Unknown model {name!r}; known models: {', '.join(MODEL_NAMES)}.")
   module_path, class_name = _REGISTRY[name]
   cls = getattr(importlib.import_module(module_path), class_name)
-  if name == "unet":
+  if name in ("unet", "retinanet"):
     if num_classes not in (1, 2):
-      # 2 is accepted because it is the registry-wide default; the U-Net always has one output.
-      raise ValueError(f"The U-Net predicts one foreground logit; got num_classes={num_classes}.")
+      # 2 is accepted because it is the registry-wide default; these have one foreground class.
+      raise ValueError(f"The {name} predicts one foreground logit; got "
+                       f"num_classes={num_classes}.")
     return cls(**kwargs)
   return cls(num_classes=num_classes, **kwargs)
 
@@ -74,7 +77,8 @@ def _init(module: Any, key: jax.Array, image_shape: tuple[int, int, int]) -> dic
 
 
 def import_keras_weights(arch: str, path: str, *, seed: int = 0, num_classes: int = 2):
-  """Reads Keras-application weights (legacy *_notop.h5 or Keras 3 .weights.h5) for `arch`.
+  """Reads Keras-application weights (legacy *_notop.h5 or Keras 3 .weights.h5) for `arch`
+  ("inception_v3", "densenet121", or "resnet50": the RetinaNet backbone).
 
   See `saliency_jax.models.keras_import.import_keras_weights`; imported on first use so that
   Keras and h5py are only needed by those who import weights.

@@ -1,4 +1,4 @@
-"""Flax variables for our InceptionV3 / DenseNet121 from Keras weight files (read with h5py).
+"""Flax variables for our InceptionV3 / DenseNet121 / ResNet50 from Keras weight files (h5py).
 
 Two file layouts are read; nothing is downloaded:
   * the legacy HDF5 layout of Keras 2 (`model.save_weights("x.h5")`, and the ImageNet
@@ -16,6 +16,8 @@ moving_mean, moving_variance), which is the order used where the file gives no n
 Mapping to our parameter tree:
   * DenseNet121: by Keras layer name (`densenet.keras_layer_name`); Keras 2 names with "/"
     ("conv1/conv") are read as "_" ("conv1_conv").
+  * ResNet50 (the RetinaNet backbone, `resnet.ResNet`): by Keras layer name
+    (`resnet.keras_layer_name`); it has no head, and any Dense layer in the file is an error.
   * InceptionV3: Keras names its layers automatically (`conv2d_N`, `batch_normalization_N`, N
     growing in creation order, with an offset when other models were built first; keras 2 counts
     from 1, keras 3 from 0). Convolutions (one 4-D kernel) and batch norms (three vectors) are
@@ -42,7 +44,7 @@ from saliency_jax.models import inception_v3
 
 # Variable order within a layer, as Keras saves it (trainable first).
 _VAR_ORDER = ("kernel", "bias", "gamma", "beta", "moving_mean", "moving_variance")
-_ARCHS = ("inception_v3", "densenet121")
+_ARCHS = ("inception_v3", "densenet121", "resnet50")
 
 
 def import_keras_weights(arch: str, path: str, *, seed: int = 0,
@@ -50,7 +52,8 @@ def import_keras_weights(arch: str, path: str, *, seed: int = 0,
   """Reads a Keras weight file into {"params", "batch_stats"} for `create(arch, num_classes)`.
 
   Args:
-    arch: "inception_v3" or "densenet121".
+    arch: "inception_v3", "densenet121" or "resnet50" (the backbone alone: variables of
+      `resnet.ResNet()`, the "backbone" of `retinanet.RetinaNet`; seed and num_classes unused).
     path: a legacy `.h5` weight (or whole-model) file, a Keras 3 `.weights.h5` or `.keras` file.
     seed: PRNG seed of the head when the file has none (`*_notop` files).
     num_classes: outputs of the head.
@@ -62,6 +65,8 @@ def import_keras_weights(arch: str, path: str, *, seed: int = 0,
   if arch not in _ARCHS:
     raise ValueError(f"Unknown architecture {arch!r}; expected one of {_ARCHS}.")
   layers = read_keras_layers(path)
+  if arch == "resnet50":
+    return _resnet50(layers, path)
   if arch == "inception_v3":
     module = inception_v3.InceptionV3(num_classes=num_classes)
     params, stats, used = _inception_body(layers)
@@ -213,26 +218,49 @@ def _densenet_in_channels(layers) -> int:
 def _densenet_body(layers, template):
   """DenseNet121 params/batch_stats (without head), every conv/BN looked up by Keras name."""
   params, stats, used = {}, {}, set()
-
-  def visit(tree, path):
-    if "kernel" not in tree and "scale" not in tree:  # a module holding convs and BNs
-      for key, child in tree.items():
-        visit(child, path + (key,))
-      return
-    name = densenet.keras_layer_name(path)
-    used.add(name)
-    if "kernel" in tree:  # a convolution
-      _set(params, path, {"kernel": _values(_layer(layers, name), ("kernel",), name)["kernel"]})
-    else:  # a batch norm
-      norm = _values(_layer(layers, name), ("gamma", "beta", "moving_mean", "moving_variance"),
-                     name)
-      _set(params, path, {"scale": norm["gamma"], "bias": norm["beta"]})
-      _set(stats, path, {"mean": norm["moving_mean"], "var": norm["moving_variance"]})
-
   for block in densenet.DenseNet121.block_names:
     if block != "logits":
-      visit(template["params"][block], (block,))
+      _by_name(layers, template["params"][block], (block,), densenet.keras_layer_name,
+               params, stats, used)
   return params, stats, used
+
+
+def _resnet50(layers, path):
+  """ResNet50 (no head) variables, every conv/BN looked up by Keras name."""
+  from saliency_jax.models import resnet  # pylint: disable=g-import-not-at-top
+  if "conv1_conv" not in layers:
+    raise ValueError(f"{path}: no layer `conv1_conv`: not a ResNet50 weight file.")
+  in_channels = layers["conv1_conv"][0][1].shape[2]
+  template = jax.eval_shape(resnet.ResNet().init, jax.random.PRNGKey(0),
+                            jnp.zeros((1, 32, 32, in_channels), jnp.float32))
+  params, stats, used = {}, {}, set()
+  _by_name(layers, template["params"], (), resnet.keras_layer_name, params, stats, used)
+  leftover = sorted(set(layers) - used)
+  if leftover:
+    raise ValueError(f"{path}: {len(leftover)} layers with weights are not part of ResNet50 "
+                     f"without top (e.g. {leftover[:5]}); is this a weight file of another "
+                     "model, or one with a head?")
+  variables = {"params": params, "batch_stats": stats}
+  _check_structure(variables, template, path)
+  return variables
+
+
+def _by_name(layers, template, path, keras_name, params, stats, used) -> None:
+  """Fills params/stats for every conv and BN under `template`, named by `keras_name(path)`."""
+  if "kernel" not in template and "scale" not in template:  # a module holding convs and BNs
+    for key, child in template.items():
+      _by_name(layers, child, path + (key,), keras_name, params, stats, used)
+    return
+  name = keras_name(path)
+  used.add(name)
+  if "kernel" in template:  # a convolution, with or without bias
+    names = ("kernel", "bias") if "bias" in template else ("kernel",)
+    _set(params, path, _values(_layer(layers, name), names, name))
+  else:  # a batch norm
+    norm = _values(_layer(layers, name), ("gamma", "beta", "moving_mean", "moving_variance"),
+                   name)
+    _set(params, path, {"scale": norm["gamma"], "bias": norm["beta"]})
+    _set(stats, path, {"mean": norm["moving_mean"], "var": norm["moving_variance"]})
 
 
 def _layer(layers, name):

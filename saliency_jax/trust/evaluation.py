@@ -1,29 +1,37 @@
 """Scores the study's maps: per-image records of every criterion, then the scorecard.
 
-`evaluate(study)` reads the map stores, writes `results.json`/`results.csv` (one record per
-image x method x criterion x step, tidy) and `summary.json` (the scorecard, the curves and the
-provenance the report shows).
+  manifest = Manifest.load(workdir)
+  reader = MapReader(workdir, manifest.computed_methods)
+  evaluate(manifest, reader, config.study, seed=config.seed, workdir=workdir)
+
+reads the map stores the manifest lists, writes `results.json`/`results.csv` (one record per
+image x method x criterion x step, tidy) and `summary.json` (the scorecard and the curves the
+report draws). Nothing here loads a dataset or a model.
 """
 import csv
 import itertools
 import json
 import os
-from typing import Any, Dict, List
+from typing import Any
 
+import ml_collections
 import numpy as np
 
 from saliency_jax.trust import criteria
-from saliency_jax.trust.names import AVERAGE_MASK
-from saliency_jax.trust.names import EVAL_SET
-from saliency_jax.trust.names import INDEPENDENT_PREFIX
-from saliency_jax.trust.names import LOCALIZATION_METHOD
-from saliency_jax.trust.names import ORIGINAL
-from saliency_jax.trust.names import UNTRAINED
-from saliency_jax.trust.names import UTILITY_SET
 from saliency_jax.trust import verdicts
+from saliency_jax.trust.manifest import Manifest
+from saliency_jax.trust.map_reader import MapReader
+from saliency_jax.trust.names import Baseline
+from saliency_jax.trust.names import independent_state
+from saliency_jax.trust.names import Measure
+from saliency_jax.trust.names import NO_MODEL
+from saliency_jax.trust.names import SetName
+from saliency_jax.trust.names import State
+
+RECORD_FIELDS = ["criterion", "metric", "method", "model", "state", "image_id", "value"]
 
 
-def _records(values: Dict[str, np.ndarray], ids, **fields) -> List[Dict[str, Any]]:
+def _records(values: dict[str, np.ndarray], ids, **fields) -> list[dict[str, Any]]:
   out = []
   for metric, column in values.items():
     for image_id, value in zip(ids, np.asarray(column, np.float64)):
@@ -32,105 +40,122 @@ def _records(values: Dict[str, np.ndarray], ids, **fields) -> List[Dict[str, Any
   return out
 
 
-def utility_records(study) -> List[Dict[str, Any]]:
+def utility_records(manifest: Manifest, reader: MapReader) -> list[dict[str, Any]]:
   """AUPRC (and CheXlocalize/Quantus columns) of trained, untrained and baseline maps."""
-  image_set = study.image_set(UTILITY_SET)
+  truth = reader.ground_truth(SetName.UTILITY)
   records = []
-  for model in study.config.study.utility_models:
-    for state in (ORIGINAL, UNTRAINED):
-      for method in study.method_names():
-        maps = study.read_maps(UTILITY_SET, model, state, method)
+  for model in manifest.utility_models:
+    for state in (State.ORIGINAL, State.UNTRAINED):
+      for method in manifest.methods:
+        maps = reader.read(SetName.UTILITY, model, state, method)
         if maps is None:
           continue
-        records += _records(criteria.utility(maps, image_set.masks), image_set.ids,
-                            criterion="utility", method=method, model=model, state=state)
-  average = np.broadcast_to(study.average_mask(), image_set.masks.shape)
-  records += _records(criteria.utility(average, image_set.masks), image_set.ids,
-                      criterion="utility", method=AVERAGE_MASK, model="-", state="baseline")
-  for loc in study.localizers():
-    maps = study.read_maps(UTILITY_SET, loc.name, ORIGINAL, LOCALIZATION_METHOD)
-    records += _records(criteria.utility(maps, image_set.masks), image_set.ids,
-                        criterion="utility", method=LOCALIZATION_METHOD, model=loc.name,
-                        state="baseline")
+        records += _records(criteria.utility(maps, truth.masks), truth.ids,
+                            criterion=Measure.UTILITY, method=method, model=model, state=state)
+  average = np.broadcast_to(reader.average_mask(), truth.masks.shape)
+  records += _records(criteria.utility(average, truth.masks), truth.ids,
+                      criterion=Measure.UTILITY, method=Baseline.AVERAGE_MASK, model=NO_MODEL,
+                      state=State.BASELINE)
+  for loc in manifest.localizers:
+    maps = reader.read(SetName.UTILITY, loc.name, State.ORIGINAL, Baseline.LOCALIZATION)
+    records += _records(criteria.utility(maps, truth.masks), truth.ids,
+                        criterion=Measure.UTILITY, method=Baseline.LOCALIZATION, model=loc.name,
+                        state=State.BASELINE)
   return records
 
 
-def randomization_records(study) -> List[Dict[str, Any]]:
+def randomization_records(manifest: Manifest, reader: MapReader,
+                          study_config: ml_collections.ConfigDict, *,
+                          seed: int) -> list[dict[str, Any]]:
   """Similarity of each randomized state's maps to the trained maps, and the random pairs."""
-  image_set = study.image_set(EVAL_SET)
-  data_range = study.config.study.ssim_data_range
+  ids = reader.ground_truth(SetName.EVAL).ids
+  data_range = study_config.ssim_data_range
   records = []
-  for clf in study.classifiers():
-    for method in study.method_names():
-      original = study.read_maps(EVAL_SET, clf.name, ORIGINAL, method)
+  for clf in manifest.classifiers:
+    for method in manifest.methods:
+      original = reader.read(SetName.EVAL, clf.name, State.ORIGINAL, method)
       if original is None:
         continue
       baseline = criteria.random_pair_baseline(
-          original, pairs=study.config.study.random_pairs, seed=study.config.seed,
-          data_range=data_range)
-      records += _records(baseline, image_set.ids, criterion="random_pairs", method=method,
-                          model=clf.name, state="baseline")
-      states = [(s, "cascading_randomization") for s in study.cascade_steps(clf)]
-      if clf.name in study.config.study.independent_randomization:
-        states += [(f"{INDEPENDENT_PREFIX}{b}", "independent_randomization")
-                   for b in clf.module.block_names]
+          original, pairs=study_config.random_pairs, seed=seed, data_range=data_range)
+      records += _records(baseline, ids, criterion=Measure.RANDOM_PAIRS, method=method,
+                          model=clf.name, state=State.BASELINE)
+      states = [(s, Measure.CASCADING) for s in manifest.cascade_steps(clf)]
+      if clf.name in manifest.independent_models:
+        states += [(independent_state(b), Measure.INDEPENDENT) for b in clf.block_names]
       for state, criterion in states:
-        maps = study.read_maps(EVAL_SET, clf.name, state, method)
+        maps = reader.read(SetName.EVAL, clf.name, state, method)
         if maps is None:
           continue
         records += _records(criteria.similarity(original, maps, data_range=data_range),
-                            image_set.ids, criterion=criterion, method=method,
-                            model=clf.name, state=state)
+                            ids, criterion=criterion, method=method, model=clf.name,
+                            state=state)
   return records
 
 
-def agreement_records(study) -> List[Dict[str, Any]]:
+def agreement_records(manifest: Manifest, reader: MapReader,
+                      study_config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
   """Repeatability (same architecture) and reproducibility (different architectures)."""
-  image_set = study.image_set(EVAL_SET)
-  data_range = study.config.study.ssim_data_range
+  ids = reader.ground_truth(SetName.EVAL).ids
+  data_range = study_config.ssim_data_range
   records = []
-  for a, b in itertools.combinations(study.classifiers(), 2):
-    criterion = "repeatability" if a.arch == b.arch else "reproducibility"
-    for method in study.method_names():
-      maps_a = study.read_maps(EVAL_SET, a.name, ORIGINAL, method)
-      maps_b = study.read_maps(EVAL_SET, b.name, ORIGINAL, method)
+  for a, b in itertools.combinations(manifest.classifiers, 2):
+    criterion = Measure.REPEATABILITY if a.arch == b.arch else Measure.REPRODUCIBILITY
+    for method in manifest.methods:
+      maps_a = reader.read(SetName.EVAL, a.name, State.ORIGINAL, method)
+      maps_b = reader.read(SetName.EVAL, b.name, State.ORIGINAL, method)
       if maps_a is None or maps_b is None:
         continue
       values = criteria.similarity(maps_a, maps_b, data_range=data_range)
-      records += _records(values, image_set.ids, criterion=criterion, method=method,
-                          model=f"{a.name}-{b.name}", state=ORIGINAL)
-  for a, b in itertools.combinations(study.localizers(), 2):
+      records += _records(values, ids, criterion=criterion, method=method,
+                          model=f"{a.name}-{b.name}", state=State.ORIGINAL)
+  for a, b in itertools.combinations(manifest.localizers, 2):
     values = criteria.similarity(
-        study.read_maps(EVAL_SET, a.name, ORIGINAL, LOCALIZATION_METHOD),
-        study.read_maps(EVAL_SET, b.name, ORIGINAL, LOCALIZATION_METHOD),
+        reader.read(SetName.EVAL, a.name, State.ORIGINAL, Baseline.LOCALIZATION),
+        reader.read(SetName.EVAL, b.name, State.ORIGINAL, Baseline.LOCALIZATION),
         data_range=data_range)
-    records += _records(values, image_set.ids, criterion="localization_agreement",
-                        method=LOCALIZATION_METHOD, model=f"{a.name}-{b.name}",
-                        state=ORIGINAL)
+    records += _records(values, ids, criterion=Measure.LOCALIZATION_AGREEMENT,
+                        method=Baseline.LOCALIZATION, model=f"{a.name}-{b.name}",
+                        state=State.ORIGINAL)
   return records
 
 
-def write_records(records: List[Dict[str, Any]], workdir: str) -> None:
+def all_records(manifest: Manifest, reader: MapReader,
+                study_config: ml_collections.ConfigDict, *, seed: int) -> list[dict[str, Any]]:
+  return (utility_records(manifest, reader)
+          + randomization_records(manifest, reader, study_config, seed=seed)
+          + agreement_records(manifest, reader, study_config))
+
+
+def write_records(records: list[dict[str, Any]], workdir: str) -> None:
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(records, f)
-  fields = ["criterion", "metric", "method", "model", "state", "image_id", "value"]
   with open(os.path.join(workdir, "results.csv"), "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=fields)
+    writer = csv.DictWriter(f, fieldnames=RECORD_FIELDS)
     writer.writeheader()
     for record in records:
-      writer.writerow({k: ("" if record[k] is None else record[k]) for k in fields})
+      writer.writerow({k: ("" if record[k] is None else record[k]) for k in RECORD_FIELDS})
 
 
-def evaluate(study) -> Dict[str, Any]:
-  """Computes every record and the scorecard; writes results.* and summary.json."""
+def evaluate(manifest: Manifest, reader: MapReader, study_config: ml_collections.ConfigDict,
+             *, seed: int, workdir: str,
+             sanity_config: ml_collections.ConfigDict | None = None) -> dict[str, Any]:
+  """Computes every record and the scorecard; writes results.* and summary.json.
+
+  sanity_config: `config.sanity`, the checks beyond the paper (saliency_jax.trust.sanity).
+  """
   from saliency_jax.trust import sanity  # pylint: disable=g-import-not-at-top
-  records = utility_records(study) + randomization_records(study) + agreement_records(study)
-  records += sanity.records(study)
-  write_records(records, study.workdir)
-  summary = verdicts.summarize_study(records, study)
-  summary["sanity"] = sanity.summarize(records, study)
-  summary["rules"].update(summary["sanity"]["rules"])      # scorecard columns
-  summary["scorecard"] += summary["sanity"]["scorecard"]
-  with open(os.path.join(study.workdir, "summary.json"), "w") as f:
+  records = all_records(manifest, reader, study_config, seed=seed)
+  if sanity_config is not None:
+    records += sanity.records(manifest, reader, sanity_config, study_config, seed=seed,
+                              workdir=workdir)
+  write_records(records, workdir)
+  summary = verdicts.summarize_study(records, manifest, study_config, seed=seed)
+  if sanity_config is not None:
+    summary["sanity"] = sanity.summarize(records, manifest, sanity_config, study_config,
+                                         seed=seed, workdir=workdir)
+    summary["rules"].update(summary["sanity"]["rules"])      # scorecard columns
+    summary["scorecard"] += summary["sanity"]["scorecard"]
+  with open(os.path.join(workdir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
   return summary

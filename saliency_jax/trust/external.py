@@ -27,7 +27,8 @@ import numpy as np
 
 from saliency_jax import attributions
 from saliency_jax.maps import MapStore
-from saliency_jax.trust.names import EVAL_SET, ORIGINAL, UNTRAINED, UTILITY_SET
+from saliency_jax.trust.names import SetName
+from saliency_jax.trust.names import State
 
 
 def discover(directory: str) -> Dict[str, Dict[str, Dict[str, str]]]:
@@ -81,11 +82,11 @@ def _as_map(array: np.ndarray, image_id: str, path: str, shape) -> np.ndarray:
 
 
 def _sets_of_state(state: str) -> Tuple[str, ...]:
-  if state == ORIGINAL:
-    return (UTILITY_SET, EVAL_SET)
-  if state == UNTRAINED:
-    return (UTILITY_SET,)
-  return (EVAL_SET,)
+  if state == State.ORIGINAL:
+    return (SetName.UTILITY, SetName.EVAL)
+  if state == State.UNTRAINED:
+    return (SetName.UTILITY,)
+  return (SetName.EVAL,)
 
 
 def import_maps(directory: str, image_sets, store_path, chunk_size: int) -> List[str]:

@@ -1,7 +1,12 @@
-"""The report's figures, in the style of the paper, as PNG files."""
+"""The report's figures, in the style of the paper, as PNG files.
+
+  all_figures(manifest, reader, summary, records, directory, num_examples=...)
+
+draws from the summary and the records, and reads the example maps through the `MapReader`.
+"""
 import math
 import os
-from typing import Any, Dict, List, Sequence
+from typing import Any, Sequence
 
 import matplotlib
 
@@ -9,7 +14,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=g-import-not-at-top
 import numpy as np  # noqa: E402
 
-from saliency_jax.trust.names import AVERAGE_MASK, LOCALIZATION_METHOD  # noqa: E402
+from saliency_jax.trust import verdicts  # noqa: E402
+from saliency_jax.trust.manifest import Manifest  # noqa: E402
+from saliency_jax.trust.map_reader import MapReader  # noqa: E402
+from saliency_jax.trust.names import Baseline  # noqa: E402
+from saliency_jax.trust.names import Measure  # noqa: E402
+from saliency_jax.trust.names import SetName  # noqa: E402
+from saliency_jax.trust.names import State  # noqa: E402
 
 _DPI = 110
 _COLORS = plt.get_cmap("tab10").colors
@@ -29,7 +40,7 @@ def _grid(n: int, cols: int = 4):
   return fig, axes.ravel()
 
 
-def cascading_curves(curves: Dict[str, Any], path: str, *, metric_label: str,
+def cascading_curves(curves: dict[str, Any], path: str, *, metric_label: str,
                      title: str) -> str:
   """One panel per method: similarity to the trained map at each cascading step (mean +/- std
   over replicates), the random-pair baseline (dashed) and, where it was run, independent
@@ -64,8 +75,8 @@ def cascading_curves(curves: Dict[str, Any], path: str, *, metric_label: str,
   return _save(fig, path)
 
 
-def box_plot(groups: Dict[str, Sequence[np.ndarray]], labels: Sequence[str], path: str, *,
-             ylabel: str, title: str, lines: Dict[str, float]) -> str:
+def box_plot(groups: dict[str, Sequence[np.ndarray]], labels: Sequence[str], path: str, *,
+             ylabel: str, title: str, lines: dict[str, float]) -> str:
   """Box plots per method; several groups per method (e.g. trained/untrained) side by side,
   horizontal lines for baselines."""
   names = list(groups)
@@ -96,8 +107,8 @@ def box_plot(groups: Dict[str, Sequence[np.ndarray]], labels: Sequence[str], pat
   return _save(fig, path)
 
 
-def example_panel(raw: np.ndarray, masks: np.ndarray, boxes: List[np.ndarray],
-                  maps: Dict[str, np.ndarray], scores: Dict[str, np.ndarray],
+def example_panel(raw: np.ndarray, masks: np.ndarray, boxes: list[np.ndarray],
+                  maps: dict[str, np.ndarray], scores: dict[str, np.ndarray],
                   ids: Sequence[str], path: str) -> str:
   """Rows: images; columns: the image with its ground truth, then each method's map with
   its AUPRC."""
@@ -128,13 +139,12 @@ def example_panel(raw: np.ndarray, masks: np.ndarray, boxes: List[np.ndarray],
   return _save(fig, path)
 
 
-def all_figures(study, summary: Dict[str, Any], records, directory: str) -> Dict[str, str]:
+def all_figures(manifest: Manifest, reader: MapReader, summary: dict[str, Any], records,
+                directory: str, *, num_examples: int) -> dict[str, str]:
   """Writes every figure of the report; returns {name: path}."""
-  from saliency_jax.trust import verdicts  # pylint: disable=g-import-not-at-top
-  from saliency_jax.trust.names import ORIGINAL, UNTRAINED  # pylint: disable=g-import-not-at-top
   os.makedirs(directory, exist_ok=True)
   index = verdicts.index_records(records)
-  methods = study.method_names()
+  methods = manifest.methods
   out = {}
   labels = {"ssim": "SSIM", "spearman_abs": "Spearman of |map|"}
   for metric, by_arch in summary["curves"].items():
@@ -145,50 +155,51 @@ def all_figures(study, summary: Dict[str, Any], records, directory: str) -> Dict
           title=f"{arch}: {labels[metric]} between the trained and the randomized model's "
                 "maps, randomizing from the logits down")
 
-  ids = verdicts._ids(index, "utility")  # pylint: disable=protected-access
-  models = list(study.config.study.utility_models)
+  ids = verdicts.image_ids(index, Measure.UTILITY)
+  models = manifest.utility_models
 
   def column(criterion, metric, method, selection, image_ids):
     return verdicts.per_image(index, criterion, metric, method, selection, image_ids)
 
-  utility = {m: [column("utility", "auprc", m, [(x, ORIGINAL) for x in models], ids),
-                 column("utility", "auprc", m, [(x, UNTRAINED) for x in models], ids)]
+  utility = {m: [column(Measure.UTILITY, "auprc", m, [(x, State.ORIGINAL) for x in models], ids),
+                 column(Measure.UTILITY, "auprc", m, [(x, State.UNTRAINED) for x in models],
+                        ids)]
              for m in methods}
   table = {row["method"]: row for row in summary["utility"]}
   out["utility"] = box_plot(
       utility, ["trained", "untrained"], os.path.join(directory, "utility_auprc.png"),
       ylabel="AUPRC", title="Localization utility (AUPRC per image)",
-      lines={"average mask": table[AVERAGE_MASK]["auprc"],
-             "U-Net": table[LOCALIZATION_METHOD]["auprc"]})
+      lines={"average mask": table[Baseline.AVERAGE_MASK]["auprc"],
+             "U-Net": table[Baseline.LOCALIZATION]["auprc"]})
 
-  eval_ids = verdicts._ids(index, "cascading_randomization")  # pylint: disable=protected-access
-  loc_models = sorted({k[3] for k in index if k[0] == "localization_agreement"})
-  loc = verdicts.per_image(index, "localization_agreement", "ssim", LOCALIZATION_METHOD,
-                           [(m, ORIGINAL) for m in loc_models], eval_ids)
+  eval_ids = verdicts.image_ids(index, Measure.CASCADING)
+  loc_models = verdicts.models_of(index, Measure.LOCALIZATION_AGREEMENT)
+  loc = verdicts.per_image(index, Measure.LOCALIZATION_AGREEMENT, "ssim", Baseline.LOCALIZATION,
+                           [(m, State.ORIGINAL) for m in loc_models], eval_ids)
   loc_mean = float(np.nanmean(loc)) if np.isfinite(loc).any() else None
   agreement = {}
   labels = []
-  for criterion in ("repeatability", "reproducibility"):
-    pairs = sorted({k[3] for k in index if k[0] == criterion})
+  for criterion in (Measure.REPEATABILITY, Measure.REPRODUCIBILITY):
+    pairs = verdicts.models_of(index, criterion)
     if pairs:
       labels.append(criterion)
       for m in methods:
         agreement.setdefault(m, []).append(
-            column(criterion, "ssim", m, [(p, ORIGINAL) for p in pairs], eval_ids))
+            column(criterion, "ssim", m, [(p, State.ORIGINAL) for p in pairs], eval_ids))
   if labels:
     out["agreement"] = box_plot(
         agreement, labels, os.path.join(directory, "repeatability_reproducibility.png"),
         ylabel="SSIM", title="Repeatability and reproducibility (SSIM per image)",
         lines={"U-Net replicates": loc_mean})
 
-  image_set = study.image_set("utility")
-  count = min(study.config.study.num_example_images, len(image_set.ids))
+  truth = reader.ground_truth(SetName.UTILITY)
+  count = min(num_examples, len(truth.ids))
   if count and models:
-    pick = np.linspace(0, len(image_set.ids) - 1, count).astype(int)
-    maps = {m: study.read_maps("utility", models[0], ORIGINAL, m)[pick] for m in methods}
-    scores = {m: column("utility", "auprc", m, [(models[0], ORIGINAL)],
-                        [str(i) for i in image_set.ids[pick]]) for m in methods}
+    pick = np.linspace(0, len(truth.ids) - 1, count).astype(int)
+    maps = {m: reader.read(SetName.UTILITY, models[0], State.ORIGINAL, m)[pick] for m in methods}
+    scores = {m: column(Measure.UTILITY, "auprc", m, [(models[0], State.ORIGINAL)],
+                        [str(i) for i in truth.ids[pick]]) for m in methods}
     out["examples"] = example_panel(
-        image_set.raw[pick, ..., 0], image_set.masks[pick], [image_set.boxes[i] for i in pick], maps,
-        scores, image_set.ids[pick], os.path.join(directory, "examples.png"))
+        truth.raw[pick, ..., 0], truth.masks[pick], [truth.boxes[i] for i in pick], maps,
+        scores, truth.ids[pick], os.path.join(directory, "examples.png"))
   return out

@@ -3,6 +3,11 @@
 The content is built once as a list of sections made of paragraphs, tables and figures, then
 rendered twice: Markdown (figures linked from figures/) and HTML (figures embedded as base64,
 so the page opens from disk with no server).
+
+  write_report(manifest, reader, config, workdir)
+
+reads summary.json, results.json, progress.json and models/summary.json from the workdir, the
+example maps through the `MapReader`, and prints the whole config in the provenance section.
 """
 import base64
 import dataclasses
@@ -14,13 +19,17 @@ import platform
 import shutil
 import sys
 from importlib import metadata
-from typing import Any, Dict, List, Sequence, Union
+from typing import Any, Sequence, Union
 
 import jax
+import ml_collections
 
 from saliency_jax.trust import figures
+from saliency_jax.trust.manifest import Manifest
+from saliency_jax.trust.map_reader import MapReader
+from saliency_jax.trust.names import Baseline
+from saliency_jax.trust.names import SetName
 from saliency_jax.trust import sanity_report
-from saliency_jax.trust.names import AVERAGE_MASK, LOCALIZATION_METHOD
 
 _PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain",
              "tensorflow-datasets", "numpy", "scikit-image", "scipy", "matplotlib")
@@ -66,7 +75,7 @@ def _value_ci(row, prefix: str) -> str:
   return text
 
 
-def scorecard_table(summary: Dict[str, Any], methods: Sequence[str]) -> Table:
+def scorecard_table(summary: dict[str, Any], methods: Sequence[str]) -> Table:
   """Method x criterion: value with 95% CI, baseline, verdict."""
   criteria = list(summary["rules"])
   by_key = {(r["method"], r["criterion"]): r for r in summary["scorecard"]}
@@ -85,7 +94,7 @@ def scorecard_table(summary: Dict[str, Any], methods: Sequence[str]) -> Table:
                              for c in criteria], rows)
 
 
-def details_table(summary: Dict[str, Any]) -> Table:
+def details_table(summary: dict[str, Any]) -> Table:
   rows = []
   for r in summary["scorecard"]:
     rows.append([r["criterion"], r["method"], r["metric"], _value_ci(r, "value"),
@@ -97,9 +106,9 @@ def details_table(summary: Dict[str, Any]) -> Table:
                 "paired images", "test", "alternative", "p", "p (corrected)", "verdict"], rows)
 
 
-def utility_table(summary: Dict[str, Any]) -> Table:
-  names = {AVERAGE_MASK: "average mask (baseline)",
-           LOCALIZATION_METHOD: "U-Net (baseline)"}
+def utility_table(summary: dict[str, Any]) -> Table:
+  names = {Baseline.AVERAGE_MASK: "average mask (baseline)",
+           Baseline.LOCALIZATION: "U-Net (baseline)"}
   rows = [[names.get(r["method"], r["method"]), r["state"], _fmt(r["auprc"]),
            _fmt(r["pointing_game"]), _fmt(r["iou_otsu"]),
            str(r["auprc_excluded"])] for r in summary["utility"]]
@@ -107,8 +116,9 @@ def utility_table(summary: Dict[str, Any]) -> Table:
                 "excluded (AUPRC)"], rows)
 
 
-def provenance(study) -> List[Block]:
-  progress_path = os.path.join(study.workdir, "progress.json")
+def provenance(manifest: Manifest, config: ml_collections.ConfigDict,
+               workdir: str) -> list[Block]:
+  progress_path = os.path.join(workdir, "progress.json")
   stages = {}
   if os.path.exists(progress_path):
     with open(progress_path) as f:
@@ -119,22 +129,22 @@ def provenance(study) -> List[Block]:
       versions.append(f"{name} {metadata.version(name)}")
     except metadata.PackageNotFoundError:
       pass
-  models_path = os.path.join(study.workdir, "models", "summary.json")
+  models_path = os.path.join(workdir, "models", "summary.json")
   trained = {}
   if os.path.exists(models_path):
     with open(models_path) as f:
       trained = json.load(f)
-  s = study.config.study
+  s = config.study
   return [
       Table(["item", "value"], [
           ["written", datetime.datetime.now().isoformat(timespec="seconds")],
-          ["dataset", f"{study.config.data.name} ({study.config.data.image_size} px)"],
+          ["dataset", f"{config.data.name} ({config.data.image_size} px)"],
           ["SSIM data_range", str(s.ssim_data_range)],
           ["map target", s.target],
-          ["evaluation images (SSIM criteria)", str(len(study.image_set("eval").ids))],
-          ["utility images", str(len(study.image_set("utility").ids))],
+          ["evaluation images (SSIM criteria)", str(len(manifest.image_ids(SetName.EVAL)))],
+          ["utility images", str(len(manifest.image_ids(SetName.UTILITY)))],
           ["random pairs per image", str(s.random_pairs)],
-          ["seed", str(study.config.seed)],
+          ["seed", str(config.seed)],
           ["devices", ", ".join(str(d) for d in jax.devices())],
           ["python", f"{sys.version.split()[0]} on {platform.platform()}"],
           ["versions", "; ".join(versions)],
@@ -145,13 +155,14 @@ def provenance(study) -> List[Block]:
       Table(["stage", "wall time (s)"],
             [[name, _fmt(e.get("seconds"), 1)] for name, e in stages.items()]),
       "Configuration:",
-      "```\n" + study.config.to_json_best_effort(indent=2) + "\n```",
+      "```\n" + config.to_json_best_effort(indent=2) + "\n```",
   ]
 
 
-def build_sections(study, summary: Dict[str, Any], figure_paths: Dict[str, str]):
-  methods = study.method_names()
-  s = study.config.study
+def build_sections(manifest: Manifest, config: ml_collections.ConfigDict, workdir: str,
+                   summary: dict[str, Any], figure_paths: dict[str, str]):
+  methods = manifest.methods
+  s = config.study
   tests = {"wilcoxon": "Wilcoxon signed-rank test", "paired_t": "paired t-test"}
   corrections = {"holm": "Holm", "bh": "Benjamini-Hochberg"}
   rules = [f"**{c}**: PASS when {r['text']} (metric {r['metric'].upper()}, one-sided "
@@ -170,6 +181,11 @@ def build_sections(study, summary: Dict[str, Any], figure_paths: Dict[str, str])
           "tests and counted in the tables.",
       ]),
   ]
+  if manifest.skipped:
+    sections.append(("Not evaluated", [
+        "What a model does not expose disables only the methods and criteria that need it:",
+        Table(["model", "method or criterion", "why"],
+              [[e["model"], e["what"], e["why"]] for e in manifest.skipped])]))
   if "examples" in figure_paths:
     sections.append(("Examples", [Figure(
         figure_paths["examples"],
@@ -202,7 +218,7 @@ def build_sections(study, summary: Dict[str, Any], figure_paths: Dict[str, str])
         "replicates' outputs.")]))
   sections += sanity_report.section(summary, figure_paths, Table, Figure)
   sections.append(("Statistical details", [details_table(summary)]))
-  sections.append(("Provenance", provenance(study)))
+  sections.append(("Provenance", provenance(manifest, config, workdir)))
   return sections
 
 
@@ -273,19 +289,20 @@ def render_html(title: str, sections) -> str:
   return "\n".join(out)
 
 
-def write_report(study) -> str:
+def write_report(manifest: Manifest, reader: MapReader, config: ml_collections.ConfigDict,
+                 workdir: str) -> str:
   """Writes figures/, report.md and report.html; returns the HTML path."""
-  workdir = study.workdir
   with open(os.path.join(workdir, "summary.json")) as f:
     summary = json.load(f)
   with open(os.path.join(workdir, "results.json")) as f:
     records = json.load(f)
   figure_dir = os.path.join(workdir, "figures")
   shutil.rmtree(figure_dir, ignore_errors=True)  # no stale figures from an earlier config
-  figure_paths = figures.all_figures(study, summary, records, figure_dir)
+  figure_paths = figures.all_figures(manifest, reader, summary, records, figure_dir,
+                                     num_examples=config.study.num_example_images)
   figure_paths.update(sanity_report.figures(summary, figure_dir))
-  title = f"Trustworthiness of saliency maps: {study.config.data.name}"
-  sections = build_sections(study, summary, figure_paths)
+  title = f"Trustworthiness of saliency maps: {config.data.name}"
+  sections = build_sections(manifest, config, workdir, summary, figure_paths)
   with open(os.path.join(workdir, "report.md"), "w") as f:
     f.write(render_markdown(title, sections, workdir))
   path = os.path.join(workdir, "report.html")

@@ -15,13 +15,16 @@ Each check is a section of `config.sanity` with `enabled` and its settings:
                       computed in the maps stage (sanity/faithfulness/<model>/<method>.npz).
 
 Map states are stores like the paper's (maps/eval/<model>/<state>/<method>), so any criterion
-(e.g. the robustness grid) can read them with `study.read_maps`; `COMPARISONS` names which
-pair of states each similarity check compares. Records use the study's tidy fields.
+(e.g. the robustness grid) can read them with a `MapReader`; `COMPARISONS` names which pair of
+states each similarity check compares. The maps stage makes the maps and faithfulness values
+(it has the models: `generate_maps(study, key)`); scoring reads them with the run manifest, a
+`MapReader` and `config.sanity` (`records`, `summarize`). Records use the study's tidy fields.
 """
 import json
 import os
 from typing import Any, Dict, List, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,9 +41,14 @@ from saliency_jax.sanity import logits as logits_lib
 from saliency_jax.sanity import smoothing
 from saliency_jax.trust import criteria
 from saliency_jax.trust import verdicts
-from saliency_jax.trust.names import CASCADE_PREFIX
-from saliency_jax.trust.names import EVAL_SET
-from saliency_jax.trust.names import ORIGINAL
+from saliency_jax.trust.manifest import Manifest
+from saliency_jax.trust.map_reader import MapReader
+from saliency_jax.trust.names import cascade_state
+from saliency_jax.trust.names import SetName
+from saliency_jax.trust.names import State
+
+EVAL_SET = SetName.EVAL
+ORIGINAL = State.ORIGINAL
 
 CHECKS = ("data_randomization", "smooth_mprt", "efficient_mprt", "random_logit",
           "input_invariance", "faithfulness")
@@ -64,8 +72,20 @@ FAITHFULNESS_METRICS = ("deletion_auc", "insertion_auc", "road_morf", "road_lerf
 
 
 def enabled(config, check: str) -> bool:
-  sanity = config.get("sanity", None)
-  return bool(sanity is not None and check in sanity and sanity[check].enabled)
+  """Whether the whole config runs `check`."""
+  return _on(config.get("sanity", None), check)
+
+
+def _on(sanity_config, check: str) -> bool:
+  return bool(sanity_config is not None and check in sanity_config
+              and sanity_config[check].enabled)
+
+
+def _methods(sanity_config, check: str, computed: Sequence[str]) -> List[str]:
+  """The methods a check makes maps of: sMPRT's `methods` (empty: all), else all."""
+  if check == "smooth_mprt" and sanity_config.smooth_mprt.methods:
+    return list(sanity_config.smooth_mprt.methods)
+  return list(computed)
 
 
 def enabled_checks(config) -> List[str]:
@@ -149,15 +169,16 @@ def _generate(study, path, method, fns, images, image_set, targets, settings, ke
 
 
 def _fully_randomized(study, clf, image_shape):
-  last = CASCADE_PREFIX + clf.module.block_names[-1]
-  return next(v for _, state, v in study.states(clf, image_shape) if state == last)
+  states = study.states(clf, image_shape)
+  return states[[state for _, state, _ in states].index(
+      cascade_state(study.bound_model(clf, image_shape).block_names[-1]))][2]
 
 
 def generate_maps(study, key) -> None:
-  """The maps of every enabled check that needs its own (resumable stores)."""
+  """The maps of every enabled check that needs its own (resumable stores), and the
+  faithfulness values."""
   config = study.config
   image_set = study.image_set(EVAL_SET)
-  names = list(config.methods.names)
   classifiers = {c.name: c for c in study.classifiers()}
   explained = {}
 
@@ -166,9 +187,15 @@ def generate_maps(study, key) -> None:
       explained[clf.name] = study.targets(clf, image_set)
     return explained[clf.name]
 
+  def bound(clf):
+    return study.bound_model(clf, study.inputs(image_set, clf.style).shape[1:])
+
   def run(clf, state, fns, images, targets, method_names, wrap=None, extra=None,
           prepared_name="prepared"):
+    lacking = dict(study.skipped_methods(bound(clf)))
     for name in method_names:
+      if name in lacking:
+        continue   # the model cannot give this method (listed in the report)
       method = attributions.METHODS[name]
       settings = study.method_settings(name)
       if wrap is not None:
@@ -178,31 +205,30 @@ def generate_maps(study, key) -> None:
 
   for name, twin in permuted_classifiers(study).items():
     clf = classifiers[name]
-    run(clf, DATA_RANDOMIZED, models.model_functions(twin.module, twin.variables),
-        study.inputs(image_set, clf.style), targets_of(clf), names)
+    run(clf, DATA_RANDOMIZED, bound(clf).bind(twin.variables),
+        study.inputs(image_set, clf.style), targets_of(clf),
+        method_list(config, "data_randomization"))
   if enabled(config, "smooth_mprt"):
     section = config.sanity.smooth_mprt
     extra = dict(smooth_samples=section.samples, smooth_noise=section.noise)
     for name in section.models:
       clf = classifiers[name]
       images = study.inputs(image_set, clf.style)
-      targets = targets_of(clf)
       methods = method_list(config, "smooth_mprt")
-      run(clf, SMOOTHED_ORIGINAL, models.model_functions(clf.module, clf.variables), images,
-          targets, methods, smoothing.smoothed, extra)
+      run(clf, SMOOTHED_ORIGINAL, bound(clf).bind(clf.variables), images, targets_of(clf),
+          methods, smoothing.smoothed, extra)
       untrained = _fully_randomized(study, clf, images.shape[1:])
-      run(clf, SMOOTHED_UNTRAINED, models.model_functions(clf.module, untrained), images,
-          targets, methods, smoothing.smoothed, extra)
+      run(clf, SMOOTHED_UNTRAINED, bound(clf).bind(untrained), images, targets_of(clf),
+          methods, smoothing.smoothed, extra)
   if enabled(config, "random_logit"):
     section = config.sanity.random_logit
     for name in section.models:
       clf = classifiers[name]
       images = study.inputs(image_set, clf.style)
-      fns = models.model_functions(clf.module, clf.variables)
+      fns = bound(clf).bind(clf.variables)
       num_classes = int(jax.eval_shape(fns.logits_fn, images[:1]).shape[-1])
-      other = logits_lib.other_classes(targets_of(clf), num_classes,
-                                       section.seed)
-      run(clf, OTHER_CLASS, fns, images, other, names)
+      other = logits_lib.other_classes(targets_of(clf), num_classes, section.seed)
+      run(clf, OTHER_CLASS, fns, images, other, method_list(config, "random_logit"))
   if enabled(config, "input_invariance"):
     section = config.sanity.input_invariance
     for name in section.models:
@@ -210,15 +236,20 @@ def generate_maps(study, key) -> None:
       images = study.inputs(image_set, clf.style)
       shifted = invariance.shifted_model_functions(clf.module, clf.variables, section.shift)
       check_shift_invisible(clf, shifted, images, section.shift)
-      run(clf, INPUT_SHIFTED, shifted, images + np.float32(section.shift),
-          targets_of(clf), names, prepared_name="prepared_shifted")
+      run(clf, INPUT_SHIFTED, shifted, images + np.float32(section.shift), targets_of(clf),
+          method_list(config, "input_invariance"), prepared_name="prepared_shifted")
   if enabled(config, "faithfulness"):
+    reader = MapReader(study.workdir, list(config.methods.names))
     for name in config.sanity.faithfulness.models:
-      write_faithfulness(study, classifiers[name], targets_of(classifiers[name]))
+      clf = classifiers[name]
+      write_faithfulness(study, clf, bound(clf).bind(clf.variables), targets_of(clf), reader)
 
 
 def check_shift_invisible(clf, shifted, images, shift: float, atol: float = 1e-3) -> float:
   """The adjusted model's logits on the shifted images equal the model's; else an error."""
+  if not isinstance(clf.module, nn.Module):
+    raise ValueError(f"input invariance needs a Flax model; {clf.name} is not one "
+                     "(config.sanity.input_invariance.models)")
   original = models.model_functions(clf.module, clf.variables)
   logits = jax.jit(lambda f, x: f.logits_fn(x))
   diff = float(jnp.max(jnp.abs(logits(shifted, images[:16] + np.float32(shift))
@@ -242,20 +273,22 @@ def _records(values: Dict[str, np.ndarray], ids, **fields) -> List[Dict[str, Any
   return out
 
 
-def records(study) -> List[Dict[str, Any]]:
+def records(manifest: Manifest, reader: MapReader, sanity_config, study_config, *, seed: int,
+            workdir: str) -> List[Dict[str, Any]]:
   """Tidy records of every enabled check (criterion = the check's name)."""
-  config = study.config
-  image_set = study.image_set(EVAL_SET)
-  ids = image_set.ids
-  data_range = config.study.ssim_data_range
+  ids = reader.ground_truth(EVAL_SET).ids
+  data_range = study_config.ssim_data_range
+  computed = manifest.computed_methods
   out: List[Dict[str, Any]] = []
   for check, (state_a, state_b) in COMPARISONS.items():
-    if not enabled(config, check):
+    if not _on(sanity_config, check):
       continue
-    for model in config.sanity[check].models:
-      for method in method_list(config, check):
-        maps_a = study.read_maps(EVAL_SET, model, state_a, method)
-        maps_b = study.read_maps(EVAL_SET, model, state_b, method)
+    for model in sanity_config[check].models:
+      for method in _methods(sanity_config, check, computed):
+        maps_a = reader.read(EVAL_SET, model, state_a, method)
+        maps_b = reader.read(EVAL_SET, model, state_b, method)
+        if maps_a is None or maps_b is None:
+          continue   # a method the model cannot give
         values = criteria.similarity(maps_a, maps_b, data_range=data_range)
         if check == "input_invariance":
           values["max_abs_diff"] = np.abs(maps_a - maps_b).reshape(len(ids), -1).max(axis=1)
@@ -263,33 +296,33 @@ def records(study) -> List[Dict[str, Any]]:
                         state=state_b)
         if check == "smooth_mprt":
           baseline = criteria.random_pair_baseline(
-              maps_a, pairs=config.study.random_pairs, seed=config.seed,
-              data_range=data_range)
+              maps_a, pairs=study_config.random_pairs, seed=seed, data_range=data_range)
           out += _records(baseline, ids, criterion="smooth_random_pairs", method=method,
-                          model=model, state="baseline")
-  if enabled(config, "efficient_mprt"):
-    bins = config.sanity.efficient_mprt.bins
-    for clf in study.classifiers():
-      last = CASCADE_PREFIX + clf.module.block_names[-1]
-      for method in study.method_names():
-        before = study.read_maps(EVAL_SET, clf.name, ORIGINAL, method)
-        after = study.read_maps(EVAL_SET, clf.name, last, method)
+                          model=model, state=State.BASELINE)
+  if _on(sanity_config, "efficient_mprt"):
+    bins = sanity_config.efficient_mprt.bins
+    for entry in manifest.classifiers:
+      if not entry.block_names:
+        continue   # nothing was randomized
+      last = cascade_state(entry.block_names[-1])
+      for method in manifest.methods:
+        before = reader.read(EVAL_SET, entry.name, ORIGINAL, method)
+        after = reader.read(EVAL_SET, entry.name, last, method)
         if before is None or after is None:
           continue
         h0 = complexity.histogram_entropy(before, bins)
         h1 = complexity.histogram_entropy(after, bins)
         out += _records({"entropy": h0}, ids, criterion="efficient_mprt", method=method,
-                        model=clf.name, state=ORIGINAL)
+                        model=entry.name, state=ORIGINAL)
         out += _records({"entropy": h1, "relative_rise": complexity.relative_rise(h0, h1)},
-                        ids, criterion="efficient_mprt", method=method, model=clf.name,
+                        ids, criterion="efficient_mprt", method=method, model=entry.name,
                         state=FULLY_RANDOMIZED)
-  if enabled(config, "faithfulness"):
-    out += faithfulness_records(study.workdir, config)
+  if _on(sanity_config, "faithfulness"):
+    out += faithfulness_records(workdir, sanity_config, computed)
   return out
 
 
-def _probabilities(clf):
-  fns = models.model_functions(clf.module, clf.variables)
+def _probabilities(fns):
   probs = jax.jit(lambda f, x: jax.nn.softmax(f.logits_fn(x).astype(jnp.float32), -1))
 
   def probs_fn(images):
@@ -302,14 +335,15 @@ def faithfulness_path(workdir: str, model: str, method: str) -> str:
   return os.path.join(workdir, "sanity", "faithfulness", model, f"{method}.npz")
 
 
-def write_faithfulness(study, clf, targets) -> None:
+def write_faithfulness(study, clf, fns, targets, reader: MapReader) -> None:
   """The faithfulness values of the model's maps (and of a random pixel order), computed in
   the maps stage where the model is at hand; one file per method, kept on a rerun."""
   f = study.config.sanity.faithfulness
   image_set = study.image_set(EVAL_SET)
   images = study.inputs(image_set, clf.style)
-  probs_fn = _probabilities(clf)
-  methods = list(study.config.methods.names) + [RANDOM_ORDER]
+  probs_fn = _probabilities(fns)
+  lacking = dict(study.skipped_methods(study.bound_model(clf, images.shape[1:])))
+  methods = [m for m in study.config.methods.names if m not in lacking] + [RANDOM_ORDER]
   for method in methods:
     path = faithfulness_path(study.workdir, clf.name, method)
     if os.path.exists(path):
@@ -317,7 +351,7 @@ def write_faithfulness(study, clf, targets) -> None:
     if method == RANDOM_ORDER:
       maps = np.random.default_rng(study.config.seed).uniform(size=images.shape[:3])
     else:
-      maps = study.read_maps(EVAL_SET, clf.name, ORIGINAL, method)
+      maps = reader.read(EVAL_SET, clf.name, ORIGINAL, method)
     values = faithfulness_values(images, image_set.raw, maps, targets, probs_fn, f,
                                  style=clf.style, channels=study.config.data.channels,
                                  seed=study.config.seed)
@@ -329,14 +363,18 @@ def write_faithfulness(study, clf, targets) -> None:
     os.replace(tmp, path)
 
 
-def faithfulness_records(workdir: str, config) -> List[Dict[str, Any]]:
+def faithfulness_records(workdir: str, sanity_config,
+                         methods: Sequence[str]) -> List[Dict[str, Any]]:
   """Records of the faithfulness files the maps stage wrote."""
-  f = config.sanity.faithfulness
+  f = sanity_config.faithfulness
   out = []
   for model in f.models:
-    for method in list(config.methods.names) + [RANDOM_ORDER]:
+    for method in list(methods) + [RANDOM_ORDER]:
       path = faithfulness_path(workdir, model, method)
       if not os.path.exists(path):
+        if method != RANDOM_ORDER and os.path.exists(faithfulness_path(workdir, model,
+                                                                      RANDOM_ORDER)):
+          continue   # a method the model cannot give
         raise FileNotFoundError(f"no faithfulness values at {path}: rerun the maps stage "
                                 "(launch.run_all --redo=maps)")
       with np.load(path) as data:
@@ -404,17 +442,16 @@ def pic_values(raw, maps, targets, probs_fn, f, *, style: str, channels: int,
 # -----------------------------------------------------------------------------------------
 # Verdicts.
 
-def rules(config) -> Dict[str, Dict[str, Any]]:
-  """The pass/fail rule of each enabled check, with its text for the report."""
-  sanity = config.get("sanity", {})
+def rules(sanity) -> Dict[str, Dict[str, Any]]:
+  """The pass/fail rule of each enabled check (`config.sanity`), with its text."""
   out = {}
-  if enabled(config, "data_randomization"):
+  if _on(sanity, "data_randomization"):
     out["data_randomization"] = dict(
         metric="ssim", alternative="less", test="wilcoxon", baseline="random_pairs",
         text=("SSIM between the maps of the trained model and of the same architecture trained "
               "on permuted labels is lower than SSIM between maps of two different images "
               "(Adebayo et al. 2018)"))
-  if enabled(config, "smooth_mprt"):
+  if _on(sanity, "smooth_mprt"):
     s = sanity.smooth_mprt
     out["smooth_mprt"] = dict(
         metric="ssim", alternative="less", test="wilcoxon", baseline="smooth_random_pairs",
@@ -422,26 +459,26 @@ def rules(config) -> Dict[str, Dict[str, Any]]:
               "the image's range), SSIM between the trained and the fully randomized model's "
               "maps is lower than between smoothed maps of two different images (sMPRT, "
               "Hedström et al. 2023)"))
-  if enabled(config, "efficient_mprt"):
+  if _on(sanity, "efficient_mprt"):
     out["efficient_mprt"] = dict(
         metric="entropy", alternative="greater", test="wilcoxon", baseline="trained",
         text=(f"the histogram entropy ({sanity.efficient_mprt.bins} bins) of the fully "
               "randomized model's maps is higher than that of the trained model's maps "
               "(eMPRT, Hedström et al. 2023)"))
-  if enabled(config, "random_logit"):
+  if _on(sanity, "random_logit"):
     out["random_logit"] = dict(
         metric="ssim", alternative="less", test="wilcoxon", baseline="random_pairs",
         text=("SSIM between the map of the explained class and the map of another class (with "
               "two classes: the other one) is lower than SSIM between maps of two different "
               "images (Sixt et al. 2020)"))
-  if enabled(config, "input_invariance"):
+  if _on(sanity, "input_invariance"):
     s = sanity.input_invariance
     out["input_invariance"] = dict(
         metric="ssim", alternative="greater", test="wilcoxon", baseline="tolerance",
         text=(f"SSIM between the map of the image and the map of the image shifted by "
               f"{s.shift} (first layer's bias adjusted: same outputs) is higher than "
               f"1 - {s.tolerance} (Kindermans et al. 2019)"))
-  if enabled(config, "faithfulness"):
+  if _on(sanity, "faithfulness"):
     out["faithfulness"] = dict(
         metric="deletion_auc", alternative="less", test="wilcoxon", baseline="random_order",
         text=(f"the area under the deletion curve ({sanity.faithfulness.baseline} baseline) is "
@@ -454,67 +491,67 @@ _BASELINE_NAMES = {"random_pairs": "random pairs", "smooth_random_pairs": "smoot
                    "random_order": "random order"}
 
 
-def _values(index, config, check: str, rule, method: str, ids: List[str]):
+def _values(index, sanity, check: str, rule, method: str, ids: List[str]):
   metric = rule["metric"]
   if check == "efficient_mprt":
-    selection = sorted({k[3] for k in index if k[0] == check and k[2] == method})
+    selection = verdicts.models_of(index, check, method)
     values = verdicts.per_image(index, check, metric, method,
                                 [(m, FULLY_RANDOMIZED) for m in selection], ids)
     baseline = verdicts.per_image(index, check, metric, method,
                                   [(m, ORIGINAL) for m in selection], ids)
     return values, baseline
   if check == "faithfulness":
-    selection = [(m, ORIGINAL) for m in config.sanity.faithfulness.models]
+    selection = [(m, ORIGINAL) for m in sanity.faithfulness.models]
     return (verdicts.per_image(index, check, metric, method, selection, ids),
             verdicts.per_image(index, check, metric, RANDOM_ORDER, selection, ids))
-  model_names = list(config.sanity[check].models)
+  model_names = list(sanity[check].models)
   values = verdicts.per_image(index, check, metric, method,
                               [(m, COMPARISONS[check][1]) for m in model_names], ids)
   if rule["baseline"] == "tolerance":
-    baseline = np.where(np.isfinite(values), 1.0 - config.sanity[check].tolerance, np.nan)
+    baseline = np.where(np.isfinite(values), 1.0 - sanity[check].tolerance, np.nan)
   else:
     baseline = verdicts.per_image(index, rule["baseline"], metric, method,
-                                  [(m, "baseline") for m in model_names], ids)
+                                  [(m, State.BASELINE) for m in model_names], ids)
   return values, baseline
 
 
-def scorecard(records_, study) -> List[Dict[str, Any]]:
+def scorecard(records_, manifest: Manifest, sanity, study_config, *,
+              seed: int) -> List[Dict[str, Any]]:
   """Scorecard rows of the enabled checks, as the paper's criteria's (verdicts.scorecard)."""
-  config = study.config
-  s = config.study
   index = verdicts.index_records(records_)
   rows = []
-  for check, rule in rules(config).items():
-    ids = sorted({i for k, column in index.items() if k[0] == check for i in column})
-    methods = study.method_names() if check == "efficient_mprt" else method_list(config, check)
+  for check, rule in rules(sanity).items():
+    ids = verdicts.image_ids(index, check)
+    methods = (manifest.methods if check == "efficient_mprt"
+               else _methods(sanity, check, manifest.computed_methods))
     check_rows, results = [], {}
     for method in methods:
-      values, baseline = _values(index, config, check, rule, method, ids)
+      values, baseline = _values(index, sanity, check, rule, method, ids)
       row = dict(criterion=check, method=method, metric=rule["metric"],
                  baseline_name=_BASELINE_NAMES[rule["baseline"]], rule=rule["text"],
                  alternative=rule["alternative"])
-      row.update(verdicts._describe(values, "value", seed=config.seed,  # pylint: disable=protected-access
-                                    resamples=s.bootstrap_resamples))
-      row.update(verdicts._describe(baseline, "baseline", seed=config.seed,  # pylint: disable=protected-access
-                                    resamples=s.bootstrap_resamples))
+      row.update(verdicts._describe(values, "value", seed=seed,  # pylint: disable=protected-access
+                                    resamples=study_config.bootstrap_resamples))
+      row.update(verdicts._describe(baseline, "baseline", seed=seed,  # pylint: disable=protected-access
+                                    resamples=study_config.bootstrap_resamples))
       results[method] = verdicts._paired_test(values, baseline, rule)  # pylint: disable=protected-access
       check_rows.append(row)
-    verdicts._apply_tests(check_rows, results, s.correction, s.alpha)  # pylint: disable=protected-access
+    verdicts._apply_tests(check_rows, results, study_config.correction,  # pylint: disable=protected-access
+                          study_config.alpha)
     rows += check_rows
   return rows
 
 
-def faithfulness_table(records_, config) -> List[Dict[str, Any]]:
+def faithfulness_table(records_, sanity, methods: Sequence[str]) -> List[Dict[str, Any]]:
   """Mean of each faithfulness metric per method (and the random order), and the mean
   deletion / insertion curves the report draws."""
-  if not enabled(config, "faithfulness"):
+  if not _on(sanity, "faithfulness"):
     return []
   index = verdicts.index_records(records_)
-  f = config.sanity.faithfulness
-  methods = list(config.methods.names) + [RANDOM_ORDER]
-  ids = sorted({i for k, column in index.items() if k[0] == "faithfulness" for i in column})
+  f = sanity.faithfulness
+  ids = verdicts.image_ids(index, "faithfulness")
   rows = []
-  for method in methods:
+  for method in list(methods) + [RANDOM_ORDER]:
     row = dict(method=method)
     for metric in FAITHFULNESS_METRICS:
       values = verdicts.per_image(index, "faithfulness", metric, method,
@@ -534,13 +571,15 @@ def _mean(values) -> float | None:
   return value if np.isfinite(value) else None
 
 
-def summarize(records_, study) -> Dict[str, Any]:
+def summarize(records_, manifest: Manifest, sanity, study_config, *, seed: int,
+              workdir: str) -> Dict[str, Any]:
   """What summary.json holds for the checks: rules, scorecard rows, the faithfulness table."""
-  return dict(rules=rules(study.config), scorecard=scorecard(records_, study),
-              faithfulness=faithfulness_table(records_, study.config),
-              faithfulness_baseline=(study.config.sanity.faithfulness.baseline
-                                     if enabled(study.config, "faithfulness") else None),
-              permuted_models=_permuted_scores(study.workdir))
+  return dict(rules=rules(sanity),
+              scorecard=scorecard(records_, manifest, sanity, study_config, seed=seed),
+              faithfulness=faithfulness_table(records_, sanity, manifest.computed_methods),
+              faithfulness_baseline=(sanity.faithfulness.baseline
+                                     if _on(sanity, "faithfulness") else None),
+              permuted_models=_permuted_scores(workdir))
 
 
 def _permuted_scores(workdir: str) -> Dict[str, float]:
@@ -554,7 +593,6 @@ def _permuted_scores(workdir: str) -> Dict[str, float]:
           if "val_auc_permuted_labels" in entry}
 
 
-def method_list(config, check: str) -> Sequence[str]:
-  if check == "smooth_mprt":
-    return list(config.sanity.smooth_mprt.methods) or list(config.methods.names)
-  return list(config.methods.names)
+def method_list(config, check: str) -> List[str]:
+  """The methods a check makes maps of, from the whole config."""
+  return _methods(config.sanity, check, config.methods.names)

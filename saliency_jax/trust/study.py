@@ -8,6 +8,8 @@ done in `progress.json` is skipped on a rerun. Layout of the workdir:
   models/<name>/                 checkpoints, metrics.jsonl of each classifier and U-Net
   maps/<set>/<model>/<state>/<method>/   map stores (set: "utility" or "eval")
   maps/<set>/prepared/           model-independent per-image data (XRAI segments)
+  maps/<set>/ground_truth.npz, maps/average_mask.npy   what scoring needs of the dataset
+  run_manifest.json              what the maps stage decided and each stage's config
   results.json, results.csv      one record per image x method x criterion x step
   summary.json                   the scorecard and the curves the report draws
   report.md, report.html, figures/
@@ -18,7 +20,7 @@ import json
 import os
 import time
 import zlib
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 from absl import logging
 import jax
@@ -34,18 +36,32 @@ from saliency_jax import maps as maps_lib
 from saliency_jax import models
 from saliency_jax import randomization
 from saliency_jax import train as train_lib
+from saliency_jax.attributions import custom as custom_methods
+from saliency_jax.models import plugin
 
 from saliency_jax.trust import external
-from saliency_jax.trust.names import CASCADE_PREFIX
-from saliency_jax.trust.names import EVAL_SET
-from saliency_jax.trust.names import INDEPENDENT_PREFIX
-from saliency_jax.trust.names import LOCALIZATION_METHOD
-from saliency_jax.trust.names import ORIGINAL
-from saliency_jax.trust.names import UNTRAINED
-from saliency_jax.trust.names import UTILITY_SET
+from saliency_jax.trust import map_reader
+from saliency_jax.trust.manifest import CLASSIFIER
+from saliency_jax.trust.manifest import LOCALIZER
+from saliency_jax.trust.manifest import Manifest
+from saliency_jax.trust.manifest import ModelEntry
+from saliency_jax.trust.names import Baseline
+from saliency_jax.trust.names import cascade_state
+from saliency_jax.trust.names import independent_state
+from saliency_jax.trust.names import SetName
+from saliency_jax.trust.names import State
 
 STAGES = ("data", "train", "maps", "criteria", "report")
 HOST0_STAGES = ("criteria", "report")  # single-writer stages of a multi-host run
+# The config sections each stage reads, recorded in the manifest when the stage finishes
+# (None: the whole config).
+STAGE_CONFIG = {
+    "data": ("seed", "data"),
+    "train": ("seed", "data", "models", "train", "localization", "weights", "sanity"),
+    "maps": ("seed", "data", "models", "localization", "methods", "study", "sanity"),
+    "criteria": ("seed", "study", "sanity"),
+    "report": None,
+}
 
 
 @dataclasses.dataclass
@@ -67,6 +83,9 @@ class Classifier:
   variables: Any
   val_auc: float
   style: str  # the pixel scaling this model was trained with (see data.preprocess)
+  # How the study uses it (blocks, functions, what it lacks); None: a package model, bound
+  # when first needed (`Study.plugin`).
+  bound: plugin.PluginModel | None = None
 
 
 class ProgressLog:
@@ -92,7 +111,7 @@ class ProgressLog:
 
 class SegmentationOutput:
   """The localization network's per-pixel probability, stored like a saliency map."""
-  name = LOCALIZATION_METHOD
+  name = Baseline.LOCALIZATION
   prepare = None
   default_settings: Dict[str, Any] = {}
 
@@ -102,7 +121,11 @@ class SegmentationOutput:
 
 
 class Study:
-  """The study of PAPER.md for one config, resumable under `workdir`."""
+  """The study for one config, resumable under `workdir`: runs the stages, nothing else.
+
+  Scoring and reporting read what the maps stage wrote (the manifest, the map stores, the
+  ground truth); they never see this object.
+  """
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     self.config = config
@@ -111,6 +134,7 @@ class Study:
     from saliency_jax.trust import sanity  # pylint: disable=g-import-not-at-top
     sanity.validate(config)
     self.progress = ProgressLog(os.path.join(workdir, "progress.json"))
+    self.manifest = Manifest.load(workdir)
     self._cache: Dict[str, Any] = {}
 
   # ---------------------------------------------------------------------------------------
@@ -130,9 +154,17 @@ class Study:
       began = time.perf_counter()
       getattr(self, f"stage_{stage}")()
       if jax.process_index() == 0:
+        self.manifest.record_stage(stage, self.stage_config(stage))
+        self.manifest.save()
         self.progress.record(stage, time.perf_counter() - began)
       print(f"[{stage}] done in {time.perf_counter() - began:.1f} s")
     return os.path.join(self.workdir, "report.html")
+
+  def stage_config(self, stage: str) -> Dict[str, Any]:
+    """The config sections `stage` reads (STAGE_CONFIG), as plain data."""
+    config = self.config.to_dict()
+    sections = STAGE_CONFIG[stage]
+    return {k: v for k, v in config.items() if sections is None or k in sections}
 
   def _cached(self, name: str, build: Callable[[], Any]) -> Any:
     if name not in self._cache:
@@ -188,7 +220,7 @@ class Study:
       if len(positives) < 2:
         raise ValueError(f"the test split has {len(positives)} positive images; need >= 2")
       rng = np.random.default_rng(self.config.seed)
-      count = (self.config.study.num_utility_images if name == UTILITY_SET
+      count = (self.config.study.num_utility_images if name == SetName.UTILITY
                else self.config.study.num_eval_images)
       if count and count < len(positives):
         positives = np.sort(rng.choice(positives, size=count, replace=False))
@@ -217,8 +249,11 @@ class Study:
       sources = self.sources()
       result = []
       for spec in self.config.models:
-        module = models.create(spec["arch"], num_classes=2, **spec.get("kwargs", {}))
         style = spec.get("style", self.config.data.style)
+        if any(spec.get(k) for k in ("module", "keras_model", "weights")):
+          result.append(self._plugin_classifier(spec, style))
+          continue
+        module = models.create(spec["arch"], num_classes=2, **spec.get("kwargs", {}))
         workdir = os.path.join(self.workdir, "models", spec["name"])
         trained = train_lib.train_classifier(
             module, sources["train"], sources["validation"], workdir=workdir,
@@ -230,6 +265,28 @@ class Study:
                                  float(trained.val_auc), style))
       return result
     return self._cached("classifiers", build)
+
+  def _plugin_classifier(self, spec, style: str) -> Classifier:
+    """A `config.models` entry naming a module by import path, a Keras model or weights (see
+    models.plugin): loaded, or trained first where it names no weights."""
+    image_shape = self.inputs(self.image_set(SetName.EVAL), style).shape[1:]
+    module, variables, extras = plugin.resolve(spec, image_shape)
+    val_auc = float("nan")  # not trained here: no validation score of ours
+    if variables is None:
+      sources = self.sources()
+      trained = train_lib.train_classifier(
+          module, sources["train"], sources["validation"],
+          workdir=os.path.join(self.workdir, "models", spec["name"]), seed=spec["seed"],
+          config=self._train_config(self.config.train, style))
+      variables, val_auc = trained.variables, float(trained.val_auc)
+    bound = plugin.from_flax(spec["name"], module, variables, image_shape, **extras)
+    return Classifier(spec["name"], bound.arch, module, variables, val_auc, style, bound)
+
+  def bound_model(self, clf: Classifier, image_shape) -> plugin.PluginModel:
+    if clf.bound is None:
+      clf.bound = plugin.from_flax(clf.name, clf.module, clf.variables, image_shape,
+                                    arch=clf.arch)
+    return clf.bound
 
   def _pretrained(self, spec, workdir: str):
     """ImageNet weights from `config.weights.<arch>` (Keras files), for a run not started yet;
@@ -248,7 +305,7 @@ class Study:
       module = models.create(loc.arch, **loc.get("kwargs", {}))
       result = []
       for i, seed in enumerate(loc.seeds):
-        name = f"{LOCALIZATION_METHOD}{i + 1}"
+        name = f"{Baseline.LOCALIZATION}{i + 1}"
         trained = train_lib.train_segmenter(
             module, sources["train"], sources["validation"],
             workdir=os.path.join(self.workdir, "models", name), seed=seed,
@@ -282,22 +339,26 @@ class Study:
 
   def states(self, clf: Classifier, image_shape) -> List[Tuple[str, str, Any]]:
     """(set, state, variables) for which this classifier's maps are needed."""
+    blocks = self.bound_model(clf, image_shape).block_names
+    if not blocks:  # nothing to randomize (the report says so)
+      result = [(SetName.EVAL, State.ORIGINAL, clf.variables)]
+      if clf.name in self.config.study.utility_models:
+        result.append((SetName.UTILITY, State.ORIGINAL, clf.variables))
+      return result
     key = jax.random.fold_in(jax.random.key(self.config.seed), _stable_hash(clf.name))
     sample = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
-    cascade = randomization.cascading_randomization(clf.module, clf.variables, key, sample)
-    result = [(EVAL_SET, f"{CASCADE_PREFIX}{step}" if step != ORIGINAL else ORIGINAL, variables)
-              for step, variables in cascade]
+    cascade = randomization.cascading_randomization(clf.module, clf.variables, key, sample,
+                                                    blocks)
+    result = [(SetName.EVAL, cascade_state(step) if step != State.ORIGINAL else State.ORIGINAL,
+               variables) for step, variables in cascade]
     if clf.name in self.config.study.independent_randomization:
       for block, variables in randomization.independent_randomization(
-          clf.module, clf.variables, key, sample):
-        result.append((EVAL_SET, f"{INDEPENDENT_PREFIX}{block}", variables))
+          clf.module, clf.variables, key, sample, blocks):
+        result.append((SetName.EVAL, independent_state(block), variables))
     if clf.name in self.config.study.utility_models:
-      result.append((UTILITY_SET, ORIGINAL, clf.variables))
-      result.append((UTILITY_SET, UNTRAINED, cascade[-1][1]))
+      result.append((SetName.UTILITY, State.ORIGINAL, clf.variables))
+      result.append((SetName.UTILITY, State.UNTRAINED, cascade[-1][1]))
     return result
-
-  def cascade_steps(self, clf: Classifier) -> List[str]:
-    return [ORIGINAL] + [f"{CASCADE_PREFIX}{block}" for block in clf.module.block_names]
 
   def method_settings(self, name: str) -> Dict[str, Any]:
     settings = dict(attributions.METHODS[name].default_settings)
@@ -319,7 +380,7 @@ class Study:
         m for m in self.external_methods() if m not in self.config.methods.names]
 
   def store_path(self, set_name: str, model: str, state: str, method: str) -> str:
-    return os.path.join(self.workdir, "maps", set_name, model, state, method)
+    return map_reader.store_path(self.workdir, set_name, model, state, method)
 
   def targets(self, clf: Classifier, image_set: ImageSet) -> np.ndarray:
     """The class each map explains: the trained model's prediction (the paper) or the label.
@@ -332,9 +393,9 @@ class Study:
     if self.config.study.target != "predicted":
       raise ValueError(f"study.target must be 'predicted' or 'label', got "
                        f"{self.config.study.target!r}")
-    fns = models.model_functions(clf.module, clf.variables)
-    logits = jax.jit(lambda f, x: f.logits_fn(x))
     images = self.inputs(image_set, clf.style)
+    fns = self.bound_model(clf, images.shape[1:]).functions()
+    logits = jax.jit(lambda f, x: f.logits_fn(x))
     preds = [np.asarray(jnp.argmax(logits(fns, images[i:i + 64]), -1))
              for i in range(0, len(images), 64)]
     return np.concatenate(preds).astype(np.int32)
@@ -350,22 +411,28 @@ class Study:
 
   def stage_maps(self) -> None:
     key = jax.random.key(self.config.seed)
+    custom_methods.register_from_config(self.config.methods.get("custom"))
     names = list(self.config.methods.names)
     unknown = [n for n in names if n not in attributions.METHODS]
     if unknown:
       raise ValueError(f"unknown methods {unknown}; known: {sorted(attributions.METHODS)}")
     for clf in self.classifiers():
       targets = {}
-      image_shape = self.inputs(self.image_set(EVAL_SET), clf.style).shape[1:]
+      image_shape = self.inputs(self.image_set(SetName.EVAL), clf.style).shape[1:]
       states = self.states(clf, image_shape)
+      bound = self.bound_model(clf, image_shape)
+      lacking = dict(self.skipped_methods(bound))
       with tqdm.tqdm(total=len(states) * len(names), desc=f"maps {clf.name}",
                      unit="store") as bar:
         for set_name, state, variables in states:
           image_set = self.image_set(set_name)
           if set_name not in targets:
             targets[set_name] = self.targets(clf, image_set)
-          fns = models.model_functions(clf.module, variables)
+          fns = bound.bind(variables)
           for name in names:
+            bar.update(name in lacking)
+            if name in lacking:
+              continue
             bar.set_postfix_str(f"{set_name} {state} {name}")
             self._generate(self.store_path(set_name, clf.name, state, name),
                            attributions.METHODS[name], fns, image_set, clf.style,
@@ -374,9 +441,9 @@ class Study:
     for loc in self.localizers():
       fns = models.ModelFunctions(
           lambda x, loc=loc: loc.module.apply(loc.variables, x))
-      for set_name in (UTILITY_SET, EVAL_SET):
+      for set_name in (SetName.UTILITY, SetName.EVAL):
         image_set = self.image_set(set_name)
-        self._generate(self.store_path(set_name, loc.name, ORIGINAL, LOCALIZATION_METHOD),
+        self._generate(self.store_path(set_name, loc.name, State.ORIGINAL, Baseline.LOCALIZATION),
                        SegmentationOutput(), fns, image_set, loc.style,
                        np.zeros(len(image_set.ids), np.int32), {}, key)
     from saliency_jax.trust import sanity  # pylint: disable=g-import-not-at-top
@@ -384,35 +451,72 @@ class Study:
     if self.config.study.external_maps:
       found = external.import_maps(
           self.config.study.external_maps,
-          {n: self.image_set(n) for n in (UTILITY_SET, EVAL_SET)}, self.store_path,
+          {n: self.image_set(n) for n in (SetName.UTILITY, SetName.EVAL)}, self.store_path,
           self.config.study.chunk_size)
       logging.info("imported external maps of %s", found)
+    if jax.process_index() == 0:
+      self.write_run_files()
 
-  def read_maps(self, set_name: str, model: str, state: str,
-                method: str) -> Optional[np.ndarray]:
-    """The maps of one store as float32 [N,H,W]; None where the store does not exist (e.g. an
-    external method that did not provide this state)."""
-    path = self.store_path(set_name, model, state, method)
-    if not os.path.exists(path):
-      if method in self.config.methods.names or method == LOCALIZATION_METHOD:
-        raise FileNotFoundError(f"no maps at {path}: run the maps stage first")
-      return None
-    store = maps_lib.MapStore.open(path)
-    if not store.complete:
-      raise RuntimeError(f"the map store {path} is incomplete: rerun the maps stage "
-                         "(launch.run_all --redo=maps)")
-    return store.read_all()
+  def skipped_methods(self, bound: plugin.PluginModel) -> List[Tuple[str, str]]:
+    """[(method, why)] of the configured methods this model cannot give."""
+    out = []
+    for name in self.config.methods.names:
+      needs = plugin.METHOD_NEEDS.get(name, ()) + custom_methods.NEEDS.get(name, ())
+      missing = [part for part in needs if part in bound.lacks]
+      if missing:
+        out.append((name, bound.lacks[missing[0]]))
+    return out
+
+  def skipped(self) -> List[Dict[str, str]]:
+    """What was not evaluated and why: methods and criteria per model (for the report)."""
+    out = []
+    for clf in self.classifiers():
+      bound = self.bound_model(clf, self.inputs(self.image_set(SetName.EVAL), clf.style).shape[1:])
+      out += [dict(model=clf.name, what=m, why=why) for m, why in self.skipped_methods(bound)]
+      out += [dict(model=clf.name, what=what, why=why) for what, why in bound.skipped()
+              if what not in plugin.METHOD_NEEDS]
+    return out
+
+  def write_run_files(self) -> None:
+    """Writes what scoring needs besides the maps: each set's ground truth, the average mask
+    and the run manifest (models, image ids, methods, which models serve which criterion)."""
+    for set_name in (SetName.UTILITY, SetName.EVAL):
+      s = self.image_set(set_name)
+      map_reader.write_ground_truth(self.workdir, set_name, s.ids, s.raw, s.masks, s.boxes)
+    map_reader.write_average_mask(self.workdir, self.average_mask())
+    image_shape = self.inputs(self.image_set(SetName.EVAL), self.config.data.style).shape[1:]
+    models_ = [ModelEntry(c.name, c.arch, tuple(self.bound_model(c, image_shape).block_names),
+                          CLASSIFIER) for c in self.classifiers()]
+    models_ += [ModelEntry(c.name, c.arch, tuple(getattr(c.module, "block_names", ())),
+                           LOCALIZER) for c in self.localizers()]
+    self.manifest.record_run(
+        models=models_,
+        image_ids={n: list(self.image_set(n).ids) for n in (SetName.UTILITY, SetName.EVAL)},
+        methods=self.method_names(), computed_methods=list(self.config.methods.names),
+        utility_models=list(self.config.study.utility_models),
+        independent_models=list(self.config.study.independent_randomization),
+        skipped=self.skipped())
+    self.manifest.save()
+
+  def reader(self) -> map_reader.MapReader:
+    if not self.manifest.has_run:
+      self.write_run_files()  # a workdir whose maps stage finished before manifests existed
+    return map_reader.MapReader(self.workdir, self.manifest.computed_methods,
+                                skipped=[(s["model"], s["what"]) for s in self.manifest.skipped])
 
   # ---------------------------------------------------------------------------------------
-  # Criteria and report.
+  # Criteria and report: they read the manifest, the maps and the records, not this object.
 
   def stage_criteria(self) -> None:
     from saliency_jax.trust import evaluation  # pylint: disable=g-import-not-at-top
-    evaluation.evaluate(self)
+    reader = self.reader()
+    evaluation.evaluate(self.manifest, reader, self.config.study, seed=self.config.seed,
+                        workdir=self.workdir, sanity_config=self.config.get("sanity"))
 
   def stage_report(self) -> None:
     from saliency_jax.trust import report  # pylint: disable=g-import-not-at-top
-    report.write_report(self)
+    reader = self.reader()
+    report.write_report(self.manifest, reader, self.config, self.workdir)
 
 
 def _text(value) -> str:

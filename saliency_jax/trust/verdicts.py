@@ -5,116 +5,131 @@ in which a trustworthy method differs from it. The verdict is PASS when a one-si
 over images (Wilcoxon signed-rank by default) rejects "no better than the baseline" at `alpha`
 after correcting across methods (Holm by default); FAIL otherwise; N/A when the run has no data
 for the criterion (e.g. a single replicate has no repeatability pair).
+
+Everything here reads the records (`results.json`), the run manifest and the config's `study`
+section; no Study, dataset or model:
+
+  summarize_study(records, manifest, config.study, seed=config.seed)
+  scorecard(records, manifest, config.study, seed=config.seed)
 """
 import collections
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Iterable
 
+import ml_collections
 import numpy as np
 
 from saliency_jax.metrics import statistics
 from saliency_jax.trust import criteria
-from saliency_jax.trust.names import AVERAGE_MASK
+from saliency_jax.trust.manifest import Manifest
+from saliency_jax.trust.names import Baseline
+from saliency_jax.trust.names import cascade_state
 from saliency_jax.trust.names import CASCADE_PREFIX
-from saliency_jax.trust.names import INDEPENDENT_PREFIX
-from saliency_jax.trust.names import LOCALIZATION_METHOD
-from saliency_jax.trust.names import ORIGINAL
-from saliency_jax.trust.names import UNTRAINED
+from saliency_jax.trust.names import Criterion
+from saliency_jax.trust.names import independent_state
+from saliency_jax.trust.names import Measure
+from saliency_jax.trust.names import NO_MODEL
+from saliency_jax.trust.names import RecordKey
+from saliency_jax.trust.names import State
 
 DEFAULT_RULES = {
-    "utility": dict(
+    Criterion.UTILITY: dict(
         metric="auprc", baseline="average_mask", alternative="greater", test="wilcoxon",
         text="AUPRC of the trained model's maps is higher than the average-mask baseline's"),
-    "randomization": dict(
+    Criterion.RANDOMIZATION: dict(
         metric="ssim", baseline="random_pairs", alternative="less", test="wilcoxon",
         text=("SSIM between the trained and the fully randomized model's maps is lower than "
               "SSIM between maps of two different images (random pairs)")),
-    "repeatability": dict(
+    Criterion.REPEATABILITY: dict(
         metric="ssim", baseline="localization_network", alternative="greater", test="wilcoxon",
         text=("SSIM between maps of two replicates of the same architecture is higher than "
               "SSIM between the two localization-network replicates' outputs")),
-    "reproducibility": dict(
+    Criterion.REPRODUCIBILITY: dict(
         metric="ssim", baseline="localization_network", alternative="greater", test="wilcoxon",
         text=("SSIM between maps of the two architectures is higher than SSIM between the two "
               "localization-network replicates' outputs")),
 }
 
-Key = Tuple[str, str, str, str, str]  # criterion, metric, method, model, state
+Index = dict[RecordKey, dict[str, float]]  # a column of per-image values {image_id: value}
 
 
-def index_records(records: Iterable[Dict[str, Any]]) -> Dict[Key, Dict[str, float]]:
-  index: Dict[Key, Dict[str, float]] = collections.defaultdict(dict)
+def index_records(records: Iterable[dict[str, Any]]) -> Index:
+  index: Index = collections.defaultdict(dict)
   for r in records:
     value = np.nan if r["value"] is None else float(r["value"])
-    index[(r["criterion"], r["metric"], r["method"], r["model"], r["state"])][r["image_id"]] = value
+    key = RecordKey(r["criterion"], r["metric"], r["method"], r["model"], r["state"])
+    index[key][r["image_id"]] = value
   return index
 
 
-def per_image(index, criterion: str, metric: str, method: str,
-              selection: Iterable[Tuple[str, str]], ids: List[str]) -> np.ndarray:
+def per_image(index: Index, criterion: str, metric: str, method: str,
+              selection: Iterable[tuple[str, str]], ids: list[str]) -> np.ndarray:
   """Per-image mean over the selected (model, state) entries, NaN where all are undefined."""
-  columns = [[index[(criterion, metric, method, model, state)].get(i, np.nan) for i in ids]
-             for model, state in selection
-             if (criterion, metric, method, model, state) in index]
+  keys = [RecordKey(criterion, metric, method, model, state) for model, state in selection]
+  columns = [[index[key].get(i, np.nan) for i in ids] for key in keys if key in index]
   if not columns:
     return np.full(len(ids), np.nan)
   return criteria.mean_of_defined(columns, axis=0)
 
 
-def _models(index, criterion: str, method: str) -> List[str]:
-  return sorted({k[3] for k in index if k[0] == criterion and k[2] == method})
+def models_of(index: Index, criterion: str, method: str | None = None) -> list[str]:
+  """The models (or model pairs) with records of `criterion` (and `method`), sorted."""
+  return sorted({k.model for k in index
+                 if k.criterion == criterion and method in (None, k.method)})
 
 
-def criterion_values(index, study, criterion: str, method: str, metric: str,
-                     ids: List[str]) -> Tuple[np.ndarray, np.ndarray, str]:
+def criterion_values(index: Index, manifest: Manifest, criterion: str, method: str,
+                     metric: str, ids: list[str]) -> tuple[np.ndarray, np.ndarray, str]:
   """(method's per-image values, baseline's per-image values, baseline name)."""
-  if criterion == "utility":
-    models = list(study.config.study.utility_models)
-    values = per_image(index, "utility", metric, method, [(m, ORIGINAL) for m in models], ids)
-    baseline = per_image(index, "utility", metric, AVERAGE_MASK, [("-", "baseline")], ids)
+  if criterion == Criterion.UTILITY:
+    selection = [(m, State.ORIGINAL) for m in manifest.utility_models]
+    values = per_image(index, Measure.UTILITY, metric, method, selection, ids)
+    baseline = per_image(index, Measure.UTILITY, metric, Baseline.AVERAGE_MASK,
+                         [(NO_MODEL, State.BASELINE)], ids)
     return values, baseline, "average mask"
-  if criterion == "randomization":
-    last = [(c.name, CASCADE_PREFIX + c.module.block_names[-1]) for c in study.classifiers()]
-    values = per_image(index, "cascading_randomization", metric, method, last, ids)
-    baseline = per_image(index, "random_pairs", metric, method,
-                         [(c.name, "baseline") for c in study.classifiers()], ids)
+  if criterion == Criterion.RANDOMIZATION:
+    classifiers = manifest.classifiers
+    last = [(c.name, cascade_state(c.block_names[-1])) for c in classifiers if c.block_names]
+    values = per_image(index, Measure.CASCADING, metric, method, last, ids)
+    baseline = per_image(index, Measure.RANDOM_PAIRS, metric, method,
+                         [(c.name, State.BASELINE) for c in classifiers], ids)
     return values, baseline, "random pairs"
-  pairs = [(m, ORIGINAL) for m in _models(index, criterion, method)]
+  pairs = [(m, State.ORIGINAL) for m in models_of(index, criterion, method)]
   values = per_image(index, criterion, metric, method, pairs, ids)
-  loc_pairs = [(m, ORIGINAL) for m in _models(index, "localization_agreement",
-                                              LOCALIZATION_METHOD)]
-  baseline = per_image(index, "localization_agreement", metric, LOCALIZATION_METHOD,
+  loc_pairs = [(m, State.ORIGINAL) for m in models_of(index, Measure.LOCALIZATION_AGREEMENT,
+                                                      Baseline.LOCALIZATION)]
+  baseline = per_image(index, Measure.LOCALIZATION_AGREEMENT, metric, Baseline.LOCALIZATION,
                        loc_pairs, ids)
   return values, baseline, "localization network"
 
 
-def _ids(index, criterion: str) -> List[str]:
+def image_ids(index: Index, criterion: str) -> list[str]:
+  """The image ids with records of `criterion` (a `Measure`), sorted."""
   ids = set()
   for key, column in index.items():
-    if key[0] == criterion:
+    if key.criterion == criterion:
       ids.update(column)
   return sorted(ids)
 
 
-def scorecard(records, study) -> List[Dict[str, Any]]:
+def scorecard(records, manifest: Manifest, study_config: ml_collections.ConfigDict, *,
+              seed: int) -> list[dict[str, Any]]:
   """One row per method x criterion: value (95% CI), baseline, test, p-values, verdict."""
   index = index_records(records)
-  s = study.config.study
-  rules = rules_from_config(study.config)
+  s = study_config
+  rules = rules_from_config(study_config)
   rows = []
   for criterion, rule in rules.items():
-    source = {"randomization": "cascading_randomization"}.get(criterion, criterion)
-    ids = _ids(index, source)
+    source = {Criterion.RANDOMIZATION: Measure.CASCADING}.get(criterion, criterion)
+    ids = image_ids(index, source)
     criterion_rows, results = [], {}
-    for method in study.method_names():
+    for method in manifest.methods:
       values, baseline, baseline_name = criterion_values(
-          index, study, criterion, method, rule["metric"], ids)
+          index, manifest, criterion, method, rule["metric"], ids)
       row = dict(criterion=criterion, method=method, metric=rule["metric"],
                  baseline_name=baseline_name, rule=rule["text"],
                  alternative=rule["alternative"])
-      row.update(_describe(values, "value", seed=study.config.seed,
-                           resamples=s.bootstrap_resamples))
-      row.update(_describe(baseline, "baseline", seed=study.config.seed,
-                           resamples=s.bootstrap_resamples))
+      row.update(_describe(values, "value", seed=seed, resamples=s.bootstrap_resamples))
+      row.update(_describe(baseline, "baseline", seed=seed, resamples=s.bootstrap_resamples))
       results[method] = _paired_test(values, baseline, rule)
       criterion_rows.append(row)
     _apply_tests(criterion_rows, results, s.correction, s.alpha)
@@ -122,7 +137,7 @@ def scorecard(records, study) -> List[Dict[str, Any]]:
   return rows
 
 
-def _describe(values: np.ndarray, prefix: str, *, seed: int, resamples: int) -> Dict[str, Any]:
+def _describe(values: np.ndarray, prefix: str, *, seed: int, resamples: int) -> dict[str, Any]:
   """Mean, std and bootstrap 95% CI of the defined values; NaN (undefined) excluded, counted."""
   summary = statistics.summarize(values)
   ci = statistics.bootstrap_ci(values, seed=seed, n_resamples=resamples)
@@ -142,7 +157,7 @@ def _paired_test(values: np.ndarray, baseline: np.ndarray, rule) -> statistics.T
   return _TESTS[test](values, baseline, alternative=rule["alternative"])
 
 
-def _apply_tests(rows: List[Dict[str, Any]], results: Dict[str, statistics.TestResult],
+def _apply_tests(rows: list[dict[str, Any]], results: dict[str, statistics.TestResult],
                  correction: str, alpha: float) -> None:
   """Adds each row's test, corrected p-value and verdict (PASS/FAIL/N/A)."""
   tested = {m: r for m, r in results.items() if np.isfinite(r.pvalue)}
@@ -160,20 +175,21 @@ def _apply_tests(rows: List[Dict[str, Any]], results: Dict[str, statistics.TestR
       row.update(p_adjusted=None, correction=None, verdict="N/A")
 
 
-def _finite_or_none(value) -> Optional[float]:
+def _finite_or_none(value) -> float | None:
   return float(value) if value is not None and np.isfinite(value) else None
 
 
-def rules_from_config(config) -> Dict[str, Dict[str, Any]]:
+def rules_from_config(study_config: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
+  """The verdict rules: DEFAULT_RULES updated by `study_config.rules`."""
   rules = {k: dict(v) for k, v in DEFAULT_RULES.items()}
-  overrides = config.study.get("rules", None)
+  overrides = study_config.get("rules", None)
   if overrides:
     for criterion, rule in overrides.to_dict().items():
       rules.setdefault(criterion, {}).update(rule)
   return rules
 
 
-def curves(records, study) -> Dict[str, Any]:
+def curves(records, manifest: Manifest) -> dict[str, Any]:
   """Randomization curves, {metric: {architecture: {method: curve}}}.
 
   A curve holds, per cascading step, the mean and std over replicates of each replicate's
@@ -181,32 +197,35 @@ def curves(records, study) -> Dict[str, Any]:
   replicates), and the independent-randomization curve (Adebayo et al.) where it was run.
   """
   index = index_records(records)
-  archs: Dict[str, list] = collections.OrderedDict()
-  for clf in study.classifiers():
+  archs: dict[str, list] = collections.OrderedDict()
+  for clf in manifest.classifiers:
     archs.setdefault(clf.arch, []).append(clf)
 
   def image_mean(criterion, metric, method, model, state):
-    return _nanmean(list(index.get((criterion, metric, method, model, state), {}).values()))
+    key = RecordKey(criterion, metric, method, model, state)
+    return _nanmean(list(index.get(key, {}).values()))
 
-  out: Dict[str, Any] = {}
+  out: dict[str, Any] = {}
   for metric in ("ssim", "spearman_abs"):
     for arch, clfs in archs.items():
-      steps = study.cascade_steps(clfs[0])
-      blocks = list(clfs[0].module.block_names)
-      for method in study.method_names():
-        cascade = np.array([[_none_to_nan(image_mean("cascading_randomization", metric,
+      if not clfs[0].block_names:
+        continue  # nothing was randomized (the report says why)
+      steps = manifest.cascade_steps(clfs[0])
+      blocks = list(clfs[0].block_names)
+      for method in manifest.methods:
+        cascade = np.array([[_none_to_nan(image_mean(Measure.CASCADING, metric,
                                                      method, c.name, step))
                              for step in steps] for c in clfs])
         mean, std = _column_mean_std(cascade)
         independent = np.array([[_none_to_nan(image_mean(
-            "independent_randomization", metric, method, c.name, INDEPENDENT_PREFIX + b))
+            Measure.INDEPENDENT, metric, method, c.name, independent_state(b)))
             for b in blocks] for c in clfs])
         has_independent = np.isfinite(independent).any()
         out.setdefault(metric, {}).setdefault(arch, {})[method] = dict(
             steps=[s.replace(CASCADE_PREFIX, "") for s in steps],
             mean=_list(mean), std=_list(std), replicates=[c.name for c in clfs],
-            baseline=_nanmean([_none_to_nan(image_mean("random_pairs", metric, method,
-                                                       c.name, "baseline")) for c in clfs]),
+            baseline=_nanmean([_none_to_nan(image_mean(Measure.RANDOM_PAIRS, metric, method,
+                                                       c.name, State.BASELINE)) for c in clfs]),
             independent=dict(steps=blocks, mean=_list(_column_mean_std(independent)[0]))
             if has_independent else None)
   return out
@@ -216,46 +235,48 @@ def _none_to_nan(value) -> float:
   return np.nan if value is None else value
 
 
-def _column_mean_std(arr: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+def _column_mean_std(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """Column mean and (population) std over the defined entries; NaN where a column has none."""
   mean = criteria.mean_of_defined(arr, axis=0)
   return mean, np.sqrt(criteria.mean_of_defined((arr - mean) ** 2, axis=0))
 
 
-def _nanmean(values) -> Optional[float]:
+def _nanmean(values) -> float | None:
   return _finite_or_none(float(criteria.mean_of_defined(values)))
 
 
-def _list(arr) -> List[Optional[float]]:
+def _list(arr) -> list[float | None]:
   return [float(v) if np.isfinite(v) else None for v in arr]
 
 
-def utility_table(records, study) -> List[Dict[str, Any]]:
+def utility_table(records, manifest: Manifest) -> list[dict[str, Any]]:
   """Mean localization metrics of every method (trained, untrained) and the baselines."""
   index = index_records(records)
-  ids = _ids(index, "utility")
-  models = list(study.config.study.utility_models)
+  ids = image_ids(index, Measure.UTILITY)
+  models = manifest.utility_models
   rows = []
-  entries = [(m, "trained", [(x, ORIGINAL) for x in models]) for m in study.method_names()]
-  entries += [(m, "untrained", [(x, UNTRAINED) for x in models])
-              for m in study.method_names()]
-  entries.append((AVERAGE_MASK, "baseline", [("-", "baseline")]))
-  entries.append((LOCALIZATION_METHOD, "baseline",
-                  [(x, "baseline") for x in _models(index, "utility", LOCALIZATION_METHOD)]))
+  entries = [(m, "trained", [(x, State.ORIGINAL) for x in models]) for m in manifest.methods]
+  entries += [(m, "untrained", [(x, State.UNTRAINED) for x in models])
+              for m in manifest.methods]
+  entries.append((Baseline.AVERAGE_MASK, State.BASELINE, [(NO_MODEL, State.BASELINE)]))
+  loc_models = models_of(index, Measure.UTILITY, Baseline.LOCALIZATION)
+  entries.append((Baseline.LOCALIZATION, State.BASELINE,
+                  [(x, State.BASELINE) for x in loc_models]))
   for method, state, selection in entries:
     row = dict(method=method, state=state)
     for metric in ("auprc", "pointing_game", "iou_otsu"):
-      values = per_image(index, "utility", metric, method, selection, ids)
+      values = per_image(index, Measure.UTILITY, metric, method, selection, ids)
       row[metric] = _nanmean(values)
       row[f"{metric}_excluded"] = int((~np.isfinite(values)).sum())
     rows.append(row)
   return rows
 
 
-def summarize_study(records, study) -> Dict[str, Any]:
+def summarize_study(records, manifest: Manifest, study_config: ml_collections.ConfigDict, *,
+                    seed: int) -> dict[str, Any]:
   return dict(
-      scorecard=scorecard(records, study),
-      rules=rules_from_config(study.config),
-      curves=curves(records, study),
-      utility=utility_table(records, study),
+      scorecard=scorecard(records, manifest, study_config, seed=seed),
+      rules=rules_from_config(study_config),
+      curves=curves(records, manifest),
+      utility=utility_table(records, manifest),
   )
