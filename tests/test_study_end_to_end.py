@@ -42,7 +42,9 @@ def test_scorecard_covers_every_method_and_criterion(finished_study):
                    | {(m, "smooth_mprt") for m in smoothed})
   for row in summary["scorecard"]:
     assert row["verdict"] in ("PASS", "FAIL", "N/A")
-    if row["verdict"] != "N/A":
+    if row["criterion"] == "input_invariance":   # a property of every map, not a test
+      assert row["test"] == "every image" and row["p_value"] is None
+    elif row["verdict"] != "N/A":
       assert row["test"].startswith("Wilcoxon") and row["p_adjusted"] is not None
 
 

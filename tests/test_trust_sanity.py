@@ -80,10 +80,13 @@ def test_input_invariance_rule_compares_with_one_minus_tolerance():
     config.sanity[check].enabled = False
   config.sanity.input_invariance.models = ("B1",)
   config.sanity.input_invariance.tolerance = 0.05
-  n = 10
+  n = 3
   records = (_records("input_invariance", "GRAD", "B1", "input_shifted", "ssim", np.ones(n))
              + _records("input_invariance", "IG", "B1", "input_shifted", "ssim",
                         np.linspace(0.3, 0.99, n)))
   rows = {r["method"]: r for r in _scorecard(records, config)}
+  # Every image must meet the floor: no test, so a handful of images can pass.
   assert rows["GRAD"]["verdict"] == "PASS" and rows["IG"]["verdict"] == "FAIL"
   assert rows["GRAD"]["baseline"] == pytest.approx(0.95)
+  assert rows["IG"]["statistic"] == pytest.approx(np.mean(np.linspace(0.3, 0.99, n) >= 0.95))
+  assert rows["GRAD"]["p_value"] is None and rows["GRAD"]["pairs"] == n

@@ -169,7 +169,9 @@ def build_sections(manifest: Manifest, config: ml_collections.ConfigDict, workdi
            f"{tests.get(r['test'], r['test'])} over images paired with the baseline, "
            f"alternative '{r['alternative']}', {corrections.get(s.correction, s.correction)}-"
            f"corrected across methods, "
-           f"alpha = {s.alpha})." for c, r in summary["rules"].items()]
+           f"alpha = {s.alpha})." if r["test"] != "every_image" else
+           f"**{c}**: PASS when {r['text']} on every image (metric {r['metric'].upper()}, no "
+           f"test: a property each map must have)." for c, r in summary["rules"].items()]
   sections = [
       ("Scorecard", [
           "Each cell: the method's mean over images [bootstrap 95% CI] vs the baseline's "

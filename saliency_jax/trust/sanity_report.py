@@ -11,12 +11,12 @@ from saliency_jax.trust.sanity import RANDOM_ORDER
 plt = figures_lib.plt
 
 TITLES = {
-    "data_randomization": "Data randomization (Adebayo et al. 2018)",
-    "smooth_mprt": "Smooth MPRT (Hedström et al. 2023)",
-    "efficient_mprt": "Efficient MPRT (Hedström et al. 2023)",
-    "random_logit": "Random logit (Sixt et al. 2020)",
-    "input_invariance": "Input invariance (Kindermans et al. 2019)",
-    "faithfulness": "Faithfulness: deletion (Petsiuk et al. 2018)",
+    "data_randomization": "Data randomization",
+    "smooth_mprt": "Smooth MPRT",
+    "efficient_mprt": "Efficient MPRT",
+    "random_logit": "Random logit",
+    "input_invariance": "Input invariance",
+    "faithfulness": "Faithfulness: deletion",
 }
 CAPTIONS = {
     "data_randomization": ("SSIM between the trained model's maps and the maps of the same "
