@@ -324,11 +324,11 @@ class Study:
     return config
 
   def stage_train(self) -> None:
-    from saliency_jax.trust import sanity  # pylint: disable=g-import-not-at-top
+    from saliency_jax.trust import sanity_maps  # pylint: disable=g-import-not-at-top
     summary = {c.name: {"arch": c.arch, "val_auc": c.val_auc} for c in self.classifiers()}
     summary.update({c.name: {"arch": c.arch, "val_dice": c.val_auc} for c in self.localizers()})
     summary.update({c.name: {"arch": c.arch, "val_auc_permuted_labels": c.val_auc}
-                    for c in sanity.permuted_classifiers(self).values()})
+                    for c in sanity_maps.permuted_classifiers(self).values()})
     with open(os.path.join(self.workdir, "models", "summary.json"), "w") as f:
       json.dump(summary, f, indent=2)
     for name, entry in summary.items():
@@ -446,8 +446,8 @@ class Study:
         self._generate(self.store_path(set_name, loc.name, State.ORIGINAL, Baseline.LOCALIZATION),
                        SegmentationOutput(), fns, image_set, loc.style,
                        np.zeros(len(image_set.ids), np.int32), {}, key)
-    from saliency_jax.trust import sanity  # pylint: disable=g-import-not-at-top
-    sanity.generate_maps(self, key)
+    from saliency_jax.trust import sanity_maps  # pylint: disable=g-import-not-at-top
+    sanity_maps.generate_maps(self, key)
     if self.config.study.external_maps:
       found = external.import_maps(
           self.config.study.external_maps,
