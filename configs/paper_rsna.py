@@ -1,10 +1,33 @@
-"""The paper's study on the RSNA Pneumonia Detection Challenge (boxes rasterized as masks).
+"""The paper's study on the RSNA Pneumonia Detection Challenge.
 
   python -m launch.run_all --config=configs/paper_rsna.py --workdir=/runs/rsna \
       --config.data.data_dir=/data/tfds --config.data.name=rsna_pneumonia/<config>
+
+The localization baseline is the authors' for RSNA: two RetinaNets (ResNet-50 backbone, FPN
+P3-P7, the paper's anchors) trained with different seeds on the boxes; each one's per-pixel
+score map is the utility baseline, and their agreement the repeatability baseline. ImageNet
+initialization of the backbone: pass the Keras ResNet50 notop weight file you downloaded,
+--config.weights.resnet50=/weights/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5.
+The U-Net on rasterized boxes stays available: --config.localization.arch=unet with the
+U-Net settings of configs/paper_siim.py.
 """
+import ml_collections
+
 from configs import paper_siim
 
 
 def get_config():
-  return paper_siim.get_config("rsna_pneumonia")
+  config = paper_siim.get_config("rsna_pneumonia")
+  config.weights.resnet50 = ""
+  loc = ml_collections.ConfigDict()
+  loc.arch = "retinanet"
+  loc.seeds = (1, 2)
+  loc.kwargs = dict()                  # ResNet-50, 256-wide FPN and subnets, anchors 32-512
+  loc.train = ml_collections.ConfigDict(config.train.to_dict())
+  loc.train.batch_size = 16
+  loc.train.learning_rate = 1e-4       # Adam
+  loc.train.num_steps = 20000
+  loc.train.max_boxes = 4              # RSNA images hold at most 4 boxes
+  loc.train.box_loss = "smooth_l1"
+  config.localization = loc
+  return config

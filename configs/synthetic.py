@@ -2,6 +2,7 @@
 
   python -m launch.run_all                                  # this config, runs/synthetic/
   python -m launch.run_all --config=configs/synthetic.py --workdir=runs/synthetic
+  python -m launch.run_all --config=configs/synthetic.py:retinanet   # RetinaNet baseline
 
 Method settings are reduced from the paper's (fewer SmoothGrad samples, IG steps, XRAI
 segmentation at the image size) so the whole study fits in about ten minutes on a CPU;
@@ -9,10 +10,31 @@ configs/paper_*.py keep the authors' settings.
 """
 import ml_collections
 
+from saliency_jax.metrics import chexlocalize
+
 from saliency_jax.trust import verdicts
 
 
-def get_config() -> ml_collections.ConfigDict:
+def detector_localization(train: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The RetinaNet localization baseline sized for 64-pixel images on a CPU: a narrow, shallow
+  Keras-style ResNet, anchors from 8 pixels (P3) up, two replicates."""
+  loc = ml_collections.ConfigDict()
+  loc.arch = "retinanet"
+  loc.seeds = (1, 2)
+  loc.kwargs = dict(stem_width=16, widths=(16, 16, 32, 32), blocks=(1, 1, 1, 1),
+                    fpn_width=32, head_depth=2, anchor_sizes=(8, 16, 32, 64, 128))
+  loc.train = ml_collections.ConfigDict(train.to_dict())
+  loc.train.num_steps = 800
+  loc.train.batch_size = 16
+  loc.train.learning_rate = 1e-3
+  loc.train.eval_every = 200
+  loc.train.max_boxes = 4        # synthetic images hold at most 3 lesions
+  loc.train.box_loss = "smooth_l1"
+  return loc
+
+
+def get_config(localization: str = "unet") -> ml_collections.ConfigDict:
+  """localization: "unet" (default) or "retinanet" (`--config=configs/synthetic.py:retinanet`)."""
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.workdir = "runs/synthetic"
@@ -57,6 +79,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.localization.train.num_steps = 150
   config.localization.train.batch_size = 16
   config.localization.train.learning_rate = 2e-3
+  if localization == "retinanet":
+    config.localization = detector_localization(config.train)
+  elif localization != "unet":
+    raise ValueError(f"localization must be 'unet' or 'retinanet', got {localization!r}.")
 
   config.methods = ml_collections.ConfigDict()
   config.methods.names = ("GRAD", "SG", "IG", "SIG", "GCAM", "XRAI", "GBP", "GGCAM")
@@ -85,6 +111,20 @@ def get_config() -> ml_collections.ConfigDict:
   config.study.chunk_size = 32
   config.study.map_dtype = "float32"
   config.study.external_maps = ""         # directory of maps from another framework
+  # Checks beyond the paper's four criteria (criteria stage; README "Checks beyond the paper").
+  # Control maps scored by every criterion like a method (Binder et al. 2023).
+  config.study.controls = ml_collections.ConfigDict(dict(
+      enabled=True, names=("NOISE", "SOBEL", "BLOB", "AVERAGE_MASK"),
+      blob_sigma=0.25))                   # BLOB's sigma, a fraction of the shorter side
+  # CheXlocalize's localization metrics (Saporta et al. 2022).
+  config.study.chexlocalize = ml_collections.ConfigDict(dict(
+      enabled=True, validation_images=0,  # positive validation images for tuning; 0: all
+      thresholds=chexlocalize.TUNING_THRESHOLDS))  # CheXlocalize's arange(0.2, 0.8, 0.1)
+  # The verdict rules re-run over a grid of protocol choices.
+  config.study.robustness = ml_collections.ConfigDict(dict(
+      enabled=True, grayscale=("configured", "no_clip", "diverging"),
+      similarity=("ssim", "spearman_abs", "spearman", "hog", "top_k_iou"),
+      ssim_data_ranges=(1.0, 2.0), top_k_fraction=0.1))
 
   # Sanity checks beyond the paper (saliency_jax.trust.sanity), each switchable.
   config.sanity = ml_collections.ConfigDict()

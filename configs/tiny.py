@@ -1,12 +1,14 @@
 """A tiny study for the end-to-end test: every stage, every method, seconds per stage.
 
   python -m launch.run_all --config=configs/tiny.py --workdir=/tmp/tiny
+  python -m launch.run_all --config=configs/tiny.py:retinanet --workdir=/tmp/tiny_detector
 """
 from configs import synthetic
 
 
-def get_config():
-  config = synthetic.get_config()
+def get_config(localization: str = "unet"):
+  """localization: "unet" (default) or "retinanet" (the detector baseline, every stage)."""
+  config = synthetic.get_config(localization)
   config.workdir = "runs/tiny"
   d = config.data
   d.image_size, d.num_train, d.num_val, d.num_test = 32, 96, 32, 24
@@ -17,7 +19,12 @@ def get_config():
       dict(name="B1", arch="small_densenet", seed=1,
            kwargs=dict(stem_width=4, growth_rate=4, layers_per_block=(2, 2))),
   ]
-  config.localization.kwargs = dict(depth=2, base_width=8)
+  if localization == "retinanet":
+    config.localization.kwargs = dict(stem_width=4, widths=(4, 4, 8, 8), blocks=(1, 1, 1, 1),
+                                      fpn_width=8, head_depth=1,
+                                      anchor_sizes=(8, 16, 32, 64, 128))
+  else:
+    config.localization.kwargs = dict(depth=2, base_width=8)
   config.train.num_steps = 6
   config.train.batch_size = 16
   config.train.eval_every = 6
@@ -37,6 +44,9 @@ def get_config():
   config.study.bootstrap_resamples = 100
   config.study.chunk_size = 8
   config.study.num_example_images = 2
+  # One extra grayscale variant (its maps are the checks' main cost), few validation images.
+  config.study.robustness.grayscale = ("configured", "diverging")
+  config.study.chexlocalize.validation_images = 8
   sanity = config.sanity
   sanity.data_randomization.models = ("A1",)
   sanity.smooth_mprt.samples = 2

@@ -43,6 +43,9 @@ import jax.numpy as jnp
 import numpy as np
 from saliency import core as pair
 
+from launch.timing import best_of as _best_of
+from launch.timing import best_times as _best_times
+from launch.timing import block as _block
 from saliency_jax import attributions
 from saliency_jax import models
 from saliency_jax.attributions import pair_interop
@@ -87,35 +90,8 @@ _FAITHFULNESS_STEPS = flags.DEFINE_integer("faithfulness_steps", 16,
                                            "Deletion / insertion steps.")
 
 
-def _best_times(fns, repeats, min_seconds=1.0):
-  """Best time of each of `fns`, called in turn (so that a change of the shared CPU's speed
-  affects all alike) at least `repeats` times and until the first has run `min_seconds` in all
-  (one call of 40 ms varies by 10%). Returns (best times, results of the last calls)."""
-  best, results = [float("inf")] * len(fns), [None] * len(fns)
-  spent, done = 0.0, 0
-  while done < repeats or spent < min_seconds:
-    for i, fn in enumerate(fns):
-      start = time.perf_counter()
-      results[i] = fn()
-      elapsed = time.perf_counter() - start
-      best[i] = min(best[i], elapsed)
-      spent += elapsed if i == 0 else 0.0
-    done += 1
-  return best, results
-
-
-def _best_of(fn, repeats):
-  (best,), (result,) = _best_times([fn], repeats)
-  return best, result
-
-
 def _fmt(value, width, digits):
   return f"{'-':>{width}s}" if value is None else f"{value:{width}.{digits}f}"
-
-
-def _block(x):
-  return jax.tree.map(lambda a: a.block_until_ready() if hasattr(a, "block_until_ready")
-                      else a, x)
 
 
 def _patch_pair_quantile():

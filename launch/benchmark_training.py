@@ -13,6 +13,12 @@ import json
 
 from absl import app
 from absl import flags
+import jax
+from jax.sharding import Mesh
+import numpy as np
+
+from launch.train_step_timing import train_step_time
+from saliency_jax.train import steps
 
 _MODELS = flags.DEFINE_list("models", ["small_vgg", "small_densenet"], "Models to time.")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 64, "Image side.")
@@ -27,19 +33,14 @@ _JSON = flags.DEFINE_string("json", None, "Write the records here.")
 
 def main(argv):
   del argv
-  import jax  # pylint: disable=g-import-not-at-top
   # Must precede the first use of the backend; it only affects the CPU backend.
   jax.config.update("jax_num_cpu_devices", _CPU_DEVICES.value)
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from jax.sharding import Mesh  # pylint: disable=g-import-not-at-top
-
   from saliency_jax import models  # pylint: disable=g-import-not-at-top
-  from saliency_jax import train  # pylint: disable=g-import-not-at-top
 
   devices = jax.local_devices()
-  meshes = {"1 device": Mesh(np.asarray(devices[:1]), (train.DATA_AXIS,))}
+  meshes = {"1 device": Mesh(np.asarray(devices[:1]), (steps.DATA_AXIS,))}
   if len(devices) > 1:
-    meshes[f"{len(devices)} devices"] = Mesh(np.asarray(devices), (train.DATA_AXIS,))
+    meshes[f"{len(devices)} devices"] = Mesh(np.asarray(devices), (steps.DATA_AXIS,))
   shape = (_IMAGE_SIZE.value, _IMAGE_SIZE.value, _CHANNELS.value)
   print(f"backend {jax.default_backend()}: {devices[0].device_kind} x{len(devices)}; "
         f"batch {_BATCH.value}, {shape}, {_DTYPE.value}")
@@ -49,9 +50,8 @@ def main(argv):
   for name in _MODELS.value:
     base = None
     for label, mesh in meshes.items():
-      result = train.benchmark_train_step(models.create(name), shape,
-                                          batch_size=_BATCH.value, mesh=mesh,
-                                          num_steps=_STEPS.value, dtype=_DTYPE.value)
+      result = train_step_time(models.create(name), shape, batch_size=_BATCH.value,
+                               mesh=mesh, num_steps=_STEPS.value, dtype=_DTYPE.value)
       base = base or result["step_s"]
       ratio = result["step_s"] / base
       print(f"{name:<16}{label:<12}{1e3 * result['step_s']:>10.1f}"

@@ -36,6 +36,7 @@ from absl import flags
 import jax
 
 from saliency_jax import maps
+from saliency_jax import multihost
 from saliency_jax.maps import demo
 
 _STORE = flags.DEFINE_string("store", None, "Directory of the map store.", required=True)
@@ -90,11 +91,7 @@ def main(argv):
     _print_status(_STORE.value)
     return
   if _DISTRIBUTED.value:
-    # CPU hosts need a collectives library for the final barrier; accelerators ignore this.
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
-                               num_processes=_NUM_PROCESSES.value,
-                               process_id=_PROCESS_ID.value)
+    multihost.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   model_fns, images, targets, indices, ids = demo.tiny_problem(
       seed=_SEED.value, num_images=_NUM_IMAGES.value, height=_HEIGHT.value,
       width=_WIDTH.value, channels=_CHANNELS.value)
@@ -107,10 +104,12 @@ def main(argv):
         f.write(f"{index} {seconds:.4f}\n")
     time.sleep(_CHUNK_DELAY_S.value)
 
+  plan = maps.MapPlan(chunk_size=_CHUNK_SIZE.value, dtype=_DTYPE.value, mesh=mesh,
+                      prepared_dir=_PREPARED_DIR.value, on_chunk=on_chunk)
   store = maps.generate_maps(
-      _STORE.value, _method(_METHOD.value), model_fns, images, targets, indices, ids,
-      key=jax.random.key(_KEY_SEED.value), chunk_size=_CHUNK_SIZE.value, dtype=_DTYPE.value,
-      mesh=mesh, prepared_dir=_PREPARED_DIR.value, on_chunk=on_chunk)
+      _STORE.value, _method(_METHOD.value), model_fns,
+      maps.MapInputs(images, targets, indices, ids), key=jax.random.key(_KEY_SEED.value),
+      plan=plan)
   print(store)
 
 

@@ -1,4 +1,10 @@
 """XRAI vs PAIR saliency.core: segments, "full" and "fast" selection, the whole method."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 from saliency import core as pair
@@ -141,6 +147,85 @@ def test_xrai_ig_cpu_plan_windows_equal_one_program():
                                                         steps=7))
   assert eager.shape == images.shape
   np.testing.assert_allclose(eager, whole, rtol=1e-5, atol=1e-7 * np.abs(whole).max())
+
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+_PLAIN_SCRIPT = """
+import sys
+import numpy as np
+from saliency_jax import attributions
+print("script body ran", flush=True)
+rng = np.random.default_rng(0)
+images = rng.uniform(-1, 1, (2, 20, 18, 1)).astype(np.float32)
+base = rng.normal(size=(2, 20, 18)).astype(np.float32)
+maps = attributions.xrai(None, images, attributions=base, workers=2, segment_resize=None)
+np.save(sys.argv[1], maps)
+"""
+
+
+def _script_env():
+  return {**os.environ, "JAX_PLATFORMS": "cpu",
+          "PYTHONPATH": os.pathsep.join([_ROOT, os.environ.get("PYTHONPATH", "")])}
+
+
+def test_xrai_from_a_plain_script_without_a_main_guard(tmp_path):
+  # As PAIR users write scripts: worker processes must not run the caller's script again.
+  script = tmp_path / "plain.py"
+  script.write_text(_PLAIN_SCRIPT)
+  out = subprocess.run([sys.executable, str(script), str(tmp_path / "maps.npy")],
+                       capture_output=True, text=True, timeout=300, env=_script_env(),
+                       cwd=str(tmp_path))
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.stdout.count("script body ran") == 1, out.stdout
+  rng = np.random.default_rng(0)
+  images = rng.uniform(-1, 1, (2, 20, 18, 1)).astype(np.float32)
+  base = rng.normal(size=(2, 20, 18)).astype(np.float32)
+  serial = attributions.xrai(None, images, attributions=base, workers=1, segment_resize=None)
+  np.testing.assert_array_equal(np.load(tmp_path / "maps.npy"), serial)
+
+
+_POOL_SCRIPT = """
+import time
+import numpy as np
+from saliency_jax.attributions import xrai_segments
+if __name__ == "__main__":
+  xrai_segments.segment_batch(np.zeros((2, 16, 16, 1), np.float32) + np.arange(16)[:, None],
+                              workers=2, resize=None)
+  print("workers", *sorted(xrai_segments._POOL._processes), flush=True)
+  time.sleep(600)
+"""
+
+
+def _alive(pid):
+  try:
+    with open(f"/proc/{pid}/status") as f:
+      return "\\nState:\\tZ" not in f.read()
+  except FileNotFoundError:
+    return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
+def test_segmentation_workers_die_with_a_killed_parent(tmp_path):
+  script = tmp_path / "pool.py"
+  script.write_text(_POOL_SCRIPT)
+  job = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                         env=_script_env(), cwd=str(tmp_path))
+  try:
+    line = job.stdout.readline()
+    assert line.startswith("workers"), line
+    workers = [int(p) for p in line.split()[1:]]
+    assert workers and all(_alive(p) for p in workers)
+  finally:
+    job.kill()
+    job.wait()
+  deadline = time.monotonic() + 20
+  while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+    time.sleep(0.1)
+  orphans = [p for p in workers if _alive(p)]
+  for p in orphans:
+    os.kill(p, signal.SIGKILL)
+  assert not orphans, f"segmentation workers {orphans} outlived their parent"
 
 
 @pytest.mark.parametrize("area", [1.0, 0.3])

@@ -148,3 +148,25 @@ def test_shard_indices_and_bad_arguments():
     make_dataset(_source(2), batch_size=1, shard_index=0, shard_count=3)
   with pytest.raises(ValueError, match="batch_size"):
     make_dataset(_source(4), batch_size=0)
+
+
+@pytest.mark.parametrize("hosts", [2, 3])
+def test_hosts_together_read_the_global_batches_of_one_process(hosts):
+  # Global batch k of one process, split in host order: what hosts' batches k make together
+  # (the mesh puts host 0's rows first), over several epochs (11 examples, not a multiple).
+  local = 2
+  one = _indices(make_dataset(_source(11), batch_size=local * hosts, seed=5,
+                              shard_by_process=False), 9)
+  parts = [_indices(make_dataset(_source(11), batch_size=local, seed=5, shard_index=h,
+                                 shard_count=hosts), 9) for h in range(hosts)]
+  together = [sum((parts[h][k] for h in range(hosts)), []) for k in range(9)]
+  assert together == one
+  # A host resumes its part from a checkpointed iterator state, as training does.
+  it = iter(make_dataset(_source(11), batch_size=local, seed=5, shard_index=1,
+                         shard_count=hosts))
+  for _ in range(4):
+    next(it)
+  resumed = iter(make_dataset(_source(11), batch_size=local, seed=5, shard_index=1,
+                              shard_count=hosts))
+  resumed.set_state(it.get_state())
+  assert [next(resumed)["index"].tolist() for _ in range(3)] == parts[1][4:7]

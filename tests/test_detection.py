@@ -176,6 +176,15 @@ def test_nms_against_numpy_with_ties(seed):
     assert keep.tolist() == _numpy_nms(boxes, scores, threshold)
 
 
+def test_nms_resolves_a_long_chain_of_suppressions():
+  # Each box overlaps the next by IoU 7/13 > 0.5 and the one after by 4/16: greedy NMS keeps
+  # every other box, which takes the whole chain to decide.
+  boxes = np.array([[0, 3 * i, 10, 3 * i + 10] for i in range(21)], np.float32)
+  scores = np.linspace(1.0, 0.5, 21).astype(np.float32)
+  keep = np.flatnonzero(np.asarray(postprocess.nms(jnp.asarray(boxes), jnp.asarray(scores))))
+  assert keep.tolist() == list(range(0, 21, 2)) == _numpy_nms(boxes, scores, 0.5)
+
+
 def test_detect_equals_the_numpy_pipeline():
   rng = np.random.default_rng(3)
   anchors = boxes_lib.anchors(32, 32, sizes=(8, 16, 32, 64, 128))

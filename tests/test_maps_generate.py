@@ -33,11 +33,19 @@ def _reference_gradient_maps(model_fns, images, targets):
   return np.stack(out)
 
 
+def _run(path, method, model_fns, images, targets, indices=None, ids=None, *, key,
+         settings=None, **plan):
+  """generate_maps with the inputs and the plan's fields as arguments."""
+  return maps.generate_maps(path, method, model_fns,
+                            maps.MapInputs(images, targets, indices, ids), key=key,
+                            settings=settings, plan=maps.MapPlan(**plan))
+
+
 def _generate(path, method, problem, **kwargs):
   model_fns, images, targets, indices, ids = problem
   kwargs.setdefault("chunk_size", 8)
-  return maps.generate_maps(str(path), method, model_fns, images, targets, indices, ids,
-                            key=jax.random.key(7), progress=False, **kwargs)
+  return _run(str(path), method, model_fns, images, targets, indices, ids,
+              key=jax.random.key(7), progress=False, **kwargs)
 
 
 def test_eight_devices_give_the_maps_of_one_device(tmp_path, problem):
@@ -75,7 +83,7 @@ def test_a_noisy_method_gives_the_same_maps_whatever_the_chunks_and_devices(tmp_
                           key=jax.random.key(7), settings=_SG_SETTINGS)
   np.testing.assert_allclose(ref, np.asarray(direct)[::-1], rtol=0, atol=_ATOL)
   # The noise really is per image: another key gives other maps.
-  other = maps.generate_maps(
+  other = _run(
       str(tmp_path / "other"), method, *problem, key=jax.random.key(8), chunk_size=21,
       settings=_SG_SETTINGS, progress=False).read_all()
   assert np.abs(other - ref).max() > 1e-3
@@ -138,7 +146,7 @@ def test_images_from_a_sequence_source_are_loaded_one_chunk_at_a_time(tmp_path, 
 
   source = Source()
   loaded = []
-  store = maps.generate_maps(
+  store = _run(
       str(tmp_path / "s"), demo.DemoGradient(), model_fns, source, targets, indices, ids,
       key=jax.random.key(0), chunk_size=8, progress=False,
       on_chunk=lambda i, s: loaded.append(len(source.reads)))
@@ -182,7 +190,7 @@ def test_prepared_data_is_cached_per_chunk_and_reused_across_model_states(tmp_pa
   cache = str(tmp_path / "prepared")
   results = []
   for name, fns in (("state0", model_fns), ("state1", other_fns)):
-    store = maps.generate_maps(
+    store = _run(
         str(tmp_path / name), method, fns, images, targets, indices, ids,
         key=jax.random.key(0), chunk_size=8, prepared_dir=cache, progress=False,
         mesh=maps.batch_mesh(jax.devices()[:8]))
@@ -190,7 +198,7 @@ def test_prepared_data_is_cached_per_chunk_and_reused_across_model_states(tmp_pa
   assert method.prepare_calls == [8, 8, 5]  # Once per chunk, for the first model state only.
   # Other images (e.g. preprocessed for another architecture) are other cache entries.
   shifted = images + 0.5
-  store = maps.generate_maps(
+  store = _run(
       str(tmp_path / "shifted"), method, model_fns, shifted, targets, indices, ids,
       key=jax.random.key(0), chunk_size=8, prepared_dir=cache, progress=False)
   assert method.prepare_calls == [8, 8, 5] * 2
@@ -203,7 +211,7 @@ def test_prepared_data_is_cached_per_chunk_and_reused_across_model_states(tmp_pa
     np.testing.assert_allclose(got, expected, rtol=0, atol=_ATOL)
   # A caller-provided function replaces `prepare`.
   seen = []
-  store = maps.generate_maps(
+  store = _run(
       str(tmp_path / "given"), method, model_fns, images, targets, indices, ids,
       key=jax.random.key(0), chunk_size=8, progress=False,
       prepared=lambda start, stop, x: seen.append((start, stop)) or [
@@ -227,18 +235,18 @@ def test_bad_inputs_are_refused(tmp_path, problem):
   model_fns, images, targets, indices, ids = problem
   method = demo.DemoGradient()
   with pytest.raises(ValueError, match="targets"):
-    maps.generate_maps(str(tmp_path / "a"), method, model_fns, images, targets[:-1],
+    _run(str(tmp_path / "a"), method, model_fns, images, targets[:-1],
                        key=jax.random.key(0), chunk_size=4, progress=False)
   with pytest.raises(ValueError, match=r"\[N,H,W,C\]"):
-    maps.generate_maps(str(tmp_path / "b"), method, model_fns, images[..., 0], targets,
+    _run(str(tmp_path / "b"), method, model_fns, images[..., 0], targets,
                        key=jax.random.key(0), chunk_size=4, progress=False)
   with pytest.raises(ValueError, match=r"returned maps of shape \(4, 9, 13, 2\)"):
-    maps.generate_maps(str(tmp_path / "d"), _PixelSpaceMethod(), model_fns, images, targets,
+    _run(str(tmp_path / "d"), _PixelSpaceMethod(), model_fns, images, targets,
                        key=jax.random.key(0), chunk_size=4, progress=False)
   assert maps.MapStore.open(str(tmp_path / "d")).missing_chunks() == list(range(6))
   with pytest.raises(ValueError, match="1-D"):
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:4]).reshape(2, 2), ("a", "b"))
-    maps.generate_maps(str(tmp_path / "c"), method, model_fns, images, targets,
+    _run(str(tmp_path / "c"), method, model_fns, images, targets,
                        key=jax.random.key(0), chunk_size=4, progress=False, mesh=mesh)
 
 
@@ -269,7 +277,7 @@ def test_xrai_segments_are_computed_once_for_all_model_states(tmp_path, problem)
   settings = {**xrai.default_settings, "steps": 4, "segment_resize": None, "scales": [50, 100],
               "min_size": 10, "workers": 1}
   for fns, state in ((model_fns, "state0"), (other_fns, "state1")):
-    got = maps.generate_maps(
+    got = _run(
         str(tmp_path / state), method, fns, images, targets, indices, ids,
         key=jax.random.key(0), settings=settings, chunk_size=8, progress=False,
         prepared_dir=str(tmp_path / "prepared"),
@@ -298,3 +306,15 @@ def test_a_rerun_recomputes_a_corrupt_or_replaced_chunk_and_only_it(tmp_path, pr
   np.testing.assert_array_equal(again.read_all(), expected)
   after = os.stat(store.chunk_path(0))
   assert (after.st_ino, after.st_mtime_ns) == (untouched.st_ino, untouched.st_mtime_ns)
+
+
+def test_replace_recomputes_the_maps_of_another_model(tmp_path, problem):
+  method = demo.DemoGradient()
+  first = _generate(tmp_path / "s", method, problem, metadata={"model": "a"}).read_all()
+  with pytest.raises(ValueError, match="other maps"):
+    _generate(tmp_path / "s", method, problem, metadata={"model": "b"})
+  written = []
+  again = _generate(tmp_path / "s", method, problem, metadata={"model": "b"}, replace=True,
+                    on_chunk=lambda i, s: written.append(i))
+  assert written == [0, 1, 2] and again.metadata["model"] == "b"
+  np.testing.assert_array_equal(again.read_all(), first)  # Same model really: same maps.

@@ -88,8 +88,8 @@ def test_a_killed_job_restarts_where_it_stopped(tmp_path):
       seed=_FLAGS["seed"], num_images=_FLAGS["num_images"], height=_FLAGS["height"],
       width=_FLAGS["width"], channels=_FLAGS["channels"])
   whole = maps.generate_maps(
-      str(tmp_path / "whole"), demo.DEMO_METHODS["DEMO_GRAD"], model_fns, images, targets,
-      indices, ids, key=jax.random.key(_FLAGS["key_seed"]), chunk_size=_FLAGS["num_images"],
-      progress=False)
+      str(tmp_path / "whole"), demo.DEMO_METHODS["DEMO_GRAD"], model_fns,
+      maps.MapInputs(images, targets, indices, ids), key=jax.random.key(_FLAGS["key_seed"]),
+      plan=maps.MapPlan(chunk_size=_FLAGS["num_images"], progress=False))
   np.testing.assert_allclose(store.read_all(), whole.read_all(), rtol=0, atol=1e-6)
   np.testing.assert_array_equal(store.ids, ids)

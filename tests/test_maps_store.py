@@ -268,3 +268,14 @@ def test_a_full_disk_says_so_names_the_file_and_that_a_rerun_resumes(tmp_path, m
   assert store.missing_chunks() == [2]  # The rerun finds what is left to do.
   store.write_chunk(2, maps[8:])
   np.testing.assert_array_equal(store.read_all(), maps)
+
+
+def test_replace_swaps_a_store_of_other_maps_for_an_empty_one(tmp_path):
+  store, _ = _filled(tmp_path / "s")
+  same = _create(tmp_path / "s", replace=True)
+  assert same.complete  # The same description: kept, chunks and all.
+  other = _create(tmp_path / "s", ids=[f"x{i}" for i in range(11)], replace=True)
+  assert other.missing_chunks() == [0, 1, 2]
+  np.testing.assert_array_equal(MapStore.open(str(tmp_path / "s")).ids, other.ids)
+  assert _create(tmp_path / "s", metadata={"model": "b"}, replace=True).missing_chunks() == [
+      0, 1, 2]

@@ -98,6 +98,32 @@ def test_sanity_checks_leave_their_traces(finished_study):
   assert faithful == {"deletion_auc", "insertion_auc", "road_morf", "road_lerf", "sic", "aic"}
 
 
+def test_the_checks_beyond_the_paper_run_in_the_study(finished_study):
+  _, workdir, _ = finished_study
+  with open(os.path.join(workdir, "summary.json")) as f:
+    summary = json.load(f)
+  with open(os.path.join(workdir, "results.json")) as f:
+    records = json.load(f)
+  methods = {r["method"] for r in records}
+  assert {f"control:{c}" for c in ("NOISE", "SOBEL", "BLOB", "AVERAGE_MASK")} <= methods
+  assert {r["metric"] for r in records if r["criterion"] == "chexlocalize"} == {
+      "iou_otsu", "iou_tuned", "hit"}
+  assert set(summary["controls"]["flags"]) == set(METHODS)
+  assert {r["method"] for r in summary["chexlocalize"]["rows"]} >= set(METHODS) | {"UNET"}
+  grid = summary["robustness"]
+  # tiny: 2 grayscales x (SSIM at 2 ranges + 4 other similarities), plus the run itself.
+  assert len(grid["choices"]) == 1 + 2 * 6
+  assert {(r["method"], r["criterion"]) for r in grid["summary"]} == {
+      (m, c) for m in METHODS for c in CRITERIA}
+  assert all(r["status"] in ("holds", "flips", "N/A") for r in grid["summary"])
+  for name in ("controls.png", "chexlocalize.png", "robustness.png"):
+    assert os.path.getsize(os.path.join(workdir, "figures", name)) > 10_000
+  assert os.path.exists(os.path.join(workdir, "robustness.csv"))
+  stores = os.listdir(os.path.join(workdir, "maps", "eval", "A1", "original"))
+  assert "GRAD@diverging" in stores and "GRAD@no_clip" not in stores
+  assert os.path.isdir(os.path.join(workdir, "maps", "validation", "A1", "original", "GRAD"))
+
+
 def test_rerun_skips_every_stage(finished_study):
   _, workdir, _ = finished_study
   env = dict(os.environ, JAX_PLATFORMS="cpu")

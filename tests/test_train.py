@@ -203,7 +203,7 @@ def test_segmenter_trains_and_reports_dice(tmp_path):
 
 
 def test_dice_summary_by_hand():
-  summary = train._SEGMENTER.summarize({
+  summary = train.tasks.SEGMENTER.summarize({
       "intersection": np.array([2.0, 0.0, 0.0]), "predicted": np.array([3.0, 4.0, 0.0]),
       "true": np.array([5.0, 0.0, 2.0]), "loss": np.array([0.5, 0.1, 0.3])})
   # Images with a finding: 2*2/(3+5) = 0.5 and 0/(0+2) = 0; the empty-mask image is excluded.

@@ -63,7 +63,7 @@ def test_batches_carry_padded_boxes():
 
 
 def test_detector_summary_slices_real_boxes_and_detections():
-  task = train._detector_task((8.0, 16.0, 32.0, 64.0, 128.0), SHAPE, 2, "l1")
+  task = train.tasks.detector_task((8.0, 16.0, 32.0, 64.0, 128.0), SHAPE, 2, "l1")
   out = {"det_boxes": np.array([[[0., 0, 10, 10], [5., 5, 9, 9]], [[1., 1, 4, 4], [0, 0, 0, 0]]]),
          "det_scores": np.array([[0.9, 0.3], [0.6, 0.0]]),
          "boxes": np.array([[[0., 0, 10, 12], [0, 0, 0, 0]], [[20., 20, 30, 30], [0, 0, 0, 0]]]),

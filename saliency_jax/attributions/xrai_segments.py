@@ -13,11 +13,18 @@ symmetric and convex); the tests compare the two.
 
 A batch of images is segmented in worker processes (a "forkserver"/"spawn" pool: JAX is not
 fork-safe; the pool is reused across calls), one task per image normalization and then one per
-(image, scale); `workers` <= 1 runs in this process.
+(image, scale); `workers` <= 1 runs in this process. The workers are started without the
+caller's `__main__` (a plain script without a main guard would otherwise run again in each of
+them), end when the process that started them is gone, and leave Ctrl-C to it.
 """
 import concurrent.futures
+import contextlib
 import multiprocessing
 import os
+import signal
+import sys
+import threading
+import time
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -108,6 +115,52 @@ _POOL: Optional[concurrent.futures.ProcessPoolExecutor] = None
 _POOL_WORKERS = 0
 
 
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  try:
+    with open(f"/proc/{pid}/stat") as f:  # Linux: a killed process not yet reaped
+      return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+  except (OSError, IndexError):
+    return True
+
+
+def _watch_parent(pid: int) -> None:
+  while _alive(pid):
+    time.sleep(0.5)
+  os._exit(1)
+
+
+def _worker_init(parent: int) -> None:
+  """Runs first in every worker: the parent handles Ctrl-C, and the worker ends when the
+  parent is gone (killed: a forkserver's workers are not its children, so no pool shutdown
+  and no parent-death signal would reach them)."""
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+
+
+@contextlib.contextmanager
+def _caller_main_hidden():
+  """Processes started inside do not import the caller's `__main__` (multiprocessing would run
+  its script or module again to find functions defined there; the workers need none)."""
+  main = sys.modules.get("__main__")
+  if main is None:
+    yield
+    return
+  saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if k in main.__dict__}
+  main.__dict__.pop("__file__", None)
+  main.__spec__ = None
+  try:
+    yield
+  finally:
+    main.__dict__.pop("__spec__", None)
+    main.__dict__.update(saved)
+
+
 def _pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
   global _POOL, _POOL_WORKERS
   if _POOL is None or _POOL_WORKERS != workers:
@@ -115,9 +168,16 @@ def _pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
       _POOL.shutdown(wait=False, cancel_futures=True)
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-    _POOL = concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    _POOL = concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context,
+                                                   initializer=_worker_init,
+                                                   initargs=(os.getpid(),))
     _POOL_WORKERS = workers
   return _POOL
+
+
+def _submit(pool: concurrent.futures.ProcessPoolExecutor, fn, *args):
+  with _caller_main_hidden():  # the pool starts its workers on demand, in submit
+    return pool.submit(fn, *args)
 
 
 def default_workers() -> int:
@@ -146,13 +206,13 @@ def segment_batch_async(images: np.ndarray, *, workers: Optional[int] = None,
                                           resize=resize, dilation_radius=dilation_radius)
                     for im in images]
   pool = _pool(workers)
-  normalized = [pool.submit(_normalize_image, im, resize) for im in images]
+  normalized = [_submit(pool, _normalize_image, im, resize) for im in images]
 
   def result():
     labels = []
     for fut in normalized:
       im = fut.result()
-      labels.append([pool.submit(_felzenszwalb, im, scale, sigma, min_size)
+      labels.append([_submit(pool, _felzenszwalb, im, scale, sigma, min_size)
                      for scale in scales])
     return [_masks_from_labels([f.result() for f in futs], image.shape[:2],
                                resize is not None, dilation_radius)

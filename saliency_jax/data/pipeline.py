@@ -107,6 +107,13 @@ def shard_indices(num_examples: int, shard_index: int, shard_count: int, *,
   return slice(shard_index, stop, shard_count)
 
 
+def _host_part(index: int, *, dataset, batch_size: int, shard_index: int,
+               shard_count: int):
+  """Example `index` of one host's stream: its rows of each global batch, in order."""
+  batch, row = divmod(index, batch_size)
+  return dataset[(batch * shard_count + shard_index) * batch_size + row]
+
+
 def make_dataset(source: Sequence[dict[str, Any]], *, batch_size: int, seed: int = 0,
                  style: str = "inception", channels: int = 1, shuffle: bool = True,
                  num_epochs: int | None = None, drop_remainder: bool = True,
@@ -127,7 +134,12 @@ def make_dataset(source: Sequence[dict[str, Any]], *, batch_size: int, seed: int
     drop_remainder: drop a last incomplete batch (and, when sharded, the examples that would
       make shards unequal).
     shard_by_process: read only this JAX process's shard (`jax.process_index()` of
-      `jax.process_count()`), unless `shard_index`/`shard_count` say otherwise.
+      `jax.process_count()`), unless `shard_index`/`shard_count` say otherwise. With
+      `drop_remainder`, the examples are shuffled (and repeated) as one process would, and
+      shard k reads the k-th part of every global batch (`batch_size * shard_count`), so the
+      global batches, and so training, do not depend on the number of processes. Without it
+      (evaluation), the shards are strided over the examples, possibly one example apart in
+      size.
     shard_index, shard_count: explicit shard (overrides the process-based one).
     num_threads, prefetch_buffer_size: Grain read options (examples decoded ahead in threads;
       default buffer: two batches).
@@ -147,13 +159,21 @@ def make_dataset(source: Sequence[dict[str, Any]], *, batch_size: int, seed: int
     shard_index, shard_count = jax.process_index(), jax.process_count()
   ds = grain.MapDataset.source(source)
   ds = ds.map_with_index(functools.partial(_with_index, num_examples=len(ds)))
-  if shard_index is not None:
+  global_batches = shard_index is not None and shard_count > 1 and drop_remainder
+  if shard_index is not None and not global_batches:
     ds = ds[shard_indices(len(ds), shard_index, shard_count, equal_sizes=drop_remainder)]
-  if len(ds) == 0:
+  if len(ds) == 0 or (global_batches and len(ds) * (num_epochs or 1) <
+                      batch_size * shard_count):
     raise ValueError("The dataset (or this process's shard of it) is empty.")
   if shuffle:
     ds = ds.shuffle(seed=seed)
   ds = ds.repeat(num_epochs)
+  if global_batches:
+    # Complete global batches only; each holds batch_size examples of every process.
+    local_size = len(ds) // (batch_size * shard_count) * batch_size
+    ds = grain.MapDataset.range(local_size).map(functools.partial(
+        _host_part, dataset=ds, batch_size=batch_size, shard_index=shard_index,
+        shard_count=shard_count))
   ds = ds.map(functools.partial(_model_example, style=style, channels=channels,
                                 max_boxes=max_boxes))
   read_options = grain.ReadOptions(

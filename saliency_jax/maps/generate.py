@@ -1,7 +1,10 @@
 """Maps for a whole dataset: chunked, sharded over devices and hosts, resumable.
 
-`generate_maps` fills a `MapStore` chunk by chunk with `method.compute` (the MapMethod contract
-of saliency_jax.attributions). Each chunk's images are padded to a multiple of the device count,
+  generate_maps(path, method, model_fns, MapInputs(images, targets, indices, ids), key=key,
+                settings=settings, plan=MapPlan(chunk_size=64))
+
+fills a `MapStore` chunk by chunk with `method.compute` (the MapMethod contract of
+saliency_jax.attributions). Each chunk's images are padded to a multiple of the device count,
 split over a 1-D device mesh on the batch axis (`jax.jit` of a `shard_map`, so every device runs
 the method on its own images and nothing is reduced across images) and the padding is dropped.
 Hosts split the chunks: host p computes and writes chunks i with i % process_count == p. The
@@ -16,6 +19,7 @@ and maps plus what the method holds in flight (its in-flight-gradients setting).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -126,7 +130,7 @@ def _jitted_compute(method, settings: dict, mesh: Mesh) -> Callable:
   return fn
 
 
-class _Runner:
+class _ChunkRunner:
   """Runs `method.compute` on one chunk, sharded over `mesh` when the method traces."""
 
   def __init__(self, method, model_fns, settings: dict, mesh: Mesh, key):
@@ -182,132 +186,204 @@ class _Runner:
     return lambda: np.asarray(result)
 
 
-def generate_maps(path: str, method, model_fns, images, targets, indices=None, ids=None, *,
-                  key, settings: dict | None = None, chunk_size: int,
-                  dtype: str = "float32", mesh: Mesh | None = None,
-                  prepared: PreparedFn | None = None, prepared_dir: str | None = None,
-                  metadata: dict | None = None, progress: bool = True,
-                  process_index: int | None = None, process_count: int | None = None,
-                  on_chunk: Callable[[int, float], None] | None = None) -> MapStore:
-  """Computes the maps of a dataset into the store at `path`, only the chunks not there yet.
+@dataclasses.dataclass(frozen=True)
+class MapInputs:
+  """What to explain.
+
+  images: float32 [N,H,W,C], as a NumPy/JAX array or any random-access source: an object with
+    `shape` sliced as `images[start:stop]`, or a sequence of [H,W,C] items (`len` and
+    `images[i]`). Only one chunk of images is loaded at a time.
+  targets: int [N], the class each map explains.
+  indices: int [N], the images' dataset indices (noise keys are folded with them); default
+    0..N-1.
+  ids: str [N], image ids stored with the maps; default the indices.
+  """
+  images: Any
+  targets: Any
+  indices: Any = None
+  ids: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class MapPlan:
+  """How to compute and store the maps.
+
+  chunk_size: maps per chunk (the unit of writing, resuming and sharding). On several devices,
+    a multiple of the device count wastes no padding.
+  dtype: stored dtype, "float32" or "float16" (readers return float32 either way).
+  mesh: a 1-D mesh over this host's devices; default `default_mesh()`.
+  prepared: for methods with `prepare` (XRAI): a callable (start, stop, images) returning the
+    prepared data of images [start, stop); default: `method.prepare(images, settings)`.
+  prepared_dir: if given (and `prepared` is not), `method.prepare`'s results are cached there
+    per chunk and reused by later calls with the same images, chunk size and settings, e.g.
+    for the other model states of a study.
+  metadata: extra JSON-serializable description kept in the store; a reopened store must
+    match it (method name, settings and key are always recorded).
+  progress: show a progress bar (host 0 only).
+  process_index, process_count: this host's share of the chunks; default from JAX.
+  on_chunk: called as on_chunk(chunk_index, seconds) after each chunk is written.
+  replace: an existing store at `path` of other maps (another description, other images) is
+    deleted and computed anew, instead of being an error (with several JAX processes, host 0
+    replaces it and the others wait).
+  """
+  chunk_size: int
+  dtype: str = "float32"
+  mesh: Mesh | None = None
+  prepared: PreparedFn | None = None
+  prepared_dir: str | None = None
+  metadata: dict | None = None
+  progress: bool = True
+  process_index: int | None = None
+  process_count: int | None = None
+  on_chunk: Callable[[int, float], None] | None = None
+  replace: bool = False
+
+
+def generate_maps(path: str, method, model_fns, inputs: MapInputs, *, key,
+                  settings: dict | None = None, plan: MapPlan) -> MapStore:
+  """Computes the maps of `inputs` into the store at `path`, only the chunks not there yet.
 
   Args:
     path: the store's directory (one per model state and method).
     method: a MapMethod (`compute`, `prepare` or None, `default_settings`, optional `name`
       and `jittable`).
     model_fns: the model's ModelFunctions.
-    images: float32 [N,H,W,C], as a NumPy/JAX array or any random-access source: an object
-      with `shape` sliced as `images[start:stop]`, or a sequence of [H,W,C] items (`len` and
-      `images[i]`). Only one chunk of images is loaded at a time.
-    targets: int [N], the class each map explains.
-    indices: int [N], the images' dataset indices (noise keys are folded with them); default
-      0..N-1.
-    ids: str [N], image ids stored with the maps; default the indices.
+    inputs: the images, their targets, dataset indices and ids (`MapInputs`).
     key: the method's noise key (the same for every chunk; per-image keys come from `indices`).
     settings: the method's settings; default `method.default_settings`.
-    chunk_size: maps per chunk. On several devices, a multiple of the device count wastes no
-      padding.
-    dtype: stored dtype, "float32" or "float16" (readers return float32 either way).
-    mesh: a 1-D mesh over this host's devices; default `default_mesh()`.
-    prepared: for methods with `prepare` (XRAI): a callable (start, stop, images) returning the
-      prepared data of images [start, stop); default: `method.prepare(images, settings)`.
-    prepared_dir: if given (and `prepared` is not), `method.prepare`'s results are cached
-      there per chunk and reused by later calls with the same images, chunk size and
-      settings, e.g. for the other model states of a study.
-    metadata: extra JSON-serializable description kept in the store; a reopened store must
-      match it (method name, settings and key are always recorded).
-    progress: show a progress bar (host 0 only).
-    process_index, process_count: this host's share of the chunks; default from JAX.
-    on_chunk: called as on_chunk(chunk_index, seconds) after each chunk is written.
+    plan: chunking, stored dtype, devices, hosts, prepared data, progress (`MapPlan`).
 
   Returns:
     The store. It is complete once every host has finished; with several JAX processes, this
     function waits for all of them before returning.
   """
-  num_maps = _num_images(images)
   if settings is None:
     settings = method.default_settings
   settings = settings.to_dict() if hasattr(settings, "to_dict") else dict(settings)
-  targets = np.asarray(targets).astype(np.int32)
-  indices = (np.arange(num_maps) if indices is None else np.asarray(indices)).astype(np.int32)
-  if targets.shape != (num_maps,) or indices.shape != (num_maps,):
-    raise ValueError(f"targets {targets.shape} and indices {indices.shape} must have shape "
-                     f"({num_maps},)")
-  if ids is not None and len(ids) != num_maps:
-    raise ValueError(f"ids has length {len(ids)}, expected {num_maps}")
-  image_shape = _first_image_shape(images)
-  if len(image_shape) != 3:
-    raise ValueError(f"images must be [N,H,W,C], got an image of shape {image_shape}")
-  uses_jax_processes = process_index is None and process_count is None
-  process_index = jax.process_index() if process_index is None else int(process_index)
-  process_count = jax.process_count() if process_count is None else int(process_count)
-  if not 0 <= process_index < process_count:
-    raise ValueError(f"process_index {process_index} not in [0, {process_count})")
-
-  name = _method_name(method)
-  recorded = {k: v for k, v in settings.items() if k not in _SETTINGS_NOT_CHANGING_MAPS}
-  full_metadata = {"method": name, "settings": recorded, "key": _key_data(key)}
-  full_metadata.update(metadata or {})
-  full_metadata = json.loads(json.dumps(full_metadata, sort_keys=True, default=repr))
-  store = MapStore.create_or_open(
-      path, num_maps=num_maps, map_shape=image_shape[:2], chunk_size=chunk_size, dtype=dtype,
-      ids=ids, indices=indices, metadata=full_metadata)
-
+  targets, indices, image_shape = _checked_inputs(inputs)
+  process_index, process_count = _host_share(plan)
+  jax_hosts = plan.process_index is None and plan.process_count is None and process_count > 1
+  if plan.replace and jax_hosts:
+    # One host deletes a store of other maps; the others open the new one after it.
+    from saliency_jax import multihost  # pylint: disable=g-import-not-at-top
+    if process_index == 0:
+      _open_store(path, method, settings, key, inputs, indices, image_shape, plan)
+    multihost.barrier(f"generate_maps store:{path}")
+    plan = dataclasses.replace(plan, replace=False)
+  store = _open_store(path, method, settings, key, inputs, indices, image_shape, plan)
   # Verified: a chunk truncated, corrupted or replaced since it was written is recomputed.
   todo = store.missing_chunks(process_index, process_count, verify=True)
   if todo:
-    runner = _Runner(method, model_fns, settings, mesh or default_mesh(), key)
-    prepare = getattr(method, "prepare", None)
-    cache = (PreparedCache(prepared_dir, name, recorded)
-             if prepared_dir is not None and prepared is None and prepare is not None else None)
-    bar = None
-    if progress and process_index == 0:
-      import tqdm  # pylint: disable=g-import-not-at-top
-      bar = tqdm.tqdm(total=len(todo), desc=f"{name} maps", unit="chunk")
-
-    def finish(i, wait, began):
-      chunk_maps = wait()
-      start, stop = store.chunk_bounds(i)
-      if chunk_maps.shape != (stop - start,) + store.map_shape:
-        raise ValueError(f"{name}.compute returned maps of shape {chunk_maps.shape} for "
-                         f"{stop - start} images of size {store.map_shape}; the MapMethod "
-                         "contract is float32 [B,H,W].")
-      if store.chunk_is_valid(i):  # Another job on the same store got there first: same maps.
-        logging.warning("chunk %d of %s was written by another job; keeping it.", i, path)
-      else:
-        store.write_chunk(i, chunk_maps)
-      if on_chunk is not None:
-        on_chunk(i, time.perf_counter() - began)
-      if bar is not None:
-        bar.update(1)
-
-    # One chunk in flight on the devices while the previous one is written: at most two
-    # chunks of maps and one of images on the host.
-    pending = None
-    for i in todo:
-      began = time.perf_counter()
-      start, stop = store.chunk_bounds(i)
-      chunk_images = _load_images(images, start, stop)
-      chunk_prepared = None
-      if prepared is not None:
-        chunk_prepared = prepared(start, stop, chunk_images)
-      elif cache is not None:
-        chunk_prepared = cache.get(start, stop, store.ids[start:stop], chunk_images,
-                                   lambda x: prepare(x, settings))
-      elif prepare is not None:
-        chunk_prepared = prepare(chunk_images, settings)
-      wait = runner.dispatch(chunk_images, targets[start:stop], indices[start:stop],
-                             chunk_prepared, pad_to=store.chunk_size)
-      del chunk_images, chunk_prepared
-      if pending is not None:
-        finish(*pending)
-      pending = (i, wait, began)
-    if pending is not None:
-      finish(*pending)
-    if bar is not None:
-      bar.close()
-
-  if uses_jax_processes and process_count > 1:
+    runner = _ChunkRunner(method, model_fns, settings, plan.mesh or default_mesh(), key)
+    _compute_chunks(store, todo, runner, inputs.images, targets, indices,
+                    _prepared_source(method, settings, plan),
+                    progress=plan.progress and process_index == 0, on_chunk=plan.on_chunk)
+  if jax_hosts:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices(f"generate_maps:{path}")
   return store
+
+
+def _checked_inputs(inputs: MapInputs) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
+  """(targets int32 [N], indices int32 [N], image shape (H, W, C)), checked."""
+  num_maps = _num_images(inputs.images)
+  targets = np.asarray(inputs.targets).astype(np.int32)
+  indices = (np.arange(num_maps) if inputs.indices is None
+             else np.asarray(inputs.indices)).astype(np.int32)
+  if targets.shape != (num_maps,) or indices.shape != (num_maps,):
+    raise ValueError(f"targets {targets.shape} and indices {indices.shape} must have shape "
+                     f"({num_maps},)")
+  if inputs.ids is not None and len(inputs.ids) != num_maps:
+    raise ValueError(f"ids has length {len(inputs.ids)}, expected {num_maps}")
+  image_shape = _first_image_shape(inputs.images)
+  if len(image_shape) != 3:
+    raise ValueError(f"images must be [N,H,W,C], got an image of shape {image_shape}")
+  return targets, indices, image_shape
+
+
+def _host_share(plan: MapPlan) -> tuple[int, int]:
+  """(this host's index, the number of hosts) splitting the chunks."""
+  process_index = jax.process_index() if plan.process_index is None else int(plan.process_index)
+  process_count = jax.process_count() if plan.process_count is None else int(plan.process_count)
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+  return process_index, process_count
+
+
+def _recorded_settings(settings: dict) -> dict:
+  return {k: v for k, v in settings.items() if k not in _SETTINGS_NOT_CHANGING_MAPS}
+
+
+def _open_store(path: str, method, settings: dict, key, inputs: MapInputs, indices: np.ndarray,
+                image_shape: tuple[int, ...], plan: MapPlan) -> MapStore:
+  """Creates the store, or reopens it checking that it describes the same maps."""
+  full_metadata = {"method": _method_name(method), "settings": _recorded_settings(settings),
+                   "key": _key_data(key)}
+  full_metadata.update(plan.metadata or {})
+  full_metadata = json.loads(json.dumps(full_metadata, sort_keys=True, default=repr))
+  return MapStore.create_or_open(
+      path, num_maps=len(indices), map_shape=image_shape[:2], chunk_size=plan.chunk_size,
+      dtype=plan.dtype, ids=inputs.ids, indices=indices, metadata=full_metadata,
+      replace=plan.replace)
+
+
+def _prepared_source(method, settings: dict, plan: MapPlan) -> Callable | None:
+  """(start, stop, ids, images) -> the method's prepared data of one chunk; None for a method
+  without `prepare`."""
+  prepare = getattr(method, "prepare", None)
+  if plan.prepared is not None:
+    return lambda start, stop, ids, images: plan.prepared(start, stop, images)
+  if prepare is None:
+    return None
+  if plan.prepared_dir is None:
+    return lambda start, stop, ids, images: prepare(images, settings)
+  cache = PreparedCache(plan.prepared_dir, _method_name(method), _recorded_settings(settings))
+  return lambda start, stop, ids, images: cache.get(start, stop, ids, images,
+                                                    lambda x: prepare(x, settings))
+
+
+def _compute_chunks(store: MapStore, todo: list[int], runner: _ChunkRunner, images,
+                    targets: np.ndarray, indices: np.ndarray, prepared: Callable | None, *,
+                    progress: bool, on_chunk: Callable[[int, float], None] | None) -> None:
+  """Computes and writes the chunks `todo`, one in flight on the devices while the previous one
+  is written: at most two chunks of maps and one of images on the host."""
+  name = _method_name(runner.method)
+  bar = None
+  if progress:
+    import tqdm  # pylint: disable=g-import-not-at-top
+    bar = tqdm.tqdm(total=len(todo), desc=f"{name} maps", unit="chunk")
+
+  def finish(i, wait, began):
+    chunk_maps = wait()
+    start, stop = store.chunk_bounds(i)
+    if chunk_maps.shape != (stop - start,) + store.map_shape:
+      raise ValueError(f"{name}.compute returned maps of shape {chunk_maps.shape} for "
+                       f"{stop - start} images of size {store.map_shape}; the MapMethod "
+                       "contract is float32 [B,H,W].")
+    if store.chunk_is_valid(i):  # Another job on the same store got there first: same maps.
+      logging.warning("chunk %d of %s was written by another job; keeping it.", i, store.path)
+    else:
+      store.write_chunk(i, chunk_maps)
+    if on_chunk is not None:
+      on_chunk(i, time.perf_counter() - began)
+    if bar is not None:
+      bar.update(1)
+
+  pending = None
+  for i in todo:
+    began = time.perf_counter()
+    start, stop = store.chunk_bounds(i)
+    chunk_images = _load_images(images, start, stop)
+    chunk_prepared = None
+    if prepared is not None:
+      chunk_prepared = prepared(start, stop, store.ids[start:stop], chunk_images)
+    wait = runner.dispatch(chunk_images, targets[start:stop], indices[start:stop],
+                           chunk_prepared, pad_to=store.chunk_size)
+    del chunk_images, chunk_prepared
+    if pending is not None:
+      finish(*pending)
+    pending = (i, wait, began)
+  if pending is not None:
+    finish(*pending)
+  if bar is not None:
+    bar.close()

@@ -124,7 +124,7 @@ class MapStore:
                      chunk_size: int, dtype: str = "float32",
                      ids: Sequence[str] | np.ndarray | None = None,
                      indices: Sequence[int] | np.ndarray | None = None,
-                     metadata: dict | None = None) -> "MapStore":
+                     metadata: dict | None = None, replace: bool = False) -> "MapStore":
     """Creates the store at `path`, or reopens it if it exists with the same description.
 
     Args:
@@ -137,6 +137,8 @@ class MapStore:
       indices: int [N], the dataset indices of the images (default: 0..N-1).
       metadata: JSON-serializable description (method, settings, model state...); checked
         equal on reopening, so maps of a different job are never mixed into this store.
+      replace: delete an existing store at `path` that describes other maps or images and
+        start an empty one (instead of the error).
 
     Raises:
       ValueError: bad arguments, or an existing store at `path` that describes other maps.
@@ -168,10 +170,19 @@ class MapStore:
                "chunk_size": store.chunk_size, "dtype": store.dtype,
                "metadata": store.metadata}
       wanted = {k: manifest[k] for k in found}
+      same_images = (np.array_equal(store.ids, ids) and
+                     np.array_equal(store.indices, indices))
+      if replace and (found != wanted or not same_images):
+        logging.warning("%s holds other maps (%s): replacing them", path,
+                        "another description" if same_images else "other images")
+        shutil.rmtree(path)
+        return cls.create_or_open(path, num_maps=num_maps, map_shape=map_shape,
+                                  chunk_size=chunk_size, dtype=dtype, ids=ids,
+                                  indices=indices, metadata=metadata)
       if found != wanted:
         raise ValueError(f"The map store at {path} holds other maps: it has {found}, this job "
                          f"asks for {wanted}. Use another path or delete it.")
-      if not (np.array_equal(store.ids, ids) and np.array_equal(store.indices, indices)):
+      if not same_images:
         raise ValueError(f"The map store at {path} holds maps of other images (ids or "
                          "dataset indices differ). Use another path or delete it.")
       return store

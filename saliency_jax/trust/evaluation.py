@@ -12,11 +12,12 @@ import csv
 import itertools
 import json
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import ml_collections
 import numpy as np
 
+from saliency_jax.trust import checks
 from saliency_jax.trust import criteria
 from saliency_jax.trust import verdicts
 from saliency_jax.trust.manifest import Manifest
@@ -40,12 +41,14 @@ def _records(values: dict[str, np.ndarray], ids, **fields) -> list[dict[str, Any
   return out
 
 
-def utility_records(manifest: Manifest, reader: MapReader) -> list[dict[str, Any]]:
-  """AUPRC (and CheXlocalize/Quantus columns) of trained, untrained and baseline maps."""
+def utility_records(manifest: Manifest, reader: MapReader, *,
+                    trained_only: bool = False) -> list[dict[str, Any]]:
+  """AUPRC (and CheXlocalize/Quantus columns) of trained, untrained and baseline maps
+  (`trained_only`: not the untrained maps, which no verdict reads)."""
   truth = reader.ground_truth(SetName.UTILITY)
   records = []
   for model in manifest.utility_models:
-    for state in (State.ORIGINAL, State.UNTRAINED):
+    for state in (State.ORIGINAL,) if trained_only else (State.ORIGINAL, State.UNTRAINED):
       for method in manifest.methods:
         maps = reader.read(SetName.UTILITY, model, state, method)
         if maps is None:
@@ -65,11 +68,18 @@ def utility_records(manifest: Manifest, reader: MapReader) -> list[dict[str, Any
 
 
 def randomization_records(manifest: Manifest, reader: MapReader,
-                          study_config: ml_collections.ConfigDict, *,
-                          seed: int) -> list[dict[str, Any]]:
-  """Similarity of each randomized state's maps to the trained maps, and the random pairs."""
+                          study_config: ml_collections.ConfigDict, *, seed: int,
+                          similarity: Sequence[str] = criteria.SIMILARITY_METRICS,
+                          top_k_fraction: float = 0.1,
+                          last_step_only: bool = False) -> list[dict[str, Any]]:
+  """Similarity of each randomized state's maps to the trained maps, and the random pairs.
+
+  similarity, top_k_fraction: the metrics (`criteria.similarity`); last_step_only: only the
+  last cascading step, the one the verdict reads (no curve, no independent randomization).
+  """
   ids = reader.ground_truth(SetName.EVAL).ids
   data_range = study_config.ssim_data_range
+  measures = dict(data_range=data_range, names=similarity, top_k_fraction=top_k_fraction)
   records = []
   for clf in manifest.classifiers:
     for method in manifest.methods:
@@ -77,27 +87,32 @@ def randomization_records(manifest: Manifest, reader: MapReader,
       if original is None:
         continue
       baseline = criteria.random_pair_baseline(
-          original, pairs=study_config.random_pairs, seed=seed, data_range=data_range)
+          original, pairs=study_config.random_pairs, seed=seed, **measures)
       records += _records(baseline, ids, criterion=Measure.RANDOM_PAIRS, method=method,
                           model=clf.name, state=State.BASELINE)
       states = [(s, Measure.CASCADING) for s in manifest.cascade_steps(clf)]
-      if clf.name in manifest.independent_models:
+      if last_step_only:
+        states = states[-1:]
+      elif clf.name in manifest.independent_models:
         states += [(independent_state(b), Measure.INDEPENDENT) for b in clf.block_names]
       for state, criterion in states:
         maps = reader.read(SetName.EVAL, clf.name, state, method)
         if maps is None:
           continue
-        records += _records(criteria.similarity(original, maps, data_range=data_range),
+        records += _records(criteria.similarity(original, maps, **measures),
                             ids, criterion=criterion, method=method, model=clf.name,
                             state=state)
   return records
 
 
 def agreement_records(manifest: Manifest, reader: MapReader,
-                      study_config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
+                      study_config: ml_collections.ConfigDict, *,
+                      similarity: Sequence[str] = criteria.SIMILARITY_METRICS,
+                      top_k_fraction: float = 0.1) -> list[dict[str, Any]]:
   """Repeatability (same architecture) and reproducibility (different architectures)."""
   ids = reader.ground_truth(SetName.EVAL).ids
-  data_range = study_config.ssim_data_range
+  measures = dict(data_range=study_config.ssim_data_range, names=similarity,
+                  top_k_fraction=top_k_fraction)
   records = []
   for a, b in itertools.combinations(manifest.classifiers, 2):
     criterion = Measure.REPEATABILITY if a.arch == b.arch else Measure.REPRODUCIBILITY
@@ -106,14 +121,14 @@ def agreement_records(manifest: Manifest, reader: MapReader,
       maps_b = reader.read(SetName.EVAL, b.name, State.ORIGINAL, method)
       if maps_a is None or maps_b is None:
         continue
-      values = criteria.similarity(maps_a, maps_b, data_range=data_range)
+      values = criteria.similarity(maps_a, maps_b, **measures)
       records += _records(values, ids, criterion=criterion, method=method,
                           model=f"{a.name}-{b.name}", state=State.ORIGINAL)
   for a, b in itertools.combinations(manifest.localizers, 2):
     values = criteria.similarity(
         reader.read(SetName.EVAL, a.name, State.ORIGINAL, Baseline.LOCALIZATION),
         reader.read(SetName.EVAL, b.name, State.ORIGINAL, Baseline.LOCALIZATION),
-        data_range=data_range)
+        **measures)
     records += _records(values, ids, criterion=Measure.LOCALIZATION_AGREEMENT,
                         method=Baseline.LOCALIZATION, model=f"{a.name}-{b.name}",
                         state=State.ORIGINAL)
@@ -146,11 +161,15 @@ def evaluate(manifest: Manifest, reader: MapReader, study_config: ml_collections
   """
   from saliency_jax.trust import sanity  # pylint: disable=g-import-not-at-top
   records = all_records(manifest, reader, study_config, seed=seed)
+  check_records, extras = checks.records(manifest, reader, study_config, seed=seed)
+  records += check_records
   if sanity_config is not None:
     records += sanity.records(manifest, reader, sanity_config, study_config, seed=seed,
                               workdir=workdir)
   write_records(records, workdir)
   summary = verdicts.summarize_study(records, manifest, study_config, seed=seed)
+  summary.update(checks.summaries(records, extras, manifest, reader, study_config, seed=seed,
+                                  scorecard=summary["scorecard"], workdir=workdir))
   if sanity_config is not None:
     summary["sanity"] = sanity.summarize(records, manifest, sanity_config, study_config,
                                          seed=seed, workdir=workdir)

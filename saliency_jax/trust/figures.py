@@ -139,6 +139,15 @@ def example_panel(raw: np.ndarray, masks: np.ndarray, boxes: list[np.ndarray],
   return _save(fig, path)
 
 
+LOCALIZATION_LABELS = {"unet": "U-Net", "retinanet": "RetinaNet"}
+
+
+def localization_label(manifest: Manifest) -> str:
+  """How the report names the localization baseline: after its architecture."""
+  archs = sorted({m.arch for m in manifest.localizers})
+  return " / ".join(LOCALIZATION_LABELS.get(a, a) for a in archs) or "localization network"
+
+
 def all_figures(manifest: Manifest, reader: MapReader, summary: dict[str, Any], records,
                 directory: str, *, num_examples: int) -> dict[str, str]:
   """Writes every figure of the report; returns {name: path}."""
@@ -170,7 +179,7 @@ def all_figures(manifest: Manifest, reader: MapReader, summary: dict[str, Any], 
       utility, ["trained", "untrained"], os.path.join(directory, "utility_auprc.png"),
       ylabel="AUPRC", title="Localization utility (AUPRC per image)",
       lines={"average mask": table[Baseline.AVERAGE_MASK]["auprc"],
-             "U-Net": table[Baseline.LOCALIZATION]["auprc"]})
+             localization_label(manifest): table[Baseline.LOCALIZATION]["auprc"]})
 
   eval_ids = verdicts.image_ids(index, Measure.CASCADING)
   loc_models = verdicts.models_of(index, Measure.LOCALIZATION_AGREEMENT)
@@ -190,7 +199,7 @@ def all_figures(manifest: Manifest, reader: MapReader, summary: dict[str, Any], 
     out["agreement"] = box_plot(
         agreement, labels, os.path.join(directory, "repeatability_reproducibility.png"),
         ylabel="SSIM", title="Repeatability and reproducibility (SSIM per image)",
-        lines={"U-Net replicates": loc_mean})
+        lines={f"{localization_label(manifest)} replicates": loc_mean})
 
   truth = reader.ground_truth(SetName.UTILITY)
   count = min(num_examples, len(truth.ids))

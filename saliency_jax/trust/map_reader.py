@@ -85,11 +85,21 @@ class MapReader:
     if not store.complete:
       raise RuntimeError(f"the map store {path} is incomplete: rerun the maps stage "
                          "(launch.run_all --redo=maps)")
+    if os.path.exists(self._ground_truth_path(set_name)):
+      ids = self.ground_truth(set_name).ids
+      if not np.array_equal(store.ids.astype(str), np.asarray(ids).astype(str)):
+        raise ValueError(f"{path} holds maps of other images than the {set_name} set "
+                         f"({len(store.ids)} maps, {len(ids)} images in the set): the maps "
+                         "stage ran with another config; rerun it (launch.run_all "
+                         "--redo=maps).")
     return store.read_all()
+
+  def _ground_truth_path(self, set_name: str) -> str:
+    return os.path.join(self.workdir, "maps", set_name, GROUND_TRUTH_FILE)
 
   def ground_truth(self, set_name: str) -> GroundTruth:
     if set_name not in self._ground_truth:
-      path = os.path.join(self.workdir, "maps", set_name, GROUND_TRUTH_FILE)
+      path = self._ground_truth_path(set_name)
       if not os.path.exists(path):
         raise FileNotFoundError(f"no ground truth at {path}: run the maps stage first")
       with np.load(path) as f:

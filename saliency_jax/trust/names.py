@@ -23,6 +23,7 @@ from typing import NamedTuple
 class SetName(enum.StrEnum):
   UTILITY = "utility"  # all positive test images (the paper's utility set)
   EVAL = "eval"        # the seeded subset for the SSIM criteria (the paper's 100)
+  VALIDATION = "validation"  # positive validation images (CheXlocalize's threshold tuning)
 
 
 class State(enum.StrEnum):

@@ -24,6 +24,7 @@ from typing import Any, Sequence, Union
 import jax
 import ml_collections
 
+from saliency_jax.trust import check_report
 from saliency_jax.trust import figures
 from saliency_jax.trust.manifest import Manifest
 from saliency_jax.trust.map_reader import MapReader
@@ -106,9 +107,9 @@ def details_table(summary: dict[str, Any]) -> Table:
                 "paired images", "test", "alternative", "p", "p (corrected)", "verdict"], rows)
 
 
-def utility_table(summary: dict[str, Any]) -> Table:
+def utility_table(summary: dict[str, Any], localization: str = "U-Net") -> Table:
   names = {Baseline.AVERAGE_MASK: "average mask (baseline)",
-           Baseline.LOCALIZATION: "U-Net (baseline)"}
+           Baseline.LOCALIZATION: f"{localization} (baseline)"}
   rows = [[names.get(r["method"], r["method"]), r["state"], _fmt(r["auprc"]),
            _fmt(r["pointing_game"]), _fmt(r["iou_otsu"]),
            str(r["auprc_excluded"])] for r in summary["utility"]]
@@ -149,9 +150,12 @@ def provenance(manifest: Manifest, config: ml_collections.ConfigDict,
           ["python", f"{sys.version.split()[0]} on {platform.platform()}"],
           ["versions", "; ".join(versions)],
       ]),
-      Table(["model", "architecture", "validation score"],
-            [[name, e.get("arch", "-"), _fmt(e.get("val_auc", e.get("val_dice")))]
-             for name, e in trained.items()]),
+      # Every validation metric of each model: AUC (classifiers), Dice (U-Net), mAP at IoU
+      # 0.40-0.75 and the RSNA challenge score (RetinaNet).
+      Table(["model", "architecture", "validation metric", "value"],
+            [[name, e.get("arch", "-"), key, _fmt(value)]
+             for name, e in trained.items() for key, value in e.items()
+             if key.startswith("val_")]),
       Table(["stage", "wall time (s)"],
             [[name, _fmt(e.get("seconds"), 1)] for name, e in stages.items()]),
       "Configuration:",
@@ -163,6 +167,7 @@ def build_sections(manifest: Manifest, config: ml_collections.ConfigDict, workdi
                    summary: dict[str, Any], figure_paths: dict[str, str]):
   methods = manifest.methods
   s = config.study
+  loc_label = figures.localization_label(manifest)
   tests = {"wilcoxon": "Wilcoxon signed-rank test", "paired_t": "paired t-test"}
   corrections = {"holm": "Holm", "bh": "Benjamini-Hochberg"}
   rules = [f"**{c}**: PASS when {r['text']} (metric {r['metric'].upper()}, one-sided "
@@ -196,8 +201,8 @@ def build_sections(manifest: Manifest, config: ml_collections.ConfigDict, workdi
   sections.append(("1. Localization utility", [
       Figure(figure_paths["utility"],
              "AUPRC per image for trained and untrained (fully randomized) models; lines: "
-             "the average-mask and U-Net baselines."),
-      utility_table(summary)]))
+             f"the average-mask and {loc_label} baselines."),
+      utility_table(summary, loc_label)]))
   randomization = []
   for name, path in figure_paths.items():
     if name.startswith("cascading_ssim_"):
@@ -216,8 +221,10 @@ def build_sections(manifest: Manifest, config: ml_collections.ConfigDict, workdi
     sections.append(("3-4. Repeatability and reproducibility", [Figure(
         figure_paths["agreement"],
         "SSIM between maps of replicates of the same architecture (repeatability) and of "
-        "different architectures (reproducibility); line: SSIM between the two U-Net "
+        f"different architectures (reproducibility); line: SSIM between the two {loc_label} "
         "replicates' outputs.")]))
+  sections += check_report.sections(summary, figure_paths, Table, Figure,
+                                    localization=figures.localization_label(manifest))
   sections += sanity_report.section(summary, figure_paths, Table, Figure)
   sections.append(("Statistical details", [details_table(summary)]))
   sections.append(("Provenance", provenance(manifest, config, workdir)))
@@ -302,6 +309,7 @@ def write_report(manifest: Manifest, reader: MapReader, config: ml_collections.C
   shutil.rmtree(figure_dir, ignore_errors=True)  # no stale figures from an earlier config
   figure_paths = figures.all_figures(manifest, reader, summary, records, figure_dir,
                                      num_examples=config.study.num_example_images)
+  figure_paths.update(check_report.figures(summary, manifest.methods, figure_dir))
   figure_paths.update(sanity_report.figures(summary, figure_dir))
   title = f"Trustworthiness of saliency maps: {config.data.name}"
   sections = build_sections(manifest, config, workdir, summary, figure_paths)

@@ -15,6 +15,7 @@ from typing import Any, Iterable, NamedTuple, Sequence
 import ml_collections
 
 from saliency_jax.trust import criteria
+from saliency_jax.trust.names import LOCALIZATION_METHOD
 
 # Grayscale variants: the method-setting overrides under which a variant's maps are made.
 CONFIGURED = "configured"
@@ -147,3 +148,73 @@ def compare(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     out.append(dict(method=method, criterion=criterion, verdict=verdict, status=status,
                     flips=flips, undefined=undefined, grid_points=points))
   return out
+
+
+def variant_method(method: str, grayscale: str) -> str:
+  """The store name of `method`'s maps made with the grayscale variant `grayscale`."""
+  return method if grayscale == CONFIGURED else f"{method}@{grayscale}"
+
+
+class VariantReader:
+  """A `MapReader` that reads the computed methods' maps of one grayscale variant; the
+  baselines' maps (localization network, average mask) are the same in every variant, and an
+  external method has no variant (N/A)."""
+
+  def __init__(self, reader, grayscale: str, computed_methods: Sequence[str]):
+    self.reader, self.grayscale = reader, grayscale
+    self.computed = set(computed_methods)
+
+  def read(self, set_name: str, model: str, state: str, method: str):
+    if self.grayscale == CONFIGURED or method == LOCALIZATION_METHOD:
+      return self.reader.read(set_name, model, state, method)
+    if method not in self.computed:
+      return None  # an external method's maps have no grayscale variant: N/A
+    maps = self.reader.read(set_name, model, state, variant_method(method, self.grayscale))
+    if maps is None:
+      raise FileNotFoundError(
+          f"no {self.grayscale} maps of {method} ({set_name}/{model}/{state}): the maps stage "
+          "makes them when config.study.robustness is enabled; rerun it with --redo=maps")
+    return maps
+
+  def ground_truth(self, set_name: str):
+    return self.reader.ground_truth(set_name)
+
+  def average_mask(self):
+    return self.reader.average_mask()
+
+
+def run_grid(manifest, reader, study_config: ml_collections.ConfigDict, *, seed: int,
+             configured_scorecard: list[dict[str, Any]]) -> dict[str, Any]:
+  """The configured rules at every grid point of `study_config.robustness`.
+
+  At each point the records the verdicts read (utility of the trained maps, similarity at the
+  last cascading step and of random pairs, agreement of replicates and architectures) are
+  recomputed by the study's own record functions with the point's maps and similarity, and
+  `verdicts.scorecard` applies the rules of `study_config_for`. The as-configured point is the
+  run's own scorecard.
+
+  Returns:
+    dict with `choices` (labels, the run first), `rows` (`verdict_rows` of every point) and
+    `summary` (`compare`).
+  """
+  from saliency_jax.trust import evaluation  # pylint: disable=g-import-not-at-top
+  from saliency_jax.trust import verdicts  # pylint: disable=g-import-not-at-top
+  section = study_config.robustness
+  grid = choices(section)
+  rules = verdicts.rules_from_config(study_config)
+  rows = verdict_rows(AS_CONFIGURED, configured_scorecard)
+  utility: dict[str, list] = {}
+  for choice in grid[1:]:
+    variant = VariantReader(reader, choice.grayscale, manifest.computed_methods)
+    config = study_config_for(study_config, rules, choice)
+    names = similarity_names(rules, choice)
+    if choice.grayscale not in utility:
+      utility[choice.grayscale] = evaluation.utility_records(manifest, variant,
+                                                             trained_only=True)
+    records = utility[choice.grayscale] + evaluation.randomization_records(
+        manifest, variant, config, seed=seed, similarity=names,
+        top_k_fraction=section.top_k_fraction, last_step_only=True)
+    records += evaluation.agreement_records(manifest, variant, config, similarity=names,
+                                            top_k_fraction=section.top_k_fraction)
+    rows += verdict_rows(choice, verdicts.scorecard(records, manifest, config, seed=seed))
+  return dict(choices=[c.label for c in grid], rows=rows, summary=compare(rows))

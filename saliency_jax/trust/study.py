@@ -2,10 +2,12 @@
 
 Every stage writes under the run's workdir and resumes: the dataset is built once, training
 resumes from its last checkpoint, map stores keep their finished chunks, and a stage marked
-done in `progress.json` is skipped on a rerun. Layout of the workdir:
+done in `progress.json` is skipped on a rerun, unless the config sections it reads changed
+since it ran (the run manifest records them): then it runs again with every stage after it,
+and map stores of other models, images or settings are replaced. Layout of the workdir:
 
   data/                          the TFDS dataset (synthetic runs build it here)
-  models/<name>/                 checkpoints, metrics.jsonl of each classifier and U-Net
+  models/<name>/                 checkpoints, metrics.jsonl of each classifier and localizer
   maps/<set>/<model>/<state>/<method>/   map stores (set: "utility" or "eval")
   maps/<set>/prepared/           model-independent per-image data (XRAI segments)
   maps/<set>/ground_truth.npz, maps/average_mask.npy   what scoring needs of the dataset
@@ -14,8 +16,11 @@ done in `progress.json` is skipped on a rerun. Layout of the workdir:
   summary.json                   the scorecard and the curves the report draws
   report.md, report.html, figures/
   progress.json                  stages done and their wall time
+  run.lock                       the run using the workdir (see workdir_lock)
 """
+import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -34,24 +39,30 @@ from saliency_jax import attributions
 from saliency_jax import data as data_lib
 from saliency_jax import maps as maps_lib
 from saliency_jax import models
+from saliency_jax import multihost
 from saliency_jax import randomization
 from saliency_jax import train as train_lib
 from saliency_jax.attributions import custom as custom_methods
 from saliency_jax.models import plugin
 
+from saliency_jax.trust import checks
 from saliency_jax.trust import external
+from saliency_jax.trust import robustness
 from saliency_jax.trust import map_reader
+from saliency_jax.trust import workdir_lock
 from saliency_jax.trust.manifest import CLASSIFIER
 from saliency_jax.trust.manifest import LOCALIZER
 from saliency_jax.trust.manifest import Manifest
 from saliency_jax.trust.manifest import ModelEntry
 from saliency_jax.trust.names import Baseline
+from saliency_jax.trust.names import CASCADE_PREFIX
 from saliency_jax.trust.names import cascade_state
 from saliency_jax.trust.names import independent_state
 from saliency_jax.trust.names import SetName
 from saliency_jax.trust.names import State
 
 STAGES = ("data", "train", "maps", "criteria", "report")
+LOCALIZATION_ARCHS = ("unet", "retinanet")  # config.localization.arch
 HOST0_STAGES = ("criteria", "report")  # single-writer stages of a multi-host run
 # The config sections each stage reads, recorded in the manifest when the stage finishes
 # (None: the whole config).
@@ -81,11 +92,12 @@ class Classifier:
   arch: str
   module: Any
   variables: Any
-  val_auc: float
+  val_auc: float  # the selection metric: validation AUC, Dice (U-Net) or mAP (RetinaNet)
   style: str  # the pixel scaling this model was trained with (see data.preprocess)
   # How the study uses it (blocks, functions, what it lacks); None: a package model, bound
   # when first needed (`Study.plugin`).
   bound: plugin.PluginModel | None = None
+  val_metrics: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 class ProgressLog:
@@ -120,6 +132,26 @@ class SegmentationOutput:
     return jax.nn.sigmoid(model_fns.logits_fn(images)).astype(jnp.float32)
 
 
+class DetectionScoreMap:
+  """The RetinaNet's per-pixel score map (`detection.postprocess.score_maps` of its
+  detections), stored like a saliency map: the detector's localization baseline."""
+  name = Baseline.LOCALIZATION
+  prepare = None
+  default_settings: Dict[str, Any] = {}
+
+  def __init__(self, anchors: np.ndarray):
+    self.anchors = anchors
+
+  def compute(self, model_fns, images, targets, *, indices, key, settings, prepared=None):
+    del targets, indices, key, settings, prepared
+    from saliency_jax.detection import postprocess  # pylint: disable=g-import-not-at-top
+    logits, deltas = model_fns.logits_fn(images)
+    shape = tuple(images.shape[1:3])
+    boxes, scores = postprocess.detect(logits, deltas, jnp.asarray(self.anchors),
+                                       image_shape=shape)
+    return postprocess.score_maps(boxes, scores, shape)
+
+
 class Study:
   """The study for one config, resumable under `workdir`: runs the stages, nothing else.
 
@@ -145,26 +177,71 @@ class Study:
     for stage in stages:
       if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+    # One run per workdir (host 0 holds the lock for all hosts of a multi-host run).
+    with (workdir_lock.hold(self.workdir) if multihost.is_writer()
+          else contextlib.nullcontext()):
+      self._redo_changed_stages(stages)
+      self._run_stages(stages)
+    return os.path.join(self.workdir, "report.html")
+
+  def _run_stages(self, stages) -> None:
+    for stage in stages:
       if self.progress.done(stage):
-        print(f"[{stage}] done already: skipped")
+        _say(f"[{stage}] done already: skipped")
         continue
       if stage in HOST0_STAGES and jax.process_index() != 0:
         continue  # one host scores and reports; the others' work ended with the maps
-      print(f"[{stage}] ...")
+      _say(f"[{stage}] ...")
       began = time.perf_counter()
       getattr(self, f"stage_{stage}")()
       if jax.process_index() == 0:
         self.manifest.record_stage(stage, self.stage_config(stage))
         self.manifest.save()
         self.progress.record(stage, time.perf_counter() - began)
-      print(f"[{stage}] done in {time.perf_counter() - began:.1f} s")
-    return os.path.join(self.workdir, "report.html")
+      _say(f"[{stage}] done in {time.perf_counter() - began:.1f} s")
 
   def stage_config(self, stage: str) -> Dict[str, Any]:
     """The config sections `stage` reads (STAGE_CONFIG), as plain data."""
     config = self.config.to_dict()
     sections = STAGE_CONFIG[stage]
     return {k: v for k, v in config.items() if sections is None or k in sections}
+
+  def changed_fields(self, stage: str) -> List[str]:
+    """"field: then -> now" for each config field `stage` reads that changed since it ran ([]
+    where the manifest recorded no config for it)."""
+    recorded = self.manifest.stage_config(stage)
+    if recorded is None:
+      return []
+    now = json.loads(json.dumps(self.stage_config(stage), default=str))
+    recorded = {k: v for k, v in recorded.items() if k != "workdir"}  # where, not what
+    return _differences(recorded, {k: v for k, v in now.items() if k != "workdir"})
+
+  def _redo_changed_stages(self, stages) -> None:
+    """The first done stage whose config changed runs again, with every stage after it (they
+    used its results); a run that leaves that stage out is refused, naming the fields."""
+    for i, stage in enumerate(STAGES):
+      changed = self.changed_fields(stage) if self.progress.done(stage) else []
+      if not changed:
+        continue
+      fields = "; ".join(changed[:5]) + (" ..." if len(changed) > 5 else "")
+      if stage not in stages:
+        raise ValueError(
+            f"the {stage} stage ran with another config ({fields}), so the stages after it "
+            f"would mix the results of two configs: run it again (add {stage} to --stages or "
+            "leave --stages out), or use another workdir.")
+      _say(f"[{stage}] the config changed since it ran ({fields}): running it and the "
+           "stages after it again")
+      for later in STAGES[i:]:
+        self.progress.stages.pop(later, None)
+      return
+
+  def numbers_config(self) -> ml_collections.ConfigDict:
+    """The config the scores came from: each section as the last stage reading it ran with
+    (the current config for sections no finished stage reads)."""
+    config = self.config.to_dict()
+    for stage in ("data", "train", "maps", "criteria"):
+      config.update(self.manifest.stage_config(stage) or {})
+    return ml_collections.ConfigDict(config)
 
   def _cached(self, name: str, build: Callable[[], Any]) -> Any:
     if name not in self._cache:
@@ -212,16 +289,19 @@ class Study:
         np.float32))
 
   def image_set(self, name: str) -> ImageSet:
-    """The positive test images of a set: all of them for utility, a seeded subset for SSIM."""
+    """The positive test images of a set: all of them for utility, a seeded subset for SSIM;
+    the validation set: positive validation images (CheXlocalize's threshold tuning)."""
     def build():
-      test = self.sources()["test"]
+      split = "validation" if name == SetName.VALIDATION else "test"
+      test = self.sources()[split]
       labels = np.array([int(test[i]["label"]) for i in range(len(test))])
       positives = np.flatnonzero(labels == 1)
       if len(positives) < 2:
-        raise ValueError(f"the test split has {len(positives)} positive images; need >= 2")
+        raise ValueError(f"the {split} split has {len(positives)} positive images; need >= 2")
       rng = np.random.default_rng(self.config.seed)
-      count = (self.config.study.num_utility_images if name == SetName.UTILITY
-               else self.config.study.num_eval_images)
+      count = {SetName.UTILITY: self.config.study.num_utility_images,
+               SetName.EVAL: self.config.study.num_eval_images,
+               SetName.VALIDATION: self.config.study.chexlocalize.validation_images}[name]
       if count and count < len(positives):
         positives = np.sort(rng.choice(positives, size=count, replace=False))
       arrays = data_lib.load_arrays(test, positives)
@@ -299,22 +379,60 @@ class Study:
     return models.import_keras_weights(spec["arch"], path, seed=spec["seed"], num_classes=2)
 
   def localizers(self) -> List[Classifier]:
+    """The localization baseline's replicates: U-Nets (`config.localization.arch` "unet") or
+    RetinaNets ("retinanet", the paper's baseline for box datasets)."""
     def build():
       sources = self.sources()
       loc = self.config.localization
+      if loc.arch not in LOCALIZATION_ARCHS:
+        raise ValueError(f"config.localization.arch = {loc.arch!r}; expected one of "
+                         f"{LOCALIZATION_ARCHS}.")
       module = models.create(loc.arch, **loc.get("kwargs", {}))
       result = []
       for i, seed in enumerate(loc.seeds):
         name = f"{Baseline.LOCALIZATION}{i + 1}"
-        trained = train_lib.train_segmenter(
-            module, sources["train"], sources["validation"],
-            workdir=os.path.join(self.workdir, "models", name), seed=seed,
-            config=self._train_config(loc.train, self.config.data.style))
+        workdir = os.path.join(self.workdir, "models", name)
+        config = self._train_config(loc.train, self.config.data.style)
+        if loc.arch == "retinanet":
+          trained = train_lib.train_detector(
+              module, sources["train"], sources["validation"], workdir=workdir, seed=seed,
+              config=config, initial_variables=self._detector_init(module, seed, workdir))
+          metrics = {k: trained.val_metrics[k] for k in ("val_map", "val_rsna_score")}
+        else:
+          trained = train_lib.train_segmenter(
+              module, sources["train"], sources["validation"], workdir=workdir, seed=seed,
+              config=config)
+          metrics = {"val_dice": trained.val_metrics["val_dice"]}
         result.append(Classifier(name, loc.arch, module, trained.variables,
-                                 float(trained.val_metrics["val_dice"]),
-                                 self.config.data.style))
+                                 float(next(iter(metrics.values()))),
+                                 self.config.data.style, val_metrics=metrics))
       return result
     return self._cached("localizers", build)
+
+  def _detector_init(self, module, seed: int, workdir: str):
+    """A RetinaNet init whose backbone holds `config.weights.resnet50` (Keras ResNet50 notop
+    weights), for a run not started yet; None: the seeded initialization."""
+    path = self.config.get("weights", {}).get("resnet50", "")
+    if not path or os.path.exists(os.path.join(workdir, "checkpoints")):
+      return None
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"config.weights.resnet50 = {path!r} does not exist")
+    backbone = models.import_keras_weights("resnet50", path)
+    size = self.config.data.image_size
+    variables = models.init_variables(module, jax.random.key(seed),
+                                      (size, size, self.config.data.channels))
+    for collection in ("params", "batch_stats"):
+      variables[collection] = {**variables[collection], "backbone": backbone[collection]}
+    return variables
+
+  def _localization_output(self, loc: Classifier, shape) -> Any:
+    """The map "method" of the localization baseline; one object per architecture and image
+    size, so its compilation is shared by the replicates and both image sets."""
+    def build():
+      if loc.arch == "retinanet":
+        return DetectionScoreMap(loc.module.anchors(*shape))
+      return SegmentationOutput()
+    return self._cached(f"localization_output_{loc.arch}_{tuple(shape)}", build)
 
   def _train_config(self, section: ml_collections.ConfigDict,
                     style: str) -> ml_collections.ConfigDict:
@@ -326,13 +444,13 @@ class Study:
   def stage_train(self) -> None:
     from saliency_jax.trust import sanity_maps  # pylint: disable=g-import-not-at-top
     summary = {c.name: {"arch": c.arch, "val_auc": c.val_auc} for c in self.classifiers()}
-    summary.update({c.name: {"arch": c.arch, "val_dice": c.val_auc} for c in self.localizers()})
+    summary.update({c.name: {"arch": c.arch, **c.val_metrics} for c in self.localizers()})
     summary.update({c.name: {"arch": c.arch, "val_auc_permuted_labels": c.val_auc}
                     for c in sanity_maps.permuted_classifiers(self).values()})
-    with open(os.path.join(self.workdir, "models", "summary.json"), "w") as f:
-      json.dump(summary, f, indent=2)
+    multihost.write_shared_json(os.path.join(self.workdir, "models", "summary.json"), summary,
+                                "models/summary.json")
     for name, entry in summary.items():
-      print(f"  {name}: {entry}")
+      _say(f"  {name}: {entry}")
 
   # ---------------------------------------------------------------------------------------
   # Model states and maps.
@@ -400,16 +518,21 @@ class Study:
              for i in range(0, len(images), 64)]
     return np.concatenate(preds).astype(np.int32)
 
-  def _generate(self, path, method, model_fns, image_set, style, targets, settings, key):
+  def _generate(self, path, method, model_fns, image_set, style, targets, settings, key,
+                variables):
+    """Fills one store; a store of another model (weights), images or settings is replaced."""
     study = self.config.study
-    return maps_lib.generate_maps(
-        path, method, model_fns, self.inputs(image_set, style), targets, image_set.indices,
-        image_set.ids, key=key, settings=settings, chunk_size=study.chunk_size,
-        dtype=study.map_dtype,
+    inputs = maps_lib.MapInputs(self.inputs(image_set, style), targets, image_set.indices,
+                                image_set.ids)
+    plan = maps_lib.MapPlan(
+        chunk_size=study.chunk_size, dtype=study.map_dtype, progress=False,
         prepared_dir=os.path.join(self.workdir, "maps", image_set.name, "prepared"),
-        progress=False)
+        metadata={"model": _variables_digest(variables)}, replace=True)
+    return maps_lib.generate_maps(path, method, model_fns, inputs, key=key, settings=settings,
+                                  plan=plan)
 
   def stage_maps(self) -> None:
+    checks.check_config(self.config.study)  # before any map, not after the study's
     key = jax.random.key(self.config.seed)
     custom_methods.register_from_config(self.config.methods.get("custom"))
     names = list(self.config.methods.names)
@@ -422,8 +545,8 @@ class Study:
       states = self.states(clf, image_shape)
       bound = self.bound_model(clf, image_shape)
       lacking = dict(self.skipped_methods(bound))
-      with tqdm.tqdm(total=len(states) * len(names), desc=f"maps {clf.name}",
-                     unit="store") as bar:
+      with tqdm.tqdm(total=len(states) * len(names), desc=f"maps {clf.name}", unit="store",
+                     disable=jax.process_index() != 0) as bar:
         for set_name, state, variables in states:
           image_set = self.image_set(set_name)
           if set_name not in targets:
@@ -436,26 +559,83 @@ class Study:
             bar.set_postfix_str(f"{set_name} {state} {name}")
             self._generate(self.store_path(set_name, clf.name, state, name),
                            attributions.METHODS[name], fns, image_set, clf.style,
-                           targets[set_name], self.method_settings(name), key)
+                           targets[set_name], self.method_settings(name), key, variables)
             bar.update()
     for loc in self.localizers():
       fns = models.ModelFunctions(
           lambda x, loc=loc: loc.module.apply(loc.variables, x))
       for set_name in (SetName.UTILITY, SetName.EVAL):
         image_set = self.image_set(set_name)
-        self._generate(self.store_path(set_name, loc.name, State.ORIGINAL, Baseline.LOCALIZATION),
-                       SegmentationOutput(), fns, image_set, loc.style,
-                       np.zeros(len(image_set.ids), np.int32), {}, key)
+        path = self.store_path(set_name, loc.name, State.ORIGINAL, Baseline.LOCALIZATION)
+        self._generate(path, self._localization_output(loc, image_set.raw.shape[1:3]), fns,
+                       image_set, loc.style, np.zeros(len(image_set.ids), np.int32), {}, key,
+                       loc.variables)
     from saliency_jax.trust import sanity_maps  # pylint: disable=g-import-not-at-top
     sanity_maps.generate_maps(self, key)
-    if self.config.study.external_maps:
+    if self.config.study.external_maps and multihost.is_writer():
       found = external.import_maps(
           self.config.study.external_maps,
           {n: self.image_set(n) for n in (SetName.UTILITY, SetName.EVAL)}, self.store_path,
           self.config.study.chunk_size)
       logging.info("imported external maps of %s", found)
+    self._check_maps(key)
     if jax.process_index() == 0:
       self.write_run_files()
+
+  def _image_sets(self) -> list[str]:
+    """The image sets of the run: utility, eval, and validation for CheXlocalize's tuning."""
+    sets = [SetName.UTILITY, SetName.EVAL]
+    return sets + ([SetName.VALIDATION] if checks.enabled(self.config.study, "chexlocalize")
+                   else [])
+
+  def _check_maps(self, key) -> None:
+    """The maps the checks need besides the criteria's: for CheXlocalize's tuned thresholds,
+    the validation images' maps of the utility models and localization networks; for the
+    robustness grid, each grayscale variant of the maps its verdicts read (eval set: trained
+    and last cascading step; utility set: trained), stored as `<method>@<variant>`."""
+    s = self.config.study
+    for clf in self.classifiers():
+      image_shape = self.inputs(self.image_set(SetName.EVAL), clf.style).shape[1:]
+      bound = self.bound_model(clf, image_shape)
+      lacking = dict(self.skipped_methods(bound))
+      names = [n for n in self.config.methods.names if n not in lacking]
+      jobs = []   # (set, state, variables, store name, method, settings)
+      if checks.enabled(s, "chexlocalize") and clf.name in s.utility_models:
+        jobs += [(SetName.VALIDATION, State.ORIGINAL, clf.variables, n, n,
+                  self.method_settings(n)) for n in names]
+      if checks.enabled(s, "robustness"):
+        states = self.states(clf, image_shape)
+        needed = [st for st in states if st[:2] == (SetName.EVAL, State.ORIGINAL)]
+        cascade = [st for st in states
+                   if st[0] == SetName.EVAL and st[1].startswith(CASCADE_PREFIX)]
+        needed += cascade[-1:]   # none for a model that cannot be randomized
+        needed += [st for st in states if st[:2] == (SetName.UTILITY, State.ORIGINAL)]
+        for grayscale in s.robustness.grayscale:
+          overrides = robustness.GRAYSCALE[grayscale]
+          if not overrides:
+            continue
+          jobs += [(set_name, state, variables, robustness.variant_method(n, grayscale), n,
+                    {**self.method_settings(n), **overrides})
+                   for set_name, state, variables in needed for n in names]
+      targets = {}
+      for set_name, state, variables, store_name, name, settings in tqdm.tqdm(
+          jobs, desc=f"check maps {clf.name}", unit="store",
+          disable=not jobs or jax.process_index() != 0):
+        image_set = self.image_set(set_name)
+        if set_name not in targets:
+          targets[set_name] = self.targets(clf, image_set)
+        self._generate(self.store_path(set_name, clf.name, state, store_name),
+                       attributions.METHODS[name], bound.bind(variables), image_set,
+                       clf.style, targets[set_name], settings, key, variables)
+    if checks.enabled(s, "chexlocalize"):
+      image_set = self.image_set(SetName.VALIDATION)
+      for loc in self.localizers():
+        fns = models.ModelFunctions(lambda x, loc=loc: loc.module.apply(loc.variables, x))
+        self._generate(self.store_path(SetName.VALIDATION, loc.name, State.ORIGINAL,
+                                       Baseline.LOCALIZATION),
+                       self._localization_output(loc, image_set.raw.shape[1:3]), fns,
+                       image_set, loc.style, np.zeros(len(image_set.ids), np.int32), {}, key,
+                       loc.variables)
 
   def skipped_methods(self, bound: plugin.PluginModel) -> List[Tuple[str, str]]:
     """[(method, why)] of the configured methods this model cannot give."""
@@ -480,7 +660,7 @@ class Study:
   def write_run_files(self) -> None:
     """Writes what scoring needs besides the maps: each set's ground truth, the average mask
     and the run manifest (models, image ids, methods, which models serve which criterion)."""
-    for set_name in (SetName.UTILITY, SetName.EVAL):
+    for set_name in self._image_sets():
       s = self.image_set(set_name)
       map_reader.write_ground_truth(self.workdir, set_name, s.ids, s.raw, s.masks, s.boxes)
     map_reader.write_average_mask(self.workdir, self.average_mask())
@@ -491,7 +671,7 @@ class Study:
                            LOCALIZER) for c in self.localizers()]
     self.manifest.record_run(
         models=models_,
-        image_ids={n: list(self.image_set(n).ids) for n in (SetName.UTILITY, SetName.EVAL)},
+        image_ids={n: list(self.image_set(n).ids) for n in self._image_sets()},
         methods=self.method_names(), computed_methods=list(self.config.methods.names),
         utility_models=list(self.config.study.utility_models),
         independent_models=list(self.config.study.independent_randomization),
@@ -516,7 +696,34 @@ class Study:
   def stage_report(self) -> None:
     from saliency_jax.trust import report  # pylint: disable=g-import-not-at-top
     reader = self.reader()
-    report.write_report(self.manifest, reader, self.config, self.workdir)
+    report.write_report(self.manifest, reader, self.numbers_config(), self.workdir)
+
+
+def _differences(then: Any, now: Any, prefix: str = "") -> List[str]:
+  """"path: then -> now" for every leaf that differs between two JSON-like trees."""
+  if isinstance(then, dict) and isinstance(now, dict):
+    out = []
+    for key in sorted(set(then) | set(now)):
+      out += _differences(then.get(key), now.get(key), f"{prefix}{key}.")
+    return out
+  return [] if then == now else [f"{prefix[:-1]}: {then} -> {now}"]
+
+
+def _say(text: str) -> None:
+  """Prints on host 0 only: one copy of every line in a multi-host run."""
+  if jax.process_index() == 0:
+    print(text)
+
+
+def _variables_digest(variables: Any) -> str:
+  """A digest of a model's variables, kept with its maps: other weights, other maps."""
+  digest = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_leaves_with_path(variables):
+    array = np.asarray(leaf)
+    digest.update(f"{jax.tree_util.keystr(path)} {array.dtype} {array.shape}".encode())
+    digest.update(np.ascontiguousarray(array).data if array.dtype != object
+                  else repr(leaf).encode())
+  return digest.hexdigest()[:16]
 
 
 def _text(value) -> str:

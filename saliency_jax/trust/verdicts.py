@@ -280,3 +280,14 @@ def summarize_study(records, manifest: Manifest, study_config: ml_collections.Co
       curves=curves(records, manifest),
       utility=utility_table(records, manifest),
   )
+
+
+# The helpers the checks beyond the four criteria reuse (controls_scoring, robustness).
+def source_measure(criterion: str) -> str:
+  """The measure whose records give a criterion's image ids."""
+  return {Criterion.RANDOMIZATION: Measure.CASCADING}.get(criterion, criterion)
+
+
+describe = _describe
+paired_test = _paired_test
+finite_or_none = _finite_or_none

@@ -1,0 +1,93 @@
+"""Several JAX processes on one machine (jax.distributed on localhost): files that every host
+reads are written by one host and read after a barrier; a study's results do not depend on the
+number of hosts."""
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def _env():
+  return {**os.environ, "JAX_PLATFORMS": "cpu",
+          "PYTHONPATH": os.pathsep.join([_ROOT, os.environ.get("PYTHONPATH", "")])}
+
+
+def _run_hosts(argv_of_host, timeout=600):
+  """Runs one process per host (argv_of_host(host, port)); returns their outputs.
+
+  A host that fails ends the others (they would wait for it in a barrier) and the test.
+  """
+  port = _free_port()
+  logs = [tempfile.TemporaryFile("w+") for _ in (0, 1)]
+  jobs = [subprocess.Popen(argv_of_host(host, port), cwd=_ROOT, env=_env(), stdout=log,
+                           stderr=subprocess.STDOUT, text=True)
+          for host, log in zip((0, 1), logs)]
+  deadline = time.monotonic() + timeout
+  try:
+    while any(job.poll() is None for job in jobs):
+      failed = [job for job in jobs if job.poll() not in (None, 0)]
+      if failed or time.monotonic() > deadline:
+        break
+      time.sleep(0.2)
+  finally:
+    for job in jobs:
+      if job.poll() is None:
+        job.kill()
+        job.wait()
+  outputs = []
+  for log in logs:
+    log.seek(0)
+    outputs.append(log.read())
+    log.close()
+  failures = [f"host {host} (rc {job.returncode}):\n{output[-2500:]}"
+              for host, (job, output) in enumerate(zip(jobs, outputs)) if job.returncode]
+  assert not failures, "\n".join(failures)
+  return outputs
+
+
+_SETTINGS_SCRIPT = textwrap.dedent("""
+    import os, sys, traceback
+    import jax
+    from jax.experimental import multihost_utils
+    import ml_collections
+    from saliency_jax import multihost
+    from saliency_jax.train import workdir as train_workdir
+    root, port, host = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    multihost.initialize(f"localhost:{port}", 2, host)
+    config = ml_collections.ConfigDict(dict(batch_size=4, num_steps=2, learning_rate=1e-3,
+                                            eval_every=1, log_every=1, style="inception",
+                                            channels=1))
+    try:
+      for i in range(300):
+        workdir = os.path.join(root, str(i))
+        os.makedirs(workdir, exist_ok=True)
+        multihost_utils.sync_global_devices("lockstep")  # both hosts start each check at once
+        train_workdir.check_same_settings(workdir, config, seed=i)
+    except Exception:
+      traceback.print_exc()
+      sys.stdout.flush()
+      os._exit(1)  # at once: JAX's shutdown would wait minutes for the other host
+    print("checked", i + 1)
+""")
+
+
+def test_fresh_training_settings_are_read_only_once_written(tmp_path):
+  # Host 0 writes train_settings.json on a fresh start while host 1 checks it: host 1 must
+  # never read a half-written file (it did, about one fresh start in four: JSONDecodeError).
+  script = tmp_path / "settings.py"
+  script.write_text(_SETTINGS_SCRIPT)
+  outputs = _run_hosts(lambda host, port: [sys.executable, str(script), str(tmp_path / "w"),
+                                           str(port), str(host)], timeout=300)
+  assert all("checked 300" in out for out in outputs), outputs
+
