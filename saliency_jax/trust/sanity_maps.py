@@ -72,14 +72,18 @@ def permuted_classifiers(study) -> Dict[str, Any]:
 # -----------------------------------------------------------------------------------------
 # Maps.
 
-def _generate(study, path, method, fns, images, image_set, targets, settings, key,
+def _generate(study, path, method, fns, images, image_set, targets, settings, key, variables,
               prepared_name="prepared"):
+  """Fills one store as the study's maps stage does; a store of other weights is replaced."""
+  from saliency_jax.trust.study import _variables_digest  # pylint: disable=g-import-not-at-top
   s = study.config.study
-  return maps_lib.generate_maps(
-      path, method, fns, images, targets, image_set.indices, image_set.ids, key=key,
-      settings=settings, chunk_size=s.chunk_size, dtype=s.map_dtype,
+  plan = maps_lib.MapPlan(
+      chunk_size=s.chunk_size, dtype=s.map_dtype, progress=False,
       prepared_dir=os.path.join(study.workdir, "maps", image_set.name, prepared_name),
-      progress=False)
+      metadata={"model": _variables_digest(variables)}, replace=True)
+  return maps_lib.generate_maps(
+      path, method, fns, maps_lib.MapInputs(images, targets, image_set.indices, image_set.ids),
+      key=key, settings=settings, plan=plan)
 
 
 def _fully_randomized(study, clf, image_shape):
@@ -104,7 +108,7 @@ def generate_maps(study, key) -> None:
   def bound(clf):
     return study.bound_model(clf, study.inputs(image_set, clf.style).shape[1:])
 
-  def run(clf, state, fns, images, targets, method_names, wrap=None, extra=None,
+  def run(clf, state, variables, fns, images, targets, method_names, wrap=None, extra=None,
           prepared_name="prepared"):
     lacking = dict(study.skipped_methods(bound(clf)))
     for name in method_names:
@@ -115,11 +119,11 @@ def generate_maps(study, key) -> None:
       if wrap is not None:
         method, settings = wrap(method), {**settings, **extra}
       _generate(study, study.store_path(EVAL_SET, clf.name, state, name), method, fns, images,
-                image_set, targets, settings, key, prepared_name)
+                image_set, targets, settings, key, variables, prepared_name)
 
   for name, twin in permuted_classifiers(study).items():
     clf = classifiers[name]
-    run(clf, DATA_RANDOMIZED, bound(clf).bind(twin.variables),
+    run(clf, DATA_RANDOMIZED, twin.variables, bound(clf).bind(twin.variables),
         study.inputs(image_set, clf.style), targets_of(clf),
         method_list(config, "data_randomization"))
   if enabled(config, "smooth_mprt"):
@@ -129,11 +133,11 @@ def generate_maps(study, key) -> None:
       clf = classifiers[name]
       images = study.inputs(image_set, clf.style)
       methods = method_list(config, "smooth_mprt")
-      run(clf, SMOOTHED_ORIGINAL, bound(clf).bind(clf.variables), images, targets_of(clf),
-          methods, smoothing.smoothed, extra)
+      run(clf, SMOOTHED_ORIGINAL, clf.variables, bound(clf).bind(clf.variables), images,
+          targets_of(clf), methods, smoothing.smoothed, extra)
       untrained = _fully_randomized(study, clf, images.shape[1:])
-      run(clf, SMOOTHED_UNTRAINED, bound(clf).bind(untrained), images, targets_of(clf),
-          methods, smoothing.smoothed, extra)
+      run(clf, SMOOTHED_UNTRAINED, untrained, bound(clf).bind(untrained), images,
+          targets_of(clf), methods, smoothing.smoothed, extra)
   if enabled(config, "random_logit"):
     section = config.sanity.random_logit
     for name in section.models:
@@ -142,7 +146,8 @@ def generate_maps(study, key) -> None:
       fns = bound(clf).bind(clf.variables)
       num_classes = int(jax.eval_shape(fns.logits_fn, images[:1]).shape[-1])
       other = logits_lib.other_classes(targets_of(clf), num_classes, section.seed)
-      run(clf, OTHER_CLASS, fns, images, other, method_list(config, "random_logit"))
+      run(clf, OTHER_CLASS, clf.variables, fns, images, other,
+          method_list(config, "random_logit"))
   if enabled(config, "input_invariance"):
     section = config.sanity.input_invariance
     for name in section.models:
@@ -150,8 +155,9 @@ def generate_maps(study, key) -> None:
       images = study.inputs(image_set, clf.style)
       shifted = invariance.shifted_model_functions(clf.module, clf.variables, section.shift)
       check_shift_invisible(clf, shifted, images, section.shift)
-      run(clf, INPUT_SHIFTED, shifted, images + np.float32(section.shift), targets_of(clf),
-          method_list(config, "input_invariance"), prepared_name="prepared_shifted")
+      run(clf, INPUT_SHIFTED, clf.variables, shifted, images + np.float32(section.shift),
+          targets_of(clf), method_list(config, "input_invariance"),
+          prepared_name="prepared_shifted")
   if enabled(config, "faithfulness"):
     reader = MapReader(study.workdir, list(config.methods.names))
     for name in config.sanity.faithfulness.models:
