@@ -43,13 +43,13 @@ def _median_seconds(fn, steps: int) -> tuple[float, float]:
 def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
   from jax.sharding import Mesh  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
 
   from configs import paper_rsna  # pylint: disable=g-import-not-at-top
   from configs import synthetic  # pylint: disable=g-import-not-at-top
-  from saliency_jax import models  # pylint: disable=g-import-not-at-top
   from launch.train_step_timing import train_step_time  # pylint: disable=g-import-not-at-top
+  from saliency_jax import models  # pylint: disable=g-import-not-at-top
   from saliency_jax import train  # pylint: disable=g-import-not-at-top
   from saliency_jax.detection import postprocess  # pylint: disable=g-import-not-at-top
 

@@ -2,10 +2,10 @@
 import os
 
 import jax
+from jax.sharding import Mesh
 import ml_collections
 import numpy as np
 import pytest
-from jax.sharding import Mesh
 
 from saliency_jax import data as data_lib
 from saliency_jax import models

@@ -20,7 +20,7 @@ added to the image in the order the map ranks them.
 The output is the probability of the explained class (column `targets[i]` of `probs_fn`). Ranks
 break ties by pixel order (row-major), so a constant map removes pixels in raster order.
 """
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp

@@ -41,8 +41,8 @@ from saliency_jax.trust.sanity import SMOOTHED_UNTRAINED
 # Training: the data randomization test's models.
 
 def permuted_classifiers(study) -> Dict[str, Any]:
-  """{trained model name: its permuted-label twin (a study Classifier)}, trained or resumed."""
-  from saliency_jax.trust.study import Classifier  # pylint: disable=g-import-not-at-top
+  """{trained model name: its permuted-label twin (a study TrainedModel)}, trained or resumed."""
+  from saliency_jax.trust.study import TrainedModel  # pylint: disable=g-import-not-at-top
   if not enabled(study.config, "data_randomization"):
     return {}
   section = study.config.sanity.data_randomization
@@ -63,7 +63,7 @@ def permuted_classifiers(study) -> Dict[str, Any]:
           workdir=workdir, seed=spec["seed"],
           config=study._train_config(study.config.train, style),  # pylint: disable=protected-access
           initial_variables=study._pretrained(spec, workdir))  # pylint: disable=protected-access
-      out[name] = Classifier(name + PERMUTED_SUFFIX, spec["arch"], module, trained.variables,
+      out[name] = TrainedModel(name + PERMUTED_SUFFIX, spec["arch"], module, trained.variables,
                              float(trained.val_auc), style)
     return out
   return study._cached("sanity_permuted", build)  # pylint: disable=protected-access
