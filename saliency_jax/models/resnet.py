@@ -11,7 +11,8 @@ Parameter paths are Keras' layer names split at the block: Keras' "conv3_block2_
 back (the Keras weight import uses it). `widths`, `blocks` and `stem_width` give narrower
 or shallower variants (for small CPU runs); the defaults are ResNet-50.
 """
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax

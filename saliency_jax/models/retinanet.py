@@ -16,7 +16,8 @@ class output's bias -log((1 - 0.01) / 0.01) so every anchor starts at foreground
 0.01); Flax defaults for the FPN.
 """
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
