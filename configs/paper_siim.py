@@ -7,7 +7,7 @@ Prepare the data once (see README, "Run the study on RSNA / SIIM"), then on a GP
 
 ImageNet initialization (the paper's): download the Keras applications' notop weight files
 yourself and pass them, e.g. --config.weights.inception_v3=/weights/inception_v3_notop.h5.
-Methods keep the authors' settings (each method's defaults, PAPER.md).
+Methods keep the authors' settings (each method's defaults).
 """
 import ml_collections
 

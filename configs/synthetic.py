@@ -11,7 +11,6 @@ configs/paper_*.py keep the authors' settings.
 import ml_collections
 
 from saliency_jax.metrics import chexlocalize
-
 from saliency_jax.trust import verdicts
 
 

@@ -82,8 +82,9 @@ def _fmt(value, width, digits):
 
 def _patch_pair_quantile():
   """PAIR 0.2.1's Guided IG calls np.quantile(interpolation=...), which NumPy 2.4 removed."""
-  from saliency.core import guided_ig  # pylint: disable=g-import-not-at-top
   import types  # pylint: disable=g-import-not-at-top
+
+  from saliency.core import guided_ig  # pylint: disable=g-import-not-at-top
 
   def quantile(a, q, interpolation="linear", **kwargs):
     return np.quantile(a, q, method=interpolation, **kwargs)

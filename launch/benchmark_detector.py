@@ -11,7 +11,8 @@ timed too, so the post-processing's share shows. No input pipeline is timed.
 import json
 import time
 
-from absl import app, flags
+from absl import app
+from absl import flags
 
 _PRESET = flags.DEFINE_enum("preset", "small", ["small", "paper"],
                             "small: configs/synthetic.py:retinanet's detector at 64 px, 1 "
@@ -26,8 +27,8 @@ _JSON = flags.DEFINE_string("json", None, "Write the record here.")
 
 def _median_seconds(fn, steps: int) -> tuple[float, float]:
   """(compile + first call, median of `steps` calls) in seconds."""
-  import jax
-  import numpy as np
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
   jax.block_until_ready(fn())
   first = time.perf_counter() - start
@@ -41,15 +42,16 @@ def _median_seconds(fn, steps: int) -> tuple[float, float]:
 
 def main(argv):
   del argv
-  # Imported here so that --help answers without loading JAX.
-  import jax
-  import numpy as np
-  from jax.sharding import Mesh
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.sharding import Mesh  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
 
-  from configs import paper_rsna, synthetic
-  from launch.train_step_timing import train_step_time
-  from saliency_jax import models, train
-  from saliency_jax.detection import postprocess
+  from configs import paper_rsna  # pylint: disable=g-import-not-at-top
+  from configs import synthetic  # pylint: disable=g-import-not-at-top
+  from launch.train_step_timing import train_step_time  # pylint: disable=g-import-not-at-top
+  from saliency_jax import models  # pylint: disable=g-import-not-at-top
+  from saliency_jax import train  # pylint: disable=g-import-not-at-top
+  from saliency_jax.detection import postprocess  # pylint: disable=g-import-not-at-top
 
   if _PRESET.value == "small":
     config, size, channels = synthetic.get_config("retinanet"), 64, 1
@@ -79,11 +81,11 @@ def main(argv):
 
   _, network_s = _median_seconds(lambda: network(variables, images), _STEPS.value)
   maps_compile_s, maps_s = _median_seconds(lambda: score_maps(variables, images), _STEPS.value)
-  record = {"preset": _PRESET.value, "image_shape": shape, "batch_size": batch,
-            "backend": jax.default_backend(), "train_images_per_s": trained["images_per_s"],
-            "train_step_s": trained["step_s"], "train_compile_s": trained["compile_s"],
-            "network_images_per_s": batch / network_s, "maps_images_per_s": batch / maps_s,
-            "maps_compile_s": maps_compile_s, "postprocess_share": 1 - network_s / maps_s}
+  record = dict(preset=_PRESET.value, image_shape=shape, batch_size=batch,
+                backend=jax.default_backend(), train_images_per_s=trained["images_per_s"],
+                train_step_s=trained["step_s"], train_compile_s=trained["compile_s"],
+                network_images_per_s=batch / network_s, maps_images_per_s=batch / maps_s,
+                maps_compile_s=maps_compile_s, postprocess_share=1 - network_s / maps_s)
   print(f"{'':<34}{'images/s':>10}{'ms/batch':>10}")
   print(f"{'training step':<34}{record['train_images_per_s']:>10.1f}"
         f"{1e3 * trained['step_s']:>10.1f}")

@@ -27,9 +27,9 @@ from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
-import numpy as np
 import ml_collections
 from ml_collections import config_flags
+import numpy as np
 
 from launch.timing import best_of
 from launch.timing import block

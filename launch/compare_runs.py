@@ -3,11 +3,13 @@
   python -m launch.compare_runs /tmp/run_before /tmp/run_after
 
 Equal when results.json, results.csv and summary.json are byte-identical and every map store
-under maps/ exists in both with byte-identical files (chunks, ids, indices, store manifest).
-Prints each difference; exits 1 when there is one. Used to show that a refactoring changed no
-number.
+under maps/ exists in both with byte-identical maps, ids, indices and checksums. A store's
+description (manifest.json: shape, dtype, the method's recorded settings) that differs is
+printed as a note, not a difference: a renamed setting changes it, not the maps. Prints each
+difference; exits 1 when there is one. Used to show that a refactoring changed no number.
 """
 import filecmp
+import json
 import os
 import sys
 
@@ -42,11 +44,31 @@ def compare(before: str, after: str) -> list[str]:
       problems.append(f"maps/{store}: files differ: {stores_a[store]} vs {stores_b[store]}")
       continue
     for f in stores_a[store]:
-      if not filecmp.cmp(os.path.join(before, "maps", store, f),
-                         os.path.join(after, "maps", store, f), shallow=False):
+      a, b = (os.path.join(root, "maps", store, f) for root in (before, after))
+      if filecmp.cmp(a, b, shallow=False):
+        continue
+      if f == "manifest.json":
+        print(f"note: maps/{store}/manifest.json: {_json_difference(a, b)}")
+      else:
         problems.append(f"maps/{store}/{f}: differs")
   print(f"compared {len(RECORD_FILES)} record files and {len(stores_a)} map stores")
   return problems
+
+
+def _json_difference(a: str, b: str) -> str:
+  """The keys (dotted paths) in which two JSON files differ."""
+  with open(a) as f:
+    x = json.load(f)
+  with open(b) as f:
+    y = json.load(f)
+
+  def walk(x, y, path):
+    if isinstance(x, dict) and isinstance(y, dict):
+      for k in sorted(set(x) | set(y)):
+        yield from walk(x.get(k), y.get(k), f"{path}.{k}" if path else k)
+    elif x != y:
+      yield f"{path}: {x!r} -> {y!r}"
+  return "; ".join(walk(x, y, ""))
 
 
 def main(argv) -> int:

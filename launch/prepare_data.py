@@ -21,10 +21,10 @@ from absl import flags
 from absl import logging
 
 from saliency_jax.data import build_report
-from saliency_jax.data import real_cxr
-from saliency_jax.data import real_datasets
+from saliency_jax.data import prepare_real
+from saliency_jax.data import real_builder
 
-_DATASET = flags.DEFINE_enum("dataset", None, sorted(real_datasets.BUILDERS),
+_DATASET = flags.DEFINE_enum("dataset", None, sorted(prepare_real.BUILDERS),
                              "Which dataset to build.")
 _MANUAL_DIR = flags.DEFINE_string(
     "manual_dir", None, "Directory holding the Kaggle files (see the error "
@@ -75,7 +75,7 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError("Too many command-line arguments.")
   try:
-    name, report = real_datasets.prepare(
+    name, report = prepare_real.prepare(
         _DATASET.value, manual_dir=_MANUAL_DIR.value,
         data_dir=_DATA_DIR.value, image_size=_IMAGE_SIZE.value,
         image_dtype=_IMAGE_DTYPE.value, split_seed=_SPLIT_SEED.value,
@@ -83,7 +83,7 @@ def main(argv: Sequence[str]) -> None:
         split_csv=_SPLIT_CSV.value, num_workers=_NUM_WORKERS.value,
         check_dicom_ids=_CHECK_DICOM_IDS.value, overwrite=_OVERWRITE.value,
         float_range=[float(v) for v in _FLOAT_RANGE.value])
-  except (real_cxr.ManualDirError, real_cxr.EmptySplitError) as e:
+  except (real_builder.ManualDirError, real_builder.EmptySplitError) as e:
     sys.exit(f"prepare_data: {e}")
   logging.info("Built %s in %s", name, _DATA_DIR.value)
   print(build_report.format_report(report))

@@ -3,7 +3,9 @@ import time
 
 import flax.linen as nn
 import jax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
 
 from saliency_jax.models import init_variables
@@ -21,7 +23,7 @@ def train_step_time(module: nn.Module, image_shape: tuple[int, int, int], *, bat
   image). Returns {"step_s": median seconds per step, "images_per_s": batch_size / step_s,
   "compile_s": first call, "devices": mesh size}. `batch_size` is the global batch.
   """
-  mesh = steps.default_mesh() if mesh is None else mesh
+  mesh = steps.data_parallel_mesh() if mesh is None else mesh
   settings = (float(learning_rate), "constant", 0, 0, 0.0)  # as steps.optimizer_settings
   task = tasks.SEGMENTER if segmentation else tasks.CLASSIFIER
   if detector:

@@ -16,10 +16,11 @@ into seconds per stage. Both follow what `trust.Study` runs:
 - criteria: utility per utility map (and baselines), a similarity per (eval image, state)
   pair, per replicate pair, and `random_pairs` similarities per eval image and method.
 """
+from collections.abc import Mapping
 import dataclasses
 import itertools
 import math
-from typing import Any, Mapping
+from typing import Any
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,7 +14,8 @@ draw.
 `sample_input` (an image batch [B, H, W, C]) only fixes parameter shapes: its image shape is
 what the fresh model is initialized with.
 """
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 

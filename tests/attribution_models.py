@@ -5,10 +5,10 @@
 `pair_call_model_function` is how a PAIR user drives `saliency.core` with a JAX model.
 """
 import flax.linen as nn
-import pytest
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from saliency_jax.attributions.pair_interop import pair_call_model_function  # noqa: F401
 from saliency_jax.models.functions import model_functions

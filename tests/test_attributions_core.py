@@ -1,4 +1,8 @@
 """GRAD, GCAM, GBP, GGCAM, to_grayscale and the registry vs PAIR saliency.core."""
+from attribution_models import full_float32_precision  # noqa: F401 (autouse)
+from attribution_models import pair_call_model_function
+from attribution_models import random_images
+from attribution_models import tiny_model
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -7,14 +11,10 @@ import pytest
 from saliency import core as pair
 
 from saliency_jax import attributions
+from saliency_jax.attributions import _execution
 from saliency_jax.attributions import guided_relu
-from saliency_jax.attributions import registry
-from saliency_jax.models.functions import ModelFunctions
 from saliency_jax.models.functions import model_functions
-from attribution_models import full_float32_precision  # noqa: F401 (autouse)
-from attribution_models import pair_call_model_function
-from attribution_models import random_images
-from attribution_models import tiny_model
+from saliency_jax.models.functions import ModelFunctions
 
 SHAPES = [(2, 12, 10, 3), (1, 9, 9, 1)]   # non-square RGB and square grayscale
 
@@ -60,10 +60,14 @@ def _tf1_resize_bilinear_reference(g, out_h, out_w):
   out = np.zeros((out_h, out_w))
   for y in range(out_h):
     sy = y * (in_h / out_h)
-    y0 = int(np.floor(sy)); y1 = min(y0 + 1, in_h - 1); ty = sy - y0
+    y0 = int(np.floor(sy))
+    y1 = min(y0 + 1, in_h - 1)
+    ty = sy - y0
     for x in range(out_w):
       sx = x * (in_w / out_w)
-      x0 = int(np.floor(sx)); x1 = min(x0 + 1, in_w - 1); tx = sx - x0
+      x0 = int(np.floor(sx))
+      x1 = min(x0 + 1, in_w - 1)
+      tx = sx - x0
       top = g[y0, x0] + (g[y0, x1] - g[y0, x0]) * tx
       bottom = g[y1, x0] + (g[y1, x1] - g[y1, x0]) * tx
       out[y, x] = top + (bottom - top) * ty
@@ -257,6 +261,7 @@ def test_registry_compiles_once_per_architecture():
       lambda x: module.apply(v2, x), images, targets)))
   np.testing.assert_allclose(out2, ref2, atol=1e-6)
   assert not np.allclose(out1, out2)
-  key = next(k for k in registry._JIT_CACHE if k[0] == "GRAD" and k[2] == "pytree"
-             and dict(k[1])["max_grads_in_flight"] == 3)
-  assert registry._JIT_CACHE[key]._cache_size() == 1
+  cache = _execution._CACHE  # pylint: disable=protected-access
+  key = next(k for k in cache if k[:2] == ("method", "GRAD") and k[3] == "pytree"
+             and dict(k[2])["max_grads_in_flight"] == 3)
+  assert cache[key][1]._cache_size() == 1

@@ -2,6 +2,10 @@
 import importlib
 import types
 
+from attribution_models import full_float32_precision  # noqa: F401 (autouse)
+from attribution_models import pair_call_model_function
+from attribution_models import random_images
+from attribution_models import tiny_model
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,10 +13,6 @@ import pytest
 from saliency import core as pair
 from saliency.core import guided_ig as pair_guided_ig
 
-from attribution_models import full_float32_precision  # noqa: F401 (autouse)
-from attribution_models import pair_call_model_function
-from attribution_models import random_images
-from attribution_models import tiny_model
 from saliency_jax import attributions
 
 # The module (the package exports its function under the same name).

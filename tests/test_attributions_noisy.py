@@ -1,13 +1,13 @@
 """SmoothGrad, IG, SmoothGrad-IG vs PAIR saliency.core; batch invariance; IG completeness."""
+from attribution_models import full_float32_precision  # noqa: F401 (autouse)
+from attribution_models import pair_call_model_function
+from attribution_models import random_images
+from attribution_models import tiny_model
 import jax
 import numpy as np
 import pytest
 from saliency import core as pair
 
-from attribution_models import full_float32_precision  # noqa: F401 (autouse)
-from attribution_models import pair_call_model_function
-from attribution_models import random_images
-from attribution_models import tiny_model
 from saliency_jax import attributions
 
 

@@ -5,15 +5,15 @@ import subprocess
 import sys
 import time
 
+from attribution_models import full_float32_precision  # noqa: F401 (autouse)
+from attribution_models import pair_call_model_function
+from attribution_models import random_images
+from attribution_models import tiny_model
 import numpy as np
 import pytest
 from saliency import core as pair
 from saliency.core import xrai as pair_xrai
 
-from attribution_models import full_float32_precision  # noqa: F401 (autouse)
-from attribution_models import pair_call_model_function
-from attribution_models import random_images
-from attribution_models import tiny_model
 from saliency_jax import attributions
 from saliency_jax.attributions import registry
 from saliency_jax.attributions import xrai_segments
@@ -39,7 +39,8 @@ def test_segments_equal_pair_defaults():
 
 @pytest.mark.parametrize("radius", [0, 1, 3])
 def test_label_dilation_equals_skimage(radius):
-  from skimage.morphology import dilation, disk
+  from skimage.morphology import dilation
+  from skimage.morphology import disk
   rng = np.random.default_rng(radius)
   seg = rng.integers(2, 7, size=(9, 13))
   seg[seg == 4] = 5     # a missing label gives an empty mask, kept as PAIR does
@@ -120,7 +121,7 @@ def test_registry_xrai_prepare_and_parallel_segments():
   settings = {"steps": 3, "scales": (30, 100), "min_size": 8, "segmentation_size": None,
               "dilation_radius": 2, "workers": 2}
   method = attributions.METHODS["XRAI"]
-  assert not method.jittable
+  assert not method.wrap_in_jit
   prepared = method.prepare(images, settings)          # 3 images on 2 worker processes
   serial = xrai_segments.segment_batch(images, workers=1, scales=(30, 100), min_size=8,
                                        resize=None, dilation_radius=2)
@@ -159,7 +160,7 @@ print("script body ran", flush=True)
 rng = np.random.default_rng(0)
 images = rng.uniform(-1, 1, (2, 20, 18, 1)).astype(np.float32)
 base = rng.normal(size=(2, 20, 18)).astype(np.float32)
-maps = attributions.xrai(None, images, attributions=base, workers=2, segment_resize=None)
+maps = attributions.xrai(None, images, attributions=base, workers=2, segmentation_size=None)
 np.save(sys.argv[1], maps)
 """
 
@@ -181,7 +182,7 @@ def test_xrai_from_a_plain_script_without_a_main_guard(tmp_path):
   rng = np.random.default_rng(0)
   images = rng.uniform(-1, 1, (2, 20, 18, 1)).astype(np.float32)
   base = rng.normal(size=(2, 20, 18)).astype(np.float32)
-  serial = attributions.xrai(None, images, attributions=base, workers=1, segment_resize=None)
+  serial = attributions.xrai(None, images, attributions=base, workers=1, segmentation_size=None)
   np.testing.assert_array_equal(np.load(tmp_path / "maps.npy"), serial)
 
 

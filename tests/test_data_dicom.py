@@ -11,9 +11,10 @@ import os
 import numpy as np
 from PIL import Image
 import pydicom
-from pydicom.encaps import encapsulate
 from pydicom import uid
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
+from pydicom.dataset import FileMetaDataset
+from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence
 import pytest
 import skimage.transform

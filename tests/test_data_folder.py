@@ -1,7 +1,6 @@
 """The `image_mask_folder` builder: the authors' sample format (float .npy in [-1, 1], 3 equal
 channels) and PNG images with PNG masks, boxes, RLE and a labels CSV; bad input is skipped and
 counted in the skip report."""
-import os
 
 import numpy as np
 from PIL import Image
@@ -10,7 +9,7 @@ import skimage.transform
 import tensorflow_datasets as tfds
 
 import saliency_jax.data  # noqa: F401  (registers the builders)
-from saliency_jax.data import real_datasets
+from saliency_jax.data import prepare_real
 from saliency_jax.data import rle
 
 
@@ -46,7 +45,7 @@ def test_authors_sample_format(tmp_path):
   np.save(root / "masks" / "orphan.npy", np.ones((24, 24), bool))
 
   data_dir = str(tmp_path / "tfds")
-  name, report = real_datasets.prepare(
+  name, report = prepare_real.prepare(
       "image_mask_folder", manual_dir=str(root), data_dir=data_dir, image_size=24,
       split_fractions=(0, 0, 1))
   examples = _examples(name, data_dir)
@@ -63,7 +62,7 @@ def test_authors_sample_format(tmp_path):
       "image_missing_file": 1}
   assert report["info"]["labels"] == "ground truth present"
   # Another float range is another build, and maps [0, 2] to the unit range.
-  name2, report2 = real_datasets.prepare(
+  name2, report2 = prepare_real.prepare(
       "image_mask_folder", manual_dir=str(root), data_dir=data_dir, image_size=24,
       split_fractions=(0, 0, 1), float_range=(-2, 2))
   assert name2 != name
@@ -102,7 +101,7 @@ def test_png_images_with_masks_boxes_rle_and_labels(tmp_path):
       "p5,1,test\nghost,1,test\n")
 
   data_dir = str(tmp_path / "tfds")
-  name, report = real_datasets.prepare("image_mask_folder", manual_dir=str(root),
+  name, report = prepare_real.prepare("image_mask_folder", manual_dir=str(root),
                                        data_dir=data_dir, image_size=10)
   examples = _examples(name, data_dir)
   assert {s: sorted(e) for s, e in examples.items()} == {
@@ -129,5 +128,5 @@ def test_png_images_with_masks_boxes_rle_and_labels(tmp_path):
 
 def test_missing_images_dir_explains(tmp_path):
   with pytest.raises(FileNotFoundError, match="images"):
-    real_datasets.prepare("image_mask_folder", manual_dir=str(tmp_path),
+    prepare_real.prepare("image_mask_folder", manual_dir=str(tmp_path),
                           data_dir=str(tmp_path / "tfds"), image_size=8)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from saliency_jax.data import make_dataset
-from saliency_jax.data import preprocess
 from saliency_jax.data import pipeline
+from saliency_jax.data import preprocess
 
 
 def test_inception_scaling_hand_values():

@@ -16,17 +16,17 @@ from pydicom import uid
 import pytest
 import skimage.transform
 import tensorflow_datasets as tfds
+from test_data_dicom import linear_window
+from test_data_dicom import write_dicom
 
 import saliency_jax.data  # noqa: F401  (registers the builders)
 from saliency_jax.data import build_report
-from saliency_jax.data import real_cxr
-from saliency_jax.data import real_datasets
+from saliency_jax.data import prepare_real
+from saliency_jax.data import real_builder
 from saliency_jax.data import rle
 from saliency_jax.data import rsna_pneumonia
 from saliency_jax.data import siim_acr_pneumothorax
 from saliency_jax.data import splits
-from test_data_dicom import linear_window
-from test_data_dicom import write_dicom
 
 SIZE = 32
 
@@ -188,7 +188,7 @@ def rsna_seed(rsna_dir):
 def rsna_built(rsna_dir, rsna_seed, tmp_path_factory):
   root, arrays = rsna_dir
   data_dir = str(tmp_path_factory.mktemp("rsna_data"))
-  name, report = real_datasets.prepare(
+  name, report = prepare_real.prepare(
       "rsna_pneumonia", manual_dir=str(root), data_dir=data_dir,
       image_size=SIZE, split_seed=rsna_seed)
   return name, data_dir, report, arrays
@@ -274,7 +274,7 @@ def test_rsna_split_csv_and_uint16(rsna_dir, tmp_path):
                        "1,neg_a.png,val\n"
                        "2,neg_b.png,test\n"
                        "3,not_in_labels.png,test\n")
-  name, report = real_datasets.prepare(
+  name, report = prepare_real.prepare(
       "rsna_pneumonia", manual_dir=str(root), data_dir=str(tmp_path / "d"),
       image_size=SIZE, image_dtype="uint16", split_csv=str(split_csv))
   assert name.startswith(f"rsna_pneumonia/{SIZE}_u16_csv")
@@ -292,16 +292,16 @@ def test_rsna_split_csv_and_uint16(rsna_dir, tmp_path):
 
 
 def test_missing_manual_dir_explains(tmp_path):
-  with pytest.raises(real_cxr.ManualDirError) as info:
-    real_datasets.prepare("rsna_pneumonia", manual_dir=str(tmp_path / "no"),
+  with pytest.raises(real_builder.ManualDirError) as info:
+    prepare_real.prepare("rsna_pneumonia", manual_dir=str(tmp_path / "no"),
                           data_dir=str(tmp_path / "d"), image_size=SIZE)
   message = str(info.value)
   assert "kaggle.com/c/rsna-pneumonia-detection-challenge" in message
   assert "stage_2_train_images/<patientId>.dcm" in message
   (tmp_path / "siim").mkdir()
   (tmp_path / "siim" / "train-rle.csv").write_text("ImageId, EncodedPixels\n")
-  with pytest.raises(real_cxr.ManualDirError) as info:
-    real_datasets.prepare("siim_acr_pneumothorax",
+  with pytest.raises(real_builder.ManualDirError) as info:
+    prepare_real.prepare("siim_acr_pneumothorax",
                           manual_dir=str(tmp_path / "siim"),
                           data_dir=str(tmp_path / "d"), image_size=SIZE)
   assert "missing dicom-images-train" in str(info.value)
@@ -327,20 +327,20 @@ def test_interrupted_build_restarts(rsna_dir, rsna_seed, tmp_path,
   monkeypatch.setattr(rsna_pneumonia.RsnaPneumonia, "make_example",
                       staticmethod(failing))
   with pytest.raises(_Interrupt):
-    real_datasets.prepare("rsna_pneumonia", manual_dir=str(root),
+    prepare_real.prepare("rsna_pneumonia", manual_dir=str(root),
                           data_dir=data_dir, image_size=SIZE,
                           split_seed=rsna_seed)
   monkeypatch.undo()
   config_dir = os.path.join(
       data_dir, "rsna_pneumonia",
-      real_cxr.config_name(SIZE, split_seed=rsna_seed))
+      real_builder.config_name(SIZE, split_seed=rsna_seed))
   # A build killed outright leaves its incomplete directory: fake one.
   stale = os.path.join(config_dir, "incomplete.ABCDEF_1.0.0")
   os.makedirs(stale)
   with open(os.path.join(stale, "rsna_pneumonia-train.array_record-00000-of-"
                          "00001"), "wb") as f:
     f.write(b"half written")
-  name, report = real_datasets.prepare(
+  name, report = prepare_real.prepare(
       "rsna_pneumonia", manual_dir=str(root), data_dir=data_dir,
       image_size=SIZE, split_seed=rsna_seed)
   assert not os.path.exists(stale)
@@ -349,12 +349,12 @@ def test_interrupted_build_restarts(rsna_dir, rsna_seed, tmp_path,
   sources = tfds.data_source(name, data_dir=data_dir)
   assert sum(len(s) for s in sources.values()) == len(RSNA_GOOD)
   # A second call finds the dataset and does not rebuild.
-  again, _ = real_datasets.prepare(
+  again, _ = prepare_real.prepare(
       "rsna_pneumonia", manual_dir="/nonexistent", data_dir=data_dir,
       image_size=SIZE, split_seed=rsna_seed)
   assert again == name
   # overwrite rebuilds from the manual directory.
-  _, rebuilt = real_datasets.prepare(
+  _, rebuilt = prepare_real.prepare(
       "rsna_pneumonia", manual_dir=str(root), data_dir=data_dir,
       image_size=SIZE, split_seed=rsna_seed, overwrite=True)
   assert rebuilt["num_written"] == len(RSNA_GOOD)
@@ -483,7 +483,7 @@ def siim_seed(siim_groups):
 def siim_built(siim_dir, siim_seed, tmp_path_factory):
   root, arrays, masks = siim_dir
   data_dir = str(tmp_path_factory.mktemp("siim_data"))
-  name, report = real_datasets.prepare(
+  name, report = prepare_real.prepare(
       "siim_acr_pneumothorax", manual_dir=str(root), data_dir=data_dir,
       image_size=SIZE, split_seed=siim_seed, split_fractions=SIIM_FRACTIONS)
   return name, data_dir, report, arrays, masks
@@ -491,7 +491,7 @@ def siim_built(siim_dir, siim_seed, tmp_path_factory):
 
 def test_siim_report(siim_built, siim_seed):
   name, _, report, _, _ = siim_built
-  assert name == "siim_acr_pneumothorax/" + real_cxr.config_name(
+  assert name == "siim_acr_pneumothorax/" + real_builder.config_name(
       SIZE, split_seed=siim_seed, split_fractions=SIIM_FRACTIONS)
   assert name.endswith("_f50-25-25")
   assert {k: v["count"] for k, v in report["skipped"].items()} == SIIM_SKIPS
@@ -542,7 +542,7 @@ def test_siim_examples(siim_built, siim_groups, siim_seed):
 def test_siim_with_workers_matches(siim_dir, siim_built, siim_seed, tmp_path):
   root, _, _ = siim_dir
   name, data_dir, report, _, _ = siim_built
-  name2, report2 = real_datasets.prepare(
+  name2, report2 = prepare_real.prepare(
       "siim_acr_pneumothorax", manual_dir=str(root),
       data_dir=str(tmp_path / "d"), image_size=SIZE, split_seed=siim_seed,
       split_fractions=SIIM_FRACTIONS, num_workers=2)
@@ -594,10 +594,10 @@ def test_read_split_csv(tmp_path):
 
 def test_rasterize_boxes_hand_worked():
   # Box rows [1.2, 3.5): centers 1.5, 2.5 in; 3.5 out. Columns [0, 2): 0, 1.
-  mask = real_cxr.rasterize_boxes(np.array([[1.2, 0.0, 3.5, 2.0]]), 5)
+  mask = real_builder.rasterize_boxes(np.array([[1.2, 0.0, 3.5, 2.0]]), 5)
   expected = np.zeros((5, 5), np.uint8)
   expected[1:3, 0:2] = 1
   np.testing.assert_array_equal(mask, expected)
   # A box thinner than a pixel keeps the pixel holding its center.
-  mask = real_cxr.rasterize_boxes(np.array([[2.1, 3.6, 2.3, 3.9]]), 5)
+  mask = real_builder.rasterize_boxes(np.array([[2.1, 3.6, 2.3, 3.9]]), 5)
   assert mask.sum() == 1 and mask[2, 3] == 1

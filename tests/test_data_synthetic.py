@@ -6,35 +6,38 @@ import numpy as np
 import pytest
 from scipy import ndimage
 from sklearn.metrics import average_precision_score
+import tensorflow_datasets as tfds
 
 from saliency_jax.data import build_synthetic
 from saliency_jax.data import load_arrays
 from saliency_jax.data import make_dataset
-from saliency_jax.data import synthetic
 from saliency_jax.data import synthetic_cxr
-import tensorflow_datasets as tfds
+from saliency_jax.data import synthetic_images
 
 EIGHT_CONNECTED = np.ones((3, 3), int)
 
 
 @pytest.fixture(scope="module")
 def train40():
-  return [synthetic.generate_example(i, split="train", seed=3, image_size=48) for i in range(40)]
+  return [synthetic_images.generate_example(i, split="train", seed=3, image_size=48)
+          for i in range(40)]
 
 
 def test_same_seed_same_bytes_other_seed_or_split_differs():
-  a = synthetic.generate_example(7, split="train", seed=11)
-  b = synthetic.generate_example(7, split="train", seed=11)
+  a = synthetic_images.generate_example(7, split="train", seed=11)
+  b = synthetic_images.generate_example(7, split="train", seed=11)
   for field in ("image", "mask", "boxes"):
     assert getattr(a, field).tobytes() == getattr(b, field).tobytes()
   assert (a.id, a.label) == (b.id, b.label)
-  assert synthetic.generate_example(7, split="train", seed=12).image.tobytes() != a.image.tobytes()
-  assert synthetic.generate_example(7, split="test", seed=11).image.tobytes() != a.image.tobytes()
+  other_seed = synthetic_images.generate_example(7, split="train", seed=12)
+  other_split = synthetic_images.generate_example(7, split="test", seed=11)
+  assert other_seed.image.tobytes() != a.image.tobytes()
+  assert other_split.image.tobytes() != a.image.tobytes()
 
 
 def test_examples_do_not_depend_on_generation_order():
-  forward = list(synthetic.generate_split("validation", 6, seed=5, image_size=32))
-  alone = synthetic.generate_example(4, split="validation", seed=5, image_size=32)
+  forward = list(synthetic_images.generate_split("validation", 6, seed=5, image_size=32))
+  alone = synthetic_images.generate_example(4, split="validation", seed=5, image_size=32)
   assert forward[4].image.tobytes() == alone.image.tobytes()
   assert forward[4].mask.tobytes() == alone.mask.tobytes()
 
@@ -42,7 +45,7 @@ def test_examples_do_not_depend_on_generation_order():
 @pytest.mark.parametrize("size", [37, 64])
 def test_shapes_and_dtypes(size):
   for i in range(6):
-    e = synthetic.generate_example(i, image_size=size, seed=1)
+    e = synthetic_images.generate_example(i, image_size=size, seed=1)
     assert e.image.shape == (size, size, 1) and e.image.dtype == np.uint8
     assert e.mask.shape == (size, size, 1) and e.mask.dtype == np.uint8
     assert set(np.unique(e.mask)) <= {0, 1}
@@ -72,20 +75,20 @@ def test_negatives_have_no_lesions_and_positives_have_exact_boxes(train40):
 
 
 def test_positive_fraction():
-  labels = [synthetic.generate_example(i, image_size=16, positive_fraction=0.5).label
+  labels = [synthetic_images.generate_example(i, image_size=16, positive_fraction=0.5).label
             for i in range(200)]
   assert 0.4 < np.mean(labels) < 0.6
-  assert not any(synthetic.generate_example(i, image_size=16, positive_fraction=0.0).label
+  assert not any(synthetic_images.generate_example(i, image_size=16, positive_fraction=0.0).label
                  for i in range(20))
-  assert all(synthetic.generate_example(i, image_size=16, positive_fraction=1.0).label
+  assert all(synthetic_images.generate_example(i, image_size=16, positive_fraction=1.0).label
              for i in range(20))
 
 
 def test_difficulty_changes_only_lesion_pixels():
   # The random draws do not depend on difficulty, so a harder image differs only on the lesion.
   for i in range(8):
-    easy = synthetic.generate_example(i, seed=2, difficulty=1.0, positive_fraction=1.0)
-    hard = synthetic.generate_example(i, seed=2, difficulty=2.0, positive_fraction=1.0)
+    easy = synthetic_images.generate_example(i, seed=2, difficulty=1.0, positive_fraction=1.0)
+    hard = synthetic_images.generate_example(i, seed=2, difficulty=2.0, positive_fraction=1.0)
     np.testing.assert_array_equal(easy.mask, hard.mask)
     diff = easy.image.astype(int) - hard.image.astype(int)
     inside = easy.mask.astype(bool)
@@ -107,13 +110,13 @@ def test_distractors_in_both_classes(train40):
 
 def test_bad_settings_raise():
   with pytest.raises(ValueError, match="difficulty"):
-    synthetic.generate_example(0, difficulty=0.0)
+    synthetic_images.generate_example(0, difficulty=0.0)
   with pytest.raises(ValueError, match="image_size"):
-    synthetic.generate_example(0, image_size=8)
+    synthetic_images.generate_example(0, image_size=8)
   with pytest.raises(ValueError, match="split"):
-    synthetic.generate_example(0, split="dev")
+    synthetic_images.generate_example(0, split="dev")
   with pytest.raises(ValueError, match="positive_fraction"):
-    synthetic.generate_example(0, positive_fraction=1.5)
+    synthetic_images.generate_example(0, positive_fraction=1.5)
 
 
 def test_config_names_round_trip():
@@ -145,7 +148,7 @@ def test_tfds_round_trip_equals_generator(built):
     assert len(sources[split]) == n
     for i in range(n):
       stored = sources[split][i]
-      ref = synthetic.generate_example(i, split=split, seed=4, image_size=32)
+      ref = synthetic_images.generate_example(i, split=split, seed=4, image_size=32)
       assert stored["id"].decode() == ref.id
       assert stored["label"] == ref.label
       assert stored["image"].dtype == np.uint8 and stored["mask"].dtype == np.uint8
@@ -160,7 +163,7 @@ def test_load_arrays_matches_generator(built):
   data_dir, name = built
   source = tfds.data_source(name, data_dir=data_dir)["train"]
   arrays = load_arrays(source, indices=[5, 0, 2])
-  ref = synthetic.generate_arrays("train", 9, seed=4, image_size=32)
+  ref = synthetic_images.generate_arrays("train", 9, seed=4, image_size=32)
   np.testing.assert_array_equal(arrays["index"], [5, 0, 2])
   assert arrays["id"].tolist() == [ref["id"][i] for i in (5, 0, 2)]
   np.testing.assert_array_equal(arrays["image"], ref["image"][[5, 0, 2]])
@@ -197,7 +200,7 @@ def test_grain_pipeline_reads_the_tfds_source(built):
   data_dir, name = built
   source = tfds.data_source(name, data_dir=data_dir)["train"]
   batch = next(iter(make_dataset(source, batch_size=4, seed=0, channels=3)))
-  ref = synthetic.generate_arrays("train", 9, seed=4, image_size=32)
+  ref = synthetic_images.generate_arrays("train", 9, seed=4, image_size=32)
   idx = batch["index"]
   assert len(set(idx.tolist())) == 4
   np.testing.assert_allclose(batch["image"], np.repeat(ref["image"][idx] / 127.5 - 1, 3, -1),
@@ -212,7 +215,7 @@ def test_data_source_generates_an_unbuilt_config(tmp_path):
       image_size=24, num_train=2, num_val=1, num_test=1, seed=8, difficulty=2.0,
       positive_fraction=1.0)
   source = tfds.data_source(name, data_dir=str(tmp_path))["train"]
-  ref = synthetic.generate_example(1, split="train", seed=8, image_size=24, difficulty=2.0,
+  ref = synthetic_images.generate_example(1, split="train", seed=8, image_size=24, difficulty=2.0,
                                    positive_fraction=1.0)
   np.testing.assert_array_equal(source[1]["image"], ref.image)
   assert source[1]["label"] == 1

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from saliency_jax.detection import boxes as boxes_lib
-from saliency_jax.detection import losses, metrics, postprocess
+from saliency_jax.detection import losses
+from saliency_jax.detection import metrics
+from saliency_jax.detection import postprocess
 
 
 def _random_boxes(rng, n, size=64.0):

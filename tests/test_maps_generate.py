@@ -274,7 +274,7 @@ def test_xrai_segments_are_computed_once_for_all_model_states(tmp_path, problem)
   xrai = METHODS["XRAI"]
   method = dataclasses.replace(
       xrai, prepare=lambda x, s: calls.append(len(x)) or xrai.prepare(x, s))
-  settings = {**xrai.default_settings, "steps": 4, "segment_resize": None, "scales": [50, 100],
+  settings = {**xrai.default_settings, "steps": 4, "segmentation_size": None, "scales": [50, 100],
               "min_size": 10, "workers": 1}
   for fns, state in ((model_fns, "state0"), (other_fns, "state1")):
     got = _run(

@@ -149,8 +149,9 @@ def test_correlations_undefined_cases():
   for fn in (metrics.spearman, metrics.pearson, metrics.spearman_jax, metrics.pearson_jax):
     values = np.asarray(fn(a, b))
     assert np.isnan(values[[0, 3]]).all() and np.isfinite(values[[1, 2]]).all()
-  import scipy.stats
   import warnings
+
+  import scipy.stats
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     assert np.isnan(scipy.stats.pearsonr(a[0].ravel(), b[0].ravel())[0])

@@ -1,7 +1,7 @@
 """Models that are not in the package (a Flax module by import path, or only a logits_fn), their
 weights (orbax, msgpack), and custom attribution methods by import path."""
-import flax.linen as nn
 from flax import serialization
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -12,7 +12,8 @@ import pytest
 
 from saliency_jax import models
 from saliency_jax.detection import boxes as boxes_lib
-from saliency_jax.models import resnet, retinanet
+from saliency_jax.models import resnet
+from saliency_jax.models import retinanet
 from saliency_jax.models.keras_import import import_keras_weights
 
 SHAPE = (35, 41, 3)  # odd, non-square: exposes padding and stride differences

@@ -91,3 +91,37 @@ def test_fresh_training_settings_are_read_only_once_written(tmp_path):
                                            str(port), str(host)], timeout=300)
   assert all("checked 300" in out for out in outputs), outputs
 
+
+_DEAD_HOST_SCRIPT = textwrap.dedent("""
+    import os, sys
+    from jax.experimental import multihost_utils
+    from launch import run_all
+    from saliency_jax import multihost
+    port, host = sys.argv[1], int(sys.argv[2])
+    multihost.initialize(f"localhost:{port}", 2, host)
+    multihost_utils.sync_global_devices("started")
+    if host == 1:
+      os._exit(1)  # as a killed host
+    try:
+      multihost_utils.sync_global_devices("host 1 never comes")
+    except Exception as e:
+      print(run_all._host_failure(e), flush=True)
+      os._exit(1)
+""")
+
+
+def test_the_surviving_host_names_the_dead_one(tmp_path):
+  script = tmp_path / "dead.py"
+  script.write_text(_DEAD_HOST_SCRIPT)
+  port = _free_port()
+  jobs = [subprocess.Popen([sys.executable, str(script), str(port), str(host)], cwd=_ROOT,
+                           env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True) for host in (0, 1)]
+  try:
+    out = jobs[0].communicate(timeout=240)[0]
+  finally:
+    for job in jobs:
+      job.kill()
+      job.wait()
+  assert ("host 0: host(s) 1 of 2 stopped; restart every host with the same command: the "
+          "run resumes where it stopped.") in out, out[-3000:]

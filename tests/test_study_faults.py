@@ -121,6 +121,7 @@ def test_the_report_prints_the_config_the_numbers_came_from(tmp_path, monkeypatc
 def test_maps_of_retrained_weights_replace_the_old_ones(tmp_path):
   # E.g. a rerun with more training steps: same method, images and settings, other weights.
   import jax
+
   from saliency_jax.maps import demo
   from saliency_jax.trust.study import ImageSet
   study = _study(tmp_path / "work")

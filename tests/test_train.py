@@ -5,11 +5,11 @@ import sys
 import types
 
 import jax
+from jax.sharding import Mesh
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from jax.sharding import Mesh
 from sklearn.metrics import roc_auc_score
 
 from saliency_jax import models
@@ -90,14 +90,14 @@ def test_roc_auc_matches_sklearn_with_ties():
                    rng.normal(size=n),
                    np.where(labels == 1, 1.0, 0.0),       # perfect
                    np.ones(n)):                           # constant: 0.5
-      assert train.roc_auc(labels, scores) == pytest.approx(roc_auc_score(labels, scores),
+      assert train.roc_auc_score(labels, scores) == pytest.approx(roc_auc_score(labels, scores),
                                                             abs=1e-12)
-  assert train.roc_auc([1, 0], [0.2, 0.9]) == 0.0
-  assert np.isnan(train.roc_auc([1, 1, 1], [0.1, 0.2, 0.3]))
+  assert train.roc_auc_score([1, 0], [0.2, 0.9]) == 0.0
+  assert np.isnan(train.roc_auc_score([1, 1, 1], [0.1, 0.2, 0.3]))
   with pytest.raises(ValueError, match="0 or 1"):
-    train.roc_auc([0, 2], [0.1, 0.2])
+    train.roc_auc_score([0, 2], [0.1, 0.2])
   with pytest.raises(ValueError, match="NaN"):
-    train.roc_auc([0, 1], [0.1, np.nan])
+    train.roc_auc_score([0, 1], [0.1, np.nan])
 
 
 class _FakeSummaryWriter:
@@ -252,3 +252,25 @@ def test_a_relative_workdir_works(tmp_path, monkeypatch):
                                   config=_config(num_steps=2))
   assert os.path.exists(tmp_path / "runs" / "rel" / "done.json")
   assert np.isfinite(result.val_auc)
+
+
+def test_a_truncated_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
+  config = _config(num_steps=6, eval_every=2)
+  straight = train.train_classifier(_classifier(), TRAIN, VAL, workdir=str(tmp_path / "a"),
+                                    seed=3, config=config, mesh=_mesh(1))
+  with pytest.raises(train.TrainingInterrupted):  # checkpoints at steps 2 and 4
+    train.train_classifier(_classifier(), TRAIN, VAL, workdir=str(tmp_path / "b"), seed=3,
+                           config=config, mesh=_mesh(1), stop_after_steps=5)
+  latest = tmp_path / "b" / "checkpoints" / "4"
+  truncated = 0
+  for root, _, files in os.walk(latest / "state"):
+    for name in files:
+      path = os.path.join(root, name)
+      if os.path.getsize(path) > 64:
+        with open(path, "r+b") as f:
+          f.truncate(os.path.getsize(path) // 2)
+        truncated += 1
+  assert truncated
+  resumed = train.train_classifier(_classifier(), TRAIN, VAL, workdir=str(tmp_path / "b"),
+                                   seed=3, config=config, mesh=_mesh(1))
+  _assert_trees_close(straight.variables, resumed.variables, rtol=1e-6, atol=1e-6)

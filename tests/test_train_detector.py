@@ -2,13 +2,14 @@
 import os
 
 import jax
+from jax.sharding import Mesh
 import ml_collections
 import numpy as np
 import pytest
-from jax.sharding import Mesh
 
 from saliency_jax import data as data_lib
-from saliency_jax import models, train
+from saliency_jax import models
+from saliency_jax import train
 from saliency_jax.detection import metrics
 
 SHAPE = (32, 32)

@@ -202,4 +202,4 @@ def test_report_has_a_section_figure_and_rule_per_check(run):
     assert os.path.getsize(os.path.join(workdir, "figures", figure)) > 5_000
   assert md.count("**Rule**") >= 2
   assert "EDGES | utility: SOBEL" in md or "utility: SOBEL" in md
-  assert "flips under:" in md and "U-Net (baseline)" in md
+  assert "flips under:" in md and "U-Net (baseline)" in md   # the localizers are "unet"

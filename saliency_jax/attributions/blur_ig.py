@@ -17,12 +17,12 @@ with sqrt=True it is right only with batch_size=1. This implementation always us
 own spacing (tested against PAIR with sqrt=False at any batch size and with sqrt=True at
 batch_size=1).
 """
+from collections.abc import Callable
 import math
-from typing import Callable, Optional
 
-import numpy as np
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from saliency_jax.attributions import _engine
 
@@ -61,8 +61,8 @@ def _band(kernels: Array, n: int, radius_max: int) -> Array:
 
 def blur_ig(logits_fn: Callable[[Array], Array], images: Array, targets: Array, *,
             max_sigma: float = 50.0, steps: int = 100, grad_step: float = 0.01,
-            sqrt: bool = False, max_grads_in_flight: Optional[int] = None,
-            item_window: Optional[tuple] = None) -> Array:
+            sqrt: bool = False, max_grads_in_flight: int | None = None,
+            item_window: tuple | None = None) -> Array:
   """Blur-IG maps, float32 [B,H,W,C]; arguments as PAIR's `BlurIG.GetMask`.
 
   item_window: (offset, count): only the (image, step) items offset .. offset + count - 1,

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 
 import jax.numpy as jnp
 
+from saliency_jax.attributions import _execution
 from saliency_jax.attributions import registry
 from saliency_jax.attributions.grayscale import to_grayscale
 from saliency_jax.import_path import load_object
@@ -53,7 +54,7 @@ def register(name: str, fn: Callable, *, needs: tuple[str, ...] | None = None) -
     images = jnp.asarray(images, jnp.float32)
     b = images.shape[0]
     indices = jnp.arange(b, dtype=jnp.int32) if indices is None else jnp.asarray(indices)
-    key = registry._default_key(key)  # pylint: disable=protected-access
+    key = _execution.default_key(key)
     out = jnp.asarray(fn(model_fns, images, jnp.asarray(targets, jnp.int32), indices=indices,
                          key=key, settings=s), jnp.float32)
     if out.shape == images.shape:

@@ -12,7 +12,7 @@ reproduces PAIR core (tested against it). The TF1 code also divided by a zero ma
 for all-zero Grad-CAMs); we return zeros, and `to_grayscale` then gives NaN exactly as the
 study's pipeline did for such constant maps.
 """
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -37,8 +37,8 @@ def _cam_chunk(features_fn, head_fn, x, targets):
 
 
 def gradcam(features_fn: Callable[[Array], Array], head_fn: Callable[[Array], Array],
-            images: Array, targets: Array, *, resize: Optional[str] = "tf1_bilinear",
-            max_grads_in_flight: Optional[int] = None) -> Array:
+            images: Array, targets: Array, *, resize: str | None = "tf1_bilinear",
+            max_grads_in_flight: int | None = None) -> Array:
   """Grad-CAM maps.
 
   Args:

@@ -1,5 +1,5 @@
 """Vanilla gradient saliency: d logit[target] / d input (Simonyan et al., 2014)."""
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import jax
 
@@ -9,7 +9,7 @@ Array = jax.Array
 
 
 def gradient(logits_fn: Callable[[Array], Array], images: Array, targets: Array, *,
-             max_grads_in_flight: Optional[int] = None) -> Array:
+             max_grads_in_flight: int | None = None) -> Array:
   """Input gradients of each image's target logit.
 
   Args:

@@ -9,11 +9,10 @@ Bit-for-bit the NumPy arithmetic of PAIR (`saliency.core.visualization`, NumPy >
     callers that prefer a number pass `nan_to` (e.g. 0.0).
 The percentile's order statistics come from `lax.top_k`, on every backend.
 """
-from typing import Optional
 
-import numpy as np
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
@@ -61,7 +60,7 @@ def percentile_of_rows(values: Array, q: float) -> Array:
 
 
 def to_grayscale(maps: Array, percentile: float = 99, *,
-                 nan_to: Optional[float] = None) -> Array:
+                 nan_to: float | None = None) -> Array:
   """PAIR's VisualizeImageGrayscale, batched: float32 [B,H,W] in [0,1].
 
   sum over channels of |map|, divided into [0,1] by (x - min) / (p-th percentile - min), clipped.
@@ -81,7 +80,7 @@ def to_grayscale(maps: Array, percentile: float = 99, *,
 
 
 def to_diverging(maps: Array, percentile: float = 99, *,
-                 nan_to: Optional[float] = None) -> Array:
+                 nan_to: float | None = None) -> Array:
   """PAIR's VisualizeImageDiverging, batched: float32 [B,H,W], 0.5 where the signed sum is 0.
 
   span = |p-th percentile of the signed channel sum|; (x + span) / (2 span), clipped to
@@ -93,3 +92,17 @@ def to_diverging(maps: Array, percentile: float = 99, *,
   vmin, vmax = -span, span
   out = jnp.clip((image_2d - vmin) / (vmax - vmin), -1.0, 1.0)
   return out if nan_to is None else jnp.where(jnp.isnan(out), jnp.float32(nan_to), out)
+
+
+VISUALIZATIONS = ("grayscale", "diverging")
+
+
+def visualize(maps, s):
+  """The 2-D map of raw attributions under the settings `visualization` ("grayscale" or
+  "diverging"), `grayscale_percentile` and `grayscale_nan_to`."""
+  if s["visualization"] == "diverging":
+    return to_diverging(maps, s["grayscale_percentile"], nan_to=s["grayscale_nan_to"])
+  if s["visualization"] != "grayscale":
+    raise ValueError(f"visualization must be one of {VISUALIZATIONS}, got "
+                     f"{s['visualization']!r}")
+  return to_grayscale(maps, s["grayscale_percentile"], nan_to=s["grayscale_nan_to"])

@@ -11,13 +11,14 @@ Traced (under jit / on accelerators) it runs in float32, and PAIR's "close enoug
 (math.isclose with 1e-9 tolerances) is widened to 1e-6 of the path's total L1 length, the
 float32 resolution of the L1 sums; both agree with PAIR to float32 tolerance (tested).
 """
-from typing import Callable, Optional
+from collections.abc import Callable
 
-import numpy as np
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from saliency_jax.attributions import _engine
+from saliency_jax.attributions import _execution
 from saliency_jax.attributions.integrated_gradients import Baseline
 from saliency_jax.attributions.integrated_gradients import broadcast_baseline
 
@@ -151,7 +152,7 @@ def _host_guided_ig(logits_fn, images, targets, base, *, steps, fraction, max_di
   # One call per chunk of images: XLA:CPU runs chunks in separate calls faster than in one.
   # The chunks are pipelined: while NumPy updates one chunk's path, the next chunk's
   # gradients run.
-  cap = _engine.chunk_size(shape[0], max_grads_in_flight)
+  cap = _execution.chunk_size(shape[0], max_grads_in_flight)
   grads_jit = _engine.jitted_gradients(logits_fn, cap)
   targets = np.asarray(targets)
   inp = np.asarray(images, np.float64).reshape(shape[0], -1)
@@ -191,7 +192,7 @@ def host_loop(images) -> bool:
 
 def guided_ig(logits_fn: Callable[[Array], Array], images: Array, targets: Array, *,
               baseline: Baseline = 0.0, steps: int = 200, fraction: float = 0.25,
-              max_dist: float = 0.02, max_grads_in_flight: Optional[int] = None) -> Array:
+              max_dist: float = 0.02, max_grads_in_flight: int | None = None) -> Array:
   """Guided-IG maps, float32 [B,H,W,C]; arguments as PAIR's `GuidedIG.GetMask` (x_steps ->
   steps; baseline: scalar or per-image array, PAIR's default 0). Traceable under `jax.jit`;
   called eagerly on the CPU backend it drives the steps from Python (see `host_loop`)."""

@@ -5,7 +5,8 @@ gradient at baseline + alpha (x - baseline), times (x - baseline), exactly as PA
 `IntegratedGradients.GetMask`. `completeness` reports, per image, how far the attributions'
 sum is from f(x) - f(baseline), so a user sees when `steps` is too small.
 """
-from typing import Callable, NamedTuple, Optional, Union
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +15,7 @@ import numpy as np
 from saliency_jax.attributions import _engine
 
 Array = jax.Array
-Baseline = Union[float, Array]
+Baseline = float | Array
 
 
 def broadcast_baseline(baseline: Baseline, images: Array) -> Array:
@@ -29,8 +30,8 @@ def broadcast_baseline(baseline: Baseline, images: Array) -> Array:
 
 def integrated_gradients(logits_fn: Callable[[Array], Array], images: Array, targets: Array,
                          *, baseline: Baseline = 0.0, steps: int = 25,
-                         max_grads_in_flight: Optional[int] = None,
-                         item_window: Optional[tuple] = None) -> Array:
+                         max_grads_in_flight: int | None = None,
+                         item_window: tuple | None = None) -> Array:
   """Integrated-gradients maps, float32 [B,H,W,C].
 
   Args:

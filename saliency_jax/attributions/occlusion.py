@@ -5,12 +5,13 @@ channel) receives the sum, over the windows covering it, of logit(x) - logit(occ
 forward passes of all (image, position) pairs run in chunks of 8 x `max_grads_in_flight` (a
 forward pass needs far less memory than a gradient).
 """
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
 from saliency_jax.attributions import _engine
+from saliency_jax.attributions import _execution
 
 Array = jax.Array
 FORWARDS_PER_GRADIENT = 8
@@ -18,7 +19,7 @@ FORWARDS_PER_GRADIENT = 8
 
 def occlusion(logits_fn: Callable[[Array], Array], images: Array, targets: Array, *,
               size: int = 15, value: float = 0.0,
-              max_grads_in_flight: Optional[int] = None) -> Array:
+              max_grads_in_flight: int | None = None) -> Array:
   """Occlusion maps, float32 [B,H,W,C] (the same value in every channel, as PAIR)."""
   images, targets = _engine.check_images(images, targets)
   b, h, w, c = images.shape
@@ -40,7 +41,7 @@ def occlusion(logits_fn: Callable[[Array], Array], images: Array, targets: Array
   items = jnp.arange(b * n_pos)
   # Forward passes keep no activations for a backward pass: FORWARDS_PER_GRADIENT of them
   # take about the memory of one gradient.
-  cap = _engine.chunk_size(b * n_pos, max_grads_in_flight) * FORWARDS_PER_GRADIENT
+  cap = _execution.chunk_size(b * n_pos, max_grads_in_flight) * FORWARDS_PER_GRADIENT
   values = _engine.map_in_chunks(occluded_values, items, max_grads_in_flight=cap)
   diff = (base[:, None] - values.reshape(b, n_pos)).reshape(b, rows, cols)
   # Each pixel sums the differences of the windows covering it: a box sum over positions.

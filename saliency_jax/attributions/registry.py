@@ -8,45 +8,46 @@ channel sum (0.5 where it is 0; GGCAM is then the signed guided backprop times t
 grayscale, Selvaraju et al.'s product). Settings are a plain dict
 or ConfigDict overriding `default_settings` (the paper's values); unknown keys are an error.
 
-Compilation. Each (method, settings, image shape) runs as one jitted computation, and `compute`
-also traces inside a caller's jit (except XRAI and Guided IG: `traceable=False`). If `model_fns`
-is a pytree whose leaves are arrays (our `ModelFunctions`: a Flax model's variables are its
-leaves), it is an argument of the jitted computation, so one compilation serves every model state
-of an architecture (replicates, randomization steps); otherwise its functions are closed over and
-the computation is compiled once per `model_fns` object (cached).
+The table. `METHODS` is built by `_build_methods` from the public method functions
+(`smoothgrad`, `integrated_gradients`, ...; PAIR-like signatures) and one adapter per method
+(`_<name>_impl` / `_<name>_attr`: settings -> the function's arguments, then `visualize`). A
+method of your own is added with `custom.register(name, fn)` (or `config.methods.custom`).
 
-CPU plan. On the CPU backend an eager `compute` splits the batch into calls of about
-`CPU_GRADS_PER_CALL` gradients, each one call of the same compilation: groups of images, or for
-methods summing over samples or steps windows of (image, sample) items that may span images
-(`make_compute`'s item_split); `MapMethod.jittable` is False there, telling callers to call
-`compute` eagerly. Maps do not depend on the grouping (to float32 rounding where an image's
-samples are split).
+Compilation and the CPU plan live in `_execution`: each (method, settings, image shape) runs as
+one jitted computation, and `compute` also traces inside a caller's jit (except XRAI and Guided
+IG: `traceable=False`). If `model_fns` is a pytree whose leaves are arrays (our `ModelFunctions`:
+a Flax model's variables are its leaves), it is an argument of the jitted computation, so one
+compilation serves every model state of an architecture; otherwise the computation is compiled
+once per `model_fns` object (cached). On the CPU backend an eager `compute` runs the CPU plan
+(`_execution.make_compute`); `MapMethod.wrap_in_jit` is False there, telling callers to call
+`compute` eagerly.
 
 Noise. `key` (default `jax.random.key(0)`) is folded with each image's `indices` entry (default
 0..B-1), so a map depends only on the key, the image and its dataset index.
 """
-import collections
+from collections.abc import Callable, Mapping
 import dataclasses
-import functools
-from typing import Any, Callable, Mapping, Optional
+from typing import Any
 
-import numpy as np
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from saliency_jax.attributions import xrai as xrai_lib
+from saliency_jax.attributions import xrai_segments
+from saliency_jax.attributions._execution import CPU_GRADS_PER_CALL
+from saliency_jax.attributions._execution import make_compute
+from saliency_jax.attributions._execution import merge_settings
 from saliency_jax.attributions.blur_ig import blur_ig
 from saliency_jax.attributions.gradcam import gradcam
 from saliency_jax.attributions.gradient import gradient
-from saliency_jax.attributions.grayscale import to_diverging
-from saliency_jax.attributions.grayscale import to_grayscale
+from saliency_jax.attributions.grayscale import visualize
 from saliency_jax.attributions.guided_backprop import guided_backprop
 from saliency_jax.attributions.guided_ig import guided_ig
-from saliency_jax.attributions.occlusion import occlusion
 from saliency_jax.attributions.integrated_gradients import integrated_gradients
+from saliency_jax.attributions.occlusion import occlusion
 from saliency_jax.attributions.smooth_integrated_gradients import smooth_integrated_gradients
 from saliency_jax.attributions.smoothgrad import smoothgrad
-from saliency_jax.attributions import xrai as xrai_lib
-from saliency_jax.attributions import xrai_segments
 
 Array = jax.Array
 Settings = Mapping[str, Any]
@@ -54,7 +55,6 @@ Settings = Mapping[str, Any]
 # Settings every method accepts (on top of its own).
 COMMON_SETTINGS = {"max_grads_in_flight": 64, "grayscale_percentile": 99,
                    "grayscale_nan_to": None, "visualization": "grayscale"}
-VISUALIZATIONS = ("grayscale", "diverging")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,210 +73,20 @@ class MapMethod:
   """
   name: str
   compute: Callable[..., Array]
-  prepare: Optional[Callable[[Array, Settings], Any]] = None
+  prepare: Callable[[Array, Settings], Any] | None = None
   default_settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   traceable: bool = True
 
   @property
-  def jittable(self) -> bool:
+  def wrap_in_jit(self) -> bool:
     """Whether a caller should wrap `compute` in its own jit: never on the CPU backend, where
     `compute` runs its own plan (see `make_compute`); else when traceable."""
     return self.traceable and jax.default_backend() != "cpu"
 
 
-def merge_settings(defaults: Mapping[str, Any], settings: Optional[Settings]) -> dict:
-  """defaults updated by settings (dict or ConfigDict); unknown keys raise ValueError."""
-  merged = dict(defaults)
-  if settings is None:
-    return merged
-  if hasattr(settings, "to_dict"):
-    settings = settings.to_dict()
-  unknown = sorted(set(settings) - set(merged))
-  if unknown:
-    raise ValueError(f"unknown settings {unknown}; known: {sorted(merged)}")
-  merged.update(settings)
-  return merged
-
-
-def _frozen(settings: Mapping[str, Any]) -> tuple:
-  def freeze(v):
-    if isinstance(v, (list, tuple)):
-      return tuple(freeze(x) for x in v)
-    if isinstance(v, np.ndarray):
-      return (v.shape, v.tobytes())
-    return v
-  return tuple(sorted((k, freeze(v)) for k, v in settings.items()))
-
-
-def _is_array_pytree(tree: Any) -> bool:
-  return all(isinstance(x, (jax.Array, np.ndarray)) for x in jax.tree.leaves(tree))
-
-
-_JIT_CACHE: "collections.OrderedDict[Any, Callable]" = collections.OrderedDict()
-_JIT_CACHE_SIZE = 64
-
-
-def _cached_jit(impl: Callable, name: str, model_fns: Any, settings: dict,
-                donate: tuple[int, ...] = ()) -> Callable:
-  """jit(impl) for this model_fns/settings; returns run(images, targets, indices, key, prepared).
-
-  impl(model_fns, settings, images, targets, indices, key, prepared, *extra) -> maps.
-  donate: positions in run's arguments whose buffers the call may reuse.
-  """
-  frozen = _frozen(settings)
-  if _is_array_pytree(model_fns):
-    cache_key = (name, frozen, "pytree")
-    if cache_key not in _JIT_CACHE:
-      _JIT_CACHE[cache_key] = jax.jit(
-          lambda fns, *args: impl(fns, settings, *args),
-          donate_argnums=tuple(i + 1 for i in donate))
-    fn = _JIT_CACHE[cache_key]
-    run = functools.partial(fn, model_fns)
-  else:
-    cache_key = (name, frozen, id(model_fns))
-    entry = _JIT_CACHE.get(cache_key)
-    if entry is None or entry[0] is not model_fns:
-      entry = (model_fns, jax.jit(lambda *args: impl(model_fns, settings, *args),
-                                  donate_argnums=donate))
-      _JIT_CACHE[cache_key] = entry
-    run = entry[1]
-  _JIT_CACHE.move_to_end(cache_key)
-  while len(_JIT_CACHE) > _JIT_CACHE_SIZE:
-    _JIT_CACHE.popitem(last=False)
-  return run
-
-
-def _default_key(key):
-  return _key_zero() if key is None else key
-
-
-@functools.cache
-def _key_zero():
-  """jax.random.key(0), made once: making a key is a dispatch (0.7 ms on the CPU)."""
-  return jax.random.key(0)
-
-
-# The CPU plan: XLA:CPU computes gradients fastest in mid-sized batches, one batch per call
-# (small_vgg at 64x64: 0.52 ms per gradient in batches of 32, 0.60 of 16 or 25, 0.76 of 64, 0.96
-# of 1; two batches in one program 1.1-1.2x slower than in two calls), so on the CPU backend an
-# eager `compute` splits the work into calls of about this many gradients, each one call of the
-# same cached compilation with one chunk of at most this many gradients.
-CPU_GRADS_PER_CALL = 32
-
-
-def make_compute(name: str, impl: Callable, defaults: Mapping[str, Any],
-                 grads_per_map: Optional[Callable[[dict], int]] = None,
-                 item_split: Optional[tuple[Callable, Callable[[dict], int],
-                                            Callable[[dict], int]]] = None,
-                 grayscale: bool = True) -> Callable:
-  """A `compute` that merges settings, validates inputs and runs impl jitted.
-
-  impl(model_fns, settings, images, targets, indices, key, prepared) -> float32 [B,H,W].
-  grads_per_map(settings): model gradients per map, for the CPU plan (None: no split).
-  item_split: (attr, items_per_map, grads_per_item) of a method whose attributions are a sum
-    over (image, item) pairs (SmoothGrad's samples, IG's steps, SIG's noisy copies). Its CPU
-    plan runs windows of max_grads_in_flight // grads_per_item consecutive items (image-major,
-    so a window may span images; max_grads_in_flight is capped at CPU_GRADS_PER_CALL there),
-    each one call adding its part to the running sums, then
-    the grayscale step: every call then evaluates one full chunk of gradients (XLA:CPU runs
-    several chunks in one program 1.1-1.2x slower than in separate calls, and a batch of 25
-    7% slower than one of 32). attr(model_fns, settings, images, targets, indices, key,
-    item_window) -> float32 [B,H,W,C]; item_window=None: all items.
-  grayscale: whether the item split's sums are turned into maps (False: impl returns the
-    attributions themselves, and so does compute).
-  Maps do not depend on the split (to float32 rounding where items are split): noise keys
-  come from each image's `indices` entry and sample number.
-  """
-  def compute(model_fns, images, targets, *, indices=None, key=None, settings=None,
-              prepared=None):
-    s = merge_settings(defaults, settings)
-    traced = any(isinstance(a, jax.core.Tracer) for a in (images, targets, indices))
-    cpu_plan = not traced and grads_per_map is not None and jax.default_backend() == "cpu"
-    # The CPU plan slices its groups on the host: each slice of a device array is a dispatch.
-    xp = np if cpu_plan else jnp
-    images = xp.asarray(images, xp.float32)
-    if images.ndim != 4:
-      raise ValueError(f"images must be [B,H,W,C], got shape {images.shape}")
-    targets = xp.asarray(targets, xp.int32)
-    b = images.shape[0]
-    indices = (xp.arange(b, dtype=xp.int32) if indices is None
-               else xp.asarray(indices, xp.int32))
-    if indices.shape != (b,) or targets.shape != (b,):
-      raise ValueError(f"targets and indices must have shape ({b},)")
-    key = _default_key(key)
-    if not cpu_plan:
-      return _cached_jit(impl, name, model_fns, s)(images, targets, indices, key, prepared)
-    # CPU plan: groups of images, each one call of one compilation (the last group padded).
-    s = {**s, "max_grads_in_flight": min(int(s["max_grads_in_flight"]), CPU_GRADS_PER_CALL)}
-    arrays = (images, targets, indices)
-    if item_split is not None:
-      return _split_items(name, *item_split, model_fns, s, arrays, key, prepared, grayscale)
-    per_call = min(b, max(1, CPU_GRADS_PER_CALL // max(1, int(grads_per_map(s)))))
-    run = _cached_jit(impl, name, model_fns, s)
-    pad = -b % per_call
-    if pad:
-      arrays = [np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]) for a in arrays]
-    outs = [run(*(a[i:i + per_call] for a in arrays), key, prepared)
-            for i in range(0, b + pad, per_call)]
-    out = jnp.concatenate(outs) if len(outs) > 1 else outs[0]
-    return out[:b] if pad else out
-  compute.__name__ = f"compute_{name.lower()}"
-  compute.__doc__ = f"The study's {name} map, float32 [B,H,W] in [0,1]; see `MapMethod`."
-  return compute
-
-
-def _split_items(name, attr, items_per_map, grads_per_item, model_fns, s, arrays, key,
-                 prepared, grayscale=True):
-  """The CPU plan of `make_compute(item_split=...)`: windows of items, one call each."""
-  b = arrays[0].shape[0]
-  items = int(items_per_map(s))
-  # One chunk per call: at most max_grads_in_flight (itself at most CPU_GRADS_PER_CALL).
-  window = max(1, int(s["max_grads_in_flight"]) // max(1, int(grads_per_item(s))))
-  span = min(b, -(-(window - 1) // items) + 1)     # images a window can touch
-  if span > 1:   # pad so that every window's images are rows first .. first + span - 1
-    arrays = [np.concatenate([a, np.repeat(a[-1:], span - 1, axis=0)]) for a in arrays]
-  s = {**s, "window_items": window}
-  run = _cached_jit(_add_window(attr), f"{name}/window", model_fns, s, donate=(7,))
-  totals = jnp.zeros(arrays[0].shape, jnp.float32)
-  for start in range(0, b * items, window):
-    first = start // items
-    totals = run(*(a[first:first + span] for a in arrays), key, prepared,
-                 start - first * items, first, totals)
-  maps = _jitted_gray(_frozen(s))(totals) if grayscale else totals
-  return maps[:b] if span > 1 else maps
-
-
-def _add_window(attr):
-  """impl(..., prepared, offset, first, totals): totals with the window's part added to rows
-  first, first + 1, ... (the window's images)."""
-  def impl(fns, s, images, targets, indices, key, prepared, offset, first, totals):
-    del prepared
-    part = attr(fns, s, images, targets, indices, key, (offset, s["window_items"]))
-    start = (first,) + (0,) * (totals.ndim - 1)
-    current = jax.lax.dynamic_slice(totals, start, part.shape)
-    return jax.lax.dynamic_update_slice(totals, current + part, start)
-  return impl
-
-
-@functools.lru_cache(maxsize=_JIT_CACHE_SIZE)
-def _jitted_gray(frozen_settings):
-  settings = dict(frozen_settings)
-  return jax.jit(lambda maps: _gray(maps, settings))
-
-
-def _gray(maps, s):
-  """The 2-D map of raw attributions under the `visualization` setting."""
-  if s["visualization"] == "diverging":
-    return to_diverging(maps, s["grayscale_percentile"], nan_to=s["grayscale_nan_to"])
-  if s["visualization"] != "grayscale":
-    raise ValueError(f"visualization must be one of {VISUALIZATIONS}, got "
-                     f"{s['visualization']!r}")
-  return to_grayscale(maps, s["grayscale_percentile"], nan_to=s["grayscale_nan_to"])
-
-
 def _grad_impl(fns, s, images, targets, indices, key, prepared):
   del indices, key, prepared
-  return _gray(gradient(fns.logits_fn, images, targets,
+  return visualize(gradient(fns.logits_fn, images, targets,
                         max_grads_in_flight=s["max_grads_in_flight"]), s)
 
 
@@ -311,7 +121,7 @@ def _grayscale_of(attr):
   """The impl of a method whose map is the grayscale of attr's attributions."""
   def impl(fns, s, images, targets, indices, key, prepared):
     del prepared
-    return _gray(attr(fns, s, images, targets, indices, key), s)
+    return visualize(attr(fns, s, images, targets, indices, key), s)
   return impl
 
 
@@ -322,12 +132,12 @@ def _gbp_attr(fns, s, images, targets):
 
 def _gbp_impl(fns, s, images, targets, indices, key, prepared):
   del indices, key, prepared
-  return _gray(_gbp_attr(fns, s, images, targets), s)
+  return visualize(_gbp_attr(fns, s, images, targets), s)
 
 
 def _gcam_impl(fns, s, images, targets, indices, key, prepared):
   del indices, key, prepared
-  return _gray(gradcam(fns.features_fn, fns.head_fn, images, targets, resize=s["resize"],
+  return visualize(gradcam(fns.features_fn, fns.head_fn, images, targets, resize=s["resize"],
                        max_grads_in_flight=s["max_grads_in_flight"]), s)
 
 
@@ -335,14 +145,14 @@ def _ggcam_impl(fns, s, images, targets, indices, key, prepared):
   if s["visualization"] == "diverging":
     gcam = _gcam_impl(fns, {**s, "visualization": "grayscale"}, images, targets, indices, key,
                       prepared)
-    return _gray(_gbp_attr(fns, s, images, targets) * gcam[..., None], s)
+    return visualize(_gbp_attr(fns, s, images, targets) * gcam[..., None], s)
   return _gbp_impl(fns, s, images, targets, indices, key, prepared) * _gcam_impl(
       fns, s, images, targets, indices, key, prepared)
 
 
 def _guided_ig_impl(fns, s, images, targets, indices, key, prepared):
   del indices, key, prepared
-  return _gray(guided_ig(fns.logits_fn, images, targets, baseline=s["baseline"],
+  return visualize(guided_ig(fns.logits_fn, images, targets, baseline=s["baseline"],
                          steps=s["steps"], fraction=s["fraction"], max_dist=s["max_dist"],
                          max_grads_in_flight=s["max_grads_in_flight"]), s)
 
@@ -367,7 +177,7 @@ _GUIDED_IG_DEFAULTS = {**COMMON_SETTINGS, "baseline": 0.0, "steps": 200, "fracti
 
 def _occlusion_impl(fns, s, images, targets, indices, key, prepared):
   del indices, key, prepared
-  return _gray(occlusion(fns.logits_fn, images, targets, size=s["size"], value=s["value"],
+  return visualize(occlusion(fns.logits_fn, images, targets, size=s["size"], value=s["value"],
                          max_grads_in_flight=s["max_grads_in_flight"]), s)
 
 
@@ -376,8 +186,6 @@ XRAI_DEFAULTS = {
     "scales": xrai_segments.SCALES, "sigma": xrai_segments.SIGMA,
     "min_size": xrai_segments.MIN_SIZE, "segmentation_size": xrai_segments.RESIZE[0],
     "dilation_radius": xrai_segments.DILATION_RADIUS, "workers": None,
-    # Alias of segmentation_size kept for older callers; "default" defers to it.
-    "segment_resize": "default",
 }
 
 
@@ -405,8 +213,7 @@ def _xrai_prepare_async(images, settings=None):
   return xrai_segments.segment_batch_async(
       np.asarray(images, np.float32), workers=s["workers"], scales=tuple(s["scales"]),
       sigma=s["sigma"], min_size=s["min_size"],
-      resize=_segmentation_size(s["segmentation_size"] if s["segment_resize"] == "default"
-                                else s["segment_resize"]),
+      resize=_segmentation_size(s["segmentation_size"]),
       dilation_radius=s["dilation_radius"])
 
 
@@ -447,7 +254,7 @@ def _xrai_compute(model_fns, images, targets, *, indices=None, key=None, setting
   maps = xrai_lib.xrai(None, images, attributions=attributions, segments=segments,
                        algorithm=s["algorithm"], area_threshold=s["area_threshold"],
                        min_pixel_diff=s["min_pixel_diff"])
-  return _gray(jnp.asarray(maps), s)
+  return visualize(jnp.asarray(maps), s)
 
 
 def _method(name, impl, own_defaults, grads_per_map=None):

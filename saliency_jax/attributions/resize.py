@@ -11,9 +11,9 @@ Two conventions matter here (see `gradcam`):
     anti-aliases when downsampling, which this does not reproduce).
 Matrices are built in NumPy at trace time (shapes are static) and applied as float32 matmuls.
 """
-import numpy as np
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 

@@ -3,13 +3,14 @@
 (`squared=True`, PAIR's magnitude=True) and averaged over the copies. Noise keys are per dataset
 index and sample, as in `smoothgrad` (same key -> same noise as SmoothGrad's first samples).
 """
+from collections.abc import Callable
 import math
-from typing import Callable, Optional, Union
 
 import jax
 import jax.numpy as jnp
 
 from saliency_jax.attributions import _engine
+from saliency_jax.attributions import _execution
 from saliency_jax.attributions.integrated_gradients import Baseline
 from saliency_jax.attributions.integrated_gradients import broadcast_baseline
 from saliency_jax.attributions.integrated_gradients import integrated_gradients
@@ -22,11 +23,11 @@ GROUP_BYTES = 256 * 2**20
 
 def smooth_integrated_gradients(
     logits_fn: Callable[[Array], Array], images: Array, targets: Array, *,
-    key: Optional[Array] = None, samples: int = 25, spread: float = 0.15,
+    key: Array | None = None, samples: int = 25, spread: float = 0.15,
     squared: bool = True, baseline: Baseline = 0.0, steps: int = 25,
-    noise: Optional[Array] = None, indices: Optional[Array] = None,
-    max_grads_in_flight: Optional[int] = None,
-    item_window: Optional[tuple[Union[int, Array], int]] = None) -> Array:
+    noise: Array | None = None, indices: Array | None = None,
+    max_grads_in_flight: int | None = None,
+    item_window: tuple[int | Array, int] | None = None) -> Array:
   """SmoothGrad-IG maps, float32 [B,H,W,C]; arguments as `smoothgrad` and
   `integrated_gradients`. Memory is bounded by `max_grads_in_flight` gradients.
 
@@ -47,7 +48,7 @@ def smooth_integrated_gradients(
   # The (image, copy) paths are processed in groups of g, each group one chunked IG (chunks of
   # at most max_grads_in_flight gradients); g is as large as the per-path accumulators allow
   # (GROUP_BYTES), so the chunks are few and full.
-  cap = _engine.chunk_size(count * steps, max_grads_in_flight)
+  cap = _execution.chunk_size(count * steps, max_grads_in_flight)
   per_path = math.prod(shape) * 4 * 3      # noisy input, IG and square of one path
   g = max(1, min(count, GROUP_BYTES // per_path))
   n_groups = math.ceil(count / g)
@@ -63,5 +64,5 @@ def smooth_integrated_gradients(
                               baseline=base[image], steps=steps, max_grads_in_flight=cap)
     return _engine.add_to_images(total, image, valid, ig * ig if squared else ig), None
 
-  total, _ = _engine.scan(group, jnp.zeros(images.shape, jnp.float32), jnp.arange(n_groups))
+  total, _ = _execution.scan(group, jnp.zeros(images.shape, jnp.float32), jnp.arange(n_groups))
   return total / samples

@@ -5,7 +5,7 @@ and with `squared=True` (PAIR's default `magnitude=True`, the study's setting) t
 gradients are averaged. Noise for sample s of the image with dataset index i is drawn from
 fold_in(fold_in(key, i), s), so a map never depends on the batch or on chunking.
 """
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -42,11 +42,11 @@ def draw_noise(key: Array, index: Array, sample: Array, std: Array, shape) -> Ar
 
 
 def smoothgrad(logits_fn: Callable[[Array], Array], images: Array, targets: Array, *,
-               key: Optional[Array] = None, samples: int = 25, spread: float = 0.15,
-               squared: bool = True, noise: Optional[Array] = None,
-               indices: Optional[Array] = None,
-               max_grads_in_flight: Optional[int] = None,
-               item_window: Optional[tuple] = None) -> Array:
+               key: Array | None = None, samples: int = 25, spread: float = 0.15,
+               squared: bool = True, noise: Array | None = None,
+               indices: Array | None = None,
+               max_grads_in_flight: int | None = None,
+               item_window: tuple | None = None) -> Array:
   """SmoothGrad maps, float32 [B,H,W,C].
 
   Args:

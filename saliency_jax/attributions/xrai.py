@@ -10,11 +10,11 @@
    program (`xrai_selection_jax`), "fast" in NumPy (`xrai_selection`).
 Steps 2-3 involve the host (scikit-image, NumPy), so `xrai` is not traceable under `jax.jit`.
 """
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
-import numpy as np
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from saliency_jax.attributions import _engine
 from saliency_jax.attributions import xrai_segments
@@ -26,8 +26,8 @@ Array = jax.Array
 
 
 def xrai_base_attribution(logits_fn: Callable[[Array], Array], images: Array, targets: Array,
-                          *, steps: int = 100, max_grads_in_flight: Optional[int] = None,
-                          item_window: Optional[tuple] = None) -> Array:
+                          *, steps: int = 100, max_grads_in_flight: int | None = None,
+                          item_window: tuple | None = None) -> Array:
   """PAIR XRAI's default attribution: mean of IG from the min and max baselines, [B,H,W,C].
 
   item_window: (offset, count) over the (image, item) pairs, 2 * steps items per image (the
@@ -47,17 +47,17 @@ def xrai_base_attribution(logits_fn: Callable[[Array], Array], images: Array, ta
   return (ig[:, 0] + ig[:, 1]) / 2
 
 
-def xrai(logits_fn: Optional[Callable[[Array], Array]], images: Array,
-         targets: Optional[Array] = None, *, steps: int = 100,
-         attributions: Optional[Array] = None,
-         segments: Optional[Sequence[np.ndarray]] = None, algorithm: str = "full",
+def xrai(logits_fn: Callable[[Array], Array] | None, images: Array,
+         targets: Array | None = None, *, steps: int = 100,
+         attributions: Array | None = None,
+         segments: Sequence[np.ndarray] | None = None, algorithm: str = "full",
          area_threshold: float = 1.0, min_pixel_diff: int = 50,
          scales: Sequence[float] = xrai_segments.SCALES, sigma: float = xrai_segments.SIGMA,
          min_size: int = xrai_segments.MIN_SIZE,
-         segment_resize: Optional[tuple[int, int]] = xrai_segments.RESIZE,
+         segmentation_size: tuple[int, int] | None = xrai_segments.RESIZE,
          dilation_radius: int = xrai_segments.DILATION_RADIUS,
-         workers: Optional[int] = None,
-         max_grads_in_flight: Optional[int] = None) -> np.ndarray:
+         workers: int | None = None,
+         max_grads_in_flight: int | None = None) -> np.ndarray:
   """XRAI maps, float32 [B,H,W], equal to PAIR's `XRAI.GetMask`.
 
   Args:
@@ -71,7 +71,7 @@ def xrai(logits_fn: Optional[Callable[[Array], Array]], images: Array,
     algorithm: "full" (PAIR's default greedy) or "fast".
     area_threshold: "full" stops once this fraction of the image is covered (PAIR: 1.0).
     min_pixel_diff: masks adding fewer new pixels are dropped (PAIR: 50).
-    scales, sigma, min_size, segment_resize, dilation_radius: the segmentation
+    scales, sigma, min_size, segmentation_size, dilation_radius: the segmentation
       (`xrai_segments.felzenszwalb_segments`; PAIR: 224x224 resize; None keeps the image size).
     workers: segmentation processes (default: CPU count; <= 1 serial).
     max_grads_in_flight: gradient chunk size of the IG step.
@@ -84,7 +84,7 @@ def xrai(logits_fn: Optional[Callable[[Array], Array]], images: Array,
   if segments is None:   # segment in worker processes while the model runs
     pending = xrai_segments.segment_batch_async(
         images, workers=workers, scales=tuple(scales), sigma=sigma, min_size=min_size,
-        resize=None if segment_resize is None else tuple(segment_resize),
+        resize=None if segmentation_size is None else tuple(segmentation_size),
         dilation_radius=dilation_radius)
   if attributions is None:
     if logits_fn is None or targets is None:

@@ -17,6 +17,7 @@ fork-safe; the pool is reused across calls), one task per image normalization an
 caller's `__main__` (a plain script without a main guard would otherwise run again in each of
 them), end when the process that started them is gone, and leave Ctrl-C to it.
 """
+from collections.abc import Callable, Sequence
 import concurrent.futures
 import contextlib
 import multiprocessing
@@ -25,7 +26,6 @@ import signal
 import sys
 import threading
 import time
-from typing import Callable, Optional, Sequence
 
 import numpy as np
 from skimage import segmentation
@@ -101,7 +101,7 @@ def _check_image(image) -> np.ndarray:
 
 def felzenszwalb_segments(image: np.ndarray, *, scales: Sequence[float] = SCALES,
                           sigma: float = SIGMA, min_size: int = MIN_SIZE,
-                          resize: Optional[tuple[int, int]] = RESIZE,
+                          resize: tuple[int, int] | None = RESIZE,
                           dilation_radius: int = DILATION_RADIUS) -> np.ndarray:
   """One image's XRAI segments as PAIR computes them: bool [M, H, W] in PAIR's order."""
   image = _check_image(image)
@@ -111,7 +111,7 @@ def felzenszwalb_segments(image: np.ndarray, *, scales: Sequence[float] = SCALES
   return _masks_from_labels(segs, image.shape[:2], resize is not None, dilation_radius)
 
 
-_POOL: Optional[concurrent.futures.ProcessPoolExecutor] = None
+_POOL: concurrent.futures.ProcessPoolExecutor | None = None
 _POOL_WORKERS = 0
 
 
@@ -184,9 +184,9 @@ def default_workers() -> int:
   return max(1, min(os.cpu_count() or 1, 8))
 
 
-def segment_batch_async(images: np.ndarray, *, workers: Optional[int] = None,
+def segment_batch_async(images: np.ndarray, *, workers: int | None = None,
                         scales: Sequence[float] = SCALES, sigma: float = SIGMA,
-                        min_size: int = MIN_SIZE, resize: Optional[tuple[int, int]] = RESIZE,
+                        min_size: int = MIN_SIZE, resize: tuple[int, int] | None = RESIZE,
                         dilation_radius: int = DILATION_RADIUS
                         ) -> Callable[[], list[np.ndarray]]:
   """Starts `segment_batch` in the worker pool and returns a function that waits for it.
@@ -221,7 +221,7 @@ def segment_batch_async(images: np.ndarray, *, workers: Optional[int] = None,
   return result
 
 
-def segment_batch(images: np.ndarray, *, workers: Optional[int] = None,
+def segment_batch(images: np.ndarray, *, workers: int | None = None,
                   **kwargs) -> list[np.ndarray]:
   """`felzenszwalb_segments` of every image of [B,H,W,C], in parallel worker processes.
 

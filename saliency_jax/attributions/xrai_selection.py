@@ -13,7 +13,6 @@ within a rigorous bound of float32 summation error, e.g. duplicated masks across
 resolved by computing PAIR's float32 mean of exactly PAIR's pixel sequence. The values written to
 the map are those exact float32 means, so the output equals PAIR's bit for bit.
 """
-from typing import Optional
 
 import numpy as np
 
@@ -219,7 +218,7 @@ def select(attr: np.ndarray, masks: np.ndarray, *, algorithm: str = "full",
 
 
 def pair_xrai_reference(attr, masks, *, algorithm="full", area_threshold=1.0,
-                        min_pixel_diff=50) -> Optional[np.ndarray]:
+                        min_pixel_diff=50) -> np.ndarray | None:
   """PAIR's own selection on the same inputs (for tests and the benchmark); None without PAIR."""
   try:
     from saliency.core import xrai as pair_xrai  # pylint: disable=g-import-not-at-top

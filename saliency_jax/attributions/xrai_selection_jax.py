@@ -20,7 +20,8 @@ computes PAIR's float32 means of the near-tied masks, picks the first maximum as
 the device continues. The map's values, PAIR's float32 means of each step's new pixels, are
 computed on the host from the step at which each pixel was covered.
 """
-from typing import NamedTuple, Sequence, Union
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -263,7 +264,7 @@ class Selection(NamedTuple):
   on_device: int         # images selected on the device (not those without masks)
 
 
-def select_full_batch(attrs: Sequence[np.ndarray], segments: Sequence[Union[np.ndarray, Regions]],
+def select_full_batch(attrs: Sequence[np.ndarray], segments: Sequence[np.ndarray | Regions],
                       *, area_threshold: float = 1.0, min_pixel_diff: int = 50,
                       chunk: int = DEFAULT_CHUNK) -> np.ndarray:
   """PAIR's greedy "full" XRAI of every image on the device: float64 [B,H,W] (float32 values).

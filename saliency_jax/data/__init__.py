@@ -6,7 +6,6 @@ each, e.g. `from saliency_jax.data import rsna_pneumonia  # noqa: F401`).
 """
 # Builders: importing a module registers its tfds.core.GeneratorBasedBuilder.
 from saliency_jax.data import synthetic_cxr  # noqa: F401
-
 from saliency_jax.data.arrays import load_arrays
 from saliency_jax.data.pipeline import make_dataset
 from saliency_jax.data.pipeline import preprocess
@@ -14,8 +13,8 @@ from saliency_jax.data.synthetic_cxr import build_synthetic
 
 __all__ = ["build_synthetic", "load_arrays", "make_dataset", "preprocess"]
 
-# Real chest X-ray builders (issue 6, helper H6): registers rsna_pneumonia and
+# Real chest X-ray builders: registers rsna_pneumonia and
 # siim_acr_pneumothorax for tfds.data_source.
+from saliency_jax.data import image_mask_folder  # noqa: F401,E402
 from saliency_jax.data import rsna_pneumonia  # noqa: F401,E402
 from saliency_jax.data import siim_acr_pneumothorax  # noqa: F401,E402
-from saliency_jax.data import image_mask_folder  # noqa: F401,E402

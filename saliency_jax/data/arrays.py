@@ -1,7 +1,8 @@
 """A (small) split held in memory as stacked NumPy arrays, e.g. an evaluation set."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

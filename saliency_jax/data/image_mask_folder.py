@@ -27,12 +27,12 @@ malformed image or mask, values outside `float_range`, a mask of another size, a
 the image, an RLE that does not decode, a labels.csv row that does not parse, a negative label
 with ground truth (label_conflict), an id listed in a CSV without an image.
 """
+from collections.abc import Sequence
 import csv
 import dataclasses
 import hashlib
 import math
 import os
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -40,7 +40,7 @@ import tensorflow_datasets as tfds
 
 from saliency_jax.data import build_report
 from saliency_jax.data import dicom
-from saliency_jax.data import real_cxr
+from saliency_jax.data import real_builder
 from saliency_jax.data import rle
 from saliency_jax.data import splits as splits_lib
 
@@ -56,29 +56,29 @@ _BOX_TOLERANCE = 1e-3
 
 
 @dataclasses.dataclass(eq=False)
-class FolderConfig(real_cxr.RealCxrConfig):
+class FolderConfig(real_builder.RealCxrConfig):
   """`RealCxrConfig` plus the range float NPY images are mapped from (to [0, 1])."""
   float_range: tuple[float, float] = DEFAULT_FLOAT_RANGE
 
 
-def make_config(manual_dir: str, image_size: int = real_cxr.DEFAULT_IMAGE_SIZE, *,
+def make_config(manual_dir: str, image_size: int = real_builder.DEFAULT_IMAGE_SIZE, *,
                 float_range: Sequence[float] = DEFAULT_FLOAT_RANGE,
                 **kwargs: Any) -> FolderConfig:
   """A config whose name tells folders and float ranges apart (so one data_dir may hold the
-  builds of several folders); other arguments as `real_cxr.make_config`."""
+  builds of several folders); other arguments as `real_builder.make_config`."""
   lo, hi = (float(v) for v in float_range)
   if not hi > lo:
     raise ValueError(f"float_range must be (low, high) with high > low, got {float_range}")
-  base = real_cxr.make_config(image_size, **kwargs)
+  base = real_builder.make_config(image_size, **kwargs)
   tag = hashlib.sha256(f"{os.path.abspath(manual_dir)}|{lo}|{hi}".encode()).hexdigest()[:8]
-  fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(real_cxr.RealCxrConfig)
+  fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(real_builder.RealCxrConfig)
             if f.init}
   fields.update(name=f"{base.name}_dir{tag}", float_range=(lo, hi))
   return FolderConfig(**fields)
 
 
 @dataclasses.dataclass
-class FolderRecord(real_cxr.Record):
+class FolderRecord(real_builder.Record):
   mask_path: str = ""
   split: str = ""
   float_range: tuple[float, float] = DEFAULT_FLOAT_RANGE
@@ -116,7 +116,7 @@ def _unit_channels(array: np.ndarray, path: str) -> tuple[np.ndarray, list[tuple
     return channels.mean(axis=-1), [("channels_averaged",
                                      f"{path}: {channels.shape[-1]} unequal channels")]
   if array.ndim != 2:
-    raise real_cxr.SkipExample("image_bad_shape",
+    raise real_builder.SkipExample("image_bad_shape",
                                f"{path}: shape {array.shape}, expected [H, W] or [H, W, C]")
   return array, []
 
@@ -127,14 +127,14 @@ def _read_png(path: str) -> np.ndarray:
     with Image.open(path) as image:
       return np.asarray(image)
   except (OSError, ValueError) as e:
-    raise real_cxr.SkipExample("png_unreadable", f"{path}: {e}") from None
+    raise real_builder.SkipExample("png_unreadable", f"{path}: {e}") from None
 
 
 def _read_npy(path: str) -> np.ndarray:
   try:
     return np.load(path, allow_pickle=False)
   except (OSError, ValueError) as e:
-    raise real_cxr.SkipExample("npy_unreadable", f"{path}: {e}") from None
+    raise real_builder.SkipExample("npy_unreadable", f"{path}: {e}") from None
 
 
 def read_unit_image(path: str, float_range=DEFAULT_FLOAT_RANGE
@@ -150,14 +150,14 @@ def read_unit_image(path: str, float_range=DEFAULT_FLOAT_RANGE
     lo, hi = float_range
     array = array.astype(np.float64)
     if not np.isfinite(array).all():
-      raise real_cxr.SkipExample("value_out_of_range", f"{path}: non-finite values")
+      raise real_builder.SkipExample("value_out_of_range", f"{path}: non-finite values")
     if array.min() < lo - 1e-6 or array.max() > hi + 1e-6:
-      raise real_cxr.SkipExample(
+      raise real_builder.SkipExample(
           "value_out_of_range", f"{path}: values in [{array.min():.4g}, {array.max():.4g}], "
           f"outside float_range [{lo}, {hi}]")
     unit = np.clip((array - lo) / (hi - lo), 0.0, 1.0)
   else:
-    raise real_cxr.SkipExample("image_bad_dtype", f"{path}: dtype {array.dtype}; expected "
+    raise real_builder.SkipExample("image_bad_dtype", f"{path}: dtype {array.dtype}; expected "
                                "uint8, uint16 or float")
   return _unit_channels(unit, path)
 
@@ -168,7 +168,7 @@ def read_mask(path: str) -> np.ndarray:
   if array.ndim == 3:
     array = array.any(axis=-1)
   if array.ndim != 2:
-    raise real_cxr.SkipExample("mask_bad_shape", f"{path}: shape {array.shape}")
+    raise real_builder.SkipExample("mask_bad_shape", f"{path}: shape {array.shape}")
   return array != 0
 
 
@@ -262,7 +262,7 @@ def read_records(manual_dir: str, report: build_report.BuildReport,
   return records
 
 
-def make_example(record: FolderRecord, options: real_cxr.ExampleOptions
+def make_example(record: FolderRecord, options: real_builder.ExampleOptions
                  ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
   size = options.image_size
   pixels, notes = read_unit_image(record.path, record.float_range)
@@ -272,12 +272,12 @@ def make_example(record: FolderRecord, options: real_cxr.ExampleOptions
   if record.mask_path:
     mask = read_mask(record.mask_path)
     if mask.shape != (rows, cols):
-      raise real_cxr.SkipExample("mask_shape_mismatch", f"{record.mask_path}: {mask.shape}, "
+      raise real_builder.SkipExample("mask_shape_mismatch", f"{record.mask_path}: {mask.shape}, "
                                  f"the image is {rows}x{cols}")
     truth |= mask
   if record.rles:
     truth |= rle.rle_decode_union(record.rles, rows, cols).astype(bool)
-  mask, redrawn = real_cxr.resize_mask(truth, size)
+  mask, redrawn = real_builder.resize_mask(truth, size)
   if redrawn:
     notes.append(("mask_redrawn_after_resize", f"{int(truth.sum())} pixels vanished under "
                   f"nearest resizing to {size}"))
@@ -286,15 +286,15 @@ def make_example(record: FolderRecord, options: real_cxr.ExampleOptions
     limits = np.array([rows, cols, rows, cols], np.float64)
     outside = (boxes < -_BOX_TOLERANCE) | (boxes > limits + _BOX_TOLERANCE)
     if outside.any():
-      raise real_cxr.SkipExample(
+      raise real_builder.SkipExample(
           "box_outside_image", f"box (ymin, xmin, ymax, xmax) "
           f"{boxes[outside.any(axis=1)][0].tolist()} is outside the {rows}x{cols} image")
-    boxes = np.clip(real_cxr.scale_boxes(boxes, (rows, cols), size), 0, size)
-    mask |= real_cxr.rasterize_boxes(boxes, size)
+    boxes = np.clip(real_builder.scale_boxes(boxes, (rows, cols), size), 0, size)
+    mask |= real_builder.rasterize_boxes(boxes, size)
   has_truth = bool(mask.any())
   label = record.label if record.label >= 0 else int(has_truth)
   if label == 0 and has_truth:
-    raise real_cxr.SkipExample("label_conflict", "label 0 in labels.csv but ground truth marks "
+    raise real_builder.SkipExample("label_conflict", "label 0 in labels.csv but ground truth marks "
                                "pixels")
   if label == 1 and not has_truth:
     notes.append(("positive_without_ground_truth", "label 1, no mask, box or RLE"))
@@ -303,7 +303,7 @@ def make_example(record: FolderRecord, options: real_cxr.ExampleOptions
   return example, notes
 
 
-class ImageMaskFolder(real_cxr.RealCxrBuilder):
+class ImageMaskFolder(real_builder.RealCxrBuilder):
   """Images with masks, boxes or RLE from a directory (see the module docstring)."""
 
   VERSION = tfds.core.Version("1.0.0")

@@ -16,8 +16,9 @@ followed the checkpoint.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 import functools
-from typing import Any, Sequence
+from typing import Any
 
 import grain
 import jax

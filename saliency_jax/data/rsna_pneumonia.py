@@ -29,7 +29,7 @@ import tensorflow_datasets as tfds
 
 from saliency_jax.data import build_report
 from saliency_jax.data import dicom
-from saliency_jax.data import real_cxr
+from saliency_jax.data import real_builder
 
 LABELS_CSV = "stage_2_train_labels.csv"
 CLASS_INFO_CSV = "stage_2_detailed_class_info.csv"
@@ -54,7 +54,7 @@ def _parse_box(row: dict[str, str]) -> tuple[float, float, float, float] | None:
 
 
 def read_labels(manual_dir: str,
-                report: build_report.BuildReport) -> list[real_cxr.Record]:
+                report: build_report.BuildReport) -> list[real_builder.Record]:
   """Records from the labels CSV (and class info); bad patients are reported."""
   path = os.path.join(manual_dir, LABELS_CSV)
   targets: dict[str, set[int]] = {}
@@ -112,7 +112,7 @@ def read_labels(manual_dir: str,
     # (x, y, w, h) -> (ymin, xmin, ymax, xmax)
     yxyx = np.stack([xywh[:, 1], xywh[:, 0], xywh[:, 1] + xywh[:, 3],
                      xywh[:, 0] + xywh[:, 2]], axis=-1)
-    records.append(real_cxr.Record(
+    records.append(real_builder.Record(
         id=patient, path=os.path.join(manual_dir, IMAGES_DIR, f"{patient}.dcm"),
         label=label, group=patient, boxes=yxyx))
   return records
@@ -138,13 +138,13 @@ def _read_class_info(manual_dir: str,
   return info
 
 
-def make_example(record: real_cxr.Record, options: real_cxr.ExampleOptions
+def make_example(record: real_builder.Record, options: real_builder.ExampleOptions
                  ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
   """Reads the DICOM and builds the example; raises SkipExample/DicomError."""
   size = options.image_size
   image, info = dicom.load_image(record.path, size, options.image_dtype)
   if options.check_dicom_ids:
-    real_cxr.image_id_check(record.id, info.patient_id, "PatientID")
+    real_builder.image_id_check(record.id, info.patient_id, "PatientID")
   rows, cols = info.shape
   boxes = record.boxes
   if boxes.size:
@@ -152,12 +152,12 @@ def make_example(record: real_cxr.Record, options: real_cxr.ExampleOptions
     outside = (boxes < -_BOX_TOLERANCE) | (boxes > limits + _BOX_TOLERANCE)
     if outside.any():
       bad = boxes[outside.any(axis=1)][0]
-      raise real_cxr.SkipExample(
+      raise real_builder.SkipExample(
           "box_outside_image",
           f"box (ymin, xmin, ymax, xmax) {bad.tolist()} is outside the "
           f"{rows}x{cols} image")
-  boxes = np.clip(real_cxr.scale_boxes(boxes, (rows, cols), size), 0, size)
-  mask = real_cxr.rasterize_boxes(boxes, size)
+  boxes = np.clip(real_builder.scale_boxes(boxes, (rows, cols), size), 0, size)
+  mask = real_builder.rasterize_boxes(boxes, size)
   example = {
       "id": record.id,
       "image": image,
@@ -168,7 +168,7 @@ def make_example(record: real_cxr.Record, options: real_cxr.ExampleOptions
   return example, []
 
 
-class RsnaPneumonia(real_cxr.RealCxrBuilder):
+class RsnaPneumonia(real_builder.RealCxrBuilder):
   """RSNA Pneumonia Detection Challenge (stage 2 train), from the Kaggle files."""
 
   VERSION = tfds.core.Version("1.0.0")

@@ -13,7 +13,7 @@ regions has several rows, which are unioned. The header's leading space
 
 Each example: "id" (ImageId), "image" [S, S, 1], "label" (1 when any region),
 "mask" [S, S, 1] (decoded at the DICOM's size, then resized by nearest
-neighbour at pixel centers, see `real_cxr`), "boxes" empty [0, 4] (the ground
+neighbour at pixel centers, see `real_builder`), "boxes" empty [0, 4] (the ground
 truth is the mask).
 
 The split by patient groups images by the DICOM PatientID (read from the
@@ -36,7 +36,7 @@ import tensorflow_datasets as tfds
 
 from saliency_jax.data import build_report
 from saliency_jax.data import dicom
-from saliency_jax.data import real_cxr
+from saliency_jax.data import real_builder
 from saliency_jax.data import rle
 
 RLE_CSV = "train-rle.csv"
@@ -64,7 +64,7 @@ def _patient_id(path: str) -> str | None:
 
 
 def read_rles(manual_dir: str,
-              report: build_report.BuildReport) -> list[real_cxr.Record]:
+              report: build_report.BuildReport) -> list[real_builder.Record]:
   """Records from train-rle.csv joined with the DICOM files."""
   path = os.path.join(manual_dir, RLE_CSV)
   rles: dict[str, list[str]] = {}
@@ -106,27 +106,27 @@ def read_rles(manual_dir: str,
       report.skip("duplicate_file", image_id, f"several files: {paths[:3]}")
       continue
     positive = any(r not in ("-1", "") for r in rles[image_id])
-    records.append(real_cxr.Record(
+    records.append(real_builder.Record(
         id=image_id, path=paths[0], label=int(positive),
         group=_patient_id(paths[0]) or image_id, rles=tuple(rles[image_id])))
   return records
 
 
-def make_example(record: real_cxr.Record, options: real_cxr.ExampleOptions
+def make_example(record: real_builder.Record, options: real_builder.ExampleOptions
                  ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
   """Reads the DICOM, decodes the RLE at its size and resizes both."""
   size = options.image_size
   image, info = dicom.load_image(record.path, size, options.image_dtype)
   if options.check_dicom_ids:
-    real_cxr.image_id_check(record.id, info.sop_instance_uid, "SOPInstanceUID")
+    real_builder.image_id_check(record.id, info.sop_instance_uid, "SOPInstanceUID")
   rows, cols = info.shape
   full_mask = rle.rle_decode_union(record.rles, rows, cols)
   notes = []
   if record.label and not full_mask.any():
     # e.g. "0 0": runs of length zero. The label follows the pixels.
-    raise real_cxr.SkipExample(
+    raise real_builder.SkipExample(
         "rle_empty_positive", "EncodedPixels is not -1 but marks no pixel")
-  mask, redrawn = real_cxr.resize_mask(full_mask, size)
+  mask, redrawn = real_builder.resize_mask(full_mask, size)
   if redrawn:
     notes.append(("mask_redrawn_after_resize",
                   f"{int(full_mask.sum())} pixels at {rows}x{cols} vanished "
@@ -141,7 +141,7 @@ def make_example(record: real_cxr.Record, options: real_cxr.ExampleOptions
   return example, notes
 
 
-class SiimAcrPneumothorax(real_cxr.RealCxrBuilder):
+class SiimAcrPneumothorax(real_builder.RealCxrBuilder):
   """SIIM-ACR Pneumothorax Segmentation (train), from the Kaggle files."""
 
   VERSION = tfds.core.Version("1.0.0")

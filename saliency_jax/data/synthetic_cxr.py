@@ -1,4 +1,4 @@
-"""TFDS builder `synthetic_cxr`: the procedural chest radiographs of `synthetic.py`.
+"""TFDS builder `synthetic_cxr`: the procedural chest radiographs of `synthetic_images.py`.
 
 Written as array_record and read back with `tfds.data_source` without TensorFlow: images and masks
 are `tfds.features.Tensor`s (zlib-compressed) because TFDS's `Image` feature needs TensorFlow to
@@ -10,7 +10,7 @@ side in one data_dir, and any such name can be read (or, with `download=True`, g
 `tfds.data_source` in a fresh process: the builder parses unknown config names.
 
 Example order is the generation order (shuffling disabled), so example `i` of a split is
-`synthetic.generate_example(i, split=...)` and its id is `synthetic_<split>_<i:06d>`.
+`synthetic_images.generate_example(i, split=...)` and its id is `synthetic_<split>_<i:06d>`.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import re
 import numpy as np
 import tensorflow_datasets as tfds
 
-from saliency_jax.data import synthetic
+from saliency_jax.data import synthetic_images
 from saliency_jax.data import tfds_compat
 
 _NAME_RE = re.compile(
@@ -36,7 +36,7 @@ class SyntheticCxrConfig(tfds.core.BuilderConfig):
   num_val: int = 300
   num_test: int = 300
   seed: int = 0
-  difficulty: float = synthetic.DEFAULT_DIFFICULTY
+  difficulty: float = synthetic_images.DEFAULT_DIFFICULTY
   positive_fraction: float = 0.5
 
 
@@ -48,10 +48,10 @@ def config_name(*, image_size, num_train, num_val, num_test, seed, difficulty,
 
 
 def make_config(*, image_size=64, num_train=1200, num_val=300, num_test=300, seed=0,
-                difficulty=synthetic.DEFAULT_DIFFICULTY,
+                difficulty=synthetic_images.DEFAULT_DIFFICULTY,
                 positive_fraction=0.5) -> SyntheticCxrConfig:
   """A config for these settings, validated, named by `config_name`."""
-  synthetic._check_settings(image_size, difficulty, positive_fraction)  # pylint: disable=protected-access
+  synthetic_images._check_settings(image_size, difficulty, positive_fraction)  # pylint: disable=protected-access
   counts = (num_train, num_val, num_test)
   if any(int(n) != n or n < 0 for n in counts) or seed < 0 or int(seed) != seed:
     raise ValueError(f"Counts and seed must be non-negative integers, got {counts}, {seed=}.")
@@ -117,9 +117,10 @@ class SyntheticCxr(tfds_compat.NoTensorFlowMixin, tfds.core.GeneratorBasedBuilde
 
   def _generate_examples(self, split: str, num_examples: int):
     c = self.builder_config
-    for e in synthetic.generate_split(split, num_examples, seed=c.seed, image_size=c.image_size,
-                                      difficulty=c.difficulty,
-                                      positive_fraction=c.positive_fraction):
+    for e in synthetic_images.generate_split(split, num_examples, seed=c.seed,
+                                             image_size=c.image_size,
+                                             difficulty=c.difficulty,
+                                             positive_fraction=c.positive_fraction):
       index = int(e.id.rsplit("_", 1)[1])
       yield index, {"id": e.id, "image": e.image, "label": e.label, "mask": e.mask,
                     "boxes": e.boxes}
@@ -127,7 +128,7 @@ class SyntheticCxr(tfds_compat.NoTensorFlowMixin, tfds.core.GeneratorBasedBuilde
 
 def build_synthetic(data_dir: str, *, image_size: int = 64, num_train: int = 1200,
                     num_val: int = 300, num_test: int = 300, seed: int = 0,
-                    difficulty: float = synthetic.DEFAULT_DIFFICULTY,
+                    difficulty: float = synthetic_images.DEFAULT_DIFFICULTY,
                     positive_fraction: float = 0.5) -> str:
   """Generates the dataset with these settings under `data_dir` unless it is already there.
 

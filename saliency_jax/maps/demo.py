@@ -6,13 +6,15 @@ saliency_jax.models.functions, so every MapMethod runs on it.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
 import numpy as np
 
-from saliency_jax.models.functions import ModelFunctions, model_functions
+from saliency_jax.models.functions import model_functions
+from saliency_jax.models.functions import ModelFunctions
 
 
 class TinyCNN(nn.Module):

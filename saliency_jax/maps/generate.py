@@ -19,17 +19,21 @@ and maps plus what the method holds in flight (its in-flight-gradients setting).
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 import dataclasses
 import json
 import logging
 import time
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from saliency_jax.attributions import _execution
 from saliency_jax.maps.prepared import PreparedCache
 from saliency_jax.maps.store import MapStore
 
@@ -47,7 +51,7 @@ def batch_mesh(devices: Sequence[jax.Device] | None = None, axis_name: str = "ba
   return Mesh(np.array(devices), (axis_name,))
 
 
-def default_mesh() -> Mesh:
+def map_mesh() -> Mesh:
   """All local devices on an accelerator; one device on the CPU.
 
   On the CPU, simulated devices share the same cores, and XLA already uses them all inside one
@@ -97,19 +101,16 @@ def _pad_to(array: np.ndarray, size: int) -> np.ndarray:
   return np.concatenate([array, np.repeat(array[-1:], pad, axis=0)], axis=0)
 
 
-# Jitted runners by (method, settings, mesh): the model functions are an argument (a pytree
-# whose leaves are a Flax model's variables), so every model state of an architecture reuses
-# one compilation.
-_RUNNERS: dict = {}
-
-
 def _jitted_compute(method, settings: dict, mesh: Mesh) -> Callable:
-  """jit(method.compute), sharded over `mesh` on the batch axis; cached."""
-  cache_key = (id(method), json.dumps(settings, sort_keys=True, default=repr), mesh)
-  entry = _RUNNERS.get(cache_key)
-  if entry is not None and entry[0] is method:
-    return entry[1]
+  """jit(method.compute), sharded over `mesh` on the batch axis; cached by (method, settings,
+  mesh). The model functions are an argument (a pytree whose leaves are a Flax model's
+  variables), so every model state of an architecture reuses one compilation."""
+  cache_key = ("generate", id(method), json.dumps(settings, sort_keys=True, default=repr), mesh)
+  return _execution.cached(cache_key, lambda: _sharded_compute(method, settings, mesh),
+                           owner=method)
 
+
+def _sharded_compute(method, settings: dict, mesh: Mesh) -> Callable:
   def local(model_fns, images, targets, indices, key):
     return method.compute(model_fns, images, targets, indices=indices, key=key,
                           settings=settings, prepared=None)
@@ -124,9 +125,6 @@ def _jitted_compute(method, settings: dict, mesh: Mesh) -> Callable:
         jax.shard_map(local, mesh=mesh, in_specs=(P(), P(axis), P(axis), P(axis), P()),
                       out_specs=P(axis), check_vma=False),
         in_shardings=(replicated,) + (batch,) * 3 + (replicated,), out_shardings=batch)
-  if len(_RUNNERS) > 64:
-    _RUNNERS.clear()
-  _RUNNERS[cache_key] = (method, fn)
   return fn
 
 
@@ -146,8 +144,8 @@ class _ChunkRunner:
     self._replicated = NamedSharding(mesh, P())
     # Methods with host-side steps (XRAI's segmentation and region selection) cannot be traced:
     # they are called eagerly on sharded inputs, and their jitted parts follow the sharding.
-    self.traced = getattr(method, "jittable", True)
-    self._fn = _jitted_compute(method, settings, mesh) if self.traced else None
+    self.jitted = getattr(method, "wrap_in_jit", True)
+    self._fn = _jitted_compute(method, settings, mesh) if self.jitted else None
     self._placed = None  # (model_fns, key) replicated on the mesh, once for all chunks.
 
   def padded_size(self, n: int) -> int:
@@ -157,11 +155,11 @@ class _ChunkRunner:
                prepared: Any, pad_to: int) -> Callable[[], np.ndarray]:
     """Starts the maps of one chunk; returns a function that waits for them (NumPy [n,H,W]).
 
-    A traced method runs asynchronously on the devices, so the caller can write the previous
+    A jitted method runs asynchronously on the devices, so the caller can write the previous
     chunk meanwhile.
     """
     n = images.shape[0]
-    if self.traced and prepared is None:
+    if self.jitted and prepared is None:
       size = self.padded_size(max(n, pad_to))
       args = (_pad_to(images, size), _pad_to(targets, size), _pad_to(indices, size))
       args = jax.device_put(args, self._batch)
@@ -173,9 +171,9 @@ class _ChunkRunner:
         return lambda: np.asarray(result)[:n]
       except jax.errors.JAXTypeError as e:  # A host-side step: fall back to eager calls.
         logging.warning("%s does not trace under jit (%s); calling it eagerly. Set "
-                        "`jittable = False` on the method to skip this attempt.",
+                        "`wrap_in_jit = False` on the method to skip this attempt.",
                         _method_name(self.method), type(e).__name__)
-        self.traced = False
+        self.jitted = False
     if n % self.num_devices == 0:
       images, targets, indices = jax.device_put((images, targets, indices), self._batch)
     else:  # Cannot split evenly without padding `prepared`, whose layout is the method's.
@@ -211,7 +209,7 @@ class MapPlan:
   chunk_size: maps per chunk (the unit of writing, resuming and sharding). On several devices,
     a multiple of the device count wastes no padding.
   dtype: stored dtype, "float32" or "float16" (readers return float32 either way).
-  mesh: a 1-D mesh over this host's devices; default `default_mesh()`.
+  mesh: a 1-D mesh over this host's devices; default `map_mesh()`.
   prepared: for methods with `prepare` (XRAI): a callable (start, stop, images) returning the
     prepared data of images [start, stop); default: `method.prepare(images, settings)`.
   prepared_dir: if given (and `prepared` is not), `method.prepare`'s results are cached there
@@ -246,7 +244,7 @@ def generate_maps(path: str, method, model_fns, inputs: MapInputs, *, key,
   Args:
     path: the store's directory (one per model state and method).
     method: a MapMethod (`compute`, `prepare` or None, `default_settings`, optional `name`
-      and `jittable`).
+      and `wrap_in_jit`).
     model_fns: the model's ModelFunctions.
     inputs: the images, their targets, dataset indices and ids (`MapInputs`).
     key: the method's noise key (the same for every chunk; per-image keys come from `indices`).
@@ -274,7 +272,7 @@ def generate_maps(path: str, method, model_fns, inputs: MapInputs, *, key,
   # Verified: a chunk truncated, corrupted or replaced since it was written is recomputed.
   todo = store.missing_chunks(process_index, process_count, verify=True)
   if todo:
-    runner = _ChunkRunner(method, model_fns, settings, plan.mesh or default_mesh(), key)
+    runner = _ChunkRunner(method, model_fns, settings, plan.mesh or map_mesh(), key)
     _compute_chunks(store, todo, runner, inputs.images, targets, indices,
                     _prepared_source(method, settings, plan),
                     progress=plan.progress and process_index == 0, on_chunk=plan.on_chunk)

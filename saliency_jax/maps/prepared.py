@@ -5,17 +5,18 @@ model, so a study computes it once per chunk of images and reuses it for every m
 (replicates, randomization steps). Files are named by a fingerprint of the method and settings,
 the chunk's range and a digest of the chunk's image bytes (so the same images preprocessed for
 two architectures get two entries), and hold the chunk's image ids; a file that does not match
-is recomputed, so a stale cache never gives wrong data. Boolean arrays (segment masks) are bit-packed and the file
-is zlib-compressed, since dilated segment masks are mostly zeros.
+is recomputed, so a stale cache never gives wrong data. Boolean arrays (segment masks) are
+bit-packed and the file is zlib-compressed, since dilated segment masks are mostly zeros.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 import hashlib
 import json
 import os
 import pickle
+from typing import Any
 import zlib
-from typing import Any, Callable, Sequence
 
 import numpy as np
 

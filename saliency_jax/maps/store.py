@@ -26,6 +26,7 @@ that record, needs no extra dependency, and every chunk can be read back with Nu
 """
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 import dataclasses
 import errno
 import hashlib
@@ -35,7 +36,6 @@ import logging
 import os
 import shutil
 import tempfile
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -124,7 +124,7 @@ class MapStore:
                      chunk_size: int, dtype: str = "float32",
                      ids: Sequence[str] | np.ndarray | None = None,
                      indices: Sequence[int] | np.ndarray | None = None,
-                     metadata: dict | None = None, replace: bool = False) -> "MapStore":
+                     metadata: dict | None = None, replace: bool = False) -> MapStore:
     """Creates the store at `path`, or reopens it if it exists with the same description.
 
     Args:
@@ -196,7 +196,7 @@ class MapStore:
     return cls(path, manifest, ids, indices)
 
   @classmethod
-  def open(cls, path: str) -> "MapStore":
+  def open(cls, path: str) -> MapStore:
     """Opens an existing store (complete or not) for reading or for resuming."""
     manifest_path = os.path.join(path, "manifest.json")
     if not os.path.exists(manifest_path):

@@ -26,6 +26,7 @@ from saliency_jax.metrics.localization import roc_auc_jax
 from saliency_jax.metrics.localization import top_k_intersection
 from saliency_jax.metrics.localization import top_k_intersection_jax
 from saliency_jax.metrics.policy import POLICY_TEXT
+from saliency_jax.metrics.similarity import average_ranks
 from saliency_jax.metrics.similarity import hog_similarity
 from saliency_jax.metrics.similarity import l1
 from saliency_jax.metrics.similarity import l1_jax
@@ -35,7 +36,6 @@ from saliency_jax.metrics.similarity import pearson
 from saliency_jax.metrics.similarity import pearson_jax
 from saliency_jax.metrics.similarity import spearman
 from saliency_jax.metrics.similarity import spearman_jax
-from saliency_jax.metrics.similarity import average_ranks
 from saliency_jax.metrics.similarity import ssim
 from saliency_jax.metrics.similarity import ssim_jax
 from saliency_jax.metrics.similarity import top_k_iou

@@ -1,7 +1,7 @@
 """Runs a jitted per-map function over a stack in fixed-size chunks, bounding memory."""
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
@@ -12,7 +12,7 @@ def on_cpu() -> bool:
   return jax.default_backend() == "cpu"
 
 
-def map_in_chunks(fn: Callable[..., jax.Array], arrays: Sequence[np.ndarray], *,
+def per_map_in_chunks(fn: Callable[..., jax.Array], arrays: Sequence[np.ndarray], *,
                   chunk: int) -> np.ndarray:
   """Applies `fn` (jitted, leading axis N in and out) to `arrays` in chunks of `chunk` maps.
 

@@ -170,7 +170,7 @@ def rank_metrics(maps, masks, which=("auprc", "average_precision", "roc_auc")) -
   maps, masks = _checked(maps, masks)
   if _batching.on_cpu():
     return _rank_metrics_numpy(maps, masks, tuple(which))
-  return {name: _batching.map_in_chunks(_JAX_RANK[name], [maps, masks], chunk=_CHUNK)
+  return {name: _batching.per_map_in_chunks(_JAX_RANK[name], [maps, masks], chunk=_CHUNK)
           for name in which}
 
 

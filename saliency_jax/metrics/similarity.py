@@ -229,7 +229,7 @@ def ssim(a, b, *, data_range, win_size: int | None = None, gaussian_weights: boo
                          sigma=float(sigma), use_sample_covariance=use_sample_covariance,
                          K1=float(K1), K2=float(K2))
   chunk = _CPU_MAPS_PER_STEP[gaussian_weights] if _batching.on_cpu() else _SSIM_CHUNK
-  return _batching.map_in_chunks(lambda x, y, r: fn(x, y, data_range=r),
+  return _batching.per_map_in_chunks(lambda x, y, r: fn(x, y, data_range=r),
                                  [a, b, data_range], chunk=chunk)
 
 
@@ -346,7 +346,7 @@ def spearman(a, b, *, absolute: bool = False) -> np.ndarray:
   if _batching.on_cpu():
     return _spearman(np, a, b, absolute)
   fn = functools.partial(spearman_jax, absolute=absolute)
-  return _batching.map_in_chunks(fn, [a, b], chunk=_SSIM_CHUNK)
+  return _batching.per_map_in_chunks(fn, [a, b], chunk=_SSIM_CHUNK)
 
 
 def average_ranks(maps, *, absolute: bool = False) -> np.ndarray:

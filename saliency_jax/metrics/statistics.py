@@ -10,8 +10,8 @@ every result carries the name of the test that produced its p-value.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 import dataclasses
-from typing import Sequence
 
 import numpy as np
 import scipy.stats

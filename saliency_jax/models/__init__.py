@@ -14,8 +14,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from saliency_jax.models.functions import ModelFunctions
 from saliency_jax.models.functions import model_functions
+from saliency_jax.models.functions import ModelFunctions
 
 __all__ = [
     "MODEL_NAMES",

@@ -21,7 +21,8 @@ Keras layer names map to parameter paths by `keras_layer_name(path)`:
   ("stem", "conv") <-> "conv1_conv", ("conv2", "block1", "bn0") <-> "conv2_block1_0_bn",
   ("pool2", "conv") <-> "pool2_conv", ("bn",) <-> "bn".
 """
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax

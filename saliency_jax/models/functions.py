@@ -15,7 +15,8 @@ it as an argument compiles once per architecture and reuses the executable for e
 state (replicates, randomization steps). Functions of any other JAX model can be wrapped with
 `ModelFunctions(logits_fn, ...)`; they are static and compile once per function object.
 """
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import jax
 
@@ -27,7 +28,7 @@ Fn = Callable[[Array], Array]
 
 @jax.tree_util.register_pytree_node_class
 class ModelFunctions:
-  """The views of a classifier that attribution methods need (see DESIGN.md).
+  """The views of a classifier that attribution methods need.
 
   Attributes:
     logits_fn: images [B,H,W,C] -> logits [B,K].
@@ -36,8 +37,8 @@ class ModelFunctions:
     guided_logits_fn: logits_fn with the guided ReLU.
   """
 
-  def __init__(self, logits_fn: Fn, features_fn: Optional[Fn] = None,
-               head_fn: Optional[Fn] = None, guided_logits_fn: Optional[Fn] = None):
+  def __init__(self, logits_fn: Fn, features_fn: Fn | None = None,
+               head_fn: Fn | None = None, guided_logits_fn: Fn | None = None):
     self._fns = (logits_fn, features_fn, head_fn, guided_logits_fn)
 
   @property

@@ -15,7 +15,8 @@ Inside a block the convolutions are named after their branch (`branch1x1`, `bran
 `keras_conv_paths()` lists them in the order Keras creates its `conv2d_N` layers, which is what
 `keras_import` uses to map Keras weights.
 """
-from typing import Any, Callable, ClassVar, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax

@@ -31,8 +31,8 @@ Anything left over or missing is an error, never a silent partial import.
 import functools
 import io
 import re
-import zipfile
 from typing import Any
+import zipfile
 
 import h5py
 import jax

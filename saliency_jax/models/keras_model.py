@@ -19,8 +19,8 @@ the layer, rather than imported into a different network.
 """
 import dataclasses
 import json
-import zipfile
 from typing import Any
+import zipfile
 
 import h5py
 import numpy as np

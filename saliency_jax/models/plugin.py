@@ -25,10 +25,10 @@ Weights: an orbax checkpoint directory (`ocp.StandardCheckpointer().save(path, v
 Flax msgpack file (`flax.serialization.to_bytes(variables)`), or a Keras file (for the
 package's InceptionV3 / DenseNet121). Their structure is checked against the module's.
 """
+from collections.abc import Callable, Mapping
 import dataclasses
 import functools
 import os
-from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -38,8 +38,8 @@ import numpy as np
 
 from saliency_jax.attributions.guided_relu import guided_relu
 from saliency_jax.import_path import load_object
-from saliency_jax.models.functions import ModelFunctions
 from saliency_jax.models.functions import model_functions
+from saliency_jax.models.functions import ModelFunctions
 
 # What the protocol provides, and the methods/criteria that need it.
 GRADCAM = "gradcam"

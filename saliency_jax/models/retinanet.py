@@ -15,8 +15,8 @@ outputs. Initialization as the paper for the subnets (Gaussian weights, std 0.01
 class output's bias -log((1 - 0.01) / 0.01) so every anchor starts at foreground probability
 0.01); Flax defaults for the FPN.
 """
-import math
 from collections.abc import Sequence
+import math
 from typing import Any
 
 import flax.linen as nn

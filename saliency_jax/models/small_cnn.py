@@ -19,7 +19,8 @@ Batch norm keeps running averages in the "batch_stats" collection and uses them 
 `train=True`. `dtype` is the computation dtype (e.g. bfloat16); parameters stay float32 and the
 logits are returned in float32.
 """
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp

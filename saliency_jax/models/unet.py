@@ -5,7 +5,8 @@ for probabilities). The encoder has `depth` levels of (conv-BN-act) x 2 followed
 pooling, a bottleneck, and a decoder of 2x2 transposed convolutions whose outputs are
 concatenated with the matching encoder features. H and W must be divisible by 2**depth (checked).
 """
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp

@@ -20,7 +20,7 @@ added to the image in the order the map ranks them.
 The output is the softmax probability of the explained class (`predict_fn` gives it). Ranks
 break ties by pixel order (row-major), so a constant map removes pixels in raster order.
 """
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp

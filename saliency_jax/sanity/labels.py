@@ -6,7 +6,8 @@ between image and label is gone); every other field is the source's. A model tra
 with the study's recipe can only memorize, and a method whose maps of that model look like the
 trained model's maps does not depend on what the model learned.
 """
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

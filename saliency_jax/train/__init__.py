@@ -48,7 +48,8 @@ batch-norm statistics are computed over the global batch, exactly as on one devi
 Multi-host runs call `jax.distributed.initialize()` before anything else (the launcher's job);
 each process then reads its own shard of the data and `batch_size` stays the global batch.
 """
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 from jax.sharding import Mesh
@@ -59,14 +60,14 @@ from saliency_jax.train import tasks
 from saliency_jax.train.loop import REQUIRED_KEYS
 from saliency_jax.train.loop import TrainingInterrupted
 from saliency_jax.train.steps import DATA_AXIS
-from saliency_jax.train.steps import default_mesh
+from saliency_jax.train.steps import data_parallel_mesh
 from saliency_jax.train.steps import make_optimizer
-from saliency_jax.train.tasks import roc_auc
+from saliency_jax.train.tasks import roc_auc_score
 from saliency_jax.train.tasks import RSNA_SCORE_THRESHOLD
 from saliency_jax.train.workdir import TrainResult
 
 __all__ = ["DATA_AXIS", "REQUIRED_KEYS", "RSNA_SCORE_THRESHOLD", "TrainResult",
-           "TrainingInterrupted", "default_mesh", "make_optimizer", "roc_auc",
+           "TrainingInterrupted", "data_parallel_mesh", "make_optimizer", "roc_auc_score",
            "train_classifier", "train_detector", "train_segmenter"]
 
 

@@ -11,6 +11,7 @@
 A new task is a `tasks.Task`; the loop does not change.
 """
 import dataclasses
+import logging
 import math
 import os
 import time
@@ -19,15 +20,17 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
 import orbax.checkpoint as ocp
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from saliency_jax.models import init_variables
 from saliency_jax.train import workdir as workdir_lib
 from saliency_jax.train.steps import DATA_AXIS
-from saliency_jax.train.steps import default_mesh
+from saliency_jax.train.steps import data_parallel_mesh
 from saliency_jax.train.steps import global_batch
 from saliency_jax.train.steps import make_steps
 from saliency_jax.train.steps import model_variables
@@ -99,7 +102,7 @@ def _plan(task: Task, module: nn.Module, train_source, *, workdir: str, seed: in
   """Checks the config and the mesh; fixes the run's sizes, dtypes and variable shapes."""
   _check_config(config)
   workdir = os.path.abspath(workdir)
-  mesh = default_mesh() if mesh is None else mesh
+  mesh = data_parallel_mesh() if mesh is None else mesh
   if mesh.axis_names != (DATA_AXIS,):
     raise ValueError(f"The mesh must be 1-D with axis {DATA_AXIS!r}; got {mesh.axis_names}.")
   num_steps = int(config.num_steps)
@@ -155,13 +158,23 @@ def _restore(plan: _Plan, manager: ocp.CheckpointManager, state: dict, train_ite
   step 0 where there is none."""
   import grain  # pylint: disable=g-import-not-at-top
   best = {"step": -1, "metrics": {}}
-  latest = manager.latest_step()
-  if latest is None:
+  restored = None
+  # Newest first: a checkpoint that cannot be read (truncated by a full disk or a kill) is
+  # deleted and the previous one still on disk is used.
+  for latest in sorted(manager.all_steps(), reverse=True):
+    try:
+      restored = manager.restore(latest, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(state),
+          data=grain.checkpoint.CheckpointRestore(train_iter),
+          meta=ocp.args.JsonRestore()))
+      break
+    except Exception as e:  # pylint: disable=broad-except  (orbax, JSON and tensorstore errors)
+      logging.warning("checkpoint %d in %s cannot be read (%s: %.200s); deleting it and "
+                      "resuming from the one before", latest, manager.directory,
+                      type(e).__name__, e)
+      manager.delete(latest)
+  if restored is None:
     return state, train_iter, best, 0
-  restored = manager.restore(latest, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(state),
-      data=grain.checkpoint.CheckpointRestore(train_iter),
-      meta=ocp.args.JsonRestore()))
   state, train_iter, best = restored.state, restored.data, restored.meta["best"]
   # The best checkpoint is written after the train checkpoint of the same step: a kill in
   # between leaves it missing, and the restored state is exactly what it should hold.

@@ -4,24 +4,27 @@
 `train_step` and `eval_step` of one (task, model, optimizer, mesh), cached per process. The
 state is replicated over a 1-D mesh (axis DATA_AXIS) and batches are split over it.
 """
+from collections.abc import Callable, Mapping, Sequence
 import dataclasses
 import functools
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
 import optax
-from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from saliency_jax.train.tasks import Task
 
 DATA_AXIS = "data"
 
 
-def default_mesh() -> Mesh:
+def data_parallel_mesh() -> Mesh:
   """A 1-D data-parallel mesh over every device of every process."""
   return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
 

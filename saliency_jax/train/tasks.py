@@ -4,9 +4,10 @@ A `Task` names the batch fields its step needs, its loss, its per-example valida
 and their host-side summary, and the validation metric that selects the best checkpoint. A new
 kind of model (e.g. a detector) is one more `Task` here, passed to `loop.train`.
 """
+from collections.abc import Callable
 import dataclasses
 import functools
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +15,7 @@ import numpy as np
 import optax
 
 
-def roc_auc(labels: Any, scores: Any) -> float:
+def roc_auc_score(labels: Any, scores: Any) -> float:
   """Area under the ROC curve by the rank-sum (Mann-Whitney) formula; ties count one half.
 
   Args:
@@ -73,7 +74,7 @@ def _classifier_outputs(logits, batch):
 
 
 def _classifier_summary(out):
-  return {"val_auc": roc_auc(out["label"], out["score"]),
+  return {"val_auc": roc_auc_score(out["label"], out["score"]),
           "val_loss": float(np.mean(out["loss"])),
           "val_accuracy": float(np.mean((out["score"] > 0.5) == (out["label"] == 1)))}
 
@@ -118,7 +119,9 @@ def detector_task(anchors_key: tuple, image_shape: tuple[int, int], max_boxes: i
   the jitted steps are shared by replicates)."""
   # pylint: disable=g-import-not-at-top
   from saliency_jax.detection import boxes as boxes_lib
-  from saliency_jax.detection import losses, metrics, postprocess
+  from saliency_jax.detection import losses
+  from saliency_jax.detection import metrics
+  from saliency_jax.detection import postprocess
   if box_loss not in losses.BOX_LOSSES:
     raise ValueError(f"Unknown box loss {box_loss!r}; expected one of {losses.BOX_LOSSES}.")
   anchors = boxes_lib.anchors(*image_shape, anchors_key)

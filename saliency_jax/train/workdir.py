@@ -21,6 +21,7 @@ from saliency_jax import multihost
 from saliency_jax.train.steps import model_variables
 from saliency_jax.train.steps import to_host
 
+
 @dataclasses.dataclass
 class TrainResult:
   """What a training run returns.

@@ -84,12 +84,14 @@ def _controls_section(table: dict[str, Any], path: str, Table, Figure) -> list:
       ])]
 
 
-def _chexlocalize_section(data: dict[str, Any], path: str, Table, Figure) -> list:
+def _chexlocalize_section(data: dict[str, Any], path: str, Table, Figure,
+                          localization: str) -> list:
   rows = []
   for r in data["rows"]:
     thresholds = ", ".join(f"{m} {t:.1f}" for m, t in r["thresholds"].items()
                            if t is not None)
-    rows.append([r["method"] if r["method"] != LOCALIZATION_METHOD else "U-Net (baseline)",
+    rows.append([r["method"] if r["method"] != LOCALIZATION_METHOD
+                 else f"{localization} (baseline)",
                  _ci(r["iou_otsu"]), _pct(r.get("iou_otsu_decrease")),
                  _ci(r["iou_tuned"]) + (f" (t = {thresholds})" if thresholds else ""),
                  _pct(r.get("iou_tuned_decrease")), _ci(r["hit"]),
@@ -103,13 +105,14 @@ def _chexlocalize_section(data: dict[str, Any], path: str, Table, Figure) -> lis
           "the validation set's positive images; **hit rate**: the map's first maximum "
           "inside the mask. 95% CIs: CheXlocalize's bootstrap over images (order statistics "
           "of the resample means). **Decrease**: the percentage decrease from the "
-          "localization network (U-Net) to the method, 100 (U-Net - method) / U-Net, with "
-          "its CI from the same resamples. Not reproduced: CheXlocalize fills the outer "
-          "contours of the Otsu segmentation (holes included).",
+          f"localization network ({localization}) to the method, 100 (baseline - method) / "
+          "baseline, with its CI from the same resamples. Not reproduced: CheXlocalize fills "
+          "the outer contours of the Otsu segmentation (holes included).",
           Figure(path, "Mean of each CheXlocalize metric per method with its bootstrap 95% "
-                 "CI; dashed: the U-Net's."),
-          Table(["map", "mIoU Otsu [95% CI]", "decrease from U-Net", "mIoU tuned [95% CI]",
-                 "decrease from U-Net", "hit rate [95% CI]", "decrease from U-Net"], rows),
+                 f"CI; dashed: the {localization}'s."),
+          Table(["map", "mIoU Otsu [95% CI]", "decrease from baseline", "mIoU tuned [95% CI]",
+                 "decrease from baseline", "hit rate [95% CI]", "decrease from baseline"],
+                rows),
       ])]
 
 
@@ -134,13 +137,16 @@ def _robustness_section(data: dict[str, Any], path: str, Table, Figure) -> list:
       ])]
 
 
-def sections(summary: dict[str, Any], paths: dict[str, str], Table, Figure) -> list:
-  """(heading, blocks) of every check the run did, in the report's order."""
+def sections(summary: dict[str, Any], paths: dict[str, str], Table, Figure, *,
+             localization: str = "localization network") -> list:
+  """(heading, blocks) of every check the run did, in the report's order; `localization`
+  names the localization baseline (U-Net, RetinaNet)."""
   out = []
   if summary.get("controls"):
     out += _controls_section(summary["controls"], paths["controls"], Table, Figure)
   if summary.get("chexlocalize"):
-    out += _chexlocalize_section(summary["chexlocalize"], paths["chexlocalize"], Table, Figure)
+    out += _chexlocalize_section(summary["chexlocalize"], paths["chexlocalize"], Table, Figure,
+                                 localization)
   if summary.get("robustness"):
     out += _robustness_section(summary["robustness"], paths["robustness"], Table, Figure)
   return out

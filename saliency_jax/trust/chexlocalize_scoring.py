@@ -1,4 +1,4 @@
-"""CheXlocalize's localization metrics of every method's maps, the U-Net as the baseline.
+"""CheXlocalize's localization metrics of every method's maps, the localization network as baseline.
 
 Per image of the utility set and per utility model (`saliency_jax.metrics.chexlocalize`):
 IoU of the Otsu segmentation, IoU at the method's threshold tuned on the validation set's maps

@@ -24,8 +24,8 @@ Which comparisons mean something (`APPLICABLE`):
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 import zlib
-from typing import Sequence
 
 import numpy as np
 from scipy import ndimage

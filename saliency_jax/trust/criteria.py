@@ -5,7 +5,7 @@ returns one value per image, so verdicts can use paired per-image tests. Undefin
 (an empty mask, a constant map where the metric needs variance) are NaN, following the policy
 of `saliency_jax.metrics`; the statistics count and report what they exclude.
 """
-from typing import Callable, Dict, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -19,7 +19,7 @@ UTILITY_METRICS = ("auprc", "pointing_game", "iou_otsu")
 SIMILARITY_METRICS = ("ssim", "spearman_abs")
 
 
-def _similarity_functions(data_range: float, top_k_fraction: float) -> Dict[str, Callable]:
+def _similarity_functions(data_range: float, top_k_fraction: float) -> dict[str, Callable]:
   """Every similarity a criterion can use, by record name: f(maps_a, maps_b) -> [N]."""
   return {
       "ssim": lambda a, b: metrics.ssim(a, b, data_range=data_range),
@@ -41,7 +41,7 @@ def _check_names(names: Sequence[str]) -> None:
     raise ValueError(f"unknown similarity metrics {unknown}; known: {list(SIMILARITY_NAMES)}")
 
 
-def utility(maps: np.ndarray, masks: np.ndarray) -> Dict[str, np.ndarray]:
+def utility(maps: np.ndarray, masks: np.ndarray) -> dict[str, np.ndarray]:
   """Localization utility: each map scored against its ground-truth mask."""
   masks = np.asarray(masks).astype(bool)
   return {
@@ -53,7 +53,7 @@ def utility(maps: np.ndarray, masks: np.ndarray) -> Dict[str, np.ndarray]:
 
 def similarity(maps_a: np.ndarray, maps_b: np.ndarray, *, data_range: float,
                names: Sequence[str] = SIMILARITY_METRICS,
-               top_k_fraction: float = 0.1) -> Dict[str, np.ndarray]:
+               top_k_fraction: float = 0.1) -> dict[str, np.ndarray]:
   """Map-to-map similarity of paired maps (same image, two model states or models).
 
   names: which of `SIMILARITY_NAMES` to compute (SSIM with `data_range`, Spearman of |map| or
@@ -66,7 +66,7 @@ def similarity(maps_a: np.ndarray, maps_b: np.ndarray, *, data_range: float,
 
 def random_pair_baseline(maps: np.ndarray, *, pairs: int, seed: int, data_range: float,
                          names: Sequence[str] = SIMILARITY_METRICS,
-                         top_k_fraction: float = 0.1) -> Dict[str, np.ndarray]:
+                         top_k_fraction: float = 0.1) -> dict[str, np.ndarray]:
   """The randomization baseline of the paper: similarity of maps of different images.
 
   For each image i, `pairs` other images j != i are drawn (with replacement when fewer exist)

@@ -8,11 +8,12 @@ reads the map stores the manifest lists, writes `results.json`/`results.csv` (on
 image x method x criterion x step, tidy) and `summary.json` (the scorecard and the curves the
 report draws). Nothing here loads a dataset or a model.
 """
+from collections.abc import Sequence
 import csv
 import itertools
 import json
 import os
-from typing import Any, Sequence
+from typing import Any
 
 import ml_collections
 import numpy as np

@@ -21,7 +21,6 @@ import hashlib
 import logging
 import os
 import shutil
-from typing import Dict, List, Tuple
 
 import numpy as np
 
@@ -31,11 +30,11 @@ from saliency_jax.trust.names import SetName
 from saliency_jax.trust.names import State
 
 
-def discover(directory: str) -> Dict[str, Dict[str, Dict[str, str]]]:
+def discover(directory: str) -> dict[str, dict[str, dict[str, str]]]:
   """{method: {model: {state: path}}} of the maps under `directory`."""
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"external maps directory {directory!r} does not exist")
-  found: Dict[str, Dict[str, Dict[str, str]]] = {}
+  found: dict[str, dict[str, dict[str, str]]] = {}
   for method in sorted(os.listdir(directory)):
     method_dir = os.path.join(directory, method)
     if not os.path.isdir(method_dir):
@@ -53,7 +52,7 @@ def discover(directory: str) -> Dict[str, Dict[str, Dict[str, str]]]:
   return found
 
 
-def _load_arrays(path: str) -> Dict[str, np.ndarray]:
+def _load_arrays(path: str) -> dict[str, np.ndarray]:
   if path.endswith(".npz"):
     with np.load(path) as archive:
       return {k: archive[k] for k in archive.files}
@@ -81,7 +80,7 @@ def _as_map(array: np.ndarray, image_id: str, path: str, shape) -> np.ndarray:
   return m
 
 
-def _sets_of_state(state: str) -> Tuple[str, ...]:
+def _sets_of_state(state: str) -> tuple[str, ...]:
   if state == State.ORIGINAL:
     return (SetName.UTILITY, SetName.EVAL)
   if state == State.UNTRAINED:
@@ -89,7 +88,7 @@ def _sets_of_state(state: str) -> Tuple[str, ...]:
   return (SetName.EVAL,)
 
 
-def import_maps(directory: str, image_sets, store_path, chunk_size: int) -> List[str]:
+def import_maps(directory: str, image_sets, store_path, chunk_size: int) -> list[str]:
   """Copies every external map into the study's stores; returns the method names found.
 
   Each state fills the image sets the criteria read it from: `original` both sets,

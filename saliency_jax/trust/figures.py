@@ -4,9 +4,10 @@
 
 draws from the summary and the records, and reads the example maps through the `MapReader`.
 """
+from collections.abc import Sequence
 import math
 import os
-from typing import Any, Sequence
+from typing import Any
 
 import matplotlib
 

@@ -25,7 +25,9 @@ import json
 import os
 from typing import Any
 
-from saliency_jax.trust.names import cascade_state, SetName, State
+from saliency_jax.trust.names import cascade_state
+from saliency_jax.trust.names import SetName
+from saliency_jax.trust.names import State
 
 FILENAME = "run_manifest.json"
 CLASSIFIER = "classifier"

@@ -11,9 +11,9 @@ Layout under the workdir (written by the maps stage, read by `MapReader`):
   reader.ground_truth(SetName.UTILITY).masks                 # bool [N,H,W]
   reader.average_mask()                                      # float32 [H,W]
 """
+from collections.abc import Sequence
 import dataclasses
 import os
-from typing import Sequence
 
 import numpy as np
 

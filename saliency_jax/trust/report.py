@@ -10,16 +10,17 @@ reads summary.json, results.json, progress.json and models/summary.json from the
 example maps through the `MapReader`, and prints the whole config in the provenance section.
 """
 import base64
+from collections.abc import Sequence
 import dataclasses
 import datetime
 import html
+from importlib import metadata
 import json
 import os
 import platform
 import shutil
 import sys
-from importlib import metadata
-from typing import Any, Sequence, Union
+from typing import Any
 
 import jax
 import ml_collections
@@ -47,7 +48,7 @@ class Figure:
   caption: str
 
 
-Block = Union[str, Table, Figure]
+Block = str | Table | Figure
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -220,7 +221,8 @@ def build_sections(manifest: Manifest, config: ml_collections.ConfigDict, workdi
         "SSIM between maps of replicates of the same architecture (repeatability) and of "
         f"different architectures (reproducibility); line: SSIM between the two {loc_label} "
         "replicates' outputs.")]))
-  sections += check_report.sections(summary, figure_paths, Table, Figure)
+  sections += check_report.sections(summary, figure_paths, Table, Figure,
+                                    localization=figures.localization_label(manifest))
   sections.append(("Statistical details", [details_table(summary)]))
   sections.append(("Provenance", provenance(manifest, config, workdir)))
   return sections

@@ -10,7 +10,8 @@ naming the choices under which it flips.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, NamedTuple, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
 
 import ml_collections
 

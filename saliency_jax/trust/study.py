@@ -18,19 +18,20 @@ and map stores of other models, images or settings are replaced. Layout of the w
   progress.json                  stages done and their wall time
   run.lock                       the run using the workdir (see workdir_lock)
 """
+from collections.abc import Callable
 import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import time
+from typing import Any
 import zlib
-from typing import Any, Callable, Dict, List, Tuple
 
 from absl import logging
 import jax
-import jax.numpy as jnp
 from jax.experimental import multihost_utils
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
@@ -44,11 +45,10 @@ from saliency_jax import randomization
 from saliency_jax import train as train_lib
 from saliency_jax.attributions import custom as custom_methods
 from saliency_jax.models import plugin
-
 from saliency_jax.trust import checks
 from saliency_jax.trust import external
-from saliency_jax.trust import robustness
 from saliency_jax.trust import map_reader
+from saliency_jax.trust import robustness
 from saliency_jax.trust import workdir_lock
 from saliency_jax.trust.manifest import CLASSIFIER
 from saliency_jax.trust.manifest import LOCALIZER
@@ -83,21 +83,22 @@ class ImageSet:
   indices: np.ndarray   # int [N], dataset indices in the test split (noise keys fold them)
   raw: np.ndarray       # uint8/uint16 [N,H,W,1], as stored
   masks: np.ndarray     # bool [N,H,W]
-  boxes: List[np.ndarray]
+  boxes: list[np.ndarray]
 
 
 @dataclasses.dataclass
-class Classifier:
+class TrainedModel:
+  """A classifier or a localization network as the study holds it."""
   name: str
   arch: str
   module: Any
   variables: Any
-  val_auc: float  # the selection metric: validation AUC, Dice (U-Net) or mAP (RetinaNet)
+  val_score: float  # the selection metric: validation AUC, Dice (U-Net) or mAP (RetinaNet)
   style: str  # the pixel scaling this model was trained with (see data.preprocess)
   # How the study uses it (blocks, functions, what it lacks); None: a package model, bound
   # when first needed (`Study.plugin`).
   bound: plugin.PluginModel | None = None
-  val_metrics: Dict[str, Any] = dataclasses.field(default_factory=dict)
+  val_metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 class ProgressLog:
@@ -105,7 +106,7 @@ class ProgressLog:
 
   def __init__(self, path: str):
     self.path = path
-    self.stages: Dict[str, Dict[str, Any]] = {}
+    self.stages: dict[str, dict[str, Any]] = {}
     if os.path.exists(path):
       with open(path) as f:
         self.stages = json.load(f)
@@ -125,7 +126,7 @@ class SegmentationOutput:
   """The localization network's per-pixel probability, stored like a saliency map."""
   name = Baseline.LOCALIZATION
   prepare = None
-  default_settings: Dict[str, Any] = {}
+  default_settings: dict[str, Any] = {}
 
   def compute(self, model_fns, images, targets, *, indices, key, settings, prepared=None):
     del targets, indices, key, settings, prepared
@@ -137,7 +138,7 @@ class DetectionScoreMap:
   detections), stored like a saliency map: the detector's localization baseline."""
   name = Baseline.LOCALIZATION
   prepare = None
-  default_settings: Dict[str, Any] = {}
+  default_settings: dict[str, Any] = {}
 
   def __init__(self, anchors: np.ndarray):
     self.anchors = anchors
@@ -165,7 +166,7 @@ class Study:
     os.makedirs(workdir, exist_ok=True)
     self.progress = ProgressLog(os.path.join(workdir, "progress.json"))
     self.manifest = Manifest.load(workdir)
-    self._cache: Dict[str, Any] = {}
+    self._cache: dict[str, Any] = {}
 
   # ---------------------------------------------------------------------------------------
   # Driving the stages.
@@ -198,13 +199,13 @@ class Study:
         self.progress.record(stage, time.perf_counter() - began)
       _say(f"[{stage}] done in {time.perf_counter() - began:.1f} s")
 
-  def stage_config(self, stage: str) -> Dict[str, Any]:
+  def stage_config(self, stage: str) -> dict[str, Any]:
     """The config sections `stage` reads (STAGE_CONFIG), as plain data."""
     config = self.config.to_dict()
     sections = STAGE_CONFIG[stage]
     return {k: v for k, v in config.items() if sections is None or k in sections}
 
-  def changed_fields(self, stage: str) -> List[str]:
+  def changed_fields(self, stage: str) -> list[str]:
     """"field: then -> now" for each config field `stage` reads that changed since it ran ([]
     where the manifest recorded no config for it)."""
     recorded = self.manifest.stage_config(stage)
@@ -269,7 +270,7 @@ class Study:
       multihost_utils.sync_global_devices("synthetic dataset built")
     return build()
 
-  def sources(self) -> Dict[str, Any]:
+  def sources(self) -> dict[str, Any]:
     def build():
       import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
       return tfds.data_source(self.dataset_name(), data_dir=self.data_dir)
@@ -322,7 +323,7 @@ class Study:
   # ---------------------------------------------------------------------------------------
   # Training.
 
-  def classifiers(self) -> List[Classifier]:
+  def classifiers(self) -> list[TrainedModel]:
     def build():
       sources = self.sources()
       result = []
@@ -339,12 +340,12 @@ class Study:
             initial_variables=self._pretrained(spec, workdir))
         logging.info("%s (%s): validation AUC %.4f", spec["name"], spec["arch"],
                      trained.val_auc)
-        result.append(Classifier(spec["name"], spec["arch"], module, trained.variables,
-                                 float(trained.val_auc), style))
+        result.append(TrainedModel(spec["name"], spec["arch"], module, trained.variables,
+                                   float(trained.val_auc), style))
       return result
     return self._cached("classifiers", build)
 
-  def _plugin_classifier(self, spec, style: str) -> Classifier:
+  def _plugin_classifier(self, spec, style: str) -> TrainedModel:
     """A `config.models` entry naming a module by import path, a Keras model or weights (see
     models.plugin): loaded, or trained first where it names no weights."""
     image_shape = self.inputs(self.image_set(SetName.EVAL), style).shape[1:]
@@ -358,9 +359,9 @@ class Study:
           config=self._train_config(self.config.train, style))
       variables, val_auc = trained.variables, float(trained.val_auc)
     bound = plugin.from_flax(spec["name"], module, variables, image_shape, **extras)
-    return Classifier(spec["name"], bound.arch, module, variables, val_auc, style, bound)
+    return TrainedModel(spec["name"], bound.arch, module, variables, val_auc, style, bound)
 
-  def bound_model(self, clf: Classifier, image_shape) -> plugin.PluginModel:
+  def bound_model(self, clf: TrainedModel, image_shape) -> plugin.PluginModel:
     if clf.bound is None:
       clf.bound = plugin.from_flax(clf.name, clf.module, clf.variables, image_shape,
                                     arch=clf.arch)
@@ -376,7 +377,7 @@ class Study:
       raise FileNotFoundError(f"config.weights.{spec['arch']} = {path!r} does not exist")
     return models.import_keras_weights(spec["arch"], path, seed=spec["seed"], num_classes=2)
 
-  def localizers(self) -> List[Classifier]:
+  def localizers(self) -> list[TrainedModel]:
     """The localization baseline's replicates: U-Nets (`config.localization.arch` "unet") or
     RetinaNets ("retinanet", the paper's baseline for box datasets)."""
     def build():
@@ -401,9 +402,9 @@ class Study:
               module, sources["train"], sources["validation"], workdir=workdir, seed=seed,
               config=config)
           metrics = {"val_dice": trained.val_metrics["val_dice"]}
-        result.append(Classifier(name, loc.arch, module, trained.variables,
-                                 float(next(iter(metrics.values()))),
-                                 self.config.data.style, val_metrics=metrics))
+        result.append(TrainedModel(name, loc.arch, module, trained.variables,
+                                   float(next(iter(metrics.values()))),
+                                   self.config.data.style, val_metrics=metrics))
       return result
     return self._cached("localizers", build)
 
@@ -423,7 +424,7 @@ class Study:
       variables[collection] = {**variables[collection], "backbone": backbone[collection]}
     return variables
 
-  def _localization_output(self, loc: Classifier, shape) -> Any:
+  def _localization_output(self, loc: TrainedModel, shape) -> Any:
     """The map "method" of the localization baseline; one object per architecture and image
     size, so its compilation is shared by the replicates and both image sets."""
     def build():
@@ -440,7 +441,7 @@ class Study:
     return config
 
   def stage_train(self) -> None:
-    summary = {c.name: {"arch": c.arch, "val_auc": c.val_auc} for c in self.classifiers()}
+    summary = {c.name: {"arch": c.arch, "val_auc": c.val_score} for c in self.classifiers()}
     summary.update({c.name: {"arch": c.arch, **c.val_metrics} for c in self.localizers()})
     multihost.write_shared_json(os.path.join(self.workdir, "models", "summary.json"), summary,
                                 "models/summary.json")
@@ -450,7 +451,7 @@ class Study:
   # ---------------------------------------------------------------------------------------
   # Model states and maps.
 
-  def states(self, clf: Classifier, image_shape) -> List[Tuple[str, str, Any]]:
+  def states(self, clf: TrainedModel, image_shape) -> list[tuple[str, str, Any]]:
     """(set, state, variables) for which this classifier's maps are needed."""
     blocks = self.bound_model(clf, image_shape).block_names
     if not blocks:  # nothing to randomize (the report says so)
@@ -473,7 +474,7 @@ class Study:
       result.append((SetName.UTILITY, State.UNTRAINED, cascade[-1][1]))
     return result
 
-  def method_settings(self, name: str) -> Dict[str, Any]:
+  def method_settings(self, name: str) -> dict[str, Any]:
     settings = dict(attributions.METHODS[name].default_settings)
     overrides = self.config.methods.settings
     if name in overrides:
@@ -482,12 +483,12 @@ class Study:
       settings["max_grads_in_flight"] = self.config.methods.max_grads_in_flight
     return settings
 
-  def external_methods(self) -> List[str]:
+  def external_methods(self) -> list[str]:
     """Names of the methods whose maps come from `config.study.external_maps`."""
     directory = self.config.study.external_maps
     return sorted(external.discover(directory)) if directory else []
 
-  def method_names(self) -> List[str]:
+  def method_names(self) -> list[str]:
     """Every method the criteria score: ours (config.methods.names), then external ones."""
     return list(self.config.methods.names) + [
         m for m in self.external_methods() if m not in self.config.methods.names]
@@ -495,7 +496,7 @@ class Study:
   def store_path(self, set_name: str, model: str, state: str, method: str) -> str:
     return map_reader.store_path(self.workdir, set_name, model, state, method)
 
-  def targets(self, clf: Classifier, image_set: ImageSet) -> np.ndarray:
+  def targets(self, clf: TrainedModel, image_set: ImageSet) -> np.ndarray:
     """The class each map explains: the trained model's prediction (the paper) or the label.
 
     Randomized states keep the trained model's targets, so every step of a curve explains
@@ -612,7 +613,8 @@ class Study:
                    for set_name, state, variables in needed for n in names]
       targets = {}
       for set_name, state, variables, store_name, name, settings in tqdm.tqdm(
-          jobs, desc=f"check maps {clf.name}", unit="store", disable=not jobs):
+          jobs, desc=f"check maps {clf.name}", unit="store",
+          disable=not jobs or jax.process_index() != 0):
         image_set = self.image_set(set_name)
         if set_name not in targets:
           targets[set_name] = self.targets(clf, image_set)
@@ -625,10 +627,11 @@ class Study:
         fns = models.ModelFunctions(lambda x, loc=loc: loc.module.apply(loc.variables, x))
         self._generate(self.store_path(SetName.VALIDATION, loc.name, State.ORIGINAL,
                                        Baseline.LOCALIZATION),
-                       SegmentationOutput(), fns, image_set, loc.style,
-                       np.zeros(len(image_set.ids), np.int32), {}, key, loc.variables)
+                       self._localization_output(loc, image_set.raw.shape[1:3]), fns,
+                       image_set, loc.style, np.zeros(len(image_set.ids), np.int32), {}, key,
+                       loc.variables)
 
-  def skipped_methods(self, bound: plugin.PluginModel) -> List[Tuple[str, str]]:
+  def skipped_methods(self, bound: plugin.PluginModel) -> list[tuple[str, str]]:
     """[(method, why)] of the configured methods this model cannot give."""
     out = []
     for name in self.config.methods.names:
@@ -638,7 +641,7 @@ class Study:
         out.append((name, bound.lacks[missing[0]]))
     return out
 
-  def skipped(self) -> List[Dict[str, str]]:
+  def skipped(self) -> list[dict[str, str]]:
     """What was not evaluated and why: methods and criteria per model (for the report)."""
     out = []
     for clf in self.classifiers():
@@ -690,7 +693,7 @@ class Study:
     report.write_report(self.manifest, reader, self.numbers_config(), self.workdir)
 
 
-def _differences(then: Any, now: Any, prefix: str = "") -> List[str]:
+def _differences(then: Any, now: Any, prefix: str = "") -> list[str]:
   """"path: then -> now" for every leaf that differs between two JSON-like trees."""
   if isinstance(then, dict) and isinstance(now, dict):
     out = []

@@ -13,7 +13,8 @@ section; no Study, dataset or model:
   scorecard(records, manifest, config.study, seed=config.seed)
 """
 import collections
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import ml_collections
 import numpy as np
@@ -22,8 +23,8 @@ from saliency_jax.metrics import statistics
 from saliency_jax.trust import criteria
 from saliency_jax.trust.manifest import Manifest
 from saliency_jax.trust.names import Baseline
-from saliency_jax.trust.names import cascade_state
 from saliency_jax.trust.names import CASCADE_PREFIX
+from saliency_jax.trust.names import cascade_state
 from saliency_jax.trust.names import Criterion
 from saliency_jax.trust.names import independent_state
 from saliency_jax.trust.names import Measure

@@ -18,15 +18,15 @@ rectangle holding the lesion (the convention of box-labelled data such as RSNA's
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 import dataclasses
 import functools
 import math
 import zlib
-from typing import Iterator
 
 import numpy as np
 
-SPLITS = ("train", "validation", "test")
+from saliency_jax.data.splits import SPLITS
 
 # Lesion contrast (added intensity on a [0, 1] scale) is drawn from this range divided by the
 # difficulty. At the default difficulty (1.0) lesions are plainly visible, yet a CNN still has to

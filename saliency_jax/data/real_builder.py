@@ -7,7 +7,7 @@ module-level function without shared state, so that it can run in worker
 threads); every `SkipExample`, `DicomError` or `RleError` it raises becomes a
 counted skip.
 
-Geometry conventions (the same as `saliency_jax.data.synthetic`): pixel (r, c)
+Geometry conventions (the same as `saliency_jax.data.synthetic_images`): pixel (r, c)
 covers [r, r+1) x [c, c+1); boxes are (ymin, xmin, ymax, xmax) in these
 continuous coordinates with exclusive ends. Images are stretched to S x S, so
 boxes scale by S / rows in y and S / columns in x.
@@ -23,12 +23,12 @@ boxes scale by S / rows in y and S / columns in x.
 """
 
 import collections
+from collections.abc import Callable, Iterator, Sequence
 import concurrent.futures
 import dataclasses
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -240,7 +240,7 @@ def _run_one(make_example: MakeExample, options: ExampleOptions,
     return "skip", f"rle_{e.reason}", str(e)
 
 
-class _Runner:
+class _ExampleRunner:
   """Callable running one record through make_example with fixed options."""
 
   def __init__(self, make_example: MakeExample, options: ExampleOptions):
@@ -251,7 +251,7 @@ class _Runner:
     return _run_one(self.make_example, self.options, record)
 
 
-def _map_records(runner: _Runner, records: Sequence[Record],
+def _map_records(runner: _ExampleRunner, records: Sequence[Record],
                  num_workers: int) -> Iterator[tuple[str, Any, Any]]:
   """Runs `runner` over records in order, in `num_workers` threads.
 
@@ -403,7 +403,7 @@ class RealCxrBuilder(tfds_compat.ModuleFileCodePath,
     config = self.builder_config
     options = ExampleOptions(config.image_size, config.image_dtype,
                              self.check_dicom_ids)
-    runner = _Runner(type(self).make_example, options)
+    runner = _ExampleRunner(type(self).make_example, options)
     report = self._report
     written = 0
     for record, (status, a, b) in zip(

@@ -12,23 +12,23 @@ incomplete directory behind; `prepare` removes such leftovers first
 (`clean_incomplete=True`), so run one build per dataset config at a time.
 """
 
+from collections.abc import Sequence
 import glob
 import logging
 import os
 import shutil
-from collections.abc import Sequence
 from typing import Any
 
 import tensorflow_datasets as tfds
 
 from saliency_jax.data import build_report
 from saliency_jax.data import image_mask_folder
-from saliency_jax.data import real_cxr
+from saliency_jax.data import real_builder
 from saliency_jax.data import rsna_pneumonia
 from saliency_jax.data import siim_acr_pneumothorax
 from saliency_jax.data import splits as splits_lib
 
-BUILDERS: dict[str, type[real_cxr.RealCxrBuilder]] = {
+BUILDERS: dict[str, type[real_builder.RealCxrBuilder]] = {
     "rsna_pneumonia": rsna_pneumonia.RsnaPneumonia,
     "siim_acr_pneumothorax": siim_acr_pneumothorax.SiimAcrPneumothorax,
     "image_mask_folder": image_mask_folder.ImageMaskFolder,
@@ -48,7 +48,7 @@ def remove_incomplete(data_dir: str, name: str, config_name: str) -> list[str]:
 
 
 def prepare(name: str, *, manual_dir: str, data_dir: str,
-            image_size: int = real_cxr.DEFAULT_IMAGE_SIZE,
+            image_size: int = real_builder.DEFAULT_IMAGE_SIZE,
             image_dtype: str = "uint8", split_seed: int = 0,
             split_fractions: Sequence[float] = splits_lib.DEFAULT_FRACTIONS,
             split_csv: str | None = None, check_dicom_ids: bool = True,
@@ -66,7 +66,7 @@ def prepare(name: str, *, manual_dir: str, data_dir: str,
 
   Raises:
     KeyError: unknown dataset name.
-    real_cxr.ManualDirError: the manual directory lacks the files (the message
+    real_builder.ManualDirError: the manual directory lacks the files (the message
       says where to download them and how to lay them out).
   """
   if name not in BUILDERS:
@@ -77,7 +77,7 @@ def prepare(name: str, *, manual_dir: str, data_dir: str,
     config = image_mask_folder.make_config(manual_dir, image_size, float_range=float_range,
                                            **options)
   else:
-    config = real_cxr.make_config(image_size, **options)
+    config = real_builder.make_config(image_size, **options)
   cls = BUILDERS[name]
   # TFDS takes a listed config by name only, an unlisted one as an object.
   builder = cls(
