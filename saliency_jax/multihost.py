@@ -23,8 +23,11 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   MPI, TPU pods, Kubernetes) fill in a value, the three flags start hosts anywhere else."""
   # CPU hosts need a collectives library for barriers and gathers; accelerators ignore this.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  # Hosts other than 0 finish with the maps stage and wait in JAX's shutdown barrier while
+  # host 0 scores and reports: give that an hour, not the default five minutes.
   jax.distributed.initialize(coordinator_address=coordinator_address,
-                             num_processes=num_processes, process_id=process_id)
+                             num_processes=num_processes, process_id=process_id,
+                             shutdown_timeout_seconds=3600)
 
 
 def is_writer() -> bool:

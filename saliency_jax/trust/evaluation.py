@@ -49,7 +49,9 @@ def utility_records(manifest: Manifest, reader: MapReader, *,
   truth = reader.ground_truth(SetName.UTILITY)
   records = []
   for model in manifest.utility_models:
-    for state in (State.ORIGINAL,) if trained_only else (State.ORIGINAL, State.UNTRAINED):
+    # A model without blocks has no untrained state (the manifest's `skipped` says so).
+    untrained = (State.UNTRAINED,) if manifest.model(model).block_names else ()
+    for state in (State.ORIGINAL,) if trained_only else (State.ORIGINAL, *untrained):
       for method in manifest.methods:
         maps = reader.read(SetName.UTILITY, model, state, method)
         if maps is None:
@@ -91,7 +93,8 @@ def randomization_records(manifest: Manifest, reader: MapReader,
           original, pairs=study_config.random_pairs, seed=seed, **measures)
       records += _records(baseline, ids, criterion=Measure.RANDOM_PAIRS, method=method,
                           model=clf.name, state=State.BASELINE)
-      states = [(s, Measure.CASCADING) for s in manifest.cascade_steps(clf)]
+      # No blocks, no randomization (the manifest's `skipped` says so).
+      states = [(s, Measure.CASCADING) for s in manifest.cascade_steps(clf) if clf.block_names]
       if last_step_only:
         states = states[-1:]
       elif clf.name in manifest.independent_models:

@@ -96,7 +96,7 @@ class TrainedModel:
   val_score: float  # the selection metric: validation AUC, Dice (U-Net) or mAP (RetinaNet)
   style: str  # the pixel scaling this model was trained with (see data.preprocess)
   # How the study uses it (blocks, functions, what it lacks); None: a package model, bound
-  # when first needed (`Study.plugin`).
+  # when first needed (`Study.bound_model`).
   bound: plugin.PluginModel | None = None
   val_metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -443,6 +443,7 @@ class Study:
   def stage_train(self) -> None:
     summary = {c.name: {"arch": c.arch, "val_auc": c.val_score} for c in self.classifiers()}
     summary.update({c.name: {"arch": c.arch, **c.val_metrics} for c in self.localizers()})
+    os.makedirs(os.path.join(self.workdir, "models"), exist_ok=True)  # none trained here
     multihost.write_shared_json(os.path.join(self.workdir, "models", "summary.json"), summary,
                                 "models/summary.json")
     for name, entry in summary.items():
