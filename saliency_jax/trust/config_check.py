@@ -24,6 +24,9 @@ SYNTHETIC_DATA_FIELDS = {"num_train": int, "num_val": int, "num_test": int,
 DETECTOR = "retinanet"
 DETECTOR_TRAIN_FIELDS = ("max_boxes", "box_loss")
 DETECTOR_WEIGHTS = "resnet50"  # the RetinaNet backbone's Keras ImageNet weights
+# Optional top-level sections with their own check (not in configs/default.py): the sanity
+# checks beyond the paper (configs/synthetic.py), checked by saliency_jax.trust.sanity.
+OPTIONAL_SECTIONS = ("sanity",)
 TRAIN_DTYPES = ("float32", "bfloat16")
 RULE_KEYS = {"criterion", "metric", "baseline", "alternative", "test", "text"}
 ALTERNATIVES = ("greater", "less")
@@ -76,6 +79,12 @@ def validate(config, schema=None, *, given: bool = False) -> None:
     checks.check_config(config.study)
   except ValueError as e:
     fail("study", str(e))
+  if config.get("sanity") is not None:
+    from saliency_jax.trust import sanity  # pylint: disable=g-import-not-at-top
+    try:
+      sanity.validate(config)
+    except ValueError as e:
+      fail("sanity", str(e))
   protocol.check(config, fail)
   if not given:
     _check_cohort_and_init(config, fail, synthetic)
@@ -90,6 +99,8 @@ def _check_keys(config, schema, prefix: str, fail, synthetic: bool, detector: bo
   for key in config.keys():
     field = f"{prefix}{key}"
     if key not in schema:
+      if not prefix and key in OPTIONAL_SECTIONS:
+        continue
       if prefix == "data." and key in SYNTHETIC_DATA_FIELDS:
         # Left over from configs/synthetic.py (a command line cannot delete a field): only a
         # changed value, which would act on nothing, is an error.

@@ -178,20 +178,32 @@ def write_records(records: list[dict[str, Any]], workdir: str) -> None:
 
 
 def evaluate(manifest: Manifest, reader: MapReader, study_config: ml_collections.ConfigDict,
-             *, seed: int, workdir: str, protocol=None) -> dict[str, Any]:
+             *, seed: int, workdir: str, protocol=None,
+             sanity_config: ml_collections.ConfigDict | None = None) -> dict[str, Any]:
   """Computes every record and the scorecard; writes results.* and summary.json.
 
-  `protocol`: config.protocol (default: the paper's choices)."""
+  protocol: `config.protocol` (default: the paper's choices).
+  sanity_config: `config.sanity`, the checks beyond the paper (saliency_jax.trust.sanity).
+  """
+  from saliency_jax.trust import sanity  # pylint: disable=g-import-not-at-top
   records = all_records(manifest, reader, study_config, seed=seed, protocol=protocol)
   check_records, extras = checks.records(manifest, reader, study_config, seed=seed,
                                          protocol=protocol)
   records += check_records
+  if sanity_config is not None:
+    records += sanity.records(manifest, reader, sanity_config, study_config, seed=seed,
+                              workdir=workdir)
   write_records(records, workdir)
   summary = verdicts.summarize_study(records, manifest, study_config, seed=seed,
                                      protocol=protocol)
   summary.update(checks.summaries(records, extras, manifest, reader, study_config, seed=seed,
                                   scorecard=summary["scorecard"], workdir=workdir,
                                   protocol=protocol))
+  if sanity_config is not None:
+    summary["sanity"] = sanity.summarize(records, manifest, sanity_config, study_config,
+                                         seed=seed, workdir=workdir)
+    summary["rules"].update(summary["sanity"]["rules"])      # scorecard columns
+    summary["scorecard"] += summary["sanity"]["scorecard"]
   with open(os.path.join(workdir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
   return summary

@@ -32,6 +32,7 @@ from saliency_jax.trust.manifest import Manifest
 from saliency_jax.trust.map_reader import MapReader
 from saliency_jax.trust.names import Baseline
 from saliency_jax.trust.names import SetName
+from saliency_jax.trust import sanity_report
 
 _PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain",
              "tensorflow-datasets", "numpy", "scikit-image", "scipy", "matplotlib")
@@ -209,17 +210,22 @@ def build_sections(manifest: Manifest, config: ml_collections.ConfigDict, workdi
   loc_label = figures.localization_label(manifest)
   tests = {"wilcoxon": "Wilcoxon signed-rank test", "paired_t": "paired t-test"}
   corrections = {"holm": "Holm", "bh": "Benjamini-Hochberg"}
-  scalar = {r["criterion"] for r in summary["scorecard"] if r["baseline_kind"] == "scalar"}
-  rules = [f"**{c}**: PASS when {r['text']} (metric {r['metric'].upper()}, one-sided "
-           f"{tests.get(r['test'], r['test'])} "
-           + ("over images against the baseline's single number (one-sample)" if c in scalar
-              else "over images paired with the baseline")
-           + f", alternative '{r['alternative']}', "
-           f"{corrections.get(s.correction, s.correction)}-corrected across methods"
-           + (", one verdict per architecture" if any(
-               x.get("architecture") for x in summary["scorecard"] if x["criterion"] == c)
-              else "")
-           + f", alpha = {s.alpha})." for c, r in summary["rules"].items()]
+  scalar = {r["criterion"] for r in summary["scorecard"]
+            if r.get("baseline_kind") == "scalar"}
+  def rule_text(c, r):
+    if r["test"] == "every_image":
+      return (f"**{c}**: PASS when {r['text']} on every image (metric {r['metric'].upper()}, "
+              "no test: a property each map must have).")
+    per_arch = any(x.get("architecture") for x in summary["scorecard"] if x["criterion"] == c)
+    return (f"**{c}**: PASS when {r['text']} (metric {r['metric'].upper()}, one-sided "
+            f"{tests.get(r['test'], r['test'])} "
+            + ("over images against the baseline's single number (one-sample)" if c in scalar
+               else "over images paired with the baseline")
+            + f", alternative '{r['alternative']}', "
+            f"{corrections.get(s.correction, s.correction)}-corrected across methods"
+            + (", one verdict per architecture" if per_arch else "")
+            + f", alpha = {s.alpha}).")
+  rules = [rule_text(c, r) for c, r in summary["rules"].items()]
   sections = [
       ("Scorecard", [
           "Each cell: the method's mean over images [bootstrap 95% CI] vs the baseline's "
@@ -272,6 +278,7 @@ def build_sections(manifest: Manifest, config: ml_collections.ConfigDict, workdi
         "replicates' outputs.")]))
   sections += check_report.sections(summary, figure_paths, Table, Figure,
                                     localization=figures.localization_label(manifest))
+  sections += sanity_report.section(summary, figure_paths, Table, Figure)
   sections.append(("Statistical details", [details_table(summary)]))
   sections.append(("Provenance", provenance(manifest, config, workdir)))
   return sections
@@ -356,6 +363,7 @@ def write_report(manifest: Manifest, reader: MapReader, config: ml_collections.C
   figure_paths = figures.all_figures(manifest, reader, summary, records, figure_dir,
                                      num_examples=config.study.num_example_images)
   figure_paths.update(check_report.figures(summary, manifest.methods, figure_dir))
+  figure_paths.update(sanity_report.figures(summary, figure_dir))
   title = f"Trustworthiness of saliency maps: {config.data.name}"
   sections = build_sections(manifest, config, workdir, summary, figure_paths)
   with open(os.path.join(workdir, "report.md"), "w") as f:

@@ -69,9 +69,11 @@ HOST0_STAGES = ("criteria", "report")  # single-writer stages of a multi-host ru
 # (None: the whole config).
 STAGE_CONFIG = {
     "data": ("seed", "data"),
-    "train": ("seed", "data", "models", "train", "localization", "weights", "protocol"),
-    "maps": ("seed", "data", "models", "localization", "methods", "study", "protocol"),
-    "criteria": ("seed", "study", "protocol"),
+    "train": ("seed", "data", "models", "train", "localization", "weights", "protocol",
+              "sanity"),
+    "maps": ("seed", "data", "models", "localization", "methods", "study", "protocol",
+             "sanity"),
+    "criteria": ("seed", "study", "protocol", "sanity"),
     "report": None,
 }
 
@@ -169,6 +171,8 @@ class Study:
     config_check.validate(config, given=self.GIVEN)  # every problem now, not after training
     self.config = config
     self.workdir = workdir
+    from saliency_jax.trust import sanity  # pylint: disable=g-import-not-at-top
+    sanity.validate(config)
     self.progress = ProgressLog(os.path.join(workdir, "progress.json"))
     self.manifest = Manifest.load(workdir)
     self._cache: dict[str, Any] = {}
@@ -253,6 +257,7 @@ class Study:
             localization_agreement=p.localization_agreement, minmax_maps=p.minmax_maps,
             checks={name: s[name].to_dict() if checks.enabled(s, name) else None
                     for name in ("controls", "chexlocalize", "robustness")}),
+        sanity=c.get("sanity").to_dict() if c.get("sanity") is not None else None,
         report=dict(examples=s.num_example_images))
 
   def stage_config(self, stage: str) -> dict[str, Any]:
@@ -501,8 +506,11 @@ class Study:
     return config
 
   def stage_train(self) -> None:
+    from saliency_jax.trust import sanity_maps  # pylint: disable=g-import-not-at-top
     summary = {c.name: {"arch": c.arch, "val_auc": c.val_score} for c in self.classifiers()}
     summary.update({c.name: {"arch": c.arch, **c.val_metrics} for c in self.localizers()})
+    summary.update({c.name: {"arch": c.arch, "val_auc_permuted_labels": c.val_score}
+                    for c in sanity_maps.permuted_classifiers(self).values()})
     os.makedirs(os.path.join(self.workdir, "models"), exist_ok=True)  # none trained here
     multihost.write_shared_json(os.path.join(self.workdir, "models", "summary.json"), summary,
                                 "models/summary.json")
@@ -664,6 +672,8 @@ class Study:
         self._generate(path, self._localization_output(loc, image_set.raw.shape[1:3]), fns,
                        image_set, loc.style, np.zeros(len(image_set.ids), np.int32), {}, key,
                        loc.variables)
+    from saliency_jax.trust import sanity_maps  # pylint: disable=g-import-not-at-top
+    sanity_maps.generate_maps(self, key)
     if self.config.study.external_maps and multihost.is_writer():
       found = external.import_maps(
           self.config.study.external_maps,
@@ -786,7 +796,8 @@ class Study:
     from saliency_jax.trust import evaluation  # pylint: disable=g-import-not-at-top
     reader = self.reader()
     evaluation.evaluate(self.manifest, reader, self.config.study, seed=self.config.seed,
-                        workdir=self.workdir, protocol=self.config.protocol)
+                        workdir=self.workdir, protocol=self.config.protocol,
+                        sanity_config=self.config.get("sanity"))
 
   def stage_report(self) -> None:
     from saliency_jax.trust import report  # pylint: disable=g-import-not-at-top
