@@ -18,6 +18,7 @@ def detector_study(tmp_path_factory):
   config.models = config.models[:2]
   config.methods.names = ("GRAD", "GCAM")
   config.methods.settings = {}  # the other methods' settings would act on nothing
+  config.sanity.input_invariance.models = ("A1",)  # B1 is left out
   config.study.independent_randomization = ()
   study = trust.Study(config, workdir)
   study.run()

@@ -22,7 +22,7 @@ from saliency_jax.sanity import labels
 from saliency_jax.sanity import logits as logits_lib
 from saliency_jax.sanity import smoothing
 from saliency_jax.trust.map_reader import MapReader
-from saliency_jax.trust.names import cascade_state
+from saliency_jax.trust.names import UNTRAINED
 from saliency_jax.trust.sanity import _methods
 from saliency_jax.trust.sanity import DATA_RANDOMIZED
 from saliency_jax.trust.sanity import enabled
@@ -87,9 +87,7 @@ def _generate(study, path, method, fns, images, image_set, targets, settings, ke
 
 
 def _fully_randomized(study, clf, image_shape):
-  states = study.states(clf, image_shape)
-  return states[[state for _, state, _ in states].index(
-      cascade_state(study.bound_model(clf, image_shape).block_names[-1]))][2]
+  return study.state_variables(clf, image_shape)[UNTRAINED]
 
 
 def generate_maps(study, key) -> None:
@@ -115,7 +113,7 @@ def generate_maps(study, key) -> None:
       if name in lacking:
         continue   # the model cannot give this method (listed in the report)
       method = attributions.METHODS[name]
-      settings = study.method_settings(name)
+      settings = study.method_settings(name, clf.style)
       if wrap is not None:
         method, settings = wrap(method), {**settings, **extra}
       _generate(study, study.store_path(EVAL_SET, clf.name, state, name), method, fns, images,

@@ -541,9 +541,16 @@ class Study:
   def states(self, clf: TrainedModel, image_shape) -> list[tuple[str, str, Any]]:
     """(set, state, variables) for which this classifier's maps are needed."""
     blocks = self.bound_model(clf, image_shape).block_names
+    variables = self.state_variables(clf, image_shape)
+    return [(set_name, state, variables[state])
+            for set_name, state in self.state_names(clf.name, blocks)]
+
+  def state_variables(self, clf: TrainedModel, image_shape) -> dict[str, Any]:
+    """{state: variables}: the trained model, every cascading step down to the stem, the
+    fully randomized model (UNTRAINED) and, if configured, the independent states."""
+    blocks = self.bound_model(clf, image_shape).block_names
     if not blocks:  # nothing to randomize (the report says so)
-      return [(set_name, state, clf.variables)
-              for set_name, state in self.state_names(clf.name, blocks)]
+      return {State.ORIGINAL: clf.variables}
     key = jax.random.fold_in(jax.random.key(self.config.seed), _stable_hash(clf.name))
     sample = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
     cascade = randomization.cascading_randomization(clf.module, clf.variables, key, sample,
@@ -551,12 +558,11 @@ class Study:
     variables = {State.ORIGINAL: clf.variables,
                  State.UNTRAINED: cascade[-1][1]}  # every block randomized
     variables.update({cascade_state(step): v for step, v in cascade[1:]})
-    names = self.state_names(clf.name, blocks)
     if clf.name in self.config.study.independent_randomization:
       variables.update({independent_state(block): v for block, v in
                         randomization.independent_randomization(clf.module, clf.variables,
                                                                 key, sample, blocks)})
-    return [(set_name, state, variables[state]) for set_name, state in names]
+    return variables
 
   def cascade_steps(self, blocks: Sequence[str]) -> list[str]:
     """The cascade's states of a classifier with `blocks` (logits first): the trained model,
