@@ -156,7 +156,7 @@ def records(manifest: Manifest, reader: MapReader, sanity_config, study_config, 
     for entry in manifest.classifiers:
       if not entry.block_names:
         continue   # nothing was randomized
-      last = cascade_state(entry.block_names[-1])
+      last = manifest.cascade_steps(entry)[-1]  # the cascade's end (protocol.cascade_keep)
       for method in manifest.methods:
         before = reader.read(EVAL_SET, entry.name, ORIGINAL, method)
         after = reader.read(EVAL_SET, entry.name, last, method)
