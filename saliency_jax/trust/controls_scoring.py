@@ -35,9 +35,14 @@ class ControlReader:
     if key not in self._cache:
       truth = self.reader.ground_truth(set_name)
       average = self.reader.average_mask() if name == controls.AVERAGE_MASK else None
-      self._cache[key] = controls.control_maps(
+      maps = controls.control_maps(
           name, ids=[str(i) for i in truth.ids], images=truth.raw, seed=self.seed, salt=salt,
           blob_sigma=self.section.blob_sigma, average_mask=average)
+      # Rescaled as the reader rescales the methods' maps (protocol.minmax_maps), if it does.
+      if getattr(self.reader, "minmax", False):
+        from saliency_jax.trust import map_reader  # pylint: disable=g-import-not-at-top
+        maps = map_reader.minmax(maps)
+      self._cache[key] = maps
     return self._cache[key]
 
   def ground_truth(self, set_name: str):
