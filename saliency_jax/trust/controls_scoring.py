@@ -38,10 +38,13 @@ class ControlReader:
       maps = controls.control_maps(
           name, ids=[str(i) for i in truth.ids], images=truth.raw, seed=self.seed, salt=salt,
           blob_sigma=self.section.blob_sigma, average_mask=average)
-      # Rescaled as the reader rescales the methods' maps (protocol.minmax_maps), if it does.
+      # Rescaled as the reader rescales the methods' maps (protocol.minmax_maps), if it does:
+      # each map by its own min and max (a constant map, e.g. SOBEL of a flat image, is NaN).
       if getattr(self.reader, "minmax", False):
-        from saliency_jax.trust import map_reader  # pylint: disable=g-import-not-at-top
-        maps = map_reader.minmax(maps)
+        low = maps.min(axis=(1, 2), keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+          maps = ((maps - low) / (maps.max(axis=(1, 2), keepdims=True) - low)).astype(
+              np.float32)
       self._cache[key] = maps
     return self._cache[key]
 
