@@ -124,4 +124,25 @@ def get_config(localization: str = "unet") -> ml_collections.ConfigDict:
       enabled=True, grayscale=("configured", "no_clip", "diverging"),
       similarity=("ssim", "spearman_abs", "spearman", "hog", "top_k_iou"),
       ssim_data_ranges=(1.0, 2.0), top_k_fraction=0.1))
+
+  # Sanity checks beyond the paper (saliency_jax.trust.sanity), each switchable.
+  config.sanity = ml_collections.ConfigDict()
+  # Each listed model's architecture trained again on permuted labels (same recipe, steps).
+  config.sanity.data_randomization = dict(enabled=True, models=("A1", "B1"), label_seed=0)
+  # Maps averaged over noisy copies (Quantus: samples=50, noise=0.1 of the range);
+  # methods: () = all of config.methods.names.
+  config.sanity.smooth_mprt = dict(enabled=True, models=("A1",), samples=8, noise=0.1,
+                                   methods=("GRAD", "SG", "IG", "GCAM", "GBP", "GGCAM"))
+  config.sanity.efficient_mprt = dict(enabled=True, bins=100)   # every classifier
+  config.sanity.random_logit = dict(enabled=True, models=("A1", "B1"), seed=0)
+  # Input shift in model-input units, and the SSIM tolerance of the rule.
+  config.sanity.input_invariance = dict(enabled=True, models=("A1", "B1"), shift=1.0,
+                                        tolerance=0.01)
+  config.sanity.faithfulness = dict(
+      enabled=True, models=("A1",), steps=16, baseline="blur", blur_sigma=5.0,
+      road_percentages=(0.1, 0.3, 0.5, 0.7, 0.9), road_noise=0.01,
+      pic_thresholds=(0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.07, 0.10, 0.13, 0.21, 0.34, 0.5,
+                      0.75),
+      pic_min_pred_value=0.5, pic_random_fraction=0.01)
+  config.sanity = ml_collections.ConfigDict(config.sanity.to_dict())
   return config

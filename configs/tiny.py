@@ -47,4 +47,14 @@ def get_config(localization: str = "unet"):
   # One extra grayscale variant (its maps are the checks' main cost), few validation images.
   config.study.robustness.grayscale = ("configured", "diverging")
   config.study.chexlocalize.validation_images = 8
+  sanity = config.sanity
+  sanity.data_randomization.models = ("A1",)
+  sanity.smooth_mprt.samples = 2
+  sanity.smooth_mprt.methods = ("GRAD", "SG", "GBP")
+  sanity.random_logit.models = ("A1",)
+  sanity.input_invariance.models = ("B1",)
+  sanity.faithfulness.steps = 4
+  sanity.faithfulness.road_percentages = (0.25, 0.75)
+  sanity.faithfulness.pic_thresholds = (0.05, 0.25, 0.5)
+  sanity.faithfulness.pic_min_pred_value = 0.0
   return config

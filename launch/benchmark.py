@@ -13,6 +13,12 @@ For each method, on the same jitted model and the same images, in one run:
   * raw gradients: the same number of batched `jax.grad` calls of the model, at the best batch
     size among `--raw_batch_sizes`, timed alternately with ours (so that the shared CPU's
     drifts affect both), and `overhead_vs_raw_gradients` = ours / raw time.
+The sanity checks (`--sanity`) are timed against the raw model work they need, alternately with
+it: sMPRT (`--sanity_method` on `--smooth_samples` noisy copies), the random-logit map (the
+method for another class) and the input-invariance map (the method through the model with its
+first layer adjusted) against raw gradients; eMPRT's entropies against the raw gradients of the
+two maps they compare; deletion and insertion (blur baseline) against the same number of raw
+batched forward passes, ROAD (2 fractions, both orders) and SIC/AIC (4 thresholds) likewise.
 XRAI is also timed in parts: region selection alone (ours, the batched JAX program, vs our
 NumPy selection and PAIR "full" on the same attributions and segments, identical output
 asserted; `--selection_images` per call), at the benchmark image size and at `--selection_size`
@@ -74,6 +80,14 @@ _SELECTION_IMAGES = flags.DEFINE_integer(
     "selection_images", 4, "Images per call of the XRAI selection timing.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Warm repetitions; the best is reported.")
 _JSON = flags.DEFINE_string("json", None, "Write the records here.")
+_SANITY = flags.DEFINE_list(
+    "sanity", ["smooth_mprt", "random_logit", "input_invariance", "efficient_mprt",
+               "faithfulness"], "Sanity checks to time (saliency_jax.sanity); empty: none.")
+_SANITY_METHOD = flags.DEFINE_string("sanity_method", "GRAD",
+                                     "The method the map-making checks wrap.")
+_SMOOTH_SAMPLES = flags.DEFINE_integer("smooth_samples", 8, "sMPRT's noisy copies per map.")
+_FAITHFULNESS_STEPS = flags.DEFINE_integer("faithfulness_steps", 16,
+                                           "Deletion / insertion steps.")
 
 
 def _fmt(value, width, digits):
@@ -210,6 +224,95 @@ def _xrai_selection_records(images, attrs, repeats, label):
           "identical_output": True}
 
 
+class _RawForward:
+  """Batched jitted softmax calls of the model on `n` images (the faithfulness checks' model
+  work), in calls of at most 256 images as the study's probabilities are computed."""
+
+  def __init__(self, fns, images, n):
+    probs = jax.jit(lambda x: jax.nn.softmax(fns.logits_fn(x), -1))
+    stack = jnp.asarray(np.resize(images, (n,) + images.shape[1:]))
+    self.run = lambda: [_block(probs(stack[i:i + 256])) for i in range(0, n, 256)]
+    self.run()
+
+
+def _sanity_records(module, variables, fns, images, images_dev, targets_dev, raw, overrides,
+                    max_grads, record):
+  """Each sanity check's time against the raw model work it needs (see the docstring)."""
+  from saliency_jax.sanity import complexity  # pylint: disable=g-import-not-at-top
+  from saliency_jax.sanity import faithfulness  # pylint: disable=g-import-not-at-top
+  from saliency_jax.sanity import invariance  # pylint: disable=g-import-not-at-top
+  from saliency_jax.sanity import logits  # pylint: disable=g-import-not-at-top
+  from saliency_jax.sanity import smoothing  # pylint: disable=g-import-not-at-top
+  b = len(images)
+  name = _SANITY_METHOD.value
+  method = attributions.METHODS[name]
+  s = {**method.default_settings, **overrides.get(name, {}), "max_grads_in_flight": max_grads}
+  grads = _gradients_per_map(name, s)
+  key = jax.random.key(0)
+  jobs = {}
+  if "smooth_mprt" in _SANITY.value:
+    smoothed = smoothing.smoothed(method)
+    n = _SMOOTH_SAMPLES.value
+    ss = {**s, "smooth_samples": n, "smooth_noise": 0.1}
+    jobs[f"SMOOTH_MPRT_{name}"] = (lambda: _block(smoothed.compute(
+        fns, images_dev, targets_dev, key=key, settings=ss)), b * n * grads)
+  if "random_logit" in _SANITY.value:
+    other = jax.device_put(logits.other_classes(np.asarray(targets_dev), 2, seed=0))
+    jobs[f"RANDOM_LOGIT_{name}"] = (lambda: _block(method.compute(
+        fns, images_dev, other, key=key, settings=s)), b * grads)
+  if "input_invariance" in _SANITY.value:
+    shifted = invariance.shifted_model_functions(module, variables, 1.0)
+    shifted_images = images_dev + 1.0
+    jobs[f"INPUT_INVARIANCE_{name}"] = (lambda: _block(method.compute(
+        shifted, shifted_images, targets_dev, key=key, settings=s)), b * grads)
+  for label, (fn, count) in jobs.items():
+    fn()
+    (t, t_raw), _ = _best_times([fn, raw.run], _REPEATS.value)
+    overhead = t / (count * t_raw / raw.grads_per_call)
+    record({"method": label, "ours_maps_per_s": b / t, "pair_maps_per_s": None,
+            "ratio_vs_pair": None, "overhead_vs_raw_gradients": overhead},
+           f"{label:18s} {b / t:12.2f} {'-':>12s} {'-':>10s} {overhead:22.2f}")
+  maps = np.asarray(method.compute(fns, images_dev, targets_dev, key=key, settings=s))
+  if "efficient_mprt" in _SANITY.value:
+    def entropies():
+      return complexity.histogram_entropy(maps, 100), complexity.histogram_entropy(maps, 100)
+    (t, t_raw), _ = _best_times([entropies, raw.run], _REPEATS.value)
+    overhead = t / (2 * b * grads * t_raw / raw.grads_per_call)
+    record({"method": "EFFICIENT_MPRT", "ours_maps_per_s": b / t, "pair_maps_per_s": None,
+            "ratio_vs_pair": None, "overhead_vs_raw_gradients": overhead},
+           f"{'EFFICIENT_MPRT':18s} {b / t:12.2f} {'-':>12s} {'-':>10s} {overhead:22.2f}"
+           "   (extra over the two maps' gradients)")
+  if "faithfulness" in _SANITY.value:
+    probs = jax.jit(lambda x: jax.nn.softmax(fns.logits_fn(x), -1))
+
+    def probs_fn(x):
+      return np.concatenate([np.asarray(probs(x[i:i + 256])) for i in range(0, len(x), 256)])
+    targets = np.asarray(targets_dev)
+    steps = _FAITHFULNESS_STEPS.value
+    uint8 = np.clip((images[..., 0] + 1) * 127.5, 0, 255).astype(np.uint8)
+    cases = {
+        "DELETION_INSERTION": (lambda: [faithfulness.perturbation_curves(
+            images, maps, targets, probs_fn, steps=steps, baseline="blur", blur_sigma=5.0,
+            insertion=ins) for ins in (False, True)], 2 * (steps + 1) * b),
+        "ROAD": (lambda: [faithfulness.road_curves(
+            images, maps, targets, probs_fn, percentages=(0.3, 0.7), most_relevant_first=o,
+            noise=0.01, seed=0) for o in (True, False)], 4 * b),
+        "SIC_AIC": (lambda: [faithfulness.pic_auc(
+            uint8[i], maps[i], faithfulness.random_mask(uint8[i].shape, 0.01, i),
+            lambda x: probs_fn(np.asarray(x, np.float32)[..., None] / 127.5 - 1)[:, 0],
+            (0.05, 0.1, 0.3, 0.5), min_pred_value=0.0) for i in range(b)], 6 * b),
+    }
+    for label, (fn, count) in cases.items():
+      forward = _RawForward(fns, images, count)
+      fn()
+      (t, t_raw), _ = _best_times([fn, forward.run], _REPEATS.value)
+      record({"method": label, "ours_maps_per_s": b / t, "pair_maps_per_s": None,
+              "ratio_vs_pair": None, "overhead_vs_raw_gradients": None,
+              "overhead_vs_raw_forward": t / t_raw, "forward_passes": count},
+             f"{label:18s} {b / t:12.2f} {'-':>12s} {'-':>10s} {t / t_raw:22.2f}"
+             f"   (vs {count} raw forward passes)")
+
+
 def main(argv):
   del argv
   print(f"load average {os.getloadavg()}, {os.cpu_count()} CPUs, backend "
@@ -306,6 +409,9 @@ def main(argv):
                       + 0.3 * rng.normal(size=(k, n, n, c)), -1, 1).astype(np.float32)
         big_attr = list(rng.normal(size=(k, n, n, c)).astype(np.float32))
         record(_xrai_selection_records(big, big_attr, _REPEATS.value, f"XRAI_SELECTION_{n}"))
+  if _SANITY.value:
+    _sanity_records(module, variables, fns, images, images_dev, targets_dev, raw, overrides,
+                    max_grads, record)
   print()
   print(f"{_MODEL.value} {size}x{size}x{c}, batch {b}, settings overrides {overrides}")
   print(header)

@@ -15,8 +15,10 @@ the config's own synthetic split; every dataset with the one `--config`, whose l
 be the U-Net) and prints the projected time of every stage, with the fraction of the device's
 peak FLOP/s that training and the gradient methods reach (peak from `--peak_tflops` or a table
 of known devices, bfloat16 dense). Not projected: the data stage (preparing real data is a
-separate step) and the report. `--compilation_cache` as `launch.run_all` (default off, so that
-the first calls show compilation).
+separate step), the report, and the checks beyond the paper (`config.study.controls`,
+`chexlocalize`, `robustness`: off in the paper configs; turn them off to compare with a run).
+`--compilation_cache` as `launch.run_all` (default off, so that the first calls show
+compilation).
 """
 import json
 import os

@@ -22,6 +22,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from saliency_jax import api
 from saliency_jax import compilation_cache
 from saliency_jax import multihost
 from saliency_jax import trust
@@ -72,12 +73,11 @@ def main(argv):
   config = _CONFIG.value
   workdir = _WORKDIR.value or config.workdir
   compilation_cache.enable(_COMPILATION_CACHE.value, workdir)
-  study = trust.Study(config, workdir)
-  for stage in _REDO.value:
-    study.progress.stages.pop(stage, None)
   logging.info("workdir: %s", os.path.abspath(workdir))
   try:
-    report = study.run(_STAGES.value)
+    # The Python API's entry point, with the config's dataset and models.
+    report = api.evaluate(config=config, workdir=workdir, stages=_STAGES.value,
+                          redo=_REDO.value, load_records=False).report
   except KeyboardInterrupt:
     print("interrupted: rerun to resume", file=sys.stderr, flush=True)
     os._exit(130)  # at once: library threads and pools would print their own tracebacks

@@ -62,7 +62,7 @@ def test_authors_sample_format(tmp_path):
       "image_missing_file": 1}
   assert report["info"]["labels"] == "ground truth present"
   # Another float range is another build, and maps [0, 2] to the unit range.
-  name2, report2 = prepare_real.prepare(
+  name2, _ = prepare_real.prepare(
       "image_mask_folder", manual_dir=str(root), data_dir=data_dir, image_size=24,
       split_fractions=(0, 0, 1), float_range=(-2, 2))
   assert name2 != name

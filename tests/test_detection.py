@@ -263,14 +263,14 @@ def test_mean_ap_against_pycocotools():
 
   def xywh(b):
     return [float(b[1]), float(b[0]), float(b[3] - b[1]), float(b[2] - b[0])]
-  annotations = [dict(id=k + 1, image_id=i, category_id=1, bbox=xywh(b), iscrowd=0,
-                      area=float((b[2] - b[0]) * (b[3] - b[1])))
+  annotations = [{"id": k + 1, "image_id": i, "category_id": 1, "bbox": xywh(b), "iscrowd": 0,
+                  "area": float((b[2] - b[0]) * (b[3] - b[1]))}
                  for k, (i, b) in enumerate((i, b) for i, g in enumerate(gt) for b in g)]
   coco = coco_mod.COCO()
-  coco.dataset = dict(images=[dict(id=i) for i in range(len(gt))], annotations=annotations,
-                      categories=[dict(id=1)])
+  coco.dataset = {"images": [{"id": i} for i in range(len(gt))], "annotations": annotations,
+                  "categories": [{"id": 1}]}
   coco.createIndex()
-  dets = coco.loadRes([dict(image_id=i, category_id=1, bbox=xywh(b), score=float(s))
+  dets = coco.loadRes([{"image_id": i, "category_id": 1, "bbox": xywh(b), "score": float(s)}
                        for i, (p, sc) in enumerate(zip(pred, scores)) for b, s in zip(p, sc)])
   evaluator = cocoeval.COCOeval(coco, dets, "bbox")
   evaluator.params.iouThrs = np.asarray(metrics.IOU_THRESHOLDS)

@@ -156,3 +156,25 @@ def test_other_heads_are_refused(tmp_path):
   keras.Model(base.input, keras.layers.Dense(2)(x)).save(path)
   with pytest.raises(ValueError, match="GlobalMaxPooling2D"):
     import_keras_model(path)
+
+
+def test_densenet_whole_model_with_dropout_head(tmp_path):
+  """DenseNet121 (its body ends with a batch norm and ReLU after the last block) + GAP +
+  Dropout + Dense(2, softmax), saved as .keras."""
+  keras.utils.set_random_seed(0)
+  base = keras.applications.DenseNet121(include_top=False, weights=None, input_shape=(32, 36, 3))
+  x = keras.layers.Dropout(0.5)(keras.layers.GlobalAveragePooling2D()(base.output))
+  model = keras.Model(base.input, keras.layers.Dense(2, activation="softmax")(x))
+  _randomize(model, seed=3)
+  path = str(tmp_path / "densenet.keras")
+  model.save(path)
+  imported = import_keras_model(path)
+  assert (imported.arch, imported.output_activation, imported.input_shape) == (
+      "densenet121", "softmax", (32, 36, 3))
+  images = np.random.RandomState(4).uniform(-1, 1, (2, 32, 36, 3)).astype(np.float32)
+  logits = jax.jit(imported.module.apply)(imported.variables, images)
+  # Keras' features, the head by hand (dropout is off at inference): the pre-softmax logits.
+  feats = keras.Model(base.input, base.output).predict(images, verbose=0)
+  kernel, bias = model.layers[-1].get_weights()
+  _close(logits, feats.mean(axis=(1, 2)) @ kernel + bias)
+  _close(jax.nn.softmax(logits), model.predict(images, verbose=0))

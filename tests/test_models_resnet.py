@@ -4,17 +4,17 @@ import os
 
 os.environ["KERAS_BACKEND"] = "jax"  # before keras is imported; no TensorFlow
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import jax
+import jax.numpy as jnp
+import keras
+import numpy as np
+import pytest
 
-from saliency_jax import models  # noqa: E402
-from saliency_jax.detection import boxes as boxes_lib  # noqa: E402
-from saliency_jax.models import resnet  # noqa: E402
-from saliency_jax.models import retinanet  # noqa: E402
-from saliency_jax.models.keras_import import import_keras_weights  # noqa: E402
+from saliency_jax import models
+from saliency_jax.detection import boxes as boxes_lib
+from saliency_jax.models import resnet
+from saliency_jax.models import retinanet
+from saliency_jax.models.keras_import import import_keras_weights
 
 SHAPE = (35, 41, 3)  # odd, non-square: exposes padding and stride differences
 STAGE_OUTPUTS = ("conv2_block3_out", "conv3_block4_out", "conv4_block6_out", "conv5_block3_out")
@@ -90,7 +90,7 @@ def test_retinanet_outputs_anchors_and_prior():
 
 
 def test_retinanet_takes_the_imported_backbone(keras_case):
-  _, keras_outputs, images, path = keras_case
+  path = keras_case[3]
   backbone = import_keras_weights("resnet50", path)
   module = retinanet.RetinaNet(fpn_width=16, head_depth=1)
   variables = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, *SHAPE)))
@@ -98,3 +98,17 @@ def test_retinanet_takes_the_imported_backbone(keras_case):
       np.shape, backbone["params"])
   assert jax.tree.map(np.shape, variables["batch_stats"]["backbone"]) == jax.tree.map(
       np.shape, backbone["batch_stats"])
+
+
+def test_paper_rsna_detector_builds_at_320():
+  """configs/paper_rsna.py's RetinaNet (ResNet-50, anchors 32-512) at 320x320x3, traced only."""
+  from configs import paper_rsna
+  loc = paper_rsna.get_config().localization
+  assert loc.arch == "retinanet" and len(loc.seeds) == 2 and loc.seeds[0] != loc.seeds[1]
+  module = models.create(loc.arch, **loc.kwargs)
+  x = jnp.zeros((1, 320, 320, 3))
+  variables = jax.eval_shape(module.init, jax.random.key(0), x)
+  logits, deltas = jax.eval_shape(module.apply, variables, x)
+  assert logits.shape == (1, len(module.anchors(320, 320))) == (1, 9 * (1600 + 400 + 100 + 25 + 9))
+  assert deltas.shape == (1, logits.shape[1], 4)
+  assert _size(variables["params"]["backbone"]) == 23_534_592  # Keras ResNet50 notop trainable

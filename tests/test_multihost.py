@@ -1,6 +1,7 @@
 """Several JAX processes on one machine (jax.distributed on localhost): files that every host
 reads are written by one host and read after a barrier; a study's results do not depend on the
 number of hosts."""
+import json
 import os
 import socket
 import subprocess
@@ -8,6 +9,8 @@ import sys
 import tempfile
 import textwrap
 import time
+
+import pytest
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -90,6 +93,55 @@ def test_fresh_training_settings_are_read_only_once_written(tmp_path):
   outputs = _run_hosts(lambda host, port: [sys.executable, str(script), str(tmp_path / "w"),
                                            str(port), str(host)], timeout=300)
   assert all("checked 300" in out for out in outputs), outputs
+
+
+def _study_command(workdir, *flags):
+  # The tiny study with three methods (XRAI for its worker pool), to keep the test short.
+  return [sys.executable, "-m", "launch.run_all", "--config=configs/tiny.py",
+          "--config.methods.names=('GRAD', 'SG', 'XRAI')", f"--workdir={workdir}", *flags]
+
+
+def _results(workdir):
+  with open(os.path.join(workdir, "results.json")) as f:
+    records = json.load(f)
+  with open(os.path.join(workdir, "summary.json")) as f:
+    scorecard = json.load(f)["scorecard"]
+  with open(os.path.join(workdir, "models", "summary.json")) as f:
+    models = json.load(f)
+  return records, scorecard, models
+
+
+def test_two_hosts_give_the_results_of_one_process(tmp_path):
+  # The reference is one process with two CPU devices, the mesh that two hosts of one device
+  # each make: the same per-device work and the same two-term reductions, so the results are
+  # equal exactly (a different device count would change float summation orders). Validation
+  # losses and Dice are means over examples gathered in another order: equal to rounding.
+  one, two = str(tmp_path / "one"), str(tmp_path / "two")
+  reference = subprocess.Popen(_study_command(one), cwd=_ROOT,
+                               env={**_env(), "JAX_NUM_CPU_DEVICES": "2"},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  try:
+    hosts = _run_hosts(lambda host, port: _study_command(
+        two, f"--coordinator_address=localhost:{port}", "--num_processes=2",
+        f"--process_id={host}"), timeout=1200)
+    out = reference.communicate(timeout=1200)[0]
+  finally:
+    if reference.poll() is None:
+      reference.kill()
+  assert reference.returncode == 0, out[-3000:]
+  records_one, scorecard_one, models_one = _results(one)
+  records_two, scorecard_two, models_two = _results(two)
+  assert models_two.keys() == models_one.keys()
+  for name, entry in models_one.items():
+    assert models_two[name] == {k: pytest.approx(v, rel=1e-6) if isinstance(v, float) else v
+                                for k, v in entry.items()}, name
+  assert scorecard_two == scorecard_one
+  assert records_two == records_one
+  # One host tells the story: the other one neither scores, reports nor draws bars.
+  assert "[criteria] done" in hosts[0] and "Report:" in hosts[0] and "maps A1" in hosts[0]
+  for text in ("[criteria]", "[report]", "Report:", "maps A1", "train A1", "[train]"):
+    assert text not in hosts[1], (text, hosts[1][-2000:])
+  assert "host 1: done" in hosts[1]
 
 
 _DEAD_HOST_SCRIPT = textwrap.dedent("""

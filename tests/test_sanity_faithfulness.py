@@ -13,8 +13,14 @@ def test_pixel_ranks_break_ties_in_raster_order_and_put_nan_last():
 
 
 def _pixel_model(row, col):
-  """A 'model' whose output is the image's value at one pixel."""
-  return lambda x: np.asarray(x)[:, row, col, 0]
+  """A 'model' whose class-1 output is the image's value at one pixel (class 0: minus it)."""
+  def probs(x):
+    value = np.asarray(x)[:, row, col, 0]
+    return np.stack([-value, value], axis=1)
+  return probs
+
+
+ONES = np.ones(3, int)
 
 
 @pytest.mark.parametrize("insertion", [False, True])
@@ -24,7 +30,7 @@ def test_curves_of_a_one_pixel_model_are_closed_form(insertion):
   maps = rng.uniform(0, 1, (3, 5, 7))
   maps[:, 2, 3] = 2.0                     # the model's pixel is ranked first
   steps = 7
-  curves = F.perturbation_curves(images, maps, _pixel_model(2, 3), steps=steps,
+  curves = F.perturbation_curves(images, maps, ONES, _pixel_model(2, 3), steps=steps,
                                  baseline="mean", blur_sigma=1.0, insertion=insertion)
   mean = images.mean(axis=(1, 2, 3))
   value = images[:, 2, 3, 0]
@@ -47,7 +53,11 @@ def test_deletion_matches_a_pixel_loop_with_the_blur_baseline():
 
   def predict(x):
     return np.tensordot(np.asarray(x, np.float64), weights, axes=3)
-  curves = F.perturbation_curves(images, maps, predict, steps=4, baseline="blur",
+
+  def probs(x):
+    return np.stack([predict(x), -predict(x)], axis=1)
+  curves = F.perturbation_curves(images, maps, np.array([0, 1]), probs, steps=4,
+                                 baseline="blur",
                                  blur_sigma=1.5, insertion=False)
   blurred = np.stack([ndimage.gaussian_filter(im, (1.5, 1.5, 0), mode="nearest")
                       for im in images])
@@ -57,7 +67,8 @@ def test_deletion_matches_a_pixel_loop_with_the_blur_baseline():
       image = images[i].copy()
       for p in order[:int(round(k / 4 * 30))]:
         image[p // 5, p % 5] = blurred[i, p // 5, p % 5]
-      assert curves[i, k] == pytest.approx(predict(image[None])[0], rel=1e-5, abs=1e-6)
+      sign = 1 if i == 0 else -1   # image 1 explains class 1, whose output is -predict
+      assert curves[i, k] == pytest.approx(sign * predict(image[None])[0], rel=1e-5, abs=1e-6)
 
 
 def test_linear_imputation_reproduces_a_linear_image_inside():
@@ -92,16 +103,16 @@ def test_road_orders_and_noise():
   maps[:, 0, 0] = 5.0                      # most relevant
   maps[:, 5, 5] = -5.0                     # least relevant
   corner = _pixel_model(0, 0)
-  morf = F.road_curves(images, maps, corner, percentages=(0.05, 0.5), most_relevant_first=True,
+  morf = F.road_curves(images, maps, ONES[:2], corner, percentages=(0.05, 0.5), most_relevant_first=True,
                        noise=0.0, seed=0)
-  lerf = F.road_curves(images, maps, corner, percentages=(0.05, 0.5),
+  lerf = F.road_curves(images, maps, ONES[:2], corner, percentages=(0.05, 0.5),
                        most_relevant_first=False, noise=0.0, seed=0)
   np.testing.assert_allclose(lerf, images[:, 0, 0, 0][:, None].repeat(2, 1))  # never removed
   for i in range(2):
     removed = F.pixel_ranks(maps)[i] < 2
     expected = F.linear_imputation(images[i], removed)[0, 0, 0]
     assert morf[i, 0] == pytest.approx(expected)
-  noisy = F.road_curves(images, maps, corner, percentages=(0.05,), most_relevant_first=True,
+  noisy = F.road_curves(images, maps, ONES[:2], corner, percentages=(0.05,), most_relevant_first=True,
                         noise=0.5, seed=0)
   assert not np.allclose(noisy, morf[:, :1])
 
@@ -141,3 +152,11 @@ def test_pic_auc_equals_pair(monkeypatch, keep_monotonous):
   # Where PAIR raises ComputePicMetricError, the image is undefined (NaN).
   assert np.isnan(F.pic_auc(image, saliency_map, random_mask, predict, thresholds,
                             min_pred_value=0.9999))
+
+
+def test_pic_images_keep_the_shape_where_every_pixel_is_kept():
+  image = np.arange(64, dtype=np.uint8).reshape(8, 8)
+  constant = np.zeros((8, 8))          # every pixel ties at the quantile: all kept
+  images = F.pic_images(image, constant, np.zeros((8, 8), bool), (0.1,))
+  assert [im.shape for im in images] == [(8, 8), (8, 8)]
+  np.testing.assert_array_equal(images[1], image)

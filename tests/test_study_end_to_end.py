@@ -11,6 +11,8 @@ from saliency_jax import trust
 
 METHODS = ("GRAD", "SG", "IG", "SIG", "GCAM", "XRAI", "GBP", "GGCAM")
 CRITERIA = ("utility", "randomization", "repeatability", "reproducibility")
+SANITY = ("data_randomization", "smooth_mprt", "efficient_mprt", "random_logit",
+          "input_invariance", "faithfulness")
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +37,14 @@ def test_scorecard_covers_every_method_and_criterion(finished_study):
   with open(os.path.join(workdir, "summary.json")) as f:
     summary = json.load(f)
   cells = {(r["method"], r["criterion"]) for r in summary["scorecard"]}
-  assert cells == {(m, c) for m in METHODS for c in CRITERIA}
+  smoothed = tiny.get_config().sanity.smooth_mprt.methods
+  assert cells == ({(m, c) for m in METHODS for c in CRITERIA + SANITY if c != "smooth_mprt"}
+                   | {(m, "smooth_mprt") for m in smoothed})
   for row in summary["scorecard"]:
     assert row["verdict"] in ("PASS", "FAIL", "N/A")
-    if row["verdict"] != "N/A":
+    if row["criterion"] == "input_invariance":   # a property of every map, not a test
+      assert row["test"] == "every image" and row["p_value"] is None
+    elif row["verdict"] != "N/A":
       assert row["test"].startswith("Wilcoxon") and row["p_adjusted"] is not None
 
 
@@ -48,11 +54,13 @@ def test_report_shows_every_method_criterion_and_figure(finished_study):
     md = f.read()
   with open(os.path.join(workdir, "report.html")) as f:
     page = f.read()
-  for text in METHODS + CRITERIA + ("SSIM data_range", "Provenance", "average mask"):
+  for text in METHODS + CRITERIA + SANITY + ("SSIM data_range", "Provenance", "average mask",
+                                             "Sanity checks beyond the paper", "ROAD LeRF"):
     assert text in md and text in page
   for name in ("cascading_ssim_small_vgg.png", "cascading_ssim_small_densenet.png",
                "utility_auprc.png", "examples.png",
-               "repeatability_reproducibility.png"):
+               "repeatability_reproducibility.png", "sanity_faithfulness_curves.png") + tuple(
+                   f"sanity_{c}.png" for c in SANITY):
     assert os.path.getsize(os.path.join(workdir, "figures", name)) > 10_000
     assert f"figures/{name}" in md
   # Self-contained: figures embedded, no links to files.
@@ -67,7 +75,27 @@ def test_results_are_tidy_records(finished_study):
   assert records and all(set(r) == keys for r in records)
   criteria = {r["criterion"] for r in records}
   assert {"utility", "cascading_randomization", "independent_randomization", "random_pairs",
-          "repeatability", "reproducibility", "localization_agreement"} <= criteria
+          "repeatability", "reproducibility", "localization_agreement",
+          "smooth_random_pairs", "faithfulness_curve"} | set(SANITY) <= criteria
+
+
+def test_sanity_checks_leave_their_traces(finished_study):
+  study, workdir, _ = finished_study
+  # The permuted-label model was trained like the others, and resumes from its checkpoints.
+  assert os.path.exists(os.path.join(workdir, "models", "A1_permuted_labels", "checkpoints"))
+  with open(os.path.join(workdir, "models", "summary.json")) as f:
+    assert "val_auc_permuted_labels" in json.load(f)["A1_permuted_labels"]
+  for state in ("data_randomized", "smoothed_original", "smoothed_untrained", "other_class"):
+    assert os.path.exists(study.store_path("eval", "A1", state, "GRAD"))
+  assert os.path.exists(study.store_path("eval", "B1", "input_shifted", "GRAD"))
+  with open(os.path.join(workdir, "results.json")) as f:
+    records = json.load(f)
+  # GRAD is input invariant: the shifted input through the adjusted model gives its map.
+  shifted = [r["value"] for r in records if r["criterion"] == "input_invariance"
+             and r["method"] == "GRAD" and r["metric"] == "max_abs_diff"]
+  assert shifted and max(v for v in shifted if v is not None) < 1e-3
+  faithful = {r["metric"] for r in records if r["criterion"] == "faithfulness"}
+  assert faithful == {"deletion_auc", "insertion_auc", "road_morf", "road_lerf", "sic", "aic"}
 
 
 def test_the_checks_beyond_the_paper_run_in_the_study(finished_study):

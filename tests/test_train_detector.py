@@ -43,9 +43,10 @@ def _module():
 
 
 def _config(**overrides):
-  config = ml_collections.ConfigDict(dict(
-      batch_size=8, num_steps=4, learning_rate=1e-3, eval_every=2, log_every=1,
-      style="inception", channels=1, progress=False, max_boxes=3, box_loss="smooth_l1"))
+  config = ml_collections.ConfigDict({
+      "batch_size": 8, "num_steps": 4, "learning_rate": 1e-3, "eval_every": 2, "log_every": 1,
+      "style": "inception", "channels": 1, "progress": False, "max_boxes": 3,
+      "box_loss": "smooth_l1"})
   config.update(overrides)
   return config
 

@@ -279,8 +279,8 @@ def make_example(record: FolderRecord, options: real_builder.ExampleOptions
     truth |= rle.rle_decode_union(record.rles, rows, cols).astype(bool)
   mask, redrawn = real_builder.resize_mask(truth, size)
   if redrawn:
-    notes.append(("mask_redrawn_after_resize", f"{int(truth.sum())} pixels vanished under "
-                  f"nearest resizing to {size}"))
+    notes.append(("mask_redrawn_after_resize",
+                  f"{int(truth.sum())} pixels vanished under nearest resizing to {size}"))
   boxes = record.boxes
   if boxes.size:
     limits = np.array([rows, cols, rows, cols], np.float64)

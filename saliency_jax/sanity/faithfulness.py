@@ -17,7 +17,7 @@ added to the image in the order the map ranks them.
 * SIC / AIC (Kapishnikov et al. 2019, PAIR's `saliency.metrics`): `pic_auc` is
   `compute_pic_metric` with the model's predictions batched over thresholds.
 
-The output is the softmax probability of the explained class (`predict_fn` gives it). Ranks
+The output is the probability of the explained class (column `targets[i]` of `probs_fn`). Ranks
 break ties by pixel order (row-major), so a constant map removes pixels in raster order.
 """
 from collections.abc import Callable, Sequence
@@ -29,7 +29,7 @@ from scipy import ndimage
 from scipy import sparse
 from scipy.sparse import linalg as sparse_linalg
 
-PredictFn = Callable[[np.ndarray], np.ndarray]   # images [B,H,W,C] -> output [B]
+ProbsFn = Callable[[np.ndarray], np.ndarray]   # images [M,H,W,C] -> probabilities [M,K]
 
 BASELINES = ("blur", "mean")
 
@@ -74,7 +74,16 @@ def _composites(images, baselines, ranks, counts, insert):
   return jnp.where(keep_image, images[None], baselines[None])
 
 
-def perturbation_curves(images: np.ndarray, maps: np.ndarray, predict_fn: PredictFn, *,
+def _target_outputs(probs_fn: ProbsFn, stack: np.ndarray, targets: np.ndarray) -> np.ndarray:
+  """probs_fn on a step-major stack [S*N,...] of N images: the targets' columns, [N, S]."""
+  targets = np.asarray(targets, np.int64)
+  probs = np.asarray(probs_fn(stack), np.float64)
+  rows = np.tile(targets, len(stack) // len(targets))
+  return probs[np.arange(len(rows)), rows].reshape(-1, len(targets)).T
+
+
+def perturbation_curves(images: np.ndarray, maps: np.ndarray, targets: np.ndarray,
+                        probs_fn: ProbsFn, *,
                         steps: int, baseline: str, blur_sigma: float,
                         insertion: bool) -> np.ndarray:
   """The model's output along a deletion (or insertion) curve: float64 [N, steps + 1]."""
@@ -83,9 +92,7 @@ def perturbation_curves(images: np.ndarray, maps: np.ndarray, predict_fn: Predic
   ranks = pixel_ranks(maps)
   counts = _counts(fractions(steps), ranks[0].size)
   stack = _composites(images, base, ranks, jnp.asarray(counts), insertion)
-  s, b = stack.shape[:2]
-  outputs = np.asarray(predict_fn(stack.reshape((s * b,) + images.shape[1:])), np.float64)
-  return outputs.reshape(s, b).T
+  return _target_outputs(probs_fn, stack.reshape((-1,) + images.shape[1:]), targets)
 
 
 def curve_area(curves: np.ndarray, steps: int) -> np.ndarray:
@@ -139,7 +146,7 @@ def linear_imputation(image: np.ndarray, removed: np.ndarray) -> np.ndarray:
   return out.reshape(image.shape).astype(np.float32)
 
 
-def road_curves(images: np.ndarray, maps: np.ndarray, predict_fn: PredictFn, *,
+def road_curves(images: np.ndarray, maps: np.ndarray, targets: np.ndarray, probs_fn: ProbsFn, *,
                 percentages: Sequence[float], most_relevant_first: bool, noise: float,
                 seed: int) -> np.ndarray:
   """The model's output on ROAD-imputed images, one column per percentage: float64 [N, P]."""
@@ -157,45 +164,75 @@ def road_curves(images: np.ndarray, maps: np.ndarray, predict_fn: PredictFn, *,
       filled = linear_imputation(images[i], removed)
       filled[removed] += noise * rng.standard_normal(filled[removed].shape).astype(np.float32)
       imputed[p, i] = filled
-  outputs = np.asarray(predict_fn(imputed.reshape((-1,) + images.shape[1:])), np.float64)
-  return outputs.reshape(len(counts), n).T
+  return _target_outputs(probs_fn, imputed.reshape((-1,) + images.shape[1:]), targets)
 
 
-def pic_auc(image: np.ndarray, saliency_map: np.ndarray, random_mask: np.ndarray,
-            predict_fn: Callable[[np.ndarray], np.ndarray], thresholds: Sequence[float], *,
-            min_pred_value: float, keep_monotonous: bool = True,
-            num_data_points: int = 1000) -> float:
-  """PAIR's PIC area (SIC with softmax predictions, AIC with 0/1 correctness) of one uint8
-  image [H,W] or [H,W,C]; `predict_fn` gets the uint8 images of all thresholds in one batch.
+def random_mask(shape: tuple[int, int], fraction: float, seed: int) -> np.ndarray:
+  """PAIR's generate_random_mask with its own seeded generator: bool [H,W]."""
+  mask = np.zeros(shape, bool)
+  size = mask.size
+  mask.ravel()[np.random.default_rng(seed).choice(size, int(size * fraction),
+                                                  replace=False)] = True
+  return mask
 
-  The same computation as `saliency.metrics.compute_pic_metric`; NaN where it would raise
-  ComputePicMetricError (the image is skipped: low confidence, or blurring does not lower the
-  prediction or the entropy).
-  """
+
+def pic_images(image: np.ndarray, saliency_map: np.ndarray, mask: np.ndarray,
+               thresholds: Sequence[float]) -> list[np.ndarray]:
+  """PIC's images of one uint8 image: [fully blurred, then one per threshold] (PAIR's
+  create_blurred_image from the `mask` pixels and those of the top `threshold` fraction)."""
   from saliency.metrics import pic  # pylint: disable=g-import-not-at-top
-  from scipy import interpolate  # pylint: disable=g-import-not-at-top
   if image.dtype != np.uint8:
     raise ValueError(f"PIC needs uint8 images, got {image.dtype}")
-  blurred = [pic.create_blurred_image(image, random_mask)]
+  out = [pic.create_blurred_image(image, mask)]
   for threshold in thresholds:
-    mask = saliency_map >= np.quantile(saliency_map, 1 - threshold)
-    blurred.append(pic.create_blurred_image(image, np.logical_or(mask, random_mask)))
-  preds = np.asarray(predict_fn(np.stack([image] + blurred)), np.float64)
-  original_pred, blurred_pred, preds = preds[0], preds[1], preds[2:]
-  original_entropy = pic.estimate_image_entropy(image)
-  blurred_entropy = pic.estimate_image_entropy(blurred[0])
+    top = saliency_map >= np.quantile(saliency_map, 1 - threshold)
+    out.append(pic.create_blurred_image(image, np.logical_or(top, mask)))
+  # PAIR returns a gray [H,W] image as [H,W,1] where the mask keeps every pixel.
+  return [np.reshape(im, image.shape) for im in out]
+
+
+def image_entropy(image: np.ndarray) -> float:
+  """PAIR's estimate: the size of the image losslessly compressed as WebP."""
+  from saliency.metrics import pic  # pylint: disable=g-import-not-at-top
+  return float(pic.estimate_image_entropy(image))
+
+
+def pic_area(original: tuple[float, float], blurred: tuple[float, float],
+             steps: Sequence[tuple[float, float]], *, min_pred_value: float,
+             keep_monotonous: bool = True, num_data_points: int = 1000) -> float:
+  """The PIC area from (prediction, entropy) of the original image, of the fully blurred one
+  and of each threshold's image, as `saliency.metrics.compute_pic_metric` computes it; NaN
+  where that raises ComputePicMetricError (low confidence, or blurring does not lower the
+  prediction or the entropy: the image is skipped)."""
+  from scipy import interpolate  # pylint: disable=g-import-not-at-top
+  (original_pred, original_entropy), (blurred_pred, blurred_entropy) = original, blurred
   if (original_pred < min_pred_value or blurred_entropy >= original_entropy
       or blurred_pred >= original_pred):
     return float("nan")
   points, best = [], 0.0
-  for img, pred in zip(blurred[1:], preds):
-    entropy = np.clip((pic.estimate_image_entropy(img) - blurred_entropy)
-                      / (original_entropy - blurred_entropy), 0.0, 1.0)
+  for pred, entropy in steps:
+    entropy = np.clip((entropy - blurred_entropy) / (original_entropy - blurred_entropy),
+                      0.0, 1.0)
     normalized = np.clip((pred - blurred_pred) / (original_pred - blurred_pred), 0.0, 1.0)
     best = max(best, normalized)
     points.append((entropy, best if keep_monotonous else normalized))
   points += [(0.0, 0.0), (1.0, 1.0)]
   xs, ys = zip(*points)
+  curve = interpolate.interp1d(x=xs, y=ys)
   curve_x = np.linspace(0.0, 1.0, num=num_data_points, endpoint=False)
-  curve_y = np.asarray([interpolate.interp1d(x=xs, y=ys)(x) for x in curve_x])
+  curve_y = np.asarray([curve(x) for x in curve_x])
   return float(np.trapezoid(np.append(curve_y, 1.0), np.append(curve_x, 1.0)))
+
+
+def pic_auc(image: np.ndarray, saliency_map: np.ndarray, mask: np.ndarray,
+            predict_fn: Callable[[np.ndarray], np.ndarray], thresholds: Sequence[float], *,
+            min_pred_value: float, keep_monotonous: bool = True,
+            num_data_points: int = 1000) -> float:
+  """PIC of one uint8 image with `predict_fn` (uint8 images -> [M] scores: the softmax of the
+  class for SIC, 1/0 correctness for AIC) called once on all its images; NaN: skipped."""
+  images = pic_images(image, saliency_map, mask, thresholds)
+  preds = np.asarray(predict_fn(np.stack([image] + images)), np.float64)
+  entropies = [image_entropy(im) for im in [image] + images]
+  return pic_area((preds[0], entropies[0]), (preds[1], entropies[1]),
+                  list(zip(preds[2:], entropies[2:])), min_pred_value=min_pred_value,
+                  keep_monotonous=keep_monotonous, num_data_points=num_data_points)

@@ -49,7 +49,9 @@ def utility_records(manifest: Manifest, reader: MapReader, *,
   truth = reader.ground_truth(SetName.UTILITY)
   records = []
   for model in manifest.utility_models:
-    for state in (State.ORIGINAL,) if trained_only else (State.ORIGINAL, State.UNTRAINED):
+    # A model without blocks has no untrained state (the manifest's `skipped` says so).
+    untrained = (State.UNTRAINED,) if manifest.model(model).block_names else ()
+    for state in (State.ORIGINAL,) if trained_only else (State.ORIGINAL, *untrained):
       for method in manifest.methods:
         maps = reader.read(SetName.UTILITY, model, state, method)
         if maps is None:
@@ -91,7 +93,8 @@ def randomization_records(manifest: Manifest, reader: MapReader,
           original, pairs=study_config.random_pairs, seed=seed, **measures)
       records += _records(baseline, ids, criterion=Measure.RANDOM_PAIRS, method=method,
                           model=clf.name, state=State.BASELINE)
-      states = [(s, Measure.CASCADING) for s in manifest.cascade_steps(clf)]
+      # No blocks, no randomization (the manifest's `skipped` says so).
+      states = [(s, Measure.CASCADING) for s in manifest.cascade_steps(clf) if clf.block_names]
       if last_step_only:
         states = states[-1:]
       elif clf.name in manifest.independent_models:
@@ -154,15 +157,28 @@ def write_records(records: list[dict[str, Any]], workdir: str) -> None:
 
 
 def evaluate(manifest: Manifest, reader: MapReader, study_config: ml_collections.ConfigDict,
-             *, seed: int, workdir: str) -> dict[str, Any]:
-  """Computes every record and the scorecard; writes results.* and summary.json."""
+             *, seed: int, workdir: str,
+             sanity_config: ml_collections.ConfigDict | None = None) -> dict[str, Any]:
+  """Computes every record and the scorecard; writes results.* and summary.json.
+
+  sanity_config: `config.sanity`, the checks beyond the paper (saliency_jax.trust.sanity).
+  """
+  from saliency_jax.trust import sanity  # pylint: disable=g-import-not-at-top
   records = all_records(manifest, reader, study_config, seed=seed)
   check_records, extras = checks.records(manifest, reader, study_config, seed=seed)
   records += check_records
+  if sanity_config is not None:
+    records += sanity.records(manifest, reader, sanity_config, study_config, seed=seed,
+                              workdir=workdir)
   write_records(records, workdir)
   summary = verdicts.summarize_study(records, manifest, study_config, seed=seed)
   summary.update(checks.summaries(records, extras, manifest, reader, study_config, seed=seed,
                                   scorecard=summary["scorecard"], workdir=workdir))
+  if sanity_config is not None:
+    summary["sanity"] = sanity.summarize(records, manifest, sanity_config, study_config,
+                                         seed=seed, workdir=workdir)
+    summary["rules"].update(summary["sanity"]["rules"])      # scorecard columns
+    summary["scorecard"] += summary["sanity"]["scorecard"]
   with open(os.path.join(workdir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
   return summary

@@ -206,9 +206,10 @@ def all_figures(manifest: Manifest, reader: MapReader, summary: dict[str, Any], 
   count = min(num_examples, len(truth.ids))
   if count and models:
     pick = np.linspace(0, len(truth.ids) - 1, count).astype(int)
-    maps = {m: reader.read(SetName.UTILITY, models[0], State.ORIGINAL, m)[pick] for m in methods}
+    read = {m: reader.read(SetName.UTILITY, models[0], State.ORIGINAL, m) for m in methods}
+    maps = {m: v[pick] for m, v in read.items() if v is not None}  # None: not evaluated
     scores = {m: column(Measure.UTILITY, "auprc", m, [(models[0], State.ORIGINAL)],
-                        [str(i) for i in truth.ids[pick]]) for m in methods}
+                        [str(i) for i in truth.ids[pick]]) for m in maps}
     out["examples"] = example_panel(
         truth.raw[pick, ..., 0], truth.masks[pick], [truth.boxes[i] for i in pick], maps,
         scores, truth.ids[pick], os.path.join(directory, "examples.png"))

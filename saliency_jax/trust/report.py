@@ -31,6 +31,7 @@ from saliency_jax.trust.manifest import Manifest
 from saliency_jax.trust.map_reader import MapReader
 from saliency_jax.trust.names import Baseline
 from saliency_jax.trust.names import SetName
+from saliency_jax.trust import sanity_report
 
 _PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain",
              "tensorflow-datasets", "numpy", "scikit-image", "scipy", "matplotlib")
@@ -174,7 +175,9 @@ def build_sections(manifest: Manifest, config: ml_collections.ConfigDict, workdi
            f"{tests.get(r['test'], r['test'])} over images paired with the baseline, "
            f"alternative '{r['alternative']}', {corrections.get(s.correction, s.correction)}-"
            f"corrected across methods, "
-           f"alpha = {s.alpha})." for c, r in summary["rules"].items()]
+           f"alpha = {s.alpha})." if r["test"] != "every_image" else
+           f"**{c}**: PASS when {r['text']} on every image (metric {r['metric'].upper()}, no "
+           f"test: a property each map must have)." for c, r in summary["rules"].items()]
   sections = [
       ("Scorecard", [
           "Each cell: the method's mean over images [bootstrap 95% CI] vs the baseline's "
@@ -223,6 +226,7 @@ def build_sections(manifest: Manifest, config: ml_collections.ConfigDict, workdi
         "replicates' outputs.")]))
   sections += check_report.sections(summary, figure_paths, Table, Figure,
                                     localization=figures.localization_label(manifest))
+  sections += sanity_report.section(summary, figure_paths, Table, Figure)
   sections.append(("Statistical details", [details_table(summary)]))
   sections.append(("Provenance", provenance(manifest, config, workdir)))
   return sections
@@ -307,6 +311,7 @@ def write_report(manifest: Manifest, reader: MapReader, config: ml_collections.C
   figure_paths = figures.all_figures(manifest, reader, summary, records, figure_dir,
                                      num_examples=config.study.num_example_images)
   figure_paths.update(check_report.figures(summary, manifest.methods, figure_dir))
+  figure_paths.update(sanity_report.figures(summary, figure_dir))
   title = f"Trustworthiness of saliency maps: {config.data.name}"
   sections = build_sections(manifest, config, workdir, summary, figure_paths)
   with open(os.path.join(workdir, "report.md"), "w") as f:

@@ -170,6 +170,8 @@ class VariantReader:
       return self.reader.read(set_name, model, state, method)
     if method not in self.computed:
       return None  # an external method's maps have no grayscale variant: N/A
+    if (model, method) in getattr(self.reader, "skipped", ()):
+      return None  # a method this model cannot give (the manifest's `skipped`)
     maps = self.reader.read(set_name, model, state, variant_method(method, self.grayscale))
     if maps is None:
       raise FileNotFoundError(

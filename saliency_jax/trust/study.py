@@ -68,9 +68,9 @@ HOST0_STAGES = ("criteria", "report")  # single-writer stages of a multi-host ru
 # (None: the whole config).
 STAGE_CONFIG = {
     "data": ("seed", "data"),
-    "train": ("seed", "data", "models", "train", "localization", "weights"),
-    "maps": ("seed", "data", "models", "localization", "methods", "study"),
-    "criteria": ("seed", "study"),
+    "train": ("seed", "data", "models", "train", "localization", "weights", "sanity"),
+    "maps": ("seed", "data", "models", "localization", "methods", "study", "sanity"),
+    "criteria": ("seed", "study", "sanity"),
     "report": None,
 }
 
@@ -96,7 +96,7 @@ class TrainedModel:
   val_score: float  # the selection metric: validation AUC, Dice (U-Net) or mAP (RetinaNet)
   style: str  # the pixel scaling this model was trained with (see data.preprocess)
   # How the study uses it (blocks, functions, what it lacks); None: a package model, bound
-  # when first needed (`Study.plugin`).
+  # when first needed (`Study.bound_model`).
   bound: plugin.PluginModel | None = None
   val_metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -164,6 +164,8 @@ class Study:
     self.config = config
     self.workdir = workdir
     os.makedirs(workdir, exist_ok=True)
+    from saliency_jax.trust import sanity  # pylint: disable=g-import-not-at-top
+    sanity.validate(config)
     self.progress = ProgressLog(os.path.join(workdir, "progress.json"))
     self.manifest = Manifest.load(workdir)
     self._cache: dict[str, Any] = {}
@@ -441,8 +443,12 @@ class Study:
     return config
 
   def stage_train(self) -> None:
+    from saliency_jax.trust import sanity_maps  # pylint: disable=g-import-not-at-top
     summary = {c.name: {"arch": c.arch, "val_auc": c.val_score} for c in self.classifiers()}
     summary.update({c.name: {"arch": c.arch, **c.val_metrics} for c in self.localizers()})
+    summary.update({c.name: {"arch": c.arch, "val_auc_permuted_labels": c.val_score}
+                    for c in sanity_maps.permuted_classifiers(self).values()})
+    os.makedirs(os.path.join(self.workdir, "models"), exist_ok=True)  # none trained here
     multihost.write_shared_json(os.path.join(self.workdir, "models", "summary.json"), summary,
                                 "models/summary.json")
     for name, entry in summary.items():
@@ -566,6 +572,8 @@ class Study:
         self._generate(path, self._localization_output(loc, image_set.raw.shape[1:3]), fns,
                        image_set, loc.style, np.zeros(len(image_set.ids), np.int32), {}, key,
                        loc.variables)
+    from saliency_jax.trust import sanity_maps  # pylint: disable=g-import-not-at-top
+    sanity_maps.generate_maps(self, key)
     if self.config.study.external_maps and multihost.is_writer():
       found = external.import_maps(
           self.config.study.external_maps,
@@ -685,7 +693,7 @@ class Study:
     from saliency_jax.trust import evaluation  # pylint: disable=g-import-not-at-top
     reader = self.reader()
     evaluation.evaluate(self.manifest, reader, self.config.study, seed=self.config.seed,
-                        workdir=self.workdir)
+                        workdir=self.workdir, sanity_config=self.config.get("sanity"))
 
   def stage_report(self) -> None:
     from saliency_jax.trust import report  # pylint: disable=g-import-not-at-top
