@@ -1,9 +1,13 @@
 """Control maps against scikit-image's Sobel filter and closed forms."""
+import types
+
+import ml_collections
 import numpy as np
 import pytest
 from skimage import filters
 
 from saliency_jax.trust import controls
+from saliency_jax.trust import controls_scoring
 
 RNG = np.random.default_rng(0)
 
@@ -94,3 +98,19 @@ def test_every_criterion_names_its_applicable_controls():
     assert set(names) <= set(controls.CONTROLS)
     left_out = set(controls.CONTROLS) - set(names)
     assert bool(left_out) == (criterion in controls.NOT_APPLICABLE_WHY)
+
+
+def test_control_reader_rescales_as_the_map_reader_does():
+  truth = types.SimpleNamespace(ids=np.array(["a", "b"]),
+                                raw=RNG.integers(0, 256, (2, 9, 11, 1)).astype(np.uint8))
+  section = ml_collections.ConfigDict(dict(blob_sigma=0.25))
+  for minmax in (False, True):
+    reader = types.SimpleNamespace(minmax=minmax, ground_truth=lambda s: truth,
+                                   read=lambda *a: None)
+    blob = controls_scoring.ControlReader(reader, section, seed=0).read(
+        "eval", "A1", "original", "control:BLOB")
+    expected = controls.gaussian_blob((9, 11), sigma=0.25)
+    if minmax:   # (x - min) / (max - min), each map on its own
+      expected = (expected - expected.min()) / (expected.max() - expected.min())
+    np.testing.assert_allclose(blob, np.broadcast_to(expected, (2, 9, 11)), rtol=1e-6)
+    assert blob.min() == pytest.approx(0.0 if minmax else expected.min())

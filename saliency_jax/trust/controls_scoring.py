@@ -35,9 +35,17 @@ class ControlReader:
     if key not in self._cache:
       truth = self.reader.ground_truth(set_name)
       average = self.reader.average_mask() if name == controls.AVERAGE_MASK else None
-      self._cache[key] = controls.control_maps(
+      maps = controls.control_maps(
           name, ids=[str(i) for i in truth.ids], images=truth.raw, seed=self.seed, salt=salt,
           blob_sigma=self.section.blob_sigma, average_mask=average)
+      # Rescaled as the reader rescales the methods' maps (protocol.minmax_maps), if it does:
+      # each map by its own min and max (a constant map, e.g. SOBEL of a flat image, is NaN).
+      if getattr(self.reader, "minmax", False):
+        low = maps.min(axis=(1, 2), keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+          maps = ((maps - low) / (maps.max(axis=(1, 2), keepdims=True) - low)).astype(
+              np.float32)
+      self._cache[key] = maps
     return self._cache[key]
 
   def ground_truth(self, set_name: str):
