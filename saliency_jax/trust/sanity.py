@@ -33,7 +33,6 @@ from saliency_jax.trust import criteria
 from saliency_jax.trust import verdicts
 from saliency_jax.trust.manifest import Manifest
 from saliency_jax.trust.map_reader import MapReader
-from saliency_jax.trust.names import cascade_state
 from saliency_jax.trust.names import SetName
 from saliency_jax.trust.names import State
 
