@@ -28,11 +28,11 @@ import ml_collections
 from saliency_jax.trust import check_report
 from saliency_jax.trust import figures
 from saliency_jax.trust import protocol
+from saliency_jax.trust import sanity_report
 from saliency_jax.trust.manifest import Manifest
 from saliency_jax.trust.map_reader import MapReader
 from saliency_jax.trust.names import Baseline
 from saliency_jax.trust.names import SetName
-from saliency_jax.trust import sanity_report
 
 _PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain",
              "tensorflow-datasets", "numpy", "scikit-image", "scipy", "matplotlib")
