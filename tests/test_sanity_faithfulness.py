@@ -103,8 +103,8 @@ def test_road_orders_and_noise():
   maps[:, 0, 0] = 5.0                      # most relevant
   maps[:, 5, 5] = -5.0                     # least relevant
   corner = _pixel_model(0, 0)
-  morf = F.road_curves(images, maps, ONES[:2], corner, percentages=(0.05, 0.5), most_relevant_first=True,
-                       noise=0.0, seed=0)
+  morf = F.road_curves(images, maps, ONES[:2], corner, percentages=(0.05, 0.5),
+                       most_relevant_first=True, noise=0.0, seed=0)
   lerf = F.road_curves(images, maps, ONES[:2], corner, percentages=(0.05, 0.5),
                        most_relevant_first=False, noise=0.0, seed=0)
   np.testing.assert_allclose(lerf, images[:, 0, 0, 0][:, None].repeat(2, 1))  # never removed
@@ -112,8 +112,8 @@ def test_road_orders_and_noise():
     removed = F.pixel_ranks(maps)[i] < 2
     expected = F.linear_imputation(images[i], removed)[0, 0, 0]
     assert morf[i, 0] == pytest.approx(expected)
-  noisy = F.road_curves(images, maps, ONES[:2], corner, percentages=(0.05,), most_relevant_first=True,
-                        noise=0.5, seed=0)
+  noisy = F.road_curves(images, maps, ONES[:2], corner, percentages=(0.05,),
+                        most_relevant_first=True, noise=0.5, seed=0)
   assert not np.allclose(noisy, morf[:, :1])
 
 

@@ -21,9 +21,10 @@ states each similarity check compares. The maps stage makes the maps and faithfu
 manifest, a `MapReader` and `config.sanity` (`records`, `summarize`). Records use the study's
 tidy fields.
 """
+from collections.abc import Sequence
 import json
 import os
-from typing import Any, Dict, List, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -70,14 +71,14 @@ def _on(sanity_config, check: str) -> bool:
               and sanity_config[check].enabled)
 
 
-def _methods(sanity_config, check: str, computed: Sequence[str]) -> List[str]:
+def _methods(sanity_config, check: str, computed: Sequence[str]) -> list[str]:
   """The methods a check makes maps of: sMPRT's `methods` (empty: all), else all."""
   if check == "smooth_mprt" and sanity_config.smooth_mprt.methods:
     return list(sanity_config.smooth_mprt.methods)
   return list(computed)
 
 
-def enabled_checks(config) -> List[str]:
+def enabled_checks(config) -> list[str]:
   return [c for c in CHECKS if enabled(config, c)]
 
 
@@ -115,7 +116,7 @@ def validate(config) -> None:
 # -----------------------------------------------------------------------------------------
 # Records.
 
-def _records(values: Dict[str, np.ndarray], ids, **fields) -> List[Dict[str, Any]]:
+def _records(values: dict[str, np.ndarray], ids, **fields) -> list[dict[str, Any]]:
   out = []
   for metric, column in values.items():
     for image_id, value in zip(ids, np.asarray(column, np.float64)):
@@ -125,12 +126,12 @@ def _records(values: Dict[str, np.ndarray], ids, **fields) -> List[Dict[str, Any
 
 
 def records(manifest: Manifest, reader: MapReader, sanity_config, study_config, *, seed: int,
-            workdir: str) -> List[Dict[str, Any]]:
+            workdir: str) -> list[dict[str, Any]]:
   """Tidy records of every enabled check (criterion = the check's name)."""
   ids = reader.ground_truth(EVAL_SET).ids
   data_range = study_config.ssim_data_range
   computed = manifest.computed_methods
-  out: List[Dict[str, Any]] = []
+  out: list[dict[str, Any]] = []
   for check, (state_a, state_b) in COMPARISONS.items():
     if not _on(sanity_config, check):
       continue
@@ -178,7 +179,7 @@ def faithfulness_path(workdir: str, model: str, method: str) -> str:
 
 
 def faithfulness_records(workdir: str, sanity_config,
-                         methods: Sequence[str]) -> List[Dict[str, Any]]:
+                         methods: Sequence[str]) -> list[dict[str, Any]]:
   """Records of the faithfulness files the maps stage wrote."""
   f = sanity_config.faithfulness
   out = []
@@ -206,7 +207,7 @@ def faithfulness_records(workdir: str, sanity_config,
 # -----------------------------------------------------------------------------------------
 # Verdicts.
 
-def rules(sanity) -> Dict[str, Dict[str, Any]]:
+def rules(sanity) -> dict[str, dict[str, Any]]:
   """The pass/fail rule of each enabled check (`config.sanity`), with its text."""
   out = {}
   if _on(sanity, "data_randomization"):
@@ -255,7 +256,7 @@ _BASELINE_NAMES = {"random_pairs": "random pairs", "smooth_random_pairs": "smoot
                    "random_order": "random order"}
 
 
-def _values(index, sanity, check: str, rule, method: str, ids: List[str]):
+def _values(index, sanity, check: str, rule, method: str, ids: list[str]):
   metric = rule["metric"]
   if check == "efficient_mprt":
     selection = verdicts.models_of(index, check, method)
@@ -280,7 +281,7 @@ def _values(index, sanity, check: str, rule, method: str, ids: List[str]):
 
 
 def scorecard(records_, manifest: Manifest, sanity, study_config, *,
-              seed: int) -> List[Dict[str, Any]]:
+              seed: int) -> list[dict[str, Any]]:
   """Scorecard rows of the enabled checks, as the paper's criteria's (verdicts.scorecard)."""
   index = verdicts.index_records(records_)
   rows = []
@@ -310,7 +311,7 @@ def scorecard(records_, manifest: Manifest, sanity, study_config, *,
   return rows
 
 
-def _every_image(values: np.ndarray, floor: np.ndarray) -> Dict[str, Any]:
+def _every_image(values: np.ndarray, floor: np.ndarray) -> dict[str, Any]:
   """A property every map must have (input invariance): PASS when each defined value is at
   least its floor; N/A when none is defined. No test, so no p-value."""
   defined = np.isfinite(values) & np.isfinite(floor)
@@ -322,7 +323,7 @@ def _every_image(values: np.ndarray, floor: np.ndarray) -> Dict[str, Any]:
               verdict=verdict)
 
 
-def faithfulness_table(records_, sanity, methods: Sequence[str]) -> List[Dict[str, Any]]:
+def faithfulness_table(records_, sanity, methods: Sequence[str]) -> list[dict[str, Any]]:
   """Mean of each faithfulness metric per method (and the random order), and the mean
   deletion / insertion curves the report draws."""
   if not _on(sanity, "faithfulness"):
@@ -352,7 +353,7 @@ def _mean(values) -> float | None:
 
 
 def summarize(records_, manifest: Manifest, sanity, study_config, *, seed: int,
-              workdir: str) -> Dict[str, Any]:
+              workdir: str) -> dict[str, Any]:
   """What summary.json holds for the checks: rules, scorecard rows, the faithfulness table."""
   return dict(rules=rules(sanity),
               scorecard=scorecard(records_, manifest, sanity, study_config, seed=seed),
@@ -362,7 +363,7 @@ def summarize(records_, manifest: Manifest, sanity, study_config, *, seed: int,
               permuted_models=_permuted_scores(workdir))
 
 
-def _permuted_scores(workdir: str) -> Dict[str, float]:
+def _permuted_scores(workdir: str) -> dict[str, float]:
   """Validation AUC (on permuted labels) of each permuted-label model, from the train stage."""
   path = os.path.join(workdir, "models", "summary.json")
   if not os.path.exists(path):

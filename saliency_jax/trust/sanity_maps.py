@@ -5,7 +5,7 @@ map states and computes the faithfulness values (maps stage); scoring reads what
 never imports this module.
 """
 import os
-from typing import Any, Dict, List
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -36,11 +36,10 @@ from saliency_jax.trust.sanity import RANDOM_ORDER
 from saliency_jax.trust.sanity import SMOOTHED_ORIGINAL
 from saliency_jax.trust.sanity import SMOOTHED_UNTRAINED
 
-
 # -----------------------------------------------------------------------------------------
 # Training: the data randomization test's models.
 
-def permuted_classifiers(study) -> Dict[str, Any]:
+def permuted_classifiers(study) -> dict[str, Any]:
   """{trained model name: its permuted-label twin (a study TrainedModel)}, trained or resumed."""
   from saliency_jax.trust.study import TrainedModel  # pylint: disable=g-import-not-at-top
   if not enabled(study.config, "data_randomization"):
@@ -219,7 +218,7 @@ def write_faithfulness(study, clf, fns, targets, reader: MapReader) -> None:
 
 
 def faithfulness_values(images, raw, maps, targets, probs_fn, f, *, style: str,
-                        channels: int, seed: int) -> Dict[str, Any]:
+                        channels: int, seed: int) -> dict[str, Any]:
   """The faithfulness metrics of one method's maps, [N] each (NaN where the map is undefined),
   and its curves."""
   common = dict(steps=f.steps, baseline=f.baseline, blur_sigma=f.blur_sigma)
@@ -244,7 +243,7 @@ def faithfulness_values(images, raw, maps, targets, probs_fn, f, *, style: str,
 
 
 def pic_values(raw, maps, targets, probs_fn, f, *, style: str, channels: int,
-               seed: int) -> Dict[str, np.ndarray]:
+               seed: int) -> dict[str, np.ndarray]:
   """SIC and AIC of each image (PAIR's PIC on the stored uint8 image); NaN: skipped."""
   from saliency_jax import data as data_lib  # pylint: disable=g-import-not-at-top
   n = len(raw)
@@ -268,6 +267,6 @@ def pic_values(raw, maps, targets, probs_fn, f, *, style: str, channels: int,
   return {"sic": sic, "aic": aic}
 
 
-def method_list(config, check: str) -> List[str]:
+def method_list(config, check: str) -> list[str]:
   """The methods a check makes maps of, from the whole config."""
   return _methods(config.sanity, check, config.methods.names)

@@ -1,6 +1,6 @@
 """The report's section on the sanity checks beyond the paper: rules, figures, tables."""
 import os
-from typing import Any, Dict, List
+from typing import Any
 
 import numpy as np
 
@@ -37,7 +37,7 @@ CAPTIONS = {
 }
 
 
-def _bars(rows: List[Dict[str, Any]], path: str, title: str) -> str:
+def _bars(rows: list[dict[str, Any]], path: str, title: str) -> str:
   methods = [r["method"] for r in rows]
   fig, ax = plt.subplots(figsize=(max(4.0, 0.75 * len(methods) + 1.5), 3.2))
   x = np.arange(len(methods))
@@ -57,7 +57,7 @@ def _bars(rows: List[Dict[str, Any]], path: str, title: str) -> str:
   return figures_lib._save(fig, path)  # pylint: disable=protected-access
 
 
-def _curves(rows: List[Dict[str, Any]], path: str, baseline: str) -> str:
+def _curves(rows: list[dict[str, Any]], path: str, baseline: str) -> str:
   fig, axes = plt.subplots(1, 2, figsize=(9, 3.3))
   for ax, kind in zip(axes, ("deletion", "insertion")):
     for i, row in enumerate(rows):
@@ -73,7 +73,7 @@ def _curves(rows: List[Dict[str, Any]], path: str, baseline: str) -> str:
   return figures_lib._save(fig, path)  # pylint: disable=protected-access
 
 
-def figures(summary: Dict[str, Any], figure_dir: str) -> Dict[str, str]:
+def figures(summary: dict[str, Any], figure_dir: str) -> dict[str, str]:
   """One bar chart per check, and the mean deletion / insertion curves."""
   sanity = summary.get("sanity")
   if not sanity:
@@ -96,12 +96,12 @@ def _fmt(value) -> str:
   return "-" if value is None else f"{value:.3f}"
 
 
-def section(summary: Dict[str, Any], figure_paths: Dict[str, str], table_cls, figure_cls):
+def section(summary: dict[str, Any], figure_paths: dict[str, str], table_cls, figure_cls):
   """The report's blocks for the checks ([] when none ran)."""
   sanity = summary.get("sanity")
   if not sanity:
     return []
-  blocks: List[Any] = [
+  blocks: list[Any] = [
       "Checks the field added after the paper, each a column of the scorecard with its rule. "
       "Their maps come from the same engine and settings as the paper's criteria."]
   for check, rule in sanity["rules"].items():
