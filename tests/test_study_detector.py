@@ -19,6 +19,7 @@ def detector_study(tmp_path_factory):
   config.methods.names = ("GRAD", "GCAM")
   config.methods.settings = {}  # the other methods' settings would act on nothing
   config.sanity.input_invariance.models = ("A1",)  # B1 is left out
+  config.sanity.smooth_mprt.methods = ("GRAD",)
   config.study.independent_randomization = ()
   study = trust.Study(config, workdir)
   study.run()

@@ -26,6 +26,7 @@ def _config(flipped: bool):
   config = tiny.get_config()
   config.methods.names = ("GRAD", "GGCAM")
   config.methods.settings = ml_collections.ConfigDict()
+  config.sanity.smooth_mprt.methods = ("GRAD",)
   config.study.independent_randomization = ()
   if flipped:
     config.protocol.update(FLIPPED)
