@@ -303,7 +303,7 @@ def scorecard(records_, manifest: Manifest, sanity, study_config, *,
       if rule["test"] == "every_image":
         row.update(_every_image(values, baseline))
       else:
-        results[method] = verdicts._paired_test(values, baseline, rule)  # pylint: disable=protected-access
+        results[method] = verdicts.paired_test(values, baseline, rule)
     if results:
       verdicts._apply_tests(check_rows, results, study_config.correction,  # pylint: disable=protected-access
                             study_config.alpha)
