@@ -71,9 +71,13 @@ class Result:
 
 def default_config() -> ml_collections.ConfigDict:
   """The study's settings for given models and images (the synthetic config's methods and
-  study sections; its data, models and training sections are not used)."""
+  study sections; its data, models and training sections are not used). The synthetic
+  config's `sanity` section is left out: it names the synthetic models, and its data
+  randomization test trains; add a section naming your models to run those checks."""
   from configs import synthetic  # pylint: disable=g-import-not-at-top
-  return synthetic.get_config()
+  config = synthetic.get_config()
+  del config["sanity"]
+  return config
 
 
 def evaluate(models: Sequence[FlaxModel | FunctionModel] | None = None,
