@@ -32,6 +32,8 @@ from skimage import segmentation
 from skimage.morphology import disk
 from skimage.transform import resize as sk_resize
 
+from saliency_jax import processes
+
 SCALES = (50, 100, 150, 250, 500, 1200)
 SIGMA = 0.8
 MIN_SIZE = 150
@@ -115,22 +117,8 @@ _POOL: concurrent.futures.ProcessPoolExecutor | None = None
 _POOL_WORKERS = 0
 
 
-def _alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  try:
-    with open(f"/proc/{pid}/stat") as f:  # Linux: a killed process not yet reaped
-      return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-  except (OSError, IndexError):
-    return True
-
-
 def _watch_parent(pid: int) -> None:
-  while _alive(pid):
+  while processes.pid_alive(pid):
     time.sleep(0.5)
   os._exit(1)
 

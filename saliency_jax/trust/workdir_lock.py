@@ -18,6 +18,8 @@ import time
 
 from absl import logging
 
+from saliency_jax import processes
+
 FILENAME = "run.lock"
 HEARTBEAT_S = 30.0
 STALE_AFTER_S = 300.0
@@ -25,20 +27,6 @@ STALE_AFTER_S = 300.0
 
 class WorkdirBusy(RuntimeError):
   """Another live run holds the workdir."""
-
-
-def _pid_alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  try:
-    with open(f"/proc/{pid}/stat") as f:  # Linux: killed but not reaped yet
-      return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-  except (OSError, IndexError):
-    return True
 
 
 def _holder(path: str) -> dict | None:
@@ -55,7 +43,7 @@ def _holder(path: str) -> dict | None:
 
 def _stale(holder: dict) -> bool:
   if holder["host"] == socket.gethostname() and holder["pid"] > 0:
-    return not _pid_alive(holder["pid"])
+    return not processes.pid_alive(holder["pid"])
   return holder["age_s"] > STALE_AFTER_S
 
 
