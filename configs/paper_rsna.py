@@ -15,6 +15,7 @@ initialization of the backbone: the Keras ResNet50 notop weight file (config.wei
 The U-Net on rasterized boxes stays available: --config.localization.arch=unet with the
 U-Net settings of configs/default.py.
 """
+
 import ml_collections
 
 from configs import default
@@ -28,12 +29,12 @@ def get_config():
   loc = ml_collections.ConfigDict()
   loc.arch = "retinanet"
   loc.seeds = (1, 2)
-  loc.kwargs = dict()                  # ResNet-50, 256-wide FPN and subnets, anchors 32-512
+  loc.kwargs = dict()  # ResNet-50, 256-wide FPN and subnets, anchors 32-512
   loc.train = ml_collections.ConfigDict(config.train.to_dict())
   loc.train.batch_size = 16
-  loc.train.learning_rate = 1e-4       # Adam
+  loc.train.learning_rate = 1e-4  # Adam
   loc.train.num_steps = 20000
-  loc.train.max_boxes = 4              # RSNA images hold at most 4 boxes
+  loc.train.max_boxes = 4  # RSNA images hold at most 4 boxes
   loc.train.box_loss = "smooth_l1"
   config.localization = loc
   config.study.num_utility_images = 0  # every positive test image, as the authors' RSNA

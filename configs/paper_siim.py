@@ -10,6 +10,7 @@ then on a GPU/TPU host:
 
 Every setting is configs/default.py's (the authors' protocol and method settings).
 """
+
 from configs import default
 
 

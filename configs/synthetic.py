@@ -8,6 +8,7 @@ Overrides of configs/default.py (the paper's study): small models at 64 px, fewe
 samples, IG steps and XRAI segmentation at the image size, so the whole study fits in about ten
 minutes on a CPU. Protocol choices it changes, and why, are listed in the README ("Protocol").
 """
+
 import ml_collections
 
 from configs import default
@@ -19,14 +20,20 @@ def detector_localization(train: ml_collections.ConfigDict) -> ml_collections.Co
   loc = ml_collections.ConfigDict()
   loc.arch = "retinanet"
   loc.seeds = (1, 2)
-  loc.kwargs = dict(stem_width=16, widths=(16, 16, 32, 32), blocks=(1, 1, 1, 1),
-                    fpn_width=32, head_depth=2, anchor_sizes=(8, 16, 32, 64, 128))
+  loc.kwargs = dict(
+    stem_width=16,
+    widths=(16, 16, 32, 32),
+    blocks=(1, 1, 1, 1),
+    fpn_width=32,
+    head_depth=2,
+    anchor_sizes=(8, 16, 32, 64, 128),
+  )
   loc.train = ml_collections.ConfigDict(train.to_dict())
   loc.train.num_steps = 800
   loc.train.batch_size = 16
   loc.train.learning_rate = 1e-3
   loc.train.eval_every = 200
-  loc.train.max_boxes = 4        # synthetic images hold at most 3 lesions
+  loc.train.max_boxes = 4  # synthetic images hold at most 3 lesions
   loc.train.box_loss = "smooth_l1"
   return loc
 
@@ -38,7 +45,7 @@ def get_config(localization: str = "unet") -> ml_collections.ConfigDict:
 
   d = config.data
   d.name = "synthetic_cxr"
-  d.data_dir = ""            # empty: <workdir>/data
+  d.data_dir = ""  # empty: <workdir>/data
   d.image_size = 64
   d.channels = 1
   # Only the synthetic dataset has these (it is built by the run).
@@ -49,12 +56,12 @@ def get_config(localization: str = "unet") -> ml_collections.ConfigDict:
   d.difficulty = 1.0
 
   config.models = [
-      dict(name="A1", arch="small_vgg", seed=1),
-      dict(name="A2", arch="small_vgg", seed=2),
-      dict(name="A3", arch="small_vgg", seed=3),
-      dict(name="B1", arch="small_densenet", seed=1),
+    dict(name="A1", arch="small_vgg", seed=1),
+    dict(name="A2", arch="small_vgg", seed=2),
+    dict(name="A3", arch="small_vgg", seed=3),
+    dict(name="B1", arch="small_densenet", seed=1),
   ]
-  config.weights = ml_collections.ConfigDict()   # no ImageNet weights for these models
+  config.weights = ml_collections.ConfigDict()  # no ImageNet weights for these models
 
   t = config.train
   t.num_steps = 200
@@ -74,17 +81,19 @@ def get_config(localization: str = "unet") -> ml_collections.ConfigDict:
   elif localization != "unet":
     raise ValueError(f"localization must be 'unet' or 'retinanet', got {localization!r}.")
 
-  config.methods.settings = ml_collections.ConfigDict(dict(
+  config.methods.settings = ml_collections.ConfigDict(
+    dict(
       SG=dict(samples=10),
       SIG=dict(samples=5, steps=5),
       XRAI=dict(steps=20, segmentation_size=64),
-  ))
+    )
+  )
   config.methods.max_grads_in_flight = 64
 
   s = config.study
   s.num_eval_images = 24
-  s.num_utility_images = 0    # every positive test image (150)
-  s.ssim_data_range = 1.0     # the textbook value for [0, 1] maps
+  s.num_utility_images = 0  # every positive test image (150)
+  s.ssim_data_range = 1.0  # the textbook value for [0, 1] maps
   s.bootstrap_resamples = 1000
   s.num_example_images = 4
   s.chunk_size = 32
@@ -99,18 +108,30 @@ def get_config(localization: str = "unet") -> ml_collections.ConfigDict:
   config.sanity.data_randomization = dict(enabled=True, models=("A1", "B1"), label_seed=0)
   # Maps averaged over noisy copies (Quantus: samples=50, noise=0.1 of the range);
   # methods: () = all of config.methods.names.
-  config.sanity.smooth_mprt = dict(enabled=True, models=("A1",), samples=8, noise=0.1,
-                                   methods=("GRAD", "SG", "IG", "GCAM", "GBP", "GGCAM"))
-  config.sanity.efficient_mprt = dict(enabled=True, bins=100)   # every classifier
+  config.sanity.smooth_mprt = dict(
+    enabled=True,
+    models=("A1",),
+    samples=8,
+    noise=0.1,
+    methods=("GRAD", "SG", "IG", "GCAM", "GBP", "GGCAM"),
+  )
+  config.sanity.efficient_mprt = dict(enabled=True, bins=100)  # every classifier
   config.sanity.random_logit = dict(enabled=True, models=("A1", "B1"), seed=0)
   # Input shift in model-input units, and the SSIM tolerance of the rule.
-  config.sanity.input_invariance = dict(enabled=True, models=("A1", "B1"), shift=1.0,
-                                        tolerance=0.01)
+  config.sanity.input_invariance = dict(
+    enabled=True, models=("A1", "B1"), shift=1.0, tolerance=0.01
+  )
   config.sanity.faithfulness = dict(
-      enabled=True, models=("A1",), steps=16, baseline="blur", blur_sigma=5.0,
-      road_percentages=(0.1, 0.3, 0.5, 0.7, 0.9), road_noise=0.01,
-      pic_thresholds=(0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.07, 0.10, 0.13, 0.21, 0.34, 0.5,
-                      0.75),
-      pic_min_pred_value=0.5, pic_random_fraction=0.01)
+    enabled=True,
+    models=("A1",),
+    steps=16,
+    baseline="blur",
+    blur_sigma=5.0,
+    road_percentages=(0.1, 0.3, 0.5, 0.7, 0.9),
+    road_noise=0.01,
+    pic_thresholds=(0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.07, 0.10, 0.13, 0.21, 0.34, 0.5, 0.75),
+    pic_min_pred_value=0.5,
+    pic_random_fraction=0.01,
+  )
   config.sanity = ml_collections.ConfigDict(config.sanity.to_dict())
   return config

@@ -1,8 +1,9 @@
 """A tiny study for the end-to-end test: every stage, every method, seconds per stage.
 
-  python -m launch.run_all --config=configs/tiny.py --workdir=/tmp/tiny
-  python -m launch.run_all --config=configs/tiny.py:retinanet --workdir=/tmp/tiny_detector
+python -m launch.run_all --config=configs/tiny.py --workdir=/tmp/tiny
+python -m launch.run_all --config=configs/tiny.py:retinanet --workdir=/tmp/tiny_detector
 """
+
 from configs import synthetic
 
 
@@ -14,15 +15,24 @@ def get_config(localization: str = "unet"):
   d.image_size, d.num_train, d.num_val, d.num_test = 32, 96, 32, 24
   # Narrow, shallow models: the test pays mostly for compiling them.
   config.models = [
-      dict(name="A1", arch="small_vgg", seed=1, kwargs=dict(stem_width=4, widths=(8, 16))),
-      dict(name="A2", arch="small_vgg", seed=2, kwargs=dict(stem_width=4, widths=(8, 16))),
-      dict(name="B1", arch="small_densenet", seed=1,
-           kwargs=dict(stem_width=4, growth_rate=4, layers_per_block=(2, 2))),
+    dict(name="A1", arch="small_vgg", seed=1, kwargs=dict(stem_width=4, widths=(8, 16))),
+    dict(name="A2", arch="small_vgg", seed=2, kwargs=dict(stem_width=4, widths=(8, 16))),
+    dict(
+      name="B1",
+      arch="small_densenet",
+      seed=1,
+      kwargs=dict(stem_width=4, growth_rate=4, layers_per_block=(2, 2)),
+    ),
   ]
   if localization == "retinanet":
-    config.localization.kwargs = dict(stem_width=4, widths=(4, 4, 8, 8), blocks=(1, 1, 1, 1),
-                                      fpn_width=8, head_depth=1,
-                                      anchor_sizes=(8, 16, 32, 64, 128))
+    config.localization.kwargs = dict(
+      stem_width=4,
+      widths=(4, 4, 8, 8),
+      blocks=(1, 1, 1, 1),
+      fpn_width=8,
+      head_depth=1,
+      anchor_sizes=(8, 16, 32, 64, 128),
+    )
   else:
     config.localization.kwargs = dict(depth=2, base_width=8)
   config.train.num_steps = 6

@@ -32,6 +32,7 @@ method, ours_maps_per_s, pair_maps_per_s, ratio_vs_pair, overhead_vs_raw_gradien
 after every method, so that a run cut short keeps what it measured); `--pair_images=0` skips
 PAIR (its occlusion makes one model call per window position).
 """
+
 import json
 import os
 import time
@@ -58,36 +59,48 @@ _MODEL = flags.DEFINE_string("model", "small_vgg", "Model name (saliency_jax.mod
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 64, "Image side.")
 _CHANNELS = flags.DEFINE_integer("channels", 1, "Image channels.")
 _BATCH = flags.DEFINE_integer("batch", 8, "Images per call of ours.")
-_PAIR_IMAGES = flags.DEFINE_integer("pair_images", 2,
-                                    "Images timed with PAIR (per image; 0: skip PAIR).")
+_PAIR_IMAGES = flags.DEFINE_integer(
+  "pair_images", 2, "Images timed with PAIR (per image; 0: skip PAIR)."
+)
 _METHODS = flags.DEFINE_list(
-    "methods", ["GRAD", "SG", "IG", "SIG", "GCAM", "XRAI", "GBP", "GGCAM", "BLUR_IG",
-                "GUIDED_IG", "OCCLUSION"], "Methods to time.")
+  "methods",
+  ["GRAD", "SG", "IG", "SIG", "GCAM", "XRAI", "GBP", "GGCAM", "BLUR_IG", "GUIDED_IG", "OCCLUSION"],
+  "Methods to time.",
+)
 _SETTINGS = flags.DEFINE_string(
-    "settings", json.dumps({"XRAI": {"steps": 20}, "BLUR_IG": {"steps": 20},
-                            "GUIDED_IG": {"steps": 20}}),
-    "JSON overrides of the methods' default settings, applied to ours and PAIR.")
+  "settings",
+  json.dumps({"XRAI": {"steps": 20}, "BLUR_IG": {"steps": 20}, "GUIDED_IG": {"steps": 20}}),
+  "JSON overrides of the methods' default settings, applied to ours and PAIR.",
+)
 _MAX_GRADS = flags.DEFINE_integer(
-    "max_grads_in_flight", 0,
-    "Our gradient chunk size (0: the raw baseline's fastest batch size; the CPU plan caps it "
-    "at CPU_GRADS_PER_CALL).")
-_RAW_BATCH_SIZES = flags.DEFINE_list("raw_batch_sizes", ["1", "8", "16", "32", "64"],
-                                     "Batch sizes tried for the raw-gradient baseline.")
-_SELECTION_SIZE = flags.DEFINE_integer("selection_size", 320,
-                                       "Also time XRAI selection on an image of this side "
-                                       "(0: skip).")
+  "max_grads_in_flight",
+  0,
+  "Our gradient chunk size (0: the raw baseline's fastest batch size; the CPU plan caps it "
+  "at CPU_GRADS_PER_CALL).",
+)
+_RAW_BATCH_SIZES = flags.DEFINE_list(
+  "raw_batch_sizes",
+  ["1", "8", "16", "32", "64"],
+  "Batch sizes tried for the raw-gradient baseline.",
+)
+_SELECTION_SIZE = flags.DEFINE_integer(
+  "selection_size", 320, "Also time XRAI selection on an image of this side (0: skip)."
+)
 _SELECTION_IMAGES = flags.DEFINE_integer(
-    "selection_images", 4, "Images per call of the XRAI selection timing.")
+  "selection_images", 4, "Images per call of the XRAI selection timing."
+)
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Warm repetitions; the best is reported.")
 _JSON = flags.DEFINE_string("json", None, "Write the records here.")
 _SANITY = flags.DEFINE_list(
-    "sanity", ["smooth_mprt", "random_logit", "input_invariance", "efficient_mprt",
-               "faithfulness"], "Sanity checks to time (saliency_jax.sanity); empty: none.")
-_SANITY_METHOD = flags.DEFINE_string("sanity_method", "GRAD",
-                                     "The method the map-making checks wrap.")
+  "sanity",
+  ["smooth_mprt", "random_logit", "input_invariance", "efficient_mprt", "faithfulness"],
+  "Sanity checks to time (saliency_jax.sanity); empty: none.",
+)
+_SANITY_METHOD = flags.DEFINE_string(
+  "sanity_method", "GRAD", "The method the map-making checks wrap."
+)
 _SMOOTH_SAMPLES = flags.DEFINE_integer("smooth_samples", 8, "sMPRT's noisy copies per map.")
-_FAITHFULNESS_STEPS = flags.DEFINE_integer("faithfulness_steps", 16,
-                                           "Deletion / insertion steps.")
+_FAITHFULNESS_STEPS = flags.DEFINE_integer("faithfulness_steps", 16, "Deletion / insertion steps.")
 
 
 def _fmt(value, width, digits):
@@ -102,6 +115,7 @@ def _patch_pair_quantile():
 
   def quantile(a, q, interpolation="linear", **kwargs):
     return np.quantile(a, q, method=interpolation, **kwargs)
+
   shim = types.SimpleNamespace(**{k: getattr(np, k) for k in dir(np) if not k.startswith("__")})
   shim.quantile = quantile
   guided_ig.np = shim
@@ -115,18 +129,32 @@ def _pair_map(name, s, image, target, cmf):
     if name == "GRAD":
       return gray(pair.GradientSaliency().GetMask(image, cmf, args))
     if name == "SG":
-      return gray(pair.GradientSaliency().GetSmoothedMask(
-          image, cmf, args, stdev_spread=s["spread"], nsamples=s["samples"],
-          magnitude=s["squared"]))
+      return gray(
+        pair.GradientSaliency().GetSmoothedMask(
+          image, cmf, args, stdev_spread=s["spread"], nsamples=s["samples"], magnitude=s["squared"]
+        )
+      )
     base = np.full(image.shape, s.get("baseline", 0.0), np.float32)
     if name == "IG":
-      return gray(pair.IntegratedGradients().GetMask(
-          image, cmf, args, x_baseline=base, x_steps=s["steps"], batch_size=s["steps"]))
+      return gray(
+        pair.IntegratedGradients().GetMask(
+          image, cmf, args, x_baseline=base, x_steps=s["steps"], batch_size=s["steps"]
+        )
+      )
     if name == "SIG":
-      return gray(pair.IntegratedGradients().GetSmoothedMask(
-          image, cmf, args, stdev_spread=s["spread"], nsamples=s["samples"],
-          magnitude=s["squared"], x_baseline=base, x_steps=s["steps"],
-          batch_size=s["steps"]))
+      return gray(
+        pair.IntegratedGradients().GetSmoothedMask(
+          image,
+          cmf,
+          args,
+          stdev_spread=s["spread"],
+          nsamples=s["samples"],
+          magnitude=s["squared"],
+          x_baseline=base,
+          x_steps=s["steps"],
+          batch_size=s["steps"],
+        )
+      )
     if name in ("GCAM", "GGCAM"):
       gcam = gray(pair.GradCam().GetMask(image, cmf, args))
       if name == "GCAM":
@@ -136,40 +164,66 @@ def _pair_map(name, s, image, target, cmf):
     if name == "GBP":
       return gray(pair.GradientSaliency().GetMask(image, cmf, {**args, "guided": True}))
     if name == "XRAI":
-      params = pair.XRAIParameters(steps=s["steps"], algorithm=s["algorithm"],
-                                   area_threshold=s["area_threshold"])
-      out = pair.XRAI().GetMask(image, cmf, args, batch_size=s["steps"],
-                                extra_parameters=params)
+      params = pair.XRAIParameters(
+        steps=s["steps"], algorithm=s["algorithm"], area_threshold=s["area_threshold"]
+      )
+      out = pair.XRAI().GetMask(image, cmf, args, batch_size=s["steps"], extra_parameters=params)
       return gray(out[..., None])
     if name == "BLUR_IG":
-      return gray(pair.BlurIG().GetMask(image, cmf, args, max_sigma=s["max_sigma"],
-                                        steps=s["steps"], grad_step=s["grad_step"],
-                                        sqrt=s["sqrt"], batch_size=s["steps"]))
+      return gray(
+        pair.BlurIG().GetMask(
+          image,
+          cmf,
+          args,
+          max_sigma=s["max_sigma"],
+          steps=s["steps"],
+          grad_step=s["grad_step"],
+          sqrt=s["sqrt"],
+          batch_size=s["steps"],
+        )
+      )
     if name == "GUIDED_IG":
-      return gray(pair.GuidedIG().GetMask(image, cmf, args, x_baseline=base,
-                                          x_steps=s["steps"], fraction=s["fraction"],
-                                          max_dist=s["max_dist"]))
+      return gray(
+        pair.GuidedIG().GetMask(
+          image,
+          cmf,
+          args,
+          x_baseline=base,
+          x_steps=s["steps"],
+          fraction=s["fraction"],
+          max_dist=s["max_dist"],
+        )
+      )
     if name == "OCCLUSION":
-      return gray(pair.Occlusion().GetMask(image, cmf, args, size=s["size"],
-                                           value=s["value"]))
+      return gray(pair.Occlusion().GetMask(image, cmf, args, size=s["size"], value=s["value"]))
   raise ValueError(name)
 
 
 def _gradients_per_map(name, s):
   """Model gradients one map needs (None: not gradient-based)."""
-  return {"GRAD": 1, "GBP": 1, "GCAM": 1, "GGCAM": 2,
-          "SG": s.get("samples"), "IG": s.get("steps"),
-          "SIG": s.get("samples", 0) * s.get("steps", 0),
-          "XRAI": 2 * s.get("steps", 0), "BLUR_IG": s.get("steps"),
-          "GUIDED_IG": s.get("steps")}.get(name)
+  return {
+    "GRAD": 1,
+    "GBP": 1,
+    "GCAM": 1,
+    "GGCAM": 2,
+    "SG": s.get("samples"),
+    "IG": s.get("steps"),
+    "SIG": s.get("samples", 0) * s.get("steps", 0),
+    "XRAI": 2 * s.get("steps", 0),
+    "BLUR_IG": s.get("steps"),
+    "GUIDED_IG": s.get("steps"),
+  }.get(name)
 
 
 class _RawGradients:
   """Batched jax.grad calls of the model at the best of `batch_sizes` (chosen once)."""
 
   def __init__(self, fns, image_shape, batch_sizes, repeats):
-    self._grad_fn = jax.jit(lambda x, t: jax.grad(
-        lambda x: jnp.take_along_axis(fns.logits_fn(x), t[:, None], axis=1).sum())(x))
+    self._grad_fn = jax.jit(
+      lambda x, t: jax.grad(
+        lambda x: jnp.take_along_axis(fns.logits_fn(x), t[:, None], axis=1).sum()
+      )(x)
+    )
     best = float("inf")
     for bs in batch_sizes:
       self._use(bs, image_shape)
@@ -180,10 +234,9 @@ class _RawGradients:
     self.batch_size = best_bs
 
   def _use(self, bs, image_shape):
-    self._x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (bs,) + image_shape),
-                          jnp.float32)
+    self._x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (bs,) + image_shape), jnp.float32)
     self._t = jnp.zeros((bs,), jnp.int32)
-    self._calls = max(1, 256 // bs)   # enough gradients per timing to rise above timer noise
+    self._calls = max(1, 256 // bs)  # enough gradients per timing to rise above timer noise
     self.grads_per_call = self._calls * bs
     _block(self._grad_fn(self._x, self._t))
 
@@ -203,25 +256,36 @@ def _xrai_selection_records(images, attrs, repeats, label):
   batch()
   first_call_s = time.perf_counter() - start
   (t_ours, t_numpy), (got, outs) = _best_times(
-      [batch, lambda: [xrai_selection.select_full(a, m) for a, m in zip(attrs, masks)]],
-      repeats)
+    [batch, lambda: [xrai_selection.select_full(a, m) for a, m in zip(attrs, masks)]], repeats
+  )
   if not np.array_equal(got.maps[0], ref) or not all(
-      np.array_equal(a, b) for a, b in zip(got.maps, outs)):
+    np.array_equal(a, b) for a, b in zip(got.maps, outs)
+  ):
     raise AssertionError(f"{label}: XRAI selection differs from PAIR or the NumPy selection")
   regions = [xrai_selection_jax.prepare(m) for m in masks]
   t_prepared, _ = _best_of(lambda: xrai_selection_jax.select_full_batch(attrs, regions), repeats)
   n = len(images)
-  print(f"{label}: {n} images, {min(map(len, masks))}-{max(map(len, masks))} masks, identical "
-        f"output; per map: ours {t_ours / n:.4f} s (first call {first_call_s:.1f} s; masks "
-        f"prepared once {t_prepared / n:.4f} s), NumPy {t_numpy / n:.4f} s, PAIR {t_pair:.4f} s;"
-        f" ours/NumPy {t_numpy / t_ours:.2f}x, ours/PAIR {t_pair * n / t_ours:.1f}x, "
-        f"{got.host_decisions} near-ties decided on the host")
-  return {"method": label, "ours_maps_per_s": n / t_ours, "pair_maps_per_s": 1 / t_pair,
-          "ratio_vs_pair": t_pair * n / t_ours, "overhead_vs_raw_gradients": None,
-          "numpy_maps_per_s": n / t_numpy, "ratio_vs_numpy": t_numpy / t_ours,
-          "prepared_maps_per_s": n / t_prepared, "first_call_s": first_call_s,
-          "host_decisions": got.host_decisions, "num_masks": [len(m) for m in masks],
-          "identical_output": True}
+  print(
+    f"{label}: {n} images, {min(map(len, masks))}-{max(map(len, masks))} masks, identical "
+    f"output; per map: ours {t_ours / n:.4f} s (first call {first_call_s:.1f} s; masks "
+    f"prepared once {t_prepared / n:.4f} s), NumPy {t_numpy / n:.4f} s, PAIR {t_pair:.4f} s;"
+    f" ours/NumPy {t_numpy / t_ours:.2f}x, ours/PAIR {t_pair * n / t_ours:.1f}x, "
+    f"{got.host_decisions} near-ties decided on the host"
+  )
+  return {
+    "method": label,
+    "ours_maps_per_s": n / t_ours,
+    "pair_maps_per_s": 1 / t_pair,
+    "ratio_vs_pair": t_pair * n / t_ours,
+    "overhead_vs_raw_gradients": None,
+    "numpy_maps_per_s": n / t_numpy,
+    "ratio_vs_numpy": t_numpy / t_ours,
+    "prepared_maps_per_s": n / t_prepared,
+    "first_call_s": first_call_s,
+    "host_decisions": got.host_decisions,
+    "num_masks": [len(m) for m in masks],
+    "identical_output": True,
+  }
 
 
 class _RawForward:
@@ -231,18 +295,20 @@ class _RawForward:
   def __init__(self, fns, images, n):
     probs = jax.jit(lambda x: jax.nn.softmax(fns.logits_fn(x), -1))
     stack = jnp.asarray(np.resize(images, (n,) + images.shape[1:]))
-    self.run = lambda: [_block(probs(stack[i:i + 256])) for i in range(0, n, 256)]
+    self.run = lambda: [_block(probs(stack[i : i + 256])) for i in range(0, n, 256)]
     self.run()
 
 
-def _sanity_records(module, variables, fns, images, images_dev, targets_dev, raw, overrides,
-                    max_grads, record):
+def _sanity_records(
+  module, variables, fns, images, images_dev, targets_dev, raw, overrides, max_grads, record
+):
   """Each sanity check's time against the raw model work it needs (see the docstring)."""
   from saliency_jax.sanity import complexity  # pylint: disable=g-import-not-at-top
   from saliency_jax.sanity import faithfulness  # pylint: disable=g-import-not-at-top
   from saliency_jax.sanity import invariance  # pylint: disable=g-import-not-at-top
   from saliency_jax.sanity import logits  # pylint: disable=g-import-not-at-top
   from saliency_jax.sanity import smoothing  # pylint: disable=g-import-not-at-top
+
   b = len(images)
   name = _SANITY_METHOD.value
   method = attributions.METHODS[name]
@@ -254,69 +320,135 @@ def _sanity_records(module, variables, fns, images, images_dev, targets_dev, raw
     smoothed = smoothing.smoothed(method)
     n = _SMOOTH_SAMPLES.value
     ss = {**s, "smooth_samples": n, "smooth_noise": 0.1}
-    jobs[f"SMOOTH_MPRT_{name}"] = (lambda: _block(smoothed.compute(
-        fns, images_dev, targets_dev, key=key, settings=ss)), b * n * grads)
+    jobs[f"SMOOTH_MPRT_{name}"] = (
+      lambda: _block(smoothed.compute(fns, images_dev, targets_dev, key=key, settings=ss)),
+      b * n * grads,
+    )
   if "random_logit" in _SANITY.value:
     other = jax.device_put(logits.other_classes(np.asarray(targets_dev), 2, seed=0))
-    jobs[f"RANDOM_LOGIT_{name}"] = (lambda: _block(method.compute(
-        fns, images_dev, other, key=key, settings=s)), b * grads)
+    jobs[f"RANDOM_LOGIT_{name}"] = (
+      lambda: _block(method.compute(fns, images_dev, other, key=key, settings=s)),
+      b * grads,
+    )
   if "input_invariance" in _SANITY.value:
     shifted = invariance.shifted_model_functions(module, variables, 1.0)
     shifted_images = images_dev + 1.0
-    jobs[f"INPUT_INVARIANCE_{name}"] = (lambda: _block(method.compute(
-        shifted, shifted_images, targets_dev, key=key, settings=s)), b * grads)
+    jobs[f"INPUT_INVARIANCE_{name}"] = (
+      lambda: _block(method.compute(shifted, shifted_images, targets_dev, key=key, settings=s)),
+      b * grads,
+    )
   for label, (fn, count) in jobs.items():
     fn()
     (t, t_raw), _ = _best_times([fn, raw.run], _REPEATS.value)
     overhead = t / (count * t_raw / raw.grads_per_call)
-    record({"method": label, "ours_maps_per_s": b / t, "pair_maps_per_s": None,
-            "ratio_vs_pair": None, "overhead_vs_raw_gradients": overhead},
-           f"{label:18s} {b / t:12.2f} {'-':>12s} {'-':>10s} {overhead:22.2f}")
+    record(
+      {
+        "method": label,
+        "ours_maps_per_s": b / t,
+        "pair_maps_per_s": None,
+        "ratio_vs_pair": None,
+        "overhead_vs_raw_gradients": overhead,
+      },
+      f"{label:18s} {b / t:12.2f} {'-':>12s} {'-':>10s} {overhead:22.2f}",
+    )
   maps = np.asarray(method.compute(fns, images_dev, targets_dev, key=key, settings=s))
   if "efficient_mprt" in _SANITY.value:
+
     def entropies():
       return complexity.histogram_entropy(maps, 100), complexity.histogram_entropy(maps, 100)
+
     (t, t_raw), _ = _best_times([entropies, raw.run], _REPEATS.value)
     overhead = t / (2 * b * grads * t_raw / raw.grads_per_call)
-    record({"method": "EFFICIENT_MPRT", "ours_maps_per_s": b / t, "pair_maps_per_s": None,
-            "ratio_vs_pair": None, "overhead_vs_raw_gradients": overhead},
-           f"{'EFFICIENT_MPRT':18s} {b / t:12.2f} {'-':>12s} {'-':>10s} {overhead:22.2f}"
-           "   (extra over the two maps' gradients)")
+    record(
+      {
+        "method": "EFFICIENT_MPRT",
+        "ours_maps_per_s": b / t,
+        "pair_maps_per_s": None,
+        "ratio_vs_pair": None,
+        "overhead_vs_raw_gradients": overhead,
+      },
+      f"{'EFFICIENT_MPRT':18s} {b / t:12.2f} {'-':>12s} {'-':>10s} {overhead:22.2f}"
+      "   (extra over the two maps' gradients)",
+    )
   if "faithfulness" in _SANITY.value:
     probs = jax.jit(lambda x: jax.nn.softmax(fns.logits_fn(x), -1))
 
     def probs_fn(x):
-      return np.concatenate([np.asarray(probs(x[i:i + 256])) for i in range(0, len(x), 256)])
+      return np.concatenate([np.asarray(probs(x[i : i + 256])) for i in range(0, len(x), 256)])
+
     targets = np.asarray(targets_dev)
     steps = _FAITHFULNESS_STEPS.value
     uint8 = np.clip((images[..., 0] + 1) * 127.5, 0, 255).astype(np.uint8)
     cases = {
-        "DELETION_INSERTION": (lambda: [faithfulness.perturbation_curves(
-            images, maps, targets, probs_fn, steps=steps, baseline="blur", blur_sigma=5.0,
-            insertion=ins) for ins in (False, True)], 2 * (steps + 1) * b),
-        "ROAD": (lambda: [faithfulness.road_curves(
-            images, maps, targets, probs_fn, percentages=(0.3, 0.7), most_relevant_first=o,
-            noise=0.01, seed=0) for o in (True, False)], 4 * b),
-        "SIC_AIC": (lambda: [faithfulness.pic_auc(
-            uint8[i], maps[i], faithfulness.random_mask(uint8[i].shape, 0.01, i),
+      "DELETION_INSERTION": (
+        lambda: [
+          faithfulness.perturbation_curves(
+            images,
+            maps,
+            targets,
+            probs_fn,
+            steps=steps,
+            baseline="blur",
+            blur_sigma=5.0,
+            insertion=ins,
+          )
+          for ins in (False, True)
+        ],
+        2 * (steps + 1) * b,
+      ),
+      "ROAD": (
+        lambda: [
+          faithfulness.road_curves(
+            images,
+            maps,
+            targets,
+            probs_fn,
+            percentages=(0.3, 0.7),
+            most_relevant_first=o,
+            noise=0.01,
+            seed=0,
+          )
+          for o in (True, False)
+        ],
+        4 * b,
+      ),
+      "SIC_AIC": (
+        lambda: [
+          faithfulness.pic_auc(
+            uint8[i],
+            maps[i],
+            faithfulness.random_mask(uint8[i].shape, 0.01, i),
             lambda x: probs_fn(np.asarray(x, np.float32)[..., None] / 127.5 - 1)[:, 0],
-            (0.05, 0.1, 0.3, 0.5), min_pred_value=0.0) for i in range(b)], 6 * b),
+            (0.05, 0.1, 0.3, 0.5),
+            min_pred_value=0.0,
+          )
+          for i in range(b)
+        ],
+        6 * b,
+      ),
     }
     for label, (fn, count) in cases.items():
       forward = _RawForward(fns, images, count)
       fn()
       (t, t_raw), _ = _best_times([fn, forward.run], _REPEATS.value)
-      record({"method": label, "ours_maps_per_s": b / t, "pair_maps_per_s": None,
-              "ratio_vs_pair": None, "overhead_vs_raw_gradients": None,
-              "overhead_vs_raw_forward": t / t_raw, "forward_passes": count},
-             f"{label:18s} {b / t:12.2f} {'-':>12s} {'-':>10s} {t / t_raw:22.2f}"
-             f"   (vs {count} raw forward passes)")
+      record(
+        {
+          "method": label,
+          "ours_maps_per_s": b / t,
+          "pair_maps_per_s": None,
+          "ratio_vs_pair": None,
+          "overhead_vs_raw_gradients": None,
+          "overhead_vs_raw_forward": t / t_raw,
+          "forward_passes": count,
+        },
+        f"{label:18s} {b / t:12.2f} {'-':>12s} {'-':>10s} {t / t_raw:22.2f}"
+        f"   (vs {count} raw forward passes)",
+      )
 
 
 def main(argv):
   del argv
-  print(f"load average {os.getloadavg()}, {os.cpu_count()} CPUs, backend "
-        f"{jax.default_backend()}")
+  print(f"load average {os.getloadavg()}, {os.cpu_count()} CPUs, backend {jax.default_backend()}")
   size, c, b = _IMAGE_SIZE.value, _CHANNELS.value, _BATCH.value
   module = models.create(_MODEL.value, num_classes=2)
   variables = models.init_variables(module, jax.random.key(0), (size, size, c))
@@ -327,10 +459,13 @@ def main(argv):
   images = np.clip(smooth + 0.3 * rng.normal(size=(b, size, size, c)), -1, 1).astype(np.float32)
   targets = np.asarray(jnp.argmax(fns.logits_fn(jnp.asarray(images)), axis=1), np.int32)
   overrides = json.loads(_SETTINGS.value)
-  raw = _RawGradients(fns, images.shape[1:], [int(v) for v in _RAW_BATCH_SIZES.value],
-                      _REPEATS.value)
-  print(f"raw gradients: batches of {raw.batch_size} (the fastest of "
-        f"{_RAW_BATCH_SIZES.value}), timed alternately with each method")
+  raw = _RawGradients(
+    fns, images.shape[1:], [int(v) for v in _RAW_BATCH_SIZES.value], _REPEATS.value
+  )
+  print(
+    f"raw gradients: batches of {raw.batch_size} (the fastest of "
+    f"{_RAW_BATCH_SIZES.value}), timed alternately with each method"
+  )
   cmf = pair_interop.pair_call_model_function(fns)
   _patch_pair_quantile()
   max_grads = _MAX_GRADS.value or raw.batch_size
@@ -338,8 +473,10 @@ def main(argv):
   # the device, and a host-to-device copy per call is not the method's cost.
   images_dev, targets_dev = jax.device_put(images), jax.device_put(targets)
   records = []
-  header = (f"{'method':18s} {'ours maps/s':>12s} {'PAIR maps/s':>12s} {'ours/PAIR':>10s} "
-            f"{'overhead vs raw grads':>22s}")
+  header = (
+    f"{'method':18s} {'ours maps/s':>12s} {'PAIR maps/s':>12s} {'ours/PAIR':>10s} "
+    f"{'overhead vs raw grads':>22s}"
+  )
   rows = []
 
   def record(r, row=None):
@@ -347,7 +484,7 @@ def main(argv):
     if row is not None:
       rows.append(row)
       print(row, flush=True)
-    if _JSON.value:   # after every record: a run cut short keeps what it measured
+    if _JSON.value:  # after every record: a run cut short keeps what it measured
       with open(_JSON.value, "w") as f:
         json.dump(records, f, indent=1, default=str)
 
@@ -360,67 +497,91 @@ def main(argv):
       return _block(method.compute(fns, images_dev, targets_dev, key=key, settings=s))
 
     start = time.perf_counter()
-    ours()   # compile
+    ours()  # compile
     first_call_s = time.perf_counter() - start
     (t_ours, t_raw), _ = _best_times([ours, raw.run], _REPEATS.value)
     raw_per_grad = t_raw / raw.grads_per_call
     n_pair = min(_PAIR_IMAGES.value, b)
     pair_rate = None
     if n_pair:
-      _pair_map(name, s, images[0], targets[0], cmf)   # compile PAIR's jitted gradients
+      _pair_map(name, s, images[0], targets[0], cmf)  # compile PAIR's jitted gradients
       t_pair, _ = _best_of(
-          lambda: [_pair_map(name, s, images[i], targets[i], cmf) for i in range(n_pair)], 1)
+        lambda: [_pair_map(name, s, images[i], targets[i], cmf) for i in range(n_pair)], 1
+      )
       pair_rate = n_pair / t_pair
     ours_rate = b / t_ours
     ratio = None if pair_rate is None else ours_rate / pair_rate
     grads = _gradients_per_map(name, s)
     overhead = None if grads is None else t_ours / (b * grads * raw_per_grad)
-    record({"method": name, "ours_maps_per_s": ours_rate, "pair_maps_per_s": pair_rate,
-            "ratio_vs_pair": ratio, "overhead_vs_raw_gradients": overhead,
-            "first_call_s": first_call_s, "gradients_per_map": grads,
-            "settings": {k: v for k, v in s.items()}},
-           f"{name:18s} {ours_rate:12.2f} {_fmt(pair_rate, 12, 2)} {_fmt(ratio, 10, 1)} "
-           f"{_fmt(overhead, 22, 2)}   (first call {first_call_s:.1f} s)")
+    record(
+      {
+        "method": name,
+        "ours_maps_per_s": ours_rate,
+        "pair_maps_per_s": pair_rate,
+        "ratio_vs_pair": ratio,
+        "overhead_vs_raw_gradients": overhead,
+        "first_call_s": first_call_s,
+        "gradients_per_map": grads,
+        "settings": {k: v for k, v in s.items()},
+      },
+      f"{name:18s} {ours_rate:12.2f} {_fmt(pair_rate, 12, 2)} {_fmt(ratio, 10, 1)} "
+      f"{_fmt(overhead, 22, 2)}   (first call {first_call_s:.1f} s)",
+    )
     if name == "XRAI":
       # The model part alone (IG from two baselines, as XRAI runs it), against the same raw
       # gradients.
       ig_settings = {"steps": s["steps"], "max_grads_in_flight": s["max_grads_in_flight"]}
 
       def ig():
-        return _block(registry.XRAI_IG_COMPUTE(fns, images_dev, targets_dev,
-                                               settings=ig_settings))
+        return _block(registry.XRAI_IG_COMPUTE(fns, images_dev, targets_dev, settings=ig_settings))
 
       ig()
       (t_ig, t_raw), _ = _best_times([ig, raw.run], _REPEATS.value)
       raw_per_grad = t_raw / raw.grads_per_call
       ig_overhead = t_ig / (b * grads * raw_per_grad)
-      record({"method": "XRAI_IG", "ours_maps_per_s": b / t_ig, "pair_maps_per_s": None,
-              "ratio_vs_pair": None, "overhead_vs_raw_gradients": ig_overhead},
-             f"{'XRAI_IG':18s} {b / t_ig:12.2f} {'-':>12s} {'-':>10s} {ig_overhead:22.2f}")
+      record(
+        {
+          "method": "XRAI_IG",
+          "ours_maps_per_s": b / t_ig,
+          "pair_maps_per_s": None,
+          "ratio_vs_pair": None,
+          "overhead_vs_raw_gradients": ig_overhead,
+        },
+        f"{'XRAI_IG':18s} {b / t_ig:12.2f} {'-':>12s} {'-':>10s} {ig_overhead:22.2f}",
+      )
       k = min(b, _SELECTION_IMAGES.value)
-      attr = np.asarray(attributions.xrai_base_attribution(
-          fns.logits_fn, images[:k], targets[:k], steps=s["steps"]))
-      record(_xrai_selection_records(images[:k], list(attr), _REPEATS.value,
-                                     f"XRAI_SELECTION_{size}"))
-      if _SELECTION_SIZE.value and _SELECTION_SIZE.value != size:   # else timed just above
+      attr = np.asarray(
+        attributions.xrai_base_attribution(fns.logits_fn, images[:k], targets[:k], steps=s["steps"])
+      )
+      record(
+        _xrai_selection_records(images[:k], list(attr), _REPEATS.value, f"XRAI_SELECTION_{size}")
+      )
+      if _SELECTION_SIZE.value and _SELECTION_SIZE.value != size:  # else timed just above
         n, k = _SELECTION_SIZE.value, _SELECTION_IMAGES.value
-        yy, xx = np.mgrid[:n, :n]   # the benchmark images' recipe: about 500 masks at 320
-        big = np.clip((np.sin(yy / 5.0) + np.cos(xx / 7.0))[None, ..., None] / 2
-                      + 0.3 * rng.normal(size=(k, n, n, c)), -1, 1).astype(np.float32)
+        yy, xx = np.mgrid[:n, :n]  # the benchmark images' recipe: about 500 masks at 320
+        big = np.clip(
+          (np.sin(yy / 5.0) + np.cos(xx / 7.0))[None, ..., None] / 2
+          + 0.3 * rng.normal(size=(k, n, n, c)),
+          -1,
+          1,
+        ).astype(np.float32)
         big_attr = list(rng.normal(size=(k, n, n, c)).astype(np.float32))
         record(_xrai_selection_records(big, big_attr, _REPEATS.value, f"XRAI_SELECTION_{n}"))
   if _SANITY.value:
-    _sanity_records(module, variables, fns, images, images_dev, targets_dev, raw, overrides,
-                    max_grads, record)
+    _sanity_records(
+      module, variables, fns, images, images_dev, targets_dev, raw, overrides, max_grads, record
+    )
   print()
   print(f"{_MODEL.value} {size}x{size}x{c}, batch {b}, settings overrides {overrides}")
   print(header)
   print("\n".join(rows))
   for r in records:
     if r["method"].startswith("XRAI_SELECTION"):
-      print(f"{r['method']:18s} {r['ours_maps_per_s']:12.2f} {r['pair_maps_per_s']:12.2f} "
-            f"{r['ratio_vs_pair']:10.1f} {'-':>22s}  ({max(r['num_masks'])} masks, identical; "
-            f"NumPy {r['numpy_maps_per_s']:.2f} maps/s, ours/NumPy {r['ratio_vs_numpy']:.2f})")
+      print(
+        f"{r['method']:18s} {r['ours_maps_per_s']:12.2f} {r['pair_maps_per_s']:12.2f} "
+        f"{r['ratio_vs_pair']:10.1f} {'-':>22s}  ({max(r['num_masks'])} masks, identical; "
+        f"NumPy {r['numpy_maps_per_s']:.2f} maps/s, ours/NumPy {r['ratio_vs_numpy']:.2f})"
+      )
   if _JSON.value:
     print(f"wrote {_JSON.value}")
 

@@ -9,6 +9,7 @@ difference between the two answers. Our first call (compilation) is timed separa
 reports the best of `--repeats` warm calls for both sides. The load average is printed because
 the timings only mean something against it.
 """
+
 import os
 import time
 
@@ -41,13 +42,13 @@ def _smooth_maps(rng, n, size):
   freq = rng.normal(size=(n, size // 16 + 1, size // 16 + 1))
   maps = np.kron(freq, np.ones((16, 16)))[:, :size, :size]
   maps += 0.3 * rng.random((n, size, size))
-  maps = (maps - maps.min(axis=(1, 2), keepdims=True))
+  maps = maps - maps.min(axis=(1, 2), keepdims=True)
   maps = (maps / maps.max(axis=(1, 2), keepdims=True)).astype(np.float32)
   maps = np.round(maps * 1000) / 1000  # ties, as maps stored at limited precision have
   masks = np.zeros((n, size, size), bool)
   for i in range(n):
     y, x = rng.integers(0, size // 2, 2)
-    masks[i, y:y + size // 3, x:x + size // 4] = True
+    masks[i, y : y + size // 3, x : x + size // 4] = True
   return maps.astype(np.float32), masks
 
 
@@ -57,8 +58,10 @@ def main(argv):
   n, size, repeats = _NUM_MAPS.value, _SIZE.value, _REPEATS.value
   a, masks = _smooth_maps(rng, n, size)
   b, _ = _smooth_maps(rng, n, size)
-  print(f"{n} maps of {size}x{size}; JAX backend {jax.default_backend()}; "
-        f"{os.cpu_count()} CPUs; load average before: {os.getloadavg()}")
+  print(
+    f"{n} maps of {size}x{size}; JAX backend {jax.default_backend()}; "
+    f"{os.cpu_count()} CPUs; load average before: {os.getloadavg()}"
+  )
 
   rows = []
 
@@ -72,10 +75,13 @@ def main(argv):
     rows.append((name, t_ref, t_ours, first, diff))
 
   for gaussian in (False, True):
-    compare(f"ssim ({'gaussian' if gaussian else 'uniform 7x7'})",
-            lambda g=gaussian: metrics.ssim(a, b, data_range=1.0, gaussian_weights=g),
-            lambda g=gaussian: [structural_similarity(x, y, data_range=1.0, gaussian_weights=g)
-                                for x, y in zip(a, b)])
+    compare(
+      f"ssim ({'gaussian' if gaussian else 'uniform 7x7'})",
+      lambda g=gaussian: metrics.ssim(a, b, data_range=1.0, gaussian_weights=g),
+      lambda g=gaussian: [
+        structural_similarity(x, y, data_range=1.0, gaussian_weights=g) for x, y in zip(a, b)
+      ],
+    )
 
   def sk_auprc():
     out = []
@@ -85,18 +91,28 @@ def main(argv):
     return out
 
   compare("auprc", lambda: metrics.auprc(a, masks), sk_auprc)
-  compare("average_precision", lambda: metrics.average_precision(a, masks),
-          lambda: [skm.average_precision_score(m.ravel(), x.ravel()) for x, m in zip(a, masks)])
-  compare("roc_auc", lambda: metrics.roc_auc(a, masks),
-          lambda: [skm.roc_auc_score(m.ravel(), x.ravel()) for x, m in zip(a, masks)])
+  compare(
+    "average_precision",
+    lambda: metrics.average_precision(a, masks),
+    lambda: [skm.average_precision_score(m.ravel(), x.ravel()) for x, m in zip(a, masks)],
+  )
+  compare(
+    "roc_auc",
+    lambda: metrics.roc_auc(a, masks),
+    lambda: [skm.roc_auc_score(m.ravel(), x.ravel()) for x, m in zip(a, masks)],
+  )
 
-  header = ("| metric | reference loop (s) | ours (s) | ms/map ours | speed-up | "
-            "ours first call (s) | max abs diff |")
+  header = (
+    "| metric | reference loop (s) | ours (s) | ms/map ours | speed-up | "
+    "ours first call (s) | max abs diff |"
+  )
   print(header)
   print("|" + "---|" * 7)
   for name, t_ref, t_ours, first, diff in rows:
-    print(f"| {name} | {t_ref:.3f} | {t_ours:.3f} | {1000 * t_ours / n:.2f} | "
-          f"{t_ref / t_ours:.1f}x | {first:.2f} | {diff:.1e} |")
+    print(
+      f"| {name} | {t_ref:.3f} | {t_ours:.3f} | {1000 * t_ours / n:.2f} | "
+      f"{t_ref / t_ours:.1f}x | {first:.2f} | {diff:.1e} |"
+    )
   print(f"load average after: {os.getloadavg()}")
 
 

@@ -9,6 +9,7 @@ mesh of 8 and on a mesh of 1 (same process, same inputs) and the ratio of step t
 on one physical CPU the 8-device mesh pays for its partitioning, it cannot be faster. On an
 accelerator the mesh is every local device. Random inputs: no input pipeline is timed.
 """
+
 import json
 
 from absl import app
@@ -26,8 +27,9 @@ _CHANNELS = flags.DEFINE_integer("channels", 1, "Image channels.")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Global batch.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (median reported).")
 _DTYPE = flags.DEFINE_string("dtype", "float32", "Compute dtype: float32 or bfloat16.")
-_CPU_DEVICES = flags.DEFINE_integer("num_cpu_devices", 8,
-                                    "Simulated CPU devices (CPU backend only).")
+_CPU_DEVICES = flags.DEFINE_integer(
+  "num_cpu_devices", 8, "Simulated CPU devices (CPU backend only)."
+)
 _JSON = flags.DEFINE_string("json", None, "Write the records here.")
 
 
@@ -42,23 +44,43 @@ def main(argv):
   if len(devices) > 1:
     meshes[f"{len(devices)} devices"] = Mesh(np.asarray(devices), (steps.DATA_AXIS,))
   shape = (_IMAGE_SIZE.value, _IMAGE_SIZE.value, _CHANNELS.value)
-  print(f"backend {jax.default_backend()}: {devices[0].device_kind} x{len(devices)}; "
-        f"batch {_BATCH.value}, {shape}, {_DTYPE.value}")
-  print(f"{'model':<16}{'mesh':<12}{'step ms':>10}{'images/s':>12}{'compile s':>11}"
-        f"{'vs 1 device':>13}")
+  print(
+    f"backend {jax.default_backend()}: {devices[0].device_kind} x{len(devices)}; "
+    f"batch {_BATCH.value}, {shape}, {_DTYPE.value}"
+  )
+  print(
+    f"{'model':<16}{'mesh':<12}{'step ms':>10}{'images/s':>12}{'compile s':>11}{'vs 1 device':>13}"
+  )
   records = []
   for name in _MODELS.value:
     base = None
     for label, mesh in meshes.items():
-      result = train_step_time(models.create(name), shape, batch_size=_BATCH.value,
-                               mesh=mesh, num_steps=_STEPS.value, dtype=_DTYPE.value)
+      result = train_step_time(
+        models.create(name),
+        shape,
+        batch_size=_BATCH.value,
+        mesh=mesh,
+        num_steps=_STEPS.value,
+        dtype=_DTYPE.value,
+      )
       base = base or result["step_s"]
       ratio = result["step_s"] / base
-      print(f"{name:<16}{label:<12}{1e3 * result['step_s']:>10.1f}"
-            f"{result['images_per_s']:>12.1f}{result['compile_s']:>11.1f}{ratio:>13.2f}")
-      records.append(dict(model=name, mesh=label, image_shape=shape, batch_size=_BATCH.value,
-                          dtype=_DTYPE.value, backend=jax.default_backend(),
-                          step_time_vs_1_device=ratio, **result))
+      print(
+        f"{name:<16}{label:<12}{1e3 * result['step_s']:>10.1f}"
+        f"{result['images_per_s']:>12.1f}{result['compile_s']:>11.1f}{ratio:>13.2f}"
+      )
+      records.append(
+        dict(
+          model=name,
+          mesh=label,
+          image_shape=shape,
+          batch_size=_BATCH.value,
+          dtype=_DTYPE.value,
+          backend=jax.default_backend(),
+          step_time_vs_1_device=ratio,
+          **result,
+        )
+      )
   if _JSON.value:
     with open(_JSON.value, "w") as f:
       json.dump(records, f, indent=2)

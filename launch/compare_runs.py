@@ -8,6 +8,7 @@ description (manifest.json: shape, dtype, the method's recorded settings) that d
 printed as a note, not a difference: a renamed setting changes it, not the maps. Prints each
 difference; exits 1 when there is one. Used to show that a refactoring changed no number.
 """
+
 import filecmp
 import json
 import os
@@ -68,6 +69,7 @@ def _json_difference(a: str, b: str) -> str:
         yield from walk(x.get(k), y.get(k), f"{path}.{k}" if path else k)
     elif x != y:
       yield f"{path}: {x!r} -> {y!r}"
+
   return "; ".join(walk(x, y, ""))
 
 

@@ -29,6 +29,7 @@ any store is, from any machine, while the job runs or after it was stopped:
 computed by this process: the resumption test uses them to kill a job between chunks and to
 check that the restart recomputes nothing that was finished.
 """
+
 import time
 
 from absl import app
@@ -50,15 +51,20 @@ _KEY_SEED = flags.DEFINE_integer("key_seed", 0, "Seed of the methods' noise key.
 _CHUNK_SIZE = flags.DEFINE_integer("chunk_size", 4, "Maps per chunk.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "float16"], "Stored dtype.")
 _NUM_DEVICES = flags.DEFINE_integer(
-    "num_devices", 0, "Devices to shard each chunk over; 0 for the default mesh.")
+  "num_devices", 0, "Devices to shard each chunk over; 0 for the default mesh."
+)
 _PREPARED_DIR = flags.DEFINE_string(
-    "prepared_dir", None, "Cache of model-independent data (XRAI segments) per chunk.")
+  "prepared_dir", None, "Cache of model-independent data (XRAI segments) per chunk."
+)
 _CHUNK_DELAY_S = flags.DEFINE_float("chunk_delay_s", 0.0, "Sleep after each chunk (tests).")
 _CHUNK_LOG = flags.DEFINE_string("chunk_log", None, "File to append computed chunks to.")
 _STATUS = flags.DEFINE_bool("status", False, "Only print the store's progress and exit.")
 _DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "Run as one of several hosts (jax.distributed.initialize; the "
-    "three flags below, or the cluster's environment when they are unset).")
+  "distributed",
+  False,
+  "Run as one of several hosts (jax.distributed.initialize; the "
+  "three flags below, or the cluster's environment when they are unset).",
+)
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of hosts.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This host's index.")
@@ -68,9 +74,11 @@ def _method(name: str):
   if name in demo.DEMO_METHODS:
     return demo.DEMO_METHODS[name]
   from saliency_jax.attributions import METHODS  # pylint: disable=g-import-not-at-top
+
   if name not in METHODS:
-    raise app.UsageError(f"Unknown method {name!r}; known: "
-                         f"{sorted(METHODS) + sorted(demo.DEMO_METHODS)}")
+    raise app.UsageError(
+      f"Unknown method {name!r}; known: {sorted(METHODS) + sorted(demo.DEMO_METHODS)}"
+    )
   return METHODS[name]
 
 
@@ -93,10 +101,13 @@ def main(argv):
   if _DISTRIBUTED.value:
     multihost.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   model_fns, images, targets, indices, ids = demo.tiny_problem(
-      seed=_SEED.value, num_images=_NUM_IMAGES.value, height=_HEIGHT.value,
-      width=_WIDTH.value, channels=_CHANNELS.value)
-  mesh = (maps.batch_mesh(jax.local_devices()[:_NUM_DEVICES.value]) if _NUM_DEVICES.value
-          else None)
+    seed=_SEED.value,
+    num_images=_NUM_IMAGES.value,
+    height=_HEIGHT.value,
+    width=_WIDTH.value,
+    channels=_CHANNELS.value,
+  )
+  mesh = maps.batch_mesh(jax.local_devices()[: _NUM_DEVICES.value]) if _NUM_DEVICES.value else None
 
   def on_chunk(index, seconds):
     if _CHUNK_LOG.value:
@@ -104,12 +115,21 @@ def main(argv):
         f.write(f"{index} {seconds:.4f}\n")
     time.sleep(_CHUNK_DELAY_S.value)
 
-  plan = maps.MapPlan(chunk_size=_CHUNK_SIZE.value, dtype=_DTYPE.value, mesh=mesh,
-                      prepared_dir=_PREPARED_DIR.value, on_chunk=on_chunk)
+  plan = maps.MapPlan(
+    chunk_size=_CHUNK_SIZE.value,
+    dtype=_DTYPE.value,
+    mesh=mesh,
+    prepared_dir=_PREPARED_DIR.value,
+    on_chunk=on_chunk,
+  )
   store = maps.generate_maps(
-      _STORE.value, _method(_METHOD.value), model_fns,
-      maps.MapInputs(images, targets, indices, ids), key=jax.random.key(_KEY_SEED.value),
-      plan=plan)
+    _STORE.value,
+    _method(_METHOD.value),
+    model_fns,
+    maps.MapInputs(images, targets, indices, ids),
+    key=jax.random.key(_KEY_SEED.value),
+    plan=plan,
+  )
   print(store)
 
 

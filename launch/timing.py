@@ -1,4 +1,5 @@
 """Timing helpers of the benchmark scripts."""
+
 import time
 
 import jax
@@ -27,5 +28,4 @@ def best_of(fn, repeats):
 
 
 def block(x):
-  return jax.tree.map(lambda a: a.block_until_ready() if hasattr(a, "block_until_ready")
-                      else a, x)
+  return jax.tree.map(lambda a: a.block_until_ready() if hasattr(a, "block_until_ready") else a, x)

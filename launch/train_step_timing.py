@@ -1,4 +1,5 @@
 """The jitted training step's time on random data, for the training benchmarks."""
+
 import time
 
 import flax.linen as nn
@@ -13,10 +14,18 @@ from saliency_jax.train import steps
 from saliency_jax.train import tasks
 
 
-def train_step_time(module: nn.Module, image_shape: tuple[int, int, int], *, batch_size: int,
-                    mesh: Mesh | None = None, num_steps: int = 10, dtype: str = "float32",
-                    learning_rate: float = 1e-3, segmentation: bool = False,
-                    detector: bool = False) -> dict:
+def train_step_time(
+  module: nn.Module,
+  image_shape: tuple[int, int, int],
+  *,
+  batch_size: int,
+  mesh: Mesh | None = None,
+  num_steps: int = 10,
+  dtype: str = "float32",
+  learning_rate: float = 1e-3,
+  segmentation: bool = False,
+  detector: bool = False,
+) -> dict:
   """Times the jitted training step on random data (no input pipeline).
 
   `segmentation`: the U-Net's task; `detector`: the RetinaNet's (random boxes, up to 3 per
@@ -27,8 +36,9 @@ def train_step_time(module: nn.Module, image_shape: tuple[int, int, int], *, bat
   settings = (float(learning_rate), "constant", 0, 0, 0.0)  # as steps.optimizer_settings
   task = tasks.SEGMENTER if segmentation else tasks.CLASSIFIER
   if detector:
-    task = tasks.detector_task(tuple(float(s) for s in module.anchor_sizes),
-                               tuple(image_shape[:2]), 3, "smooth_l1")
+    task = tasks.detector_task(
+      tuple(float(s) for s in module.anchor_sizes), tuple(image_shape[:2]), 3, "smooth_l1"
+    )
   train_steps = steps.make_steps(task, steps.with_dtype(module, dtype), settings, mesh)
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P(steps.DATA_AXIS))
@@ -36,10 +46,12 @@ def train_step_time(module: nn.Module, image_shape: tuple[int, int, int], *, bat
   state = train_steps.init_state(jax.device_put(variables, replicated))
   rng = np.random.default_rng(0)
   local = batch_size // jax.process_count()
-  batch = {"image": rng.normal(size=(local, *image_shape)).astype(np.float32),
-           "label": (np.arange(local) % 2).astype(np.int32),
-           "mask": rng.random((local, *image_shape[:2])) > 0.9,
-           "num_boxes": (np.arange(local) % 4).astype(np.int32)}
+  batch = {
+    "image": rng.normal(size=(local, *image_shape)).astype(np.float32),
+    "label": (np.arange(local) % 2).astype(np.int32),
+    "mask": rng.random((local, *image_shape[:2])) > 0.9,
+    "num_boxes": (np.arange(local) % 4).astype(np.int32),
+  }
   corners = rng.uniform(0, min(image_shape[:2]), (local, 3, 2, 2))
   batch["boxes"] = np.concatenate([corners.min(2), corners.max(2) + 4], -1).astype(np.float32)
   batch = steps.global_batch(batch, task.batch_keys, batch_sharding)
@@ -54,5 +66,9 @@ def train_step_time(module: nn.Module, image_shape: tuple[int, int, int], *, bat
     jax.block_until_ready(loss)
     times.append(time.perf_counter() - start)
   step_s = float(np.median(times))
-  return {"step_s": step_s, "images_per_s": batch_size / step_s, "compile_s": compile_s,
-          "devices": mesh.size}
+  return {
+    "step_s": step_s,
+    "images_per_s": batch_size / step_s,
+    "compile_s": compile_s,
+    "devices": mesh.size,
+  }

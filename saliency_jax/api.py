@@ -23,6 +23,7 @@ is no localization network to train, so repeatability and reproducibility have n
 without `train_masks` the average-mask baseline is the mean of the given images' own masks;
 CheXlocalize's metrics need validation images to tune their thresholds on.
 """
+
 from collections.abc import Callable, Sequence
 import dataclasses
 import json
@@ -41,6 +42,7 @@ from saliency_jax.trust.names import SetName
 class FlaxModel:
   """A Flax module and its variables; see `saliency_jax.models.plugin` for the protocol
   (`features`/`head` or `gradcam_layer`, an `activation` field, `block_names` or `blocks`)."""
+
   name: str
   module: Any
   variables: Any
@@ -52,6 +54,7 @@ class FlaxModel:
 @dataclasses.dataclass
 class FunctionModel:
   """A classifier known by its functions only (any JAX model)."""
+
   name: str
   logits_fn: Callable
   features_fn: Callable | None = None
@@ -64,7 +67,7 @@ class FunctionModel:
 class Result:
   records: list[dict[str, Any]]  # [] when the criteria stage did not run
   summary: dict[str, Any] | None
-  report: str                    # the report's path (absent when the report stage did not run)
+  report: str  # the report's path (absent when the report stage did not run)
   skipped: list[dict[str, str]]  # what was not evaluated, and why
   workdir: str
 
@@ -75,18 +78,28 @@ def default_config() -> ml_collections.ConfigDict:
   config's `sanity` section is left out: it names the synthetic models, and its data
   randomization test trains; add a section naming your models to run those checks."""
   from configs import synthetic  # pylint: disable=g-import-not-at-top
+
   config = synthetic.get_config()
   del config["sanity"]
   return config
 
 
-def evaluate(models: Sequence[FlaxModel | FunctionModel] | None = None,
-             images: np.ndarray | None = None, *, masks: np.ndarray | None = None,
-             boxes: Sequence[np.ndarray] | None = None, labels: np.ndarray | None = None,
-             ids: Sequence[str] | None = None, train_masks: np.ndarray | None = None,
-             config: ml_collections.ConfigDict | None = None, workdir: str | None = None,
-             dataset_name: str = "given images", stages: Sequence[str] | None = None,
-             redo: Sequence[str] = (), load_records: bool = True) -> Result:
+def evaluate(
+  models: Sequence[FlaxModel | FunctionModel] | None = None,
+  images: np.ndarray | None = None,
+  *,
+  masks: np.ndarray | None = None,
+  boxes: Sequence[np.ndarray] | None = None,
+  labels: np.ndarray | None = None,
+  ids: Sequence[str] | None = None,
+  train_masks: np.ndarray | None = None,
+  config: ml_collections.ConfigDict | None = None,
+  workdir: str | None = None,
+  dataset_name: str = "given images",
+  stages: Sequence[str] | None = None,
+  redo: Sequence[str] = (),
+  load_records: bool = True,
+) -> Result:
   """Runs the study; see the module docstring.
 
   Args:
@@ -112,9 +125,18 @@ def evaluate(models: Sequence[FlaxModel | FunctionModel] | None = None,
     study = study_lib.Study(config, workdir)
     stages = study_lib.STAGES if stages is None else stages
   else:
-    study = _GivenStudy(config, workdir, models, images, masks=masks, boxes=boxes,
-                        labels=labels, ids=ids, train_masks=train_masks,
-                        dataset_name=dataset_name)
+    study = _GivenStudy(
+      config,
+      workdir,
+      models,
+      images,
+      masks=masks,
+      boxes=boxes,
+      labels=labels,
+      ids=ids,
+      train_masks=train_masks,
+      dataset_name=dataset_name,
+    )
     stages = _GivenStudy.STAGES if stages is None else stages
   for stage in redo:
     study.progress.stages.pop(stage, None)
@@ -126,13 +148,13 @@ def evaluate(models: Sequence[FlaxModel | FunctionModel] | None = None,
     with open(os.path.join(workdir, "summary.json")) as f:
       summary = json.load(f)
   skipped = study.manifest.skipped if study.manifest.has_run else []
-  return Result(records=records, summary=summary, report=report, skipped=skipped,
-                workdir=workdir)
+  return Result(records=records, summary=summary, report=report, skipped=skipped, workdir=workdir)
 
 
 def _boxes_mask(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
   """The union of (ymin, xmin, ymax, xmax) boxes as a bool mask, by pixel centers."""
   from saliency_jax.data import real_builder  # pylint: disable=g-import-not-at-top
+
   mask = np.zeros(shape, bool)
   for ymin, xmin, ymax, xmax in np.asarray(boxes, np.float64).reshape(-1, 4):
     r0, r1 = real_builder._center_range(ymin, ymax, shape[0])  # pylint: disable=protected-access
@@ -147,8 +169,9 @@ class _GivenStudy(study_lib.Study):
   STAGES = ("maps", "criteria", "report")
   GIVEN = True  # the config check leaves out the dataset, model and training fields
 
-  def __init__(self, config, workdir, models, images, *, masks, boxes, labels, ids,
-               train_masks, dataset_name):
+  def __init__(
+    self, config, workdir, models, images, *, masks, boxes, labels, ids, train_masks, dataset_name
+  ):
     images = np.asarray(images, np.float32)
     if images.ndim != 4:
       raise ValueError(f"images must be [N, H, W, C], got shape {images.shape}")
@@ -183,8 +206,9 @@ class _GivenStudy(study_lib.Study):
     # The config's model names (A1, ...) mean nothing here: default to the first given model.
     study = config.study
     study.utility_models = tuple(m for m in study.utility_models if m in names) or names[:1]
-    study.independent_randomization = tuple(
-        m for m in study.independent_randomization if m in names) or names[:1]
+    study.independent_randomization = (
+      tuple(m for m in study.independent_randomization if m in names) or names[:1]
+    )
     config.localization.seeds = ()
     # CheXlocalize tunes its thresholds on validation images; none are given here.
     self._no_tuning = bool(study.get("chexlocalize") and study.chexlocalize.enabled)
@@ -207,19 +231,39 @@ class _GivenStudy(study_lib.Study):
       out = []
       for m in self._models:
         if isinstance(m, FlaxModel):
-          bound = plugin.from_flax(m.name, m.module, m.variables, shape,
-                                   gradcam_layer=m.gradcam_layer,
-                                   blocks=None if m.blocks is None else tuple(m.blocks),
-                                   arch=m.arch)
+          bound = plugin.from_flax(
+            m.name,
+            m.module,
+            m.variables,
+            shape,
+            gradcam_layer=m.gradcam_layer,
+            blocks=None if m.blocks is None else tuple(m.blocks),
+            arch=m.arch,
+          )
         elif isinstance(m, FunctionModel):
-          bound = plugin.prediction_only(m.name, m.logits_fn, features_fn=m.features_fn,
-                                         head_fn=m.head_fn,
-                                         guided_logits_fn=m.guided_logits_fn, arch=m.arch)
+          bound = plugin.prediction_only(
+            m.name,
+            m.logits_fn,
+            features_fn=m.features_fn,
+            head_fn=m.head_fn,
+            guided_logits_fn=m.guided_logits_fn,
+            arch=m.arch,
+          )
         else:
           raise TypeError(f"models must be api.FlaxModel or api.FunctionModel, got {type(m)}")
-        out.append(study_lib.TrainedModel(m.name, bound.arch, bound.module, bound.variables,
-                                        float("nan"), self.config.data.style, bound))
+        out.append(
+          study_lib.TrainedModel(
+            m.name,
+            bound.arch,
+            bound.module,
+            bound.variables,
+            float("nan"),
+            self.config.data.style,
+            bound,
+          )
+        )
       return out
+
     return self._cached("classifiers", build)
 
   def localizers(self):
@@ -230,15 +274,23 @@ class _GivenStudy(study_lib.Study):
       positives = np.flatnonzero(self._labels == 1)
       if len(positives) < 2:
         raise ValueError(f"{len(positives)} positive images given; the study needs >= 2")
-      count = (self.config.study.num_utility_images if name == SetName.UTILITY
-               else self.config.study.num_eval_images)
+      count = (
+        self.config.study.num_utility_images
+        if name == SetName.UTILITY
+        else self.config.study.num_eval_images
+      )
       if count and count < len(positives):
         rng = np.random.default_rng(self.config.seed)  # as Study.image_set draws its subset
         positives = np.sort(rng.choice(positives, size=count, replace=False))
       return study_lib.ImageSet(
-          name=name, ids=self._ids[positives], indices=positives,
-          raw=_display(self._images[positives]), masks=self._truth[positives],
-          boxes=[self._boxes[i] for i in positives])
+        name=name,
+        ids=self._ids[positives],
+        indices=positives,
+        raw=_display(self._images[positives]),
+        masks=self._truth[positives],
+        boxes=[self._boxes[i] for i in positives],
+      )
+
     return self._cached(f"set_{name}", build)
 
   def inputs(self, image_set, style):
@@ -247,22 +299,36 @@ class _GivenStudy(study_lib.Study):
 
   def average_mask(self):
     from saliency_jax.trust import criteria  # pylint: disable=g-import-not-at-top
+
     if self._train_masks is not None:
       return criteria.average_mask(np.asarray(self._train_masks))
     return criteria.average_mask(self._truth[self._labels == 1])
 
   def skipped(self):
     out = super().skipped()
-    out.append(dict(model="-", what="localization-network baseline",
-                    why="no training split to train it on: repeatability and reproducibility "
-                        "have no baseline"))
+    out.append(
+      dict(
+        model="-",
+        what="localization-network baseline",
+        why="no training split to train it on: repeatability and reproducibility have no baseline",
+      )
+    )
     if self._no_tuning:
-      out.append(dict(model="-", what="CheXlocalize metrics",
-                      why="their thresholds are tuned on validation images: none given"))
+      out.append(
+        dict(
+          model="-",
+          what="CheXlocalize metrics",
+          why="their thresholds are tuned on validation images: none given",
+        )
+      )
     if self._train_masks is None:
-      out.append(dict(model="-", what="average-mask baseline (as in the paper)",
-                      why="no train_masks given: the baseline is the mean of the scored "
-                          "images' own masks"))
+      out.append(
+        dict(
+          model="-",
+          what="average-mask baseline (as in the paper)",
+          why="no train_masks given: the baseline is the mean of the scored images' own masks",
+        )
+      )
     return out
 
 

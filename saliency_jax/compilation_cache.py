@@ -13,6 +13,7 @@ A directory that cannot be written is only read (its entries are used, none is w
 one that cannot be created is not used; both say so. On several hosts JAX writes entries only
 from process 0: other hosts reuse them when the directory is on a shared file system.
 """
+
 import os
 
 import jax
@@ -67,4 +68,5 @@ def enable(location: str = "workdir", workdir: str | None = None) -> str | None:
 def _reset():
   """Makes JAX look at the cache settings again (it checks them once per process)."""
   from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=g-import-not-at-top
+
   compilation_cache.reset_cache()

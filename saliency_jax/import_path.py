@@ -1,4 +1,5 @@
 """Objects named by import path in configs: `"package.module:Name"` (a class, a function)."""
+
 import importlib
 from typing import Any
 

@@ -8,6 +8,7 @@ barrier that host 0 reaches once the file is there.
   multihost.initialize(coordinator_address, num_processes, process_id)   # the launchers
   multihost.write_shared_json(path, data, "what")   # host 0 writes, every host waits
 """
+
 from __future__ import annotations
 
 import json
@@ -17,17 +18,23 @@ import tempfile
 import jax
 
 
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None) -> None:
+def initialize(
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+) -> None:
   """`jax.distributed.initialize` for the launchers; None lets a cluster's environment (SLURM,
   MPI, TPU pods, Kubernetes) fill in a value, the three flags start hosts anywhere else."""
   # CPU hosts need a collectives library for barriers and gathers; accelerators ignore this.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   # Hosts other than 0 finish with the maps stage and wait in JAX's shutdown barrier while
   # host 0 scores and reports: give that an hour, not the default five minutes.
-  jax.distributed.initialize(coordinator_address=coordinator_address,
-                             num_processes=num_processes, process_id=process_id,
-                             shutdown_timeout_seconds=3600)
+  jax.distributed.initialize(
+    coordinator_address=coordinator_address,
+    num_processes=num_processes,
+    process_id=process_id,
+    shutdown_timeout_seconds=3600,
+  )
 
 
 def is_writer() -> bool:
@@ -39,6 +46,7 @@ def barrier(name: str) -> None:
   """Waits until every host got here (nothing to wait for in a single-process run)."""
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
     multihost_utils.sync_global_devices(name)
 
 

@@ -1,4 +1,5 @@
 """Whether a process of this machine is still running (worker watchdogs, stale locks)."""
+
 import os
 
 

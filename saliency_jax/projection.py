@@ -16,6 +16,7 @@ into seconds per stage. Both follow what `trust.Study` runs:
 - criteria: utility per utility map (and baselines), a similarity per (eval image, state)
   pair, per replicate pair, and `random_pairs` similarities per eval image and method.
 """
+
 from collections.abc import Mapping
 import dataclasses
 import itertools
@@ -26,6 +27,7 @@ from typing import Any
 @dataclasses.dataclass(frozen=True)
 class Splits:
   """A dataset's split sizes; `positive_test` images with a finding in the test split."""
+
   train: int
   val: int
   test: int
@@ -40,8 +42,8 @@ def _positives(test: int, fraction: float) -> int:
 # Positive test images: the dataset-wide positive fraction (SIIM 2,379 of 10,675 images;
 # RSNA 6,012 "Lung Opacity" of 14,863) applied to the test split, an estimate.
 PAPER_SPLITS = {
-    "siim": Splits(8646, 961, 1068, _positives(1068, 2379 / 10675)),
-    "rsna": Splits(12039, 1338, 1486, _positives(1486, 6012 / 14863)),
+  "siim": Splits(8646, 961, 1068, _positives(1068, 2379 / 10675)),
+  "rsna": Splits(12039, 1338, 1486, _positives(1486, 6012 / 14863)),
 }
 
 
@@ -49,10 +51,10 @@ PAPER_SPLITS = {
 class ModelWork:
   name: str
   steps: int
-  eval_batches: int          # validation batches over the whole training
-  map_states: int            # states with maps (all sets)
-  maps_per_method: int       # maps of one method over all states, chunk padding included
-  eval_states: int           # states on the eval set (cascade + independent)
+  eval_batches: int  # validation batches over the whole training
+  map_states: int  # states with maps (all sets)
+  maps_per_method: int  # maps of one method over all states, chunk padding included
+  eval_states: int  # states on the eval set (cascade + independent)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,11 +62,11 @@ class StudyWork:
   classifiers: tuple[ModelWork, ...]
   localizers: tuple[ModelWork, ...]
   methods: tuple[str, ...]
-  localizer_maps: int        # per localizer
-  segmentations: int         # XRAI segmentations (image set x input style)
-  utility_maps: int          # criteria: maps scored for utility (baselines included)
-  similarity_pairs: int      # criteria: paired-map similarities
-  random_pairs: int          # criteria: random-pair similarities
+  localizer_maps: int  # per localizer
+  segmentations: int  # XRAI segmentations (image set x input style)
+  utility_maps: int  # criteria: maps scored for utility (baselines included)
+  similarity_pairs: int  # criteria: paired-map similarities
+  random_pairs: int  # criteria: random-pair similarities
 
 
 def _padded(n: int, chunk: int) -> int:
@@ -100,60 +102,75 @@ def count_work(config: Any, splits: Splits, blocks: Mapping[str, int]) -> StudyW
     styles_by_set["eval"].add(style)
     if utility:
       styles_by_set["utility"].add(style)
-    classifiers.append(ModelWork(
-        name=name, steps=int(train.num_steps),
+    classifiers.append(
+      ModelWork(
+        name=name,
+        steps=int(train.num_steps),
         eval_batches=_evals(int(train.num_steps), int(train.eval_every)) * val_batches,
         map_states=eval_states + util_states,
-        maps_per_method=eval_states * _padded(n_eval, chunk) + util_states * _padded(
-            n_util, chunk),
-        eval_states=eval_states))
+        maps_per_method=eval_states * _padded(n_eval, chunk) + util_states * _padded(n_util, chunk),
+        eval_states=eval_states,
+      )
+    )
   loc = config.localization
   loc_batch = int(loc.train.get("eval_batch_size", loc.train.batch_size))
   localizers = tuple(
-      ModelWork(name=f"localizer{i + 1}", steps=int(loc.train.num_steps),
-                eval_batches=_evals(int(loc.train.num_steps), int(loc.train.eval_every))
-                * math.ceil(splits.val / loc_batch),
-                map_states=2, maps_per_method=_padded(n_eval, chunk) + _padded(n_util, chunk),
-                eval_states=1)
-      for i in range(len(loc.seeds)))
+    ModelWork(
+      name=f"localizer{i + 1}",
+      steps=int(loc.train.num_steps),
+      eval_batches=_evals(int(loc.train.num_steps), int(loc.train.eval_every))
+      * math.ceil(splits.val / loc_batch),
+      map_states=2,
+      maps_per_method=_padded(n_eval, chunk) + _padded(n_util, chunk),
+      eval_states=1,
+    )
+    for i in range(len(loc.seeds))
+  )
   segmentations = 0
   if "XRAI" in methods:
-    segmentations = (len(styles_by_set["eval"]) * n_eval
-                     + len(styles_by_set["utility"]) * n_util)
+    segmentations = len(styles_by_set["eval"]) * n_eval + len(styles_by_set["utility"]) * n_util
   n_methods = len(methods)
   utility_maps = n_util * (len(study.utility_models) * 2 * n_methods + 1 + len(localizers))
   similarity_pairs = n_eval * (
-      sum(c.eval_states for c in classifiers) * n_methods
-      + len(list(itertools.combinations(classifiers, 2))) * n_methods
-      + len(list(itertools.combinations(localizers, 2))))
+    sum(c.eval_states for c in classifiers) * n_methods
+    + len(list(itertools.combinations(classifiers, 2))) * n_methods
+    + len(list(itertools.combinations(localizers, 2)))
+  )
   random_pairs = n_eval * int(study.random_pairs) * len(classifiers) * n_methods
-  return StudyWork(classifiers=tuple(classifiers), localizers=localizers, methods=methods,
-                   localizer_maps=localizers[0].maps_per_method if localizers else 0,
-                   segmentations=segmentations, utility_maps=utility_maps,
-                   similarity_pairs=similarity_pairs, random_pairs=random_pairs)
+  return StudyWork(
+    classifiers=tuple(classifiers),
+    localizers=localizers,
+    methods=methods,
+    localizer_maps=localizers[0].maps_per_method if localizers else 0,
+    segmentations=segmentations,
+    utility_maps=utility_maps,
+    similarity_pairs=similarity_pairs,
+    random_pairs=random_pairs,
+  )
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainRates:
-  compile_s: float           # first step and first evaluation, beyond their steady time
+  compile_s: float  # first step and first evaluation, beyond their steady time
   step_s: float
   eval_batch_s: float
 
 
 @dataclasses.dataclass(frozen=True)
 class MapRates:
-  compile_s: float           # the first state's extra time
-  state_s: float             # each further state's extra time (new variables)
+  compile_s: float  # the first state's extra time
+  state_s: float  # each further state's extra time (new variables)
   per_map_s: float
 
 
 @dataclasses.dataclass(frozen=True)
 class Rates:
   """Measured costs, by model name (classifiers and `localizer<i>`) and (model, method)."""
+
   train: Mapping[str, TrainRates]
   maps: Mapping[tuple[str, str], MapRates]
-  localizer_map_s: float     # per localizer map (forward pass)
-  segmentation_s: float      # per XRAI segmentation
+  localizer_map_s: float  # per localizer map (forward pass)
+  segmentation_s: float  # per XRAI segmentation
   utility_map_s: float
   similarity_pair_s: float
   random_pair_s: float
@@ -172,19 +189,27 @@ def project(work: StudyWork, rates: Rates) -> dict[str, Any]:
   for m in work.classifiers:
     for method in work.methods:
       r = rates.maps[(m.name, method)]
-      maps[(m.name, method)] = (r.compile_s + (m.map_states - 1) * r.state_s
-                                + m.maps_per_method * r.per_map_s)
+      maps[(m.name, method)] = (
+        r.compile_s + (m.map_states - 1) * r.state_s + m.maps_per_method * r.per_map_s
+      )
   segmentation = work.segmentations * rates.segmentation_s
   localizer_maps = len(work.localizers) * work.localizer_maps * rates.localizer_map_s
-  criteria = (work.utility_maps * rates.utility_map_s
-              + work.similarity_pairs * rates.similarity_pair_s
-              + work.random_pairs * rates.random_pair_s)
+  criteria = (
+    work.utility_maps * rates.utility_map_s
+    + work.similarity_pairs * rates.similarity_pair_s
+    + work.random_pairs * rates.random_pair_s
+  )
   fixed = {stage: rates.fixed_s.get(stage, 0.0) for stage in ("train", "maps", "criteria")}
-  out = {"train": train, "maps": maps, "segmentation": segmentation,
-         "localizer_maps": localizer_maps, "criteria": criteria,
-         "train_s": sum(train.values()) + fixed["train"],
-         "maps_s": sum(maps.values()) + segmentation + localizer_maps + fixed["maps"],
-         "criteria_s": criteria + fixed["criteria"]}
+  out = {
+    "train": train,
+    "maps": maps,
+    "segmentation": segmentation,
+    "localizer_maps": localizer_maps,
+    "criteria": criteria,
+    "train_s": sum(train.values()) + fixed["train"],
+    "maps_s": sum(maps.values()) + segmentation + localizer_maps + fixed["maps"],
+    "criteria_s": criteria + fixed["criteria"],
+  }
   out["total_s"] = out["train_s"] + out["maps_s"] + out["criteria_s"]
   return out
 

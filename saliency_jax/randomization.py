@@ -14,6 +14,7 @@ draw.
 `sample_input` (an image batch [B, H, W, C]) only fixes parameter shapes: its image shape is
 what the fresh model is initialized with.
 """
+
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,8 +35,9 @@ def _block_index(module: Any, name: str, block_names=None) -> int:
 class _FreshBlocks:
   """Draws (and caches) the fresh subtrees of each block, one `module.init` per block."""
 
-  def __init__(self, module: Any, key: jax.Array, sample_input: Any,
-               block_names: Sequence[str] | None = None):
+  def __init__(
+    self, module: Any, key: jax.Array, sample_input: Any, block_names: Sequence[str] | None = None
+  ):
     self.module = module
     self.block_names = tuple(module.block_names if block_names is None else block_names)
     self._key = key
@@ -47,8 +49,9 @@ class _FreshBlocks:
     if name not in self._cache:
       index = _block_index(self.module, name, self.block_names)
       # init_variables compiles once per model and input shape (then reused by every draw).
-      fresh = init_variables(self.module, jax.random.fold_in(self._key, index),
-                             tuple(self._sample.shape[1:]))
+      fresh = init_variables(
+        self.module, jax.random.fold_in(self._key, index), tuple(self._sample.shape[1:])
+      )
       self._cache[name] = {col: tree[name] for col, tree in fresh.items() if name in tree}
     return self._cache[name]
 
@@ -58,8 +61,10 @@ def _replace_blocks(variables: Variables, names: Sequence[str], fresh: _FreshBlo
   for name in names:
     _block_index(fresh.module, name, fresh.block_names)
     if not any(name in tree for tree in variables.values()):
-      raise ValueError(f"Block {name!r} is not in the variables (collections: "
-                       f"{ {c: list(t) for c, t in variables.items()} }).")
+      raise ValueError(
+        f"Block {name!r} is not in the variables (collections: "
+        f"{ {c: list(t) for c, t in variables.items()} })."
+      )
     for col, subtree in fresh(name).items():
       if col not in out:
         raise ValueError(f"The fresh model has collection {col!r} that the variables lack.")
@@ -67,8 +72,9 @@ def _replace_blocks(variables: Variables, names: Sequence[str], fresh: _FreshBlo
   return out
 
 
-def randomize_blocks(module: Any, variables: Variables, block_names: Sequence[str],
-                     key: jax.Array, sample_input: Any) -> Variables:
+def randomize_blocks(
+  module: Any, variables: Variables, block_names: Sequence[str], key: jax.Array, sample_input: Any
+) -> Variables:
   """Returns `variables` with the blocks `block_names` re-initialized; the rest is untouched.
 
   Args:
@@ -81,9 +87,13 @@ def randomize_blocks(module: Any, variables: Variables, block_names: Sequence[st
   return _replace_blocks(variables, list(block_names), _FreshBlocks(module, key, sample_input))
 
 
-def cascading_randomization(module: Any, variables: Variables, key: jax.Array,
-                            sample_input: Any, block_names: Sequence[str] | None = None
-                            ) -> list[tuple[str, Variables]]:
+def cascading_randomization(
+  module: Any,
+  variables: Variables,
+  key: jax.Array,
+  sample_input: Any,
+  block_names: Sequence[str] | None = None,
+) -> list[tuple[str, Variables]]:
   """Cumulative re-initialization from the top: [("original", v), ("logits", v1), ...].
 
   Step k (named after the block it adds, module.block_names[k-1]) has blocks 0..k-1 of
@@ -99,9 +109,13 @@ def cascading_randomization(module: Any, variables: Variables, key: jax.Array,
   return steps
 
 
-def independent_randomization(module: Any, variables: Variables, key: jax.Array,
-                              sample_input: Any, block_names: Sequence[str] | None = None
-                              ) -> list[tuple[str, Variables]]:
+def independent_randomization(
+  module: Any,
+  variables: Variables,
+  key: jax.Array,
+  sample_input: Any,
+  block_names: Sequence[str] | None = None,
+) -> list[tuple[str, Variables]]:
   """One block at a time: [(block_name, variables with only that block randomized), ...]."""
   fresh = _FreshBlocks(module, key, sample_input, block_names)
   return [(name, _replace_blocks(variables, [name], fresh)) for name in fresh.block_names]

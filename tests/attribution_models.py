@@ -4,6 +4,7 @@
 `num_classes`, `features`/`head` split, `block_names`) without depending on the models package.
 `pair_call_model_function` is how a PAIR user drives `saliency.core` with a JAX model.
 """
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -16,6 +17,7 @@ from saliency_jax.models.functions import model_functions
 
 class TinyNet(nn.Module):
   """conv-relu-conv-relu (Grad-CAM layer) | global average pool - dense."""
+
   num_classes: int = 3
   activation: object = nn.relu
   block_names = ("head", "conv2", "conv1")
@@ -43,7 +45,8 @@ def tiny_model(channels=3, num_classes=3, seed=0, size=(12, 10)):
   variables = module.init(jax.random.PRNGKey(seed), jnp.zeros((1,) + size + (channels,)))
   # Make the biases non-zero so ReLUs are not all on at initialization.
   variables = jax.tree.map(
-      lambda p: p + 0.1 * jax.random.normal(jax.random.PRNGKey(seed + 1), p.shape), variables)
+    lambda p: p + 0.1 * jax.random.normal(jax.random.PRNGKey(seed + 1), p.shape), variables
+  )
   return module, variables, model_functions(module, variables)
 
 
@@ -52,7 +55,8 @@ def random_images(shape, seed=0):
   rng = np.random.default_rng(seed)
   x = rng.uniform(-1, 1, shape).astype(np.float32)
   return np.clip(x + np.linspace(-0.5, 0.5, shape[2])[None, None, :, None], -1, 1).astype(
-      np.float32)
+    np.float32
+  )
 
 
 @pytest.fixture(autouse=True)

@@ -3,6 +3,7 @@
 Eight simulated CPU devices, so sharding tests run on any machine; code that is not sharded
 explicitly still runs on the first device. This must happen before JAX initializes a backend.
 """
+
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")

@@ -1,4 +1,5 @@
 """GRAD, GCAM, GBP, GGCAM, to_grayscale and the registry vs PAIR saliency.core."""
+
 from attribution_models import full_float32_precision  # noqa: F401 (autouse)
 from attribution_models import pair_call_model_function
 from attribution_models import random_images
@@ -16,7 +17,7 @@ from saliency_jax.attributions import guided_relu
 from saliency_jax.models.functions import model_functions
 from saliency_jax.models.functions import ModelFunctions
 
-SHAPES = [(2, 12, 10, 3), (1, 9, 9, 1)]   # non-square RGB and square grayscale
+SHAPES = [(2, 12, 10, 3), (1, 9, 9, 1)]  # non-square RGB and square grayscale
 
 
 @pytest.fixture(scope="module", params=SHAPES, ids=["12x10x3", "9x9x1"])
@@ -30,8 +31,7 @@ def setup(request):
 
 def test_gradient_equals_pair(setup):
   fns, images, targets = setup
-  ours = np.asarray(attributions.gradient(fns.logits_fn, images, targets,
-                                          max_grads_in_flight=1))
+  ours = np.asarray(attributions.gradient(fns.logits_fn, images, targets, max_grads_in_flight=1))
   cmf = pair_call_model_function(fns)
   for i, t in enumerate(targets):
     ref = pair.GradientSaliency().GetMask(images[i], cmf, {"target": int(t)})
@@ -41,16 +41,24 @@ def test_gradient_equals_pair(setup):
 @pytest.mark.parametrize("chunk", [1, None])
 def test_gradcam_equals_pair(setup, chunk):
   fns, images, targets = setup
-  ours = np.asarray(attributions.gradcam(fns.features_fn, fns.head_fn, images, targets,
-                                         resize="skimage_bilinear", max_grads_in_flight=chunk))
-  raw = np.asarray(attributions.gradcam(fns.features_fn, fns.head_fn, images, targets,
-                                        resize=None))
+  ours = np.asarray(
+    attributions.gradcam(
+      fns.features_fn,
+      fns.head_fn,
+      images,
+      targets,
+      resize="skimage_bilinear",
+      max_grads_in_flight=chunk,
+    )
+  )
+  raw = np.asarray(attributions.gradcam(fns.features_fn, fns.head_fn, images, targets, resize=None))
   cmf = pair_call_model_function(fns)
   for i, t in enumerate(targets):
     ref = pair.GradCam().GetMask(images[i], cmf, {"target": int(t)}, three_dims=False)
     np.testing.assert_allclose(ours[i], ref, rtol=1e-5, atol=1e-6)
-    ref_raw = pair.GradCam().GetMask(images[i], cmf, {"target": int(t)}, should_resize=False,
-                                     three_dims=False)
+    ref_raw = pair.GradCam().GetMask(
+      images[i], cmf, {"target": int(t)}, should_resize=False, three_dims=False
+    )
     np.testing.assert_allclose(raw[i], ref_raw, rtol=1e-5, atol=1e-6)
 
 
@@ -77,8 +85,7 @@ def _tf1_resize_bilinear_reference(g, out_h, out_w):
 def test_gradcam_tf1_resize(setup):
   fns, images, targets = setup
   ours = np.asarray(attributions.gradcam(fns.features_fn, fns.head_fn, images, targets))
-  raw = np.asarray(attributions.gradcam(fns.features_fn, fns.head_fn, images, targets,
-                                        resize=None))
+  raw = np.asarray(attributions.gradcam(fns.features_fn, fns.head_fn, images, targets, resize=None))
   for i in range(len(targets)):
     g = raw[i] / raw[i].max() if raw[i].max() > 0 else raw[i]
     ref = _tf1_resize_bilinear_reference(g, *images.shape[1:3])
@@ -94,16 +101,18 @@ def test_gradcam_all_zero_map_is_zero():
 
 class _HandNet(nn.Module):
   """y = w2 . act(W1 x): two hidden ReLU units, hand-checkable guided backprop."""
+
   activation: object = nn.relu
   num_classes: int = 1
 
   @nn.compact
   def __call__(self, x, train=False):
-    h = nn.Dense(2, use_bias=False, name="hidden",
-                 kernel_init=lambda *_: jnp.array([[1.0, -1.0], [2.0, 1.0]]))(
-                     x.reshape(x.shape[0], -1))
-    return nn.Dense(1, use_bias=False, name="out",
-                    kernel_init=lambda *_: jnp.array([[1.0], [-3.0]]))(self.activation(h))
+    h = nn.Dense(
+      2, use_bias=False, name="hidden", kernel_init=lambda *_: jnp.array([[1.0, -1.0], [2.0, 1.0]])
+    )(x.reshape(x.shape[0], -1))
+    return nn.Dense(
+      1, use_bias=False, name="out", kernel_init=lambda *_: jnp.array([[1.0], [-3.0]])
+    )(self.activation(h))
 
 
 def test_guided_backprop_hand_checked():
@@ -133,14 +142,14 @@ def test_guided_relu_rule():
 
 def _maps_for_grayscale():
   rng = np.random.default_rng(3)
-  yield rng.normal(size=(2, 13, 7, 3)).astype(np.float32)          # odd, non-square
+  yield rng.normal(size=(2, 13, 7, 3)).astype(np.float32)  # odd, non-square
   yield rng.integers(-2, 3, size=(2, 10, 10, 1)).astype(np.float32)  # many ties
   const = np.zeros((2, 6, 5, 3), np.float32)
   const[1] = 0.5
-  yield const                                                     # constant maps -> NaN
+  yield const  # constant maps -> NaN
   spiky = np.zeros((1, 20, 20, 1), np.float32)
   spiky[0, 0, 0] = 5.0
-  yield spiky                                                     # p99 == min: NaN and 1
+  yield spiky  # p99 == min: NaN and 1
   yield rng.normal(size=(3, 31, 17, 2)).astype(np.float32) ** 3
 
 
@@ -158,10 +167,16 @@ def test_to_grayscale_equals_pair(index, percentile):
 def test_percentile_of_rows_equals_numpy():
   """Both top_k ends (large and small q), ties, +-0, inf and NaN rows, odd lengths."""
   from saliency_jax.attributions.grayscale import percentile_of_rows
+
   rng = np.random.default_rng(0)
   for n in (97, 4096, 1):
-    rows = np.concatenate([rng.normal(size=(3, n)), rng.integers(0, 3, size=(2, n)),
-                           rng.choice([-0.0, 0.0, 1.0], size=(1, n))]).astype(np.float32)
+    rows = np.concatenate(
+      [
+        rng.normal(size=(3, n)),
+        rng.integers(0, 3, size=(2, n)),
+        rng.choice([-0.0, 0.0, 1.0], size=(1, n)),
+      ]
+    ).astype(np.float32)
     if n > 1:
       rows[1, 5] = np.inf
       rows[2, :3] = -np.inf
@@ -193,20 +208,24 @@ def test_registry_grad_gcam_gbp_ggcam(setup):
   cmf = pair_call_model_function(fns)
   m = attributions.METHODS
   grad = np.asarray(m["GRAD"].compute(fns, images, targets, settings={"max_grads_in_flight": 1}))
-  gcam = np.asarray(m["GCAM"].compute(fns, images, targets,
-                                      settings={"resize": "skimage_bilinear"}))
+  gcam = np.asarray(
+    m["GCAM"].compute(fns, images, targets, settings={"resize": "skimage_bilinear"})
+  )
   gbp = np.asarray(m["GBP"].compute(fns, images, targets))
-  ggcam = np.asarray(m["GGCAM"].compute(fns, images, targets,
-                                        settings={"resize": "skimage_bilinear"}))
-  guided_cmf = pair_call_model_function(ModelFunctions(fns.guided_logits_fn, fns.features_fn,
-                                                      fns.head_fn))
+  ggcam = np.asarray(
+    m["GGCAM"].compute(fns, images, targets, settings={"resize": "skimage_bilinear"})
+  )
+  guided_cmf = pair_call_model_function(
+    ModelFunctions(fns.guided_logits_fn, fns.features_fn, fns.head_fn)
+  )
   for i, t in enumerate(targets):
     args = {"target": int(t)}
     with np.errstate(divide="ignore", invalid="ignore"):
       ref_grad = pair.VisualizeImageGrayscale(pair.GradientSaliency().GetMask(images[i], cmf, args))
       ref_gcam = pair.VisualizeImageGrayscale(pair.GradCam().GetMask(images[i], cmf, args))
       ref_gbp = pair.VisualizeImageGrayscale(
-          pair.GradientSaliency().GetMask(images[i], guided_cmf, args))
+        pair.GradientSaliency().GetMask(images[i], guided_cmf, args)
+      )
     np.testing.assert_allclose(grad[i], ref_grad, atol=2e-5)
     np.testing.assert_allclose(gcam[i], ref_gcam, atol=2e-5)
     np.testing.assert_allclose(gbp[i], ref_gbp, atol=2e-5)
@@ -219,12 +238,14 @@ def test_registry_diverging_visualization_equals_pair(setup):
   signed guided backprop times the Grad-CAM grayscale, then diverging."""
   fns, images, targets = setup
   cmf = pair_call_model_function(fns)
-  guided_cmf = pair_call_model_function(ModelFunctions(fns.guided_logits_fn, fns.features_fn,
-                                                      fns.head_fn))
+  guided_cmf = pair_call_model_function(
+    ModelFunctions(fns.guided_logits_fn, fns.features_fn, fns.head_fn)
+  )
   m = attributions.METHODS
   settings = {"visualization": "diverging", "resize": "skimage_bilinear"}
-  grad = np.asarray(m["GRAD"].compute(fns, images, targets, settings={"visualization":
-                                                                      "diverging"}))
+  grad = np.asarray(
+    m["GRAD"].compute(fns, images, targets, settings={"visualization": "diverging"})
+  )
   ggcam = np.asarray(m["GGCAM"].compute(fns, images, targets, settings=settings))
   for i, t in enumerate(targets):
     args = {"target": int(t)}
@@ -233,9 +254,10 @@ def test_registry_diverging_visualization_equals_pair(setup):
     with np.errstate(divide="ignore", invalid="ignore"):
       ref_gcam = pair.VisualizeImageGrayscale(pair.GradCam().GetMask(images[i], cmf, args))
     np.testing.assert_allclose(grad[i], pair.VisualizeImageDiverging(raw_grad), atol=2e-5)
-    np.testing.assert_allclose(ggcam[i], pair.VisualizeImageDiverging(
-        raw_gbp * ref_gcam[..., None]), atol=4e-5)
-  assert (grad < 0.5).any() and (grad > 0.5).any()   # the sign is kept
+    np.testing.assert_allclose(
+      ggcam[i], pair.VisualizeImageDiverging(raw_gbp * ref_gcam[..., None]), atol=4e-5
+    )
+  assert (grad < 0.5).any() and (grad > 0.5).any()  # the sign is kept
   with pytest.raises(ValueError, match="visualization must be one of"):
     m["GRAD"].compute(fns, images, targets, settings={"visualization": "signed"})
 
@@ -257,11 +279,15 @@ def test_registry_compiles_once_per_architecture():
   compute = attributions.METHODS["GRAD"].compute
   out1 = np.asarray(compute(fns, images, targets, settings=settings))
   out2 = np.asarray(compute(model_functions(module, v2), images, targets, settings=settings))
-  ref2 = np.asarray(attributions.to_grayscale(attributions.gradient(
-      lambda x: module.apply(v2, x), images, targets)))
+  ref2 = np.asarray(
+    attributions.to_grayscale(attributions.gradient(lambda x: module.apply(v2, x), images, targets))
+  )
   np.testing.assert_allclose(out2, ref2, atol=1e-6)
   assert not np.allclose(out1, out2)
   cache = _execution._CACHE  # pylint: disable=protected-access
-  key = next(k for k in cache if k[:2] == ("method", "GRAD") and k[3] == "pytree"
-             and dict(k[2])["max_grads_in_flight"] == 3)
+  key = next(
+    k
+    for k in cache
+    if k[:2] == ("method", "GRAD") and k[3] == "pytree" and dict(k[2])["max_grads_in_flight"] == 3
+  )
   assert cache[key][1]._cache_size() == 1

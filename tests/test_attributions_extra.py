@@ -1,4 +1,5 @@
 """Blur IG, Guided IG and occlusion vs PAIR saliency.core, and the extra registry entries."""
+
 import importlib
 import types
 
@@ -34,12 +35,16 @@ def _scale(ref):
 @pytest.mark.parametrize("sqrt,batch", [(False, 4), (True, 1)])
 def test_blur_ig_equals_pair_where_pair_is_right(setup, sqrt, batch):
   fns, images, targets = setup
-  ours = np.asarray(attributions.blur_ig(fns.logits_fn, images, targets, max_sigma=6.0,
-                                         steps=12, sqrt=sqrt, max_grads_in_flight=7))
+  ours = np.asarray(
+    attributions.blur_ig(
+      fns.logits_fn, images, targets, max_sigma=6.0, steps=12, sqrt=sqrt, max_grads_in_flight=7
+    )
+  )
   cmf = pair_call_model_function(fns)
   for i, t in enumerate(targets):
-    ref = pair.BlurIG().GetMask(images[i], cmf, {"target": int(t)}, max_sigma=6.0, steps=12,
-                                sqrt=sqrt, batch_size=batch)
+    ref = pair.BlurIG().GetMask(
+      images[i], cmf, {"target": int(t)}, max_sigma=6.0, steps=12, sqrt=sqrt, batch_size=batch
+    )
     # PAIR differences two float32 blurs 0.01 apart in sigma: its own rounding is ~1e-4.
     np.testing.assert_allclose(ours[i], ref, atol=2e-3 * _scale(ref))
 
@@ -47,14 +52,17 @@ def test_blur_ig_equals_pair_where_pair_is_right(setup, sqrt, batch):
 def test_blur_ig_fixes_pair_batched_sqrt_spacing(setup):
   """With sqrt=True and batches, PAIR weights all steps of a batch by the last spacing."""
   fns, images, targets = setup
-  ours = np.asarray(attributions.blur_ig(fns.logits_fn, images[:1], targets[:1], max_sigma=6.0,
-                                         steps=12, sqrt=True))
+  ours = np.asarray(
+    attributions.blur_ig(fns.logits_fn, images[:1], targets[:1], max_sigma=6.0, steps=12, sqrt=True)
+  )
   cmf = pair_call_model_function(fns)
   args = {"target": int(targets[0])}
-  right = pair.BlurIG().GetMask(images[0], cmf, args, max_sigma=6.0, steps=12, sqrt=True,
-                                batch_size=1)
-  wrong = pair.BlurIG().GetMask(images[0], cmf, args, max_sigma=6.0, steps=12, sqrt=True,
-                                batch_size=6)
+  right = pair.BlurIG().GetMask(
+    images[0], cmf, args, max_sigma=6.0, steps=12, sqrt=True, batch_size=1
+  )
+  wrong = pair.BlurIG().GetMask(
+    images[0], cmf, args, max_sigma=6.0, steps=12, sqrt=True, batch_size=6
+  )
   assert np.abs(right - wrong).max() > 0.05 * _scale(right)
   np.testing.assert_allclose(ours[0], right, atol=2e-3 * _scale(right))
 
@@ -62,27 +70,43 @@ def test_blur_ig_fixes_pair_batched_sqrt_spacing(setup):
 @pytest.fixture
 def pair_quantile_shim(monkeypatch):
   """PAIR 0.2.1 calls np.quantile(interpolation=...), removed in NumPy 2.4: map it to method=."""
+
   def quantile(a, q, interpolation="linear", **kwargs):
     return np.quantile(a, q, method=interpolation, **kwargs)
+
   shim = types.SimpleNamespace(**{k: getattr(np, k) for k in dir(np) if not k.startswith("__")})
   shim.quantile = quantile
   monkeypatch.setattr(pair_guided_ig, "np", shim)
 
 
-@pytest.mark.parametrize("max_dist,fraction,traced", [
-    (0.02, 0.25, True), (0.1, 0.5, True), (1.0, 0.25, True), (0.02, 0.25, False),
-    (1.0, 0.25, False)])
+@pytest.mark.parametrize(
+  "max_dist,fraction,traced",
+  [
+    (0.02, 0.25, True),
+    (0.1, 0.5, True),
+    (1.0, 0.25, True),
+    (0.02, 0.25, False),
+    (1.0, 0.25, False),
+  ],
+)
 def test_guided_ig_equals_pair(setup, pair_quantile_shim, max_dist, fraction, traced):
   """Both plans: traced (float32 lax.scan) and eager on the CPU (float64 NumPy path)."""
   fns, images, targets = setup
-  run = lambda x: attributions.guided_ig(fns.logits_fn, x, targets, baseline=-1.0, steps=15,
-                                         fraction=fraction, max_dist=max_dist)
+  run = lambda x: attributions.guided_ig(
+    fns.logits_fn, x, targets, baseline=-1.0, steps=15, fraction=fraction, max_dist=max_dist
+  )
   ours = np.asarray(jax.jit(run)(images) if traced else run(images))
   cmf = pair_call_model_function(fns)
   for i, t in enumerate(targets):
-    ref = pair.GuidedIG().GetMask(images[i], cmf, {"target": int(t)},
-                                  x_baseline=np.full(images.shape[1:], -1.0), x_steps=15,
-                                  fraction=fraction, max_dist=max_dist)
+    ref = pair.GuidedIG().GetMask(
+      images[i],
+      cmf,
+      {"target": int(t)},
+      x_baseline=np.full(images.shape[1:], -1.0),
+      x_steps=15,
+      fraction=fraction,
+      max_dist=max_dist,
+    )
     np.testing.assert_allclose(ours[i], ref, atol=1e-4 * _scale(ref))
 
 
@@ -104,8 +128,11 @@ def test_guided_ig_lower_quantile_equals_numpy(q):
 def test_guided_ig_host_plan_chunks_do_not_change_maps(setup):
   """Eager on the CPU, images go in pipelined chunks of max_grads_in_flight: same maps."""
   fns, images, targets = setup
-  run = lambda cap: np.asarray(attributions.guided_ig(
-      fns.logits_fn, images, targets, baseline=-1.0, steps=6, max_grads_in_flight=cap))
+  run = lambda cap: np.asarray(
+    attributions.guided_ig(
+      fns.logits_fn, images, targets, baseline=-1.0, steps=6, max_grads_in_flight=cap
+    )
+  )
   np.testing.assert_array_equal(run(2), run(64))
 
 
@@ -118,19 +145,25 @@ def test_guided_ig_zero_when_input_is_baseline(setup):
 @pytest.mark.parametrize("size,value", [(4, 0.0), (3, -1.0), (20, 0.0)])
 def test_occlusion_equals_pair(setup, size, value):
   fns, images, targets = setup
-  ours = np.asarray(attributions.occlusion(fns.logits_fn, images, targets, size=size,
-                                           value=value, max_grads_in_flight=16))
+  ours = np.asarray(
+    attributions.occlusion(
+      fns.logits_fn, images, targets, size=size, value=value, max_grads_in_flight=16
+    )
+  )
   cmf = pair_call_model_function(fns)
   for i, t in enumerate(targets):
     ref = pair.Occlusion().GetMask(images[i], cmf, {"target": int(t)}, size=size, value=value)
     np.testing.assert_allclose(ours[i], ref, rtol=1e-4, atol=1e-5 * max(_scale(ref), 1.0))
 
 
-@pytest.mark.parametrize("name,settings", [
+@pytest.mark.parametrize(
+  "name,settings",
+  [
     ("BLUR_IG", {"steps": 4, "max_sigma": 3.0}),
     ("GUIDED_IG", {"steps": 4}),
     ("OCCLUSION", {"size": 5}),
-])
+  ],
+)
 def test_extra_registry_entries(setup, name, settings):
   fns, images, targets = setup
   maps = np.asarray(attributions.METHODS[name].compute(fns, images, targets, settings=settings))

@@ -1,4 +1,5 @@
 """SmoothGrad, IG, SmoothGrad-IG vs PAIR saliency.core; batch invariance; IG completeness."""
+
 from attribution_models import full_float32_precision  # noqa: F401 (autouse)
 from attribution_models import pair_call_model_function
 from attribution_models import random_images
@@ -33,14 +34,17 @@ def _pair_noise(images, samples, spread, seed):
 def test_smoothgrad_equals_pair_with_same_noise(setup, squared):
   fns, images, targets = setup
   noise = _pair_noise(images, 4, 0.15, seed=7)
-  ours = np.asarray(attributions.smoothgrad(fns.logits_fn, images, targets, samples=4,
-                                            squared=squared, noise=noise,
-                                            max_grads_in_flight=5))
+  ours = np.asarray(
+    attributions.smoothgrad(
+      fns.logits_fn, images, targets, samples=4, squared=squared, noise=noise, max_grads_in_flight=5
+    )
+  )
   cmf = pair_call_model_function(fns)
   for i, t in enumerate(targets):
     np.random.seed(7)
-    ref = pair.GradientSaliency().GetSmoothedMask(images[i], cmf, {"target": int(t)},
-                                                  nsamples=4, magnitude=squared)
+    ref = pair.GradientSaliency().GetSmoothedMask(
+      images[i], cmf, {"target": int(t)}, nsamples=4, magnitude=squared
+    )
     np.testing.assert_allclose(ours[i], ref, rtol=1e-4, atol=1e-6)
 
 
@@ -52,56 +56,85 @@ def test_integrated_gradients_equals_pair(setup, baseline):
   else:
     ours_base = random_images(images.shape, seed=11) * 0.5
     pair_bases = list(ours_base)
-  ours = np.asarray(attributions.integrated_gradients(
-      fns.logits_fn, images, targets, baseline=ours_base, steps=7, max_grads_in_flight=4))
+  ours = np.asarray(
+    attributions.integrated_gradients(
+      fns.logits_fn, images, targets, baseline=ours_base, steps=7, max_grads_in_flight=4
+    )
+  )
   cmf = pair_call_model_function(fns)
   for i, t in enumerate(targets):
-    ref = pair.IntegratedGradients().GetMask(images[i], cmf, {"target": int(t)},
-                                             x_baseline=pair_bases[i], x_steps=7, batch_size=3)
+    ref = pair.IntegratedGradients().GetMask(
+      images[i], cmf, {"target": int(t)}, x_baseline=pair_bases[i], x_steps=7, batch_size=3
+    )
     np.testing.assert_allclose(ours[i], ref, rtol=1e-4, atol=1e-6)
 
 
 def test_smooth_integrated_gradients_equals_pair_with_same_noise(setup):
   fns, images, targets = setup
   noise = _pair_noise(images, 3, 0.15, seed=3)
-  ours = np.asarray(attributions.smooth_integrated_gradients(
-      fns.logits_fn, images, targets, samples=3, baseline=-1.0, steps=4, noise=noise,
-      max_grads_in_flight=5))
+  ours = np.asarray(
+    attributions.smooth_integrated_gradients(
+      fns.logits_fn,
+      images,
+      targets,
+      samples=3,
+      baseline=-1.0,
+      steps=4,
+      noise=noise,
+      max_grads_in_flight=5,
+    )
+  )
   cmf = pair_call_model_function(fns)
   base = np.full(images.shape[1:], -1.0, np.float32)
   for i, t in enumerate(targets):
     np.random.seed(3)
     ref = pair.IntegratedGradients().GetSmoothedMask(
-        images[i], cmf, {"target": int(t)}, nsamples=3, x_steps=4, x_baseline=base)
+      images[i], cmf, {"target": int(t)}, nsamples=3, x_steps=4, x_baseline=base
+    )
     np.testing.assert_allclose(ours[i], ref, rtol=1e-4, atol=1e-7)
 
 
-@pytest.mark.parametrize("name", ["smoothgrad", "integrated_gradients",
-                                  "smooth_integrated_gradients", "blur_ig",
-                                  "xrai_base_attribution"])
+@pytest.mark.parametrize(
+  "name",
+  [
+    "smoothgrad",
+    "integrated_gradients",
+    "smooth_integrated_gradients",
+    "blur_ig",
+    "xrai_base_attribution",
+  ],
+)
 def test_item_windows_add_up_to_the_whole_map(setup, name):
   """Disjoint windows of (image, sample) items, spanning images, with a traced offset and the
   last window past the end, sum to the map of all items."""
   fns, images, targets = setup
-  kwargs = {"smoothgrad": dict(samples=5, noise=_pair_noise(images, 5, 0.15, seed=4)),
-            "integrated_gradients": dict(steps=5, baseline=-1.0),
-            "smooth_integrated_gradients": dict(samples=5, steps=3, baseline=-1.0,
-                                                noise=_pair_noise(images, 5, 0.15, seed=4)),
-            "blur_ig": dict(steps=5, max_sigma=3.0),
-            "xrai_base_attribution": dict(steps=3)}[name]   # 6 items: 3 steps, 2 baselines
+  kwargs = {
+    "smoothgrad": dict(samples=5, noise=_pair_noise(images, 5, 0.15, seed=4)),
+    "integrated_gradients": dict(steps=5, baseline=-1.0),
+    "smooth_integrated_gradients": dict(
+      samples=5, steps=3, baseline=-1.0, noise=_pair_noise(images, 5, 0.15, seed=4)
+    ),
+    "blur_ig": dict(steps=5, max_sigma=3.0),
+    "xrai_base_attribution": dict(steps=3),
+  }[name]  # 6 items: 3 steps, 2 baselines
   items = 6 if name == "xrai_base_attribution" else 5
   fn = getattr(attributions, name)
   full = np.asarray(fn(fns.logits_fn, images, targets, max_grads_in_flight=6, **kwargs))
-  part = jax.jit(lambda offset: fn(fns.logits_fn, images, targets, max_grads_in_flight=6,
-                                   item_window=(offset, 4), **kwargs))
+  part = jax.jit(
+    lambda offset: fn(
+      fns.logits_fn, images, targets, max_grads_in_flight=6, item_window=(offset, 4), **kwargs
+    )
+  )
   parts = [np.asarray(part(offset)) for offset in range(0, 3 * items, 4)]
   np.testing.assert_allclose(sum(parts), full, rtol=1e-5, atol=1e-6)
   # The window of items 4..7 holds image 0's last items and image 1's first ones.
   assert np.abs(parts[1][0]).max() > 0 and np.abs(parts[1][2]).max() == 0
 
 
-@pytest.mark.parametrize("name,settings", [("SIG", {"samples": 5, "steps": 8}),
-                                           ("SG", {"samples": 7}), ("IG", {"steps": 12})])
+@pytest.mark.parametrize(
+  "name,settings",
+  [("SIG", {"samples": 5, "steps": 8}), ("SG", {"samples": 7}), ("IG", {"steps": 12})],
+)
 def test_cpu_plan_item_windows_equal_one_program(setup, name, settings):
   """The eager CPU plan runs windows of items (SIG's noisy copies, SG's samples, IG's steps)
   as separate calls, some spanning images; the maps equal the one-program (traced) maps."""
@@ -109,10 +142,14 @@ def test_cpu_plan_item_windows_equal_one_program(setup, name, settings):
   method = attributions.METHODS[name]
   key = jax.random.key(3)
   indices = np.array([4, 5, 6])
-  eager = np.asarray(method.compute(fns, images, targets, indices=indices, key=key,
-                                    settings=settings))
-  traced = np.asarray(jax.jit(lambda x: method.compute(
-      fns, x, targets, indices=indices, key=key, settings=settings))(images))
+  eager = np.asarray(
+    method.compute(fns, images, targets, indices=indices, key=key, settings=settings)
+  )
+  traced = np.asarray(
+    jax.jit(lambda x: method.compute(fns, x, targets, indices=indices, key=key, settings=settings))(
+      images
+    )
+  )
   np.testing.assert_allclose(eager, traced, atol=1e-5)
 
 
@@ -124,37 +161,56 @@ def test_noisy_maps_do_not_depend_on_batching(setup, name):
   key = jax.random.key(42)
   settings = {"samples": 3, **({"steps": 3} if name == "SIG" else {})}
   indices = np.array([10, 11, 12])
-  full = np.asarray(method.compute(fns, images, targets, indices=indices, key=key,
-                                   settings={**settings, "max_grads_in_flight": 64}))
+  full = np.asarray(
+    method.compute(
+      fns,
+      images,
+      targets,
+      indices=indices,
+      key=key,
+      settings={**settings, "max_grads_in_flight": 64},
+    )
+  )
   for i in (0, 2):
-    alone = np.asarray(method.compute(fns, images[i:i + 1], targets[i:i + 1],
-                                      indices=indices[i:i + 1], key=key,
-                                      settings={**settings, "max_grads_in_flight": 2}))
+    alone = np.asarray(
+      method.compute(
+        fns,
+        images[i : i + 1],
+        targets[i : i + 1],
+        indices=indices[i : i + 1],
+        key=key,
+        settings={**settings, "max_grads_in_flight": 2},
+      )
+    )
     np.testing.assert_allclose(alone[0], full[i], atol=1e-5)
   # The noise really is per index: another index gives another map.
-  other = np.asarray(method.compute(fns, images[:1], targets[:1], indices=np.array([99]),
-                                    key=key, settings=settings))
+  other = np.asarray(
+    method.compute(fns, images[:1], targets[:1], indices=np.array([99]), key=key, settings=settings)
+  )
   assert np.abs(other[0] - full[0]).max() > 1e-3
 
 
 def test_smoothgrad_noise_is_keyed_and_scaled(setup):
   """With a model whose gradient is its input, mean squared gradient = x^2 + std^2."""
   _, images, targets = setup
-  linear = lambda x: np.float32(0.5) * (x ** 2).sum(axis=(1, 2, 3))[:, None] * np.ones((1, 3))
-  maps = np.asarray(attributions.smoothgrad(linear, images, targets, key=jax.random.key(0),
-                                            samples=400, spread=0.15))
+  linear = lambda x: np.float32(0.5) * (x**2).sum(axis=(1, 2, 3))[:, None] * np.ones((1, 3))
+  maps = np.asarray(
+    attributions.smoothgrad(
+      linear, images, targets, key=jax.random.key(0), samples=400, spread=0.15
+    )
+  )
   std = 0.15 * (images.max(axis=(1, 2, 3)) - images.min(axis=(1, 2, 3)))
-  expected = images ** 2 + std[:, None, None, None] ** 2
-  np.testing.assert_allclose(maps.mean(axis=(1, 2, 3)), expected.mean(axis=(1, 2, 3)),
-                             rtol=0.05)
+  expected = images**2 + std[:, None, None, None] ** 2
+  np.testing.assert_allclose(maps.mean(axis=(1, 2, 3)), expected.mean(axis=(1, 2, 3)), rtol=0.05)
 
 
 def test_ig_completeness_converges_with_steps(setup):
   fns, images, targets = setup
   errors = []
   for steps in (2, 40):
-    ig = attributions.integrated_gradients(fns.logits_fn, images, targets, baseline=-1.0,
-                                           steps=steps)
+    ig = attributions.integrated_gradients(
+      fns.logits_fn, images, targets, baseline=-1.0, steps=steps
+    )
     check = attributions.ig_completeness(fns.logits_fn, images, targets, ig, baseline=-1.0)
     errors.append(np.asarray(check.relative_error))
   assert np.all(errors[1] < errors[0])

@@ -1,4 +1,5 @@
 """XRAI vs PAIR saliency.core: segments, "full" and "fast" selection, the whole method."""
+
 import os
 import signal
 import subprocess
@@ -41,9 +42,10 @@ def test_segments_equal_pair_defaults():
 def test_label_dilation_equals_skimage(radius):
   from skimage.morphology import dilation
   from skimage.morphology import disk
+
   rng = np.random.default_rng(radius)
   seg = rng.integers(2, 7, size=(9, 13))
-  seg[seg == 4] = 5     # a missing label gives an empty mask, kept as PAIR does
+  seg[seg == 4] = 5  # a missing label gives an empty mask, kept as PAIR does
   ours = xrai_segments.dilate_label_masks(seg, radius)
   ref = [seg == l for l in range(seg.min(), seg.max() + 1)]
   if radius:
@@ -52,14 +54,15 @@ def test_label_dilation_equals_skimage(radius):
 
 
 def _segments_small(img):
-  return xrai_segments.felzenszwalb_segments(img, scales=(20, 80), min_size=10, resize=None,
-                                             dilation_radius=2)
+  return xrai_segments.felzenszwalb_segments(
+    img, scales=(20, 80), min_size=10, resize=None, dilation_radius=2
+  )
 
 
 def _attrs(shape, rng):
   yield rng.normal(size=shape).astype(np.float32)
-  yield rng.integers(-2, 3, size=shape).astype(np.float32)   # many exactly tied gains
-  yield np.zeros(shape, np.float32)                          # every gain tied
+  yield rng.integers(-2, 3, size=shape).astype(np.float32)  # many exactly tied gains
+  yield np.zeros(shape, np.float32)  # every gain tied
   yield (rng.normal(size=shape) ** 3 * 1e-3).astype(np.float32)
 
 
@@ -76,11 +79,12 @@ def test_selection_identical_to_pair(algorithm, area):
     for segs in (masks, user, partial):
       for attr in _attrs((h, w, 2), rng):
         for min_diff in (50, 1):
-          ours = xrai_selection.select(attr, segs, algorithm=algorithm, area_threshold=area,
-                                       min_pixel_diff=min_diff)
-          ref = xrai_selection.pair_xrai_reference(attr, segs, algorithm=algorithm,
-                                                   area_threshold=area,
-                                                   min_pixel_diff=min_diff)
+          ours = xrai_selection.select(
+            attr, segs, algorithm=algorithm, area_threshold=area, min_pixel_diff=min_diff
+          )
+          ref = xrai_selection.pair_xrai_reference(
+            attr, segs, algorithm=algorithm, area_threshold=area, min_pixel_diff=min_diff
+          )
           np.testing.assert_array_equal(ours, ref)
 
 
@@ -90,27 +94,46 @@ def test_xrai_equals_pair_getmask():
   _, _, fns = tiny_model(channels=3, size=(18, 14))
   images = random_images((2, 18, 14, 3), seed=2)
   targets = np.array([1, 0])
-  base = np.asarray(attributions.xrai_base_attribution(fns.logits_fn, images, targets, steps=6,
-                                                       max_grads_in_flight=5))
+  base = np.asarray(
+    attributions.xrai_base_attribution(
+      fns.logits_fn, images, targets, steps=6, max_grads_in_flight=5
+    )
+  )
   segments = [_segments_small(im) for im in images]
-  ours = attributions.xrai(fns.logits_fn, images, targets, steps=6, segments=segments,
-                           max_grads_in_flight=5)
+  ours = attributions.xrai(
+    fns.logits_fn, images, targets, steps=6, segments=segments, max_grads_in_flight=5
+  )
   ours_given = attributions.xrai(None, images, attributions=base, segments=segments)
   np.testing.assert_array_equal(ours, ours_given)
   cmf = pair_call_model_function(fns)
   xr = pair.XRAI()
   for i, t in enumerate(targets):
     params = pair.XRAIParameters(steps=6, return_ig_attributions=True)
-    out = xr.GetMaskWithDetails(images[i], cmf, {"target": int(t)}, segments=list(segments[i]),
-                                batch_size=6, extra_parameters=params)
-    np.testing.assert_allclose(base[i], np.mean(out.ig_attribution, axis=0), rtol=1e-4,
-                               atol=1e-6)
+    out = xr.GetMaskWithDetails(
+      images[i],
+      cmf,
+      {"target": int(t)},
+      segments=list(segments[i]),
+      batch_size=6,
+      extra_parameters=params,
+    )
+    np.testing.assert_allclose(base[i], np.mean(out.ig_attribution, axis=0), rtol=1e-4, atol=1e-6)
     for algorithm in ("full", "fast"):
       params = pair.XRAIParameters(algorithm=algorithm)
-      ref = xr.GetMask(images[i], cmf, segments=list(segments[i]), base_attribution=base[i],
-                       extra_parameters=params)
-      mine = attributions.xrai(None, images[i:i + 1], attributions=base[i:i + 1],
-                               segments=segments[i:i + 1], algorithm=algorithm)
+      ref = xr.GetMask(
+        images[i],
+        cmf,
+        segments=list(segments[i]),
+        base_attribution=base[i],
+        extra_parameters=params,
+      )
+      mine = attributions.xrai(
+        None,
+        images[i : i + 1],
+        attributions=base[i : i + 1],
+        segments=segments[i : i + 1],
+        algorithm=algorithm,
+      )
       np.testing.assert_array_equal(mine[0], ref)
 
 
@@ -118,13 +141,20 @@ def test_registry_xrai_prepare_and_parallel_segments():
   _, _, fns = tiny_model(channels=1, size=(20, 20))
   images = random_images((3, 20, 20, 1), seed=4)
   targets = np.array([0, 1, 2])
-  settings = {"steps": 3, "scales": (30, 100), "min_size": 8, "segmentation_size": None,
-              "dilation_radius": 2, "workers": 2}
+  settings = {
+    "steps": 3,
+    "scales": (30, 100),
+    "min_size": 8,
+    "segmentation_size": None,
+    "dilation_radius": 2,
+    "workers": 2,
+  }
   method = attributions.METHODS["XRAI"]
   assert not method.wrap_in_jit
-  prepared = method.prepare(images, settings)          # 3 images on 2 worker processes
-  serial = xrai_segments.segment_batch(images, workers=1, scales=(30, 100), min_size=8,
-                                       resize=None, dilation_radius=2)
+  prepared = method.prepare(images, settings)  # 3 images on 2 worker processes
+  serial = xrai_segments.segment_batch(
+    images, workers=1, scales=(30, 100), min_size=8, resize=None, dilation_radius=2
+  )
   for a, b in zip(prepared, serial):
     np.testing.assert_array_equal(a, b)
   maps = np.asarray(method.compute(fns, images, targets, settings=settings, prepared=prepared))
@@ -142,10 +172,9 @@ def test_xrai_ig_cpu_plan_windows_equal_one_program():
   _, _, fns = tiny_model(channels=3, size=(18, 14))
   images = random_images((3, 18, 14, 3), seed=5)
   targets = np.array([1, 0, 2])
-  settings = {"steps": 7, "max_grads_in_flight": 5}   # 14 items per image, windows of 5
+  settings = {"steps": 7, "max_grads_in_flight": 5}  # 14 items per image, windows of 5
   eager = np.asarray(registry.XRAI_IG_COMPUTE(fns, images, targets, settings=settings))
-  whole = np.asarray(attributions.xrai_base_attribution(fns.logits_fn, images, targets,
-                                                        steps=7))
+  whole = np.asarray(attributions.xrai_base_attribution(fns.logits_fn, images, targets, steps=7))
   assert eager.shape == images.shape
   np.testing.assert_allclose(eager, whole, rtol=1e-5, atol=1e-7 * np.abs(whole).max())
 
@@ -166,17 +195,25 @@ np.save(sys.argv[1], maps)
 
 
 def _script_env():
-  return {**os.environ, "JAX_PLATFORMS": "cpu",
-          "PYTHONPATH": os.pathsep.join([_ROOT, os.environ.get("PYTHONPATH", "")])}
+  return {
+    **os.environ,
+    "JAX_PLATFORMS": "cpu",
+    "PYTHONPATH": os.pathsep.join([_ROOT, os.environ.get("PYTHONPATH", "")]),
+  }
 
 
 def test_xrai_from_a_plain_script_without_a_main_guard(tmp_path):
   # As PAIR users write scripts: worker processes must not run the caller's script again.
   script = tmp_path / "plain.py"
   script.write_text(_PLAIN_SCRIPT)
-  out = subprocess.run([sys.executable, str(script), str(tmp_path / "maps.npy")],
-                       capture_output=True, text=True, timeout=300, env=_script_env(),
-                       cwd=str(tmp_path))
+  out = subprocess.run(
+    [sys.executable, str(script), str(tmp_path / "maps.npy")],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env=_script_env(),
+    cwd=str(tmp_path),
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   assert out.stdout.count("script body ran") == 1, out.stdout
   rng = np.random.default_rng(0)
@@ -210,8 +247,13 @@ def _alive(pid):
 def test_segmentation_workers_die_with_a_killed_parent(tmp_path):
   script = tmp_path / "pool.py"
   script.write_text(_POOL_SCRIPT)
-  job = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
-                         env=_script_env(), cwd=str(tmp_path))
+  job = subprocess.Popen(
+    [sys.executable, str(script)],
+    stdout=subprocess.PIPE,
+    text=True,
+    env=_script_env(),
+    cwd=str(tmp_path),
+  )
   try:
     line = job.stdout.readline()
     assert line.startswith("workers"), line
@@ -246,14 +288,16 @@ def test_device_selection_identical_to_pair(area):
       attrs = list(_attrs((h, w, 2), rng))
       for min_diff in (50, 1):
         got = xrai_selection_jax.select_full_batch_details(
-            attrs, [segs] * len(attrs), area_threshold=area, min_pixel_diff=min_diff)
+          attrs, [segs] * len(attrs), area_threshold=area, min_pixel_diff=min_diff
+        )
         assert got.on_device == len(attrs)
         decisions += got.host_decisions
         for attr, ours in zip(attrs, got.maps):
-          ref = xrai_selection.pair_xrai_reference(attr, segs, area_threshold=area,
-                                                   min_pixel_diff=min_diff)
+          ref = xrai_selection.pair_xrai_reference(
+            attr, segs, area_threshold=area, min_pixel_diff=min_diff
+          )
           np.testing.assert_array_equal(ours, ref)
-  assert decisions > 0 or area < 1   # the host's near-tie path ran (integer attributions)
+  assert decisions > 0 or area < 1  # the host's near-tie path ran (integer attributions)
 
 
 def test_device_selection_320_many_masks():
@@ -261,10 +305,13 @@ def test_device_selection_320_many_masks():
   values (many exact ties) and zero, in one call, equal to the NumPy selection (itself tested
   equal to PAIR above); NaN attributions are refused."""
   from scipy import ndimage
+
   rng = np.random.default_rng(7)
   yy, xx = np.mgrid[:320, :320]
-  img = ((np.sin(yy / 14.0) + np.cos(xx / 11.0))[..., None]
-         + ndimage.gaussian_filter(rng.normal(size=(320, 320, 1)), 1.5)).astype(np.float32)
+  img = (
+    (np.sin(yy / 14.0) + np.cos(xx / 11.0))[..., None]
+    + ndimage.gaussian_filter(rng.normal(size=(320, 320, 1)), 1.5)
+  ).astype(np.float32)
   masks = xrai_segments.felzenszwalb_segments(img, min_size=40)
   assert 450 <= len(masks) <= 650
   smooth = ndimage.gaussian_filter(rng.normal(size=(320, 320)), 2).astype(np.float32)

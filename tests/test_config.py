@@ -1,4 +1,5 @@
 """Configs: every field acts, bad values are refused before the first stage, naming the field."""
+
 import copy
 import os
 import subprocess
@@ -30,10 +31,13 @@ def _runnable_paper(module, tmp_path):
   return config
 
 
-CONFIGS = {"synthetic": lambda _: synthetic.get_config(), "tiny": lambda _: tiny.get_config(),
-           "paper_siim": lambda t: _runnable_paper(paper_siim, t),
-           "paper_rsna": lambda t: _runnable_paper(paper_rsna, t),
-           "default": lambda t: _runnable_paper(default, t)}
+CONFIGS = {
+  "synthetic": lambda _: synthetic.get_config(),
+  "tiny": lambda _: tiny.get_config(),
+  "paper_siim": lambda t: _runnable_paper(paper_siim, t),
+  "paper_rsna": lambda t: _runnable_paper(paper_rsna, t),
+  "default": lambda t: _runnable_paper(default, t),
+}
 
 
 def _plan(config):
@@ -119,8 +123,11 @@ def test_the_configs_are_overrides_of_the_default():
 def test_the_default_protocol_is_the_papers():
   config = default.get_config()
   assert protocol.differs(config) == []
-  assert {c.field for c in protocol.CHOICES} >= {"protocol.randomized_target",
-                                                  "study.map_dtype", "study.rules"}
+  assert {c.field for c in protocol.CHOICES} >= {
+    "protocol.randomized_target",
+    "study.map_dtype",
+    "study.rules",
+  }
 
 
 def _problems(config):
@@ -129,36 +136,65 @@ def _problems(config):
   return dict(e.value.problems)
 
 
-@pytest.mark.parametrize("edit, field, words", [
-    (lambda c: setattr(c.methods, "names", ("GRAD", "SMOTHGRAD")), "methods.names",
-     "unknown method 'SMOTHGRAD'"),
+@pytest.mark.parametrize(
+  "edit, field, words",
+  [
+    (
+      lambda c: setattr(c.methods, "names", ("GRAD", "SMOTHGRAD")),
+      "methods.names",
+      "unknown method 'SMOTHGRAD'",
+    ),
     (lambda c: setattr(c.study, "num_eval_images", -3), "study.num_eval_images", ">= 2"),
     (lambda c: setattr(c.study, "num_utility_images", -1), "study.num_utility_images", ">= 0"),
     (lambda c: setattr(c.data, "num_test", -1), "data.num_test", ">= 0"),
-    (lambda c: c.models[2].update(arch="small_densnet"), "models[2].arch",
-     "unknown architecture 'small_densnet'"),
+    (
+      lambda c: c.models[2].update(arch="small_densnet"),
+      "models[2].arch",
+      "unknown architecture 'small_densnet'",
+    ),
     (lambda c: setattr(c.localization, "arch", "unnet"), "localization.arch", "unnet"),
     (lambda c: setattr(c.study, "ssim_data_range", 0.0), "study.ssim_data_range", "> 0"),
-    (lambda c: setattr(c.data, "image_size", 36), "localization.kwargs.depth",
-     "not divisible by 8"),
-    (lambda c: c.study.__setattr__("num_eval_imags", 3), "study.num_eval_imags",
-     "unknown field"),
-    (lambda c: setattr(c.protocol, "random_pairs", "scalars"), "protocol.random_pairs",
-     "'scalars' is not one of"),
+    (
+      lambda c: setattr(c.data, "image_size", 36),
+      "localization.kwargs.depth",
+      "not divisible by 8",
+    ),
+    (lambda c: c.study.__setattr__("num_eval_imags", 3), "study.num_eval_imags", "unknown field"),
+    (
+      lambda c: setattr(c.protocol, "random_pairs", "scalars"),
+      "protocol.random_pairs",
+      "'scalars' is not one of",
+    ),
     (lambda c: setattr(c.protocol, "cascade_keep", -1), "protocol.cascade_keep", ">= 0"),
-    (lambda c: c.study.rules.utility.__setattr__("baseline", "averge_mask"),
-     "study.rules.utility.baseline", "not a baseline of utility"),
+    (
+      lambda c: c.study.rules.utility.__setattr__("baseline", "averge_mask"),
+      "study.rules.utility.baseline",
+      "not a baseline of utility",
+    ),
     (lambda c: setattr(c.study, "map_dtype", "float16"), "study.map_dtype", "float32"),
     (lambda c: setattr(c.study, "utility_models", ("A9",)), "study.utility_models", "'A9'"),
-    (lambda c: c.methods.settings.SG.__setattr__("sample", 3), "methods.settings.SG.sample",
-     "unknown setting"),
-    (lambda c: c.methods.settings.__setattr__("IG", {"baseline": 0.0}),
-     "methods.settings.IG.baseline", "protocol.ig_baseline"),
-    (lambda c: setattr(c.protocol, "cohort", "authors_split"), "protocol.cohort",
-     "no authors' split"),
-    (lambda c: setattr(c.protocol, "init", "imagenet"), "weights.small_vgg",
-     "--config.protocol.init=random"),
-])
+    (
+      lambda c: c.methods.settings.SG.__setattr__("sample", 3),
+      "methods.settings.SG.sample",
+      "unknown setting",
+    ),
+    (
+      lambda c: c.methods.settings.__setattr__("IG", {"baseline": 0.0}),
+      "methods.settings.IG.baseline",
+      "protocol.ig_baseline",
+    ),
+    (
+      lambda c: setattr(c.protocol, "cohort", "authors_split"),
+      "protocol.cohort",
+      "no authors' split",
+    ),
+    (
+      lambda c: setattr(c.protocol, "init", "imagenet"),
+      "weights.small_vgg",
+      "--config.protocol.init=random",
+    ),
+  ],
+)
 def test_a_bad_field_is_named(edit, field, words):
   config = synthetic.get_config()
   with config.unlocked():
@@ -213,9 +249,20 @@ def test_a_study_refuses_a_bad_config_before_any_stage(tmp_path):
 def test_run_all_stops_in_seconds_naming_the_field(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
   out = subprocess.run(
-      [sys.executable, "-m", "launch.run_all", "--config=configs/tiny.py",
-       f"--workdir={tmp_path / 'run'}", "--config.study.ssim_data_range=0"],
-      capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
+    [
+      sys.executable,
+      "-m",
+      "launch.run_all",
+      "--config=configs/tiny.py",
+      f"--workdir={tmp_path / 'run'}",
+      "--config.study.ssim_data_range=0",
+    ],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=120,
+    cwd=ROOT,
+  )
   assert out.returncode != 0
   assert "study.ssim_data_range: must be > 0" in out.stderr
   assert "[data]" not in out.stdout and not os.path.exists(tmp_path / "run")

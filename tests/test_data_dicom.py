@@ -22,10 +22,21 @@ import skimage.transform
 from saliency_jax.data import dicom
 
 
-def write_dicom(path, arr, *, photometric="MONOCHROME2", bits_stored=None,
-                slope=None, intercept=None, center=None, width=None,
-                voi_lut=None, compress=None, patient_id="patient",
-                sop_instance_uid=None):
+def write_dicom(
+  path,
+  arr,
+  *,
+  photometric="MONOCHROME2",
+  bits_stored=None,
+  slope=None,
+  intercept=None,
+  center=None,
+  width=None,
+  voi_lut=None,
+  compress=None,
+  patient_id="patient",
+  sop_instance_uid=None,
+):
   """Writes `arr` ([rows, cols] uint8/uint16/int16) as a DICOM file.
 
   voi_lut: optional (first_mapped, lut values, bits per entry).
@@ -71,7 +82,7 @@ def write_dicom(path, arr, *, photometric="MONOCHROME2", bits_stored=None,
 def linear_window(v, center, width, lo, hi):
   """PS3.3 C.11.2.1.2.1 (LINEAR), output scaled to [0, 1] of [lo, hi]."""
   v = np.asarray(v, np.float64)
-  out = ((v - (center - 0.5)) / (width - 1) + 0.5)
+  out = (v - (center - 0.5)) / (width - 1) + 0.5
   out = np.where(v <= center - 0.5 - (width - 1) / 2, 0.0, out)
   out = np.where(v > center - 0.5 + (width - 1) / 2, 1.0, out)
   del lo, hi  # the window maps onto the whole output range
@@ -81,8 +92,7 @@ def linear_window(v, center, width, lo, hi):
 @pytest.fixture
 def ramp12():
   """A 64x48 non-square 12-bit ramp covering 0..4095."""
-  return (np.arange(64 * 48).reshape(64, 48) * 4095 // (64 * 48 - 1)).astype(
-      np.uint16)
+  return (np.arange(64 * 48).reshape(64, 48) * 4095 // (64 * 48 - 1)).astype(np.uint16)
 
 
 def test_8bit_monochrome2(tmp_path):
@@ -95,30 +105,34 @@ def test_8bit_monochrome2(tmp_path):
 
 def test_8bit_monochrome1_inverted(tmp_path):
   arr = np.random.default_rng(1).integers(0, 256, (64, 48)).astype(np.uint8)
-  image = dicom.read_dicom(
-      write_dicom(tmp_path / "a.dcm", arr, photometric="MONOCHROME1"))
+  image = dicom.read_dicom(write_dicom(tmp_path / "a.dcm", arr, photometric="MONOCHROME1"))
   np.testing.assert_allclose(image.pixels, 1.0 - arr / 255.0, atol=1e-6)
 
 
 def test_16bit_normalized_by_bits_stored(tmp_path, ramp12):
-  image = dicom.read_dicom(
-      write_dicom(tmp_path / "a.dcm", ramp12, bits_stored=12))
+  image = dicom.read_dicom(write_dicom(tmp_path / "a.dcm", ramp12, bits_stored=12))
   np.testing.assert_allclose(image.pixels, ramp12 / 4095.0, atol=1e-6)
   assert image.pixels.max() == 1.0
 
 
 def test_rescale_with_negative_slope(tmp_path, ramp12):
   # out = 4095 - v over the range [0, 4095]: bright where stored values are low.
-  image = dicom.read_dicom(write_dicom(
-      tmp_path / "a.dcm", ramp12, bits_stored=12, slope=-1.0,
-      intercept=4095.0))
-  np.testing.assert_allclose(image.pixels, (4095.0 - ramp12) / 4095.0,
-                             atol=1e-6)
+  image = dicom.read_dicom(
+    write_dicom(tmp_path / "a.dcm", ramp12, bits_stored=12, slope=-1.0, intercept=4095.0)
+  )
+  np.testing.assert_allclose(image.pixels, (4095.0 - ramp12) / 4095.0, atol=1e-6)
 
 
 def test_rescale_then_window(tmp_path, ramp12):
-  path = write_dicom(tmp_path / "a.dcm", ramp12, bits_stored=12, slope=2.0,
-                     intercept=-100.0, center=3000.0, width=4000.0)
+  path = write_dicom(
+    tmp_path / "a.dcm",
+    ramp12,
+    bits_stored=12,
+    slope=2.0,
+    intercept=-100.0,
+    center=3000.0,
+    width=4000.0,
+  )
   modality = ramp12 * 2.0 - 100.0
   expected = linear_window(modality, 3000.0, 4000.0, -100.0, 8090.0)
   image = dicom.read_dicom(path)
@@ -128,46 +142,38 @@ def test_rescale_then_window(tmp_path, ramp12):
 
 
 def test_signed_window_monochrome1(tmp_path):
-  arr = np.linspace(-3000, 3000, 64 * 48).round().astype(np.int16).reshape(
-      64, 48)
-  path = write_dicom(tmp_path / "a.dcm", arr, photometric="MONOCHROME1",
-                     center=0.0, width=1000.0)
+  arr = np.linspace(-3000, 3000, 64 * 48).round().astype(np.int16).reshape(64, 48)
+  path = write_dicom(tmp_path / "a.dcm", arr, photometric="MONOCHROME1", center=0.0, width=1000.0)
   expected = 1.0 - linear_window(arr, 0.0, 1000.0, -32768, 32767)
-  np.testing.assert_allclose(dicom.read_dicom(path).pixels, expected,
-                             atol=1e-6)
+  np.testing.assert_allclose(dicom.read_dicom(path).pixels, expected, atol=1e-6)
 
 
 def test_signed_no_window(tmp_path):
   arr = np.array([[-2048, -1, 0, 2047]], np.int16).repeat(3, axis=0)
   path = write_dicom(tmp_path / "a.dcm", arr, bits_stored=12)
   expected = (arr + 2048.0) / 4095.0
-  np.testing.assert_allclose(dicom.read_dicom(path).pixels, expected,
-                             atol=1e-6)
+  np.testing.assert_allclose(dicom.read_dicom(path).pixels, expected, atol=1e-6)
 
 
 def test_voi_lut_sequence(tmp_path):
   arr = np.array([[0, 5, 10, 15], [20, 100, 3, 7]], np.uint16)
   lut = (np.arange(16) * 4000) % 4096  # 16 entries from value 2, 12-bit out
-  path = write_dicom(tmp_path / "a.dcm", arr, bits_stored=12,
-                     voi_lut=(2, lut, 12))
+  path = write_dicom(tmp_path / "a.dcm", arr, bits_stored=12, voi_lut=(2, lut, 12))
   expected = lut[np.clip(arr.astype(int) - 2, 0, 15)] / 4095.0
-  np.testing.assert_allclose(dicom.read_dicom(path).pixels, expected,
-                             atol=1e-6)
+  np.testing.assert_allclose(dicom.read_dicom(path).pixels, expected, atol=1e-6)
 
 
 def test_rle_lossless_compressed_equals_uncompressed(tmp_path, ramp12):
-  plain = dicom.read_dicom(write_dicom(tmp_path / "a.dcm", ramp12,
-                                       bits_stored=12))
-  packed = dicom.read_dicom(write_dicom(tmp_path / "b.dcm", ramp12,
-                                        bits_stored=12,
-                                        compress=uid.RLELossless))
+  plain = dicom.read_dicom(write_dicom(tmp_path / "a.dcm", ramp12, bits_stored=12))
+  packed = dicom.read_dicom(
+    write_dicom(tmp_path / "b.dcm", ramp12, bits_stored=12, compress=uid.RLELossless)
+  )
   assert packed.transfer_syntax == "RLE Lossless"
   np.testing.assert_array_equal(packed.pixels, plain.pixels)
 
 
 def test_jpeg_baseline_through_pillow_plugin(tmp_path):
-  arr = (np.add.outer(np.arange(64) * 3, np.arange(48) * 2) % 256).astype(
-      np.uint8)
+  arr = (np.add.outer(np.arange(64) * 3, np.arange(48) * 2) % 256).astype(np.uint8)
   buffer = io.BytesIO()
   Image.fromarray(arr).save(buffer, format="JPEG", quality=90)
   path = write_dicom(tmp_path / "a.dcm", arr)
@@ -183,8 +189,7 @@ def test_jpeg_baseline_through_pillow_plugin(tmp_path):
 
 
 def test_missing_plugin_names_syntax_and_packages(tmp_path, ramp12):
-  path = write_dicom(tmp_path / "a.dcm", ramp12, bits_stored=12,
-                     compress=uid.RLELossless)
+  path = write_dicom(tmp_path / "a.dcm", ramp12, bits_stored=12, compress=uid.RLELossless)
   ds = pydicom.dcmread(path)
   # Claim JPEG-LS, for which no decoder is installed here.
   ds.file_meta.TransferSyntaxUID = uid.JPEGLSLossless
@@ -196,11 +201,14 @@ def test_missing_plugin_names_syntax_and_packages(tmp_path, ramp12):
   assert "pylibjpeg-libjpeg" in str(info.value)
 
 
-@pytest.mark.parametrize("keep,reasons", [
+@pytest.mark.parametrize(
+  "keep,reasons",
+  [
     (-100, {"truncated_pixel_data"}),
     (400, {"no_pixel_data", "unreadable"}),
     (100, {"unreadable"}),
-])
+  ],
+)
 def test_truncated(tmp_path, ramp12, keep, reasons):
   path = write_dicom(tmp_path / "a.dcm", ramp12, bits_stored=12)
   data = open(path, "rb").read()
@@ -235,23 +243,19 @@ def test_color_is_unsupported(tmp_path):
 
 def test_quantize_rounding():
   x = np.array([0.0, 0.5, 1.0, 1.5 / 255, 0.49 / 255, 1.2, -0.1])
-  np.testing.assert_array_equal(dicom.quantize(x, "uint8"),
-                                [0, 128, 255, 2, 0, 255, 0])
-  np.testing.assert_array_equal(dicom.quantize(np.array([0.5, 1.0]), "uint16"),
-                                [32768, 65535])
+  np.testing.assert_array_equal(dicom.quantize(x, "uint8"), [0, 128, 255, 2, 0, 255, 0])
+  np.testing.assert_array_equal(dicom.quantize(np.array([0.5, 1.0]), "uint16"), [32768, 65535])
   with pytest.raises(ValueError):
     dicom.quantize(x, "float32")
 
 
 def test_load_image_resizes_like_skimage(tmp_path, ramp12):
-  path = write_dicom(tmp_path / "a.dcm", ramp12, bits_stored=12,
-                     photometric="MONOCHROME1")
+  path = write_dicom(tmp_path / "a.dcm", ramp12, bits_stored=12, photometric="MONOCHROME1")
   image, info = dicom.load_image(path, 32, "uint16")
   assert image.shape == (32, 32, 1) and image.dtype == np.uint16
   assert info.shape == (64, 48)
   unit = 1.0 - ramp12 / 4095.0
-  reference = skimage.transform.resize(unit, (32, 32), order=1, mode="edge",
-                                       anti_aliasing=True)
+  reference = skimage.transform.resize(unit, (32, 32), order=1, mode="edge", anti_aliasing=True)
   np.testing.assert_array_equal(
-      image[..., 0], np.round(np.clip(reference, 0, 1) * 65535).astype(
-          np.uint16))
+    image[..., 0], np.round(np.clip(reference, 0, 1) * 65535).astype(np.uint16)
+  )

@@ -15,9 +15,13 @@ from saliency_jax.data import rle
 
 def _examples(name, data_dir):
   sources = tfds.data_source(name, data_dir=data_dir)
-  return {split: {str(ex["id"], "utf8") if isinstance(ex["id"], bytes) else str(ex["id"]): ex
-                  for ex in (source[i] for i in range(len(source)))}
-          for split, source in sources.items()}
+  return {
+    split: {
+      str(ex["id"], "utf8") if isinstance(ex["id"], bytes) else str(ex["id"]): ex
+      for ex in (source[i] for i in range(len(source)))
+    }
+    for split, source in sources.items()
+  }
 
 
 def test_authors_sample_format(tmp_path):
@@ -34,7 +38,7 @@ def test_authors_sample_format(tmp_path):
     np.save(root / "images" / f"s{i}.npy", sample)
     mask = np.zeros((24, 24), bool)
     if i != 3:  # s3: an empty mask, hence a negative image
-      mask[i:i + 5, 2 * i:2 * i + 7] = True
+      mask[i : i + 5, 2 * i : 2 * i + 7] = True
     masks[f"s{i}"] = mask
     np.save(root / "masks" / f"s{i}.npy", mask)
   np.save(root / "images" / "too_bright.npy", np.full((24, 24, 3), 2.0, np.float32))
@@ -46,8 +50,12 @@ def test_authors_sample_format(tmp_path):
 
   data_dir = str(tmp_path / "tfds")
   name, report = prepare_real.prepare(
-      "image_mask_folder", manual_dir=str(root), data_dir=data_dir, image_size=24,
-      split_fractions=(0, 0, 1))
+    "image_mask_folder",
+    manual_dir=str(root),
+    data_dir=data_dir,
+    image_size=24,
+    split_fractions=(0, 0, 1),
+  )
   examples = _examples(name, data_dir)
   assert set(examples) == {"test"} and set(examples["test"]) == set(pixels)
   for image_id, ex in examples["test"].items():
@@ -58,13 +66,21 @@ def test_authors_sample_format(tmp_path):
     assert ex["boxes"].shape == (0, 4)
   assert report["num_written"] == 5
   assert {r: e["count"] for r, e in report["skipped"].items()} == {
-      "value_out_of_range": 1, "mask_shape_mismatch": 1, "npy_unreadable": 1,
-      "image_missing_file": 1}
+    "value_out_of_range": 1,
+    "mask_shape_mismatch": 1,
+    "npy_unreadable": 1,
+    "image_missing_file": 1,
+  }
   assert report["info"]["labels"] == "ground truth present"
   # Another float range is another build, and maps [0, 2] to the unit range.
   name2, _ = prepare_real.prepare(
-      "image_mask_folder", manual_dir=str(root), data_dir=data_dir, image_size=24,
-      split_fractions=(0, 0, 1), float_range=(-2, 2))
+    "image_mask_folder",
+    manual_dir=str(root),
+    data_dir=data_dir,
+    image_size=24,
+    split_fractions=(0, 0, 1),
+    float_range=(-2, 2),
+  )
   assert name2 != name
   bright = _examples(name2, data_dir)["test"]["too_bright"]
   np.testing.assert_array_equal(bright["image"], 255)
@@ -91,25 +107,35 @@ def test_png_images_with_masks_boxes_rle_and_labels(tmp_path):
   mask0 = np.zeros((20, 16), np.uint8)
   mask0[4:10, 2:8] = 255
   _png(root / "masks" / "p0.png", mask0)
-  (root / "boxes.csv").write_text("id,x,y,width,height\np1,2,4,6,8\np2,1,1,2,2\n"
-                                  "p3,0,0,40,4\n")
+  (root / "boxes.csv").write_text("id,x,y,width,height\np1,2,4,6,8\np2,1,1,2,2\np3,0,0,40,4\n")
   rle_mask = np.zeros((20, 16), bool)
   rle_mask[3:7, 5:9] = True
   (root / "rle.csv").write_text(f"id,EncodedPixels\np4,{rle.rle_encode(rle_mask)}\n")
   (root / "labels.csv").write_text(
-      "id,label,split\np0,1,train\np1,1,test\np2,0,test\np3,1,test\np4,1,validation\n"
-      "p5,1,test\nghost,1,test\n")
+    "id,label,split\np0,1,train\np1,1,test\np2,0,test\np3,1,test\np4,1,validation\n"
+    "p5,1,test\nghost,1,test\n"
+  )
 
   data_dir = str(tmp_path / "tfds")
-  name, report = prepare_real.prepare("image_mask_folder", manual_dir=str(root),
-                                       data_dir=data_dir, image_size=10)
+  name, report = prepare_real.prepare(
+    "image_mask_folder", manual_dir=str(root), data_dir=data_dir, image_size=10
+  )
   examples = _examples(name, data_dir)
   assert {s: sorted(e) for s, e in examples.items()} == {
-      "train": ["p0"], "validation": ["p4"], "test": ["p1", "p5"]}
+    "train": ["p0"],
+    "validation": ["p4"],
+    "test": ["p1", "p5"],
+  }
   ex = {k: v for split in examples.values() for k, v in split.items()}
   for image_id, e in ex.items():
-    expected = skimage.transform.resize(gray[image_id] / 255.0, (10, 10), order=1,
-                                        mode="edge", anti_aliasing=True, preserve_range=True)
+    expected = skimage.transform.resize(
+      gray[image_id] / 255.0,
+      (10, 10),
+      order=1,
+      mode="edge",
+      anti_aliasing=True,
+      preserve_range=True,
+    )
     np.testing.assert_array_equal(e["image"][..., 0], np.round(expected * 255).astype(np.uint8))
   # Nearest neighbour at pixel centres: target row r samples source row floor((r + .5) * 2).
   rows = np.arange(10) * 2 + 1
@@ -121,12 +147,16 @@ def test_png_images_with_masks_boxes_rle_and_labels(tmp_path):
   assert ex["p1"]["mask"][2:6, 1:5].all() and ex["p1"]["mask"].sum() == 16
   assert int(ex["p5"]["label"]) == 1 and not ex["p5"]["mask"].any()
   assert {r: e["count"] for r, e in report["skipped"].items()} == {
-      "label_conflict": 1, "box_outside_image": 1, "image_missing_file": 1}
+    "label_conflict": 1,
+    "box_outside_image": 1,
+    "image_missing_file": 1,
+  }
   assert report["notes"]["channels_averaged"]["count"] == 1
   assert report["notes"]["positive_without_ground_truth"]["count"] == 1
 
 
 def test_missing_images_dir_explains(tmp_path):
   with pytest.raises(FileNotFoundError, match="images"):
-    prepare_real.prepare("image_mask_folder", manual_dir=str(tmp_path),
-                          data_dir=str(tmp_path / "tfds"), image_size=8)
+    prepare_real.prepare(
+      "image_mask_folder", manual_dir=str(tmp_path), data_dir=str(tmp_path / "tfds"), image_size=8
+    )

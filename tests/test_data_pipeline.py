@@ -1,4 +1,5 @@
 """Tests of the model preprocessing and of the Grain input pipeline."""
+
 import itertools
 
 import jax
@@ -25,14 +26,19 @@ def test_inception_scaling_hand_values():
 def test_imagenet_normalization_hand_values():
   x = np.array([0, 255], np.uint8).reshape(2, 1, 1)
   out = preprocess(x, style="imagenet", channels=3)
-  want = np.array([[-0.485 / 0.229, -0.456 / 0.224, -0.406 / 0.225],
-                   [0.515 / 0.229, 0.544 / 0.224, 0.594 / 0.225]])
+  want = np.array(
+    [
+      [-0.485 / 0.229, -0.456 / 0.224, -0.406 / 0.225],
+      [0.515 / 0.229, 0.544 / 0.224, 0.594 / 0.225],
+    ]
+  )
   np.testing.assert_allclose(out[:, 0], want, rtol=1e-6)
   one = preprocess(x, style="imagenet", channels=1)
   np.testing.assert_allclose(one[:, 0, 0], want[:, 0], rtol=1e-6)
   x16 = np.array([65535], np.uint16).reshape(1, 1, 1)
-  np.testing.assert_allclose(preprocess(x16, style="imagenet", channels=3)[0, 0], want[1],
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    preprocess(x16, style="imagenet", channels=3)[0, 0], want[1], rtol=1e-6
+  )
 
 
 def test_preprocess_jax_matches_numpy_and_traces():
@@ -61,8 +67,15 @@ def _source(n, size=6):
   for i in range(n):
     mask = np.zeros((size, size, 1), np.uint8)
     mask[i % size, 0] = 1
-    examples.append({"id": f"ex{i}".encode(), "image": np.full((size, size, 1), i, np.uint8),
-                     "label": i % 2, "mask": mask, "boxes": np.zeros((0, 4), np.float32)})
+    examples.append(
+      {
+        "id": f"ex{i}".encode(),
+        "image": np.full((size, size, 1), i, np.uint8),
+        "label": i % 2,
+        "mask": mask,
+        "boxes": np.zeros((0, 4), np.float32),
+      }
+    )
   return examples
 
 
@@ -72,8 +85,9 @@ def _indices(ds, num_batches=None):
 
 
 def test_batches_are_preprocessed_examples():
-  ds = make_dataset(_source(10), batch_size=4, seed=0, channels=3, num_epochs=1,
-                    drop_remainder=False)
+  ds = make_dataset(
+    _source(10), batch_size=4, seed=0, channels=3, num_epochs=1, drop_remainder=False
+  )
   batches = list(ds)
   assert [len(b["index"]) for b in batches] == [4, 4, 2]
   seen = np.concatenate([b["index"] for b in batches])
@@ -104,6 +118,7 @@ def test_seeded_shuffle_is_reproducible_and_reshuffles_each_epoch():
 def test_iterator_state_resumes_at_the_same_batch():
   def fresh():
     return make_dataset(_source(11), batch_size=3, seed=7)
+
   it = iter(fresh())
   for _ in range(5):  # crosses an epoch boundary (11 examples, batches of 3)
     next(it)
@@ -119,16 +134,33 @@ def test_iterator_state_resumes_at_the_same_batch():
 
 def test_shards_are_disjoint_and_cover_the_data():
   n = 14
-  shards = [np.concatenate(_indices(make_dataset(_source(n), batch_size=1, seed=1, num_epochs=1,
-                                                 drop_remainder=False, shard_index=k,
-                                                 shard_count=3)))
-            for k in range(3)]
+  shards = [
+    np.concatenate(
+      _indices(
+        make_dataset(
+          _source(n),
+          batch_size=1,
+          seed=1,
+          num_epochs=1,
+          drop_remainder=False,
+          shard_index=k,
+          shard_count=3,
+        )
+      )
+    )
+    for k in range(3)
+  ]
   assert sorted(np.concatenate(shards).tolist()) == list(range(n))
   assert [len(s) for s in shards] == [5, 5, 4]
   # drop_remainder: equal shards, so every process runs the same number of steps.
-  equal = [np.concatenate(_indices(make_dataset(_source(n), batch_size=2, seed=1, num_epochs=1,
-                                                shard_index=k, shard_count=3)))
-           for k in range(3)]
+  equal = [
+    np.concatenate(
+      _indices(
+        make_dataset(_source(n), batch_size=2, seed=1, num_epochs=1, shard_index=k, shard_count=3)
+      )
+    )
+    for k in range(3)
+  ]
   assert [len(s) for s in equal] == [4, 4, 4]
   assert len(set(np.concatenate(equal).tolist())) == 12
   # One process (this test): shard_by_process reads everything.
@@ -155,18 +187,23 @@ def test_hosts_together_read_the_global_batches_of_one_process(hosts):
   # Global batch k of one process, split in host order: what hosts' batches k make together
   # (the mesh puts host 0's rows first), over several epochs (11 examples, not a multiple).
   local = 2
-  one = _indices(make_dataset(_source(11), batch_size=local * hosts, seed=5,
-                              shard_by_process=False), 9)
-  parts = [_indices(make_dataset(_source(11), batch_size=local, seed=5, shard_index=h,
-                                 shard_count=hosts), 9) for h in range(hosts)]
+  one = _indices(
+    make_dataset(_source(11), batch_size=local * hosts, seed=5, shard_by_process=False), 9
+  )
+  parts = [
+    _indices(
+      make_dataset(_source(11), batch_size=local, seed=5, shard_index=h, shard_count=hosts), 9
+    )
+    for h in range(hosts)
+  ]
   together = [sum((parts[h][k] for h in range(hosts)), []) for k in range(9)]
   assert together == one
   # A host resumes its part from a checkpointed iterator state, as training does.
-  it = iter(make_dataset(_source(11), batch_size=local, seed=5, shard_index=1,
-                         shard_count=hosts))
+  it = iter(make_dataset(_source(11), batch_size=local, seed=5, shard_index=1, shard_count=hosts))
   for _ in range(4):
     next(it)
-  resumed = iter(make_dataset(_source(11), batch_size=local, seed=5, shard_index=1,
-                              shard_count=hosts))
+  resumed = iter(
+    make_dataset(_source(11), batch_size=local, seed=5, shard_index=1, shard_count=hosts)
+  )
   resumed.set_state(it.get_state())
   assert [next(resumed)["index"].tolist() for _ in range(3)] == parts[1][4:7]

@@ -17,7 +17,7 @@ def reference_rle2mask(rle_string, width, height):
   current_position = 0
   for index, start in enumerate(starts):
     current_position += start
-    mask[current_position:current_position + lengths[index]] = 255
+    mask[current_position : current_position + lengths[index]] = 255
     current_position += lengths[index]
   return mask.reshape(width, height)
 
@@ -60,18 +60,14 @@ def reference_mask2rle(img, width, height):
 # Column-major pixel numbers (x * 4 + y): column 0 is 0..3, column 1 is 4..7,
 # column 2 is 8..11. Inside: 1, 2 | 4, 5 | 11. Runs (start, length):
 # (1, 2), (4, 2), (11, 1); relative starts: 1, 4 - 3 = 1, 11 - 6 = 5.
-HAND_MASK = np.array([[0, 1, 0],
-                      [1, 1, 0],
-                      [1, 0, 0],
-                      [0, 0, 1]], bool)
+HAND_MASK = np.array([[0, 1, 0], [1, 1, 0], [1, 0, 0], [0, 0, 1]], bool)
 HAND_RLE = "1 2 1 2 5 1"
 
 
 def test_hand_worked_example():
   np.testing.assert_array_equal(rle.rle_decode(HAND_RLE, 4, 3), HAND_MASK)
   assert rle.rle_encode(HAND_MASK) == HAND_RLE
-  np.testing.assert_array_equal(
-      rle.rle_runs(HAND_RLE, 4, 3), [[1, 2], [4, 2], [11, 1]])
+  np.testing.assert_array_equal(rle.rle_runs(HAND_RLE, 4, 3), [[1, 2], [4, 2], [11, 1]])
 
 
 def test_competition_readme_example_lands_in_columns():
@@ -92,8 +88,9 @@ def test_empty():
   assert rle.rle_encode(np.zeros((5, 7))) == "-1"
 
 
-@pytest.mark.parametrize("shape,density", [((7, 5), 0.3), ((5, 9), 0.7),
-                                           ((16, 16), 0.05), ((3, 1), 0.5)])
+@pytest.mark.parametrize(
+  "shape,density", [((7, 5), 0.3), ((5, 9), 0.7), ((16, 16), 0.05), ((3, 1), 0.5)]
+)
 def test_roundtrip_and_reference(shape, density):
   rng = np.random.default_rng(sum(shape))
   for _ in range(20):
@@ -103,8 +100,7 @@ def test_roundtrip_and_reference(shape, density):
     height, width = shape
     if mask.any():
       # Decoder equals the competition's rle2mask(...).T.
-      np.testing.assert_array_equal(
-          reference_rle2mask(encoded, width, height).T == 255, mask)
+      np.testing.assert_array_equal(reference_rle2mask(encoded, width, height).T == 255, mask)
     if not mask[-1, -1]:
       # The competition's encoder (which drops a run touching the last pixel)
       # is called on the transposed 255-mask.
@@ -143,8 +139,7 @@ def test_union_of_rows():
   b = np.zeros((6, 5), bool)
   b[2:5, 1] = True  # overlaps a
   b[0, 4] = True
-  union = rle.rle_decode_union([rle.rle_encode(a), "-1", rle.rle_encode(b)],
-                               6, 5)
+  union = rle.rle_decode_union([rle.rle_encode(a), "-1", rle.rle_encode(b)], 6, 5)
   np.testing.assert_array_equal(union, a | b)
 
 

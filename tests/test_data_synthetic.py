@@ -1,4 +1,5 @@
 """Tests of the procedural generator and of the `synthetic_cxr` TFDS builder."""
+
 import os
 import sys
 
@@ -19,8 +20,9 @@ EIGHT_CONNECTED = np.ones((3, 3), int)
 
 @pytest.fixture(scope="module")
 def train40():
-  return [synthetic_images.generate_example(i, split="train", seed=3, image_size=48)
-          for i in range(40)]
+  return [
+    synthetic_images.generate_example(i, split="train", seed=3, image_size=48) for i in range(40)
+  ]
 
 
 def test_same_seed_same_bytes_other_seed_or_split_differs():
@@ -66,8 +68,9 @@ def test_negatives_have_no_lesions_and_positives_have_exact_boxes(train40):
     # Independent reference: connected components of the mask and their bounding slices.
     components, n = ndimage.label(mask, structure=EIGHT_CONNECTED)
     assert 1 <= n <= 3 and n == len(e.boxes)
-    ref = sorted((s[0].start, s[1].start, s[0].stop, s[1].stop)
-                 for s in ndimage.find_objects(components))
+    ref = sorted(
+      (s[0].start, s[1].start, s[0].stop, s[1].stop) for s in ndimage.find_objects(components)
+    )
     assert sorted(map(tuple, e.boxes.astype(int).tolist())) == ref
     np.testing.assert_array_equal(e.boxes, np.round(e.boxes))
     # Lesions lie inside the lungs.
@@ -75,13 +78,19 @@ def test_negatives_have_no_lesions_and_positives_have_exact_boxes(train40):
 
 
 def test_positive_fraction():
-  labels = [synthetic_images.generate_example(i, image_size=16, positive_fraction=0.5).label
-            for i in range(200)]
+  labels = [
+    synthetic_images.generate_example(i, image_size=16, positive_fraction=0.5).label
+    for i in range(200)
+  ]
   assert 0.4 < np.mean(labels) < 0.6
-  assert not any(synthetic_images.generate_example(i, image_size=16, positive_fraction=0.0).label
-                 for i in range(20))
-  assert all(synthetic_images.generate_example(i, image_size=16, positive_fraction=1.0).label
-             for i in range(20))
+  assert not any(
+    synthetic_images.generate_example(i, image_size=16, positive_fraction=0.0).label
+    for i in range(20)
+  )
+  assert all(
+    synthetic_images.generate_example(i, image_size=16, positive_fraction=1.0).label
+    for i in range(20)
+  )
 
 
 def test_difficulty_changes_only_lesion_pixels():
@@ -120,18 +129,33 @@ def test_bad_settings_raise():
 
 
 def test_config_names_round_trip():
-  config = synthetic_cxr.make_config(image_size=40, num_train=5, num_val=3, num_test=2, seed=9,
-                                     difficulty=1.25, positive_fraction=0.3)
+  config = synthetic_cxr.make_config(
+    image_size=40,
+    num_train=5,
+    num_val=3,
+    num_test=2,
+    seed=9,
+    difficulty=1.25,
+    positive_fraction=0.3,
+  )
   assert config.name == "s40_n5-3-2_seed9_d1.25_p0.3"
   parsed = synthetic_cxr.parse_config_name(config.name)
-  assert (parsed.image_size, parsed.num_train, parsed.num_val, parsed.num_test, parsed.seed,
-          parsed.difficulty, parsed.positive_fraction) == (40, 5, 3, 2, 9, 1.25, 0.3)
+  assert (
+    parsed.image_size,
+    parsed.num_train,
+    parsed.num_val,
+    parsed.num_test,
+    parsed.seed,
+    parsed.difficulty,
+    parsed.positive_fraction,
+  ) == (40, 5, 3, 2, 9, 1.25, 0.3)
   assert synthetic_cxr.parse_config_name("s40_n5-3-2_seed9_d1.250_p0.3") is None  # not canonical
   assert synthetic_cxr.parse_config_name("default") is None
 
 
-SETTINGS = dict(image_size=32, num_train=9, num_val=4, num_test=3, seed=4, difficulty=1.0,
-                positive_fraction=0.5)
+SETTINGS = dict(
+  image_size=32, num_train=9, num_val=4, num_test=3, seed=4, difficulty=1.0, positive_fraction=0.5
+)
 
 
 @pytest.fixture(scope="module")
@@ -183,13 +207,17 @@ def test_load_arrays_matches_generator(built):
 def test_rebuild_is_a_no_op_and_settings_do_not_collide(built):
   data_dir, name = built
   root = os.path.join(data_dir, *name.split("/"))
-  files = {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns
-           for d, _, fs in os.walk(root) for f in fs}
+  files = {
+    os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns
+    for d, _, fs in os.walk(root)
+    for f in fs
+  }
   assert build_synthetic(data_dir, **SETTINGS) == name
   assert {p: os.stat(p).st_mtime_ns for p in files} == files
   # Another seed is another config next to the first one.
-  other = build_synthetic(data_dir, **{**SETTINGS, "seed": 5, "num_train": 2, "num_val": 1,
-                                       "num_test": 1})
+  other = build_synthetic(
+    data_dir, **{**SETTINGS, "seed": 5, "num_train": 2, "num_val": 1, "num_test": 1}
+  )
   assert other != name
   a = tfds.data_source(name, data_dir=data_dir)["train"][0]["image"]
   b = tfds.data_source(other, data_dir=data_dir)["train"][0]["image"]
@@ -203,8 +231,9 @@ def test_grain_pipeline_reads_the_tfds_source(built):
   ref = synthetic_images.generate_arrays("train", 9, seed=4, image_size=32)
   idx = batch["index"]
   assert len(set(idx.tolist())) == 4
-  np.testing.assert_allclose(batch["image"], np.repeat(ref["image"][idx] / 127.5 - 1, 3, -1),
-                             rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(
+    batch["image"], np.repeat(ref["image"][idx] / 127.5 - 1, 3, -1), rtol=1e-6, atol=1e-6
+  )
   np.testing.assert_array_equal(batch["mask"], ref["mask"][idx])
   np.testing.assert_array_equal(batch["label"], ref["label"][idx])
 
@@ -212,11 +241,12 @@ def test_grain_pipeline_reads_the_tfds_source(built):
 def test_data_source_generates_an_unbuilt_config(tmp_path):
   # Any canonical settings name is a config; data_source prepares it (array_record, no TF).
   name = "synthetic_cxr/" + synthetic_cxr.config_name(
-      image_size=24, num_train=2, num_val=1, num_test=1, seed=8, difficulty=2.0,
-      positive_fraction=1.0)
+    image_size=24, num_train=2, num_val=1, num_test=1, seed=8, difficulty=2.0, positive_fraction=1.0
+  )
   source = tfds.data_source(name, data_dir=str(tmp_path))["train"]
-  ref = synthetic_images.generate_example(1, split="train", seed=8, image_size=24, difficulty=2.0,
-                                   positive_fraction=1.0)
+  ref = synthetic_images.generate_example(
+    1, split="train", seed=8, image_size=24, difficulty=2.0, positive_fraction=1.0
+  )
   np.testing.assert_array_equal(source[1]["image"], ref.image)
   assert source[1]["label"] == 1
   assert "tensorflow" not in sys.modules

@@ -3,6 +3,7 @@
 The restart runs as two hosts (two JAX processes joined by jax.distributed), so the same test
 shows that hosts split the remaining chunks between them.
 """
+
 import os
 import signal
 import socket
@@ -17,17 +18,32 @@ from saliency_jax import maps
 from saliency_jax.maps import demo
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_FLAGS = {"num_images": 14, "height": 11, "width": 8, "channels": 1, "seed": 5,
-          "chunk_size": 3, "method": "DEMO_GRAD", "key_seed": 2}
+_FLAGS = {
+  "num_images": 14,
+  "height": 11,
+  "width": 8,
+  "channels": 1,
+  "seed": 5,
+  "chunk_size": 3,
+  "method": "DEMO_GRAD",
+  "key_seed": 2,
+}
 
 
 def _launch(store, log, **extra):
   flags = {**_FLAGS, "store": store, "chunk_log": log, **extra}
-  env = {**os.environ, "JAX_PLATFORMS": "cpu",
-         "PYTHONPATH": os.pathsep.join([_ROOT, os.environ.get("PYTHONPATH", "")])}
+  env = {
+    **os.environ,
+    "JAX_PLATFORMS": "cpu",
+    "PYTHONPATH": os.pathsep.join([_ROOT, os.environ.get("PYTHONPATH", "")]),
+  }
   return subprocess.Popen(
-      [sys.executable, "-m", "launch.generate_maps"] + [f"--{k}={v}" for k, v in flags.items()],
-      cwd=_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    [sys.executable, "-m", "launch.generate_maps"] + [f"--{k}={v}" for k, v in flags.items()],
+    cwd=_ROOT,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+  )
 
 
 def _free_port():
@@ -47,8 +63,11 @@ def test_a_killed_job_restarts_where_it_stopped(tmp_path):
   job = _launch(store_path, log1, chunk_delay_s=1.5)
   deadline = time.monotonic() + 120
   while True:
-    done = [f for f in os.listdir(store_path) if f.endswith(".sha256")] if os.path.isdir(
-        store_path) else []
+    done = (
+      [f for f in os.listdir(store_path) if f.endswith(".sha256")]
+      if os.path.isdir(store_path)
+      else []
+    )
     if len(done) >= 2:
       break
     assert job.poll() is None, job.stdout.read().decode()
@@ -67,9 +86,17 @@ def test_a_killed_job_restarts_where_it_stopped(tmp_path):
   assert not leftovers
 
   port = _free_port()
-  restarts = [_launch(store_path, log2 + str(host), distributed=True, num_processes=2,
-                      process_id=host, coordinator_address=f"localhost:{port}")
-              for host in (0, 1)]
+  restarts = [
+    _launch(
+      store_path,
+      log2 + str(host),
+      distributed=True,
+      num_processes=2,
+      process_id=host,
+      coordinator_address=f"localhost:{port}",
+    )
+    for host in (0, 1)
+  ]
   for restart in restarts:
     output = restart.communicate(timeout=180)[0].decode()
     assert restart.returncode == 0, output
@@ -85,11 +112,19 @@ def test_a_killed_job_restarts_where_it_stopped(tmp_path):
 
   # The same maps as an uninterrupted job (here in this process, one chunk for all images).
   model_fns, images, targets, indices, ids = demo.tiny_problem(
-      seed=_FLAGS["seed"], num_images=_FLAGS["num_images"], height=_FLAGS["height"],
-      width=_FLAGS["width"], channels=_FLAGS["channels"])
+    seed=_FLAGS["seed"],
+    num_images=_FLAGS["num_images"],
+    height=_FLAGS["height"],
+    width=_FLAGS["width"],
+    channels=_FLAGS["channels"],
+  )
   whole = maps.generate_maps(
-      str(tmp_path / "whole"), demo.DEMO_METHODS["DEMO_GRAD"], model_fns,
-      maps.MapInputs(images, targets, indices, ids), key=jax.random.key(_FLAGS["key_seed"]),
-      plan=maps.MapPlan(chunk_size=_FLAGS["num_images"], progress=False))
+    str(tmp_path / "whole"),
+    demo.DEMO_METHODS["DEMO_GRAD"],
+    model_fns,
+    maps.MapInputs(images, targets, indices, ids),
+    key=jax.random.key(_FLAGS["key_seed"]),
+    plan=maps.MapPlan(chunk_size=_FLAGS["num_images"], progress=False),
+  )
   np.testing.assert_allclose(store.read_all(), whole.read_all(), rtol=0, atol=1e-6)
   np.testing.assert_array_equal(store.ids, ids)

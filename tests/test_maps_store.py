@@ -1,4 +1,5 @@
 """Tests of the chunked map store: layout, atomic chunks, resuming, float16, streaming."""
+
 import errno
 import gc
 import os
@@ -17,8 +18,9 @@ def _maps(n, h=5, w=7, seed=0):
 
 
 def _create(path, n=11, chunk_size=4, dtype="float32", **kwargs):
-  return MapStore.create_or_open(str(path), num_maps=n, map_shape=(5, 7),
-                                 chunk_size=chunk_size, dtype=dtype, **kwargs)
+  return MapStore.create_or_open(
+    str(path), num_maps=n, map_shape=(5, 7), chunk_size=chunk_size, dtype=dtype, **kwargs
+  )
 
 
 def test_chunks_cover_all_maps_with_a_short_last_chunk(tmp_path):
@@ -118,7 +120,7 @@ def test_float16_storage_roundtrip(tmp_path):
   out = back.read_all()
   assert out.dtype == np.float32
   np.testing.assert_array_equal(out, maps.astype(np.float16).astype(np.float32))
-  np.testing.assert_allclose(out, maps, rtol=0, atol=2.0 ** -11)  # Half an ulp at 1.0.
+  np.testing.assert_allclose(out, maps, rtol=0, atol=2.0**-11)  # Half an ulp at 1.0.
   np.testing.assert_array_equal(out[0, 0, :3], [0.0, 1.0, 0.5])
   # Half the bytes of the maps (the .npy headers are the same size).
   header = os.path.getsize(s32.chunk_path(0)) - 4 * 4 * 35
@@ -138,7 +140,7 @@ def test_streaming_reads_one_chunk_at_a_time_and_keeps_none(tmp_path):
   for i, chunk in enumerate(stream):
     assert reader.chunks_read == i + 1  # Exactly one more chunk loaded per step.
     assert chunk.maps.shape == (chunk.stop - chunk.start, 5, 7)
-    np.testing.assert_array_equal(chunk.maps, maps[chunk.start:chunk.stop])
+    np.testing.assert_array_equal(chunk.maps, maps[chunk.start : chunk.stop])
     if previous is not None:
       gc.collect()
       assert previous() is None  # The reader kept no reference to the previous chunk.
@@ -168,8 +170,9 @@ def test_aligned_stores_stream_the_same_images_together(tmp_path):
   pairs = list(iter_aligned(*stores))
   assert [(x.start, y.start) for x, y in pairs] == [(0, 0), (4, 4), (8, 8)]
   np.testing.assert_array_equal(np.concatenate([x.maps for x, _ in pairs]), a)
-  np.testing.assert_array_equal(np.concatenate([y.maps for _, y in pairs]),
-                                b.astype(np.float16).astype(np.float32))
+  np.testing.assert_array_equal(
+    np.concatenate([y.maps for _, y in pairs]), b.astype(np.float16).astype(np.float32)
+  )
   other = _create(tmp_path / "c", chunk_size=5)
   with pytest.raises(ValueError, match="same images"):
     next(iter_aligned(stores[0], other))
@@ -257,10 +260,12 @@ def test_a_full_disk_says_so_names_the_file_and_that_a_rerun_resumes(tmp_path, m
   store, maps = _filled(tmp_path / "s")
   os.remove(store.checksum_path(2))  # Chunk 2 still to do.
   real_fdopen = os.fdopen
-  monkeypatch.setattr(os, "fdopen", lambda fd, *a, **k: _FullDisk(real_fdopen(fd, *a, **k),
-                                                                    room=100))
-  with pytest.raises(OSError, match=re.escape(store.chunk_path(2)) +
-                     ".*disk full.*rerun.*resume") as raised:
+  monkeypatch.setattr(
+    os, "fdopen", lambda fd, *a, **k: _FullDisk(real_fdopen(fd, *a, **k), room=100)
+  )
+  with pytest.raises(
+    OSError, match=re.escape(store.chunk_path(2)) + ".*disk full.*rerun.*resume"
+  ) as raised:
     store.write_chunk(2, maps[8:])
   assert raised.value.errno == errno.ENOSPC
   monkeypatch.undo()
@@ -278,4 +283,7 @@ def test_replace_swaps_a_store_of_other_maps_for_an_empty_one(tmp_path):
   assert other.missing_chunks() == [0, 1, 2]
   np.testing.assert_array_equal(MapStore.open(str(tmp_path / "s")).ids, other.ids)
   assert _create(tmp_path / "s", metadata={"model": "b"}, replace=True).missing_chunks() == [
-      0, 1, 2]
+    0,
+    1,
+    2,
+  ]

@@ -1,5 +1,6 @@
 """CheXlocalize's metrics against scikit-image's Otsu, hand-worked cases and a plain
 transcription of CheXlocalize's bootstrap loop."""
+
 import numpy as np
 import pytest
 from skimage import filters
@@ -17,8 +18,8 @@ def _normalized(m):
 @pytest.mark.parametrize("shape", [(4, 9, 13), (3, 32, 32), (2, 5, 3)])
 def test_otsu_segmentation_equals_scikit_image(shape):
   maps = RNG.random(shape).astype(np.float32)
-  maps[0] = maps[0] ** 4                       # skewed
-  maps[1] = np.round(maps[1] * 3)              # three levels: ties and empty bins
+  maps[0] = maps[0] ** 4  # skewed
+  maps[1] = np.round(maps[1] * 3)  # three levels: ties and empty bins
   masks = RNG.random(shape) < 0.3
   masks[:, 0, 0], masks[:, -1, -1] = True, False
   predicted, valid = chexlocalize.segment(maps, masks)
@@ -51,9 +52,9 @@ def test_undefined_cases_are_nan():
   maps = RNG.random((4, 6, 6))
   masks = np.zeros((4, 6, 6), bool)
   masks[:, 1:3, 1:3] = True
-  maps[0] = 0.3                 # constant map
-  masks[1] = False              # empty mask
-  maps[2, 0, 0] = np.nan        # non-finite map
+  maps[0] = 0.3  # constant map
+  masks[1] = False  # empty mask
+  maps[2, 0, 0] = np.nan  # non-finite map
   for fn in (chexlocalize.iou, chexlocalize.hit):
     out = fn(maps, masks)
     assert np.isnan(out[:3]).all() and np.isfinite(out[3])
@@ -66,9 +67,9 @@ def test_hit_takes_the_first_maximum():
   maps = np.zeros((3, 3, 4))
   masks = np.zeros((3, 3, 4), bool)
   masks[:, 2, :] = True
-  maps[0, 2, 1] = 5.0                    # single peak inside
-  maps[1, 0, 0] = maps[1, 2, 3] = 5.0    # tie: the first (outside) counts, not the second
-  maps[2, 1, 1] = 5.0                    # peak outside
+  maps[0, 2, 1] = 5.0  # single peak inside
+  maps[1, 0, 0] = maps[1, 2, 3] = 5.0  # tie: the first (outside) counts, not the second
+  maps[2, 1, 1] = 5.0  # peak outside
   np.testing.assert_array_equal(chexlocalize.hit(maps, masks), [1.0, 0.0, 0.0])
 
 
@@ -99,8 +100,7 @@ def _chexlocalize_bootstrap(columns, seed, replicates):
   means = []
   for _ in range(replicates):
     ids = np.random.choice(n, size=n, replace=True)
-    means.append([np.nanmean(c[ids]) if np.isfinite(c[ids]).any() else np.nan
-                  for c in columns])
+    means.append([np.nanmean(c[ids]) if np.isfinite(c[ids]).any() else np.nan for c in columns])
   return np.array(means)
 
 

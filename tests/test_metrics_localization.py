@@ -1,4 +1,5 @@
 """Localization metrics against scikit-learn, scikit-image and hand-worked Quantus cases."""
+
 import warnings
 
 import jax
@@ -49,9 +50,11 @@ def _sklearn(maps, masks, name):
   return np.array(out)
 
 
-RANK = {"auprc": (metrics.auprc, metrics.auprc_jax),
-        "average_precision": (metrics.average_precision, metrics.average_precision_jax),
-        "roc_auc": (metrics.roc_auc, metrics.roc_auc_jax)}
+RANK = {
+  "auprc": (metrics.auprc, metrics.auprc_jax),
+  "average_precision": (metrics.average_precision, metrics.average_precision_jax),
+  "roc_auc": (metrics.roc_auc, metrics.roc_auc_jax),
+}
 
 
 @pytest.mark.parametrize("name", sorted(RANK))
@@ -81,11 +84,11 @@ def test_undefined_cases_are_nan_and_reference_values_documented():
   maps = RNG.random((5, 6, 7)).astype(np.float32)
   masks = np.zeros((5, 6, 7), bool)
   masks[:, 1:3, 2:5] = True
-  masks[0] = False                   # empty mask
-  masks[1] = True                    # all-positive mask
-  maps[2] = 0.25                     # constant map
-  maps[3, 0, 0] = np.nan             # NaN in the map
-  maps[4, 1, 1] = np.inf             # inf in the map
+  masks[0] = False  # empty mask
+  masks[1] = True  # all-positive mask
+  maps[2] = 0.25  # constant map
+  maps[3, 0, 0] = np.nan  # NaN in the map
+  maps[4, 1, 1] = np.inf  # inf in the map
   expected = np.array([np.nan] * 5)
   for numpy_fn, jax_fn in RANK.values():
     np.testing.assert_array_equal(numpy_fn(maps, masks), expected)
@@ -149,7 +152,7 @@ def _quantus_rank(a, s):
   a = a.flatten()
   s = np.where(s.flatten().astype(bool))[0]
   k = len(s)
-  return len(np.intersect1d(s, np.argsort(a)[-int(k):])) / float(k)
+  return len(np.intersect1d(s, np.argsort(a)[-int(k) :])) / float(k)
 
 
 def _quantus_top_k(a, s, k):
@@ -169,18 +172,19 @@ def _continuous_case(shape=(4, 13, 11)):
 def test_quantus_metrics_without_ties():
   maps, masks = _continuous_case()
   for ours_fn, ours_jax, ref in [
-      (metrics.pointing_game, metrics.pointing_game_jax, _quantus_pointing),
-      (metrics.relevance_mass_accuracy, metrics.relevance_mass_accuracy_jax, _quantus_mass),
-      (metrics.relevance_rank_accuracy, metrics.relevance_rank_accuracy_jax, _quantus_rank)]:
+    (metrics.pointing_game, metrics.pointing_game_jax, _quantus_pointing),
+    (metrics.relevance_mass_accuracy, metrics.relevance_mass_accuracy_jax, _quantus_mass),
+    (metrics.relevance_rank_accuracy, metrics.relevance_rank_accuracy_jax, _quantus_rank),
+  ]:
     expected = [ref(a, s) for a, s in zip(maps, masks)]
     np.testing.assert_allclose(ours_fn(maps, masks), expected, atol=1e-12)
     np.testing.assert_allclose(np.asarray(ours_jax(maps, masks)), expected, atol=1e-5)
   for k in (1, 7, 100):
     expected = [_quantus_top_k(a, s, k) for a, s in zip(maps, masks)]
-    np.testing.assert_allclose(metrics.top_k_intersection(maps, masks, k=k), expected,
-                               atol=1e-12)
-    np.testing.assert_allclose(np.asarray(metrics.top_k_intersection_jax(maps, masks, k=k)),
-                               expected, atol=1e-5)
+    np.testing.assert_allclose(metrics.top_k_intersection(maps, masks, k=k), expected, atol=1e-12)
+    np.testing.assert_allclose(
+      np.asarray(metrics.top_k_intersection_jax(maps, masks, k=k)), expected, atol=1e-5
+    )
 
 
 def test_quantus_metrics_hand_worked_ties():
@@ -194,11 +198,11 @@ def test_quantus_metrics_hand_worked_ties():
   # Top-2 holds both 0.9 pixels: 1 hit of 2.
   np.testing.assert_allclose(metrics.top_k_intersection(maps, masks, k=2), [0.5])
   # Mass: (0.9 + 0.5 + 0.5) / 3.5.
-  np.testing.assert_allclose(metrics.relevance_mass_accuracy(maps, masks), [1.9 / 3.5],
-                             rtol=1e-6)
+  np.testing.assert_allclose(metrics.relevance_mass_accuracy(maps, masks), [1.9 / 3.5], rtol=1e-6)
   # Miss: the unique maximum outside the mask.
-  np.testing.assert_array_equal(metrics.pointing_game(maps * [[[1, 0, 1], [1, 1, 1]]], masks),
-                                [0.0])
+  np.testing.assert_array_equal(
+    metrics.pointing_game(maps * [[[1, 0, 1], [1, 1, 1]]], masks), [0.0]
+  )
 
 
 def test_energy_pointing_counts_positive_mass_only():
@@ -206,12 +210,12 @@ def test_energy_pointing_counts_positive_mass_only():
   masks = np.array([[[1, 1], [0, 0]], [[1, 0], [0, 0]]], bool)
   # Positive energy 2 (inside) + 1 (outside); the second map has none -> NaN.
   np.testing.assert_allclose(metrics.energy_pointing(maps, masks), [2 / 3, np.nan])
-  np.testing.assert_allclose(np.asarray(metrics.energy_pointing_jax(maps, masks)),
-                             [2 / 3, np.nan])
+  np.testing.assert_allclose(np.asarray(metrics.energy_pointing_jax(maps, masks)), [2 / 3, np.nan])
 
 
 def test_otsu_iou_equals_skimage_threshold():
   from skimage.filters import threshold_otsu
+
   maps, masks = _continuous_case((3, 21, 17))
   maps = np.concatenate([maps, np.round(maps[:1] * 5) / 5]).astype(np.float32)
   masks = np.concatenate([masks, masks[:1]])
@@ -226,14 +230,16 @@ def test_otsu_iou_equals_skimage_threshold():
   binary = (maps > 0.5).astype(np.float32)
   expected = [((m >= 1) & s).sum() / ((m >= 1) | s).sum() for m, s in zip(binary, masks)]
   np.testing.assert_allclose(metrics.iou(binary, masks, threshold=1.0), expected, atol=1e-12)
-  np.testing.assert_allclose(np.asarray(metrics.fixed_threshold_iou_jax(binary, masks, 1.0)),
-                             expected, atol=1e-6)
-  assert metrics.otsu_threshold(np.full((1, 4, 4), 0.3))[0] == threshold_otsu(np.full((4, 4),
-                                                                                      0.3))
+  np.testing.assert_allclose(
+    np.asarray(metrics.fixed_threshold_iou_jax(binary, masks, 1.0)), expected, atol=1e-6
+  )
+  assert metrics.otsu_threshold(np.full((1, 4, 4), 0.3))[0] == threshold_otsu(np.full((4, 4), 0.3))
 
 
-@pytest.mark.parametrize("name", ["pointing_game", "relevance_mass_accuracy",
-                                  "relevance_rank_accuracy", "energy_pointing", "iou"])
+@pytest.mark.parametrize(
+  "name",
+  ["pointing_game", "relevance_mass_accuracy", "relevance_rank_accuracy", "energy_pointing", "iou"],
+)
 def test_policy_cases_for_every_localization_metric(name):
   maps = RNG.random((5, 6, 7)) + 0.1
   masks = np.zeros((5, 6, 7), bool)
@@ -255,6 +261,7 @@ def test_policy_cases_for_every_localization_metric(name):
 def test_accelerator_dispatch_path_in_chunks(monkeypatch):
   """The public functions' accelerator branch (jitted JAX, chunked), exercised on the CPU."""
   from saliency_jax.metrics import _batching
+
   maps = RNG.random((5, 10, 9)).astype(np.float32)
   maps[3] = np.round(maps[3] * 3)
   masks = masks_like((5, 10, 9))

@@ -1,4 +1,5 @@
 """Similarity metrics against scikit-image and SciPy on the same inputs."""
+
 import jax
 import numpy as np
 import pytest
@@ -21,13 +22,24 @@ def _pairs(shape):
 
 def _skimage(a, b, **kwargs):
   # The exact reference: scikit-image in float64 on the same (float32) values.
-  return np.array([structural_similarity(x.astype(np.float64), y.astype(np.float64), **kwargs)
-                   for x, y in zip(a, b)])
+  return np.array(
+    [
+      structural_similarity(x.astype(np.float64), y.astype(np.float64), **kwargs)
+      for x, y in zip(a, b)
+    ]
+  )
 
 
-@pytest.mark.parametrize("shape,gaussian", [((2, 7, 9), False), ((2, 33, 17), False),
-                                            ((2, 33, 17), True), ((2, 11, 12), True),
-                                            ((1, 64, 48), False)])
+@pytest.mark.parametrize(
+  "shape,gaussian",
+  [
+    ((2, 7, 9), False),
+    ((2, 33, 17), False),
+    ((2, 33, 17), True),
+    ((2, 11, 12), True),
+    ((1, 64, 48), False),
+  ],
+)
 @pytest.mark.parametrize("data_range", [1.0, 2.0, 0.5])
 def test_ssim_equals_skimage(shape, gaussian, data_range):
   for case, a, b in _pairs(shape):
@@ -39,15 +51,19 @@ def test_ssim_equals_skimage(shape, gaussian, data_range):
 
 def test_ssim_keyword_variants_equal_skimage():
   a, b = next(_pairs((2, 21, 19)))[1:]
-  variants = [dict(win_size=5), dict(win_size=3, use_sample_covariance=False),
-              dict(gaussian_weights=True, use_sample_covariance=False),
-              dict(gaussian_weights=True, sigma=1.0),
-              dict(gaussian_weights=True, win_size=7),  # filter wider than the crop: reflect
-              dict(K1=0.05, K2=0.1)]
+  variants = [
+    dict(win_size=5),
+    dict(win_size=3, use_sample_covariance=False),
+    dict(gaussian_weights=True, use_sample_covariance=False),
+    dict(gaussian_weights=True, sigma=1.0),
+    dict(gaussian_weights=True, win_size=7),  # filter wider than the crop: reflect
+    dict(K1=0.05, K2=0.1),
+  ]
   for kwargs in variants:
     ours = metrics.ssim(a, b, data_range=1.0, **kwargs)
-    np.testing.assert_allclose(ours, _skimage(a, b, data_range=1.0, **kwargs), atol=1e-5,
-                               err_msg=str(kwargs))
+    np.testing.assert_allclose(
+      ours, _skimage(a, b, data_range=1.0, **kwargs), atol=1e-5, err_msg=str(kwargs)
+    )
 
 
 def test_ssim_float32_keeps_precision_for_maps_far_from_zero():
@@ -58,28 +74,34 @@ def test_ssim_float32_keeps_precision_for_maps_far_from_zero():
   b[2] = (10_000 + rng.random((23, 21))).astype(np.float32)
   for gaussian in (False, True):
     np.testing.assert_allclose(
-        metrics.ssim(a, b, data_range=1.0, gaussian_weights=gaussian),
-        _skimage(a, b, data_range=1.0, gaussian_weights=gaussian), rtol=0, atol=1e-5)
+      metrics.ssim(a, b, data_range=1.0, gaussian_weights=gaussian),
+      _skimage(a, b, data_range=1.0, gaussian_weights=gaussian),
+      rtol=0,
+      atol=1e-5,
+    )
 
 
 def test_ssim_per_map_data_range_and_jit():
   a, b = next(_pairs((3, 16, 15)))[1:]
   ranges = np.array([1.0, 2.0, 0.25])
-  ref = np.array([structural_similarity(x.astype(float), y.astype(float), data_range=r)
-                  for x, y, r in zip(a, b, ranges)])
+  ref = np.array(
+    [
+      structural_similarity(x.astype(float), y.astype(float), data_range=r)
+      for x, y, r in zip(a, b, ranges)
+    ]
+  )
   np.testing.assert_allclose(metrics.ssim(a, b, data_range=ranges), ref, atol=1e-5)
   jitted = jax.jit(lambda x, y: metrics.ssim_jax(x, y, data_range=2.0))
-  np.testing.assert_allclose(np.asarray(jitted(a, b)), _skimage(a, b, data_range=2.0),
-                             atol=1e-5)
+  np.testing.assert_allclose(np.asarray(jitted(a, b)), _skimage(a, b, data_range=2.0), atol=1e-5)
 
 
 def test_ssim_constant_and_nonfinite_maps():
   shape = (5, 10, 9)
   a = RNG.random(shape).astype(np.float32)
   b = RNG.random(shape).astype(np.float32)
-  a[0] = b[0] = 0.0      # equal constants: scikit-image gives exactly 1
+  a[0] = b[0] = 0.0  # equal constants: scikit-image gives exactly 1
   a[1], b[1] = 0.3, 0.7  # different constants: defined by C1
-  a[2] = 0.5             # one constant map
+  a[2] = 0.5  # one constant map
   a[3, 2, 2] = np.nan
   b[4, 0, 0] = np.inf
   ours = metrics.ssim(a, b, data_range=1.0)
@@ -92,6 +114,7 @@ def test_ssim_constant_and_nonfinite_maps():
 
 def test_ssim_chunks_match_one_call(monkeypatch):
   from saliency_jax.metrics import similarity
+
   a, b = next(_pairs((5, 9, 8)))[1:]
   whole = metrics.ssim(a, b, data_range=1.0)
   monkeypatch.setattr(similarity, "_SSIM_CHUNK", 2)
@@ -121,30 +144,37 @@ def _scipy_rows(fn, a, b):
 def _correlation_inputs():
   a = RNG.random((4, 13, 9)) - 0.4
   b = a + 0.5 * RNG.random((4, 13, 9))
-  a[1] = np.round(a[1] * 3) / 3        # ties
-  b[2] = (b[2] > 0.3).astype(float)    # binary map
+  a[1] = np.round(a[1] * 3) / 3  # ties
+  b[2] = (b[2] > 0.3).astype(float)  # binary map
   return a, b
 
 
 def test_spearman_and_pearson_equal_scipy():
   import scipy.stats
+
   a, b = _correlation_inputs()
-  np.testing.assert_allclose(metrics.spearman(a, b), _scipy_rows(scipy.stats.spearmanr, a, b),
-                             atol=1e-12)
-  np.testing.assert_allclose(metrics.spearman(a, b, absolute=True),
-                             _scipy_rows(scipy.stats.spearmanr, np.abs(a), np.abs(b)),
-                             atol=1e-12)
-  np.testing.assert_allclose(metrics.pearson(a, b), _scipy_rows(scipy.stats.pearsonr, a, b),
-                             atol=1e-12)
-  np.testing.assert_allclose(np.asarray(metrics.spearman_jax(a, b)),
-                             _scipy_rows(scipy.stats.spearmanr, a, b), atol=1e-5)
-  np.testing.assert_allclose(np.asarray(metrics.pearson_jax(a, b)),
-                             _scipy_rows(scipy.stats.pearsonr, a, b), atol=1e-5)
+  np.testing.assert_allclose(
+    metrics.spearman(a, b), _scipy_rows(scipy.stats.spearmanr, a, b), atol=1e-12
+  )
+  np.testing.assert_allclose(
+    metrics.spearman(a, b, absolute=True),
+    _scipy_rows(scipy.stats.spearmanr, np.abs(a), np.abs(b)),
+    atol=1e-12,
+  )
+  np.testing.assert_allclose(
+    metrics.pearson(a, b), _scipy_rows(scipy.stats.pearsonr, a, b), atol=1e-12
+  )
+  np.testing.assert_allclose(
+    np.asarray(metrics.spearman_jax(a, b)), _scipy_rows(scipy.stats.spearmanr, a, b), atol=1e-5
+  )
+  np.testing.assert_allclose(
+    np.asarray(metrics.pearson_jax(a, b)), _scipy_rows(scipy.stats.pearsonr, a, b), atol=1e-5
+  )
 
 
 def test_correlations_undefined_cases():
   a, b = _correlation_inputs()
-  a[0] = 0.5          # constant: SciPy returns NaN too
+  a[0] = 0.5  # constant: SciPy returns NaN too
   b[3, 0, 0] = np.nan
   for fn in (metrics.spearman, metrics.pearson, metrics.spearman_jax, metrics.pearson_jax):
     values = np.asarray(fn(a, b))
@@ -152,6 +182,7 @@ def test_correlations_undefined_cases():
   import warnings
 
   import scipy.stats
+
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     assert np.isnan(scipy.stats.pearsonr(a[0].ravel(), b[0].ravel())[0])
@@ -170,6 +201,7 @@ def test_mse_l1_on_minmax_normalized_maps():
 def test_hog_similarity_equals_skimage_hog_pearson():
   import scipy.stats
   from skimage.feature import hog
+
   a = RNG.random((2, 40, 33))
   b = a + RNG.random((2, 40, 33))
   expected = [scipy.stats.pearsonr(hog(x), hog(y))[0] for x, y in zip(a, b)]
@@ -186,6 +218,7 @@ def test_hog_similarity_equals_skimage_hog_pearson():
 
 def test_spearman_accelerator_dispatch_path(monkeypatch):
   from saliency_jax.metrics import _batching
+
   a, b = _correlation_inputs()
   expected = metrics.spearman(a, b, absolute=True)
   monkeypatch.setattr(_batching, "on_cpu", lambda: False)
@@ -194,17 +227,24 @@ def test_spearman_accelerator_dispatch_path(monkeypatch):
 
 def test_average_ranks_equal_scipy_rankdata_and_give_spearman():
   import scipy.stats
+
   a, b = _correlation_inputs()
   ranks = metrics.average_ranks(a)
   assert ranks.shape == a.shape
   for got, x in zip(ranks, a):
     np.testing.assert_allclose(got.ravel(), scipy.stats.rankdata(x.ravel()), atol=0)
-  np.testing.assert_allclose(metrics.average_ranks(a, absolute=True)[1].ravel(),
-                             scipy.stats.rankdata(np.abs(a[1]).ravel()), atol=0)
   np.testing.assert_allclose(
-      metrics.pearson(metrics.average_ranks(a, absolute=True),
-                      metrics.average_ranks(b, absolute=True)),
-      metrics.spearman(a, b, absolute=True), atol=1e-12)
+    metrics.average_ranks(a, absolute=True)[1].ravel(),
+    scipy.stats.rankdata(np.abs(a[1]).ravel()),
+    atol=0,
+  )
+  np.testing.assert_allclose(
+    metrics.pearson(
+      metrics.average_ranks(a, absolute=True), metrics.average_ranks(b, absolute=True)
+    ),
+    metrics.spearman(a, b, absolute=True),
+    atol=1e-12,
+  )
   bad = a.copy()
   bad[0, 0, 0] = np.nan
   assert np.isnan(metrics.average_ranks(bad)[0]).all()

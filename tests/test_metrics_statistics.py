@@ -1,4 +1,5 @@
 """Aggregation and tests against NumPy/SciPy and hand-worked corrections."""
+
 import numpy as np
 import pytest
 import scipy.stats
@@ -35,18 +36,27 @@ def test_bootstrap_ci_equals_scipy_percentile_bootstrap(confidence):
   values[[3, 17]] = np.nan
   kept = values[~np.isnan(values)]
   ours = metrics.bootstrap_ci(values, seed=7, n_resamples=500, confidence=confidence)
-  ref = scipy.stats.bootstrap((kept,), np.mean, n_resamples=500, confidence_level=confidence,
-                              method="percentile", rng=np.random.default_rng(7)
-                              ).confidence_interval
+  ref = scipy.stats.bootstrap(
+    (kept,),
+    np.mean,
+    n_resamples=500,
+    confidence_level=confidence,
+    method="percentile",
+    rng=np.random.default_rng(7),
+  ).confidence_interval
   assert ours["low"] == pytest.approx(ref.low, abs=1e-12)
   assert ours["high"] == pytest.approx(ref.high, abs=1e-12)
   assert ours["n"] == 38 and ours["n_excluded"] == 2
   assert ours["low"] < kept.mean() < ours["high"]
   # Seeded: same seed, same interval; another seed, another interval.
-  assert metrics.bootstrap_ci(values, seed=7, n_resamples=500,
-                              confidence=confidence)["low"] == ours["low"]
-  assert metrics.bootstrap_ci(values, seed=8, n_resamples=500,
-                              confidence=confidence)["low"] != ours["low"]
+  assert (
+    metrics.bootstrap_ci(values, seed=7, n_resamples=500, confidence=confidence)["low"]
+    == ours["low"]
+  )
+  assert (
+    metrics.bootstrap_ci(values, seed=8, n_resamples=500, confidence=confidence)["low"]
+    != ours["low"]
+  )
 
 
 def test_bootstrap_ci_degenerate():
@@ -95,8 +105,9 @@ def test_holm_hand_worked():
 
 def test_benjamini_hochberg_equals_scipy():
   p = RNG.random(12) ** 3
-  np.testing.assert_allclose(metrics.benjamini_hochberg(p),
-                             scipy.stats.false_discovery_control(p, method="bh"))
+  np.testing.assert_allclose(
+    metrics.benjamini_hochberg(p), scipy.stats.false_discovery_control(p, method="bh")
+  )
   # Hand-worked: sorted 0.01, 0.02, 0.04 (m = 3) -> 0.03, 0.03, 0.04.
   np.testing.assert_allclose(metrics.benjamini_hochberg([0.04, 0.01, 0.02]), [0.04, 0.03, 0.03])
 
@@ -104,11 +115,14 @@ def test_benjamini_hochberg_equals_scipy():
 def test_correct_names_tests_and_corrections():
   x = RNG.random(20)
   noise = 0.05 * RNG.random(20)
-  results = {"GRAD": metrics.paired_t(x, x - 0.1 + noise),
-             "SG": metrics.wilcoxon(x, x + 0.01 - noise)}
+  results = {
+    "GRAD": metrics.paired_t(x, x - 0.1 + noise),
+    "SG": metrics.wilcoxon(x, x + 0.01 - noise),
+  }
   out = metrics.correct(results, method="holm")
   raw = [results[k].pvalue for k in results]
   np.testing.assert_allclose([out[k]["pvalue_adjusted"] for k in results], metrics.holm(raw))
   assert out["GRAD"]["test"].startswith("paired t") and out["SG"]["correction"] == (
-      "Holm-Bonferroni")
+    "Holm-Bonferroni"
+  )
   assert metrics.correct(results, method="bh")["SG"]["correction"] == "Benjamini-Hochberg"

@@ -7,6 +7,7 @@ Keras 2 wrote its `*_notop.h5` ImageNet files (Keras 3 can no longer write that 
 Each file is imported into our module, which must give Keras' features and logits.
 Odd, non-square inputs expose padding and pooling differences.
 """
+
 import os
 import shutil
 
@@ -26,14 +27,16 @@ from saliency_jax.models.keras_import import import_keras_weights  # noqa: E402
 
 NUM_CLASSES = 3
 ARCHS = {
-    # arch: (Keras constructor, our module, input shape of the test (odd, non-square))
-    "inception_v3": (keras.applications.InceptionV3, inception_v3.InceptionV3, (75, 83, 3)),
-    "densenet121": (keras.applications.DenseNet121, densenet.DenseNet121, (35, 37, 3)),
+  # arch: (Keras constructor, our module, input shape of the test (odd, non-square))
+  "inception_v3": (keras.applications.InceptionV3, inception_v3.InceptionV3, (75, 83, 3)),
+  "densenet121": (keras.applications.DenseNet121, densenet.DenseNet121, (35, 37, 3)),
 }
 # Keras' numbers without the head: (trainable params, BN moving statistics), and the totals
 # Keras reports for the same model with a Dense(2) head.
-KERAS_COUNTS = {"inception_v3": (21_768_352, 34_432, 21_806_882),
-                "densenet121": (6_953_856, 83_648, 7_039_554)}
+KERAS_COUNTS = {
+  "inception_v3": (21_768_352, 34_432, 21_806_882),
+  "densenet121": (6_953_856, 83_648, 7_039_554),
+}
 
 
 def _size(tree) -> int:
@@ -108,10 +111,10 @@ class _Case:
     self.keras_features, self.keras_logits = np.asarray(feats), np.asarray(logits)
 
     self.files = {
-        "keras3": str(tmp_path / f"{arch}.weights.h5"),
-        "keras3_legacy_h5": str(tmp_path / f"{arch}_model.h5"),
-        "keras2_notop": str(tmp_path / f"{arch}_notop.h5"),
-        "keras2_top": str(tmp_path / f"{arch}_top.h5"),
+      "keras3": str(tmp_path / f"{arch}.weights.h5"),
+      "keras3_legacy_h5": str(tmp_path / f"{arch}_model.h5"),
+      "keras2_notop": str(tmp_path / f"{arch}_notop.h5"),
+      "keras2_top": str(tmp_path / f"{arch}_top.h5"),
     }
     self.keras_model.save_weights(self.files["keras3"])
     self.keras_model.save(self.files["keras3_legacy_h5"])
@@ -125,6 +128,7 @@ class _Case:
     def features_and_logits(mdl, x):
       feats = mdl.features(x)
       return feats, mdl.head(feats)
+
     # One compilation per architecture, reused for every imported file.
     self.forward = jax.jit(lambda v, x: module.apply(v, x, method=features_and_logits))
 
@@ -173,9 +177,11 @@ def test_every_relu_goes_through_activation(case):
   x = jnp.zeros((1, *case.images.shape[1:]))
   counted = case.module.clone(activation=counting_relu)
   jax.eval_shape(lambda v: counted.apply(v, x), case.shapes)
-  keras_relus = [layer for layer in case.keras_base.layers
-                 if isinstance(layer, keras.layers.Activation)
-                 and layer.get_config()["activation"] == "relu"]
+  keras_relus = [
+    layer
+    for layer in case.keras_base.layers
+    if isinstance(layer, keras.layers.Activation) and layer.get_config()["activation"] == "relu"
+  ]
   assert len(calls) == len(keras_relus) > 90
 
 
@@ -205,18 +211,21 @@ def test_nested_keras_model_imports_like_the_flat_one(case, tmp_path):
 
 
 def test_notop_file_gets_a_seeded_head(case):
-  variables = import_keras_weights(case.arch, case.files["keras2_notop"], seed=5,
-                                   num_classes=NUM_CLASSES)
+  variables = import_keras_weights(
+    case.arch, case.files["keras2_notop"], seed=5, num_classes=NUM_CLASSES
+  )
   feats, logits = case.forward(variables, case.images)
   _assert_close(feats, case.keras_features)
   head = variables["params"]["logits"]
   # Logits of the fresh head, by hand: global average pooling and the affine map.
   expected = case.keras_features.mean(axis=(1, 2)) @ head["kernel"] + head["bias"]
   _assert_close(logits, expected)
-  same = import_keras_weights(case.arch, case.files["keras2_notop"], seed=5,
-                              num_classes=NUM_CLASSES)["params"]["logits"]
-  other = import_keras_weights(case.arch, case.files["keras2_notop"], seed=6,
-                               num_classes=NUM_CLASSES)["params"]["logits"]
+  same = import_keras_weights(
+    case.arch, case.files["keras2_notop"], seed=5, num_classes=NUM_CLASSES
+  )["params"]["logits"]
+  other = import_keras_weights(
+    case.arch, case.files["keras2_notop"], seed=6, num_classes=NUM_CLASSES
+  )["params"]["logits"]
   np.testing.assert_array_equal(same["kernel"], head["kernel"])
   assert not np.allclose(other["kernel"], head["kernel"])
   assert head["kernel"].shape == (case.keras_features.shape[-1], NUM_CLASSES)

@@ -5,6 +5,7 @@ checked against Keras itself (JAX backend): logits, and GRAD / GCAM maps against
 The input is small so that Keras and our port run in seconds: 107x139 gives mixed10 (the Grad-CAM
 layer) a 2x3 grid (75x75, the smallest input InceptionV3 accepts, gives 1x1 and a constant map).
 """
+
 import os
 
 os.environ["KERAS_BACKEND"] = "jax"  # before keras is imported; no TensorFlow
@@ -53,15 +54,21 @@ class _KerasReference:
     self.head = keras.Model(feats_in, linear(keras.layers.GlobalAveragePooling2D()(feats_in)))
     linear.set_weights(dense.get_weights())
     self.body = keras.Model(base.input, base.output)
-    self.files = {"h5": str(tmp_path / "model.h5"), "keras": str(tmp_path / "model.keras"),
-                  "weights": str(tmp_path / "model.weights.h5")}
+    self.files = {
+      "h5": str(tmp_path / "model.h5"),
+      "keras": str(tmp_path / "model.keras"),
+      "weights": str(tmp_path / "model.weights.h5"),
+    }
     self.model.save(self.files["h5"])
     self.model.save(self.files["keras"])
     self.model.save_weights(self.files["weights"])
 
   def _call(self, model, x):
-    out, _ = model.stateless_call([v.value for v in model.trainable_variables],
-                                  [v.value for v in model.non_trainable_variables], x)
+    out, _ = model.stateless_call(
+      [v.value for v in model.trainable_variables],
+      [v.value for v in model.non_trainable_variables],
+      x,
+    )
     return out
 
   def logits(self, x):
@@ -69,8 +76,9 @@ class _KerasReference:
 
   def call_model_function(self):
     """A PAIR call_model_function whose gradients are Keras' (jax.grad through Keras)."""
-    input_grads = jax.jit(lambda x, t: jax.grad(lambda x: self.logits(x)[:, t].sum())(x),
-                          static_argnums=1)
+    input_grads = jax.jit(
+      lambda x, t: jax.grad(lambda x: self.logits(x)[:, t].sum())(x), static_argnums=1
+    )
 
     @jax.jit
     def conv_and_grads(x, t):
@@ -88,6 +96,7 @@ class _KerasReference:
         out[pair.CONVOLUTION_LAYER_VALUES] = np.asarray(feats)
         out[pair.CONVOLUTION_OUTPUT_GRADIENTS] = np.asarray(grads)
       return out
+
     return cmf
 
 
@@ -109,8 +118,7 @@ def _close(ours, ref, tol=1e-4):
 @pytest.mark.parametrize("layout", ["h5", "keras"])
 def test_whole_model_logits_equal_keras(reference, images, layout):
   model = import_keras_model(reference.files[layout])
-  assert (model.arch, model.num_classes, model.output_activation) == ("inception_v3", 2,
-                                                                      "softmax")
+  assert (model.arch, model.num_classes, model.output_activation) == ("inception_v3", 2, "softmax")
   assert model.input_shape == SHAPE
   logits = jax.jit(model.module.apply)(model.variables, images)
   _close(logits, reference.logits(images))
@@ -135,8 +143,11 @@ def test_grad_and_gcam_maps_equal_pair_on_keras_gradients(reference, images):
   # a random-weight model's map all zero (undefined after the grayscale step).
   targets = np.asarray(jnp.argmax(reference.logits(images), -1), np.int32)
   grad = np.asarray(attributions.METHODS["GRAD"].compute(fns, images, targets))
-  gcam = np.asarray(attributions.METHODS["GCAM"].compute(
-      fns, images, targets, settings={"resize": "skimage_bilinear"}))
+  gcam = np.asarray(
+    attributions.METHODS["GCAM"].compute(
+      fns, images, targets, settings={"resize": "skimage_bilinear"}
+    )
+  )
   cmf = reference.call_model_function()
   for i, t in enumerate(targets):
     args = {"target": int(t)}
@@ -170,7 +181,10 @@ def test_densenet_whole_model_with_dropout_head(tmp_path):
   model.save(path)
   imported = import_keras_model(path)
   assert (imported.arch, imported.output_activation, imported.input_shape) == (
-      "densenet121", "softmax", (32, 36, 3))
+    "densenet121",
+    "softmax",
+    (32, 36, 3),
+  )
   images = np.random.RandomState(4).uniform(-1, 1, (2, 32, 36, 3)).astype(np.float32)
   logits = jax.jit(imported.module.apply)(imported.variables, images)
   # Keras' features, the head by hand (dropout is off at inference): the pre-softmax logits.

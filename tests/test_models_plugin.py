@@ -1,5 +1,6 @@
 """Models that are not in the package (a Flax module by import path, or only a logits_fn), their
 weights (orbax, msgpack), and custom attribution methods by import path."""
+
 from flax import serialization
 import flax.linen as nn
 import jax
@@ -22,6 +23,7 @@ SHAPE = (12, 10, 1)
 class CompactNet(nn.Module):
   """Implements none of the protocol's optional parts: no features/head, no activation field,
   no block_names."""
+
   num_classes: int = 2
 
   @nn.compact
@@ -53,12 +55,18 @@ def _images(n=3):
 
 def test_gradcam_layer_split_equals_pair_on_a_hand_written_split():
   module, variables = _net()
-  model = plugin.from_flax("M1", module, variables, SHAPE, gradcam_layer="c2",
-                           blocks=("head", "c2", "c1"))
+  model = plugin.from_flax(
+    "M1", module, variables, SHAPE, gradcam_layer="c2", blocks=("head", "c2", "c1")
+  )
   p = variables["params"]
-  conv = lambda name, stride: (lambda x: jax.lax.conv_general_dilated(
-      x, p[name]["kernel"], (stride, stride), "SAME",
-      dimension_numbers=("NHWC", "HWIO", "NHWC")) + p[name]["bias"])
+  conv = lambda name, stride: (
+    lambda x: (
+      jax.lax.conv_general_dilated(
+        x, p[name]["kernel"], (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+      )
+      + p[name]["bias"]
+    )
+  )
   feats = lambda x: conv("c2", 2)(jax.nn.relu(conv("c1", 1)(x)))
   head = lambda f: jax.nn.relu(f).mean((1, 2)) @ p["head"]["kernel"] + p["head"]["bias"]
   hand = ModelFunctions(lambda x: head(feats(x)), feats, head)
@@ -66,8 +74,11 @@ def test_gradcam_layer_split_equals_pair_on_a_hand_written_split():
   fns = model.functions()
   np.testing.assert_allclose(fns.logits_fn(images), hand.logits_fn(images), atol=1e-5)
   targets = np.asarray(jnp.argmax(fns.logits_fn(images), -1), np.int32)
-  ours = np.asarray(attributions.METHODS["GCAM"].compute(
-      fns, images, targets, settings={"resize": "skimage_bilinear"}))
+  ours = np.asarray(
+    attributions.METHODS["GCAM"].compute(
+      fns, images, targets, settings={"resize": "skimage_bilinear"}
+    )
+  )
   cmf = pair_call_model_function(hand)
   for i, t in enumerate(targets):
     ref = pair.VisualizeImageGrayscale(pair.GradCam().GetMask(images[i], cmf, {"target": int(t)}))
@@ -98,14 +109,16 @@ def test_split_errors_name_what_is_wrong():
 def test_cascading_randomization_of_given_blocks():
   module, variables = _net()
   steps = randomization.cascading_randomization(
-      module, variables, jax.random.key(1), jnp.zeros((1, *SHAPE)),
-      block_names=("head", "c2", "c1"))
+    module, variables, jax.random.key(1), jnp.zeros((1, *SHAPE)), block_names=("head", "c2", "c1")
+  )
   assert [name for name, _ in steps] == ["original", "head", "c2", "c1"]
   _, after_head = steps[1]
-  np.testing.assert_array_equal(after_head["params"]["c1"]["kernel"],
-                                variables["params"]["c1"]["kernel"])
-  assert not np.allclose(after_head["params"]["head"]["kernel"],
-                         variables["params"]["head"]["kernel"])
+  np.testing.assert_array_equal(
+    after_head["params"]["c1"]["kernel"], variables["params"]["c1"]["kernel"]
+  )
+  assert not np.allclose(
+    after_head["params"]["head"]["kernel"], variables["params"]["head"]["kernel"]
+  )
 
 
 def test_prediction_only_model_lacks_every_internal():
@@ -140,12 +153,21 @@ def test_weights_from_orbax_and_msgpack(tmp_path):
 def test_resolve_by_import_path(tmp_path):
   module, variables = _net(seed=4)
   (tmp_path / "w.msgpack").write_bytes(serialization.to_bytes(variables))
-  spec = dict(name="M1", module="test_models_plugin:CompactNet", kwargs=dict(num_classes=2),
-              weights=str(tmp_path / "w.msgpack"), gradcam_layer="c2", blocks=("head", "c2"))
+  spec = dict(
+    name="M1",
+    module="test_models_plugin:CompactNet",
+    kwargs=dict(num_classes=2),
+    weights=str(tmp_path / "w.msgpack"),
+    gradcam_layer="c2",
+    blocks=("head", "c2"),
+  )
   got_module, got_vars, extras = plugin.resolve(spec, SHAPE)
   assert got_module == module
-  assert extras == {"gradcam_layer": "c2", "blocks": ("head", "c2"),
-                    "arch": "test_models_plugin:CompactNet"}
+  assert extras == {
+    "gradcam_layer": "c2",
+    "blocks": ("head", "c2"),
+    "arch": "test_models_plugin:CompactNet",
+  }
   jax.tree.map(np.testing.assert_array_equal, got_vars, jax.device_get(variables))
   with pytest.raises(AttributeError, match="NoSuchNet"):
     plugin.resolve(dict(spec, module="test_models_plugin:NoSuchNet"), SHAPE)
@@ -160,8 +182,9 @@ def test_resolve_by_import_path(tmp_path):
 def gradient_times_input(model_fns, images, targets, *, indices, key, settings):
   """A custom method for the tests: gradient x input, scaled by a setting."""
   del indices, key
-  grads = jax.grad(lambda x: jnp.take_along_axis(
-      model_fns.logits_fn(x), targets[:, None], axis=1).sum())(images)
+  grads = jax.grad(
+    lambda x: jnp.take_along_axis(model_fns.logits_fn(x), targets[:, None], axis=1).sum()
+  )(images)
   return settings["scale"] * grads * images
 
 
@@ -175,13 +198,13 @@ def test_custom_method_by_import_path():
   module, variables = _net()
   fns = plugin.from_flax("M1", module, variables, SHAPE).functions()
   images, targets = _images(), np.array([0, 1, 1], np.int32)
-  maps = np.asarray(attributions.METHODS["GxI"].compute(fns, images, targets,
-                                                        settings={"scale": 3.0}))
+  maps = np.asarray(
+    attributions.METHODS["GxI"].compute(fns, images, targets, settings={"scale": 3.0})
+  )
   cmf = pair_call_model_function(fns)
   for i, t in enumerate(targets):
     grad = pair.GradientSaliency().GetMask(images[i], cmf, {"target": int(t)})
-    np.testing.assert_allclose(maps[i], pair.VisualizeImageGrayscale(grad * images[i]),
-                               atol=2e-5)
+    np.testing.assert_allclose(maps[i], pair.VisualizeImageGrayscale(grad * images[i]), atol=2e-5)
   with pytest.raises(ValueError, match="taken"):
     custom.register("GRAD", gradient_times_input)
   with pytest.raises(ValueError, match="unknown settings"):

@@ -1,4 +1,5 @@
 """The Keras-faithful ResNet-50 against Keras itself, and the RetinaNet built on it."""
+
 import math
 import os
 
@@ -48,10 +49,10 @@ def keras_case(tmp_path_factory):
 def test_resnet50_matches_keras(keras_case):
   base, keras_outputs, images, path = keras_case
   variables = import_keras_weights("resnet50", path)
-  assert _size(variables["params"]) == sum(int(np.prod(w.shape))
-                                           for w in base.trainable_weights)
-  assert _size(variables["batch_stats"]) == sum(int(np.prod(w.shape))
-                                                for w in base.non_trainable_weights)
+  assert _size(variables["params"]) == sum(int(np.prod(w.shape)) for w in base.trainable_weights)
+  assert _size(variables["batch_stats"]) == sum(
+    int(np.prod(w.shape)) for w in base.non_trainable_weights
+  )
   ours = jax.jit(resnet.ResNet().apply)(variables, images)
   for got, want in zip(ours, keras_outputs):
     assert got.shape == want.shape
@@ -61,8 +62,13 @@ def test_resnet50_matches_keras(keras_case):
 
 def test_resnet50_import_refuses_other_files(keras_case, tmp_path):
   del keras_case
-  model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, name="conv1_conv"),
-                            keras.layers.Dense(2, name="extra")])
+  model = keras.Sequential(
+    [
+      keras.Input((8, 8, 3)),
+      keras.layers.Conv2D(4, 3, name="conv1_conv"),
+      keras.layers.Dense(2, name="extra"),
+    ]
+  )
   path = str(tmp_path / "other.weights.h5")
   model.save_weights(path)
   with pytest.raises(ValueError, match="no layer 'conv1_bn'"):
@@ -70,8 +76,15 @@ def test_resnet50_import_refuses_other_files(keras_case, tmp_path):
 
 
 def test_retinanet_outputs_anchors_and_prior():
-  module = models.create("retinanet", stem_width=8, widths=(4, 8, 8, 8), blocks=(1, 1, 1, 1),
-                         fpn_width=8, head_depth=2, anchor_sizes=(8, 16, 32, 64, 128))
+  module = models.create(
+    "retinanet",
+    stem_width=8,
+    widths=(4, 8, 8, 8),
+    blocks=(1, 1, 1, 1),
+    fpn_width=8,
+    head_depth=2,
+    anchor_sizes=(8, 16, 32, 64, 128),
+  )
   x = jnp.asarray(np.random.RandomState(0).randn(2, 45, 37, 1), jnp.float32)
   variables = jax.jit(module.init)(jax.random.key(0), x)
   logits, deltas = jax.jit(module.apply)(variables, x)
@@ -95,14 +108,17 @@ def test_retinanet_takes_the_imported_backbone(keras_case):
   module = retinanet.RetinaNet(fpn_width=16, head_depth=1)
   variables = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, *SHAPE)))
   assert jax.tree.map(np.shape, variables["params"]["backbone"]) == jax.tree.map(
-      np.shape, backbone["params"])
+    np.shape, backbone["params"]
+  )
   assert jax.tree.map(np.shape, variables["batch_stats"]["backbone"]) == jax.tree.map(
-      np.shape, backbone["batch_stats"])
+    np.shape, backbone["batch_stats"]
+  )
 
 
 def test_paper_rsna_detector_builds_at_320():
   """configs/paper_rsna.py's RetinaNet (ResNet-50, anchors 32-512) at 320x320x3, traced only."""
   from configs import paper_rsna
+
   loc = paper_rsna.get_config().localization
   assert loc.arch == "retinanet" and len(loc.seeds) == 2 and loc.seeds[0] != loc.seeds[1]
   module = models.create(loc.arch, **loc.kwargs)

@@ -1,4 +1,5 @@
 """The small classifiers, the U-Net and the registry follow the model contract."""
+
 import os
 import subprocess
 import sys
@@ -17,8 +18,8 @@ from saliency_jax.models import small_cnn
 # The same tiny models and image shape are used by test_randomization and test_train, so a whole
 # test session compiles each of them once.
 TINY = {
-    "small_vgg": dict(stem_width=4, widths=(4, 8)),
-    "small_densenet": dict(stem_width=4, growth_rate=4, layers_per_block=(1, 1)),
+  "small_vgg": dict(stem_width=4, widths=(4, 8)),
+  "small_densenet": dict(stem_width=4, growth_rate=4, layers_per_block=(1, 1)),
 }
 # Resolution reduction of the Grad-CAM layer: VGG 2 (stem) x 2 (one pooled block);
 # DenseNet 4 (stem) x 2 (one transition).
@@ -36,8 +37,9 @@ def model(request):
   variables = models.init_variables(module, jax.random.key(1), SHAPE)
   # Make the batch-norm statistics non-trivial, as after training.
   variables["batch_stats"] = jax.tree.map(
-      lambda a: a * (1 + 0.2 * jax.random.uniform(jax.random.key(2), a.shape)),
-      variables["batch_stats"])
+    lambda a: a * (1 + 0.2 * jax.random.uniform(jax.random.key(2), a.shape)),
+    variables["batch_stats"],
+  )
   return request.param, module, variables
 
 
@@ -49,8 +51,9 @@ def test_head_of_features_is_the_forward_pass(model):
   assert logits.shape == (3, 2) and logits.dtype == jnp.float32
   r = REDUCTION[name]
   assert feats.ndim == 4 and feats.shape[:3] == (3, 24 // r, 16 // r)
-  np.testing.assert_allclose(module.apply(variables, feats, method="head"), logits,
-                             rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(
+    module.apply(variables, feats, method="head"), logits, rtol=1e-6, atol=1e-6
+  )
   # The head is global average pooling then the Dense layer named "logits".
   dense = variables["params"]["logits"]["dense"]
   expected = feats.mean(axis=(1, 2)) @ dense["kernel"] + dense["bias"]
@@ -114,20 +117,27 @@ def test_inference_uses_running_averages_and_training_updates_them(model):
   name, module, variables = model
   x = _images(4)
   # Inference: each example's logits do not depend on the rest of the batch.
-  np.testing.assert_allclose(module.apply(variables, x[:1]), module.apply(variables, x)[:1],
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    module.apply(variables, x[:1]), module.apply(variables, x)[:1], rtol=1e-5, atol=1e-5
+  )
   # Training: normalization by batch statistics, and the running averages move by
   # 1 - momentum = 0.1 towards them. Checked by hand on the stem's convolution.
   _, updates = module.apply(variables, x, train=True, mutable=["batch_stats"])
-  unit = (lambda tree: tree["stem"]) if name == "small_vgg" else (
-      lambda tree: tree["stem"]["conv"])
-  conv = jax.lax.conv_general_dilated(x, unit(variables["params"])["conv"]["kernel"], (2, 2),
-                                      "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  unit = (lambda tree: tree["stem"]) if name == "small_vgg" else (lambda tree: tree["stem"]["conv"])
+  conv = jax.lax.conv_general_dilated(
+    x,
+    unit(variables["params"])["conv"]["kernel"],
+    (2, 2),
+    "SAME",
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+  )
   old, new = unit(variables["batch_stats"])["bn"], unit(updates["batch_stats"])["bn"]
-  np.testing.assert_allclose(new["mean"], 0.9 * old["mean"] + 0.1 * conv.mean(axis=(0, 1, 2)),
-                             rtol=1e-4, atol=1e-6)
-  np.testing.assert_allclose(new["var"], 0.9 * old["var"] + 0.1 * conv.var(axis=(0, 1, 2)),
-                             rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(
+    new["mean"], 0.9 * old["mean"] + 0.1 * conv.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6
+  )
+  np.testing.assert_allclose(
+    new["var"], 0.9 * old["var"] + 0.1 * conv.var(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6
+  )
 
 
 def test_default_models_at_64_pixels():
@@ -135,7 +145,8 @@ def test_default_models_at_64_pixels():
     module = models.create(name)
     shapes = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 64, 64, 1)))
     feats = jax.eval_shape(
-        lambda v, x: module.apply(v, x, method="features"), shapes, jnp.zeros((2, 64, 64, 1)))
+      lambda v, x: module.apply(v, x, method="features"), shapes, jnp.zeros((2, 64, 64, 1))
+    )
     assert feats.shape[:3] == (2, grid, grid)
     count = sum(np.prod(a.shape) for a in jax.tree.leaves(shapes["params"]))
     assert 10_000 < count < 200_000, (name, count)  # small, as the CPU budget requires
@@ -152,16 +163,34 @@ def test_unet_output_shape_and_size_check():
   # Structure of a deeper one (shapes only): widths double at each level, skips concatenated.
   deep = models.create("unet", depth=3, base_width=2)
   shapes = jax.eval_shape(deep.init, jax.random.key(0), jnp.zeros((1, 16, 24, 3)))["params"]
-  assert set(shapes) == {"down1", "down2", "down3", "bottleneck", "upsample3", "up3",
-                         "upsample2", "up2", "upsample1", "up1", "logits"}
+  assert set(shapes) == {
+    "down1",
+    "down2",
+    "down3",
+    "bottleneck",
+    "upsample3",
+    "up3",
+    "upsample2",
+    "up2",
+    "upsample1",
+    "up1",
+    "logits",
+  }
   assert shapes["down1"]["conv1"]["kernel"].shape == (3, 3, 3, 2)
   assert shapes["bottleneck"]["conv1"]["kernel"].shape == (3, 3, 8, 16)
   assert shapes["upsample3"]["kernel"].shape == (2, 2, 16, 8)
   assert shapes["up3"]["conv1"]["kernel"].shape == (3, 3, 16, 8)  # 8 skip + 8 upsampled
   assert shapes["logits"]["kernel"].shape == (1, 1, 2, 1)
-  out = jax.eval_shape(deep.apply, {"params": shapes, "batch_stats": jax.eval_shape(
-      deep.init, jax.random.key(0), jnp.zeros((1, 16, 24, 3)))["batch_stats"]},
-                       jnp.zeros((5, 16, 24, 3)))
+  out = jax.eval_shape(
+    deep.apply,
+    {
+      "params": shapes,
+      "batch_stats": jax.eval_shape(deep.init, jax.random.key(0), jnp.zeros((1, 16, 24, 3)))[
+        "batch_stats"
+      ],
+    },
+    jnp.zeros((5, 16, 24, 3)),
+  )
   assert out.shape == (5, 16, 24)
   with pytest.raises(ValueError, match="divisible by 8"):
     jax.eval_shape(deep.init, jax.random.key(0), jnp.zeros((1, 20, 24, 3)))
@@ -170,12 +199,19 @@ def test_unet_output_shape_and_size_check():
 
 
 def test_registry():
-  assert set(models.MODEL_NAMES) == {"small_vgg", "small_densenet", "unet", "inception_v3",
-                                     "densenet121", "retinanet"}
+  assert set(models.MODEL_NAMES) == {
+    "small_vgg",
+    "small_densenet",
+    "unet",
+    "inception_v3",
+    "densenet121",
+    "retinanet",
+  }
   five = models.create("small_vgg", num_classes=5)
   assert isinstance(five, small_cnn.SmallVGG)
-  assert jax.eval_shape(five.init, jax.random.key(0), jnp.zeros((2, 8, 8, 1)))["params"][
-      "logits"]["dense"]["kernel"].shape == (64, 5)
+  assert jax.eval_shape(five.init, jax.random.key(0), jnp.zeros((2, 8, 8, 1)))["params"]["logits"][
+    "dense"
+  ]["kernel"].shape == (64, 5)
   assert models.create("small_densenet").num_classes == 2
   with pytest.raises(ValueError, match="Unknown model"):
     models.create("resnet")
@@ -184,10 +220,17 @@ def test_registry():
 
 
 def test_paper_models_are_imported_only_when_asked_for():
-  code = ("import sys; import saliency_jax.models as m; m.create('small_vgg'); "
-          "print(any(k in sys.modules for k in ('saliency_jax.models.inception_v3', "
-          "'saliency_jax.models.densenet', 'saliency_jax.models.keras_import', 'keras')))")
-  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"}, check=True,
-                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  code = (
+    "import sys; import saliency_jax.models as m; m.create('small_vgg'); "
+    "print(any(k in sys.modules for k in ('saliency_jax.models.inception_v3', "
+    "'saliency_jax.models.densenet', 'saliency_jax.models.keras_import', 'keras')))"
+  )
+  out = subprocess.run(
+    [sys.executable, "-c", code],
+    capture_output=True,
+    text=True,
+    env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"},
+    check=True,
+    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+  )
   assert out.stdout.strip() == "False"

@@ -1,6 +1,7 @@
 """Several JAX processes on one machine (jax.distributed on localhost): files that every host
 reads are written by one host and read after a barrier; a study's results do not depend on the
 number of hosts."""
+
 import json
 import os
 import socket
@@ -22,8 +23,11 @@ def _free_port():
 
 
 def _env():
-  return {**os.environ, "JAX_PLATFORMS": "cpu",
-          "PYTHONPATH": os.pathsep.join([_ROOT, os.environ.get("PYTHONPATH", "")])}
+  return {
+    **os.environ,
+    "JAX_PLATFORMS": "cpu",
+    "PYTHONPATH": os.pathsep.join([_ROOT, os.environ.get("PYTHONPATH", "")]),
+  }
 
 
 def _run_hosts(argv_of_host, timeout=600):
@@ -33,9 +37,17 @@ def _run_hosts(argv_of_host, timeout=600):
   """
   port = _free_port()
   logs = [tempfile.TemporaryFile("w+") for _ in (0, 1)]
-  jobs = [subprocess.Popen(argv_of_host(host, port), cwd=_ROOT, env=_env(), stdout=log,
-                           stderr=subprocess.STDOUT, text=True)
-          for host, log in zip((0, 1), logs)]
+  jobs = [
+    subprocess.Popen(
+      argv_of_host(host, port),
+      cwd=_ROOT,
+      env=_env(),
+      stdout=log,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for host, log in zip((0, 1), logs)
+  ]
   deadline = time.monotonic() + timeout
   try:
     while any(job.poll() is None for job in jobs):
@@ -53,8 +65,11 @@ def _run_hosts(argv_of_host, timeout=600):
     log.seek(0)
     outputs.append(log.read())
     log.close()
-  failures = [f"host {host} (rc {job.returncode}):\n{output[-2500:]}"
-              for host, (job, output) in enumerate(zip(jobs, outputs)) if job.returncode]
+  failures = [
+    f"host {host} (rc {job.returncode}):\n{output[-2500:]}"
+    for host, (job, output) in enumerate(zip(jobs, outputs))
+    if job.returncode
+  ]
   assert not failures, "\n".join(failures)
   return outputs
 
@@ -90,16 +105,25 @@ def test_fresh_training_settings_are_read_only_once_written(tmp_path):
   # never read a half-written file (it did, about one fresh start in four: JSONDecodeError).
   script = tmp_path / "settings.py"
   script.write_text(_SETTINGS_SCRIPT)
-  outputs = _run_hosts(lambda host, port: [sys.executable, str(script), str(tmp_path / "w"),
-                                           str(port), str(host)], timeout=300)
+  outputs = _run_hosts(
+    lambda host, port: [sys.executable, str(script), str(tmp_path / "w"), str(port), str(host)],
+    timeout=300,
+  )
   assert all("checked 300" in out for out in outputs), outputs
 
 
 def _study_command(workdir, *flags):
   # The tiny study with three methods (XRAI for its worker pool), to keep the test short.
-  return [sys.executable, "-m", "launch.run_all", "--config=configs/tiny.py",
-          "--config.methods.names=('GRAD', 'SG', 'XRAI')",
-          "--config.sanity.smooth_mprt.methods=('GRAD', 'SG')", f"--workdir={workdir}", *flags]
+  return [
+    sys.executable,
+    "-m",
+    "launch.run_all",
+    "--config=configs/tiny.py",
+    "--config.methods.names=('GRAD', 'SG', 'XRAI')",
+    "--config.sanity.smooth_mprt.methods=('GRAD', 'SG')",
+    f"--workdir={workdir}",
+    *flags,
+  ]
 
 
 def _results(workdir):
@@ -118,13 +142,21 @@ def test_two_hosts_give_the_results_of_one_process(tmp_path):
   # equal exactly (a different device count would change float summation orders). Validation
   # losses and Dice are means over examples gathered in another order: equal to rounding.
   one, two = str(tmp_path / "one"), str(tmp_path / "two")
-  reference = subprocess.Popen(_study_command(one), cwd=_ROOT,
-                               env={**_env(), "JAX_NUM_CPU_DEVICES": "2"},
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  reference = subprocess.Popen(
+    _study_command(one),
+    cwd=_ROOT,
+    env={**_env(), "JAX_NUM_CPU_DEVICES": "2"},
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
   try:
-    hosts = _run_hosts(lambda host, port: _study_command(
-        two, f"--coordinator_address=localhost:{port}", "--num_processes=2",
-        f"--process_id={host}"), timeout=1200)
+    hosts = _run_hosts(
+      lambda host, port: _study_command(
+        two, f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={host}"
+      ),
+      timeout=1200,
+    )
     out = reference.communicate(timeout=1200)[0]
   finally:
     if reference.poll() is None:
@@ -134,8 +166,9 @@ def test_two_hosts_give_the_results_of_one_process(tmp_path):
   records_two, scorecard_two, models_two = _results(two)
   assert models_two.keys() == models_one.keys()
   for name, entry in models_one.items():
-    assert models_two[name] == {k: pytest.approx(v, rel=1e-6) if isinstance(v, float) else v
-                                for k, v in entry.items()}, name
+    assert models_two[name] == {
+      k: pytest.approx(v, rel=1e-6) if isinstance(v, float) else v for k, v in entry.items()
+    }, name
   assert scorecard_two == scorecard_one
   assert records_two == records_one
   # One host tells the story: the other one neither scores, reports nor draws bars.
@@ -167,14 +200,24 @@ def test_the_surviving_host_names_the_dead_one(tmp_path):
   script = tmp_path / "dead.py"
   script.write_text(_DEAD_HOST_SCRIPT)
   port = _free_port()
-  jobs = [subprocess.Popen([sys.executable, str(script), str(port), str(host)], cwd=_ROOT,
-                           env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           text=True) for host in (0, 1)]
+  jobs = [
+    subprocess.Popen(
+      [sys.executable, str(script), str(port), str(host)],
+      cwd=_ROOT,
+      env=_env(),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for host in (0, 1)
+  ]
   try:
     out = jobs[0].communicate(timeout=240)[0]
   finally:
     for job in jobs:
       job.kill()
       job.wait()
-  assert ("host 0: host(s) 1 of 2 stopped; restart every host with the same command: the "
-          "run resumes where it stopped.") in out, out[-3000:]
+  assert (
+    "host 0: host(s) 1 of 2 stopped; restart every host with the same command: the "
+    "run resumes where it stopped."
+  ) in out, out[-3000:]

@@ -1,4 +1,5 @@
 """Each protocol choice changes what it claims to (the verdict choices: test_trust_criteria)."""
+
 import os
 
 import numpy as np
@@ -35,8 +36,10 @@ def test_the_cascade_stops_where_the_authors_did():
   steps = _study().cascade_steps(inception.block_names)
   # randomization_plot_siim.py: x = ['Original', 'Logits', '10', ..., '1'].
   assert steps == ["original", "cascade_logits"] + [f"cascade_mixed{i}" for i in range(10, 0, -1)]
-  assert _study(cascade_keep=0).cascade_steps(inception.block_names)[-2:] == ["cascade_mixed0",
-                                                                 "cascade_stem"]
+  assert _study(cascade_keep=0).cascade_steps(inception.block_names)[-2:] == [
+    "cascade_mixed0",
+    "cascade_stem",
+  ]
 
 
 def test_the_untrained_utility_state_is_still_fully_randomized():
@@ -51,7 +54,8 @@ def test_agreement_on_the_utility_set_adds_every_models_utility_maps():
   vgg = models.create("small_vgg", num_classes=2)
   assert (UTILITY_SET, ORIGINAL) in _study().state_names("A2", vgg.block_names)
   assert (UTILITY_SET, ORIGINAL) not in _study(agreement_images="eval").state_names(
-      "A2", vgg.block_names)
+    "A2", vgg.block_names
+  )
   assert _study().agreement_set() == UTILITY_SET
   assert _study(agreement_images="eval").agreement_set() == EVAL_SET
 
@@ -76,8 +80,10 @@ def test_ig_baseline_is_black_in_each_models_input_space():
   np.testing.assert_allclose(black, -mean / std, rtol=1e-6)
   # It is what preprocessing makes of a black uint8 pixel.
   np.testing.assert_allclose(
-      black, pipeline.preprocess(np.zeros((1, 1, 1), np.uint8), style="imagenet",
-                                 channels=3).reshape(-1), rtol=1e-6)
+    black,
+    pipeline.preprocess(np.zeros((1, 1, 1), np.uint8), style="imagenet", channels=3).reshape(-1),
+    rtol=1e-6,
+  )
   study = _study(ig_baseline="black")
   # The synthetic config has one channel: the first channel's black.
   assert study.method_settings("IG", "imagenet")["baseline"] == pytest.approx(black[0])
@@ -88,14 +94,18 @@ def test_xrai_region_scores_abs_is_pairs_grayscale_and_shifted_keeps_the_order()
   scores = np.array([[[-3.0, -3.0, 1.0, 1.0], [0.5, 0.5, 2.0, 2.0]]], np.float32)  # 4 regions
   gray_abs = np.asarray(attributions.to_grayscale(registry.xrai_region_scores(scores, "abs")))
   # PAIR's VisualizeImageGrayscale of XRAI's map as [H,W,1].
-  np.testing.assert_allclose(gray_abs[0], pair.VisualizeImageGrayscale(scores[0][..., None]),
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    gray_abs[0], pair.VisualizeImageGrayscale(scores[0][..., None]), atol=1e-6
+  )
   assert gray_abs[0, 0, 0] == 1.0  # the most negative region is brightest
-  gray_shifted = np.asarray(attributions.to_grayscale(
-      registry.xrai_region_scores(scores, "shifted")))
+  gray_shifted = np.asarray(
+    attributions.to_grayscale(registry.xrai_region_scores(scores, "shifted"))
+  )
   assert gray_shifted[0, 0, 0] == 0.0 and gray_shifted[0, 1, 3] == 1.0
-  assert _study(xrai_grayscale="shifted").method_settings("XRAI", "inception")[
-      "region_scores"] == "shifted"
+  assert (
+    _study(xrai_grayscale="shifted").method_settings("XRAI", "inception")["region_scores"]
+    == "shifted"
+  )
   with pytest.raises(ValueError, match="region_scores"):
     registry.xrai_region_scores(scores, "signed")
 
@@ -104,8 +114,9 @@ def test_binary_localization_agreement_is_ssim_of_uint8_masks():
   rng = np.random.default_rng(1)
   a = rng.uniform(0, 1, (2, 16, 16)).astype(np.float32)
   b = np.clip(a + rng.normal(0, 0.2, a.shape), 0, 1).astype(np.float32)
-  ours = criteria.similarity(evaluation.binary_uint8(a), evaluation.binary_uint8(b),
-                             data_range=255.0)["ssim"]
+  ours = criteria.similarity(
+    evaluation.binary_uint8(a), evaluation.binary_uint8(b), data_range=255.0
+  )["ssim"]
   # The authors: SSIM of the two PNGs read back as uint8 (skimage's defaults, range 255).
   pngs = [(x >= 0.5).astype(np.uint8) * 255 for x in (a, b)]
   expected = [structural_similarity(pngs[0][i], pngs[1][i], data_range=255) for i in range(2)]
@@ -119,8 +130,7 @@ def test_the_protocol_table_marks_what_differs_from_the_paper():
   rows = protocol.table(config)
   assert len(rows) == len(protocol.CHOICES) and all(r[-1] == "as the paper" for r in rows)
   config.protocol.random_pairs = "per_image"
-  config.study.rules = {k: v for k, v in config.study.rules.items()
-                        if k != "utility_localization"}
+  config.study.rules = {k: v for k, v in config.study.rules.items() if k != "utility_localization"}
   rows = {r[1]: r for r in protocol.table(config)}
   assert "paired test" in rows["`protocol.random_pairs`"][-1]
   assert rows["`study.rules`"][2] == "average_mask"
@@ -129,8 +139,10 @@ def test_the_protocol_table_marks_what_differs_from_the_paper():
 
 def _stored(tmp_path, maps, dtype):
   from saliency_jax import maps as maps_lib  # pylint: disable=g-import-not-at-top
-  store = maps_lib.MapStore.create_or_open(str(tmp_path / dtype), num_maps=len(maps),
-                                           map_shape=maps.shape[1:], chunk_size=2, dtype=dtype)
+
+  store = maps_lib.MapStore.create_or_open(
+    str(tmp_path / dtype), num_maps=len(maps), map_shape=maps.shape[1:], chunk_size=2, dtype=dtype
+  )
   for i in range(store.num_chunks):
     lo, hi = store.chunk_bounds(i)
     store.write_chunk(i, maps[lo:hi])

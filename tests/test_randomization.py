@@ -1,4 +1,5 @@
 """Cascading and independent randomization re-initialize exactly the intended blocks."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,8 +21,10 @@ def setup():
   trained = jax.tree.map(lambda a: a + 1.5, variables)
   # The expected fresh values: block i of block_names comes from the model initialized with
   # fold_in(KEY, i).
-  fresh = {name: models.init_variables(module, jax.random.fold_in(KEY, i), SAMPLE.shape[1:])
-           for i, name in enumerate(module.block_names)}
+  fresh = {
+    name: models.init_variables(module, jax.random.fold_in(KEY, i), SAMPLE.shape[1:])
+    for i, name in enumerate(module.block_names)
+  }
   return module, trained, fresh
 
 
@@ -32,8 +35,10 @@ def _assert_blocks(result, trained, fresh, randomized):
       expected = fresh[name][col][name] if name in randomized else trained[col][name]
       jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), result[col][name], expected)
       if name in randomized:  # and really different from before
-        assert all(not np.array_equal(a, b) for a, b in zip(
-            jax.tree.leaves(result[col][name]), jax.tree.leaves(trained[col][name])))
+        assert all(
+          not np.array_equal(a, b)
+          for a, b in zip(jax.tree.leaves(result[col][name]), jax.tree.leaves(trained[col][name]))
+        )
 
 
 def test_randomize_blocks_changes_exactly_the_given_blocks(setup):
@@ -56,8 +61,9 @@ def test_cascading_is_cumulative_from_the_top(setup):
     _assert_blocks(variables, trained, fresh, set(module.block_names[:k]))
   # The last step is a fully re-initialized model: every leaf differs from the trained one.
   last = steps[-1][1]
-  assert all(not np.array_equal(a, b)
-             for a, b in zip(jax.tree.leaves(last), jax.tree.leaves(trained)))
+  assert all(
+    not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(last), jax.tree.leaves(trained))
+  )
 
 
 def test_independent_changes_one_block_with_the_cascading_draw(setup):
@@ -69,8 +75,11 @@ def test_independent_changes_one_block_with_the_cascading_draw(setup):
     _assert_blocks(variables, trained, fresh, {name})
     for col in variables:
       if name in variables[col]:
-        jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b),
-                     variables[col][name], cascading[name][col][name])
+        jax.tree.map(
+          lambda a, b: np.testing.assert_array_equal(a, b),
+          variables[col][name],
+          cascading[name][col][name],
+        )
 
 
 def test_randomized_model_still_runs_and_differs(setup):

@@ -1,4 +1,5 @@
 """The tiny study with the RetinaNet localization baseline, through every stage."""
+
 import json
 import os
 
@@ -44,14 +45,14 @@ def test_detectors_train_and_report_their_map(detector_study):
 def test_score_maps_are_the_baseline_of_utility_and_agreement(detector_study):
   _, workdir = detector_study
   for replicate in ("UNET1", "UNET2"):
-    maps = MapStore.open(os.path.join(workdir, "maps", "utility", replicate, "original",
-                                      "UNET")).read_all()
+    maps = MapStore.open(
+      os.path.join(workdir, "maps", "utility", replicate, "original", "UNET")
+    ).read_all()
     assert maps.shape[1:] == (32, 32)
     assert maps.min() >= 0.0 and maps.max() <= 1.0
   with open(os.path.join(workdir, "results.json")) as f:
     records = json.load(f)
-  utility = {r["model"] for r in records
-             if r["criterion"] == "utility" and r["method"] == "UNET"}
+  utility = {r["model"] for r in records if r["criterion"] == "utility" and r["method"] == "UNET"}
   assert utility == {"UNET1", "UNET2"}
   agreement = [r for r in records if r["criterion"] == "localization_agreement"]
   assert {r["model"] for r in agreement} == {"UNET1-UNET2"}

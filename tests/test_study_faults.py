@@ -1,4 +1,5 @@
 """Faults of a study's workdir: what a user sees when stores, configs or runs go wrong."""
+
 import json
 import os
 import signal
@@ -27,8 +28,9 @@ def _study(workdir, **study_overrides):
 
 
 def _store(path, ids, chunk_size=2, complete=True):
-  store = maps_lib.MapStore.create_or_open(path, num_maps=len(ids), map_shape=(4, 4),
-                                           chunk_size=chunk_size, ids=ids)
+  store = maps_lib.MapStore.create_or_open(
+    path, num_maps=len(ids), map_shape=(4, 4), chunk_size=chunk_size, ids=ids
+  )
   for i in range(store.num_chunks if complete else 1):
     start, stop = store.chunk_bounds(i)
     store.write_chunk(i, np.zeros((stop - start, 4, 4), np.float32))
@@ -46,8 +48,9 @@ def test_maps_of_other_images_than_the_set_are_an_error(tmp_path):
   # E.g. maps left by a run with another num_eval_images: values would pair with wrong ids.
   workdir = str(tmp_path)
   raw = np.zeros((3, 4, 4, 1), np.uint8)
-  map_reader.write_ground_truth(workdir, "eval", ["a", "b", "c"], raw,
-                                np.zeros((3, 4, 4), bool), [np.zeros((0, 4))] * 3)
+  map_reader.write_ground_truth(
+    workdir, "eval", ["a", "b", "c"], raw, np.zeros((3, 4, 4), bool), [np.zeros((0, 4))] * 3
+  )
   reader = map_reader.MapReader(workdir, ["GRAD", "SG"])
   _store(map_reader.store_path(workdir, "eval", "A1", "original", "GRAD"), ["a", "b", "c"])
   assert reader.read("eval", "A1", "original", "GRAD").shape == (3, 4, 4)
@@ -87,13 +90,15 @@ def test_a_changed_config_reruns_the_stages_that_depend_on_it(tmp_path, monkeypa
     assert json.load(f)["stages"]["maps"]["study"]["num_eval_images"] == 4
 
 
-def test_a_changed_config_refuses_a_run_that_leaves_out_the_stage_it_changes(tmp_path,
-                                                                              monkeypatch):
+def test_a_changed_config_refuses_a_run_that_leaves_out_the_stage_it_changes(tmp_path, monkeypatch):
   _finished(tmp_path, {"num_eval_images": 6})
   changed = _study(tmp_path, num_eval_images=4)
   ran = _calls(changed, monkeypatch)
-  with pytest.raises(ValueError, match=r"maps stage ran with another config "
-                     r"\(study.num_eval_images: 6 -> 4\).*--stages"):
+  with pytest.raises(
+    ValueError,
+    match=r"maps stage ran with another config "
+    r"\(study.num_eval_images: 6 -> 4\).*--stages",
+  ):
     changed.run(("criteria", "report"))
   assert ran == []
 
@@ -111,8 +116,9 @@ def test_the_report_prints_the_config_the_numbers_came_from(tmp_path, monkeypatc
   _finished(tmp_path, {"random_pairs": 3})
   study = _study(tmp_path, random_pairs=5)
   got = {}
-  monkeypatch.setattr(report_lib, "write_report",
-                      lambda manifest, reader, config, workdir: got.update(config=config))
+  monkeypatch.setattr(
+    report_lib, "write_report", lambda manifest, reader, config, workdir: got.update(config=config)
+  )
   monkeypatch.setattr(study, "reader", lambda: None)
   study.stage_report()
   assert got["config"].study.random_pairs == 3  # the criteria stage's config
@@ -124,18 +130,28 @@ def test_maps_of_retrained_weights_replace_the_old_ones(tmp_path):
 
   from saliency_jax.maps import demo
   from saliency_jax.trust.study import ImageSet
+
   study = _study(tmp_path / "work")
   fns, _, _, _, _ = demo.tiny_problem(seed=1, num_images=3, height=8, width=8, channels=1)
   retrained = jax.tree.map(lambda v: v * 1.5, fns)
   raw = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 1)).astype(np.uint8)
-  image_set = ImageSet("eval", np.array(["a", "b", "c"]), np.arange(3), raw,
-                       np.zeros((3, 8, 8), bool), [np.zeros((0, 4))] * 3)
+  image_set = ImageSet(
+    "eval",
+    np.array(["a", "b", "c"]),
+    np.arange(3),
+    raw,
+    np.zeros((3, 8, 8), bool),
+    [np.zeros((0, 4))] * 3,
+  )
   path = study.store_path("eval", "A1", "original", "DEMO_GRAD")
   key = jax.random.key(0)
   targets = np.ones(3, np.int32)
+
   def maps(model_fns, at=path):
-    return study._generate(at, demo.DemoGradient(), model_fns, image_set, "inception",
-                           targets, {}, key, model_fns).read_all()
+    return study._generate(
+      at, demo.DemoGradient(), model_fns, image_set, "inception", targets, {}, key, model_fns
+    ).read_all()
+
   before = maps(fns)
   after = maps(retrained)
   np.testing.assert_array_equal(after, maps(retrained, at=str(tmp_path / "fresh")))
@@ -155,9 +171,10 @@ def test_a_second_run_on_a_busy_workdir_is_refused_naming_the_first(tmp_path):
   try:
     _write_lock(tmp_path / "work", pid=other.pid, host=socket.gethostname())
     study = _study(tmp_path / "work")
-    with pytest.raises(workdir_lock.WorkdirBusy,
-                       match=f"in use by another run: pid {other.pid} on host "
-                             f"{socket.gethostname()}"):
+    with pytest.raises(
+      workdir_lock.WorkdirBusy,
+      match=f"in use by another run: pid {other.pid} on host {socket.gethostname()}",
+    ):
       study.run(())
   finally:
     other.kill()
@@ -178,13 +195,22 @@ def test_a_lock_of_another_host_is_stale_only_without_heartbeat(tmp_path):
 
 def test_ctrl_c_prints_one_line_and_releases_the_workdir(tmp_path):
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1",
-         "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+  env = {
+    **os.environ,
+    "JAX_PLATFORMS": "cpu",
+    "PYTHONUNBUFFERED": "1",
+    "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+  }
   workdir = tmp_path / "work"
-  job = subprocess.Popen([sys.executable, "-m", "launch.run_all", "--config=configs/tiny.py",
-                          f"--workdir={workdir}"], cwd=root, env=env, text=True,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         start_new_session=True)
+  job = subprocess.Popen(
+    [sys.executable, "-m", "launch.run_all", "--config=configs/tiny.py", f"--workdir={workdir}"],
+    cwd=root,
+    env=env,
+    text=True,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    start_new_session=True,
+  )
   try:
     seen = []
     for line in job.stdout:  # Ctrl-C once training has started, to the whole process group.

@@ -1,5 +1,6 @@
 """A paper-protocol run and a run with every protocol choice flipped, end to end at tiny sizes:
 each gives its own verdicts, labelled with the choices it ran with."""
+
 import json
 import os
 import shutil
@@ -16,10 +17,18 @@ from saliency_jax.trust.names import SetName
 
 # Every choice a synthetic run can make otherwise (cohort and init have no alternative there;
 # map_dtype has none).
-FLIPPED = dict(randomized_target="trained", cascade_keep=0, randomization_pooling="pooled",
-               random_pairs="per_image", localization_agreement="probability",
-               agreement_images="eval", utility_images="sampled", minmax_maps=False,
-               ig_baseline="black", xrai_grayscale="shifted")
+FLIPPED = dict(
+  randomized_target="trained",
+  cascade_keep=0,
+  randomization_pooling="pooled",
+  random_pairs="per_image",
+  localization_agreement="probability",
+  agreement_images="eval",
+  utility_images="sampled",
+  minmax_maps=False,
+  ig_baseline="black",
+  xrai_grayscale="shifted",
+)
 
 
 def _config(flipped: bool):
@@ -31,7 +40,8 @@ def _config(flipped: bool):
   if flipped:
     config.protocol.update(FLIPPED)
     config.study.rules = ml_collections.ConfigDict(
-        {k: v for k, v in config.study.rules.to_dict().items() if k != "utility_localization"})
+      {k: v for k, v in config.study.rules.to_dict().items() if k != "utility_localization"}
+    )
   return config
 
 
@@ -63,8 +73,9 @@ def test_each_summary_records_the_protocol_it_ran_with(runs):
   assert _summary(paper)["protocol"] == paper.config.protocol.to_dict()
   assert _summary(flipped)["protocol"] == flipped.config.protocol.to_dict()
   assert protocol.differs(flipped.config) == sorted(
-      ["study.rules", "protocol.cohort", "protocol.init"]
-      + [f"protocol.{k}" for k in FLIPPED], key=[c.field for c in protocol.CHOICES].index)
+    ["study.rules", "protocol.cohort", "protocol.init"] + [f"protocol.{k}" for k in FLIPPED],
+    key=[c.field for c in protocol.CHOICES].index,
+  )
 
 
 def test_randomization_verdicts_are_labelled_with_their_choices(runs):
@@ -85,8 +96,13 @@ def test_randomization_verdicts_are_labelled_with_their_choices(runs):
   states = {r["state"] for r in _records(paper, "cascading_randomization")}
   assert states == {"original", "cascade_logits", "cascade_block2"}
   states = {r["state"] for r in _records(flipped, "cascading_randomization")}
-  assert states == {"original", "cascade_logits", "cascade_block2", "cascade_block1",
-                    "cascade_stem"}
+  assert states == {
+    "original",
+    "cascade_logits",
+    "cascade_block2",
+    "cascade_block1",
+    "cascade_stem",
+  }
 
 
 def test_utility_rules_and_image_sets_follow_the_protocol(runs):
@@ -94,8 +110,11 @@ def test_utility_rules_and_image_sets_follow_the_protocol(runs):
   assert {r["criterion"] for r in _summary(paper)["scorecard"]} >= {"utility_localization"}
   assert "utility_localization" not in {r["criterion"] for r in _summary(flipped)["scorecard"]}
   test = paper.sources()["test"]
-  positives = [str(test[i]["id"].decode() if isinstance(test[i]["id"], bytes)
-                   else test[i]["id"]) for i in range(len(test)) if int(test[i]["label"]) == 1]
+  positives = [
+    str(test[i]["id"].decode() if isinstance(test[i]["id"], bytes) else test[i]["id"])
+    for i in range(len(test))
+    if int(test[i]["label"]) == 1
+  ]
   assert list(paper.image_set(SetName.UTILITY).ids) == positives[:8]  # the first ones
   assert list(flipped.image_set(SetName.UTILITY).ids) != positives[:8]
   # Agreement on the utility set (paper) or the evaluation set.
@@ -108,8 +127,11 @@ def test_localization_agreement_binary_or_probability(runs):
   paper, flipped = runs
   values = {}
   for name, study in (("paper", paper), ("flipped", flipped)):
-    values[name] = {r["image_id"]: r["value"] for r in _records(study, "localization_agreement")
-                    if r["metric"] == "ssim"}
+    values[name] = {
+      r["image_id"]: r["value"]
+      for r in _records(study, "localization_agreement")
+      if r["metric"] == "ssim"
+    }
   common = sorted(set(values["paper"]) & set(values["flipped"]))
   assert common  # the eval set is part of the positives both sets draw from
   assert [values["paper"][i] for i in common] != [values["flipped"][i] for i in common]
@@ -129,8 +151,10 @@ def test_randomized_states_explain_their_own_prediction_or_the_trained_class(run
       flips += int((own != trained).sum())
       # Paper: the state's own prediction; flipped: the trained model's class. The maps
       # differ exactly on the images whose prediction the randomization flipped.
-      maps = [maps_lib.MapStore.open(s.store_path(SetName.EVAL, clf.name, state, "GRAD"))
-              .read_all() for s in (paper, flipped)]
+      maps = [
+        maps_lib.MapStore.open(s.store_path(SetName.EVAL, clf.name, state, "GRAD")).read_all()
+        for s in (paper, flipped)
+      ]
       differs = np.abs(maps[0] - maps[1]).reshape(len(own), -1).max(axis=1) > 0
       np.testing.assert_array_equal(differs, own != trained, err_msg=f"{clf.name} {state}")
   assert flips > 0, "no prediction flips: the test cannot tell the modes apart"

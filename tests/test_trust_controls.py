@@ -1,4 +1,5 @@
 """Control maps against scikit-image's Sobel filter and closed forms."""
+
 import types
 
 import ml_collections
@@ -15,12 +16,11 @@ RNG = np.random.default_rng(0)
 @pytest.mark.parametrize("shape", [(3, 9, 14), (2, 5, 5), (1, 32, 17)])
 def test_sobel_equals_scikit_image(shape):
   images = RNG.integers(0, 256, shape).astype(np.uint8)
-  images[0, :, : shape[2] // 2] = 0   # a flat region and a sharp edge
+  images[0, :, : shape[2] // 2] = 0  # a flat region and a sharp edge
   expected = np.stack([filters.sobel(im.astype(np.float64)) for im in images])
   np.testing.assert_allclose(controls.sobel_edges(images), expected, rtol=1e-12, atol=1e-12)
-  maps = controls.sobel_maps(images[..., None])   # a channel axis is accepted
-  np.testing.assert_allclose(maps, expected / expected.max(axis=(1, 2), keepdims=True),
-                             rtol=1e-6)
+  maps = controls.sobel_maps(images[..., None])  # a channel axis is accepted
+  np.testing.assert_allclose(maps, expected / expected.max(axis=(1, 2), keepdims=True), rtol=1e-6)
   assert maps.dtype == np.float32 and maps.max() == 1.0
 
 
@@ -48,7 +48,7 @@ def test_gaussian_blob_closed_form(shape, sigma):
   for y, x in [(0, 0), (h // 2, w // 2), (h - 1, 1)]:
     r2 = (y - (h - 1) / 2) ** 2 + (x - (w - 1) / 2) ** 2
     assert blob[y, x] == pytest.approx(np.exp(-r2 / (2 * s * s)), rel=1e-6)
-  assert np.array_equal(blob, blob[::-1, ::-1])   # centred
+  assert np.array_equal(blob, blob[::-1, ::-1])  # centred
   if h % 2 and w % 2:
     assert blob[h // 2, w // 2] == 1.0
   with pytest.raises(ValueError, match="blob_sigma"):
@@ -79,8 +79,8 @@ def test_control_maps_dispatch_and_errors():
     assert maps.shape == (3, 6, 8) and maps.dtype == np.float32
     assert 0 <= maps.min() and maps.max() <= 1
   np.testing.assert_array_equal(
-      controls.control_maps(controls.AVERAGE_MASK, average_mask=average[None], **kwargs)[2],
-      average)
+    controls.control_maps(controls.AVERAGE_MASK, average_mask=average[None], **kwargs)[2], average
+  )
   with pytest.raises(ValueError, match="average training mask"):
     controls.control_maps(controls.AVERAGE_MASK, average_mask=None, **kwargs)
   with pytest.raises(ValueError, match="average mask of shape"):
@@ -92,8 +92,12 @@ def test_control_maps_dispatch_and_errors():
 
 
 def test_every_criterion_names_its_applicable_controls():
-  assert set(controls.APPLICABLE) == {"utility", "randomization", "repeatability",
-                                      "reproducibility"}
+  assert set(controls.APPLICABLE) == {
+    "utility",
+    "randomization",
+    "repeatability",
+    "reproducibility",
+  }
   for criterion, names in controls.APPLICABLE.items():
     assert set(names) <= set(controls.CONTROLS)
     left_out = set(controls.CONTROLS) - set(names)
@@ -101,16 +105,19 @@ def test_every_criterion_names_its_applicable_controls():
 
 
 def test_control_reader_rescales_as_the_map_reader_does():
-  truth = types.SimpleNamespace(ids=np.array(["a", "b"]),
-                                raw=RNG.integers(0, 256, (2, 9, 11, 1)).astype(np.uint8))
+  truth = types.SimpleNamespace(
+    ids=np.array(["a", "b"]), raw=RNG.integers(0, 256, (2, 9, 11, 1)).astype(np.uint8)
+  )
   section = ml_collections.ConfigDict(dict(blob_sigma=0.25))
   for minmax in (False, True):
-    reader = types.SimpleNamespace(minmax=minmax, ground_truth=lambda s: truth,
-                                   read=lambda *a: None)
+    reader = types.SimpleNamespace(
+      minmax=minmax, ground_truth=lambda s: truth, read=lambda *a: None
+    )
     blob = controls_scoring.ControlReader(reader, section, seed=0).read(
-        "eval", "A1", "original", "control:BLOB")
+      "eval", "A1", "original", "control:BLOB"
+    )
     expected = controls.gaussian_blob((9, 11), sigma=0.25)
-    if minmax:   # (x - min) / (max - min), each map on its own
+    if minmax:  # (x - min) / (max - min), each map on its own
       expected = (expected - expected.min()) / (expected.max() - expected.min())
     np.testing.assert_allclose(blob, np.broadcast_to(expected, (2, 9, 11)), rtol=1e-6)
     assert blob.min() == pytest.approx(0.0 if minmax else expected.min())

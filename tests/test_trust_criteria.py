@@ -1,4 +1,5 @@
 """The trust criteria and verdicts on hand-made maps with known answers."""
+
 import ml_collections
 import numpy as np
 import pytest
@@ -37,8 +38,7 @@ def test_random_pairs_approach_the_mean_over_all_other_images():
   maps = _smooth_maps(5)
   got = criteria.random_pair_baseline(maps, pairs=4000, seed=0, data_range=1.0)["ssim"]
   for i in range(5):
-    others = [structural_similarity(maps[i], maps[j], data_range=1.0)
-              for j in range(5) if j != i]
+    others = [structural_similarity(maps[i], maps[j], data_range=1.0) for j in range(5) if j != i]
     assert got[i] == pytest.approx(np.mean(others), abs=0.02)
 
 
@@ -88,16 +88,23 @@ def test_similarity_of_identical_maps():
 # ----------------------------------------------------------------------------------------
 # Verdicts on hand-made records.
 
+
 def _manifest(methods=("GOOD", "BAD")):
   manifest = Manifest("unused.json")
-  manifest.record_run(models=[ModelEntry("A1", "a", ("logits", "stem"), CLASSIFIER)],
-                      image_ids={}, methods=list(methods), computed_methods=list(methods),
-                      utility_models=["A1"], independent_models=[])
+  manifest.record_run(
+    models=[ModelEntry("A1", "a", ("logits", "stem"), CLASSIFIER)],
+    image_ids={},
+    methods=list(methods),
+    computed_methods=list(methods),
+    utility_models=["A1"],
+    independent_models=[],
+  )
   return manifest
 
 
-_STUDY_CONFIG = ml_collections.ConfigDict(dict(
-    alpha=0.05, correction="holm", bootstrap_resamples=200))
+_STUDY_CONFIG = ml_collections.ConfigDict(
+  dict(alpha=0.05, correction="holm", bootstrap_resamples=200)
+)
 
 
 def _scorecard(records):
@@ -105,9 +112,18 @@ def _scorecard(records):
 
 
 def _records(criterion, metric, method, model, state, values):
-  return [dict(criterion=criterion, metric=metric, method=method, model=model, state=state,
-               image_id=f"img{i:02d}", value=None if np.isnan(v) else float(v))
-          for i, v in enumerate(values)]
+  return [
+    dict(
+      criterion=criterion,
+      metric=metric,
+      method=method,
+      model=model,
+      state=state,
+      image_id=f"img{i:02d}",
+      value=None if np.isnan(v) else float(v),
+    )
+    for i, v in enumerate(values)
+  ]
 
 
 def test_utility_verdicts_follow_the_paired_test():
@@ -119,8 +135,7 @@ def test_utility_verdicts_follow_the_paired_test():
   bad = base - 0.05
   bad[0] = np.nan  # one undefined image: excluded and counted
   records += _records("utility", "auprc", "BAD", "A1", "original", bad)
-  rows = {r["method"]: r for r in _scorecard(records)
-          if r["criterion"] == "utility"}
+  rows = {r["method"]: r for r in _scorecard(records) if r["criterion"] == "utility"}
   assert rows["GOOD"]["verdict"] == "PASS"
   assert rows["BAD"]["verdict"] == "FAIL"
   assert rows["GOOD"]["value"] == pytest.approx(np.mean(base + 0.3))
@@ -139,26 +154,24 @@ def test_randomization_verdict_uses_the_last_cascading_step_and_random_pairs():
   records = []
   for method, final in (("GOOD", pairs - 0.2), ("BAD", pairs + 0.3)):
     records += _records("random_pairs", "ssim", method, "A1", "baseline", pairs)
-    records += _records("cascading_randomization", "ssim", method, "A1", "original",
-                        np.ones(n))
+    records += _records("cascading_randomization", "ssim", method, "A1", "original", np.ones(n))
     # The first step is far from the baseline in the wrong direction for GOOD: only the
     # last step may decide.
-    records += _records("cascading_randomization", "ssim", method, "A1", "cascade_logits",
-                        np.full(n, 0.99))
-    records += _records("cascading_randomization", "ssim", method, "A1", "cascade_stem",
-                        final)
-  rows = {r["method"]: r for r in _scorecard(records)
-          if r["criterion"] == "randomization"}
+    records += _records(
+      "cascading_randomization", "ssim", method, "A1", "cascade_logits", np.full(n, 0.99)
+    )
+    records += _records("cascading_randomization", "ssim", method, "A1", "cascade_stem", final)
+  rows = {r["method"]: r for r in _scorecard(records) if r["criterion"] == "randomization"}
   assert rows["GOOD"]["verdict"] == "PASS" and rows["BAD"]["verdict"] == "FAIL"
   assert rows["GOOD"]["baseline"] == pytest.approx(pairs.mean())
 
 
 def test_repeatability_without_pairs_is_not_applicable():
   records = _records("utility", "auprc", Baseline.AVERAGE_MASK, "-", "baseline", np.ones(3))
-  records += _records("localization_agreement", "ssim", Baseline.LOCALIZATION, "U1-U2",
-                      "original", np.full(3, 0.9))
-  rows = [r for r in _scorecard(records)
-          if r["criterion"] == "repeatability"]
+  records += _records(
+    "localization_agreement", "ssim", Baseline.LOCALIZATION, "U1-U2", "original", np.full(3, 0.9)
+  )
+  rows = [r for r in _scorecard(records) if r["criterion"] == "repeatability"]
   assert rows and all(r["verdict"] == "N/A" for r in rows)
 
 

@@ -1,4 +1,5 @@
 """The sanity checks' config validation, rules and verdict rows on hand-made records."""
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -40,29 +41,45 @@ class _Manifest:
 
 
 def _scorecard(records, config):
-  return sanity.scorecard(records, _Manifest(config), config.sanity, config.study,
-                          seed=config.seed)
+  return sanity.scorecard(records, _Manifest(config), config.sanity, config.study, seed=config.seed)
 
 
 def _records(criterion, method, model, state, metric, values):
-  return [dict(criterion=criterion, metric=metric, method=method, model=model, state=state,
-               image_id=f"im{i}", value=float(v)) for i, v in enumerate(values)]
+  return [
+    dict(
+      criterion=criterion,
+      metric=metric,
+      method=method,
+      model=model,
+      state=state,
+      image_id=f"im{i}",
+      value=float(v),
+    )
+    for i, v in enumerate(values)
+  ]
 
 
 def test_scorecard_rows_test_each_check_against_its_baseline():
   config = tiny.get_config()
   config.methods.names = ("GRAD", "GBP")
-  for check in ("smooth_mprt", "efficient_mprt", "random_logit", "input_invariance",
-                "faithfulness"):
+  for check in (
+    "smooth_mprt",
+    "efficient_mprt",
+    "random_logit",
+    "input_invariance",
+    "faithfulness",
+  ):
     config.sanity[check].enabled = False
   config.study.alpha = 0.05
   rng = np.random.default_rng(0)
   n = 12
   low, high = rng.uniform(0.0, 0.2, n), rng.uniform(0.5, 0.9, n)
-  records = (_records("data_randomization", "GRAD", "A1", "data_randomized", "ssim", low)
-             + _records("random_pairs", "GRAD", "A1", "baseline", "ssim", high)
-             + _records("data_randomization", "GBP", "A1", "data_randomized", "ssim", high)
-             + _records("random_pairs", "GBP", "A1", "baseline", "ssim", low))
+  records = (
+    _records("data_randomization", "GRAD", "A1", "data_randomized", "ssim", low)
+    + _records("random_pairs", "GRAD", "A1", "baseline", "ssim", high)
+    + _records("data_randomization", "GBP", "A1", "data_randomized", "ssim", high)
+    + _records("random_pairs", "GBP", "A1", "baseline", "ssim", low)
+  )
   rows = {r["method"]: r for r in _scorecard(records, config)}
   assert rows["GRAD"]["verdict"] == "PASS" and rows["GBP"]["verdict"] == "FAIL"
   assert rows["GRAD"]["value"] == pytest.approx(low.mean())
@@ -75,15 +92,20 @@ def test_scorecard_rows_test_each_check_against_its_baseline():
 def test_input_invariance_rule_compares_with_one_minus_tolerance():
   config = tiny.get_config()
   config.methods.names = ("GRAD", "IG")
-  for check in ("data_randomization", "smooth_mprt", "efficient_mprt", "random_logit",
-                "faithfulness"):
+  for check in (
+    "data_randomization",
+    "smooth_mprt",
+    "efficient_mprt",
+    "random_logit",
+    "faithfulness",
+  ):
     config.sanity[check].enabled = False
   config.sanity.input_invariance.models = ("B1",)
   config.sanity.input_invariance.tolerance = 0.05
   n = 3
-  records = (_records("input_invariance", "GRAD", "B1", "input_shifted", "ssim", np.ones(n))
-             + _records("input_invariance", "IG", "B1", "input_shifted", "ssim",
-                        np.linspace(0.3, 0.99, n)))
+  records = _records(
+    "input_invariance", "GRAD", "B1", "input_shifted", "ssim", np.ones(n)
+  ) + _records("input_invariance", "IG", "B1", "input_shifted", "ssim", np.linspace(0.3, 0.99, n))
   rows = {r["method"]: r for r in _scorecard(records, config)}
   # Every image must meet the floor: no test, so a handful of images can pass.
   assert rows["GRAD"]["verdict"] == "PASS" and rows["IG"]["verdict"] == "FAIL"

@@ -3,6 +3,7 @@
 No Study and no training code: the scoring runs in a subprocess in which `saliency_jax.train`
 cannot be imported.
 """
+
 import json
 import os
 import subprocess
@@ -30,8 +31,12 @@ N, H, W = 5, 9, 11  # odd sizes
 
 def _write_store(workdir, set_name, model, state, method, maps, ids):
   store = MapStore.create_or_open(
-      map_reader.store_path(workdir, set_name, model, state, method), num_maps=len(maps),
-      map_shape=(H, W), chunk_size=2, ids=ids)
+    map_reader.store_path(workdir, set_name, model, state, method),
+    num_maps=len(maps),
+    map_shape=(H, W),
+    chunk_size=2,
+    ids=ids,
+  )
   for chunk in store.missing_chunks():
     start, stop = store.chunk_bounds(chunk)
     store.write_chunk(chunk, maps[start:stop])
@@ -43,17 +48,20 @@ def _workdir(path):
   ids = [f"img{i}" for i in range(N)]
   masks = np.zeros((N, H, W), bool)
   for i in range(N):
-    masks[i, 2 + i % 3:6, 3:7 + i % 2] = True
+    masks[i, 2 + i % 3 : 6, 3 : 7 + i % 2] = True
   raw = rng.integers(0, 255, (N, H, W, 1), dtype=np.uint8)
   boxes = [np.array([[2, 3, 6, 7]])] * (N - 1) + [np.zeros((0, 4))]
   for set_name in (SetName.UTILITY, SetName.EVAL):
     map_reader.write_ground_truth(path, set_name, ids, raw, masks, boxes)
   map_reader.write_average_mask(path, masks.mean(0).astype(np.float32))
   trained = rng.uniform(0, 1, (N, H, W)).astype(np.float32)
-  models = [ModelEntry("A1", "a", ("logits", "stem"), CLASSIFIER),
-            ModelEntry("A2", "a", ("logits", "stem"), CLASSIFIER),
-            ModelEntry("B1", "b", ("head",), CLASSIFIER),
-            ModelEntry("U1", "unet", (), LOCALIZER), ModelEntry("U2", "unet", (), LOCALIZER)]
+  models = [
+    ModelEntry("A1", "a", ("logits", "stem"), CLASSIFIER),
+    ModelEntry("A2", "a", ("logits", "stem"), CLASSIFIER),
+    ModelEntry("B1", "b", ("head",), CLASSIFIER),
+    ModelEntry("U1", "unet", (), LOCALIZER),
+    ModelEntry("U2", "unet", (), LOCALIZER),
+  ]
   for m in models[:3]:
     states = [State.ORIGINAL, State.UNTRAINED] + [cascade_state(b) for b in m.block_names]
     for state in states:
@@ -62,11 +70,18 @@ def _workdir(path):
         _write_store(path, set_name, m.name, state, "M", maps.astype(np.float32), ids)
   for m in models[3:]:
     for set_name in (SetName.UTILITY, SetName.EVAL):
-      _write_store(path, set_name, m.name, State.ORIGINAL, Baseline.LOCALIZATION,
-                   masks.astype(np.float32), ids)
+      _write_store(
+        path, set_name, m.name, State.ORIGINAL, Baseline.LOCALIZATION, masks.astype(np.float32), ids
+      )
   manifest = Manifest.load(path)
-  manifest.record_run(models=models, image_ids={s: ids for s in SetName}, methods=["M"],
-                      computed_methods=["M"], utility_models=["A1"], independent_models=[])
+  manifest.record_run(
+    models=models,
+    image_ids={s: ids for s in SetName},
+    methods=["M"],
+    computed_methods=["M"],
+    utility_models=["A1"],
+    independent_models=[],
+  )
   manifest.record_stage("maps", {"seed": 3})
   manifest.save()
   return trained, masks
@@ -99,30 +114,49 @@ def test_scoring_and_report_run_without_study_or_training_code(tmp_path):
   workdir = str(tmp_path)
   trained, masks = _workdir(workdir)
   env = dict(os.environ, PYTHONPATH=_ROOT)
-  out = subprocess.run([sys.executable, "-c", _SCRIPT, workdir], env=env, cwd=_ROOT,
-                       capture_output=True, text=True, timeout=600)
+  out = subprocess.run(
+    [sys.executable, "-c", _SCRIPT, workdir],
+    env=env,
+    cwd=_ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   assert json.loads(out.stdout.strip().splitlines()[-1]) == []
   with open(os.path.join(workdir, "results.json")) as f:
     records = json.load(f)
-  auprc = {r["image_id"]: r["value"] for r in records
-           if (r["criterion"], r["metric"], r["method"], r["model"], r["state"])
-           == ("utility", "auprc", "M", "A1", "original")}
+  auprc = {
+    r["image_id"]: r["value"]
+    for r in records
+    if (r["criterion"], r["metric"], r["method"], r["model"], r["state"])
+    == ("utility", "auprc", "M", "A1", "original")
+  }
   for i in range(N):  # the paper's AUPRC, against scikit-learn on the same map and mask
     precision, recall, _ = skm.precision_recall_curve(masks[i].ravel(), trained[i].ravel())
     assert auprc[f"img{i}"] == pytest.approx(skm.auc(recall, precision), abs=1e-6)
   # A1 and A2 hold the same trained maps: repeatability SSIM 1; U1 and U2 the same masks.
   for criterion, model in (("repeatability", "A1-A2"), ("localization_agreement", "U1-U2")):
-    values = [r["value"] for r in records if r["criterion"] == criterion
-              and r["model"] == model and r["metric"] == "ssim"]
+    values = [
+      r["value"]
+      for r in records
+      if r["criterion"] == criterion and r["model"] == model and r["metric"] == "ssim"
+    ]
     assert len(values) == N and values == pytest.approx([1.0] * N, abs=1e-6)
   states = {r["state"] for r in records if r["criterion"] == "cascading_randomization"}
   assert states == {"original", "cascade_logits", "cascade_stem", "cascade_head"}
   with open(os.path.join(workdir, "summary.json")) as f:
     summary = json.load(f)
   assert {(r["method"], r["criterion"]) for r in summary["scorecard"]} == {
-      ("M", c) for c in ("utility", "utility_localization", "randomization", "repeatability",
-                         "reproducibility")}
+    ("M", c)
+    for c in (
+      "utility",
+      "utility_localization",
+      "randomization",
+      "repeatability",
+      "reproducibility",
+    )
+  }
   with open(os.path.join(workdir, "report.md")) as f:
     md = f.read()
   assert "handmade" in md and "figures/examples.png" in md

@@ -1,4 +1,5 @@
 """The verdict choices of config.protocol and the rules' `baseline`, on hand-made records."""
+
 import ml_collections
 import numpy as np
 import pytest
@@ -19,17 +20,34 @@ STUDY = ml_collections.ConfigDict(dict(alpha=0.05, correction="holm", bootstrap_
 def _manifest(cascade_keep=0, methods=("M",)):
   manifest = Manifest("unused.json")
   manifest.record_run(
-      models=[ModelEntry("A1", "vgg", BLOCKS, CLASSIFIER),
-              ModelEntry("A2", "vgg", BLOCKS, CLASSIFIER),
-              ModelEntry("B1", "dense", BLOCKS, CLASSIFIER)],
-      image_ids={}, methods=list(methods), computed_methods=list(methods),
-      utility_models=["A1"], independent_models=[], cascade_keep=cascade_keep)
+    models=[
+      ModelEntry("A1", "vgg", BLOCKS, CLASSIFIER),
+      ModelEntry("A2", "vgg", BLOCKS, CLASSIFIER),
+      ModelEntry("B1", "dense", BLOCKS, CLASSIFIER),
+    ],
+    image_ids={},
+    methods=list(methods),
+    computed_methods=list(methods),
+    utility_models=["A1"],
+    independent_models=[],
+    cascade_keep=cascade_keep,
+  )
   return manifest
 
 
 def _records(criterion, method, model, state, values, metric="ssim"):
-  return [dict(criterion=criterion, metric=metric, method=method, model=model, state=state,
-               image_id=f"img{i:02d}", value=float(v)) for i, v in enumerate(values)]
+  return [
+    dict(
+      criterion=criterion,
+      metric=metric,
+      method=method,
+      model=model,
+      state=state,
+      image_id=f"img{i:02d}",
+      value=float(v),
+    )
+    for i, v in enumerate(values)
+  ]
 
 
 def _cascade(model, steps, pairs, method="M"):
@@ -48,9 +66,13 @@ def _protocol(**choices):
 
 
 def _rows(records, manifest=None, **choices):
-  return [r for r in verdicts.scorecard(records, manifest or _manifest(), STUDY, seed=0,
-                                        protocol=_protocol(**choices))
-          if r["criterion"] == "randomization"]
+  return [
+    r
+    for r in verdicts.scorecard(
+      records, manifest or _manifest(), STUDY, seed=0, protocol=_protocol(**choices)
+    )
+    if r["criterion"] == "randomization"
+  ]
 
 
 def test_randomization_verdicts_per_architecture_or_pooled():
@@ -91,19 +113,22 @@ def test_the_scalar_random_pair_baseline_is_one_number_with_a_one_sample_test():
   pairs = {m: rng.uniform(0.1, 0.9, N) for m in ("A1", "A2", "B1")}
   records = []
   for m in pairs:
-    records += _cascade(m, {"logits": pairs[m] - 0.01, "mid": pairs[m] - 0.01,
-                            "stem": pairs[m] - 0.01}, pairs[m])
+    records += _cascade(
+      m, {"logits": pairs[m] - 0.01, "mid": pairs[m] - 0.01, "stem": pairs[m] - 0.01}, pairs[m]
+    )
   scalar = {r["architecture"]: r for r in _rows(records)}["vgg"]
   paired = {r["architecture"]: r for r in _rows(records, random_pairs="per_image")}["vgg"]
-  values = ((pairs["A1"] + pairs["A2"]) / 2 - 0.01)
+  values = (pairs["A1"] + pairs["A2"]) / 2 - 0.01
   # The authors' number: replicate 1's (A1's) mean random-pair SSIM.
   assert scalar["baseline"] == pytest.approx(pairs["A1"].mean())
   assert scalar["baseline_kind"] == "scalar" and "one-sample" in scalar["test"]
-  assert scalar["p_value"] == pytest.approx(scipy.stats.wilcoxon(
-      values - pairs["A1"].mean(), alternative="less").pvalue)
+  assert scalar["p_value"] == pytest.approx(
+    scipy.stats.wilcoxon(values - pairs["A1"].mean(), alternative="less").pvalue
+  )
   assert paired["baseline_kind"] == "per_image" and "one-sample" not in paired["test"]
-  assert paired["p_value"] == pytest.approx(scipy.stats.wilcoxon(
-      values, (pairs["A1"] + pairs["A2"]) / 2, alternative="less").pvalue)
+  assert paired["p_value"] == pytest.approx(
+    scipy.stats.wilcoxon(values, (pairs["A1"] + pairs["A2"]) / 2, alternative="less").pvalue
+  )
   # Every image just below its own pairs: the paired test passes; against one number not.
   assert paired["verdict"] == "PASS" and scalar["verdict"] == "FAIL"
 
@@ -116,9 +141,11 @@ def test_each_utility_rule_uses_its_baseline():
   for model in ("U1", "U2"):
     records += _records("utility", Baseline.LOCALIZATION, model, "baseline", unet, "auprc")
   records += _records("utility", "M", "A1", "original", average + 0.2, "auprc")
-  rows = {r["criterion"]: r for r in verdicts.scorecard(
-      records, _manifest(), STUDY, seed=0, protocol=_protocol())
-          if r["criterion"].startswith("utility")}
+  rows = {
+    r["criterion"]: r
+    for r in verdicts.scorecard(records, _manifest(), STUDY, seed=0, protocol=_protocol())
+    if r["criterion"].startswith("utility")
+  }
   assert rows["utility"]["baseline_name"] == "average mask"
   assert rows["utility"]["baseline"] == pytest.approx(average.mean())
   assert rows["utility"]["verdict"] == "PASS"
@@ -127,11 +154,19 @@ def test_each_utility_rule_uses_its_baseline():
   assert rows["utility_localization"]["verdict"] == "FAIL"
   # The rules' `baseline` is the switch: one rule, the localization network.
   study = ml_collections.ConfigDict(STUDY.to_dict())
-  study.rules = dict(vs_unet=dict(criterion="utility", baseline="localization_network",
-                                  metric="auprc", alternative="greater", text="vs U-Net"))
+  study.rules = dict(
+    vs_unet=dict(
+      criterion="utility",
+      baseline="localization_network",
+      metric="auprc",
+      alternative="greater",
+      text="vs U-Net",
+    )
+  )
   only = verdicts.scorecard(records, _manifest(), study, seed=0, protocol=_protocol())
   assert [(r["criterion"], r["baseline_name"]) for r in only] == [
-      ("vs_unet", "localization network")]
+    ("vs_unet", "localization network")
+  ]
   study.rules.vs_unet.baseline = "random_pairs"
   with pytest.raises(ValueError, match="not a baseline of utility"):
     verdicts.scorecard(records, _manifest(), study, seed=0, protocol=_protocol())

@@ -3,6 +3,7 @@
 Pixel-space methods return [B,H,W,C]; Grad-CAM and XRAI return [B,H,W]. `METHODS` maps the
 study's method names to `MapMethod`s that return its 2-D [0,1] maps.
 """
+
 from saliency_jax.attributions.blur_ig import blur_ig
 from saliency_jax.attributions.gradcam import gradcam
 from saliency_jax.attributions.gradient import gradient

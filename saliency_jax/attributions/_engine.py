@@ -5,6 +5,7 @@ samples. `chunked_sum` does that as one compiled loop whose body evaluates at mo
 `max_grads_in_flight` model gradients at once, so memory stays bounded whatever the batch size,
 and the loop has a fixed trip count so it works under `jax.jit` on any backend.
 """
+
 from collections.abc import Callable
 
 import jax
@@ -14,6 +15,7 @@ from saliency_jax.attributions import _execution
 
 Array = jax.Array
 
+
 def target_gradients(logits_fn: Callable[[Array], Array]) -> Callable[[Array, Array], Array]:
   """Returns grad_fn(x[N,...], targets[N]) -> d logits[n, targets[n]] / d x[n] for every n.
 
@@ -21,11 +23,14 @@ def target_gradients(logits_fn: Callable[[Array], Array]) -> Callable[[Array, Ar
   exact for models without cross-example interactions (inference-mode batch norm), which is the
   contract of `logits_fn`.
   """
+
   def grad_fn(x, targets):
     def total(x):
       logits = logits_fn(x)
       return jnp.take_along_axis(logits, targets[:, None].astype(jnp.int32), axis=1).sum()
+
     return jax.grad(total)(x)
+
   return grad_fn
 
 
@@ -63,10 +68,14 @@ def sample_key(key: Array, index: Array, sample: Array) -> Array:
   return jax.random.fold_in(jax.random.fold_in(key, index), sample)
 
 
-def chunked_sum(contribution: Callable[[Array, Array], Array], num_images: int,
-                num_samples: int, out_shape: tuple[int, ...],
-                max_grads_in_flight: int | None,
-                item_window: tuple[int | Array, int] | None = None) -> Array:
+def chunked_sum(
+  contribution: Callable[[Array, Array], Array],
+  num_images: int,
+  num_samples: int,
+  out_shape: tuple[int, ...],
+  max_grads_in_flight: int | None,
+  item_window: tuple[int | Array, int] | None = None,
+) -> Array:
   """Sums contribution(image_idx[c], sample_idx[c]) -> [c, *out_shape] over samples, per image.
 
   Work items (image b, sample s) are enumerated image-major (item b * num_samples + s) and
@@ -96,8 +105,9 @@ def chunked_sum(contribution: Callable[[Array, Array], Array], num_images: int,
   return acc
 
 
-def window_items(offset, count: int, start, size: int, num_images: int,
-                 num_samples: int) -> tuple[Array, Array, Array]:
+def window_items(
+  offset, count: int, start, size: int, num_images: int, num_samples: int
+) -> tuple[Array, Array, Array]:
   """Items start .. start + size - 1 of the window (offset, count) of the image-major
   (image, sample) enumeration: (image, sample, valid), int32 [size] each; items past the window
   or outside 0 .. num_images * num_samples - 1 are not valid (clipped to a real item)."""
@@ -113,12 +123,14 @@ def add_to_images(acc: Array, image: Array, valid: Array, values: Array) -> Arra
   """acc [num_images, ...] plus each valid item's values [n, ...] at its image: a one-hot
   matrix product (XLA's scatter-add is slow on the CPU)."""
   weights = (image[:, None] == jnp.arange(acc.shape[0])[None, :]) & valid[:, None]
-  return acc + jnp.tensordot(weights.astype(jnp.float32), values, axes=(0, 0),
-                             precision=jax.lax.Precision.HIGHEST)
+  return acc + jnp.tensordot(
+    weights.astype(jnp.float32), values, axes=(0, 0), precision=jax.lax.Precision.HIGHEST
+  )
 
 
-def map_in_chunks(fn: Callable[..., Array], *arrays: Array,
-                  max_grads_in_flight: int | None) -> Array:
+def map_in_chunks(
+  fn: Callable[..., Array], *arrays: Array, max_grads_in_flight: int | None
+) -> Array:
   """Applies a batch function fn(*chunks) over the leading axis, at most c rows at a time."""
   n = arrays[0].shape[0]
   # At most n_chunks - 1 padded rows.
@@ -131,17 +143,19 @@ def map_in_chunks(fn: Callable[..., Array], *arrays: Array,
     a = jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]) if pad else a
     return a.reshape((n_chunks, c) + a.shape[1:])
 
-  _, out = _execution.scan(lambda carry, xs: (carry, fn(*xs)), 0,
-                           tuple(padded(a) for a in arrays))
+  _, out = _execution.scan(lambda carry, xs: (carry, fn(*xs)), 0, tuple(padded(a) for a in arrays))
   return jax.tree.map(lambda o: o.reshape((n_chunks * c,) + o.shape[2:])[:n], out)
 
 
-def jitted_gradients(logits_fn: Callable[[Array], Array],
-                     max_grads_in_flight: int | None) -> Callable[[Array, Array], Array]:
+def jitted_gradients(
+  logits_fn: Callable[[Array], Array], max_grads_in_flight: int | None
+) -> Callable[[Array, Array], Array]:
   """jit(chunked target gradients of logits_fn), cached per function object (host loops)."""
   grad_fn = target_gradients(logits_fn)
   return _execution.cached(
-      ("gradients", id(logits_fn), max_grads_in_flight),
-      lambda: jax.jit(lambda x, t: map_in_chunks(grad_fn, x, t,
-                                                 max_grads_in_flight=max_grads_in_flight)),
-      owner=logits_fn)
+    ("gradients", id(logits_fn), max_grads_in_flight),
+    lambda: jax.jit(
+      lambda x, t: map_in_chunks(grad_fn, x, t, max_grads_in_flight=max_grads_in_flight)
+    ),
+    owner=logits_fn,
+  )

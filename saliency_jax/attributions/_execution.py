@@ -19,6 +19,7 @@ One home for the decisions about where and in what pieces a computation runs:
 
 Maps do not depend on the plan (to float32 rounding where an image's items are split).
 """
+
 import collections
 from collections.abc import Callable, Mapping
 import functools
@@ -83,6 +84,7 @@ def frozen(settings: Mapping[str, Any]) -> tuple:
     if isinstance(v, np.ndarray):
       return (v.shape, v.tobytes())
     return v
+
   return tuple(sorted((k, freeze(v)) for k, v in settings.items()))
 
 
@@ -90,8 +92,9 @@ def _is_array_pytree(tree: Any) -> bool:
   return all(isinstance(x, (jax.Array, np.ndarray)) for x in jax.tree.leaves(tree))
 
 
-def cached_jit(impl: Callable, name: str, model_fns: Any, settings: dict,
-                donate: tuple[int, ...] = ()) -> Callable:
+def cached_jit(
+  impl: Callable, name: str, model_fns: Any, settings: dict, donate: tuple[int, ...] = ()
+) -> Callable:
   """jit(impl) for this model_fns/settings; returns run(images, targets, indices, key, prepared).
 
   impl(model_fns, settings, images, targets, indices, key, prepared, *extra) -> maps.
@@ -99,12 +102,18 @@ def cached_jit(impl: Callable, name: str, model_fns: Any, settings: dict,
   """
   frozen_settings = frozen(settings)
   if _is_array_pytree(model_fns):
-    fn = cached(("method", name, frozen_settings, "pytree"), lambda: jax.jit(
-        lambda fns, *args: impl(fns, settings, *args),
-        donate_argnums=tuple(i + 1 for i in donate)))
+    fn = cached(
+      ("method", name, frozen_settings, "pytree"),
+      lambda: jax.jit(
+        lambda fns, *args: impl(fns, settings, *args), donate_argnums=tuple(i + 1 for i in donate)
+      ),
+    )
     return functools.partial(fn, model_fns)
-  return cached(("method", name, frozen_settings, id(model_fns)), lambda: jax.jit(
-      lambda *args: impl(model_fns, settings, *args), donate_argnums=donate), owner=model_fns)
+  return cached(
+    ("method", name, frozen_settings, id(model_fns)),
+    lambda: jax.jit(lambda *args: impl(model_fns, settings, *args), donate_argnums=donate),
+    owner=model_fns,
+  )
 
 
 def default_key(key):
@@ -165,11 +174,14 @@ def plan_chunks(total: int, max_grads_in_flight: int | None) -> tuple[int, int]:
 CPU_GRADS_PER_CALL = 32
 
 
-def make_compute(name: str, impl: Callable, defaults: Mapping[str, Any],
-                 grads_per_map: Callable[[dict], int] | None = None,
-                 item_split: tuple[Callable, Callable[[dict], int],
-                                   Callable[[dict], int]] | None = None,
-                 grayscale: bool = True) -> Callable:
+def make_compute(
+  name: str,
+  impl: Callable,
+  defaults: Mapping[str, Any],
+  grads_per_map: Callable[[dict], int] | None = None,
+  item_split: tuple[Callable, Callable[[dict], int], Callable[[dict], int]] | None = None,
+  grayscale: bool = True,
+) -> Callable:
   """A `compute` that merges settings, validates inputs and runs impl jitted.
 
   impl(model_fns, settings, images, targets, indices, key, prepared) -> float32 [B,H,W].
@@ -188,8 +200,8 @@ def make_compute(name: str, impl: Callable, defaults: Mapping[str, Any],
   Maps do not depend on the split (to float32 rounding where items are split): noise keys
   come from each image's `indices` entry and sample number.
   """
-  def compute(model_fns, images, targets, *, indices=None, key=None, settings=None,
-              prepared=None):
+
+  def compute(model_fns, images, targets, *, indices=None, key=None, settings=None, prepared=None):
     s = merge_settings(defaults, settings)
     traced = any(isinstance(a, jax.core.Tracer) for a in (images, targets, indices))
     cpu_plan = not traced and grads_per_map is not None and jax.default_backend() == "cpu"
@@ -200,8 +212,7 @@ def make_compute(name: str, impl: Callable, defaults: Mapping[str, Any],
       raise ValueError(f"images must be [B,H,W,C], got shape {images.shape}")
     targets = xp.asarray(targets, xp.int32)
     b = images.shape[0]
-    indices = (xp.arange(b, dtype=xp.int32) if indices is None
-               else xp.asarray(indices, xp.int32))
+    indices = xp.arange(b, dtype=xp.int32) if indices is None else xp.asarray(indices, xp.int32)
     if indices.shape != (b,) or targets.shape != (b,):
       raise ValueError(f"targets and indices must have shape ({b},)")
     key = default_key(key)
@@ -217,32 +228,42 @@ def make_compute(name: str, impl: Callable, defaults: Mapping[str, Any],
     pad = -b % per_call
     if pad:
       arrays = [np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]) for a in arrays]
-    outs = [run(*(a[i:i + per_call] for a in arrays), key, prepared)
-            for i in range(0, b + pad, per_call)]
+    outs = [
+      run(*(a[i : i + per_call] for a in arrays), key, prepared)
+      for i in range(0, b + pad, per_call)
+    ]
     out = jnp.concatenate(outs) if len(outs) > 1 else outs[0]
     return out[:b] if pad else out
+
   compute.__name__ = f"compute_{name.lower()}"
   compute.__doc__ = f"The study's {name} map, float32 [B,H,W] in [0,1]; see `MapMethod`."
   return compute
 
 
-def _split_items(name, attr, items_per_map, grads_per_item, model_fns, s, arrays, key,
-                 prepared, grayscale=True):
+def _split_items(
+  name, attr, items_per_map, grads_per_item, model_fns, s, arrays, key, prepared, grayscale=True
+):
   """The CPU plan of `make_compute(item_split=...)`: windows of items, one call each."""
   b = arrays[0].shape[0]
   items = int(items_per_map(s))
   # One chunk per call: at most max_grads_in_flight (itself at most CPU_GRADS_PER_CALL).
   window = max(1, int(s["max_grads_in_flight"]) // max(1, int(grads_per_item(s))))
-  span = min(b, -(-(window - 1) // items) + 1)     # images a window can touch
-  if span > 1:   # pad so that every window's images are rows first .. first + span - 1
+  span = min(b, -(-(window - 1) // items) + 1)  # images a window can touch
+  if span > 1:  # pad so that every window's images are rows first .. first + span - 1
     arrays = [np.concatenate([a, np.repeat(a[-1:], span - 1, axis=0)]) for a in arrays]
   s = {**s, "window_items": window}
   run = cached_jit(_add_window(attr), f"{name}/window", model_fns, s, donate=(7,))
   totals = jnp.zeros(arrays[0].shape, jnp.float32)
   for start in range(0, b * items, window):
     first = start // items
-    totals = run(*(a[first:first + span] for a in arrays), key, prepared,
-                 start - first * items, first, totals)
+    totals = run(
+      *(a[first : first + span] for a in arrays),
+      key,
+      prepared,
+      start - first * items,
+      first,
+      totals,
+    )
   maps = _jitted_visualize(frozen(s))(totals) if grayscale else totals
   return maps[:b] if span > 1 else maps
 
@@ -250,16 +271,19 @@ def _split_items(name, attr, items_per_map, grads_per_item, model_fns, s, arrays
 def _add_window(attr):
   """impl(..., prepared, offset, first, totals): totals with the window's part added to rows
   first, first + 1, ... (the window's images)."""
+
   def impl(fns, s, images, targets, indices, key, prepared, offset, first, totals):
     del prepared
     part = attr(fns, s, images, targets, indices, key, (offset, s["window_items"]))
     start = (first,) + (0,) * (totals.ndim - 1)
     current = jax.lax.dynamic_slice(totals, start, part.shape)
     return jax.lax.dynamic_update_slice(totals, current + part, start)
+
   return impl
 
 
 def _jitted_visualize(frozen_settings):
   settings = dict(frozen_settings)
-  return cached(("visualize", frozen_settings),
-                lambda: jax.jit(lambda maps: visualize(maps, settings)))
+  return cached(
+    ("visualize", frozen_settings), lambda: jax.jit(lambda maps: visualize(maps, settings))
+  )

@@ -17,6 +17,7 @@ with sqrt=True it is right only with batch_size=1. This implementation always us
 own spacing (tested against PAIR with sqrt=False at any batch size and with sqrt=True at
 batch_size=1).
 """
+
 from collections.abc import Callable
 import math
 
@@ -40,14 +41,14 @@ def blur_sigmas(max_sigma: float, steps: int, sqrt: bool) -> list[float]:
 def _kernel(sigma: float, radius_max: int) -> np.ndarray:
   """SciPy's normalized 1-D Gaussian kernel on offsets -radius_max..radius_max (float64)."""
   out = np.zeros(2 * radius_max + 1)
-  if sigma <= 1e-15:          # SciPy skips the axis: identity (PAIR: sigma == 0 returns x)
+  if sigma <= 1e-15:  # SciPy skips the axis: identity (PAIR: sigma == 0 returns x)
     out[radius_max] = 1.0
     return out
   radius = int(_TRUNCATE * float(sigma) + 0.5)
   x = np.arange(-radius, radius + 1)
   phi = np.exp(-0.5 / (sigma * sigma) * x.astype(np.float64) ** 2)
   r = min(radius, radius_max)
-  out[radius_max - r:radius_max + r + 1] = (phi / phi.sum())[radius - r:radius + r + 1]
+  out[radius_max - r : radius_max + r + 1] = (phi / phi.sum())[radius - r : radius + r + 1]
   return out
 
 
@@ -59,10 +60,18 @@ def _band(kernels: Array, n: int, radius_max: int) -> Array:
   return jnp.where(valid, kernels[..., idx], 0.0)
 
 
-def blur_ig(logits_fn: Callable[[Array], Array], images: Array, targets: Array, *,
-            max_sigma: float = 50.0, steps: int = 100, grad_step: float = 0.01,
-            sqrt: bool = False, max_grads_in_flight: int | None = None,
-            item_window: tuple | None = None) -> Array:
+def blur_ig(
+  logits_fn: Callable[[Array], Array],
+  images: Array,
+  targets: Array,
+  *,
+  max_sigma: float = 50.0,
+  steps: int = 100,
+  grad_step: float = 0.01,
+  sqrt: bool = False,
+  max_grads_in_flight: int | None = None,
+  item_window: tuple | None = None,
+) -> Array:
   """Blur-IG maps, float32 [B,H,W,C]; arguments as PAIR's `BlurIG.GetMask`.
 
   item_window: (offset, count): only the (image, step) items offset .. offset + count - 1,
@@ -75,9 +84,9 @@ def blur_ig(logits_fn: Callable[[Array], Array], images: Array, targets: Array, 
   spacing = np.diff(np.asarray(sigmas))
   # Only offsets inside the image matter: |j - i| < max(H, W).
   radius_max = max(h, w) - 1
-  k0 = np.stack([_kernel(s, radius_max) for s in sigmas[:-1]])              # [steps, 2R+1]
+  k0 = np.stack([_kernel(s, radius_max) for s in sigmas[:-1]])  # [steps, 2R+1]
   k1 = np.stack([_kernel(s + grad_step, radius_max) for s in sigmas[:-1]])
-  dk = (k1 - k0) / grad_step                                                  # float64
+  dk = (k1 - k0) / grad_step  # float64
   k0, k1, dk = (jnp.asarray(k, jnp.float32) for k in (k0, k1, dk))
   spacing = jnp.asarray(spacing, jnp.float32)
   grad_fn = _engine.target_gradients(logits_fn)
@@ -90,11 +99,13 @@ def blur_ig(logits_fn: Callable[[Array], Array], images: Array, targets: Array, 
     dh, dw = _band(dk[si], h, radius_max), _band(dk[si], w, radius_max)
     blurred = jnp.einsum("nyh,nhwc,nxw->nyxc", ah0, x, aw0, precision=hp)
     # d blur / d sigma ~ (A1 X A1'^T - A0 X A0'^T) / step = dA X A1'^T + A0 X dA'^T.
-    dblur = (jnp.einsum("nyh,nhwc,nxw->nyxc", dh, x, aw1, precision=hp)
-             + jnp.einsum("nyh,nhwc,nxw->nyxc", ah0, x, dw, precision=hp))
+    dblur = jnp.einsum("nyh,nhwc,nxw->nyxc", dh, x, aw1, precision=hp) + jnp.einsum(
+      "nyh,nhwc,nxw->nyxc", ah0, x, dw, precision=hp
+    )
     g = grad_fn(blurred, targets[bi])
     return spacing[si].reshape(-1, 1, 1, 1) * dblur * g
 
-  total = _engine.chunked_sum(contribution, b, steps, images.shape[1:], max_grads_in_flight,
-                              item_window)
+  total = _engine.chunked_sum(
+    contribution, b, steps, images.shape[1:], max_grads_in_flight, item_window
+  )
   return -total

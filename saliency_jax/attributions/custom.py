@@ -16,6 +16,7 @@ so prediction-only models skip it with a reason instead of failing.
 In a config:  config.methods.custom = {"MY_METHOD": "my_pkg.saliency:my_method"} and
 "MY_METHOD" in config.methods.names. From Python: `register("MY_METHOD", my_method)`.
 """
+
 from collections.abc import Callable, Mapping
 
 import jax.numpy as jnp
@@ -47,26 +48,30 @@ def register(name: str, fn: Callable, *, needs: tuple[str, ...] | None = None) -
     raise ValueError(f"method {name!r}: unknown needs {unknown}; known: {list(_PARTS)}.")
   defaults = {**registry.COMMON_SETTINGS, **dict(getattr(fn, "default_settings", {}) or {})}
 
-  def compute(model_fns, images, targets, *, indices=None, key=None, settings=None,
-              prepared=None):
+  def compute(model_fns, images, targets, *, indices=None, key=None, settings=None, prepared=None):
     del prepared
     s = registry.merge_settings(defaults, settings)
     images = jnp.asarray(images, jnp.float32)
     b = images.shape[0]
     indices = jnp.arange(b, dtype=jnp.int32) if indices is None else jnp.asarray(indices)
     key = _execution.default_key(key)
-    out = jnp.asarray(fn(model_fns, images, jnp.asarray(targets, jnp.int32), indices=indices,
-                         key=key, settings=s), jnp.float32)
+    out = jnp.asarray(
+      fn(model_fns, images, jnp.asarray(targets, jnp.int32), indices=indices, key=key, settings=s),
+      jnp.float32,
+    )
     if out.shape == images.shape:
       return to_grayscale(out, s["grayscale_percentile"], nan_to=s["grayscale_nan_to"])
     if out.shape == images.shape[:3]:
       return out
-    raise ValueError(f"method {name!r} returned shape {out.shape}; expected {images.shape} "
-                     f"(attributions) or {images.shape[:3]} (maps).")
+    raise ValueError(
+      f"method {name!r} returned shape {out.shape}; expected {images.shape} "
+      f"(attributions) or {images.shape[:3]} (maps)."
+    )
 
   compute.custom_fn = fn
-  registry.METHODS[name] = registry.MapMethod(name=name, compute=compute,
-                                              default_settings=defaults, traceable=False)
+  registry.METHODS[name] = registry.MapMethod(
+    name=name, compute=compute, default_settings=defaults, traceable=False
+  )
   NEEDS[name] = needs
 
 

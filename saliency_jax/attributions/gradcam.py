@@ -12,6 +12,7 @@ reproduces PAIR core (tested against it). The TF1 code also divided by a zero ma
 for all-zero Grad-CAMs); we return zeros, and `to_grayscale` then gives NaN exactly as the
 study's pipeline did for such constant maps.
 """
+
 from collections.abc import Callable
 
 import jax
@@ -31,14 +32,20 @@ def _cam_chunk(features_fn, head_fn, x, targets):
     return jnp.take_along_axis(logits, targets[:, None], axis=1).sum()
 
   grads = jax.grad(total)(feats)
-  weights = grads.mean(axis=(1, 2))                       # [N, c]
+  weights = grads.mean(axis=(1, 2))  # [N, c]
   cam = jnp.einsum("nhwc,nc->nhw", feats, weights, precision=jax.lax.Precision.HIGHEST)
   return jnp.maximum(cam, 0.0)
 
 
-def gradcam(features_fn: Callable[[Array], Array], head_fn: Callable[[Array], Array],
-            images: Array, targets: Array, *, resize: str | None = "tf1_bilinear",
-            max_grads_in_flight: int | None = None) -> Array:
+def gradcam(
+  features_fn: Callable[[Array], Array],
+  head_fn: Callable[[Array], Array],
+  images: Array,
+  targets: Array,
+  *,
+  resize: str | None = "tf1_bilinear",
+  max_grads_in_flight: int | None = None,
+) -> Array:
   """Grad-CAM maps.
 
   Args:
@@ -54,8 +61,12 @@ def gradcam(features_fn: Callable[[Array], Array], head_fn: Callable[[Array], Ar
     float32 [B,H,W] in [0,1] (or [B,h,w] unnormalized when resize is None).
   """
   images, targets = _engine.check_images(images, targets)
-  cam = _engine.map_in_chunks(lambda x, t: _cam_chunk(features_fn, head_fn, x, t),
-                              images, targets, max_grads_in_flight=max_grads_in_flight)
+  cam = _engine.map_in_chunks(
+    lambda x, t: _cam_chunk(features_fn, head_fn, x, t),
+    images,
+    targets,
+    max_grads_in_flight=max_grads_in_flight,
+  )
   if resize is None:
     return cam
   peak = cam.max(axis=(1, 2), keepdims=True)

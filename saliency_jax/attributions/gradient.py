@@ -1,4 +1,5 @@
 """Vanilla gradient saliency: d logit[target] / d input (Simonyan et al., 2014)."""
+
 from collections.abc import Callable
 
 import jax
@@ -8,8 +9,13 @@ from saliency_jax.attributions import _engine
 Array = jax.Array
 
 
-def gradient(logits_fn: Callable[[Array], Array], images: Array, targets: Array, *,
-             max_grads_in_flight: int | None = None) -> Array:
+def gradient(
+  logits_fn: Callable[[Array], Array],
+  images: Array,
+  targets: Array,
+  *,
+  max_grads_in_flight: int | None = None,
+) -> Array:
   """Input gradients of each image's target logit.
 
   Args:
@@ -23,5 +29,4 @@ def gradient(logits_fn: Callable[[Array], Array], images: Array, targets: Array,
   """
   images, targets = _engine.check_images(images, targets)
   grad_fn = _engine.target_gradients(logits_fn)
-  return _engine.map_in_chunks(grad_fn, images, targets,
-                               max_grads_in_flight=max_grads_in_flight)
+  return _engine.map_in_chunks(grad_fn, images, targets, max_grads_in_flight=max_grads_in_flight)

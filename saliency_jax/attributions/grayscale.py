@@ -19,7 +19,7 @@ Array = jax.Array
 
 def _as_channels(maps: Array) -> Array:
   maps = jnp.asarray(maps, jnp.float32)
-  if maps.ndim == 3:          # [B,H,W]: a single-channel map (Grad-CAM, XRAI)
+  if maps.ndim == 3:  # [B,H,W]: a single-channel map (Grad-CAM, XRAI)
     return maps[..., None]
   if maps.ndim != 4:
     raise ValueError(f"maps must be [B,H,W,C] or [B,H,W], got shape {maps.shape}")
@@ -38,7 +38,7 @@ def percentile_of_rows(values: Array, q: float) -> Array:
   qf = np.float64(q) / 100.0
   if not 0.0 <= qf <= 1.0:
     raise ValueError(f"percentile must be in [0, 100], got {q}")
-  virtual = float(n * qf + (1.0 + qf * (1.0 - 1.0 - 1.0)) - 1.0)   # NumPy's expression
+  virtual = float(n * qf + (1.0 + qf * (1.0 - 1.0 - 1.0)) - 1.0)  # NumPy's expression
   lo = int(np.floor(virtual))
   gamma = virtual - lo
   lo = min(max(lo, 0), n - 1)
@@ -59,8 +59,7 @@ def percentile_of_rows(values: Array, q: float) -> Array:
   return jnp.where(jnp.isnan(values).any(axis=1), jnp.float32(jnp.nan), out)
 
 
-def to_grayscale(maps: Array, percentile: float = 99, *,
-                 nan_to: float | None = None) -> Array:
+def to_grayscale(maps: Array, percentile: float = 99, *, nan_to: float | None = None) -> Array:
   """PAIR's VisualizeImageGrayscale, batched: float32 [B,H,W] in [0,1].
 
   sum over channels of |map|, divided into [0,1] by (x - min) / (p-th percentile - min), clipped.
@@ -79,8 +78,7 @@ def to_grayscale(maps: Array, percentile: float = 99, *,
   return out if nan_to is None else jnp.where(jnp.isnan(out), jnp.float32(nan_to), out)
 
 
-def to_diverging(maps: Array, percentile: float = 99, *,
-                 nan_to: float | None = None) -> Array:
+def to_diverging(maps: Array, percentile: float = 99, *, nan_to: float | None = None) -> Array:
   """PAIR's VisualizeImageDiverging, batched: float32 [B,H,W], 0.5 where the signed sum is 0.
 
   span = |p-th percentile of the signed channel sum|; (x + span) / (2 span), clipped to
@@ -103,6 +101,5 @@ def visualize(maps, s):
   if s["visualization"] == "diverging":
     return to_diverging(maps, s["grayscale_percentile"], nan_to=s["grayscale_nan_to"])
   if s["visualization"] != "grayscale":
-    raise ValueError(f"visualization must be one of {VISUALIZATIONS}, got "
-                     f"{s['visualization']!r}")
+    raise ValueError(f"visualization must be one of {VISUALIZATIONS}, got {s['visualization']!r}")
   return to_grayscale(maps, s["grayscale_percentile"], nan_to=s["grayscale_nan_to"])

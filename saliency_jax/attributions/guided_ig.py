@@ -11,6 +11,7 @@ Traced (under jit / on accelerators) it runs in float32, and PAIR's "close enoug
 (math.isclose with 1e-9 tolerances) is widened to 1e-6 of the path's total L1 length, the
 float32 resolution of the L1 sums; both agree with PAIR to float32 tolerance (tested).
 """
+
 from collections.abc import Callable
 
 import jax
@@ -42,9 +43,9 @@ def _lower_quantile(v: Array, q: float) -> Array:
   k = int(np.floor(q * (v.shape[0] - 1)))
   bits = jax.lax.bitcast_convert_type(v, jnp.int32)
   lo, hi = jnp.int32(0), jnp.int32(np.iinfo(np.int32).max)
-  for _ in range(31):   # unrolled: a fixed count, no loop condition for an accelerator to sync
+  for _ in range(31):  # unrolled: a fixed count, no loop condition for an accelerator to sync
     mid = lo + (hi - lo) // 2
-    enough = (bits <= mid).sum() > k   # at least k + 1 values at or below mid
+    enough = (bits <= mid).sum() > k  # at least k + 1 values at or below mid
     lo, hi = jnp.where(enough, lo, mid + 1), jnp.where(enough, mid, hi)
   return jax.lax.bitcast_convert_type(lo, jnp.float32)
 
@@ -79,8 +80,7 @@ def _one_step(x, attr, grad, inp, base, step, *, steps, fraction, max_dist):
     threshold = _lower_quantile(jnp.abs(g), fraction)
     s = (jnp.abs(g) <= threshold) & (g != jnp.inf)
     l1_s = (jnp.abs(x - x_max) * s).sum()
-    gamma = jnp.where(l1_s > 0, (l1_current - l1_target) / jnp.where(l1_s > 0, l1_s, 1.0),
-                      jnp.inf)
+    gamma = jnp.where(l1_s > 0, (l1_current - l1_target) / jnp.where(l1_s > 0, l1_s, 1.0), jnp.inf)
     moved = jnp.where(gamma > 1.0, x_max, x + (x_max - x) * gamma)
     x_new = jnp.where(close, x, jnp.where(s, moved, x))
     attr = attr + (x_new - x_old) * grad
@@ -88,7 +88,8 @@ def _one_step(x, attr, grad, inp, base, step, *, steps, fraction, max_dist):
     return x_new, attr, gamma, close, it + 1
 
   x, attr, _, _, _ = jax.lax.while_loop(
-      cond, body, (x, attr, jnp.float32(jnp.inf), jnp.bool_(False), 0))
+    cond, body, (x, attr, jnp.float32(jnp.inf), jnp.bool_(False), 0)
+  )
   return x.reshape(shape), attr.reshape(shape)
 
 
@@ -109,7 +110,7 @@ def _numpy_steps(x, attr, grad, inp, base, step, *, steps, fraction, max_dist):
   alpha_min, alpha_max = max(alpha - max_dist, 0.0), min(alpha + max_dist, 1.0)
   x_min, x_max = base + diff * alpha_min, base + diff * alpha_max
   l1_target = l1_total * (1 - (step + 1) / steps)
-  kth = int(np.floor((x.shape[1] - 1) * fraction))   # np.quantile(method="lower")'s index
+  kth = int(np.floor((x.shape[1] - 1) * fraction))  # np.quantile(method="lower")'s index
   gamma = np.full(x.shape[0], np.inf)
   for _ in range(_MAX_INNER_ITERATIONS):
     rows = np.flatnonzero(gamma > 1.0)
@@ -127,8 +128,9 @@ def _numpy_steps(x, attr, grad, inp, base, step, *, steps, fraction, max_dist):
     l1_current = np.abs(xr - inp[rows]).sum(axis=1)
     target = l1_target[rows]
     close = np.abs(target - l1_current) <= np.maximum(
-        1e-9 * np.maximum(np.abs(target), np.abs(l1_current)), 1e-9)
-    at_max = xr == xm                 # PAIR: g = grad with inf there
+      1e-9 * np.maximum(np.abs(target), np.abs(l1_current)), 1e-9
+    )
+    at_max = xr == xm  # PAIR: g = grad with inf there
     abs_g = np.abs(gr)
     if at_max.any():
       abs_g = np.where(at_max, np.inf, abs_g)
@@ -137,7 +139,7 @@ def _numpy_steps(x, attr, grad, inp, base, step, *, steps, fraction, max_dist):
     l1_s = (np.abs(xr - xm) * sel).sum(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
       gamma_r = np.where(l1_s > 0, (l1_current - target) / l1_s, np.inf)
-    gamma_r[close] = 0.0            # PAIR: update attr and stop
+    gamma_r[close] = 0.0  # PAIR: update attr and stop
     moved = np.where(gamma_r[:, None] > 1.0, xm, xr + (xm - xr) * gamma_r[:, None])
     xr = np.where(sel, moved, xr)
     attr[rows] += (xr - x_old) * gr
@@ -145,8 +147,9 @@ def _numpy_steps(x, attr, grad, inp, base, step, *, steps, fraction, max_dist):
     gamma[rows] = gamma_r
 
 
-def _host_guided_ig(logits_fn, images, targets, base, *, steps, fraction, max_dist,
-                    max_grads_in_flight):
+def _host_guided_ig(
+  logits_fn, images, targets, base, *, steps, fraction, max_dist, max_grads_in_flight
+):
   """Guided IG driven from Python: batched jitted gradients, float64 NumPy path updates."""
   shape = images.shape
   # One call per chunk of images: XLA:CPU runs chunks in separate calls faster than in one.
@@ -169,10 +172,19 @@ def _host_guided_ig(logits_fn, images, targets, base, *, steps, fraction, max_di
   for step in range(steps):
     for k, c in enumerate(chunks):
       grad = np.asarray(pending[k], np.float64).reshape(x[c].shape)
-      for i in range(c.start, c.stop, size):   # blocks of images, each one NumPy call
+      for i in range(c.start, c.stop, size):  # blocks of images, each one NumPy call
         r = slice(i, min(i + size, c.stop))
-        _numpy_steps(x[r], attr[r], grad[i - c.start:r.stop - c.start], inp[r], base[r], step,
-                     steps=steps, fraction=fraction, max_dist=max_dist)
+        _numpy_steps(
+          x[r],
+          attr[r],
+          grad[i - c.start : r.stop - c.start],
+          inp[r],
+          base[r],
+          step,
+          steps=steps,
+          fraction=fraction,
+          max_dist=max_dist,
+        )
       if step + 1 < steps:
         pending[k] = gradients(c)
   return jnp.asarray(attr.reshape(shape), jnp.float32)
@@ -190,9 +202,17 @@ def host_loop(images) -> bool:
   return jax.default_backend() == "cpu" and not isinstance(images, jax.core.Tracer)
 
 
-def guided_ig(logits_fn: Callable[[Array], Array], images: Array, targets: Array, *,
-              baseline: Baseline = 0.0, steps: int = 200, fraction: float = 0.25,
-              max_dist: float = 0.02, max_grads_in_flight: int | None = None) -> Array:
+def guided_ig(
+  logits_fn: Callable[[Array], Array],
+  images: Array,
+  targets: Array,
+  *,
+  baseline: Baseline = 0.0,
+  steps: int = 200,
+  fraction: float = 0.25,
+  max_dist: float = 0.02,
+  max_grads_in_flight: int | None = None,
+) -> Array:
   """Guided-IG maps, float32 [B,H,W,C]; arguments as PAIR's `GuidedIG.GetMask` (x_steps ->
   steps; baseline: scalar or per-image array, PAIR's default 0). Traceable under `jax.jit`;
   called eagerly on the CPU backend it drives the steps from Python (see `host_loop`)."""
@@ -200,9 +220,11 @@ def guided_ig(logits_fn: Callable[[Array], Array], images: Array, targets: Array
   base = broadcast_baseline(baseline, images)
   grad_fn = _engine.target_gradients(logits_fn)
   one_step = jax.vmap(
-      lambda x, a, g, i, b0, s: _one_step(x, a, g, i, b0, s, steps=steps, fraction=fraction,
-                                          max_dist=max_dist),
-      in_axes=(0, 0, 0, 0, 0, None))
+    lambda x, a, g, i, b0, s: _one_step(
+      x, a, g, i, b0, s, steps=steps, fraction=fraction, max_dist=max_dist
+    ),
+    in_axes=(0, 0, 0, 0, 0, None),
+  )
 
   def step_fn(carry, step):
     x, attr = carry
@@ -211,8 +233,16 @@ def guided_ig(logits_fn: Callable[[Array], Array], images: Array, targets: Array
     return (x, attr), None
 
   if host_loop(images):
-    attr = _host_guided_ig(logits_fn, images, targets, base, steps=steps, fraction=fraction,
-                           max_dist=max_dist, max_grads_in_flight=max_grads_in_flight)
+    attr = _host_guided_ig(
+      logits_fn,
+      images,
+      targets,
+      base,
+      steps=steps,
+      fraction=fraction,
+      max_dist=max_dist,
+      max_grads_in_flight=max_grads_in_flight,
+    )
   else:
     carry = (base, jnp.zeros_like(images))
     (_, attr), _ = jax.lax.scan(step_fn, carry, jnp.arange(steps))

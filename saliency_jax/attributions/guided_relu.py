@@ -1,4 +1,5 @@
 """The guided ReLU of guided backpropagation (Springenberg et al., 2015)."""
+
 import jax
 import jax.numpy as jnp
 

@@ -5,6 +5,7 @@ gradient at baseline + alpha (x - baseline), times (x - baseline), exactly as PA
 `IntegratedGradients.GetMask`. `completeness` reports, per image, how far the attributions'
 sum is from f(x) - f(baseline), so a user sees when `steps` is too small.
 """
+
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -24,14 +25,21 @@ def broadcast_baseline(baseline: Baseline, images: Array) -> Array:
   try:
     return jnp.broadcast_to(baseline, images.shape)
   except ValueError:
-    raise ValueError(f"baseline of shape {baseline.shape} does not broadcast to images "
-                     f"{images.shape}") from None
+    raise ValueError(
+      f"baseline of shape {baseline.shape} does not broadcast to images {images.shape}"
+    ) from None
 
 
-def integrated_gradients(logits_fn: Callable[[Array], Array], images: Array, targets: Array,
-                         *, baseline: Baseline = 0.0, steps: int = 25,
-                         max_grads_in_flight: int | None = None,
-                         item_window: tuple | None = None) -> Array:
+def integrated_gradients(
+  logits_fn: Callable[[Array], Array],
+  images: Array,
+  targets: Array,
+  *,
+  baseline: Baseline = 0.0,
+  steps: int = 25,
+  max_grads_in_flight: int | None = None,
+  item_window: tuple | None = None,
+) -> Array:
   """Integrated-gradients maps, float32 [B,H,W,C].
 
   Args:
@@ -58,20 +66,28 @@ def integrated_gradients(logits_fn: Callable[[Array], Array], images: Array, tar
     x = base[bi] + alphas[si].reshape(-1, 1, 1, 1) * diff[bi]
     return grad_fn(x, targets[bi])
 
-  total = _engine.chunked_sum(contribution, images.shape[0], steps, images.shape[1:],
-                              max_grads_in_flight, item_window)
+  total = _engine.chunked_sum(
+    contribution, images.shape[0], steps, images.shape[1:], max_grads_in_flight, item_window
+  )
   return total * diff / steps
 
 
 class Completeness(NamedTuple):
   """Per image: sum of attributions, f(x) - f(baseline), and their relative gap."""
+
   attribution_sum: Array
   output_difference: Array
   relative_error: Array
 
 
-def completeness(logits_fn: Callable[[Array], Array], images: Array, targets: Array,
-                 attributions: Array, *, baseline: Baseline = 0.0) -> Completeness:
+def completeness(
+  logits_fn: Callable[[Array], Array],
+  images: Array,
+  targets: Array,
+  attributions: Array,
+  *,
+  baseline: Baseline = 0.0,
+) -> Completeness:
   """The IG completeness check: sum(attributions) vs logit(x) - logit(baseline), per image.
 
   relative_error = |sum - difference| / max(|difference|, 1e-12); it shrinks as `steps` grows
@@ -80,7 +96,8 @@ def completeness(logits_fn: Callable[[Array], Array], images: Array, targets: Ar
   images, targets = _engine.check_images(images, targets)
   base = broadcast_baseline(baseline, images)
   attr_sum = jnp.asarray(attributions, jnp.float32).sum(axis=(1, 2, 3))
-  delta = (_engine.target_values(logits_fn, images, targets)
-           - _engine.target_values(logits_fn, base, targets))
+  delta = _engine.target_values(logits_fn, images, targets) - _engine.target_values(
+    logits_fn, base, targets
+  )
   rel = jnp.abs(attr_sum - delta) / jnp.maximum(jnp.abs(delta), 1e-12)
   return Completeness(attr_sum, delta, rel)

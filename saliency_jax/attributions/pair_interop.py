@@ -2,6 +2,7 @@
 the baseline the benchmark times, and a way for users to compute PAIR maps of our models
 (e.g. to score them with `config.study.external_maps`). Needs `pip install saliency`.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,7 +39,8 @@ def pair_call_model_function(fns):
     out = {}
     if pair.INPUT_OUTPUT_GRADIENTS in expected_keys:
       out[pair.INPUT_OUTPUT_GRADIENTS] = np.asarray(
-          (guided_grads if guided else input_grads)(x, target))
+        (guided_grads if guided else input_grads)(x, target)
+      )
     if pair.CONVOLUTION_LAYER_VALUES in expected_keys:
       feats, grads = conv_and_grads(x, target)
       out[pair.CONVOLUTION_LAYER_VALUES] = np.asarray(feats)

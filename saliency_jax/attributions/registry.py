@@ -25,6 +25,7 @@ once per `model_fns` object (cached). On the CPU backend an eager `compute` runs
 Noise. `key` (default `jax.random.key(0)`) is folded with each image's `indices` entry (default
 0..B-1), so a map depends only on the key, the image and its dataset index.
 """
+
 from collections.abc import Callable, Mapping
 import dataclasses
 from typing import Any
@@ -53,8 +54,12 @@ Array = jax.Array
 Settings = Mapping[str, Any]
 
 # Settings every method accepts (on top of its own).
-COMMON_SETTINGS = {"max_grads_in_flight": 64, "grayscale_percentile": 99,
-                   "grayscale_nan_to": None, "visualization": "grayscale"}
+COMMON_SETTINGS = {
+  "max_grads_in_flight": 64,
+  "grayscale_percentile": 99,
+  "grayscale_nan_to": None,
+  "visualization": "grayscale",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +76,7 @@ class MapMethod:
     traceable: whether `compute` can be traced under an outer `jax.jit` (False for XRAI, whose
       segment handling and region selection run on the host, and Guided IG).
   """
+
   name: str
   compute: Callable[..., Array]
   prepare: Callable[[Array, Settings], Any] | None = None
@@ -86,48 +92,85 @@ class MapMethod:
 
 def _grad_impl(fns, s, images, targets, indices, key, prepared):
   del indices, key, prepared
-  return visualize(gradient(fns.logits_fn, images, targets,
-                        max_grads_in_flight=s["max_grads_in_flight"]), s)
+  return visualize(
+    gradient(fns.logits_fn, images, targets, max_grads_in_flight=s["max_grads_in_flight"]), s
+  )
 
 
 def _sg_attr(fns, s, images, targets, indices, key, item_window=None):
-  return smoothgrad(fns.logits_fn, images, targets, key=key, samples=s["samples"],
-                    spread=s["spread"], squared=s["squared"], indices=indices,
-                    max_grads_in_flight=s["max_grads_in_flight"], item_window=item_window)
+  return smoothgrad(
+    fns.logits_fn,
+    images,
+    targets,
+    key=key,
+    samples=s["samples"],
+    spread=s["spread"],
+    squared=s["squared"],
+    indices=indices,
+    max_grads_in_flight=s["max_grads_in_flight"],
+    item_window=item_window,
+  )
 
 
 def _ig_attr(fns, s, images, targets, indices, key, item_window=None):
   del indices, key
-  return integrated_gradients(fns.logits_fn, images, targets, baseline=s["baseline"],
-                              steps=s["steps"], max_grads_in_flight=s["max_grads_in_flight"],
-                              item_window=item_window)
+  return integrated_gradients(
+    fns.logits_fn,
+    images,
+    targets,
+    baseline=s["baseline"],
+    steps=s["steps"],
+    max_grads_in_flight=s["max_grads_in_flight"],
+    item_window=item_window,
+  )
 
 
 def _sig_attr(fns, s, images, targets, indices, key, item_window=None):
   return smooth_integrated_gradients(
-      fns.logits_fn, images, targets, key=key, samples=s["samples"], spread=s["spread"],
-      squared=s["squared"], baseline=s["baseline"], steps=s["steps"], indices=indices,
-      max_grads_in_flight=s["max_grads_in_flight"], item_window=item_window)
+    fns.logits_fn,
+    images,
+    targets,
+    key=key,
+    samples=s["samples"],
+    spread=s["spread"],
+    squared=s["squared"],
+    baseline=s["baseline"],
+    steps=s["steps"],
+    indices=indices,
+    max_grads_in_flight=s["max_grads_in_flight"],
+    item_window=item_window,
+  )
 
 
 def _blur_ig_attr(fns, s, images, targets, indices, key, item_window=None):
   del indices, key
-  return blur_ig(fns.logits_fn, images, targets, max_sigma=s["max_sigma"], steps=s["steps"],
-                 grad_step=s["grad_step"], sqrt=s["sqrt"],
-                 max_grads_in_flight=s["max_grads_in_flight"], item_window=item_window)
+  return blur_ig(
+    fns.logits_fn,
+    images,
+    targets,
+    max_sigma=s["max_sigma"],
+    steps=s["steps"],
+    grad_step=s["grad_step"],
+    sqrt=s["sqrt"],
+    max_grads_in_flight=s["max_grads_in_flight"],
+    item_window=item_window,
+  )
 
 
 def _grayscale_of(attr):
   """The impl of a method whose map is the grayscale of attr's attributions."""
+
   def impl(fns, s, images, targets, indices, key, prepared):
     del prepared
     return visualize(attr(fns, s, images, targets, indices, key), s)
+
   return impl
 
 
 def _gbp_attr(fns, s, images, targets):
-  return guided_backprop(fns.guided_logits_fn, images, targets,
-                         max_grads_in_flight=s["max_grads_in_flight"])
+  return guided_backprop(
+    fns.guided_logits_fn, images, targets, max_grads_in_flight=s["max_grads_in_flight"]
+  )
 
 
 def _gbp_impl(fns, s, images, targets, indices, key, prepared):
@@ -137,59 +180,101 @@ def _gbp_impl(fns, s, images, targets, indices, key, prepared):
 
 def _gcam_impl(fns, s, images, targets, indices, key, prepared):
   del indices, key, prepared
-  return visualize(gradcam(fns.features_fn, fns.head_fn, images, targets, resize=s["resize"],
-                       max_grads_in_flight=s["max_grads_in_flight"]), s)
+  return visualize(
+    gradcam(
+      fns.features_fn,
+      fns.head_fn,
+      images,
+      targets,
+      resize=s["resize"],
+      max_grads_in_flight=s["max_grads_in_flight"],
+    ),
+    s,
+  )
 
 
 def _ggcam_impl(fns, s, images, targets, indices, key, prepared):
   if s["visualization"] == "diverging":
-    gcam = _gcam_impl(fns, {**s, "visualization": "grayscale"}, images, targets, indices, key,
-                      prepared)
+    gcam = _gcam_impl(
+      fns, {**s, "visualization": "grayscale"}, images, targets, indices, key, prepared
+    )
     return visualize(_gbp_attr(fns, s, images, targets) * gcam[..., None], s)
   return _gbp_impl(fns, s, images, targets, indices, key, prepared) * _gcam_impl(
-      fns, s, images, targets, indices, key, prepared)
+    fns, s, images, targets, indices, key, prepared
+  )
 
 
 def _guided_ig_impl(fns, s, images, targets, indices, key, prepared):
   del indices, key, prepared
-  return visualize(guided_ig(fns.logits_fn, images, targets, baseline=s["baseline"],
-                         steps=s["steps"], fraction=s["fraction"], max_dist=s["max_dist"],
-                         max_grads_in_flight=s["max_grads_in_flight"]), s)
+  return visualize(
+    guided_ig(
+      fns.logits_fn,
+      images,
+      targets,
+      baseline=s["baseline"],
+      steps=s["steps"],
+      fraction=s["fraction"],
+      max_dist=s["max_dist"],
+      max_grads_in_flight=s["max_grads_in_flight"],
+    ),
+    s,
+  )
 
 
-def _guided_ig_compute(model_fns, images, targets, *, indices=None, key=None, settings=None,
-                       prepared=None):
+def _guided_ig_compute(
+  model_fns, images, targets, *, indices=None, key=None, settings=None, prepared=None
+):
   """GUIDED_IG: one jitted scan on accelerators, a host-driven step loop on the CPU backend
   (see `guided_ig.host_loop`); hence not traceable."""
   s = merge_settings(_GUIDED_IG_DEFAULTS, settings)
   if jax.default_backend() != "cpu":
     return make_compute("GUIDED_IG", _guided_ig_impl, _GUIDED_IG_DEFAULTS)(
-        model_fns, images, targets, indices=indices, key=key, settings=settings,
-        prepared=prepared)
+      model_fns, images, targets, indices=indices, key=key, settings=settings, prepared=prepared
+    )
   s = {**s, "max_grads_in_flight": min(int(s["max_grads_in_flight"]), CPU_GRADS_PER_CALL)}
   images = jnp.asarray(images, jnp.float32)
   return _guided_ig_impl(model_fns, s, images, jnp.asarray(targets, jnp.int32), None, None, None)
 
 
-_GUIDED_IG_DEFAULTS = {**COMMON_SETTINGS, "baseline": 0.0, "steps": 200, "fraction": 0.25,
-                       "max_dist": 0.02}
+_GUIDED_IG_DEFAULTS = {
+  **COMMON_SETTINGS,
+  "baseline": 0.0,
+  "steps": 200,
+  "fraction": 0.25,
+  "max_dist": 0.02,
+}
 
 
 def _occlusion_impl(fns, s, images, targets, indices, key, prepared):
   del indices, key, prepared
-  return visualize(occlusion(fns.logits_fn, images, targets, size=s["size"], value=s["value"],
-                         max_grads_in_flight=s["max_grads_in_flight"]), s)
+  return visualize(
+    occlusion(
+      fns.logits_fn,
+      images,
+      targets,
+      size=s["size"],
+      value=s["value"],
+      max_grads_in_flight=s["max_grads_in_flight"],
+    ),
+    s,
+  )
 
 
 XRAI_DEFAULTS = {
-    "steps": 100, "algorithm": "full", "area_threshold": 1.0, "min_pixel_diff": 50,
-    "scales": xrai_segments.SCALES, "sigma": xrai_segments.SIGMA,
-    "min_size": xrai_segments.MIN_SIZE, "segmentation_size": xrai_segments.RESIZE[0],
-    "dilation_radius": xrai_segments.DILATION_RADIUS, "workers": None,
-    # How region scores become the grayscale map: "abs", PAIR's VisualizeImageGrayscale of the
-    # [H,W,1] map (|score|: a strongly negative region comes out bright), or "shifted": the
-    # scores minus their minimum, so the grayscale keeps their order (lowest region darkest).
-    "region_scores": "abs",
+  "steps": 100,
+  "algorithm": "full",
+  "area_threshold": 1.0,
+  "min_pixel_diff": 50,
+  "scales": xrai_segments.SCALES,
+  "sigma": xrai_segments.SIGMA,
+  "min_size": xrai_segments.MIN_SIZE,
+  "segmentation_size": xrai_segments.RESIZE[0],
+  "dilation_radius": xrai_segments.DILATION_RADIUS,
+  "workers": None,
+  # How region scores become the grayscale map: "abs", PAIR's VisualizeImageGrayscale of the
+  # [H,W,1] map (|score|: a strongly negative region comes out bright), or "shifted": the
+  # scores minus their minimum, so the grayscale keeps their order (lowest region darkest).
+  "region_scores": "abs",
 }
 
 
@@ -215,17 +300,26 @@ def _xrai_prepare(images, settings=None):
 def _xrai_prepare_async(images, settings=None):
   s = merge_settings({**COMMON_SETTINGS, **XRAI_DEFAULTS}, settings)
   return xrai_segments.segment_batch_async(
-      np.asarray(images, np.float32), workers=s["workers"], scales=tuple(s["scales"]),
-      sigma=s["sigma"], min_size=s["min_size"],
-      resize=_segmentation_size(s["segmentation_size"]),
-      dilation_radius=s["dilation_radius"])
+    np.asarray(images, np.float32),
+    workers=s["workers"],
+    scales=tuple(s["scales"]),
+    sigma=s["sigma"],
+    min_size=s["min_size"],
+    resize=_segmentation_size(s["segmentation_size"]),
+    dilation_radius=s["dilation_radius"],
+  )
 
 
 def _xrai_ig_attr(fns, s, images, targets, indices, key, item_window=None):
   del indices, key
-  return xrai_lib.xrai_base_attribution(fns.logits_fn, images, targets, steps=s["steps"],
-                                        max_grads_in_flight=s["max_grads_in_flight"],
-                                        item_window=item_window)
+  return xrai_lib.xrai_base_attribution(
+    fns.logits_fn,
+    images,
+    targets,
+    steps=s["steps"],
+    max_grads_in_flight=s["max_grads_in_flight"],
+    item_window=item_window,
+  )
 
 
 def _xrai_ig_impl(fns, s, images, targets, indices, key, prepared):
@@ -235,16 +329,19 @@ def _xrai_ig_impl(fns, s, images, targets, indices, key, prepared):
 
 # The jitted model part of XRAI, returning [B,H,W,C] attributions; on the CPU, windows of
 # (image, step) items like IG's.
-XRAI_IG_COMPUTE = make_compute("XRAI_IG", _xrai_ig_impl,
-                               {"steps": 100, "max_grads_in_flight": 64},
-                               lambda s: 2 * s["steps"],
-                               item_split=(_xrai_ig_attr, lambda s: 2 * s["steps"],
-                                           lambda s: 1),
-                               grayscale=False)
+XRAI_IG_COMPUTE = make_compute(
+  "XRAI_IG",
+  _xrai_ig_impl,
+  {"steps": 100, "max_grads_in_flight": 64},
+  lambda s: 2 * s["steps"],
+  item_split=(_xrai_ig_attr, lambda s: 2 * s["steps"], lambda s: 1),
+  grayscale=False,
+)
 
 
-def _xrai_compute(model_fns, images, targets, *, indices=None, key=None, settings=None,
-                  prepared=None):
+def _xrai_compute(
+  model_fns, images, targets, *, indices=None, key=None, settings=None, prepared=None
+):
   """The study's XRAI map (host-side selection: not traceable under jit)."""
   del indices, key
   s = merge_settings({**COMMON_SETTINGS, **XRAI_DEFAULTS}, settings)
@@ -255,9 +352,15 @@ def _xrai_compute(model_fns, images, targets, *, indices=None, key=None, setting
   pending = _xrai_prepare_async(images, s) if prepared is None else (lambda: prepared)
   attributions = np.asarray(XRAI_IG_COMPUTE(model_fns, images, targets, settings=ig_settings))
   segments = pending()
-  maps = xrai_lib.xrai(None, images, attributions=attributions, segments=segments,
-                       algorithm=s["algorithm"], area_threshold=s["area_threshold"],
-                       min_pixel_diff=s["min_pixel_diff"])
+  maps = xrai_lib.xrai(
+    None,
+    images,
+    attributions=attributions,
+    segments=segments,
+    algorithm=s["algorithm"],
+    area_threshold=s["area_threshold"],
+    min_pixel_diff=s["min_pixel_diff"],
+  )
   return visualize(jnp.asarray(xrai_region_scores(maps, s["region_scores"])), s)
 
 
@@ -272,41 +375,66 @@ def xrai_region_scores(maps: np.ndarray, how: str) -> np.ndarray:
 
 def _method(name, impl, own_defaults, grads_per_map=None):
   defaults = {**COMMON_SETTINGS, **own_defaults}
-  return MapMethod(name=name, compute=make_compute(name, impl, defaults, grads_per_map),
-                   default_settings=defaults)
+  return MapMethod(
+    name=name, compute=make_compute(name, impl, defaults, grads_per_map), default_settings=defaults
+  )
 
 
 def _summed_method(name, attr, own_defaults, items_per_map, grads_per_item):
   """A method whose attributions sum over (image, item) pairs: split by items on the CPU."""
   defaults = {**COMMON_SETTINGS, **own_defaults}
-  compute = make_compute(name, _grayscale_of(attr), defaults,
-                         lambda s: items_per_map(s) * grads_per_item(s),
-                         item_split=(attr, items_per_map, grads_per_item))
+  compute = make_compute(
+    name,
+    _grayscale_of(attr),
+    defaults,
+    lambda s: items_per_map(s) * grads_per_item(s),
+    item_split=(attr, items_per_map, grads_per_item),
+  )
   return MapMethod(name=name, compute=compute, default_settings=defaults)
 
 
 def _build_methods() -> dict[str, MapMethod]:
   methods = [
-      _method("GRAD", _grad_impl, {}, lambda s: 1),
-      _summed_method("SG", _sg_attr, {"samples": 25, "spread": 0.15, "squared": True},
-                     lambda s: s["samples"], lambda s: 1),
-      _summed_method("IG", _ig_attr, {"steps": 10, "baseline": -1.0}, lambda s: s["steps"],
-                     lambda s: 1),
-      _summed_method("SIG", _sig_attr, {"samples": 25, "spread": 0.15, "squared": True,
-                                        "steps": 10, "baseline": -1.0},
-                     lambda s: s["samples"], lambda s: s["steps"]),
-      _method("GCAM", _gcam_impl, {"resize": "tf1_bilinear"}, lambda s: 1),
-      MapMethod("XRAI", _xrai_compute, prepare=_xrai_prepare,
-                default_settings={**COMMON_SETTINGS, **XRAI_DEFAULTS}, traceable=False),
-      _method("GBP", _gbp_impl, {}, lambda s: 1),
-      _method("GGCAM", _ggcam_impl, {"resize": "tf1_bilinear"}, lambda s: 2),
-      # Not in the study; PAIR's defaults.
-      _summed_method("BLUR_IG", _blur_ig_attr, {"max_sigma": 50.0, "steps": 100,
-                                                "grad_step": 0.01, "sqrt": False},
-                     lambda s: s["steps"], lambda s: 1),
-      MapMethod("GUIDED_IG", _guided_ig_compute, default_settings=_GUIDED_IG_DEFAULTS,
-                traceable=False),
-      _method("OCCLUSION", _occlusion_impl, {"size": 15, "value": 0.0}),
+    _method("GRAD", _grad_impl, {}, lambda s: 1),
+    _summed_method(
+      "SG",
+      _sg_attr,
+      {"samples": 25, "spread": 0.15, "squared": True},
+      lambda s: s["samples"],
+      lambda s: 1,
+    ),
+    _summed_method(
+      "IG", _ig_attr, {"steps": 10, "baseline": -1.0}, lambda s: s["steps"], lambda s: 1
+    ),
+    _summed_method(
+      "SIG",
+      _sig_attr,
+      {"samples": 25, "spread": 0.15, "squared": True, "steps": 10, "baseline": -1.0},
+      lambda s: s["samples"],
+      lambda s: s["steps"],
+    ),
+    _method("GCAM", _gcam_impl, {"resize": "tf1_bilinear"}, lambda s: 1),
+    MapMethod(
+      "XRAI",
+      _xrai_compute,
+      prepare=_xrai_prepare,
+      default_settings={**COMMON_SETTINGS, **XRAI_DEFAULTS},
+      traceable=False,
+    ),
+    _method("GBP", _gbp_impl, {}, lambda s: 1),
+    _method("GGCAM", _ggcam_impl, {"resize": "tf1_bilinear"}, lambda s: 2),
+    # Not in the study; PAIR's defaults.
+    _summed_method(
+      "BLUR_IG",
+      _blur_ig_attr,
+      {"max_sigma": 50.0, "steps": 100, "grad_step": 0.01, "sqrt": False},
+      lambda s: s["steps"],
+      lambda s: 1,
+    ),
+    MapMethod(
+      "GUIDED_IG", _guided_ig_compute, default_settings=_GUIDED_IG_DEFAULTS, traceable=False
+    ),
+    _method("OCCLUSION", _occlusion_impl, {"size": 15, "value": 0.0}),
   ]
   return {m.name: m for m in methods}
 

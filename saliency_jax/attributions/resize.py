@@ -11,6 +11,7 @@ Two conventions matter here (see `gradcam`):
     anti-aliases when downsampling, which this does not reproduce).
 Matrices are built in NumPy at trace time (shapes are static) and applied as float32 matmuls.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -43,8 +44,9 @@ def _mirror(i: np.ndarray, n: int) -> np.ndarray:
 def _skimage_matrix(n_in: int, n_out: int) -> np.ndarray:
   if n_out < n_in:
     raise ValueError(
-        f"skimage_bilinear reproduces upsampling only (got {n_in} -> {n_out}); scikit-image "
-        "anti-aliases when downsampling")
+      f"skimage_bilinear reproduces upsampling only (got {n_in} -> {n_out}); scikit-image "
+      "anti-aliases when downsampling"
+    )
   src = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
   lo = np.floor(src).astype(np.int64)
   t = src - lo

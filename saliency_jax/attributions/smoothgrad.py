@@ -5,6 +5,7 @@ and with `squared=True` (PAIR's default `magnitude=True`, the study's setting) t
 gradients are averaged. Noise for sample s of the image with dataset index i is drawn from
 fold_in(fold_in(key, i), s), so a map never depends on the batch or on chunking.
 """
+
 from collections.abc import Callable
 
 import jax
@@ -20,8 +21,7 @@ def noise_std(images: Array, spread: float) -> Array:
   return spread * (images.max(axis=(1, 2, 3)) - images.min(axis=(1, 2, 3)))
 
 
-def noise_source(images: Array, *, key, noise, samples: int, spread: float, indices,
-                 method: str):
+def noise_source(images: Array, *, key, noise, samples: int, spread: float, indices, method: str):
   """(indices, std, noise) of a noisy method: drawn noise (indices and std, from `key`) or
   injected noise [B, samples, H, W, C] (checked), whichever the caller gave."""
   b = images.shape[0]
@@ -41,12 +41,20 @@ def draw_noise(key: Array, index: Array, sample: Array, std: Array, shape) -> Ar
   return std * jax.random.normal(_engine.sample_key(key, index, sample), shape, jnp.float32)
 
 
-def smoothgrad(logits_fn: Callable[[Array], Array], images: Array, targets: Array, *,
-               key: Array | None = None, samples: int = 25, spread: float = 0.15,
-               squared: bool = True, noise: Array | None = None,
-               indices: Array | None = None,
-               max_grads_in_flight: int | None = None,
-               item_window: tuple | None = None) -> Array:
+def smoothgrad(
+  logits_fn: Callable[[Array], Array],
+  images: Array,
+  targets: Array,
+  *,
+  key: Array | None = None,
+  samples: int = 25,
+  spread: float = 0.15,
+  squared: bool = True,
+  noise: Array | None = None,
+  indices: Array | None = None,
+  max_grads_in_flight: int | None = None,
+  item_window: tuple | None = None,
+) -> Array:
   """SmoothGrad maps, float32 [B,H,W,C].
 
   Args:
@@ -68,19 +76,24 @@ def smoothgrad(logits_fn: Callable[[Array], Array], images: Array, targets: Arra
   images, targets = _engine.check_images(images, targets)
   b = images.shape[0]
   shape = images.shape[1:]
-  indices, std, noise = noise_source(images, key=key, noise=noise, samples=samples,
-                                     spread=spread, indices=indices, method="smoothgrad")
+  indices, std, noise = noise_source(
+    images,
+    key=key,
+    noise=noise,
+    samples=samples,
+    spread=spread,
+    indices=indices,
+    method="smoothgrad",
+  )
   grad_fn = _engine.target_gradients(logits_fn)
 
   def contribution(bi, si):
     if noise is None:
-      eps = jax.vmap(lambda i, s, sd: draw_noise(key, i, s, sd, shape))(
-          indices[bi], si, std[bi])
+      eps = jax.vmap(lambda i, s, sd: draw_noise(key, i, s, sd, shape))(indices[bi], si, std[bi])
     else:
       eps = noise[bi, si]
     g = grad_fn(images[bi] + eps, targets[bi])
     return g * g if squared else g
 
-  total = _engine.chunked_sum(contribution, b, samples, shape, max_grads_in_flight,
-                              item_window)
+  total = _engine.chunked_sum(contribution, b, samples, shape, max_grads_in_flight, item_window)
   return total / samples

@@ -10,6 +10,7 @@
    program (`xrai_selection_jax`), "fast" in NumPy (`xrai_selection`).
 Steps 2-3 involve the host (scikit-image, NumPy), so `xrai` is not traceable under `jax.jit`.
 """
+
 from collections.abc import Callable, Sequence
 
 import jax
@@ -25,9 +26,15 @@ from saliency_jax.attributions.integrated_gradients import integrated_gradients
 Array = jax.Array
 
 
-def xrai_base_attribution(logits_fn: Callable[[Array], Array], images: Array, targets: Array,
-                          *, steps: int = 100, max_grads_in_flight: int | None = None,
-                          item_window: tuple | None = None) -> Array:
+def xrai_base_attribution(
+  logits_fn: Callable[[Array], Array],
+  images: Array,
+  targets: Array,
+  *,
+  steps: int = 100,
+  max_grads_in_flight: int | None = None,
+  item_window: tuple | None = None,
+) -> Array:
   """PAIR XRAI's default attribution: mean of IG from the min and max baselines, [B,H,W,C].
 
   item_window: (offset, count) over the (image, item) pairs, 2 * steps items per image (the
@@ -41,23 +48,37 @@ def xrai_base_attribution(logits_fn: Callable[[Array], Array], images: Array, ta
   # Each image's two paths side by side, so that its 2 * steps items are consecutive.
   baselines = jnp.stack([lo, hi], axis=1).reshape((2 * b,) + images.shape[1:])
   ig = integrated_gradients(
-      logits_fn, jnp.repeat(images, 2, axis=0), jnp.repeat(targets, 2), baseline=baselines,
-      steps=steps, max_grads_in_flight=max_grads_in_flight, item_window=item_window)
+    logits_fn,
+    jnp.repeat(images, 2, axis=0),
+    jnp.repeat(targets, 2),
+    baseline=baselines,
+    steps=steps,
+    max_grads_in_flight=max_grads_in_flight,
+    item_window=item_window,
+  )
   ig = ig.reshape((b, 2) + images.shape[1:])
   return (ig[:, 0] + ig[:, 1]) / 2
 
 
-def xrai(logits_fn: Callable[[Array], Array] | None, images: Array,
-         targets: Array | None = None, *, steps: int = 100,
-         attributions: Array | None = None,
-         segments: Sequence[np.ndarray] | None = None, algorithm: str = "full",
-         area_threshold: float = 1.0, min_pixel_diff: int = 50,
-         scales: Sequence[float] = xrai_segments.SCALES, sigma: float = xrai_segments.SIGMA,
-         min_size: int = xrai_segments.MIN_SIZE,
-         segmentation_size: tuple[int, int] | None = xrai_segments.RESIZE,
-         dilation_radius: int = xrai_segments.DILATION_RADIUS,
-         workers: int | None = None,
-         max_grads_in_flight: int | None = None) -> np.ndarray:
+def xrai(
+  logits_fn: Callable[[Array], Array] | None,
+  images: Array,
+  targets: Array | None = None,
+  *,
+  steps: int = 100,
+  attributions: Array | None = None,
+  segments: Sequence[np.ndarray] | None = None,
+  algorithm: str = "full",
+  area_threshold: float = 1.0,
+  min_pixel_diff: int = 50,
+  scales: Sequence[float] = xrai_segments.SCALES,
+  sigma: float = xrai_segments.SIGMA,
+  min_size: int = xrai_segments.MIN_SIZE,
+  segmentation_size: tuple[int, int] | None = xrai_segments.RESIZE,
+  dilation_radius: int = xrai_segments.DILATION_RADIUS,
+  workers: int | None = None,
+  max_grads_in_flight: int | None = None,
+) -> np.ndarray:
   """XRAI maps, float32 [B,H,W], equal to PAIR's `XRAI.GetMask`.
 
   Args:
@@ -81,36 +102,49 @@ def xrai(logits_fn: Callable[[Array], Array] | None, images: Array,
     raise ValueError(f"images must be [B,H,W,C], got shape {images.shape}")
   b, h, w, _ = images.shape
   pending = None
-  if segments is None:   # segment in worker processes while the model runs
+  if segments is None:  # segment in worker processes while the model runs
     pending = xrai_segments.segment_batch_async(
-        images, workers=workers, scales=tuple(scales), sigma=sigma, min_size=min_size,
-        resize=None if segmentation_size is None else tuple(segmentation_size),
-        dilation_radius=dilation_radius)
+      images,
+      workers=workers,
+      scales=tuple(scales),
+      sigma=sigma,
+      min_size=min_size,
+      resize=None if segmentation_size is None else tuple(segmentation_size),
+      dilation_radius=dilation_radius,
+    )
   if attributions is None:
     if logits_fn is None or targets is None:
       raise ValueError("xrai needs logits_fn and targets, or precomputed `attributions`")
-    attributions = xrai_base_attribution(logits_fn, images, targets, steps=steps,
-                                         max_grads_in_flight=max_grads_in_flight)
+    attributions = xrai_base_attribution(
+      logits_fn, images, targets, steps=steps, max_grads_in_flight=max_grads_in_flight
+    )
   attr = np.asarray(attributions, np.float32)
   if attr.ndim == 4:
     attr = attr.max(axis=-1)
   if attr.shape != (b, h, w):
-    raise ValueError(f"attributions must be [B,H,W,C] or [B,H,W] of the images' size, got "
-                     f"{np.shape(attributions)}")
+    raise ValueError(
+      f"attributions must be [B,H,W,C] or [B,H,W] of the images' size, got {np.shape(attributions)}"
+    )
   if pending is not None:
     segments = pending()
   if len(segments) != b:
     raise ValueError(f"segments must hold one entry per image ({b}), got {len(segments)}")
-  segments = [seg if isinstance(seg, xrai_selection_jax.Regions)
-              else np.asarray(seg, bool).reshape(-1, h, w) for seg in segments]
-  if algorithm == "full":   # every image at once on the device
+  segments = [
+    seg if isinstance(seg, xrai_selection_jax.Regions) else np.asarray(seg, bool).reshape(-1, h, w)
+    for seg in segments
+  ]
+  if algorithm == "full":  # every image at once on the device
     return xrai_selection_jax.select_full_batch(
-        attr, segments, area_threshold=area_threshold,
-        min_pixel_diff=min_pixel_diff).astype(np.float32)
+      attr, segments, area_threshold=area_threshold, min_pixel_diff=min_pixel_diff
+    ).astype(np.float32)
   out = np.empty((b, h, w), np.float32)
   for i, seg in enumerate(segments):
     masks = seg.masks.reshape(-1, h, w) if isinstance(seg, xrai_selection_jax.Regions) else seg
-    out[i] = xrai_selection.select(attr[i], masks, algorithm=algorithm,
-                                   area_threshold=area_threshold,
-                                   min_pixel_diff=min_pixel_diff)
+    out[i] = xrai_selection.select(
+      attr[i],
+      masks,
+      algorithm=algorithm,
+      area_threshold=area_threshold,
+      min_pixel_diff=min_pixel_diff,
+    )
   return out

@@ -17,6 +17,7 @@ fork-safe; the pool is reused across calls), one task per image normalization an
 caller's `__main__` (a plain script without a main guard would otherwise run again in each of
 them), end when the process that started them is gone, and leave Ctrl-C to it.
 """
+
 from collections.abc import Callable, Sequence
 import concurrent.futures
 import contextlib
@@ -48,8 +49,9 @@ def _normalize_image(im: np.ndarray, resize_shape) -> np.ndarray:
   im = (im - im_min) / (im_max - im_min)
   im = im * (VALUE_RANGE[1] - VALUE_RANGE[0]) + VALUE_RANGE[0]
   if resize_shape is not None:
-    im = sk_resize(im, resize_shape, order=3, mode="constant", preserve_range=True,
-                   anti_aliasing=True)
+    im = sk_resize(
+      im, resize_shape, order=3, mode="constant", preserve_range=True, anti_aliasing=True
+    )
   return im
 
 
@@ -72,7 +74,7 @@ def dilate_label_masks(seg: np.ndarray, radius: int) -> np.ndarray:
     x0, x1 = max(0, -dx), min(w, w - dx)
     if y0 >= y1 or x0 >= x1:
       continue
-    neighbour = labels[y0 + dy:y1 + dy, x0 + dx:x1 + dx]
+    neighbour = labels[y0 + dy : y1 + dy, x0 + dx : x1 + dx]
     ys = np.arange(y0, y1)[:, None]
     xs = np.arange(x0, x1)[None, :]
     out[neighbour, ys, xs] = True
@@ -83,13 +85,15 @@ def _felzenszwalb(im: np.ndarray, scale: float, sigma: float, min_size: int) -> 
   return segmentation.felzenszwalb(im, scale=scale, sigma=sigma, min_size=min_size)
 
 
-def _masks_from_labels(segs: Sequence[np.ndarray], original_shape, resized: bool,
-                       dilation_radius: int) -> np.ndarray:
+def _masks_from_labels(
+  segs: Sequence[np.ndarray], original_shape, resized: bool, dilation_radius: int
+) -> np.ndarray:
   masks = []
   for seg in segs:
     if resized:
-      seg = sk_resize(seg, original_shape, order=0, preserve_range=True, mode="constant",
-                      anti_aliasing=False).astype(int)
+      seg = sk_resize(
+        seg, original_shape, order=0, preserve_range=True, mode="constant", anti_aliasing=False
+      ).astype(int)
     masks.append(dilate_label_masks(seg, dilation_radius))
   return np.concatenate(masks, axis=0)
 
@@ -101,10 +105,15 @@ def _check_image(image) -> np.ndarray:
   return image
 
 
-def felzenszwalb_segments(image: np.ndarray, *, scales: Sequence[float] = SCALES,
-                          sigma: float = SIGMA, min_size: int = MIN_SIZE,
-                          resize: tuple[int, int] | None = RESIZE,
-                          dilation_radius: int = DILATION_RADIUS) -> np.ndarray:
+def felzenszwalb_segments(
+  image: np.ndarray,
+  *,
+  scales: Sequence[float] = SCALES,
+  sigma: float = SIGMA,
+  min_size: int = MIN_SIZE,
+  resize: tuple[int, int] | None = RESIZE,
+  dilation_radius: int = DILATION_RADIUS,
+) -> np.ndarray:
   """One image's XRAI segments as PAIR computes them: bool [M, H, W] in PAIR's order."""
   image = _check_image(image)
   resize = None if resize is None else tuple(resize)
@@ -156,9 +165,9 @@ def _pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
       _POOL.shutdown(wait=False, cancel_futures=True)
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-    _POOL = concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context,
-                                                   initializer=_worker_init,
-                                                   initargs=(os.getpid(),))
+    _POOL = concurrent.futures.ProcessPoolExecutor(
+      max_workers=workers, mp_context=context, initializer=_worker_init, initargs=(os.getpid(),)
+    )
     _POOL_WORKERS = workers
   return _POOL
 
@@ -172,11 +181,16 @@ def default_workers() -> int:
   return max(1, min(os.cpu_count() or 1, 8))
 
 
-def segment_batch_async(images: np.ndarray, *, workers: int | None = None,
-                        scales: Sequence[float] = SCALES, sigma: float = SIGMA,
-                        min_size: int = MIN_SIZE, resize: tuple[int, int] | None = RESIZE,
-                        dilation_radius: int = DILATION_RADIUS
-                        ) -> Callable[[], list[np.ndarray]]:
+def segment_batch_async(
+  images: np.ndarray,
+  *,
+  workers: int | None = None,
+  scales: Sequence[float] = SCALES,
+  sigma: float = SIGMA,
+  min_size: int = MIN_SIZE,
+  resize: tuple[int, int] | None = RESIZE,
+  dilation_radius: int = DILATION_RADIUS,
+) -> Callable[[], list[np.ndarray]]:
   """Starts `segment_batch` in the worker pool and returns a function that waits for it.
 
   The work is split into one normalization task per image, then one Felzenszwalb task per
@@ -190,9 +204,17 @@ def segment_batch_async(images: np.ndarray, *, workers: int | None = None,
   resize = None if resize is None else tuple(resize)
   scales = tuple(scales)
   if workers <= 1 or len(images) * len(scales) <= 1:
-    return lambda: [felzenszwalb_segments(im, scales=scales, sigma=sigma, min_size=min_size,
-                                          resize=resize, dilation_radius=dilation_radius)
-                    for im in images]
+    return lambda: [
+      felzenszwalb_segments(
+        im,
+        scales=scales,
+        sigma=sigma,
+        min_size=min_size,
+        resize=resize,
+        dilation_radius=dilation_radius,
+      )
+      for im in images
+    ]
   pool = _pool(workers)
   normalized = [_submit(pool, _normalize_image, im, resize) for im in images]
 
@@ -200,17 +222,18 @@ def segment_batch_async(images: np.ndarray, *, workers: int | None = None,
     labels = []
     for fut in normalized:
       im = fut.result()
-      labels.append([_submit(pool, _felzenszwalb, im, scale, sigma, min_size)
-                     for scale in scales])
-    return [_masks_from_labels([f.result() for f in futs], image.shape[:2],
-                               resize is not None, dilation_radius)
-            for image, futs in zip(images, labels)]
+      labels.append([_submit(pool, _felzenszwalb, im, scale, sigma, min_size) for scale in scales])
+    return [
+      _masks_from_labels(
+        [f.result() for f in futs], image.shape[:2], resize is not None, dilation_radius
+      )
+      for image, futs in zip(images, labels)
+    ]
 
   return result
 
 
-def segment_batch(images: np.ndarray, *, workers: int | None = None,
-                  **kwargs) -> list[np.ndarray]:
+def segment_batch(images: np.ndarray, *, workers: int | None = None, **kwargs) -> list[np.ndarray]:
   """`felzenszwalb_segments` of every image of [B,H,W,C], in parallel worker processes.
 
   Args:

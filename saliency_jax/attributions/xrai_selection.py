@@ -25,7 +25,7 @@ def _pixel_classes(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """Groups pixels by mask membership: (atom of each pixel [P], first pixel of each atom)."""
   m, p = masks.shape
   words = np.zeros((-(-m // 64), p), np.uint64)
-  for j in range(m):   # membership bits, 64 masks per word (one pass per mask)
+  for j in range(m):  # membership bits, 64 masks per word (one pass per mask)
     np.bitwise_or(words[j // 64], np.uint64(1 << (j % 64)), out=words[j // 64], where=masks[j])
   digest = np.zeros(p, np.uint64)
   with np.errstate(over="ignore"):
@@ -33,7 +33,7 @@ def _pixel_classes(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
       digest = (digest ^ row) * np.uint64(0x100000001B3) + np.uint64(0x9E3779B97F4A7C15)
   _, first, inverse = np.unique(digest, return_index=True, return_inverse=True)
   inverse = inverse.reshape(-1)
-  if not np.array_equal(words[:, first[inverse]], words):   # a 64-bit collision: be exact
+  if not np.array_equal(words[:, first[inverse]], words):  # a 64-bit collision: be exact
     rows = np.ascontiguousarray(words.T).view(np.dtype((np.void, 8 * words.shape[0])))[:, 0]
     _, first, inverse = np.unique(rows, return_index=True, return_inverse=True)
     inverse = inverse.reshape(-1)
@@ -50,14 +50,18 @@ class _Atoms:
   def __init__(self, attr: np.ndarray, masks: np.ndarray):
     atom_of_pixel, first = _pixel_classes(masks)
     n = len(first)
-    self.members = np.ascontiguousarray(masks[:, first])             # bool [M, A]
+    self.members = np.ascontiguousarray(masks[:, first])  # bool [M, A]
     a64 = attr.astype(np.float64)
-    self.atom_stats = np.stack([
+    self.atom_stats = np.stack(
+      [
         np.bincount(atom_of_pixel, minlength=n).astype(np.float64),
         np.bincount(atom_of_pixel, weights=a64, minlength=n),
-        np.bincount(atom_of_pixel, weights=np.abs(a64), minlength=n)], axis=1)   # [A, 3]
-    self.members_t = np.ascontiguousarray(self.members.T, dtype=np.float64)      # [A, M]
-    self.stats = self.members_t.T @ self.atom_stats                              # [M, 3]
+        np.bincount(atom_of_pixel, weights=np.abs(a64), minlength=n),
+      ],
+      axis=1,
+    )  # [A, 3]
+    self.members_t = np.ascontiguousarray(self.members.T, dtype=np.float64)  # [A, M]
+    self.stats = self.members_t.T @ self.atom_stats  # [M, 3]
     self.covered = np.zeros(n, bool)
 
   @property
@@ -93,7 +97,7 @@ def _as_inputs(attr: np.ndarray, masks, min_pixel_diff) -> tuple[np.ndarray, np.
   if min_pixel_diff < 1:
     raise ValueError(f"min_pixel_diff must be >= 1, got {min_pixel_diff}")
   attr = np.asarray(attr)
-  if attr.ndim == 3:          # [H,W,C]: PAIR merges channels by max
+  if attr.ndim == 3:  # [H,W,C]: PAIR merges channels by max
     attr = attr.max(axis=-1)
   if attr.ndim != 2:
     raise ValueError(f"attr must be [H,W] or [H,W,C], got shape {attr.shape}")
@@ -105,7 +109,7 @@ def _as_inputs(attr: np.ndarray, masks, min_pixel_diff) -> tuple[np.ndarray, np.
 
 def _finish(output: np.ndarray, flat_attr: np.ndarray, shape) -> np.ndarray:
   uncomputed = output == -np.inf
-  if uncomputed.any():   # PAIR: the rest gets its mean attribution
+  if uncomputed.any():  # PAIR: the rest gets its mean attribution
     output[uncomputed] = flat_attr[uncomputed].mean()
   return output.reshape(shape)
 
@@ -121,8 +125,9 @@ def _start(attr, masks, min_pixel_diff):
   return attr, flat, output, masks
 
 
-def select_full(attr: np.ndarray, masks: np.ndarray, *, area_threshold: float = 1.0,
-                min_pixel_diff: int = 50) -> np.ndarray:
+def select_full(
+  attr: np.ndarray, masks: np.ndarray, *, area_threshold: float = 1.0, min_pixel_diff: int = 50
+) -> np.ndarray:
   """PAIR's greedy "full" XRAI: the attribution map (float32 values in a float64 [H,W] array).
 
   Args:
@@ -153,9 +158,11 @@ def select_full(attr: np.ndarray, masks: np.ndarray, *, area_threshold: float = 
     near = gain >= gain[j] - tol - tol[j]
     candidates = idx[near]
     # PAIR's exact float32 gains; a region of zero attributions has mean exactly 0.
-    exact = [np.float32(0.0) if a == 0 else flat[masks[c] & ~current].mean()
-             for c, a in zip(candidates, abs_total[near])]
-    k = int(np.argmax(exact))              # first maximum, as PAIR's strict ">" scan
+    exact = [
+      np.float32(0.0) if a == 0 else flat[masks[c] & ~current].mean()
+      for c, a in zip(candidates, abs_total[near])
+    ]
+    k = int(np.argmax(exact))  # first maximum, as PAIR's strict ">" scan
     best, best_gain = int(candidates[k]), exact[k]
     diff = masks[best] & ~current
     output[diff] = best_gain
@@ -166,8 +173,7 @@ def select_full(attr: np.ndarray, masks: np.ndarray, *, area_threshold: float = 
   return _finish(output, flat, attr.shape)
 
 
-def select_fast(attr: np.ndarray, masks: np.ndarray, *,
-                min_pixel_diff: int = 50) -> np.ndarray:
+def select_fast(attr: np.ndarray, masks: np.ndarray, *, min_pixel_diff: int = 50) -> np.ndarray:
   """PAIR's "fast" XRAI: masks ranked once by their own mean attribution, then added in order
   (skipping those adding fewer than min_pixel_diff new pixels), each new region valued by its
   own mean attribution. Returns the attribution map as `select_full`."""
@@ -190,8 +196,9 @@ def select_fast(attr: np.ndarray, masks: np.ndarray, *,
   pieces = []
   for group in np.split(order, breaks):
     if len(group) > 1 and np.isfinite(gain[group[0]]):
-      exact = np.array([np.float32(0.0) if abs_total[g] == 0 else flat[masks[g]].mean()
-                        for g in group])
+      exact = np.array(
+        [np.float32(0.0) if abs_total[g] == 0 else flat[masks[g]].mean() for g in group]
+      )
       group = group[np.lexsort((group, -exact))]
     pieces.append(group)
   order = np.concatenate(pieces)
@@ -206,19 +213,25 @@ def select_fast(attr: np.ndarray, masks: np.ndarray, *,
   return _finish(output, flat, attr.shape)
 
 
-def select(attr: np.ndarray, masks: np.ndarray, *, algorithm: str = "full",
-           area_threshold: float = 1.0, min_pixel_diff: int = 50) -> np.ndarray:
+def select(
+  attr: np.ndarray,
+  masks: np.ndarray,
+  *,
+  algorithm: str = "full",
+  area_threshold: float = 1.0,
+  min_pixel_diff: int = 50,
+) -> np.ndarray:
   """XRAI region selection by `algorithm` ("full" or "fast"), as PAIR."""
   if algorithm == "full":
-    return select_full(attr, masks, area_threshold=area_threshold,
-                       min_pixel_diff=min_pixel_diff)
+    return select_full(attr, masks, area_threshold=area_threshold, min_pixel_diff=min_pixel_diff)
   if algorithm == "fast":
     return select_fast(attr, masks, min_pixel_diff=min_pixel_diff)
   raise ValueError(f"Unknown algorithm type: {algorithm!r} (expected 'full' or 'fast')")
 
 
-def pair_xrai_reference(attr, masks, *, algorithm="full", area_threshold=1.0,
-                        min_pixel_diff=50) -> np.ndarray | None:
+def pair_xrai_reference(
+  attr, masks, *, algorithm="full", area_threshold=1.0, min_pixel_diff=50
+) -> np.ndarray | None:
   """PAIR's own selection on the same inputs (for tests and the benchmark); None without PAIR."""
   try:
     from saliency.core import xrai as pair_xrai  # pylint: disable=g-import-not-at-top
@@ -229,8 +242,9 @@ def pair_xrai_reference(attr, masks, *, algorithm="full", area_threshold=1.0,
     attr = attr.max(axis=-1)
   segs = list(np.asarray(masks, bool))
   if algorithm == "full":
-    out, _ = pair_xrai.XRAI._xrai(attr=attr, segs=segs, area_perc_th=area_threshold,
-                                  min_pixel_diff=min_pixel_diff)
+    out, _ = pair_xrai.XRAI._xrai(
+      attr=attr, segs=segs, area_perc_th=area_threshold, min_pixel_diff=min_pixel_diff
+    )
   else:
     out, _ = pair_xrai.XRAI._xrai_fast(attr=attr, segs=segs, min_pixel_diff=min_pixel_diff)
   return out

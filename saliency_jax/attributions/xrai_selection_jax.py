@@ -20,6 +20,7 @@ computes PAIR's float32 means of the near-tied masks, picks the first maximum as
 the device continues. The map's values, PAIR's float32 means of each step's new pixels, are
 computed on the host from the step at which each pixel was covered.
 """
+
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -37,12 +38,13 @@ _ACTIVE, _DONE, _STALLED = 0, 1, 2
 
 class Regions(NamedTuple):
   """One image's masks prepared for the device (model-independent)."""
+
   shape: tuple[int, int]
-  masks: np.ndarray          # bool [M0, P], PAIR's order (duplicates included)
-  kept: np.ndarray           # int [M]: the masks that are not a copy of an earlier one
+  masks: np.ndarray  # bool [M0, P], PAIR's order (duplicates included)
+  kept: np.ndarray  # int [M]: the masks that are not a copy of an earlier one
   atom_of_pixel: np.ndarray  # int [P]
-  pairs: tuple[np.ndarray, np.ndarray]   # int32 (mask, atom) of every membership, by mask
-  atom_masks: np.ndarray     # int32 [A, D]: each atom's masks (ascending), padded with -1
+  pairs: tuple[np.ndarray, np.ndarray]  # int32 (mask, atom) of every membership, by mask
+  atom_masks: np.ndarray  # int32 [A, D]: each atom's masks (ascending), padded with -1
 
   @property
   def num_atoms(self) -> int:
@@ -63,13 +65,14 @@ def prepare(masks: np.ndarray, shape: tuple[int, int] | None = None) -> Regions:
   """An image's masks (bool [M,H,W], PAIR's order) prepared for `select_full_batch`."""
   masks = np.asarray(masks, bool)
   if masks.ndim != 3 or (shape is not None and masks.shape[1:] != tuple(shape)):
-    raise ValueError(f"masks must be bool [M,H,W] of the image's size {shape}, got shape "
-                     f"{masks.shape}")
+    raise ValueError(
+      f"masks must be bool [M,H,W] of the image's size {shape}, got shape {masks.shape}"
+    )
   shape = masks.shape[1:]
   flat = np.ascontiguousarray(masks.reshape(len(masks), -1))
-  if len(flat):   # copies do not change the atoms; they are found on the (few) atoms
+  if len(flat):  # copies do not change the atoms; they are found on the (few) atoms
     atom_of_pixel, first = xrai_selection._pixel_classes(flat)
-    members = np.take(flat, first, axis=1)                   # bool [M0, A]
+    members = np.take(flat, first, axis=1)  # bool [M0, A]
     kept = xrai_selection._first_of_duplicates(members)
     members = members[kept]
   else:
@@ -77,9 +80,14 @@ def prepare(masks: np.ndarray, shape: tuple[int, int] | None = None) -> Regions:
     kept, members = np.zeros(0, np.int64), np.zeros((0, 1), bool)
   rows, cols = np.nonzero(members)
   cols_t, rows_t = np.nonzero(members.T)
-  return Regions(shape=tuple(shape), masks=flat, kept=kept, atom_of_pixel=atom_of_pixel,
-                 pairs=(rows.astype(np.int32), cols.astype(np.int32)),
-                 atom_masks=_padded_rows(cols_t, rows_t, len(first)))
+  return Regions(
+    shape=tuple(shape),
+    masks=flat,
+    kept=kept,
+    atom_of_pixel=atom_of_pixel,
+    pairs=(rows.astype(np.int32), cols.astype(np.int32)),
+    atom_masks=_padded_rows(cols_t, rows_t, len(first)),
+  )
 
 
 def _bucket(n: int, least: int) -> int:
@@ -88,18 +96,18 @@ def _bucket(n: int, least: int) -> int:
 
 
 class _State(NamedTuple):
-  cnt: jax.Array        # int32 [B, M]   new pixels of each mask
-  nonzero: jax.Array    # int32 [B, M]   those with a nonzero attribution
-  tot: jax.Array        # f64 [B, M]     their attribution sum
-  ab: jax.Array         # f64 [B, M]     their absolute attribution sum
+  cnt: jax.Array  # int32 [B, M]   new pixels of each mask
+  nonzero: jax.Array  # int32 [B, M]   those with a nonzero attribution
+  tot: jax.Array  # f64 [B, M]     their attribution sum
+  ab: jax.Array  # f64 [B, M]     their absolute attribution sum
   uncovered: jax.Array  # bool [B, A]
   remaining: jax.Array  # bool [B, M]
   atom_step: jax.Array  # int32 [B, A]   the step that covered each atom (-1: none)
-  n: jax.Array          # int32 [B]      steps taken
-  covered: jax.Array    # int32 [B]      pixels covered
-  status: jax.Array     # int32 [B]      _ACTIVE, _DONE or _STALLED
-  near: jax.Array       # bool [B, M]    a stalled image's near-tied masks
-  forced: jax.Array     # int32 [B]      the host's pick for a stalled image (-1: none)
+  n: jax.Array  # int32 [B]      steps taken
+  covered: jax.Array  # int32 [B]      pixels covered
+  status: jax.Array  # int32 [B]      _ACTIVE, _DONE or _STALLED
+  near: jax.Array  # bool [B, M]    a stalled image's near-tied masks
+  forced: jax.Array  # int32 [B]      the host's pick for a stalled image (-1: none)
 
 
 def _rows(table, index):
@@ -122,7 +130,7 @@ def _step(s: _State, consts, *, min_pixel_diff, area_threshold, num_pixels, chun
   gj, tj = _rows(gain, j), _rows(tol, j)
   near = remaining & (gain >= (gj - tj)[:, None] - tol)
   multiple = near.sum(axis=1) > 1
-  zero = ~jnp.any(near & (s.nonzero > 0), axis=1)   # all near-tied means exactly 0
+  zero = ~jnp.any(near & (s.nonzero > 0), axis=1)  # all near-tied means exactly 0
   first = jnp.argmax(near, axis=1)
   forced = s.forced >= 0
   pick = jnp.where(forced, s.forced, jnp.where(multiple & zero, first, j)).astype(jnp.int32)
@@ -136,14 +144,14 @@ def _step(s: _State, consts, *, min_pixel_diff, area_threshold, num_pixels, chun
 
   def body(k, carry):
     dcnt, dnz, dtot, dab, newly = carry
-    offset = k * chunk + jnp.arange(chunk)                                # [C]
+    offset = k * chunk + jnp.arange(chunk)  # [C]
     inside = offset[None, :] < length[:, None]
     ids = jnp.take_along_axis(pair_atoms, start[:, None] + jnp.where(inside, offset, 0), axis=1)
-    ids = jnp.where(inside, ids, dummy)                                   # [B, C]
+    ids = jnp.where(inside, ids, dummy)  # [B, C]
     live = jnp.take_along_axis(s.uncovered, ids, axis=1) & want[:, None]
-    c = jnp.where(live[..., None], atom_cnt[bi, ids], 0)                  # [B, C, 2]
-    v = jnp.where(live[..., None], atom_vals[bi, ids], 0.0)               # [B, C, 2]
-    holders = atom_masks[bi, ids]                                         # [B, C, D]
+    c = jnp.where(live[..., None], atom_cnt[bi, ids], 0)  # [B, C, 2]
+    v = jnp.where(live[..., None], atom_vals[bi, ids], 0.0)  # [B, C, 2]
+    holders = atom_masks[bi, ids]  # [B, C, D]
     d = holders.shape[-1]
     rows = jnp.broadcast_to(bi[..., None], holders.shape)
     dcnt = dcnt.at[rows, holders].add(jnp.repeat(c[..., 0:1], d, axis=2))
@@ -155,36 +163,52 @@ def _step(s: _State, consts, *, min_pixel_diff, area_threshold, num_pixels, chun
 
   zeros_i, zeros_f = jnp.zeros((b, m), jnp.int32), jnp.zeros((b, m), jnp.float64)
   dcnt, dnz, dtot, dab, newly = jax.lax.fori_loop(
-      0, trips, body, (zeros_i, zeros_i, zeros_f, zeros_f, jnp.zeros(s.uncovered.shape, bool)))
+    0, trips, body, (zeros_i, zeros_i, zeros_f, zeros_f, jnp.zeros(s.uncovered.shape, bool))
+  )
 
   pick_cnt = _rows(s.cnt, pick)
-  same = (dcnt == s.cnt) & (s.cnt == pick_cnt[:, None])   # the same new pixels as `pick`
+  same = (dcnt == s.cnt) & (s.cnt == pick_cnt[:, None])  # the same new pixels as `pick`
   identical = ~jnp.any(near & ~same, axis=1)
   simple = forced | ~multiple | zero
-  choice = jnp.where(simple, pick, first)     # identical: `first` adds pick's pixels
+  choice = jnp.where(simple, pick, first)  # identical: `first` adds pick's pixels
   go = want & (simple | identical)
   stall = want & ~go
   g = go[:, None]
   covered = s.covered + jnp.where(go, pick_cnt, 0)
-  area = covered.astype(jnp.float64) / num_pixels        # as PAIR: np.mean(current_mask)
-  status = jnp.where(active & ~has, _DONE,
-                     jnp.where(stall, _STALLED,
-                               jnp.where(go & ~(area <= area_threshold), _DONE, s.status)))
+  area = covered.astype(jnp.float64) / num_pixels  # as PAIR: np.mean(current_mask)
+  status = jnp.where(
+    active & ~has,
+    _DONE,
+    jnp.where(stall, _STALLED, jnp.where(go & ~(area <= area_threshold), _DONE, s.status)),
+  )
   chosen = jax.nn.one_hot(choice, m, dtype=bool) & g
   return _State(
-      cnt=jnp.where(g, s.cnt - dcnt, s.cnt), nonzero=jnp.where(g, s.nonzero - dnz, s.nonzero),
-      tot=jnp.where(g, s.tot - dtot, s.tot),
-      ab=jnp.where(g, s.ab - dab, s.ab), uncovered=s.uncovered & ~(newly & g),
-      remaining=jnp.where(active[:, None], remaining & ~chosen, s.remaining),
-      atom_step=jnp.where(newly & g, s.n[:, None], s.atom_step), n=s.n + go,
-      covered=covered, status=status.astype(jnp.int32),
-      near=jnp.where(stall[:, None], near, s.near), forced=jnp.full_like(s.forced, -1))
+    cnt=jnp.where(g, s.cnt - dcnt, s.cnt),
+    nonzero=jnp.where(g, s.nonzero - dnz, s.nonzero),
+    tot=jnp.where(g, s.tot - dtot, s.tot),
+    ab=jnp.where(g, s.ab - dab, s.ab),
+    uncovered=s.uncovered & ~(newly & g),
+    remaining=jnp.where(active[:, None], remaining & ~chosen, s.remaining),
+    atom_step=jnp.where(newly & g, s.n[:, None], s.atom_step),
+    n=s.n + go,
+    covered=covered,
+    status=status.astype(jnp.int32),
+    near=jnp.where(stall[:, None], near, s.near),
+    forced=jnp.full_like(s.forced, -1),
+  )
 
 
 def _run_impl(state, consts, *, min_pixel_diff, area_threshold, num_pixels, chunk):
   def step(s):
-    return _step(s, consts, min_pixel_diff=min_pixel_diff, area_threshold=area_threshold,
-                 num_pixels=num_pixels, chunk=chunk)
+    return _step(
+      s,
+      consts,
+      min_pixel_diff=min_pixel_diff,
+      area_threshold=area_threshold,
+      num_pixels=num_pixels,
+      chunk=chunk,
+    )
+
   return jax.lax.while_loop(lambda s: jnp.any(s.status == _ACTIVE), step, state)
 
 
@@ -204,7 +228,7 @@ def _device_inputs(regions: Sequence[Regions], attrs: Sequence[np.ndarray], chun
   m = _bucket(max(len(r.kept) for r in regions) + 1, 64)
   a = _bucket(max(r.num_atoms for r in regions) + 1, 512)
   n = _bucket(max(len(r.pairs[0]) for r in regions), max(2048, chunk))
-  depth = -(-max(r.atom_masks.shape[1] for r in regions) // 8) * 8   # masks per atom: few
+  depth = -(-max(r.atom_masks.shape[1] for r in regions) // 8) * 8  # masks per atom: few
   pair_atoms = np.full((b, n), a - 1, np.int32)
   mask_start = np.zeros((b, m), np.int32)
   mask_len = np.zeros((b, m), np.int32)
@@ -219,10 +243,10 @@ def _device_inputs(regions: Sequence[Regions], attrs: Sequence[np.ndarray], chun
   for i, (r, flat) in enumerate(zip(regions, attrs)):
     nm, na = len(r.kept), r.num_atoms
     rows, cols = r.pairs
-    pair_atoms[i, :len(cols)] = cols
+    pair_atoms[i, : len(cols)] = cols
     mask_len[i, :nm] = np.bincount(rows, minlength=nm)
     mask_start[i, :nm] = np.cumsum(mask_len[i, :nm]) - mask_len[i, :nm]
-    atom_masks[i, :na, :r.atom_masks.shape[1]] = np.where(r.atom_masks < 0, m - 1, r.atom_masks)
+    atom_masks[i, :na, : r.atom_masks.shape[1]] = np.where(r.atom_masks < 0, m - 1, r.atom_masks)
     f64 = flat.astype(np.float64)
     atom_cnt[i, :na, 0] = np.bincount(r.atom_of_pixel, minlength=na)
     atom_cnt[i, :na, 1] = np.bincount(r.atom_of_pixel, weights=f64 != 0, minlength=na)
@@ -237,10 +261,20 @@ def _device_inputs(regions: Sequence[Regions], attrs: Sequence[np.ndarray], chun
     status[i] = _ACTIVE
   # Float64 drift of the incremental updates (far below the float32 bound).
   floor = 1e-12 * ab
-  state = _State(cnt=cnt, nonzero=nonzero, tot=tot, ab=ab, uncovered=uncovered, remaining=remaining,
-                 atom_step=np.full((b, a), -1, np.int32), n=np.zeros(b, np.int32),
-                 covered=np.zeros(b, np.int32), status=status, near=np.zeros((b, m), bool),
-                 forced=np.full(b, -1, np.int32))
+  state = _State(
+    cnt=cnt,
+    nonzero=nonzero,
+    tot=tot,
+    ab=ab,
+    uncovered=uncovered,
+    remaining=remaining,
+    atom_step=np.full((b, a), -1, np.int32),
+    n=np.zeros(b, np.int32),
+    covered=np.zeros(b, np.int32),
+    status=status,
+    near=np.zeros((b, m), bool),
+    forced=np.full(b, -1, np.int32),
+  )
   return state, (pair_atoms, mask_start, mask_len, atom_masks, atom_cnt, atom_vals, floor)
 
 
@@ -259,14 +293,19 @@ def _values(flat: np.ndarray, pixel_step: np.ndarray, steps: int) -> np.ndarray:
 
 
 class Selection(NamedTuple):
-  maps: np.ndarray       # float64 [B,H,W] (float32 values)
-  host_decisions: int    # near-ties decided on the host
-  on_device: int         # images selected on the device (not those without masks)
+  maps: np.ndarray  # float64 [B,H,W] (float32 values)
+  host_decisions: int  # near-ties decided on the host
+  on_device: int  # images selected on the device (not those without masks)
 
 
-def select_full_batch(attrs: Sequence[np.ndarray], segments: Sequence[np.ndarray | Regions],
-                      *, area_threshold: float = 1.0, min_pixel_diff: int = 50,
-                      chunk: int = DEFAULT_CHUNK) -> np.ndarray:
+def select_full_batch(
+  attrs: Sequence[np.ndarray],
+  segments: Sequence[np.ndarray | Regions],
+  *,
+  area_threshold: float = 1.0,
+  min_pixel_diff: int = 50,
+  chunk: int = DEFAULT_CHUNK,
+) -> np.ndarray:
   """PAIR's greedy "full" XRAI of every image on the device: float64 [B,H,W] (float32 values).
 
   Args:
@@ -277,12 +316,14 @@ def select_full_batch(attrs: Sequence[np.ndarray], segments: Sequence[np.ndarray
 
   Raises ValueError for NaN or infinite attributions (PAIR's selection has no answer for them).
   """
-  return select_full_batch_details(attrs, segments, area_threshold=area_threshold,
-                                   min_pixel_diff=min_pixel_diff, chunk=chunk).maps
+  return select_full_batch_details(
+    attrs, segments, area_threshold=area_threshold, min_pixel_diff=min_pixel_diff, chunk=chunk
+  ).maps
 
 
-def select_full_batch_details(attrs, segments, *, area_threshold=1.0, min_pixel_diff=50,
-                              chunk=DEFAULT_CHUNK) -> Selection:
+def select_full_batch_details(
+  attrs, segments, *, area_threshold=1.0, min_pixel_diff=50, chunk=DEFAULT_CHUNK
+) -> Selection:
   """`select_full_batch` with how the work went (for tests and the benchmark)."""
   if len(attrs) != len(segments):
     raise ValueError(f"{len(attrs)} attributions but {len(segments)} segment lists")
@@ -296,8 +337,9 @@ def select_full_batch_details(attrs, segments, *, area_threshold=1.0, min_pixel_
     if attr.ndim == 3:
       attr = attr.max(axis=-1)
     if attr.ndim != 2 or (shape is not None and attr.shape != shape):
-      raise ValueError(f"attributions must be [H,W] or [H,W,C] of one size, got shape "
-                       f"{np.shape(attr)}")
+      raise ValueError(
+        f"attributions must be [H,W] or [H,W,C] of one size, got shape {np.shape(attr)}"
+      )
     shape = attr.shape
     regions.append(seg if isinstance(seg, Regions) else prepare(seg, shape))
     if regions[-1].shape != shape:
@@ -309,21 +351,26 @@ def select_full_batch_details(attrs, segments, *, area_threshold=1.0, min_pixel_
   # Images without masks: no selection, the mean everywhere (as PAIR).
   device = [i for i, r in enumerate(regions) if len(r.kept)]
   for i in sorted(set(range(len(flats))) - set(device)):
-    out[i] = xrai_selection.select_full(flats[i].reshape(shape), regions[i].masks.reshape(
-        (-1,) + shape), area_threshold=area_threshold, min_pixel_diff=min_pixel_diff)
+    out[i] = xrai_selection.select_full(
+      flats[i].reshape(shape),
+      regions[i].masks.reshape((-1,) + shape),
+      area_threshold=area_threshold,
+      min_pixel_diff=min_pixel_diff,
+    )
   if not device:
     return Selection(out, 0, 0)
   decisions = 0
   num_pixels = int(np.prod(shape))
   with jax.enable_x64(True):
-    state, consts = _device_inputs([regions[i] for i in device], [flats[i] for i in device],
-                                   chunk)
+    state, consts = _device_inputs([regions[i] for i in device], [flats[i] for i in device], chunk)
     consts = jax.device_put(consts)
     state = jax.device_put(state)
     # Traced scalars: one compilation per padded shape.
-    scalars = dict(min_pixel_diff=jnp.asarray(min_pixel_diff, jnp.float64),
-                   area_threshold=jnp.asarray(area_threshold, jnp.float64),
-                   num_pixels=jnp.asarray(num_pixels, jnp.float64))
+    scalars = dict(
+      min_pixel_diff=jnp.asarray(min_pixel_diff, jnp.float64),
+      area_threshold=jnp.asarray(area_threshold, jnp.float64),
+      num_pixels=jnp.asarray(num_pixels, jnp.float64),
+    )
 
     def run(s):
       return _run(s, consts, **scalars, chunk=int(chunk))
@@ -338,16 +385,16 @@ def select_full_batch_details(attrs, segments, *, area_threshold=1.0, min_pixel_
       uncovered, near = np.asarray(state.uncovered), np.asarray(state.near)
       for k in stalled:
         r, flat = regions[device[k]], flats[device[k]]
-        fresh = uncovered[k, :r.num_atoms][r.atom_of_pixel]    # pixels not yet covered
+        fresh = uncovered[k, : r.num_atoms][r.atom_of_pixel]  # pixels not yet covered
         candidates = np.flatnonzero(near[k])
         exact = [flat[r.masks[r.kept[c]] & fresh].mean() for c in candidates]
-        forced[k] = candidates[int(np.argmax(exact))]   # the first maximum, as PAIR's ">" scan
+        forced[k] = candidates[int(np.argmax(exact))]  # the first maximum, as PAIR's ">" scan
       decisions += len(stalled)
       status[stalled] = _ACTIVE
       state = run(state._replace(forced=jnp.asarray(forced), status=jnp.asarray(status)))
     atom_step, steps = np.asarray(state.atom_step), np.asarray(state.n)
   for k, i in enumerate(device):
     r = regions[i]
-    pixel_step = atom_step[k, :r.num_atoms][r.atom_of_pixel]
+    pixel_step = atom_step[k, : r.num_atoms][r.atom_of_pixel]
     out[i] = _values(flats[i], pixel_step, int(steps[k])).reshape(shape)
   return Selection(out, decisions, len(device))

@@ -4,6 +4,7 @@ Importing this package registers the TFDS builders, so `tfds.data_source(name, d
 works afterwards. To add a dataset, import its builder module in the block below (one line
 each, e.g. `from saliency_jax.data import rsna_pneumonia  # noqa: F401`).
 """
+
 # Builders: importing a module registers its tfds.core.GeneratorBasedBuilder.
 from saliency_jax.data import synthetic_cxr  # noqa: F401
 from saliency_jax.data.arrays import load_arrays

@@ -1,4 +1,5 @@
 """A (small) split held in memory as stacked NumPy arrays, e.g. an evaluation set."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -27,8 +28,7 @@ def load_arrays(source: Sequence[dict[str, Any]], indices=None) -> dict[str, Any
   if indices.size == 0:
     raise ValueError("No examples selected.")
   if indices.min() < 0 or indices.max() >= n:
-    raise IndexError(f"indices must lie in [0, {n}), got range [{indices.min()}, "
-                     f"{indices.max()}].")
+    raise IndexError(f"indices must lie in [0, {n}), got range [{indices.min()}, {indices.max()}].")
   if hasattr(source, "__getitems__"):
     examples = source.__getitems__(indices.tolist())  # one batched read for array_record
   else:
@@ -39,11 +39,12 @@ def load_arrays(source: Sequence[dict[str, Any]], indices=None) -> dict[str, Any
   if masks.size and masks.max() > 1:
     raise ValueError(f"Masks must hold values in {{0, 1}}, found {masks.max()}.")
   return {
-      "id": np.array([e["id"].decode() if isinstance(e["id"], bytes) else str(e["id"])
-                      for e in examples]),
-      "image": np.stack([np.asarray(e["image"]) for e in examples]),
-      "label": np.array([int(e["label"]) for e in examples], np.int64),
-      "mask": masks.astype(bool),
-      "boxes": [np.asarray(e["boxes"], np.float32).reshape(-1, 4) for e in examples],
-      "index": indices,
+    "id": np.array(
+      [e["id"].decode() if isinstance(e["id"], bytes) else str(e["id"]) for e in examples]
+    ),
+    "image": np.stack([np.asarray(e["image"]) for e in examples]),
+    "label": np.array([int(e["label"]) for e in examples], np.int64),
+    "mask": masks.astype(bool),
+    "boxes": [np.asarray(e["boxes"], np.float32).reshape(-1, 4) for e in examples],
+    "index": indices,
   }

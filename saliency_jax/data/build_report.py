@@ -62,19 +62,19 @@ class BuildReport:
 
   def to_dict(self) -> dict[str, Any]:
     return {
-        "dataset": self.dataset,
-        "written": dict(sorted(self.written.items())),
-        "num_written": sum(self.written.values()),
-        "num_skipped": self.num_skipped,
-        "skipped": {
-            reason: {"count": count, "examples": self._skip_examples[reason]}
-            for reason, count in sorted(self.skipped.items())
-        },
-        "notes": {
-            name: {"count": count, "examples": self._note_examples[name]}
-            for name, count in sorted(self.notes.items())
-        },
-        "info": self.info,
+      "dataset": self.dataset,
+      "written": dict(sorted(self.written.items())),
+      "num_written": sum(self.written.values()),
+      "num_skipped": self.num_skipped,
+      "skipped": {
+        reason: {"count": count, "examples": self._skip_examples[reason]}
+        for reason, count in sorted(self.skipped.items())
+      },
+      "notes": {
+        name: {"count": count, "examples": self._note_examples[name]}
+        for name, count in sorted(self.notes.items())
+      },
+      "info": self.info,
     }
 
   def write(self, directory: str | os.PathLike[str]) -> str:

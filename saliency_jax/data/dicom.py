@@ -34,18 +34,18 @@ import skimage.transform
 _JPEG_LIBJPEG = "pylibjpeg and pylibjpeg-libjpeg (pip install 'saliency_jax[jpeg]')"
 _JPEG2000 = "pylibjpeg and pylibjpeg-openjpeg (pip install 'saliency_jax[jpeg]')"
 _DECODER_PACKAGES = {
-    pydicom_uid.JPEGBaseline8Bit: _JPEG_LIBJPEG + ", or pillow",
-    pydicom_uid.JPEGExtended12Bit: _JPEG_LIBJPEG + ", or pillow",
-    pydicom_uid.JPEGLossless: _JPEG_LIBJPEG,
-    pydicom_uid.JPEGLosslessSV1: _JPEG_LIBJPEG,
-    pydicom_uid.JPEGLSLossless: _JPEG_LIBJPEG + ", or pyjpegls",
-    pydicom_uid.JPEGLSNearLossless: _JPEG_LIBJPEG + ", or pyjpegls",
-    pydicom_uid.JPEG2000Lossless: _JPEG2000 + ", or pillow",
-    pydicom_uid.JPEG2000: _JPEG2000 + ", or pillow",
-    pydicom_uid.HTJ2KLossless: _JPEG2000,
-    pydicom_uid.HTJ2KLosslessRPCL: _JPEG2000,
-    pydicom_uid.HTJ2K: _JPEG2000,
-    pydicom_uid.RLELossless: "nothing (built in); pylibjpeg-rle is faster",
+  pydicom_uid.JPEGBaseline8Bit: _JPEG_LIBJPEG + ", or pillow",
+  pydicom_uid.JPEGExtended12Bit: _JPEG_LIBJPEG + ", or pillow",
+  pydicom_uid.JPEGLossless: _JPEG_LIBJPEG,
+  pydicom_uid.JPEGLosslessSV1: _JPEG_LIBJPEG,
+  pydicom_uid.JPEGLSLossless: _JPEG_LIBJPEG + ", or pyjpegls",
+  pydicom_uid.JPEGLSNearLossless: _JPEG_LIBJPEG + ", or pyjpegls",
+  pydicom_uid.JPEG2000Lossless: _JPEG2000 + ", or pillow",
+  pydicom_uid.JPEG2000: _JPEG2000 + ", or pillow",
+  pydicom_uid.HTJ2KLossless: _JPEG2000,
+  pydicom_uid.HTJ2KLosslessRPCL: _JPEG2000,
+  pydicom_uid.HTJ2K: _JPEG2000,
+  pydicom_uid.RLELossless: "nothing (built in); pylibjpeg-rle is faster",
 }
 
 
@@ -79,6 +79,7 @@ class DicomImage:
     patient_id: PatientID or None.
     sop_instance_uid: SOPInstanceUID or None.
   """
+
   pixels: np.ndarray
   bits_stored: int
   photometric_interpretation: str
@@ -95,7 +96,7 @@ def _stored_range(ds: Any) -> tuple[float, float]:
   bits = int(ds.BitsStored)
   if int(ds.get("PixelRepresentation", 0)) == 0:
     return 0.0, float(2**bits - 1)
-  return float(-(2**(bits - 1))), float(2**(bits - 1) - 1)
+  return float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
 
 
 def _rescaled(lo_hi: tuple[float, float], ds: Any) -> tuple[float, float]:
@@ -116,13 +117,11 @@ def _modality_range(ds: Any) -> tuple[float, float]:
 
 def _has_voi_lut(ds: Any) -> bool:
   seq = ds.get("VOILUTSequence")
-  return bool(seq) and None not in (seq[0].get("LUTDescriptor"),
-                                    seq[0].get("LUTData"))
+  return bool(seq) and None not in (seq[0].get("LUTDescriptor"), seq[0].get("LUTData"))
 
 
 def _has_window(ds: Any) -> bool:
-  return (ds.get("WindowCenter") is not None and
-          ds.get("WindowWidth") is not None)
+  return ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None
 
 
 def _voi_range(ds: Any) -> tuple[float, float]:
@@ -139,8 +138,7 @@ def _voi_range(ds: Any) -> tuple[float, float]:
 
 def _decode(ds: Any, path: str) -> np.ndarray:
   """Stored pixel values, with a clear error for a missing decoder."""
-  tsyntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(
-      ds, "file_meta") else None
+  tsyntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
   name = getattr(tsyntax, "name", str(tsyntax))
   try:
     return ds.pixel_array
@@ -149,23 +147,25 @@ def _decode(ds: Any, path: str) -> np.ndarray:
     if "missing dependencies" in message:
       packages = _DECODER_PACKAGES.get(tsyntax, "a pydicom pixel-data plugin")
       raise DicomError(
-          f"pixel data in transfer syntax '{name}' ({tsyntax}) needs a "
-          f"decoder that is not installed: install {packages}. "
-          f"pydicom said: {message}", "missing_plugin", path) from None
+        f"pixel data in transfer syntax '{name}' ({tsyntax}) needs a "
+        f"decoder that is not installed: install {packages}. "
+        f"pydicom said: {message}",
+        "missing_plugin",
+        path,
+      ) from None
     if "exceptions were raised" in message:  # a decoder exists, data is bad
-      raise DicomError(f"corrupt '{name}' pixel data: {message}",
-                       "unreadable", path) from None
-    raise DicomError(f"cannot decode transfer syntax '{name}': {message}",
-                     "unsupported", path) from None
+      raise DicomError(f"corrupt '{name}' pixel data: {message}", "unreadable", path) from None
+    raise DicomError(
+      f"cannot decode transfer syntax '{name}': {message}", "unsupported", path
+    ) from None
   except ValueError as e:
     message = str(e)
-    reason = ("truncated_pixel_data"
-              if "less than expected" in message else "unreadable")
-    raise DicomError(f"cannot decode pixel data: {message}", reason,
-                     path) from None
+    reason = "truncated_pixel_data" if "less than expected" in message else "unreadable"
+    raise DicomError(f"cannot decode pixel data: {message}", reason, path) from None
   except (AttributeError, KeyError, TypeError, EOFError, OSError) as e:
-    raise DicomError(f"cannot decode pixel data: {type(e).__name__}: {e}",
-                     "unreadable", path) from None
+    raise DicomError(
+      f"cannot decode pixel data: {type(e).__name__}: {e}", "unreadable", path
+    ) from None
 
 
 def unit_range_pixels(ds: Any, arr: np.ndarray) -> np.ndarray:
@@ -178,8 +178,10 @@ def unit_range_pixels(ds: Any, arr: np.ndarray) -> np.ndarray:
   photometric = str(ds.get("PhotometricInterpretation", ""))
   if photometric not in ("MONOCHROME1", "MONOCHROME2"):
     raise DicomError(
-        f"photometric interpretation '{photometric}' is not grayscale "
-        "(MONOCHROME1/MONOCHROME2 expected for chest X-rays)", "unsupported")
+      f"photometric interpretation '{photometric}' is not grayscale "
+      "(MONOCHROME1/MONOCHROME2 expected for chest X-rays)",
+      "unsupported",
+    )
   values = pydicom_pixels.apply_modality_lut(arr, ds)
   if _has_voi_lut(ds) or _has_window(ds):
     lo, hi = _voi_range(ds)
@@ -217,40 +219,41 @@ def read_dicom(path: str | os.PathLike[str]) -> DicomImage:
     raise DicomError(f"not a DICOM file: {e}", "unreadable", path) from None
   except Exception as e:  # pylint: disable=broad-except
     # pydicom raises many types on corrupt headers (EOFError, struct.error...).
-    raise DicomError(f"corrupt or truncated header: {type(e).__name__}: {e}",
-                     "unreadable", path) from None
+    raise DicomError(
+      f"corrupt or truncated header: {type(e).__name__}: {e}", "unreadable", path
+    ) from None
   if "PixelData" not in ds:
-    raise DicomError("no Pixel Data element (the file may be truncated)",
-                     "no_pixel_data", path)
+    raise DicomError("no Pixel Data element (the file may be truncated)", "no_pixel_data", path)
   try:
     samples = int(ds.get("SamplesPerPixel", 1))
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     bits_stored = int(ds.BitsStored)
   except (AttributeError, TypeError, ValueError) as e:
-    raise DicomError(f"invalid image header: {e}", "invalid_header",
-                     path) from None
+    raise DicomError(f"invalid image header: {e}", "invalid_header", path) from None
   if samples != 1 or frames != 1:
     raise DicomError(
-        f"expected one grayscale frame, got SamplesPerPixel={samples}, "
-        f"NumberOfFrames={frames}", "unsupported", path)
+      f"expected one grayscale frame, got SamplesPerPixel={samples}, NumberOfFrames={frames}",
+      "unsupported",
+      path,
+    )
   arr = _decode(ds, path)
   try:
     pixels = unit_range_pixels(ds, arr)
   except DicomError as e:
     raise DicomError(str(e), e.reason, path) from None
   except (ValueError, NotImplementedError, AttributeError, IndexError) as e:
-    raise DicomError(f"invalid LUT or window: {e}", "invalid_header",
-                     path) from None
+    raise DicomError(f"invalid LUT or window: {e}", "invalid_header", path) from None
   tsyntax = ds.file_meta.get("TransferSyntaxUID")
   patient_id = ds.get("PatientID")
   sop_uid = ds.get("SOPInstanceUID")
   return DicomImage(
-      pixels=pixels,
-      bits_stored=bits_stored,
-      photometric_interpretation=str(ds.PhotometricInterpretation),
-      transfer_syntax=getattr(tsyntax, "name", str(tsyntax)),
-      patient_id=None if patient_id is None else str(patient_id),
-      sop_instance_uid=None if sop_uid is None else str(sop_uid))
+    pixels=pixels,
+    bits_stored=bits_stored,
+    photometric_interpretation=str(ds.PhotometricInterpretation),
+    transfer_syntax=getattr(tsyntax, "name", str(tsyntax)),
+    patient_id=None if patient_id is None else str(patient_id),
+    sop_instance_uid=None if sop_uid is None else str(sop_uid),
+  )
 
 
 def resize_unit_image(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -261,8 +264,9 @@ def resize_unit_image(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
   pixels = np.asarray(pixels, np.float64)
   if tuple(pixels.shape) == tuple(size):
     return pixels
-  out = skimage.transform.resize(pixels, size, order=1, mode="edge",
-                                 anti_aliasing=True, preserve_range=True)
+  out = skimage.transform.resize(
+    pixels, size, order=1, mode="edge", anti_aliasing=True, preserve_range=True
+  )
   return np.clip(out, 0.0, 1.0)
 
 
@@ -275,8 +279,9 @@ def quantize(pixels: np.ndarray, dtype: str | np.dtype = "uint8") -> np.ndarray:
   return np.round(np.clip(pixels, 0.0, 1.0) * scale).astype(dtype)
 
 
-def load_image(path: str | os.PathLike[str], size: int,
-               dtype: str = "uint8") -> tuple[np.ndarray, DicomImage]:
+def load_image(
+  path: str | os.PathLike[str], size: int, dtype: str = "uint8"
+) -> tuple[np.ndarray, DicomImage]:
   """Reads, resizes to [size, size] and quantizes; returns ([S, S, 1], info)."""
   image = read_dicom(path)
   resized = resize_unit_image(image.pixels, (size, size))

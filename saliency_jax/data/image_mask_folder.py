@@ -27,6 +27,7 @@ malformed image or mask, values outside `float_range`, a mask of another size, a
 the image, an RLE that does not decode, a labels.csv row that does not parse, a negative label
 with ground truth (label_conflict), an id listed in a CSV without an image.
 """
+
 from collections.abc import Sequence
 import csv
 import dataclasses
@@ -58,12 +59,17 @@ _BOX_TOLERANCE = 1e-3
 @dataclasses.dataclass(eq=False)
 class FolderConfig(real_builder.RealCxrConfig):
   """`RealCxrConfig` plus the range float NPY images are mapped from (to [0, 1])."""
+
   float_range: tuple[float, float] = DEFAULT_FLOAT_RANGE
 
 
-def make_config(manual_dir: str, image_size: int = real_builder.DEFAULT_IMAGE_SIZE, *,
-                float_range: Sequence[float] = DEFAULT_FLOAT_RANGE,
-                **kwargs: Any) -> FolderConfig:
+def make_config(
+  manual_dir: str,
+  image_size: int = real_builder.DEFAULT_IMAGE_SIZE,
+  *,
+  float_range: Sequence[float] = DEFAULT_FLOAT_RANGE,
+  **kwargs: Any,
+) -> FolderConfig:
   """A config whose name tells folders and float ranges apart (so one data_dir may hold the
   builds of several folders); other arguments as `real_builder.make_config`."""
   lo, hi = (float(v) for v in float_range)
@@ -71,8 +77,9 @@ def make_config(manual_dir: str, image_size: int = real_builder.DEFAULT_IMAGE_SI
     raise ValueError(f"float_range must be (low, high) with high > low, got {float_range}")
   base = real_builder.make_config(image_size, **kwargs)
   tag = hashlib.sha256(f"{os.path.abspath(manual_dir)}|{lo}|{hi}".encode()).hexdigest()[:8]
-  fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(real_builder.RealCxrConfig)
-            if f.init}
+  fields = {
+    f.name: getattr(base, f.name) for f in dataclasses.fields(real_builder.RealCxrConfig) if f.init
+  }
   fields.update(name=f"{base.name}_dir{tag}", float_range=(lo, hi))
   return FolderConfig(**fields)
 
@@ -88,8 +95,9 @@ class FolderRecord(real_builder.Record):
 # Reading files
 
 
-def _index(directory: str, extensions: Sequence[str], report: build_report.BuildReport,
-           what: str) -> dict[str, str]:
+def _index(
+  directory: str, extensions: Sequence[str], report: build_report.BuildReport, what: str
+) -> dict[str, str]:
   """{id: path} of the files under `directory`; an id found twice is skipped."""
   found: dict[str, list[str]] = {}
   for root, _, files in os.walk(directory):
@@ -110,19 +118,23 @@ def _unit_channels(array: np.ndarray, path: str) -> tuple[np.ndarray, list[tuple
   """[H, W], [H, W, 1] or [H, W, 3/4] -> [H, W] (equal channels kept, others averaged)."""
   if array.ndim == 3 and array.shape[-1] in (1, 2, 3, 4):
     channels = array[..., :3] if array.shape[-1] >= 3 else array[..., :1]
-    if all(np.array_equal(channels[..., 0], channels[..., c])
-           for c in range(1, channels.shape[-1])):
+    if all(
+      np.array_equal(channels[..., 0], channels[..., c]) for c in range(1, channels.shape[-1])
+    ):
       return channels[..., 0], []
-    return channels.mean(axis=-1), [("channels_averaged",
-                                     f"{path}: {channels.shape[-1]} unequal channels")]
+    return channels.mean(axis=-1), [
+      ("channels_averaged", f"{path}: {channels.shape[-1]} unequal channels")
+    ]
   if array.ndim != 2:
-    raise real_builder.SkipExample("image_bad_shape",
-                               f"{path}: shape {array.shape}, expected [H, W] or [H, W, C]")
+    raise real_builder.SkipExample(
+      "image_bad_shape", f"{path}: shape {array.shape}, expected [H, W] or [H, W, C]"
+    )
   return array, []
 
 
 def _read_png(path: str) -> np.ndarray:
   from PIL import Image  # pylint: disable=g-import-not-at-top
+
   try:
     with Image.open(path) as image:
       return np.asarray(image)
@@ -137,8 +149,9 @@ def _read_npy(path: str) -> np.ndarray:
     raise real_builder.SkipExample("npy_unreadable", f"{path}: {e}") from None
 
 
-def read_unit_image(path: str, float_range=DEFAULT_FLOAT_RANGE
-                    ) -> tuple[np.ndarray, list[tuple[str, str]]]:
+def read_unit_image(
+  path: str, float_range=DEFAULT_FLOAT_RANGE
+) -> tuple[np.ndarray, list[tuple[str, str]]]:
   """An image file as float64 [H, W] in [0, 1], and notes about it."""
   ext = os.path.splitext(path)[1].lower()
   if ext == ".dcm":
@@ -153,12 +166,15 @@ def read_unit_image(path: str, float_range=DEFAULT_FLOAT_RANGE
       raise real_builder.SkipExample("value_out_of_range", f"{path}: non-finite values")
     if array.min() < lo - 1e-6 or array.max() > hi + 1e-6:
       raise real_builder.SkipExample(
-          "value_out_of_range", f"{path}: values in [{array.min():.4g}, {array.max():.4g}], "
-          f"outside float_range [{lo}, {hi}]")
+        "value_out_of_range",
+        f"{path}: values in [{array.min():.4g}, {array.max():.4g}], "
+        f"outside float_range [{lo}, {hi}]",
+      )
     unit = np.clip((array - lo) / (hi - lo), 0.0, 1.0)
   else:
-    raise real_builder.SkipExample("image_bad_dtype", f"{path}: dtype {array.dtype}; expected "
-                               "uint8, uint16 or float")
+    raise real_builder.SkipExample(
+      "image_bad_dtype", f"{path}: dtype {array.dtype}; expected uint8, uint16 or float"
+    )
   return _unit_channels(unit, path)
 
 
@@ -224,12 +240,12 @@ def _read_labels(path: str, report) -> tuple[dict[str, tuple[int, str]], set[str
   return labels, bad
 
 
-def read_records(manual_dir: str, report: build_report.BuildReport,
-                 float_range=DEFAULT_FLOAT_RANGE) -> list[FolderRecord]:
+def read_records(
+  manual_dir: str, report: build_report.BuildReport, float_range=DEFAULT_FLOAT_RANGE
+) -> list[FolderRecord]:
   images = _index(os.path.join(manual_dir, IMAGES_DIR), IMAGE_EXTENSIONS, report, "image")
   masks_dir = os.path.join(manual_dir, MASKS_DIR)
-  masks = (_index(masks_dir, MASK_EXTENSIONS, report, "mask")
-           if os.path.isdir(masks_dir) else {})
+  masks = _index(masks_dir, MASK_EXTENSIONS, report, "mask") if os.path.isdir(masks_dir) else {}
   path = os.path.join(manual_dir, BOXES_CSV)
   boxes, bad = _read_boxes(path, report) if os.path.exists(path) else ({}, set())
   rles: dict[str, list[str]] = {}
@@ -244,8 +260,9 @@ def read_records(manual_dir: str, report: build_report.BuildReport,
   report.info["float_range"] = list(float_range)
   listed = set(masks) | set(boxes) | set(rles) | set(labels or {})
   for image_id in sorted(listed - set(images) - bad):
-    report.skip("image_missing_file", image_id, f"ground truth or label but no image under "
-                f"{IMAGES_DIR}/")
+    report.skip(
+      "image_missing_file", image_id, f"ground truth or label but no image under {IMAGES_DIR}/"
+    )
   records = []
   for image_id, image_path in images.items():
     if image_id in bad:
@@ -254,16 +271,25 @@ def read_records(manual_dir: str, report: build_report.BuildReport,
       report.skip("label_missing", image_id, f"not listed in {LABELS_CSV}")
       continue
     label, split = labels[image_id] if labels is not None else (-1, "")
-    records.append(FolderRecord(
-        id=image_id, path=image_path, label=label, group=image_id,
+    records.append(
+      FolderRecord(
+        id=image_id,
+        path=image_path,
+        label=label,
+        group=image_id,
         boxes=np.asarray(boxes.get(image_id, []), np.float64).reshape(-1, 4),
-        rles=tuple(rles.get(image_id, ())), mask_path=masks.get(image_id, ""), split=split,
-        float_range=tuple(float_range)))
+        rles=tuple(rles.get(image_id, ())),
+        mask_path=masks.get(image_id, ""),
+        split=split,
+        float_range=tuple(float_range),
+      )
+    )
   return records
 
 
-def make_example(record: FolderRecord, options: real_builder.ExampleOptions
-                 ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+def make_example(
+  record: FolderRecord, options: real_builder.ExampleOptions
+) -> tuple[dict[str, Any], list[tuple[str, str]]]:
   size = options.image_size
   pixels, notes = read_unit_image(record.path, record.float_range)
   rows, cols = pixels.shape
@@ -272,34 +298,47 @@ def make_example(record: FolderRecord, options: real_builder.ExampleOptions
   if record.mask_path:
     mask = read_mask(record.mask_path)
     if mask.shape != (rows, cols):
-      raise real_builder.SkipExample("mask_shape_mismatch", f"{record.mask_path}: {mask.shape}, "
-                                 f"the image is {rows}x{cols}")
+      raise real_builder.SkipExample(
+        "mask_shape_mismatch", f"{record.mask_path}: {mask.shape}, the image is {rows}x{cols}"
+      )
     truth |= mask
   if record.rles:
     truth |= rle.rle_decode_union(record.rles, rows, cols).astype(bool)
   mask, redrawn = real_builder.resize_mask(truth, size)
   if redrawn:
-    notes.append(("mask_redrawn_after_resize",
-                  f"{int(truth.sum())} pixels vanished under nearest resizing to {size}"))
+    notes.append(
+      (
+        "mask_redrawn_after_resize",
+        f"{int(truth.sum())} pixels vanished under nearest resizing to {size}",
+      )
+    )
   boxes = record.boxes
   if boxes.size:
     limits = np.array([rows, cols, rows, cols], np.float64)
     outside = (boxes < -_BOX_TOLERANCE) | (boxes > limits + _BOX_TOLERANCE)
     if outside.any():
       raise real_builder.SkipExample(
-          "box_outside_image", f"box (ymin, xmin, ymax, xmax) "
-          f"{boxes[outside.any(axis=1)][0].tolist()} is outside the {rows}x{cols} image")
+        "box_outside_image",
+        f"box (ymin, xmin, ymax, xmax) "
+        f"{boxes[outside.any(axis=1)][0].tolist()} is outside the {rows}x{cols} image",
+      )
     boxes = np.clip(real_builder.scale_boxes(boxes, (rows, cols), size), 0, size)
     mask |= real_builder.rasterize_boxes(boxes, size)
   has_truth = bool(mask.any())
   label = record.label if record.label >= 0 else int(has_truth)
   if label == 0 and has_truth:
-    raise real_builder.SkipExample("label_conflict", "label 0 in labels.csv but ground truth marks "
-                               "pixels")
+    raise real_builder.SkipExample(
+      "label_conflict", "label 0 in labels.csv but ground truth marks pixels"
+    )
   if label == 1 and not has_truth:
     notes.append(("positive_without_ground_truth", "label 1, no mask, box or RLE"))
-  example = {"id": record.id, "image": image[..., None], "label": label,
-             "mask": mask[..., None], "boxes": np.asarray(boxes, np.float32).reshape(-1, 4)}
+  example = {
+    "id": record.id,
+    "image": image[..., None],
+    "label": label,
+    "mask": mask[..., None],
+    "boxes": np.asarray(boxes, np.float32).reshape(-1, 4),
+  }
   return example, notes
 
 
@@ -328,8 +367,10 @@ Then: python -m launch.prepare_data --dataset=image_mask_folder \\
       return super()._assign_splits(records, report)
     missing = [r.id for r in records if not r.split]
     if missing:
-      raise ValueError(f"{LABELS_CSV} gives a split to some images but not to {missing[:3]} "
-                       f"({len(missing)} images)")
+      raise ValueError(
+        f"{LABELS_CSV} gives a split to some images but not to {missing[:3]} "
+        f"({len(missing)} images)"
+      )
     report.info["splits"] = LABELS_CSV
     by_split: dict[str, list] = {s: [] for s in splits_lib.SPLITS}
     for record in records:

@@ -14,6 +14,7 @@ orbax: `grain.checkpoint.CheckpointSave(iterator)` next to the train state in an
 `iterator = iter(dataset)` and `iterator.set_state(saved_state)`: the next batch is the one that
 followed the checkpoint.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -71,32 +72,36 @@ def _with_index(index: int, example: dict[str, Any], *, num_examples: int) -> di
   return {**example, "index": index % num_examples}
 
 
-def _model_example(example: dict[str, Any], *, style: str, channels: int,
-                   max_boxes: int = 0) -> dict[str, Any]:
+def _model_example(
+  example: dict[str, Any], *, style: str, channels: int, max_boxes: int = 0
+) -> dict[str, Any]:
   """One stored example -> the fields a batch carries (the id does not batch; the boxes only
   padded to `max_boxes`, when that is > 0)."""
   mask = np.asarray(example["mask"])
   if mask.ndim == 3:
     mask = mask[..., 0]
   out = {
-      "image": preprocess(np.asarray(example["image"]), style=style, channels=channels),
-      "label": np.int32(example["label"]),
-      "mask": mask.astype(bool),
-      "index": np.int64(example["index"]),
+    "image": preprocess(np.asarray(example["image"]), style=style, channels=channels),
+    "label": np.int32(example["label"]),
+    "mask": mask.astype(bool),
+    "index": np.int64(example["index"]),
   }
   if max_boxes:
     boxes = np.asarray(example["boxes"], np.float32).reshape(-1, 4)
     if len(boxes) > max_boxes:
-      raise ValueError(f"Example {example['index']} has {len(boxes)} boxes, more than "
-                       f"max_boxes={max_boxes}; raise the detector's max_boxes.")
+      raise ValueError(
+        f"Example {example['index']} has {len(boxes)} boxes, more than "
+        f"max_boxes={max_boxes}; raise the detector's max_boxes."
+      )
     out["boxes"] = np.zeros((max_boxes, 4), np.float32)
-    out["boxes"][:len(boxes)] = boxes
+    out["boxes"][: len(boxes)] = boxes
     out["num_boxes"] = np.int32(len(boxes))
   return out
 
 
-def shard_indices(num_examples: int, shard_index: int, shard_count: int, *,
-                  equal_sizes: bool) -> slice:
+def shard_indices(
+  num_examples: int, shard_index: int, shard_count: int, *, equal_sizes: bool
+) -> slice:
   """The slice of dataset positions held by one shard: strided, so shards are disjoint.
 
   With `equal_sizes` the last `num_examples % shard_count` examples are left out, so every
@@ -108,20 +113,29 @@ def shard_indices(num_examples: int, shard_index: int, shard_count: int, *,
   return slice(shard_index, stop, shard_count)
 
 
-def _host_part(index: int, *, dataset, batch_size: int, shard_index: int,
-               shard_count: int):
+def _host_part(index: int, *, dataset, batch_size: int, shard_index: int, shard_count: int):
   """Example `index` of one host's stream: its rows of each global batch, in order."""
   batch, row = divmod(index, batch_size)
   return dataset[(batch * shard_count + shard_index) * batch_size + row]
 
 
-def make_dataset(source: Sequence[dict[str, Any]], *, batch_size: int, seed: int = 0,
-                 style: str = "inception", channels: int = 1, shuffle: bool = True,
-                 num_epochs: int | None = None, drop_remainder: bool = True,
-                 shard_by_process: bool = True, shard_index: int | None = None,
-                 shard_count: int | None = None, num_threads: int = 2,
-                 prefetch_buffer_size: int | None = None,
-                 max_boxes: int = 0) -> grain.IterDataset:
+def make_dataset(
+  source: Sequence[dict[str, Any]],
+  *,
+  batch_size: int,
+  seed: int = 0,
+  style: str = "inception",
+  channels: int = 1,
+  shuffle: bool = True,
+  num_epochs: int | None = None,
+  drop_remainder: bool = True,
+  shard_by_process: bool = True,
+  shard_index: int | None = None,
+  shard_count: int | None = None,
+  num_threads: int = 2,
+  prefetch_buffer_size: int | None = None,
+  max_boxes: int = 0,
+) -> grain.IterDataset:
   """A Grain pipeline of preprocessed batches from a random-access source of examples.
 
   Args:
@@ -163,8 +177,7 @@ def make_dataset(source: Sequence[dict[str, Any]], *, batch_size: int, seed: int
   global_batches = shard_index is not None and shard_count > 1 and drop_remainder
   if shard_index is not None and not global_batches:
     ds = ds[shard_indices(len(ds), shard_index, shard_count, equal_sizes=drop_remainder)]
-  if len(ds) == 0 or (global_batches and len(ds) * (num_epochs or 1) <
-                      batch_size * shard_count):
+  if len(ds) == 0 or (global_batches and len(ds) * (num_epochs or 1) < batch_size * shard_count):
     raise ValueError("The dataset (or this process's shard of it) is empty.")
   if shuffle:
     ds = ds.shuffle(seed=seed)
@@ -172,13 +185,20 @@ def make_dataset(source: Sequence[dict[str, Any]], *, batch_size: int, seed: int
   if global_batches:
     # Complete global batches only; each holds batch_size examples of every process.
     local_size = len(ds) // (batch_size * shard_count) * batch_size
-    ds = grain.MapDataset.range(local_size).map(functools.partial(
-        _host_part, dataset=ds, batch_size=batch_size, shard_index=shard_index,
-        shard_count=shard_count))
-  ds = ds.map(functools.partial(_model_example, style=style, channels=channels,
-                                max_boxes=max_boxes))
+    ds = grain.MapDataset.range(local_size).map(
+      functools.partial(
+        _host_part,
+        dataset=ds,
+        batch_size=batch_size,
+        shard_index=shard_index,
+        shard_count=shard_count,
+      )
+    )
+  ds = ds.map(
+    functools.partial(_model_example, style=style, channels=channels, max_boxes=max_boxes)
+  )
   read_options = grain.ReadOptions(
-      num_threads=num_threads,
-      prefetch_buffer_size=(2 * batch_size if prefetch_buffer_size is None
-                            else prefetch_buffer_size))
+    num_threads=num_threads,
+    prefetch_buffer_size=(2 * batch_size if prefetch_buffer_size is None else prefetch_buffer_size),
+  )
   return ds.to_iter_dataset(read_options).batch(batch_size, drop_remainder=drop_remainder)

@@ -72,6 +72,7 @@ class RealCxrConfig(tfds.core.BuilderConfig):
     split_csv: a CSV with columns Image_ID and Split (the authors' splits);
       images it does not list are left out.
   """
+
   image_size: int = DEFAULT_IMAGE_SIZE
   image_dtype: str = "uint8"
   split_seed: int = 0
@@ -79,10 +80,13 @@ class RealCxrConfig(tfds.core.BuilderConfig):
   split_csv: str | None = None
 
 
-def config_name(image_size: int = DEFAULT_IMAGE_SIZE, image_dtype: str = "uint8",
-                split_seed: int = 0,
-                split_fractions: Sequence[float] = splits_lib.DEFAULT_FRACTIONS,
-                split_csv: str | None = None) -> str:
+def config_name(
+  image_size: int = DEFAULT_IMAGE_SIZE,
+  image_dtype: str = "uint8",
+  split_seed: int = 0,
+  split_fractions: Sequence[float] = splits_lib.DEFAULT_FRACTIONS,
+  split_csv: str | None = None,
+) -> str:
   """A config name that differs whenever the stored data would differ.
 
   "320" is the default (320 px, uint8, split by patient with seed 0 and
@@ -104,11 +108,15 @@ def config_name(image_size: int = DEFAULT_IMAGE_SIZE, image_dtype: str = "uint8"
   return name
 
 
-def make_config(image_size: int = DEFAULT_IMAGE_SIZE, *,
-                image_dtype: str = "uint8", split_seed: int = 0,
-                split_fractions: Sequence[float] = splits_lib.DEFAULT_FRACTIONS,
-                split_csv: str | None = None,
-                name: str | None = None) -> RealCxrConfig:
+def make_config(
+  image_size: int = DEFAULT_IMAGE_SIZE,
+  *,
+  image_dtype: str = "uint8",
+  split_seed: int = 0,
+  split_fractions: Sequence[float] = splits_lib.DEFAULT_FRACTIONS,
+  split_csv: str | None = None,
+  name: str | None = None,
+) -> RealCxrConfig:
   """A `RealCxrConfig` named by `config_name` unless `name` is given."""
   if np.dtype(image_dtype) not in (np.uint8, np.uint16):
     raise ValueError(f"image_dtype must be uint8 or uint16, got {image_dtype}")
@@ -116,32 +124,34 @@ def make_config(image_size: int = DEFAULT_IMAGE_SIZE, *,
     raise ValueError(f"image_size must be positive, got {image_size}")
   if split_csv is not None:
     split_csv = os.path.abspath(split_csv)
-  name = name or config_name(image_size, image_dtype, split_seed,
-                             split_fractions, split_csv)
+  name = name or config_name(image_size, image_dtype, split_seed, split_fractions, split_csv)
   return RealCxrConfig(
-      name=name,
-      description=(f"{image_size}x{image_size} {np.dtype(image_dtype).name}, "
-                   + (f"splits from {os.path.basename(split_csv)}" if split_csv
-                      else f"split by patient, seed {split_seed}, fractions "
-                      f"{tuple(split_fractions)}")),
-      image_size=int(image_size),
-      image_dtype=np.dtype(image_dtype).name,
-      split_seed=int(split_seed),
-      split_fractions=splits_lib.check_fractions(split_fractions),
-      split_csv=split_csv)
+    name=name,
+    description=(
+      f"{image_size}x{image_size} {np.dtype(image_dtype).name}, "
+      + (
+        f"splits from {os.path.basename(split_csv)}"
+        if split_csv
+        else f"split by patient, seed {split_seed}, fractions {tuple(split_fractions)}"
+      )
+    ),
+    image_size=int(image_size),
+    image_dtype=np.dtype(image_dtype).name,
+    split_seed=int(split_seed),
+    split_fractions=splits_lib.check_fractions(split_fractions),
+    split_csv=split_csv,
+  )
 
 
 # ----------------------------------------------------------------------------
 # Geometry
 
 
-def scale_boxes(boxes: np.ndarray, original_shape: tuple[int, int],
-                size: int) -> np.ndarray:
+def scale_boxes(boxes: np.ndarray, original_shape: tuple[int, int], size: int) -> np.ndarray:
   """Boxes (ymin, xmin, ymax, xmax) at `original_shape` -> at size x size."""
   rows, cols = original_shape
   factors = np.array([size / rows, size / cols, size / rows, size / cols])
-  return (np.asarray(boxes, np.float64).reshape(-1, 4) * factors).astype(
-      np.float32)
+  return (np.asarray(boxes, np.float64).reshape(-1, 4) * factors).astype(np.float32)
 
 
 def _center_range(lo: float, hi: float, size: int) -> tuple[int, int]:
@@ -174,10 +184,8 @@ def resize_mask(mask: np.ndarray, size: int) -> tuple[np.ndarray, bool]:
   """
   mask = np.asarray(mask) != 0
   rows, cols = mask.shape
-  src_r = np.minimum(((np.arange(size) + 0.5) * rows / size).astype(int),
-                     rows - 1)
-  src_c = np.minimum(((np.arange(size) + 0.5) * cols / size).astype(int),
-                     cols - 1)
+  src_r = np.minimum(((np.arange(size) + 0.5) * rows / size).astype(int), rows - 1)
+  src_c = np.minimum(((np.arange(size) + 0.5) * cols / size).astype(int), cols - 1)
   out = mask[np.ix_(src_r, src_c)].astype(np.uint8)
   if out.any() or not mask.any():
     return out, False
@@ -204,30 +212,31 @@ class Record:
     boxes: RSNA boxes (ymin, xmin, ymax, xmax) at the original size.
     rles: SIIM RLE strings (to be unioned).
   """
+
   id: str
   path: str
   label: int
   group: str = ""
-  boxes: np.ndarray = dataclasses.field(
-      default_factory=lambda: np.zeros((0, 4), np.float32))
+  boxes: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 4), np.float32))
   rles: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
 class ExampleOptions:
   """The parts of the config that `make_example` functions need."""
+
   image_size: int
   image_dtype: str
   check_dicom_ids: bool
 
 
 # A make_example function returns (example dict, notes) or raises SkipExample.
-MakeExample = Callable[[Record, ExampleOptions],
-                       tuple[dict[str, Any], list[tuple[str, str]]]]
+MakeExample = Callable[[Record, ExampleOptions], tuple[dict[str, Any], list[tuple[str, str]]]]
 
 
-def _run_one(make_example: MakeExample, options: ExampleOptions,
-             record: Record) -> tuple[str, Any, Any]:
+def _run_one(
+  make_example: MakeExample, options: ExampleOptions, record: Record
+) -> tuple[str, Any, Any]:
   """Runs make_example; returns ("ok", example, notes) or ("skip", reason, detail)."""
   try:
     example, notes = make_example(record, options)
@@ -251,8 +260,9 @@ class _ExampleRunner:
     return _run_one(self.make_example, self.options, record)
 
 
-def _map_records(runner: _ExampleRunner, records: Sequence[Record],
-                 num_workers: int) -> Iterator[tuple[str, Any, Any]]:
+def _map_records(
+  runner: _ExampleRunner, records: Sequence[Record], num_workers: int
+) -> Iterator[tuple[str, Any, Any]]:
   """Runs `runner` over records in order, in `num_workers` threads.
 
   Threads, not processes: decoding (pydicom's C decoders, NumPy) and resizing
@@ -279,16 +289,17 @@ def image_id_check(expected: str, found: str | None, what: str) -> None:
   """SkipExample("id_mismatch") when the DICOM names another image."""
   if found is not None and found.strip() and found.strip() != expected:
     raise SkipExample(
-        "id_mismatch",
-        f"the CSV id is {expected} but the DICOM {what} is {found.strip()}")
+      "id_mismatch", f"the CSV id is {expected} but the DICOM {what} is {found.strip()}"
+    )
 
 
 # ----------------------------------------------------------------------------
 # The builder
 
 
-class RealCxrBuilder(tfds_compat.ModuleFileCodePath,
-                     tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class RealCxrBuilder(
+  tfds_compat.ModuleFileCodePath, tfds.core.GeneratorBasedBuilder, skip_registration=True
+):
   """Base of the real chest X-ray builders (array_record, no TensorFlow).
 
   Subclasses set VERSION, MANUAL_DOWNLOAD_INSTRUCTIONS, LABEL_NAMES,
@@ -308,19 +319,18 @@ class RealCxrBuilder(tfds_compat.ModuleFileCodePath,
   DESCRIPTION = ""
   make_example: MakeExample
 
-  def __init__(self, *args, file_format=None, num_workers: int = 1,
-               check_dicom_ids: bool = True, **kwargs):
+  def __init__(
+    self, *args, file_format=None, num_workers: int = 1, check_dicom_ids: bool = True, **kwargs
+  ):
     # array_record is what tfds.data_source reads without TensorFlow.
-    super().__init__(*args, file_format=file_format or "array_record",
-                     **kwargs)
+    super().__init__(*args, file_format=file_format or "array_record", **kwargs)
     self.num_workers = int(num_workers)
     self.check_dicom_ids = bool(check_dicom_ids)
     self._report: build_report.BuildReport | None = None
 
   # -- subclass hooks --------------------------------------------------------
 
-  def _read_records(self, manual_dir: str,
-                    report: build_report.BuildReport) -> list[Record]:
+  def _read_records(self, manual_dir: str, report: build_report.BuildReport) -> list[Record]:
     raise NotImplementedError
 
   # -- tfds ------------------------------------------------------------------
@@ -329,24 +339,25 @@ class RealCxrBuilder(tfds_compat.ModuleFileCodePath,
     size = self.builder_config.image_size
     dtype = np.dtype(self.builder_config.image_dtype)
     return tfds.core.DatasetInfo(
-        builder=self,
-        description=self.DESCRIPTION,
-        features=tfds.features.FeaturesDict({
-            "id": tfds.features.Text(),
-            "image": tfds.features.Tensor(shape=(size, size, 1), dtype=dtype,
-                                          encoding="zlib"),
-            "label": tfds.features.ClassLabel(names=list(self.LABEL_NAMES)),
-            "mask": tfds.features.Tensor(shape=(size, size, 1),
-                                         dtype=np.uint8, encoding="zlib"),
-            "boxes": tfds.features.Tensor(shape=(None, 4), dtype=np.float32),
-        }),
-        supervised_keys=("image", "label"),
+      builder=self,
+      description=self.DESCRIPTION,
+      features=tfds.features.FeaturesDict(
+        {
+          "id": tfds.features.Text(),
+          "image": tfds.features.Tensor(shape=(size, size, 1), dtype=dtype, encoding="zlib"),
+          "label": tfds.features.ClassLabel(names=list(self.LABEL_NAMES)),
+          "mask": tfds.features.Tensor(shape=(size, size, 1), dtype=np.uint8, encoding="zlib"),
+          "boxes": tfds.features.Tensor(shape=(None, 4), dtype=np.float32),
+        }
+      ),
+      supervised_keys=("image", "label"),
     )
 
   def manual_dir_error(self, manual_dir: str, missing: Sequence[str]) -> str:
     return (
-        f"The {self.name} manual directory {manual_dir!r} is missing "
-        f"{', '.join(missing)}.\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+      f"The {self.name} manual directory {manual_dir!r} is missing "
+      f"{', '.join(missing)}.\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}"
+    )
 
   def _manual_dir(self, dl_manager) -> str:
     try:
@@ -355,16 +366,16 @@ class RealCxrBuilder(tfds_compat.ModuleFileCodePath,
       # tfds: "Manual directory ... does not exist or is empty".
       manual_dir = os.fspath(getattr(dl_manager, "_manual_dir", "") or "")
       raise ManualDirError(
-          self.manual_dir_error(manual_dir or "(not given)",
-                                list(self.REQUIRED_FILES))) from None
-    missing = [f for f in self.REQUIRED_FILES
-               if not os.path.exists(os.path.join(manual_dir, f))]
+        self.manual_dir_error(manual_dir or "(not given)", list(self.REQUIRED_FILES))
+      ) from None
+    missing = [f for f in self.REQUIRED_FILES if not os.path.exists(os.path.join(manual_dir, f))]
     if missing:
       raise ManualDirError(self.manual_dir_error(manual_dir, missing))
     return manual_dir
 
-  def _assign_splits(self, records: list[Record],
-                     report: build_report.BuildReport) -> dict[str, list[Record]]:
+  def _assign_splits(
+    self, records: list[Record], report: build_report.BuildReport
+  ) -> dict[str, list[Record]]:
     config = self.builder_config
     if config.split_csv:
       assignment = splits_lib.read_split_csv(config.split_csv)
@@ -373,14 +384,19 @@ class RealCxrBuilder(tfds_compat.ModuleFileCodePath,
       report.info["split_csv"] = config.split_csv
       report.info["split_csv_ids_not_in_labels"] = len(unknown)
       for image_id in unknown:
-        report.note("split_csv_id_not_in_labels", image_id,
-                    "listed in the split CSV but absent from the labels CSV")
+        report.note(
+          "split_csv_id_not_in_labels",
+          image_id,
+          "listed in the split CSV but absent from the labels CSV",
+        )
       not_listed = [r for r in records if r.id not in assignment]
       report.info["images_not_in_split_csv"] = len(not_listed)
     else:
       assignment = splits_lib.split_examples(
-          {r.id: r.group or r.id for r in records}, seed=config.split_seed,
-          fractions=config.split_fractions)
+        {r.id: r.group or r.id for r in records},
+        seed=config.split_seed,
+        fractions=config.split_fractions,
+      )
       report.info["split_seed"] = config.split_seed
       report.info["split_fractions"] = list(config.split_fractions)
     by_split: dict[str, list[Record]] = {s: [] for s in splits_lib.SPLITS}
@@ -396,18 +412,15 @@ class RealCxrBuilder(tfds_compat.ModuleFileCodePath,
       report = self._report = build_report.BuildReport(self._report_name())
     records = self._read_records(manual_dir, report)
     by_split = self._assign_splits(records, report)
-    return {split: self._generate_examples(split, recs)
-            for split, recs in by_split.items() if recs}
+    return {split: self._generate_examples(split, recs) for split, recs in by_split.items() if recs}
 
   def _generate_examples(self, split: str, records: Sequence[Record]):
     config = self.builder_config
-    options = ExampleOptions(config.image_size, config.image_dtype,
-                             self.check_dicom_ids)
+    options = ExampleOptions(config.image_size, config.image_dtype, self.check_dicom_ids)
     runner = _ExampleRunner(type(self).make_example, options)
     report = self._report
     written = 0
-    for record, (status, a, b) in zip(
-        records, _map_records(runner, records, self.num_workers)):
+    for record, (status, a, b) in zip(records, _map_records(runner, records, self.num_workers)):
       if status == "skip":
         report.skip(a, record.id, b)
         continue
@@ -419,21 +432,24 @@ class RealCxrBuilder(tfds_compat.ModuleFileCodePath,
     if not written:
       # TFDS cannot write an empty split; say why instead of its assertion.
       raise EmptySplitError(
-          f"Every one of the {len(records)} images of split {split!r} was "
-          f"skipped, so {self.name} cannot be built.\n{report.format()}")
+        f"Every one of the {len(records)} images of split {split!r} was "
+        f"skipped, so {self.name} cannot be built.\n{report.format()}"
+      )
 
   def _report_name(self) -> str:
     return f"{self.name}/{self.builder_config.name}/{self.version}"
 
   def _download_and_prepare(self, dl_manager, download_config=None, **kwargs):
     self._report = build_report.BuildReport(self._report_name())
-    super()._download_and_prepare(dl_manager=dl_manager,
-                                  download_config=download_config, **kwargs)
+    super()._download_and_prepare(dl_manager=dl_manager, download_config=download_config, **kwargs)
     # self.data_dir is still the incomplete directory here, so the report is
     # moved into place together with the dataset.
     self._report.write(self.data_dir)
-    logging.info("%s\n(saved as %s in the dataset directory)",
-                 self._report.format(), build_report.REPORT_FILENAME)
+    logging.info(
+      "%s\n(saved as %s in the dataset directory)",
+      self._report.format(),
+      build_report.REPORT_FILENAME,
+    )
 
   @property
   def report(self) -> build_report.BuildReport | None:

@@ -45,12 +45,11 @@ def _parse(rle: str) -> np.ndarray:
   try:
     tokens = np.array([int(t) for t in text.split()], np.int64)
   except ValueError as e:
-    raise RleError(f"RLE has a token that is not an integer: {e}",
-                   "malformed") from None
+    raise RleError(f"RLE has a token that is not an integer: {e}", "malformed") from None
   if tokens.size % 2:
     raise RleError(
-        f"RLE has an odd number of values ({tokens.size}); expected "
-        "'start length' pairs", "malformed")
+      f"RLE has an odd number of values ({tokens.size}); expected 'start length' pairs", "malformed"
+    )
   if (tokens < 0).any():
     raise RleError("RLE has a negative start or length", "malformed")
   return tokens
@@ -70,8 +69,9 @@ def rle_runs(rle: str, height: int, width: int) -> np.ndarray:
   size = height * width
   if ends.size and ends[-1] > size:
     raise RleError(
-        f"RLE runs to pixel {int(ends[-1])} but a {height}x{width} image has "
-        f"{size} pixels", "past_image")
+      f"RLE runs to pixel {int(ends[-1])} but a {height}x{width} image has {size} pixels",
+      "past_image",
+    )
   return np.stack([absolute_starts, lengths], axis=-1)
 
 
@@ -99,8 +99,7 @@ def rle_decode(rle: str, height: int, width: int) -> np.ndarray:
   return column_major.reshape(width, height).T
 
 
-def rle_decode_union(rles: Iterable[str], height: int,
-                     width: int) -> np.ndarray:
+def rle_decode_union(rles: Iterable[str], height: int, width: int) -> np.ndarray:
   """The union of several RLE rows of one image (bool [height, width])."""
   mask = np.zeros((height, width), bool)
   for rle in rles:

@@ -53,8 +53,7 @@ def _parse_box(row: dict[str, str]) -> tuple[float, float, float, float] | None:
   return x, y, w, h
 
 
-def read_labels(manual_dir: str,
-                report: build_report.BuildReport) -> list[real_builder.Record]:
+def read_labels(manual_dir: str, report: build_report.BuildReport) -> list[real_builder.Record]:
   """Records from the labels CSV (and class info); bad patients are reported."""
   path = os.path.join(manual_dir, LABELS_CSV)
   targets: dict[str, set[int]] = {}
@@ -66,13 +65,11 @@ def read_labels(manual_dir: str,
     reader.fieldnames = fields
     needed = {"patientId", "x", "y", "width", "height", "Target"}
     if not needed <= set(fields):
-      raise ValueError(f"{path}: expected columns {sorted(needed)}, found "
-                       f"{fields}")
+      raise ValueError(f"{path}: expected columns {sorted(needed)}, found {fields}")
     for line, row in enumerate(reader, start=2):
       patient = (row.get("patientId") or "").strip()
       if not patient:
-        report.skip("csv_row_unparsable", f"{LABELS_CSV}:{line}",
-                    f"no patientId in row {row}")
+        report.skip("csv_row_unparsable", f"{LABELS_CSV}:{line}", f"no patientId in row {row}")
         continue
       try:
         target = int((row.get("Target") or "").strip())
@@ -99,27 +96,30 @@ def read_labels(manual_dir: str,
       report.skip("csv_row_unparsable", patient, bad[patient])
       continue
     if len(targets[patient]) > 1:
-      report.skip("label_conflict", patient,
-                  "rows with both Target 0 and Target 1")
+      report.skip("label_conflict", patient, "rows with both Target 0 and Target 1")
       continue
     label = targets[patient].pop()
-    if patient in class_info and (class_info[patient] == _POSITIVE_CLASS) != (
-        label == 1):
-      report.skip("label_conflict", patient,
-                  f"Target {label} but class '{class_info[patient]}'")
+    if patient in class_info and (class_info[patient] == _POSITIVE_CLASS) != (label == 1):
+      report.skip("label_conflict", patient, f"Target {label} but class '{class_info[patient]}'")
       continue
     xywh = np.array(boxes.get(patient, []), np.float64).reshape(-1, 4)
     # (x, y, w, h) -> (ymin, xmin, ymax, xmax)
-    yxyx = np.stack([xywh[:, 1], xywh[:, 0], xywh[:, 1] + xywh[:, 3],
-                     xywh[:, 0] + xywh[:, 2]], axis=-1)
-    records.append(real_builder.Record(
-        id=patient, path=os.path.join(manual_dir, IMAGES_DIR, f"{patient}.dcm"),
-        label=label, group=patient, boxes=yxyx))
+    yxyx = np.stack(
+      [xywh[:, 1], xywh[:, 0], xywh[:, 1] + xywh[:, 3], xywh[:, 0] + xywh[:, 2]], axis=-1
+    )
+    records.append(
+      real_builder.Record(
+        id=patient,
+        path=os.path.join(manual_dir, IMAGES_DIR, f"{patient}.dcm"),
+        label=label,
+        group=patient,
+        boxes=yxyx,
+      )
+    )
   return records
 
 
-def _read_class_info(manual_dir: str,
-                     report: build_report.BuildReport) -> dict[str, str]:
+def _read_class_info(manual_dir: str, report: build_report.BuildReport) -> dict[str, str]:
   path = os.path.join(manual_dir, CLASS_INFO_CSV)
   if not os.path.exists(path):
     report.info["class_info"] = "absent"
@@ -138,8 +138,9 @@ def _read_class_info(manual_dir: str,
   return info
 
 
-def make_example(record: real_builder.Record, options: real_builder.ExampleOptions
-                 ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+def make_example(
+  record: real_builder.Record, options: real_builder.ExampleOptions
+) -> tuple[dict[str, Any], list[tuple[str, str]]]:
   """Reads the DICOM and builds the example; raises SkipExample/DicomError."""
   size = options.image_size
   image, info = dicom.load_image(record.path, size, options.image_dtype)
@@ -153,17 +154,17 @@ def make_example(record: real_builder.Record, options: real_builder.ExampleOptio
     if outside.any():
       bad = boxes[outside.any(axis=1)][0]
       raise real_builder.SkipExample(
-          "box_outside_image",
-          f"box (ymin, xmin, ymax, xmax) {bad.tolist()} is outside the "
-          f"{rows}x{cols} image")
+        "box_outside_image",
+        f"box (ymin, xmin, ymax, xmax) {bad.tolist()} is outside the {rows}x{cols} image",
+      )
   boxes = np.clip(real_builder.scale_boxes(boxes, (rows, cols), size), 0, size)
   mask = real_builder.rasterize_boxes(boxes, size)
   example = {
-      "id": record.id,
-      "image": image,
-      "label": record.label,
-      "mask": mask[..., None],
-      "boxes": boxes.astype(np.float32).reshape(-1, 4),
+    "id": record.id,
+    "image": image,
+    "label": record.label,
+    "mask": mask[..., None],
+    "boxes": boxes.astype(np.float32).reshape(-1, 4),
   }
   return example, []
 

@@ -55,16 +55,14 @@ def index_dicoms(images_dir: str) -> dict[str, list[str]]:
 
 def _patient_id(path: str) -> str | None:
   try:
-    ds = pydicom.dcmread(path, stop_before_pixels=True,
-                         specific_tags=["PatientID"])
+    ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID"])
     value = ds.get("PatientID")
     return str(value).strip() or None if value is not None else None
   except Exception:  # pylint: disable=broad-except
     return None  # reported when the image itself is read
 
 
-def read_rles(manual_dir: str,
-              report: build_report.BuildReport) -> list[real_builder.Record]:
+def read_rles(manual_dir: str, report: build_report.BuildReport) -> list[real_builder.Record]:
   """Records from train-rle.csv joined with the DICOM files."""
   path = os.path.join(manual_dir, RLE_CSV)
   rles: dict[str, list[str]] = {}
@@ -72,17 +70,16 @@ def read_rles(manual_dir: str,
     reader = csv.reader(f, skipinitialspace=True)
     header = [h.strip() for h in next(reader, [])]
     if header[:2] != ["ImageId", "EncodedPixels"]:
-      raise ValueError(f"{path}: expected header 'ImageId, EncodedPixels', "
-                       f"found {header}")
+      raise ValueError(f"{path}: expected header 'ImageId, EncodedPixels', found {header}")
     for line, row in enumerate(reader, start=2):
       if not row:
         continue
       if len(row) != 2 or not row[0].strip() or not row[1].strip():
-        report.skip("csv_row_unparsable",
-                    (row[0].strip() if row and row[0].strip() else
-                     f"{RLE_CSV}:{line}"),
-                    f"{RLE_CSV}:{line}: expected 'ImageId, EncodedPixels', "
-                    f"got {row}")
+        report.skip(
+          "csv_row_unparsable",
+          (row[0].strip() if row and row[0].strip() else f"{RLE_CSV}:{line}"),
+          f"{RLE_CSV}:{line}: expected 'ImageId, EncodedPixels', got {row}",
+        )
         if row and row[0].strip():
           rles[row[0].strip()] = None  # the image's mask is incomplete
         continue
@@ -99,21 +96,27 @@ def read_rles(manual_dir: str,
       continue  # already reported
     paths = files.get(image_id, [])
     if not paths:
-      report.skip("dicom_missing_file", image_id,
-                  f"no {image_id}.dcm under {IMAGES_DIR}/")
+      report.skip("dicom_missing_file", image_id, f"no {image_id}.dcm under {IMAGES_DIR}/")
       continue
     if len(paths) > 1:
       report.skip("duplicate_file", image_id, f"several files: {paths[:3]}")
       continue
     positive = any(r not in ("-1", "") for r in rles[image_id])
-    records.append(real_builder.Record(
-        id=image_id, path=paths[0], label=int(positive),
-        group=_patient_id(paths[0]) or image_id, rles=tuple(rles[image_id])))
+    records.append(
+      real_builder.Record(
+        id=image_id,
+        path=paths[0],
+        label=int(positive),
+        group=_patient_id(paths[0]) or image_id,
+        rles=tuple(rles[image_id]),
+      )
+    )
   return records
 
 
-def make_example(record: real_builder.Record, options: real_builder.ExampleOptions
-                 ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+def make_example(
+  record: real_builder.Record, options: real_builder.ExampleOptions
+) -> tuple[dict[str, Any], list[tuple[str, str]]]:
   """Reads the DICOM, decodes the RLE at its size and resizes both."""
   size = options.image_size
   image, info = dicom.load_image(record.path, size, options.image_dtype)
@@ -125,18 +128,22 @@ def make_example(record: real_builder.Record, options: real_builder.ExampleOptio
   if record.label and not full_mask.any():
     # e.g. "0 0": runs of length zero. The label follows the pixels.
     raise real_builder.SkipExample(
-        "rle_empty_positive", "EncodedPixels is not -1 but marks no pixel")
+      "rle_empty_positive", "EncodedPixels is not -1 but marks no pixel"
+    )
   mask, redrawn = real_builder.resize_mask(full_mask, size)
   if redrawn:
-    notes.append(("mask_redrawn_after_resize",
-                  f"{int(full_mask.sum())} pixels at {rows}x{cols} vanished "
-                  f"under nearest resizing to {size}"))
+    notes.append(
+      (
+        "mask_redrawn_after_resize",
+        f"{int(full_mask.sum())} pixels at {rows}x{cols} vanished under nearest resizing to {size}",
+      )
+    )
   example = {
-      "id": record.id,
-      "image": image,
-      "label": record.label,
-      "mask": mask[..., None],
-      "boxes": np.zeros((0, 4), np.float32),
+    "id": record.id,
+    "image": image,
+    "label": record.label,
+    "mask": mask[..., None],
+    "boxes": np.zeros((0, 4), np.float32),
   }
   return example, notes
 

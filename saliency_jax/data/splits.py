@@ -25,9 +25,13 @@ SPLITS = ("train", "validation", "test")
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
 
 _SPLIT_ALIASES = {
-    "train": "train", "training": "train",
-    "val": "validation", "valid": "validation", "validation": "validation",
-    "test": "test", "testing": "test",
+  "train": "train",
+  "training": "train",
+  "val": "validation",
+  "valid": "validation",
+  "validation": "validation",
+  "test": "test",
+  "testing": "test",
 }
 _STRIPPED_EXTENSIONS = (".png", ".dcm", ".jpg", ".jpeg")
 
@@ -37,14 +41,15 @@ def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
   fractions = tuple(float(f) for f in fractions)
   if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
     raise ValueError(
-        "split fractions must be three non-negative numbers (train, "
-        f"validation, test) summing to 1, got {fractions}")
+      "split fractions must be three non-negative numbers (train, "
+      f"validation, test) summing to 1, got {fractions}"
+    )
   return fractions
 
 
-def split_by_group(groups: Iterable[str], *, seed: int,
-                   fractions: Sequence[float] = DEFAULT_FRACTIONS
-                   ) -> dict[str, str]:
+def split_by_group(
+  groups: Iterable[str], *, seed: int, fractions: Sequence[float] = DEFAULT_FRACTIONS
+) -> dict[str, str]:
   """Assigns each distinct group (patient) to a split.
 
   Args:
@@ -64,18 +69,16 @@ def split_by_group(groups: Iterable[str], *, seed: int,
   bounds = (n_train, n_train + n_val)
   assignment = {}
   for rank, index in enumerate(order):
-    split = SPLITS[0] if rank < bounds[0] else (
-        SPLITS[1] if rank < bounds[1] else SPLITS[2])
+    split = SPLITS[0] if rank < bounds[0] else (SPLITS[1] if rank < bounds[1] else SPLITS[2])
     assignment[unique[index]] = split
   return assignment
 
 
-def split_examples(example_groups: Mapping[str, str], *, seed: int,
-                   fractions: Sequence[float] = DEFAULT_FRACTIONS
-                   ) -> dict[str, str]:
+def split_examples(
+  example_groups: Mapping[str, str], *, seed: int, fractions: Sequence[float] = DEFAULT_FRACTIONS
+) -> dict[str, str]:
   """{example id: split} from {example id: group}, splitting by group."""
-  by_group = split_by_group(example_groups.values(), seed=seed,
-                            fractions=fractions)
+  by_group = split_by_group(example_groups.values(), seed=seed, fractions=fractions)
   return {ex: by_group[group] for ex, group in example_groups.items()}
 
 
@@ -85,7 +88,7 @@ def normalize_image_id(image_id: str) -> str:
   lower = image_id.lower()
   for ext in _STRIPPED_EXTENSIONS:
     if lower.endswith(ext):
-      return image_id[:-len(ext)]
+      return image_id[: -len(ext)]
   return image_id
 
 
@@ -103,8 +106,8 @@ def read_split_csv(path: str | os.PathLike[str]) -> dict[str, str]:
     fields = {name.strip(): name for name in (reader.fieldnames or [])}
     if "Image_ID" not in fields or "Split" not in fields:
       raise ValueError(
-          f"{path}: a split CSV needs columns 'Image_ID' and 'Split', found "
-          f"{reader.fieldnames}")
+        f"{path}: a split CSV needs columns 'Image_ID' and 'Split', found {reader.fieldnames}"
+      )
     for line, row in enumerate(reader, start=2):
       image_id = normalize_image_id(row[fields["Image_ID"]] or "")
       value = (row[fields["Split"]] or "").strip().lower()
@@ -112,11 +115,12 @@ def read_split_csv(path: str | os.PathLike[str]) -> dict[str, str]:
         raise ValueError(f"{path}:{line}: empty Image_ID")
       if value not in _SPLIT_ALIASES:
         raise ValueError(
-            f"{path}:{line}: unknown split {value!r} for {image_id}; expected "
-            f"one of {sorted(_SPLIT_ALIASES)}")
+          f"{path}:{line}: unknown split {value!r} for {image_id}; expected "
+          f"one of {sorted(_SPLIT_ALIASES)}"
+        )
       split = _SPLIT_ALIASES[value]
       if assignment.setdefault(image_id, split) != split:
         raise ValueError(
-            f"{path}:{line}: {image_id} is listed in both "
-            f"{assignment[image_id]} and {split}")
+          f"{path}:{line}: {image_id} is listed in both {assignment[image_id]} and {split}"
+        )
   return assignment

@@ -12,6 +12,7 @@ side in one data_dir, and any such name can be read (or, with `download=True`, g
 Example order is the generation order (shuffling disabled), so example `i` of a split is
 `synthetic_images.generate_example(i, split=...)` and its id is `synthetic_<split>_<i:06d>`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,13 +25,15 @@ from saliency_jax.data import synthetic_images
 from saliency_jax.data import tfds_compat
 
 _NAME_RE = re.compile(
-    r"^s(?P<image_size>\d+)_n(?P<num_train>\d+)-(?P<num_val>\d+)-(?P<num_test>\d+)"
-    r"_seed(?P<seed>\d+)_d(?P<difficulty>[0-9.e+-]+)_p(?P<positive_fraction>[0-9.e+-]+)$")
+  r"^s(?P<image_size>\d+)_n(?P<num_train>\d+)-(?P<num_val>\d+)-(?P<num_test>\d+)"
+  r"_seed(?P<seed>\d+)_d(?P<difficulty>[0-9.e+-]+)_p(?P<positive_fraction>[0-9.e+-]+)$"
+)
 
 
 @dataclasses.dataclass
 class SyntheticCxrConfig(tfds.core.BuilderConfig):
   """Settings of one synthetic dataset; `name` must be `config_name(...)` of the settings."""
+
   image_size: int = 64
   num_train: int = 1200
   num_val: int = 300
@@ -40,27 +43,45 @@ class SyntheticCxrConfig(tfds.core.BuilderConfig):
   positive_fraction: float = 0.5
 
 
-def config_name(*, image_size, num_train, num_val, num_test, seed, difficulty,
-                positive_fraction) -> str:
+def config_name(
+  *, image_size, num_train, num_val, num_test, seed, difficulty, positive_fraction
+) -> str:
   """The config name that encodes these settings (floats as their shortest exact repr)."""
-  return (f"s{int(image_size)}_n{int(num_train)}-{int(num_val)}-{int(num_test)}"
-          f"_seed{int(seed)}_d{float(difficulty)!r}_p{float(positive_fraction)!r}")
+  return (
+    f"s{int(image_size)}_n{int(num_train)}-{int(num_val)}-{int(num_test)}"
+    f"_seed{int(seed)}_d{float(difficulty)!r}_p{float(positive_fraction)!r}"
+  )
 
 
-def make_config(*, image_size=64, num_train=1200, num_val=300, num_test=300, seed=0,
-                difficulty=synthetic_images.DEFAULT_DIFFICULTY,
-                positive_fraction=0.5) -> SyntheticCxrConfig:
+def make_config(
+  *,
+  image_size=64,
+  num_train=1200,
+  num_val=300,
+  num_test=300,
+  seed=0,
+  difficulty=synthetic_images.DEFAULT_DIFFICULTY,
+  positive_fraction=0.5,
+) -> SyntheticCxrConfig:
   """A config for these settings, validated, named by `config_name`."""
   synthetic_images._check_settings(image_size, difficulty, positive_fraction)  # pylint: disable=protected-access
   counts = (num_train, num_val, num_test)
   if any(int(n) != n or n < 0 for n in counts) or seed < 0 or int(seed) != seed:
     raise ValueError(f"Counts and seed must be non-negative integers, got {counts}, {seed=}.")
-  settings = dict(image_size=int(image_size), num_train=int(num_train), num_val=int(num_val),
-                  num_test=int(num_test), seed=int(seed), difficulty=float(difficulty),
-                  positive_fraction=float(positive_fraction))
-  return SyntheticCxrConfig(name=config_name(**settings),
-                            description="Procedural chest radiographs: " + str(settings),
-                            **settings)
+  settings = dict(
+    image_size=int(image_size),
+    num_train=int(num_train),
+    num_val=int(num_val),
+    num_test=int(num_test),
+    seed=int(seed),
+    difficulty=float(difficulty),
+    positive_fraction=float(positive_fraction),
+  )
+  return SyntheticCxrConfig(
+    name=config_name(**settings),
+    description="Procedural chest radiographs: " + str(settings),
+    **settings,
+  )
 
 
 def parse_config_name(name: str) -> SyntheticCxrConfig | None:
@@ -70,8 +91,11 @@ def parse_config_name(name: str) -> SyntheticCxrConfig | None:
     return None
   g = match.groupdict()
   try:
-    config = make_config(**{k: (float(v) if k in ("difficulty", "positive_fraction") else int(v))
-                            for k, v in g.items()})
+    config = make_config(
+      **{
+        k: (float(v) if k in ("difficulty", "positive_fraction") else int(v)) for k, v in g.items()
+      }
+    )
   except ValueError:
     return None
   return config if config.name == name else None  # only canonical spellings
@@ -96,17 +120,19 @@ class SyntheticCxr(tfds_compat.NoTensorFlowMixin, tfds.core.GeneratorBasedBuilde
   def _info(self) -> tfds.core.DatasetInfo:
     s = self.builder_config.image_size
     return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            "id": tfds.features.Text(),
-            "image": tfds.features.Tensor(shape=(s, s, 1), dtype=np.uint8, encoding="zlib"),
-            "label": tfds.features.ClassLabel(names=["no_lesion", "lesion"]),
-            "mask": tfds.features.Tensor(shape=(s, s, 1), dtype=np.uint8, encoding="zlib"),
-            "boxes": tfds.features.Tensor(shape=(None, 4), dtype=np.float32),
-        }),
-        supervised_keys=("image", "label"),
-        disable_shuffling=True,
+      builder=self,
+      description=__doc__,
+      features=tfds.features.FeaturesDict(
+        {
+          "id": tfds.features.Text(),
+          "image": tfds.features.Tensor(shape=(s, s, 1), dtype=np.uint8, encoding="zlib"),
+          "label": tfds.features.ClassLabel(names=["no_lesion", "lesion"]),
+          "mask": tfds.features.Tensor(shape=(s, s, 1), dtype=np.uint8, encoding="zlib"),
+          "boxes": tfds.features.Tensor(shape=(None, 4), dtype=np.float32),
+        }
+      ),
+      supervised_keys=("image", "label"),
+      disable_shuffling=True,
     )
 
   def _split_generators(self, dl_manager):
@@ -117,28 +143,47 @@ class SyntheticCxr(tfds_compat.NoTensorFlowMixin, tfds.core.GeneratorBasedBuilde
 
   def _generate_examples(self, split: str, num_examples: int):
     c = self.builder_config
-    for e in synthetic_images.generate_split(split, num_examples, seed=c.seed,
-                                             image_size=c.image_size,
-                                             difficulty=c.difficulty,
-                                             positive_fraction=c.positive_fraction):
+    for e in synthetic_images.generate_split(
+      split,
+      num_examples,
+      seed=c.seed,
+      image_size=c.image_size,
+      difficulty=c.difficulty,
+      positive_fraction=c.positive_fraction,
+    ):
       index = int(e.id.rsplit("_", 1)[1])
-      yield index, {"id": e.id, "image": e.image, "label": e.label, "mask": e.mask,
-                    "boxes": e.boxes}
+      yield (
+        index,
+        {"id": e.id, "image": e.image, "label": e.label, "mask": e.mask, "boxes": e.boxes},
+      )
 
 
-def build_synthetic(data_dir: str, *, image_size: int = 64, num_train: int = 1200,
-                    num_val: int = 300, num_test: int = 300, seed: int = 0,
-                    difficulty: float = synthetic_images.DEFAULT_DIFFICULTY,
-                    positive_fraction: float = 0.5) -> str:
+def build_synthetic(
+  data_dir: str,
+  *,
+  image_size: int = 64,
+  num_train: int = 1200,
+  num_val: int = 300,
+  num_test: int = 300,
+  seed: int = 0,
+  difficulty: float = synthetic_images.DEFAULT_DIFFICULTY,
+  positive_fraction: float = 0.5,
+) -> str:
   """Generates the dataset with these settings under `data_dir` unless it is already there.
 
   Returns the name to pass to `tfds.data_source(name, data_dir=data_dir)`. A second call with
   the same settings does nothing. In a multi-process job call it on one process and wait (TFDS
   writes into a temporary directory and renames it, so readers never see a partial dataset).
   """
-  config = make_config(image_size=image_size, num_train=num_train, num_val=num_val,
-                       num_test=num_test, seed=seed, difficulty=difficulty,
-                       positive_fraction=positive_fraction)
+  config = make_config(
+    image_size=image_size,
+    num_train=num_train,
+    num_val=num_val,
+    num_test=num_test,
+    seed=seed,
+    difficulty=difficulty,
+    positive_fraction=positive_fraction,
+  )
   # By name: TFDS only accepts config objects that are not among (or parsed as) its configs.
   builder = SyntheticCxr(config=config.name, data_dir=data_dir, file_format="array_record")
   if not builder.is_prepared():

@@ -16,6 +16,7 @@ Coordinates: pixel (r, c) covers [r, r+1) x [c, c+1). Boxes are (ymin, xmin, yma
 continuous pixel coordinates with exclusive ends, so `mask[ymin:ymax, xmin:xmax]` is the smallest
 rectangle holding the lesion (the convention of box-labelled data such as RSNA's x, y, w, h).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -38,12 +39,13 @@ DEFAULT_DIFFICULTY = 1.0
 @dataclasses.dataclass(frozen=True)
 class Example:
   """One generated example (the fields of the dataset contract, plus the lung mask)."""
+
   id: str
-  image: np.ndarray    # uint8 [S, S, 1]
-  label: int           # 0 or 1
-  mask: np.ndarray     # uint8 [S, S, 1], values {0, 1}
-  boxes: np.ndarray    # float32 [n, 4] (ymin, xmin, ymax, xmax), n = number of lesions
-  lungs: np.ndarray    # bool [S, S], where lesions may lie (for diagnostics and tests)
+  image: np.ndarray  # uint8 [S, S, 1]
+  label: int  # 0 or 1
+  mask: np.ndarray  # uint8 [S, S, 1], values {0, 1}
+  boxes: np.ndarray  # float32 [n, 4] (ymin, xmin, ymax, xmax), n = number of lesions
+  lungs: np.ndarray  # bool [S, S], where lesions may lie (for diagnostics and tests)
 
 
 def example_seed(seed: int, split: str, index: int) -> np.random.SeedSequence:
@@ -60,7 +62,7 @@ def _gaussian_transfer(size: int, sigma: float) -> np.ndarray:
   """Fourier transfer function of a Gaussian blur of `sigma` pixels on a periodic grid."""
   fy = np.fft.fftfreq(size)[:, None]
   fx = np.fft.rfftfreq(size)[None, :]
-  return np.exp(-2.0 * (np.pi * sigma) ** 2 * (fy ** 2 + fx ** 2))
+  return np.exp(-2.0 * (np.pi * sigma) ** 2 * (fy**2 + fx**2))
 
 
 def _smooth_noise(rng: np.random.Generator, size: int, sigma: float) -> np.ndarray:
@@ -110,24 +112,26 @@ def _draw_anatomy(rng, yy, xx, s):
   gap = rng.uniform(0.05, 0.07)
   lung_rx = rng.uniform(0.17, 0.2)
   lung_params = (
-      (lung_cy, cx - gap - lung_rx, lung_ry, lung_rx, -0.08 + tilt),
-      (lung_cy + 0.01, cx + gap + 0.9 * lung_rx, lung_ry * 0.97, 0.9 * lung_rx, 0.08 + tilt),
+    (lung_cy, cx - gap - lung_rx, lung_ry, lung_rx, -0.08 + tilt),
+    (lung_cy + 0.01, cx + gap + 0.9 * lung_rx, lung_ry * 0.97, 0.9 * lung_rx, 0.08 + tilt),
   )
   lung_rho = np.minimum(*[_ellipse_radius(yy, xx, *p) for p in lung_params])
   lungs = lung_rho < 0.92  # Lesions stay clear of the soft lung edge.
   air = _soft_inside(lung_rho, 0.06)
   # Lungs are darkest laterally and at the apices' periphery; hila (medial) denser.
   lung_depth = rng.uniform(0.26, 0.32)
-  hilum = 0.10 * np.exp(-((np.abs(xx - cx) - gap - 0.05) / 0.07) ** 2
-                        - ((yy - lung_cy) / 0.15) ** 2)
+  hilum = 0.10 * np.exp(
+    -(((np.abs(xx - cx) - gap - 0.05) / 0.07) ** 2) - ((yy - lung_cy) / 0.15) ** 2
+  )
   img = img - air * (lung_depth - hilum)
 
   # Heart: bright ellipse low in the mediastinum, bulging to the image right.
-  heart = _soft_inside(_ellipse_radius(yy, xx, lung_cy + 0.17, cx + 0.05, 0.15,
-                                       rng.uniform(0.13, 0.17), 0.3), 0.08)
+  heart = _soft_inside(
+    _ellipse_radius(yy, xx, lung_cy + 0.17, cx + 0.05, 0.15, rng.uniform(0.13, 0.17), 0.3), 0.08
+  )
   img = img + 0.16 * heart * (1 - 0.7 * air)
   # Spine: a faint vertical band with vertebral modulation.
-  spine = np.exp(-((xx - cx) / 0.045) ** 2) * (0.8 + 0.2 * np.cos(2 * np.pi * yy * 14))
+  spine = np.exp(-(((xx - cx) / 0.045) ** 2)) * (0.8 + 0.2 * np.cos(2 * np.pi * yy * 14))
   img = img + 0.10 * spine * body
 
   # Ribs: arched bands on each side, brightest over the lungs where contrast is highest.
@@ -138,13 +142,13 @@ def _draw_anatomy(rng, yy, xx, s):
   dx = np.abs(xx - cx)
   # Posterior ribs rise from the spine then fall laterally, more steeply lower down.
   steep = 1.0 + 0.8 * np.linspace(0, 1, n_ribs, dtype=np.float32)[:, None, None]
-  arch = 0.9 * dx - steep * 2.2 * dx ** 2
+  arch = 0.9 * dx - steep * 2.2 * dx**2
   d = (yy[None] - (rib_y0[:, None, None] - arch)) / thick
   ribs = np.exp(-(d * d).min(axis=0)) * (dx > 0.04)  # = max over ribs, one exp
   img = img + rng.uniform(0.05, 0.08) * ribs * body * (0.4 + 0.6 * air)
   # Clavicles: bright oblique bands at the top.
   clav_y = lung_cy - lung_ry + 0.02 - 0.25 * (dx - 0.22) ** 2 * 4 + 0.15 * (dx - 0.05)
-  clav = np.exp(-((yy - clav_y) / 0.022) ** 2) * (dx > 0.04) * (dx < 0.38)
+  clav = np.exp(-(((yy - clav_y) / 0.022) ** 2)) * (dx > 0.04) * (dx < 0.38)
   img = img + 0.12 * clav * body
 
   # Vessels/texture inside lungs, a smooth soft-tissue gradient, then fine noise.
@@ -214,8 +218,9 @@ def _draw_distractors(rng, img, yy, xx, s):
     stroke = max(1.2 * px, 0.25 * w)
     y0 = rng.uniform(0.04, 0.12)
     x0 = rng.uniform(0.04, 0.10) if rng.random() < 0.5 else rng.uniform(0.80, 0.92) - w
-    in_l = (((yy >= y0) & (yy < y0 + h) & (xx >= x0) & (xx < x0 + stroke))
-            | ((yy >= y0 + h - stroke) & (yy < y0 + h) & (xx >= x0) & (xx < x0 + w)))
+    in_l = ((yy >= y0) & (yy < y0 + h) & (xx >= x0) & (xx < x0 + stroke)) | (
+      (yy >= y0 + h - stroke) & (yy < y0 + h) & (xx >= x0) & (xx < x0 + w)
+    )
     img = np.where(in_l, rng.uniform(0.9, 1.0), img)
   # A line or tube: a thin bright curve entering from the top, often crossing a lung.
   if rng.random() < 0.5:
@@ -226,7 +231,7 @@ def _draw_distractors(rng, img, yy, xx, s):
     t = np.clip(yy / y_end, 0, 1)
     x_line = x_start + (x_end - x_start) * t + bend * np.sin(np.pi * t)
     width = rng.uniform(0.7, 1.2) * px
-    line = np.exp(-((xx - x_line) / width) ** 2) * (yy < y_end)
+    line = np.exp(-(((xx - x_line) / width) ** 2)) * (yy < y_end)
     img = img + rng.uniform(0.25, 0.4) * line
   # ECG electrodes: small bright rings with a dot, anywhere on the chest, lungs included.
   if rng.random() < 0.6:
@@ -234,14 +239,20 @@ def _draw_distractors(rng, img, yy, xx, s):
       cy, cx = rng.uniform(0.2, 0.9), rng.uniform(0.15, 0.85)
       rad = rng.uniform(0.025, 0.035)
       d = np.hypot(yy - cy, xx - cx)
-      ring = np.exp(-((d - rad) / (0.6 * px)) ** 2) + np.exp(-(d / (0.8 * px)) ** 2)
+      ring = np.exp(-(((d - rad) / (0.6 * px)) ** 2)) + np.exp(-((d / (0.8 * px)) ** 2))
       img = img + rng.uniform(0.3, 0.5) * np.clip(ring, 0, 1)
   return img
 
 
-def generate_example(index: int, *, split: str = "train", seed: int = 0, image_size: int = 64,
-                     difficulty: float = DEFAULT_DIFFICULTY,
-                     positive_fraction: float = 0.5) -> Example:
+def generate_example(
+  index: int,
+  *,
+  split: str = "train",
+  seed: int = 0,
+  image_size: int = 64,
+  difficulty: float = DEFAULT_DIFFICULTY,
+  positive_fraction: float = 0.5,
+) -> Example:
   """Generates example `index` of `split` (deterministic, independent of other examples)."""
   _check_settings(image_size, difficulty, positive_fraction)
   rng = np.random.default_rng(example_seed(seed, split, index))
@@ -257,8 +268,14 @@ def generate_example(index: int, *, split: str = "train", seed: int = 0, image_s
   img = _draw_distractors(rng, img, yy, xx, s)
   img = img + rng.uniform(0.012, 0.025) * rng.standard_normal((s, s))  # quantum noise
   image = np.clip(np.round(np.clip(img, 0, 1) * 255), 0, 255).astype(np.uint8)
-  return Example(id=f"synthetic_{split}_{index:06d}", image=image[..., None], label=label,
-                 mask=mask.astype(np.uint8)[..., None], boxes=boxes, lungs=lungs)
+  return Example(
+    id=f"synthetic_{split}_{index:06d}",
+    image=image[..., None],
+    label=label,
+    mask=mask.astype(np.uint8)[..., None],
+    boxes=boxes,
+    lungs=lungs,
+  )
 
 
 def generate_split(split: str, num_examples: int, **kwargs) -> Iterator[Example]:
@@ -271,12 +288,12 @@ def generate_arrays(split: str, num_examples: int, **kwargs) -> dict[str, object
   """A split as stacked arrays (same fields as `saliency_jax.data.load_arrays`), for tests."""
   examples = list(generate_split(split, num_examples, **kwargs))
   return {
-      "id": np.array([e.id for e in examples]),
-      "image": np.stack([e.image for e in examples]),
-      "label": np.array([e.label for e in examples], np.int64),
-      "mask": np.stack([e.mask[..., 0].astype(bool) for e in examples]),
-      "boxes": [e.boxes for e in examples],
-      "index": np.arange(num_examples, dtype=np.int64),
+    "id": np.array([e.id for e in examples]),
+    "image": np.stack([e.image for e in examples]),
+    "label": np.array([e.label for e in examples], np.int64),
+    "mask": np.stack([e.mask[..., 0].astype(bool) for e in examples]),
+    "boxes": [e.boxes for e in examples],
+    "index": np.arange(num_examples, dtype=np.int64),
   }
 
 
@@ -284,7 +301,8 @@ def _check_settings(image_size, difficulty, positive_fraction):
   if not isinstance(image_size, (int, np.integer)) or image_size < 16:
     raise ValueError(f"image_size must be an integer >= 16, got {image_size!r}.")
   if not difficulty > 0.0:
-    raise ValueError(f"difficulty must be positive (lesion contrast scales as 1 / difficulty), "
-                     f"got {difficulty!r}.")
+    raise ValueError(
+      f"difficulty must be positive (lesion contrast scales as 1 / difficulty), got {difficulty!r}."
+    )
   if not 0.0 <= positive_fraction <= 1.0:
     raise ValueError(f"positive_fraction must lie in [0, 1], got {positive_fraction!r}.")

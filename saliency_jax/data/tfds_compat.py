@@ -1,4 +1,5 @@
 """Makes TFDS 4.9 builders prepare and read array_record datasets without TensorFlow."""
+
 import sys
 
 from etils import epath

@@ -1,6 +1,7 @@
 """RetinaNet's losses: sigmoid focal loss on every non-ignored anchor, and a smooth-L1 or L1
 loss on the box deltas of the positive anchors; both summed and divided by the number of
 positive anchors of the batch (at least 1), as Lin et al. 2017."""
+
 import jax
 import jax.numpy as jnp
 
@@ -13,8 +14,9 @@ FOCAL_ALPHA, FOCAL_GAMMA = 0.25, 2.0
 SMOOTH_L1_BETA = 1.0 / 9  # Detectron's RetinaNet
 
 
-def focal_loss(logits: Array, targets: Array, *, alpha: float = FOCAL_ALPHA,
-               gamma: float = FOCAL_GAMMA) -> Array:
+def focal_loss(
+  logits: Array, targets: Array, *, alpha: float = FOCAL_ALPHA, gamma: float = FOCAL_GAMMA
+) -> Array:
   """Elementwise -alpha_t (1 - p_t)^gamma log(p_t), p = sigmoid(logits), targets in {0, 1}."""
   logits = logits.astype(jnp.float32)
   p = jax.nn.sigmoid(logits)
@@ -31,15 +33,23 @@ def box_loss(predicted: Array, target: Array, kind: str = "smooth_l1") -> Array:
   if kind == "l1":
     loss = diff
   elif kind == "smooth_l1":
-    loss = jnp.where(diff < SMOOTH_L1_BETA, 0.5 * diff ** 2 / SMOOTH_L1_BETA,
-                     diff - 0.5 * SMOOTH_L1_BETA)
+    loss = jnp.where(
+      diff < SMOOTH_L1_BETA, 0.5 * diff**2 / SMOOTH_L1_BETA, diff - 0.5 * SMOOTH_L1_BETA
+    )
   else:
     raise ValueError(f"Unknown box loss {kind!r}; expected one of {BOX_LOSSES}.")
   return loss.sum(-1)
 
 
-def detection_loss(class_logits: Array, box_deltas: Array, anchors: Array, boxes: Array,
-                   num_boxes: Array, *, box_loss_kind: str = "smooth_l1") -> tuple[Array, dict]:
+def detection_loss(
+  class_logits: Array,
+  box_deltas: Array,
+  anchors: Array,
+  boxes: Array,
+  num_boxes: Array,
+  *,
+  box_loss_kind: str = "smooth_l1",
+) -> tuple[Array, dict]:
   """The batch's RetinaNet loss.
 
   Args:
@@ -58,5 +68,8 @@ def detection_loss(class_logits: Array, box_deltas: Array, anchors: Array, boxes
   targets = boxes_lib.encode(matched, anchors[None])
   reg = jnp.where(positive, box_loss(box_deltas, targets, box_loss_kind), 0.0)
   class_loss, reg_loss = cls.sum() / normalizer, reg.sum() / normalizer
-  return class_loss + reg_loss, {"class_loss": class_loss, "box_loss": reg_loss,
-                                 "positives": positive.sum()}
+  return class_loss + reg_loss, {
+    "class_loss": class_loss,
+    "box_loss": reg_loss,
+    "positives": positive.sum(),
+  }

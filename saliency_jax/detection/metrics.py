@@ -6,6 +6,7 @@
 Each argument is a list with one NumPy array per image: boxes [n, 4] (ymin, xmin, ymax, xmax),
 scores [n]. Padding detections (score <= 0) are dropped.
 """
+
 import numpy as np
 
 IOU_THRESHOLDS = tuple(np.round(np.arange(0.40, 0.751, 0.05), 2))
@@ -15,12 +16,16 @@ _RECALL_POINTS = np.linspace(0.0, 1.0, 101)  # COCO's 101-point interpolation
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
   """IoU [n, m] of boxes a [n, 4] and b [m, 4] (float64)."""
   a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
-  h = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]),
-              0, None)
-  w = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]),
-              0, None)
+  h = np.clip(
+    np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None
+  )
+  w = np.clip(
+    np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None
+  )
+
   def area(x):
     return (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])
+
   union = area(a)[:, None] + area(b)[None, :] - h * w
   return np.where(union > 0, h * w / np.where(union > 0, union, 1), 0.0)
 

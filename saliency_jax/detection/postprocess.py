@@ -6,6 +6,7 @@
 Detections are a fixed number per image (`max_detections`), padded with score 0 and empty
 boxes, so every shape is static.
 """
+
 import functools
 
 import jax
@@ -15,10 +16,10 @@ from saliency_jax.detection import boxes as boxes_lib
 
 Array = jax.Array
 
-PRE_NMS_TOP_K = 1000   # Lin et al. 2017: the top 1000 anchors
+PRE_NMS_TOP_K = 1000  # Lin et al. 2017: the top 1000 anchors
 NMS_IOU = 0.5
 MAX_DETECTIONS = 100
-MIN_SCORE = 0.05       # Lin et al. 2017's detection threshold
+MIN_SCORE = 0.05  # Lin et al. 2017's detection threshold
 
 
 def nms(boxes: Array, scores: Array, iou_threshold: float = NMS_IOU) -> Array:
@@ -41,17 +42,27 @@ def nms(boxes: Array, scores: Array, iou_threshold: float = NMS_IOU) -> Array:
   return jnp.zeros_like(keep).at[order].set(keep)
 
 
-@functools.partial(jax.jit, static_argnames=("image_shape", "pre_nms_top_k", "iou_threshold",
-                                             "max_detections", "min_score"))
-def detect(class_logits: Array, box_deltas: Array, anchors: Array, *,
-           image_shape: tuple[int, int], pre_nms_top_k: int = PRE_NMS_TOP_K,
-           iou_threshold: float = NMS_IOU, max_detections: int = MAX_DETECTIONS,
-           min_score: float = MIN_SCORE) -> tuple[Array, Array]:
+@functools.partial(
+  jax.jit,
+  static_argnames=("image_shape", "pre_nms_top_k", "iou_threshold", "max_detections", "min_score"),
+)
+def detect(
+  class_logits: Array,
+  box_deltas: Array,
+  anchors: Array,
+  *,
+  image_shape: tuple[int, int],
+  pre_nms_top_k: int = PRE_NMS_TOP_K,
+  iou_threshold: float = NMS_IOU,
+  max_detections: int = MAX_DETECTIONS,
+  min_score: float = MIN_SCORE,
+) -> tuple[Array, Array]:
   """Detections of a batch: boxes [B, D, 4] clipped to the image, scores [B, D] (0: none).
 
   The `pre_nms_top_k` best anchors of an image scoring above `min_score` are decoded and
   suppressed (`nms`); the `max_detections` best survivors are returned by decreasing score.
   """
+
   def one(logits, deltas):
     k = min(pre_nms_top_k, logits.shape[0])
     scores, index = jax.lax.top_k(jax.nn.sigmoid(logits.astype(jnp.float32)), k)
@@ -82,8 +93,8 @@ def score_maps(boxes: Array, scores: Array, image_shape: tuple[int, int]) -> Arr
   xs = jnp.arange(w, dtype=jnp.float32) + 0.5
 
   def one(b, s):
-    inside_y = (ys[None, :] >= b[:, 0:1]) & (ys[None, :] < b[:, 2:3])    # [D, H]
-    inside_x = (xs[None, :] >= b[:, 1:2]) & (xs[None, :] < b[:, 3:4])    # [D, W]
+    inside_y = (ys[None, :] >= b[:, 0:1]) & (ys[None, :] < b[:, 2:3])  # [D, H]
+    inside_x = (xs[None, :] >= b[:, 1:2]) & (xs[None, :] < b[:, 3:4])  # [D, W]
     covered = inside_y[:, :, None] & inside_x[:, None, :]
     m = jnp.max(jnp.where(covered, s[:, None, None], 0.0), axis=0)
     return (m - m.min()) / (m.max() - m.min() + 1e-6)

@@ -1,4 +1,5 @@
 """Saliency maps for whole datasets: a chunked, resumable on-disk store and a sharded generator."""
+
 from saliency_jax.maps.generate import batch_mesh
 from saliency_jax.maps.generate import generate_maps
 from saliency_jax.maps.generate import map_mesh

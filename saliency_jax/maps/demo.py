@@ -4,6 +4,7 @@
 restart) get the same model and images. The model follows the model contract of
 saliency_jax.models.functions, so every MapMethod runs on it.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from saliency_jax.models.functions import ModelFunctions
 
 class TinyCNN(nn.Module):
   """conv-act-conv-act (the Grad-CAM layer), global average pooling, dense logits."""
+
   num_classes: int = 2
   features_per_layer: int = 8
   activation: Callable[[Any], Any] = nn.relu
@@ -40,9 +42,15 @@ class TinyCNN(nn.Module):
     return self.head(self.features(x))
 
 
-def tiny_problem(*, seed: int = 0, num_images: int = 16, height: int = 12, width: int = 10,
-                 channels: int = 1, num_classes: int = 2
-                 ) -> tuple[ModelFunctions, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def tiny_problem(
+  *,
+  seed: int = 0,
+  num_images: int = 16,
+  height: int = 12,
+  width: int = 10,
+  channels: int = 1,
+  num_classes: int = 2,
+) -> tuple[ModelFunctions, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
   """A TinyCNN with random weights and random images in [-1, 1], all from `seed`.
 
   Returns:
@@ -79,11 +87,13 @@ def _input_gradients(logits_fn, images, targets):
   def selected(x):
     logits = logits_fn(x)
     return jax.numpy.take_along_axis(logits, targets[:, None], axis=1).sum()
+
   return jax.grad(selected)(images)
 
 
 class DemoGradient:
   """A minimal MapMethod (the contract of saliency_jax.attributions): |input gradient|."""
+
   name = "DEMO_GRAD"
   default_settings: dict = {}
   prepare = None
@@ -95,6 +105,7 @@ class DemoGradient:
 
 class DemoSmoothGrad:
   """A minimal noisy MapMethod: mean |gradient| over noisy copies, noise keyed per image."""
+
   name = "DEMO_SG"
   default_settings: dict = {"num_samples": 4, "spread": 0.15}
   prepare = None
@@ -106,8 +117,9 @@ class DemoSmoothGrad:
     std = settings["spread"] * (images.max(axis=(1, 2, 3)) - images.min(axis=(1, 2, 3)))
 
     def noise(index, sample):  # The key depends on the image's dataset index, not its place.
-      return jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, index), sample),
-                               images.shape[1:])
+      return jax.random.normal(
+        jax.random.fold_in(jax.random.fold_in(key, index), sample), images.shape[1:]
+      )
 
     samples = jnp.arange(num_samples)
     noises = jax.vmap(lambda s: jax.vmap(lambda i: noise(i, s))(indices))(samples)

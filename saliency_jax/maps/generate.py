@@ -17,6 +17,7 @@ Memory, whatever the dataset size: on the host one chunk of images being loaded 
 chunks of maps (the one being written, the one in flight); on the devices one chunk of images
 and maps plus what the method holds in flight (its in-flight-gradients setting).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -74,8 +75,9 @@ def _load_images(images, start: int, stop: int) -> np.ndarray:
     batch = np.stack([np.asarray(images[i]) for i in range(start, stop)])
   batch = np.asarray(batch, np.float32)
   if batch.ndim != 4 or batch.shape[0] != stop - start:
-    raise ValueError(f"images[{start}:{stop}] must be [B,H,W,C] with B={stop - start}, got "
-                     f"shape {batch.shape}")
+    raise ValueError(
+      f"images[{start}:{stop}] must be [B,H,W,C] with B={stop - start}, got shape {batch.shape}"
+    )
   return batch
 
 
@@ -106,14 +108,16 @@ def _jitted_compute(method, settings: dict, mesh: Mesh) -> Callable:
   mesh). The model functions are an argument (a pytree whose leaves are a Flax model's
   variables), so every model state of an architecture reuses one compilation."""
   cache_key = ("generate", id(method), json.dumps(settings, sort_keys=True, default=repr), mesh)
-  return _execution.cached(cache_key, lambda: _sharded_compute(method, settings, mesh),
-                           owner=method)
+  return _execution.cached(
+    cache_key, lambda: _sharded_compute(method, settings, mesh), owner=method
+  )
 
 
 def _sharded_compute(method, settings: dict, mesh: Mesh) -> Callable:
   def local(model_fns, images, targets, indices, key):
-    return method.compute(model_fns, images, targets, indices=indices, key=key,
-                          settings=settings, prepared=None)
+    return method.compute(
+      model_fns, images, targets, indices=indices, key=key, settings=settings, prepared=None
+    )
 
   if mesh.size == 1:
     fn = jax.jit(local)
@@ -122,9 +126,16 @@ def _sharded_compute(method, settings: dict, mesh: Mesh) -> Callable:
     batch, replicated = NamedSharding(mesh, P(axis)), NamedSharding(mesh, P())
     # shard_map: each device runs the method on its own images; nothing crosses images.
     fn = jax.jit(
-        jax.shard_map(local, mesh=mesh, in_specs=(P(), P(axis), P(axis), P(axis), P()),
-                      out_specs=P(axis), check_vma=False),
-        in_shardings=(replicated,) + (batch,) * 3 + (replicated,), out_shardings=batch)
+      jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(P(), P(axis), P(axis), P(axis), P()),
+        out_specs=P(axis),
+        check_vma=False,
+      ),
+      in_shardings=(replicated,) + (batch,) * 3 + (replicated,),
+      out_shardings=batch,
+    )
   return fn
 
 
@@ -135,8 +146,10 @@ class _ChunkRunner:
     if len(mesh.axis_names) != 1:
       raise ValueError(f"mesh must be 1-D (the batch axis), got axes {mesh.axis_names}")
     if any(d.process_index != jax.process_index() for d in mesh.devices.flat):
-      raise ValueError("mesh must hold only this host's devices: hosts split the chunks, each "
-                       "host's devices split a chunk's images.")
+      raise ValueError(
+        "mesh must hold only this host's devices: hosts split the chunks, each "
+        "host's devices split a chunk's images."
+      )
     self.method, self.model_fns, self.settings, self.mesh = method, model_fns, settings, mesh
     self.key = key
     self.num_devices = mesh.size
@@ -151,8 +164,9 @@ class _ChunkRunner:
   def padded_size(self, n: int) -> int:
     return -(-n // self.num_devices) * self.num_devices
 
-  def dispatch(self, images: np.ndarray, targets: np.ndarray, indices: np.ndarray,
-               prepared: Any, pad_to: int) -> Callable[[], np.ndarray]:
+  def dispatch(
+    self, images: np.ndarray, targets: np.ndarray, indices: np.ndarray, prepared: Any, pad_to: int
+  ) -> Callable[[], np.ndarray]:
     """Starts the maps of one chunk; returns a function that waits for them (NumPy [n,H,W]).
 
     A jitted method runs asynchronously on the devices, so the caller can write the previous
@@ -170,17 +184,27 @@ class _ChunkRunner:
         result = self._fn(fns, *args, key)
         return lambda: np.asarray(result)[:n]
       except jax.errors.JAXTypeError as e:  # A host-side step: fall back to eager calls.
-        logging.warning("%s does not trace under jit (%s); calling it eagerly. Set "
-                        "`wrap_in_jit = False` on the method to skip this attempt.",
-                        _method_name(self.method), type(e).__name__)
+        logging.warning(
+          "%s does not trace under jit (%s); calling it eagerly. Set "
+          "`wrap_in_jit = False` on the method to skip this attempt.",
+          _method_name(self.method),
+          type(e).__name__,
+        )
         self.jitted = False
     if n % self.num_devices == 0:
       images, targets, indices = jax.device_put((images, targets, indices), self._batch)
     else:  # Cannot split evenly without padding `prepared`, whose layout is the method's.
       device = self.mesh.devices.flat[0]
       images, targets, indices = jax.device_put((images, targets, indices), device)
-    result = self.method.compute(self.model_fns, images, targets, indices=indices,
-                                 key=self.key, settings=self.settings, prepared=prepared)
+    result = self.method.compute(
+      self.model_fns,
+      images,
+      targets,
+      indices=indices,
+      key=self.key,
+      settings=self.settings,
+      prepared=prepared,
+    )
     return lambda: np.asarray(result)
 
 
@@ -196,6 +220,7 @@ class MapInputs:
     0..N-1.
   ids: str [N], image ids stored with the maps; default the indices.
   """
+
   images: Any
   targets: Any
   indices: Any = None
@@ -224,6 +249,7 @@ class MapPlan:
     deleted and computed anew, instead of being an error (with several JAX processes, host 0
     replaces it and the others wait).
   """
+
   chunk_size: int
   dtype: str = "float32"
   mesh: Mesh | None = None
@@ -237,8 +263,16 @@ class MapPlan:
   replace: bool = False
 
 
-def generate_maps(path: str, method, model_fns, inputs: MapInputs, *, key,
-                  settings: dict | None = None, plan: MapPlan) -> MapStore:
+def generate_maps(
+  path: str,
+  method,
+  model_fns,
+  inputs: MapInputs,
+  *,
+  key,
+  settings: dict | None = None,
+  plan: MapPlan,
+) -> MapStore:
   """Computes the maps of `inputs` into the store at `path`, only the chunks not there yet.
 
   Args:
@@ -264,6 +298,7 @@ def generate_maps(path: str, method, model_fns, inputs: MapInputs, *, key,
   if plan.replace and jax_hosts:
     # One host deletes a store of other maps; the others open the new one after it.
     from saliency_jax import multihost  # pylint: disable=g-import-not-at-top
+
     if process_index == 0:
       _open_store(path, method, settings, key, inputs, indices, image_shape, plan)
     multihost.barrier(f"generate_maps store:{path}")
@@ -273,11 +308,20 @@ def generate_maps(path: str, method, model_fns, inputs: MapInputs, *, key,
   todo = store.missing_chunks(process_index, process_count, verify=True)
   if todo:
     runner = _ChunkRunner(method, model_fns, settings, plan.mesh or map_mesh(), key)
-    _compute_chunks(store, todo, runner, inputs.images, targets, indices,
-                    _prepared_source(method, settings, plan),
-                    progress=plan.progress and process_index == 0, on_chunk=plan.on_chunk)
+    _compute_chunks(
+      store,
+      todo,
+      runner,
+      inputs.images,
+      targets,
+      indices,
+      _prepared_source(method, settings, plan),
+      progress=plan.progress and process_index == 0,
+      on_chunk=plan.on_chunk,
+    )
   if jax_hosts:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
     multihost_utils.sync_global_devices(f"generate_maps:{path}")
   return store
 
@@ -286,11 +330,13 @@ def _checked_inputs(inputs: MapInputs) -> tuple[np.ndarray, np.ndarray, tuple[in
   """(targets int32 [N], indices int32 [N], image shape (H, W, C)), checked."""
   num_maps = _num_images(inputs.images)
   targets = np.asarray(inputs.targets).astype(np.int32)
-  indices = (np.arange(num_maps) if inputs.indices is None
-             else np.asarray(inputs.indices)).astype(np.int32)
+  indices = (np.arange(num_maps) if inputs.indices is None else np.asarray(inputs.indices)).astype(
+    np.int32
+  )
   if targets.shape != (num_maps,) or indices.shape != (num_maps,):
-    raise ValueError(f"targets {targets.shape} and indices {indices.shape} must have shape "
-                     f"({num_maps},)")
+    raise ValueError(
+      f"targets {targets.shape} and indices {indices.shape} must have shape ({num_maps},)"
+    )
   if inputs.ids is not None and len(inputs.ids) != num_maps:
     raise ValueError(f"ids has length {len(inputs.ids)}, expected {num_maps}")
   image_shape = _first_image_shape(inputs.images)
@@ -312,17 +358,35 @@ def _recorded_settings(settings: dict) -> dict:
   return {k: v for k, v in settings.items() if k not in _SETTINGS_NOT_CHANGING_MAPS}
 
 
-def _open_store(path: str, method, settings: dict, key, inputs: MapInputs, indices: np.ndarray,
-                image_shape: tuple[int, ...], plan: MapPlan) -> MapStore:
+def _open_store(
+  path: str,
+  method,
+  settings: dict,
+  key,
+  inputs: MapInputs,
+  indices: np.ndarray,
+  image_shape: tuple[int, ...],
+  plan: MapPlan,
+) -> MapStore:
   """Creates the store, or reopens it checking that it describes the same maps."""
-  full_metadata = {"method": _method_name(method), "settings": _recorded_settings(settings),
-                   "key": _key_data(key)}
+  full_metadata = {
+    "method": _method_name(method),
+    "settings": _recorded_settings(settings),
+    "key": _key_data(key),
+  }
   full_metadata.update(plan.metadata or {})
   full_metadata = json.loads(json.dumps(full_metadata, sort_keys=True, default=repr))
   return MapStore.create_or_open(
-      path, num_maps=len(indices), map_shape=image_shape[:2], chunk_size=plan.chunk_size,
-      dtype=plan.dtype, ids=inputs.ids, indices=indices, metadata=full_metadata,
-      replace=plan.replace)
+    path,
+    num_maps=len(indices),
+    map_shape=image_shape[:2],
+    chunk_size=plan.chunk_size,
+    dtype=plan.dtype,
+    ids=inputs.ids,
+    indices=indices,
+    metadata=full_metadata,
+    replace=plan.replace,
+  )
 
 
 def _prepared_source(method, settings: dict, plan: MapPlan) -> Callable | None:
@@ -336,28 +400,41 @@ def _prepared_source(method, settings: dict, plan: MapPlan) -> Callable | None:
   if plan.prepared_dir is None:
     return lambda start, stop, ids, images: prepare(images, settings)
   cache = PreparedCache(plan.prepared_dir, _method_name(method), _recorded_settings(settings))
-  return lambda start, stop, ids, images: cache.get(start, stop, ids, images,
-                                                    lambda x: prepare(x, settings))
+  return lambda start, stop, ids, images: cache.get(
+    start, stop, ids, images, lambda x: prepare(x, settings)
+  )
 
 
-def _compute_chunks(store: MapStore, todo: list[int], runner: _ChunkRunner, images,
-                    targets: np.ndarray, indices: np.ndarray, prepared: Callable | None, *,
-                    progress: bool, on_chunk: Callable[[int, float], None] | None) -> None:
+def _compute_chunks(
+  store: MapStore,
+  todo: list[int],
+  runner: _ChunkRunner,
+  images,
+  targets: np.ndarray,
+  indices: np.ndarray,
+  prepared: Callable | None,
+  *,
+  progress: bool,
+  on_chunk: Callable[[int, float], None] | None,
+) -> None:
   """Computes and writes the chunks `todo`, one in flight on the devices while the previous one
   is written: at most two chunks of maps and one of images on the host."""
   name = _method_name(runner.method)
   bar = None
   if progress:
     import tqdm  # pylint: disable=g-import-not-at-top
+
     bar = tqdm.tqdm(total=len(todo), desc=f"{name} maps", unit="chunk")
 
   def finish(i, wait, began):
     chunk_maps = wait()
     start, stop = store.chunk_bounds(i)
     if chunk_maps.shape != (stop - start,) + store.map_shape:
-      raise ValueError(f"{name}.compute returned maps of shape {chunk_maps.shape} for "
-                       f"{stop - start} images of size {store.map_shape}; the MapMethod "
-                       "contract is float32 [B,H,W].")
+      raise ValueError(
+        f"{name}.compute returned maps of shape {chunk_maps.shape} for "
+        f"{stop - start} images of size {store.map_shape}; the MapMethod "
+        "contract is float32 [B,H,W]."
+      )
     if store.chunk_is_valid(i):  # Another job on the same store got there first: same maps.
       logging.warning("chunk %d of %s was written by another job; keeping it.", i, store.path)
     else:
@@ -375,8 +452,13 @@ def _compute_chunks(store: MapStore, todo: list[int], runner: _ChunkRunner, imag
     chunk_prepared = None
     if prepared is not None:
       chunk_prepared = prepared(start, stop, store.ids[start:stop], chunk_images)
-    wait = runner.dispatch(chunk_images, targets[start:stop], indices[start:stop],
-                           chunk_prepared, pad_to=store.chunk_size)
+    wait = runner.dispatch(
+      chunk_images,
+      targets[start:stop],
+      indices[start:stop],
+      chunk_prepared,
+      pad_to=store.chunk_size,
+    )
     del chunk_images, chunk_prepared
     if pending is not None:
       finish(*pending)

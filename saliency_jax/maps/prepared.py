@@ -8,6 +8,7 @@ two architectures get two entries), and hold the chunk's image ids; a file that 
 is recomputed, so a stale cache never gives wrong data. Boolean arrays (segment masks) are
 bit-packed and the file is zlib-compressed, since dilated segment masks are mostly zeros.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -39,8 +40,12 @@ def _pack(tree: Any) -> Any:
 
 
 def _unpack(tree: Any) -> Any:
-  if isinstance(tree, tuple) and len(tree) == 3 and isinstance(tree[0], str) and (
-      tree[0] == _PACKED_BOOL):
+  if (
+    isinstance(tree, tuple)
+    and len(tree) == 3
+    and isinstance(tree[0], str)
+    and (tree[0] == _PACKED_BOOL)
+  ):
     _, shape, bits = tree
     count = int(np.prod(shape))
     return np.unpackbits(bits, count=count).astype(bool).reshape(shape)
@@ -70,11 +75,18 @@ class PreparedCache:
   def _path(self, start: int, stop: int, images: np.ndarray) -> str:
     digest = hashlib.blake2b(np.ascontiguousarray(images).view(np.uint8), digest_size=8)
     digest.update(repr((images.shape, images.dtype.str)).encode())
-    return os.path.join(self.directory, f"prepared_{self.fingerprint}_{start:08d}_{stop:08d}_"
-                        f"{digest.hexdigest()}.pkl")
+    return os.path.join(
+      self.directory, f"prepared_{self.fingerprint}_{start:08d}_{stop:08d}_{digest.hexdigest()}.pkl"
+    )
 
-  def get(self, start: int, stop: int, ids: Sequence[str], images: np.ndarray,
-          prepare_fn: Callable[[np.ndarray], Any]) -> Any:
+  def get(
+    self,
+    start: int,
+    stop: int,
+    ids: Sequence[str],
+    images: np.ndarray,
+    prepare_fn: Callable[[np.ndarray], Any],
+  ) -> Any:
     """The prepared data of images [start, stop) with these ids, from disk or computed."""
     path = self._path(start, stop, images)
     ids = [str(i) for i in ids]
@@ -86,8 +98,12 @@ class PreparedCache:
         return _unpack(record["data"])
     self.misses += 1
     data = prepare_fn(images)
-    blob = zlib.compress(pickle.dumps(
+    blob = zlib.compress(
+      pickle.dumps(
         {"ids": ids, "fingerprint": self.fingerprint, "data": _pack(data)},
-        protocol=pickle.HIGHEST_PROTOCOL), 1)
+        protocol=pickle.HIGHEST_PROTOCOL,
+      ),
+      1,
+    )
     _atomic_write(path, lambda f: f.write(blob))
     return data

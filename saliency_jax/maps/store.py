@@ -24,6 +24,7 @@ Why plain `.npy` files and not zarr: a zarr array reads a missing chunk as its f
 resumable writer would still need its own record of finished chunks; one atomic file per chunk is
 that record, needs no extra dependency, and every chunk can be read back with NumPy alone.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
@@ -48,11 +49,12 @@ os.umask(_UMASK)
 @dataclasses.dataclass(frozen=True)
 class MapChunk:
   """One chunk of maps as read back: maps [stop - start, H, W] float32, with their images."""
+
   chunk_index: int
   start: int
   stop: int
-  maps: np.ndarray     # float32 [n, H, W], whatever the stored dtype
-  ids: np.ndarray      # str [n]
+  maps: np.ndarray  # float32 [n, H, W], whatever the stored dtype
+  ids: np.ndarray  # str [n]
   indices: np.ndarray  # int64 [n]
 
 
@@ -71,9 +73,12 @@ def _atomic_write(path: str, write_fn) -> None:
     if os.path.exists(tmp):
       os.remove(tmp)
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-      raise OSError(e.errno, f"writing {path}: disk full ({_free_space(directory)}); "
-                    "free some space and rerun the same command: finished files are kept "
-                    "and the run resumes where it stopped") from e
+      raise OSError(
+        e.errno,
+        f"writing {path}: disk full ({_free_space(directory)}); "
+        "free some space and rerun the same command: finished files are kept "
+        "and the run resumes where it stopped",
+      ) from e
     raise
 
 
@@ -95,8 +100,9 @@ def _npy_bytes(array: np.ndarray) -> bytes:
   return buffer.getvalue()
 
 
-_REPAIR_HINT = ("rerun the job that wrote the store to recompute it (a study: "
-                "`launch.run_all --redo=maps`)")
+_REPAIR_HINT = (
+  "rerun the job that wrote the store to recompute it (a study: `launch.run_all --redo=maps`)"
+)
 
 
 class MapStore:
@@ -120,11 +126,19 @@ class MapStore:
   # ---- creation -------------------------------------------------------------------------------
 
   @classmethod
-  def create_or_open(cls, path: str, *, num_maps: int, map_shape: Sequence[int],
-                     chunk_size: int, dtype: str = "float32",
-                     ids: Sequence[str] | np.ndarray | None = None,
-                     indices: Sequence[int] | np.ndarray | None = None,
-                     metadata: dict | None = None, replace: bool = False) -> MapStore:
+  def create_or_open(
+    cls,
+    path: str,
+    *,
+    num_maps: int,
+    map_shape: Sequence[int],
+    chunk_size: int,
+    dtype: str = "float32",
+    ids: Sequence[str] | np.ndarray | None = None,
+    indices: Sequence[int] | np.ndarray | None = None,
+    metadata: dict | None = None,
+    replace: bool = False,
+  ) -> MapStore:
     """Creates the store at `path`, or reopens it if it exists with the same description.
 
     Args:
@@ -153,38 +167,62 @@ class MapStore:
     map_shape = tuple(int(s) for s in map_shape)
     if len(map_shape) != 2 or min(map_shape) < 1:
       raise ValueError(f"map_shape must be (H, W) with positive sizes, got {map_shape}")
-    indices = (np.arange(num_maps, dtype=np.int64) if indices is None
-               else np.asarray(indices).astype(np.int64))
+    indices = (
+      np.arange(num_maps, dtype=np.int64)
+      if indices is None
+      else np.asarray(indices).astype(np.int64)
+    )
     ids = indices.astype(str) if ids is None else np.asarray(ids).astype(str)
     if indices.shape != (num_maps,) or ids.shape != (num_maps,):
-      raise ValueError(f"ids {ids.shape} and indices {indices.shape} must have shape "
-                       f"({num_maps},)")
-    manifest = {"format": _FORMAT, "num_maps": num_maps, "map_shape": list(map_shape),
-                "chunk_size": chunk_size, "dtype": dtype,
-                "metadata": json.loads(json.dumps(metadata or {}, sort_keys=True))}
+      raise ValueError(f"ids {ids.shape} and indices {indices.shape} must have shape ({num_maps},)")
+    manifest = {
+      "format": _FORMAT,
+      "num_maps": num_maps,
+      "map_shape": list(map_shape),
+      "chunk_size": chunk_size,
+      "dtype": dtype,
+      "metadata": json.loads(json.dumps(metadata or {}, sort_keys=True)),
+    }
 
     manifest_path = os.path.join(path, "manifest.json")
     if os.path.exists(manifest_path):
       store = cls.open(path)
-      found = {"num_maps": store.num_maps, "map_shape": list(store.map_shape),
-               "chunk_size": store.chunk_size, "dtype": store.dtype,
-               "metadata": store.metadata}
+      found = {
+        "num_maps": store.num_maps,
+        "map_shape": list(store.map_shape),
+        "chunk_size": store.chunk_size,
+        "dtype": store.dtype,
+        "metadata": store.metadata,
+      }
       wanted = {k: manifest[k] for k in found}
-      same_images = (np.array_equal(store.ids, ids) and
-                     np.array_equal(store.indices, indices))
+      same_images = np.array_equal(store.ids, ids) and np.array_equal(store.indices, indices)
       if replace and (found != wanted or not same_images):
-        logging.warning("%s holds other maps (%s): replacing them", path,
-                        "another description" if same_images else "other images")
+        logging.warning(
+          "%s holds other maps (%s): replacing them",
+          path,
+          "another description" if same_images else "other images",
+        )
         shutil.rmtree(path)
-        return cls.create_or_open(path, num_maps=num_maps, map_shape=map_shape,
-                                  chunk_size=chunk_size, dtype=dtype, ids=ids,
-                                  indices=indices, metadata=metadata)
+        return cls.create_or_open(
+          path,
+          num_maps=num_maps,
+          map_shape=map_shape,
+          chunk_size=chunk_size,
+          dtype=dtype,
+          ids=ids,
+          indices=indices,
+          metadata=metadata,
+        )
       if found != wanted:
-        raise ValueError(f"The map store at {path} holds other maps: it has {found}, this job "
-                         f"asks for {wanted}. Use another path or delete it.")
+        raise ValueError(
+          f"The map store at {path} holds other maps: it has {found}, this job "
+          f"asks for {wanted}. Use another path or delete it."
+        )
       if not same_images:
-        raise ValueError(f"The map store at {path} holds maps of other images (ids or "
-                         "dataset indices differ). Use another path or delete it.")
+        raise ValueError(
+          f"The map store at {path} holds maps of other images (ids or "
+          "dataset indices differ). Use another path or delete it."
+        )
       return store
 
     os.makedirs(path, exist_ok=True)
@@ -230,8 +268,9 @@ class MapStore:
 
   def has_chunk(self, chunk_index: int) -> bool:
     """Whether the chunk and its checksum are on disk (not whether its bytes match it)."""
-    return (os.path.exists(self.chunk_path(chunk_index)) and
-            os.path.exists(self.checksum_path(chunk_index)))
+    return os.path.exists(self.chunk_path(chunk_index)) and os.path.exists(
+      self.checksum_path(chunk_index)
+    )
 
   def _recorded_digest(self, chunk_index: int) -> str | None:
     try:
@@ -254,8 +293,9 @@ class MapStore:
     except OSError:
       return False
 
-  def missing_chunks(self, process_index: int = 0, process_count: int = 1, *,
-                     verify: bool = False) -> list[int]:
+  def missing_chunks(
+    self, process_index: int = 0, process_count: int = 1, *, verify: bool = False
+  ) -> list[int]:
     """Chunks not finished yet, among those of host `process_index` (i % process_count).
 
     With `verify`, also the finished chunks whose bytes fail their checksum (each is logged
@@ -266,8 +306,10 @@ class MapStore:
       if not self.has_chunk(i):
         todo.append(i)
       elif verify and not self.chunk_is_valid(i):
-        logging.warning("%s fails its checksum (truncated, corrupted or replaced); it will be "
-                        "recomputed.", self.chunk_path(i))
+        logging.warning(
+          "%s fails its checksum (truncated, corrupted or replaced); it will be recomputed.",
+          self.chunk_path(i),
+        )
         todo.append(i)
     return todo
 
@@ -297,8 +339,7 @@ class MapStore:
     if self.has_chunk(chunk_index) and self.chunk_is_valid(chunk_index):
       raise FileExistsError(f"chunk {chunk_index} of {self.path} is already written.")
     data = _npy_bytes(maps.astype(self.dtype))
-    record = json.dumps({"chunk": chunk_index,
-                         "sha256": hashlib.sha256(data).hexdigest()}).encode()
+    record = json.dumps({"chunk": chunk_index, "sha256": hashlib.sha256(data).hexdigest()}).encode()
     _atomic_write(path, lambda f: f.write(data))
     # Written last: a chunk without its checksum is unfinished and gets recomputed.
     _atomic_write(self.checksum_path(chunk_index), lambda f: f.write(record))
@@ -313,17 +354,27 @@ class MapStore:
       data = f.read()
     self.chunks_read += 1
     if hashlib.sha256(data).hexdigest() != self._recorded_digest(chunk_index):
-      raise ValueError(f"{path} fails its checksum (truncated, corrupted or replaced by "
-                       f"another file); {_REPAIR_HINT}.")
+      raise ValueError(
+        f"{path} fails its checksum (truncated, corrupted or replaced by "
+        f"another file); {_REPAIR_HINT}."
+      )
     try:
       stored = np.load(io.BytesIO(data), allow_pickle=False)
     except ValueError as e:
       raise ValueError(f"{path} cannot be read ({e}); {_REPAIR_HINT}.") from e
     if stored.shape != (stop - start,) + self.map_shape or stored.dtype != self.dtype:
-      raise ValueError(f"{path} has shape {stored.shape} and dtype {stored.dtype}, expected "
-                       f"{(stop - start,) + self.map_shape} and {self.dtype}.")
-    return MapChunk(chunk_index, start, stop, stored.astype(np.float32),
-                    self.ids[start:stop], self.indices[start:stop])
+      raise ValueError(
+        f"{path} has shape {stored.shape} and dtype {stored.dtype}, expected "
+        f"{(stop - start,) + self.map_shape} and {self.dtype}."
+      )
+    return MapChunk(
+      chunk_index,
+      start,
+      stop,
+      stored.astype(np.float32),
+      self.ids[start:stop],
+      self.indices[start:stop],
+    )
 
   def iter_chunks(self) -> Iterator[MapChunk]:
     """Streams the chunks in order, loading each only when asked for and keeping none.
@@ -335,9 +386,11 @@ class MapStore:
     """
     missing = self.missing_chunks()
     if missing:
-      raise ValueError(f"The map store at {self.path} is incomplete: {len(missing)} of "
-                       f"{self.num_chunks} chunks missing (first: {missing[0]}); "
-                       f"{_REPAIR_HINT}.")
+      raise ValueError(
+        f"The map store at {self.path} is incomplete: {len(missing)} of "
+        f"{self.num_chunks} chunks missing (first: {missing[0]}); "
+        f"{_REPAIR_HINT}."
+      )
     for i in range(self.num_chunks):
       yield self.read_chunk(i)
 
@@ -345,13 +398,15 @@ class MapStore:
     """All maps, float32 [N, H, W] (for small sets; stream with `iter_chunks` otherwise)."""
     out = np.empty((self.num_maps,) + self.map_shape, np.float32)
     for chunk in self.iter_chunks():
-      out[chunk.start:chunk.stop] = chunk.maps
+      out[chunk.start : chunk.stop] = chunk.maps
     return out
 
   def __repr__(self) -> str:
     done = self.num_chunks - len(self.missing_chunks())
-    return (f"MapStore({self.path!r}, num_maps={self.num_maps}, map_shape={self.map_shape}, "
-            f"dtype={self.dtype}, chunks {done}/{self.num_chunks})")
+    return (
+      f"MapStore({self.path!r}, num_maps={self.num_maps}, map_shape={self.map_shape}, "
+      f"dtype={self.dtype}, chunks {done}/{self.num_chunks})"
+    )
 
 
 def iter_aligned(*stores: MapStore) -> Iterator[tuple[MapChunk, ...]]:
@@ -367,9 +422,13 @@ def iter_aligned(*stores: MapStore) -> Iterator[tuple[MapChunk, ...]]:
   first = stores[0]
   for other in stores[1:]:
     if (other.num_maps, other.map_shape, other.chunk_size) != (
-        first.num_maps, first.map_shape, first.chunk_size) or not (
-            np.array_equal(other.ids, first.ids) and
-            np.array_equal(other.indices, first.indices)):
-      raise ValueError(f"{other.path} and {first.path} do not hold maps of the same images "
-                       "in the same chunks.")
+      first.num_maps,
+      first.map_shape,
+      first.chunk_size,
+    ) or not (
+      np.array_equal(other.ids, first.ids) and np.array_equal(other.indices, first.indices)
+    ):
+      raise ValueError(
+        f"{other.path} and {first.path} do not hold maps of the same images in the same chunks."
+      )
   yield from zip(*(store.iter_chunks() for store in stores))

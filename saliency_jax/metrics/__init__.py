@@ -5,6 +5,7 @@ returns float64 [N], one value per map; undefined cases are NaN under one policy
 `saliency_jax.metrics.policy` (`POLICY_TEXT`), and the aggregation helpers count what they
 exclude. `*_jax` variants are pure JAX (float32) and can be used inside `jax.jit`.
 """
+
 from saliency_jax.metrics.localization import auprc
 from saliency_jax.metrics.localization import auprc_jax
 from saliency_jax.metrics.localization import average_precision

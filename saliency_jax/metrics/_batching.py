@@ -1,4 +1,5 @@
 """Runs a jitted per-map function over a stack in fixed-size chunks, bounding memory."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -12,8 +13,9 @@ def on_cpu() -> bool:
   return jax.default_backend() == "cpu"
 
 
-def per_map_in_chunks(fn: Callable[..., jax.Array], arrays: Sequence[np.ndarray], *,
-                  chunk: int) -> np.ndarray:
+def per_map_in_chunks(
+  fn: Callable[..., jax.Array], arrays: Sequence[np.ndarray], *, chunk: int
+) -> np.ndarray:
   """Applies `fn` (jitted, leading axis N in and out) to `arrays` in chunks of `chunk` maps.
 
   A stack no larger than `chunk` goes in one call. Larger stacks go in chunks of exactly `chunk`
@@ -30,11 +32,12 @@ def per_map_in_chunks(fn: Callable[..., jax.Array], arrays: Sequence[np.ndarray]
   # while the device computes.
   out, sizes = [], []
   for start in range(0, n, chunk):
-    parts = [a[start:start + chunk] for a in arrays]
+    parts = [a[start : start + chunk] for a in arrays]
     size = parts[0].shape[0]
     if size < chunk:
-      parts = [np.concatenate([p, np.repeat(a[:1], chunk - size, axis=0)]) for p, a in
-               zip(parts, arrays)]
+      parts = [
+        np.concatenate([p, np.repeat(a[:1], chunk - size, axis=0)]) for p, a in zip(parts, arrays)
+      ]
     out.append(fn(*parts))
     sizes.append(size)
   return np.concatenate([np.asarray(o, dtype=np.float64)[:size] for o, size in zip(out, sizes)])

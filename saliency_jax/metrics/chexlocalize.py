@@ -27,6 +27,7 @@ tune_heatmap_threshold.py, eval.py, calculate_percentage_decrease.py):
 Undefined values follow `saliency_jax.metrics.policy`: a constant map, NaN/inf in a map, or an
 empty or all-positive mask gives NaN.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -60,13 +61,15 @@ def otsu_levels(levels: np.ndarray) -> np.ndarray:
   lowest t on a tie (the split into the same two pixel sets). Positive pixels are > t.
   """
   n = levels.shape[0]
-  counts = np.bincount((np.arange(n)[:, None] * 256 + levels).ravel(),
-                       minlength=256 * n).reshape(n, 256).astype(np.float64)
+  counts = (
+    np.bincount((np.arange(n)[:, None] * 256 + levels).ravel(), minlength=256 * n)
+    .reshape(n, 256)
+    .astype(np.float64)
+  )
   values = np.arange(256, dtype=np.float64)
   w0 = np.cumsum(counts, axis=1)[:, :-1]
   s0 = np.cumsum(counts * values, axis=1)[:, :-1]
-  total, total_sum = counts.sum(axis=1, keepdims=True), (counts * values).sum(
-      axis=1, keepdims=True)
+  total, total_sum = counts.sum(axis=1, keepdims=True), (counts * values).sum(axis=1, keepdims=True)
   w1, s1 = total - w0, total_sum - s0
   with np.errstate(invalid="ignore", divide="ignore"):
     between = w0 * w1 * (s0 / w0 - s1 / w1) ** 2
@@ -120,12 +123,17 @@ def tune_threshold(maps, masks, thresholds=TUNING_THRESHOLDS) -> dict:
   """
   table = iou_per_threshold(maps, masks, thresholds)
   defined = np.isfinite(table)
-  miou = np.where(defined.any(axis=1),
-                  np.where(defined, table, 0).sum(axis=1) / np.maximum(defined.sum(axis=1), 1),
-                  np.nan)
+  miou = np.where(
+    defined.any(axis=1),
+    np.where(defined, table, 0).sum(axis=1) / np.maximum(defined.sum(axis=1), 1),
+    np.nan,
+  )
   best = float(thresholds[int(np.nanargmax(miou))]) if np.isfinite(miou).any() else np.nan
-  return {"threshold": best, "thresholds": [float(t) for t in thresholds],
-          "miou": [float(v) for v in miou]}
+  return {
+    "threshold": best,
+    "thresholds": [float(t) for t in thresholds],
+    "miou": [float(v) for v in miou],
+  }
 
 
 def hit(maps, masks) -> np.ndarray:
@@ -156,7 +164,7 @@ def _ci(resamples: np.ndarray, confidence: float) -> tuple[float, float]:
   """CheXlocalize's `compute_cis`: order statistics of the sorted resamples (NaN last)."""
   ordered = np.sort(resamples)
   r = len(ordered)
-  alpha = round(1 - confidence, 12)   # 0.05, not 0.050000000000000044: int() truncates
+  alpha = round(1 - confidence, 12)  # 0.05, not 0.050000000000000044: int() truncates
   return float(ordered[int(alpha / 2 * r) - 1]), float(ordered[int((1 - alpha / 2) * r) - 1])
 
 
@@ -172,13 +180,19 @@ def bootstrap(values, *, seed: int, n_resamples: int = 1000, confidence: float =
   means = _resample_means(values, seed=seed, n_resamples=n_resamples)
   low, high = _ci(means, confidence)
   defined = np.isfinite(values)
-  return {"mean": float(values[defined].mean()) if defined.any() else float("nan"),
-          "low": low, "high": high, "bootstrap_mean": float(np.nanmean(means)),
-          "n": int(defined.sum()), "n_excluded": int((~defined).sum())}
+  return {
+    "mean": float(values[defined].mean()) if defined.any() else float("nan"),
+    "low": low,
+    "high": high,
+    "bootstrap_mean": float(np.nanmean(means)),
+    "n": int(defined.sum()),
+    "n_excluded": int((~defined).sum()),
+  }
 
 
-def percentage_decrease(values, baseline, *, seed: int, n_resamples: int = 1000,
-                        confidence: float = 0.95) -> dict:
+def percentage_decrease(
+  values, baseline, *, seed: int, n_resamples: int = 1000, confidence: float = 0.95
+) -> dict:
   """CheXlocalize's percentage decrease from `baseline` to `values` (per image, paired).
 
   Returns:
@@ -188,11 +202,9 @@ def percentage_decrease(values, baseline, *, seed: int, n_resamples: int = 1000,
   values = np.asarray(values, np.float64).ravel()
   baseline = np.asarray(baseline, np.float64).ravel()
   if values.shape != baseline.shape:
-    raise ValueError(f"paired values need equal lengths, got {values.size} and "
-                     f"{baseline.size}")
+    raise ValueError(f"paired values need equal lengths, got {values.size} and {baseline.size}")
   _check_bootstrap(values, n_resamples, confidence)
-  means = _resample_means(np.stack([values, baseline], axis=1), seed=seed,
-                          n_resamples=n_resamples)
+  means = _resample_means(np.stack([values, baseline], axis=1), seed=seed, n_resamples=n_resamples)
   m, b = means[:, 0], means[:, 1]
   with np.errstate(invalid="ignore", divide="ignore"):
     low, high = _ci(100 * (b - m) / b, confidence)
@@ -207,5 +219,6 @@ def _check_bootstrap(values: np.ndarray, n_resamples: int, confidence: float) ->
   if not 0 < confidence < 1:
     raise ValueError(f"confidence must be in (0, 1), got {confidence}")
   if int((1 - confidence) / 2 * n_resamples) < 1:
-    raise ValueError(f"{n_resamples} resamples are too few for a {confidence:.0%} interval "
-                     "by order statistics")
+    raise ValueError(
+      f"{n_resamples} resamples are too few for a {confidence:.0%} interval by order statistics"
+    )

@@ -9,6 +9,7 @@ scored by the map and reproduce scikit-learn exactly, ties included: one curve p
 map value. On the CPU they sort with NumPy (XLA's CPU sort is an order of magnitude slower); on
 accelerators they run the jit-able `*_jax` versions, which are also usable inside `jax.jit`.
 """
+
 from __future__ import annotations
 
 import functools
@@ -42,7 +43,8 @@ def _group_end_counts(scores: np.ndarray, labels: np.ndarray):
   size = flat.shape[1]
   # float32 sorts twice as fast as float64; use it whenever it holds every value exactly.
   if flat.dtype in (np.float32, np.float16) or (
-      np.issubdtype(flat.dtype, np.integer) and flat.dtype.itemsize <= 2):
+    np.issubdtype(flat.dtype, np.integer) and flat.dtype.itemsize <= 2
+  ):
     flat = flat.astype(np.float32, copy=False)
   else:
     flat = flat.astype(np.float64, copy=False)
@@ -102,15 +104,17 @@ def _rank_metrics_jax(maps: jax.Array, masks: jax.Array) -> dict[str, jax.Array]
   valid = finite & nonconstant & two_class
   scores = jnp.where(valid[:, None], scores, 0.0)
 
-  neg_scores, sorted_labels = jax.lax.sort((-scores, labels.astype(jnp.float32)), dimension=1,
-                                           num_keys=1)
+  neg_scores, sorted_labels = jax.lax.sort(
+    (-scores, labels.astype(jnp.float32)), dimension=1, num_keys=1
+  )
   size = scores.shape[1]
   position = jnp.arange(size)
   # Counts up to 2**24 are exact in float32.
   tps = jnp.cumsum(sorted_labels, axis=1)
   fps = (position + 1).astype(jnp.float32) - tps
   is_end = jnp.concatenate(
-      [neg_scores[:, :-1] != neg_scores[:, 1:], jnp.ones((n, 1), bool)], axis=1)
+    [neg_scores[:, :-1] != neg_scores[:, 1:], jnp.ones((n, 1), bool)], axis=1
+  )
   # Index of the previous curve point (the last run end before this position), -1 if none.
   last_end = jax.lax.cummax(jnp.where(is_end, position, -1), axis=1)
   prev_end = jnp.concatenate([jnp.full((n, 1), -1), last_end[:, :-1]], axis=1)
@@ -131,9 +135,9 @@ def _rank_metrics_jax(maps: jax.Array, masks: jax.Array) -> dict[str, jax.Array]
 
   d_recall = recall - recall_prev
   return {
-      "auprc": curve_sum(d_recall * (precision + precision_prev) / 2),
-      "average_precision": curve_sum(d_recall * precision),
-      "roc_auc": curve_sum((fpr - fpr_prev) * (recall + recall_prev) / 2),
+    "auprc": curve_sum(d_recall * (precision + precision_prev) / 2),
+    "average_precision": curve_sum(d_recall * precision),
+    "roc_auc": curve_sum((fpr - fpr_prev) * (recall + recall_prev) / 2),
   }
 
 
@@ -155,8 +159,7 @@ def roc_auc_jax(maps: jax.Array, masks: jax.Array) -> jax.Array:
   return _rank_metrics_jax(maps, masks)["roc_auc"]
 
 
-_JAX_RANK = {"auprc": auprc_jax, "average_precision": average_precision_jax,
-             "roc_auc": roc_auc_jax}
+_JAX_RANK = {"auprc": auprc_jax, "average_precision": average_precision_jax, "roc_auc": roc_auc_jax}
 
 
 def _checked(maps, masks) -> tuple[np.ndarray, np.ndarray]:
@@ -170,8 +173,10 @@ def rank_metrics(maps, masks, which=("auprc", "average_precision", "roc_auc")) -
   maps, masks = _checked(maps, masks)
   if _batching.on_cpu():
     return _rank_metrics_numpy(maps, masks, tuple(which))
-  return {name: _batching.per_map_in_chunks(_JAX_RANK[name], [maps, masks], chunk=_CHUNK)
-          for name in which}
+  return {
+    name: _batching.per_map_in_chunks(_JAX_RANK[name], [maps, masks], chunk=_CHUNK)
+    for name in which
+  }
 
 
 def auprc(maps, masks) -> np.ndarray:
@@ -252,8 +257,9 @@ def _kth_largest(xp, maps, k):
   """Per row, the k-th largest value (k: int [N], 1 <= k <= row length)."""
   size = maps.shape[1]
   if xp is np:
-    return np.array([np.partition(row, size - kk)[size - kk] for row, kk in zip(maps, k)],
-                    dtype=maps.dtype)
+    return np.array(
+      [np.partition(row, size - kk)[size - kk] for row, kk in zip(maps, k)], dtype=maps.dtype
+    )
   ordered = jnp.sort(maps, axis=1)
   return jnp.take_along_axis(ordered, (size - k)[:, None], axis=1)[:, 0]
 
@@ -376,7 +382,7 @@ def otsu_threshold(maps) -> np.ndarray:
     weight2 = np.cumsum(counts[::-1])[::-1]
     mean1 = np.cumsum(counts * centers) / weight1
     mean2 = (np.cumsum((counts * centers)[::-1]) / weight2[::-1])[::-1]
-    variance12 = weight1[:-1] * weight2[1:] * (mean1[:-1] - mean2[1:])**2
+    variance12 = weight1[:-1] * weight2[1:] * (mean1[:-1] - mean2[1:]) ** 2
     out[i] = centers[np.argmax(variance12)]
   return out
 
@@ -410,6 +416,5 @@ pointing_game_jax = jax.jit(functools.partial(_pointing_game, jnp))
 relevance_mass_accuracy_jax = jax.jit(functools.partial(_relevance_mass_accuracy, jnp))
 relevance_rank_accuracy_jax = jax.jit(functools.partial(_relevance_rank_accuracy, jnp))
 energy_pointing_jax = jax.jit(functools.partial(_energy_pointing, jnp))
-top_k_intersection_jax = jax.jit(functools.partial(_top_k_intersection, jnp),
-                                 static_argnames="k")
+top_k_intersection_jax = jax.jit(functools.partial(_top_k_intersection, jnp), static_argnames="k")
 fixed_threshold_iou_jax = jax.jit(functools.partial(_fixed_threshold_iou, jnp))

@@ -30,6 +30,7 @@ The rules, in order:
 
 Masks are binary: bool, or numbers in {0, 1}; anything else raises `ValueError`.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -45,8 +46,9 @@ def as_map_stack(maps, name: str = "maps", *, ndim: int | None = None) -> np.nda
   if not np.issubdtype(maps.dtype, np.number):
     raise ValueError(f"{name} must be numeric, got dtype {maps.dtype}.")
   if ndim is not None and maps.ndim != ndim:
-    raise ValueError(f"{name} must have {ndim} dimensions (a stack [N, H, W] of 2-D maps), "
-                     f"got shape {maps.shape}.")
+    raise ValueError(
+      f"{name} must have {ndim} dimensions (a stack [N, H, W] of 2-D maps), got shape {maps.shape}."
+    )
   if maps.ndim < 2:
     raise ValueError(f"{name} must be a stack [N, ...] of maps, got shape {maps.shape}.")
   if np.iscomplexobj(maps):
@@ -58,16 +60,20 @@ def as_mask_stack(masks, shape: tuple[int, ...]) -> np.ndarray:
   """Returns binary masks as bool with the maps' shape; raises on non-binary values."""
   masks = np.asarray(masks)
   if masks.shape != tuple(shape):
-    raise ValueError(f"masks must have the maps' shape {tuple(shape)}, got {masks.shape} "
-                     "(squeeze a trailing channel axis first).")
+    raise ValueError(
+      f"masks must have the maps' shape {tuple(shape)}, got {masks.shape} "
+      "(squeeze a trailing channel axis first)."
+    )
   if masks.dtype == bool:
     return masks
   if not np.issubdtype(masks.dtype, np.number):
     raise ValueError(f"masks must be bool or numeric, got dtype {masks.dtype}.")
   binary = masks != 0
   if not np.array_equal(binary, masks == 1):
-    raise ValueError("masks must be binary (bool, or values in {0, 1}); got other values "
-                     "(binarize soft or 0/255 masks first).")
+    raise ValueError(
+      "masks must be binary (bool, or values in {0, 1}); got other values "
+      "(binarize soft or 0/255 masks first)."
+    )
   return binary
 
 

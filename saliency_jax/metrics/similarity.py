@@ -4,6 +4,7 @@ Every function takes two stacks of the same shape, `a` and `b` [N, H, W] (pairs 
 row by row), and returns float64 [N]. Undefined cases follow `saliency_jax.metrics.policy`:
 NaN/inf in either map -> NaN; otherwise the reference's own value where it defines one.
 """
+
 from __future__ import annotations
 
 import functools
@@ -67,7 +68,8 @@ def _correlate_box(x: jax.Array, weights: np.ndarray, axis: int) -> jax.Array:
   for k in range(radius + 1):
     outer = weights[radius + k + 1] if k < radius else 0.0
     acc = acc + float(weights[radius + k] - outer) * jax.lax.slice_in_dim(
-        _box_sums(x, 2 * k + 1, axis), radius - k, radius - k + size, axis=axis)
+      _box_sums(x, 2 * k + 1, axis), radius - k, radius - k + size, axis=axis
+    )
   return acc
 
 
@@ -109,12 +111,21 @@ def _is_uniform(weights: np.ndarray) -> bool:
 
 def _kernel_scale(weights: np.ndarray) -> float:
   """The weight the two correlations leave out: folded into the caller's elementwise pass."""
-  return float(weights[0])**2 if _is_uniform(weights) else 1.0
+  return float(weights[0]) ** 2 if _is_uniform(weights) else 1.0
 
 
-def _ssim_maps(a: jax.Array, b: jax.Array, data_range: jax.Array, *, win_size: int,
-               gaussian_weights: bool, sigma: float, use_sample_covariance: bool, K1: float,
-               K2: float) -> jax.Array:
+def _ssim_maps(
+  a: jax.Array,
+  b: jax.Array,
+  data_range: jax.Array,
+  *,
+  win_size: int,
+  gaussian_weights: bool,
+  sigma: float,
+  use_sample_covariance: bool,
+  K1: float,
+  K2: float,
+) -> jax.Array:
   """SSIM over the last two axes of `a` and `b` (any leading axes); float32."""
   weights = _window(win_size, gaussian_weights, sigma)
   radius = (len(weights) - 1) // 2
@@ -134,8 +145,8 @@ def _ssim_maps(a: jax.Array, b: jax.Array, data_range: jax.Array, *, win_size: i
   # (scipy.ndimage's 'reflect' is NumPy's 'symmetric').
   inner = max(pad - radius, 0)
   outer = max(radius - pad, 0)
-  a = a[..., inner:height - inner, inner:width - inner]
-  b = b[..., inner:height - inner, inner:width - inner]
+  a = a[..., inner : height - inner, inner : width - inner]
+  b = b[..., inner : height - inner, inner : width - inner]
   if outer:
     widths = [(0, 0)] * (a.ndim - 2) + [(outer, outer)] * 2
     a = jnp.pad(a, widths, mode="symmetric")
@@ -153,8 +164,8 @@ def _ssim_maps(a: jax.Array, b: jax.Array, data_range: jax.Array, *, win_size: i
   vxy = cov_norm * (uxy - dx * dy)
 
   data_range = jnp.asarray(data_range, jnp.float32)[..., None, None]
-  c1 = (K1 * data_range)**2
-  c2 = (K2 * data_range)**2
+  c1 = (K1 * data_range) ** 2
+  c2 = (K2 * data_range) ** 2
   s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx_vy + c2))
   # Row sums as a matrix-vector product: XLA:CPU fuses the elementwise SSIM formula into a
   # plain reduction with poorly vectorized code (measured 10x slower here); a dot stores the
@@ -164,28 +175,51 @@ def _ssim_maps(a: jax.Array, b: jax.Array, data_range: jax.Array, *, win_size: i
   return jnp.where(finite, value, jnp.nan)
 
 
-@functools.partial(jax.jit, static_argnames=("win_size", "gaussian_weights", "sigma",
-                                             "use_sample_covariance", "K1", "K2"))
-def ssim_jax(a: jax.Array, b: jax.Array, *, data_range, win_size: int | None = None,
-             gaussian_weights: bool = False, sigma: float = 1.5,
-             use_sample_covariance: bool = True, K1: float = 0.01,
-             K2: float = 0.03) -> jax.Array:
+@functools.partial(
+  jax.jit,
+  static_argnames=("win_size", "gaussian_weights", "sigma", "use_sample_covariance", "K1", "K2"),
+)
+def ssim_jax(
+  a: jax.Array,
+  b: jax.Array,
+  *,
+  data_range,
+  win_size: int | None = None,
+  gaussian_weights: bool = False,
+  sigma: float = 1.5,
+  use_sample_covariance: bool = True,
+  K1: float = 0.01,
+  K2: float = 0.03,
+) -> jax.Array:
   """jit-able `ssim` (float32 [N]); see `ssim`. No input checks beyond shapes."""
-  kwargs = dict(win_size=_resolve_win_size(win_size, gaussian_weights, sigma),
-                gaussian_weights=gaussian_weights, sigma=sigma,
-                use_sample_covariance=use_sample_covariance, K1=K1, K2=K2)
+  kwargs = dict(
+    win_size=_resolve_win_size(win_size, gaussian_weights, sigma),
+    gaussian_weights=gaussian_weights,
+    sigma=sigma,
+    use_sample_covariance=use_sample_covariance,
+    K1=K1,
+    K2=K2,
+  )
   data_range = jnp.broadcast_to(jnp.asarray(data_range, jnp.float32), a.shape[:1])
   per_step = _CPU_MAPS_PER_STEP[gaussian_weights]
   if jax.default_backend() == "cpu" and a.shape[0] > per_step:
     # A few maps at a time keep the working set in cache. Accelerators take the whole batch.
-    return jax.lax.map(lambda t: _ssim_maps(*t, **kwargs), (a, b, data_range),
-                       batch_size=per_step)
+    return jax.lax.map(lambda t: _ssim_maps(*t, **kwargs), (a, b, data_range), batch_size=per_step)
   return _ssim_maps(a, b, data_range, **kwargs)
 
 
-def ssim(a, b, *, data_range, win_size: int | None = None, gaussian_weights: bool = False,
-         sigma: float = 1.5, use_sample_covariance: bool = True, K1: float = 0.01,
-         K2: float = 0.03) -> np.ndarray:
+def ssim(
+  a,
+  b,
+  *,
+  data_range,
+  win_size: int | None = None,
+  gaussian_weights: bool = False,
+  sigma: float = 1.5,
+  use_sample_covariance: bool = True,
+  K1: float = 0.01,
+  K2: float = 0.03,
+) -> np.ndarray:
   """Mean structural similarity of each pair of 2-D maps, = scikit-image's.
 
   Equals `skimage.metrics.structural_similarity(a[i], b[i], data_range=..., ...)` with the same
@@ -218,19 +252,28 @@ def ssim(a, b, *, data_range, win_size: int | None = None, gaussian_weights: boo
   if min(a.shape[1:]) < win:
     raise ValueError(f"win_size {win} exceeds the map size {a.shape[1:]}.")
   if data_range is None:
-    raise ValueError("data_range is required (2.0 reproduces the paper, 1.0 is the textbook "
-                     "value for maps in [0, 1]).")
+    raise ValueError(
+      "data_range is required (2.0 reproduces the paper, 1.0 is the textbook "
+      "value for maps in [0, 1])."
+    )
   data_range = np.broadcast_to(np.asarray(data_range, np.float64), (a.shape[0],))
   if not np.all(data_range > 0):
     raise ValueError(f"data_range must be positive, got {data_range}.")
   if min(K1, K2, sigma) < 0:
     raise ValueError("K1, K2 and sigma must be non-negative.")
-  fn = functools.partial(ssim_jax, win_size=win, gaussian_weights=gaussian_weights,
-                         sigma=float(sigma), use_sample_covariance=use_sample_covariance,
-                         K1=float(K1), K2=float(K2))
+  fn = functools.partial(
+    ssim_jax,
+    win_size=win,
+    gaussian_weights=gaussian_weights,
+    sigma=float(sigma),
+    use_sample_covariance=use_sample_covariance,
+    K1=float(K1),
+    K2=float(K2),
+  )
   chunk = _CPU_MAPS_PER_STEP[gaussian_weights] if _batching.on_cpu() else _SSIM_CHUNK
-  return _batching.per_map_in_chunks(lambda x, y, r: fn(x, y, data_range=r),
-                                 [a, b, data_range], chunk=chunk)
+  return _batching.per_map_in_chunks(
+    lambda x, y, r: fn(x, y, data_range=r), [a, b, data_range], chunk=chunk
+  )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -311,7 +354,7 @@ def _normalized_distance(xp, a, b, power):
 
   a, a_ok = minmax(a)
   b, b_ok = minmax(b)
-  value = xp.mean(xp.abs(a - b)**power, axis=1)
+  value = xp.mean(xp.abs(a - b) ** power, axis=1)
   return xp.where(finite & a_ok & b_ok, value, xp.nan)
 
 
@@ -402,8 +445,15 @@ def top_k_iou(a, b, *, fraction: float = 0.1) -> np.ndarray:
   return np.where(valid, inter / union, np.nan)
 
 
-def hog_similarity(a, b, *, orientations: int = 9, pixels_per_cell=(8, 8),
-                   cells_per_block=(3, 3), block_norm: str = "L2-Hys") -> np.ndarray:
+def hog_similarity(
+  a,
+  b,
+  *,
+  orientations: int = 9,
+  pixels_per_cell=(8, 8),
+  cells_per_block=(3, 3),
+  block_norm: str = "L2-Hys",
+) -> np.ndarray:
   """Pearson correlation of the maps' HOG features (Adebayo et al. 2018's HOG similarity).
 
   Features are `skimage.feature.hog(map, orientations, pixels_per_cell, cells_per_block,
@@ -413,13 +463,19 @@ def hog_similarity(a, b, *, orientations: int = 9, pixels_per_cell=(8, 8),
   map has all-zero gradients).
   """
   from skimage import feature  # Local: only this metric needs it.
+
   a = policy.as_map_stack(a, "a", ndim=3)
   b = policy.as_map_stack(b, "b", ndim=3)
   if a.shape != b.shape:
     raise ValueError(f"a and b must have the same shape, got {a.shape} and {b.shape}.")
   _, _, finite = _pairs(np, a.astype(np.float64), b.astype(np.float64))
-  kwargs = dict(orientations=orientations, pixels_per_cell=pixels_per_cell,
-                cells_per_block=cells_per_block, block_norm=block_norm, feature_vector=True)
+  kwargs = dict(
+    orientations=orientations,
+    pixels_per_cell=pixels_per_cell,
+    cells_per_block=cells_per_block,
+    block_norm=block_norm,
+    feature_vector=True,
+  )
   out = np.full(a.shape[0], np.nan)
   for i in np.flatnonzero(finite):
     fa = feature.hog(a[i].astype(np.float64), **kwargs)

@@ -8,6 +8,7 @@ SciPy is imported at run time: scikit-image, a runtime dependency, depends on it
 always installed. The tests are SciPy's own (`scipy.stats.wilcoxon`, `scipy.stats.ttest_rel`);
 every result carries the name of the test that produced its p-value.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -44,20 +45,19 @@ def summarize(values, *, ddof: int = 1) -> dict:
   nan = float("nan")
   std = float(np.std(kept, ddof=ddof)) if n > ddof else nan
   return {
-      "mean": float(np.mean(kept)) if n else nan,
-      "std": std,
-      "sem": float(std / np.sqrt(n)) if n > ddof else nan,
-      "median": float(np.median(kept)) if n else nan,
-      "min": float(np.min(kept)) if n else nan,
-      "max": float(np.max(kept)) if n else nan,
-      "n": n,
-      "n_excluded": excluded,
-      "n_total": n + excluded,
+    "mean": float(np.mean(kept)) if n else nan,
+    "std": std,
+    "sem": float(std / np.sqrt(n)) if n > ddof else nan,
+    "median": float(np.median(kept)) if n else nan,
+    "min": float(np.min(kept)) if n else nan,
+    "max": float(np.max(kept)) if n else nan,
+    "n": n,
+    "n_excluded": excluded,
+    "n_total": n + excluded,
   }
 
 
-def bootstrap_ci(values, *, seed: int, n_resamples: int = 1000,
-                 confidence: float = 0.95) -> dict:
+def bootstrap_ci(values, *, seed: int, n_resamples: int = 1000, confidence: float = 0.95) -> dict:
   """Percentile-bootstrap confidence interval of the mean, NaN excluded and counted.
 
   Resamples with `numpy.random.default_rng(seed)` exactly as `scipy.stats.bootstrap(...,
@@ -74,9 +74,15 @@ def bootstrap_ci(values, *, seed: int, n_resamples: int = 1000,
     raise ValueError(f"n_resamples must be positive, got {n_resamples}.")
   kept, excluded = _finite(values)
   n = kept.size
-  result = {"mean": float(np.mean(kept)) if n else float("nan"), "confidence": confidence,
-            "n_resamples": n_resamples, "seed": seed, "n": n, "n_excluded": excluded,
-            "method": "percentile bootstrap of the mean"}
+  result = {
+    "mean": float(np.mean(kept)) if n else float("nan"),
+    "confidence": confidence,
+    "n_resamples": n_resamples,
+    "seed": seed,
+    "n": n,
+    "n_excluded": excluded,
+    "method": "percentile bootstrap of the mean",
+  }
   if n < 2:
     return {**result, "low": float("nan"), "high": float("nan")}
   rng = np.random.default_rng(seed)
@@ -90,6 +96,7 @@ def bootstrap_ci(values, *, seed: int, n_resamples: int = 1000,
 @dataclasses.dataclass(frozen=True)
 class TestResult:
   """A paired comparison: the statistic, its p-value, and the test that produced it."""
+
   test: str
   statistic: float
   pvalue: float
@@ -138,8 +145,15 @@ def wilcoxon(values, baseline, *, alternative: str = "two-sided") -> TestResult:
   else:
     res = scipy.stats.wilcoxon(x, y, alternative=alternative)
     stat, pvalue = float(res.statistic), float(res.pvalue)
-  return TestResult("Wilcoxon signed-rank (scipy.stats.wilcoxon)", stat, pvalue, alternative,
-                    int(d.size), excluded, mean_difference)
+  return TestResult(
+    "Wilcoxon signed-rank (scipy.stats.wilcoxon)",
+    stat,
+    pvalue,
+    alternative,
+    int(d.size),
+    excluded,
+    mean_difference,
+  )
 
 
 def paired_t(values, baseline, *, alternative: str = "two-sided") -> TestResult:
@@ -157,8 +171,15 @@ def paired_t(values, baseline, *, alternative: str = "two-sided") -> TestResult:
   else:
     res = scipy.stats.ttest_rel(x, y, alternative=alternative)
     stat, pvalue = float(res.statistic), float(res.pvalue)
-  return TestResult("paired t-test (scipy.stats.ttest_rel)", stat, pvalue, alternative,
-                    int(d.size), excluded, mean_difference)
+  return TestResult(
+    "paired t-test (scipy.stats.ttest_rel)",
+    stat,
+    pvalue,
+    alternative,
+    int(d.size),
+    excluded,
+    mean_difference,
+  )
 
 
 def _adjusted(pvalues: Sequence[float], adjust) -> np.ndarray:
@@ -181,9 +202,11 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
   Adjusted p_(i) = max_{j <= i} min(1, (m - j + 1) p_(j)) over the m non-NaN p-values sorted
   increasingly. Reject at level alpha where the adjusted p-value <= alpha.
   """
+
   def adjust(sorted_p, m):
     scaled = (m - np.arange(m)) * sorted_p
     return np.minimum(np.maximum.accumulate(scaled), 1.0)
+
   return _adjusted(pvalues, adjust)
 
 
@@ -193,9 +216,11 @@ def benjamini_hochberg(pvalues: Sequence[float]) -> np.ndarray:
   Adjusted p_(i) = min_{j >= i} min(1, m p_(j) / j) over the m non-NaN p-values sorted
   increasingly; equals `scipy.stats.false_discovery_control(p, method="bh")`.
   """
+
   def adjust(sorted_p, m):
     scaled = sorted_p * m / np.arange(1, m + 1)
     return np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 1.0)
+
   return _adjusted(pvalues, adjust)
 
 
@@ -217,5 +242,7 @@ def correct(results: dict[str, TestResult], *, method: str = "holm") -> dict[str
   names = list(results)
   adjusted = _CORRECTIONS[method]([results[k].pvalue for k in names])
   label = {"holm": "Holm-Bonferroni", "bh": "Benjamini-Hochberg"}[method]
-  return {k: {**results[k].asdict(), "pvalue_adjusted": float(a), "correction": label}
-          for k, a in zip(names, adjusted)}
+  return {
+    k: {**results[k].asdict(), "pvalue_adjusted": float(a), "correction": label}
+    for k, a in zip(names, adjusted)
+  }

@@ -7,6 +7,7 @@
 The paper's models ("inception_v3", "densenet121") and the Keras weight import are imported
 only when asked for, so the small models work without them.
 """
+
 import functools
 import importlib
 from typing import Any
@@ -18,23 +19,23 @@ from saliency_jax.models.functions import model_functions
 from saliency_jax.models.functions import ModelFunctions
 
 __all__ = [
-    "MODEL_NAMES",
-    "ModelFunctions",
-    "create",
-    "import_keras_model",
-    "import_keras_weights",
-    "init_variables",
-    "model_functions",
+  "MODEL_NAMES",
+  "ModelFunctions",
+  "create",
+  "import_keras_model",
+  "import_keras_weights",
+  "init_variables",
+  "model_functions",
 ]
 
 # name -> (module path, class name); imported on first use.
 _REGISTRY: dict[str, tuple[str, str]] = {
-    "small_vgg": ("saliency_jax.models.small_cnn", "SmallVGG"),
-    "small_densenet": ("saliency_jax.models.small_cnn", "SmallDenseNet"),
-    "unet": ("saliency_jax.models.unet", "UNet"),
-    "inception_v3": ("saliency_jax.models.inception_v3", "InceptionV3"),
-    "densenet121": ("saliency_jax.models.densenet", "DenseNet121"),
-    "retinanet": ("saliency_jax.models.retinanet", "RetinaNet"),
+  "small_vgg": ("saliency_jax.models.small_cnn", "SmallVGG"),
+  "small_densenet": ("saliency_jax.models.small_cnn", "SmallDenseNet"),
+  "unet": ("saliency_jax.models.unet", "UNet"),
+  "inception_v3": ("saliency_jax.models.inception_v3", "InceptionV3"),
+  "densenet121": ("saliency_jax.models.densenet", "DenseNet121"),
+  "retinanet": ("saliency_jax.models.retinanet", "RetinaNet"),
 }
 MODEL_NAMES = tuple(_REGISTRY)
 
@@ -53,8 +54,7 @@ def create(name: str, num_classes: int = 2, **kwargs: Any):
   if name in ("unet", "retinanet"):
     if num_classes not in (1, 2):
       # 2 is accepted because it is the registry-wide default; these have one foreground class.
-      raise ValueError(f"The {name} predicts one foreground logit; got "
-                       f"num_classes={num_classes}.")
+      raise ValueError(f"The {name} predicts one foreground logit; got num_classes={num_classes}.")
     return cls(**kwargs)
   return cls(num_classes=num_classes, **kwargs)
 

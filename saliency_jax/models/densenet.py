@@ -21,6 +21,7 @@ Keras layer names map to parameter paths by `keras_layer_name(path)`:
   ("stem", "conv") <-> "conv1_conv", ("conv2", "block1", "bn0") <-> "conv2_block1_0_bn",
   ("pool2", "conv") <-> "pool2_conv", ("bn",) <-> "bn".
 """
+
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -44,6 +45,7 @@ def _batch_norm(dtype: Any) -> nn.BatchNorm:
 
 class ConvBlock(nn.Module):
   """Keras `conv_block`: BN-ReLU-1x1 conv (4k) - BN-ReLU-3x3 conv (k), concatenated to x."""
+
   growth_rate: int = GROWTH_RATE
   activation: Callable[[Array], Array] = nn.relu
   dtype: Any = jnp.float32
@@ -52,8 +54,7 @@ class ConvBlock(nn.Module):
     self.bn0 = _batch_norm(self.dtype)
     self.conv1 = nn.Conv(4 * self.growth_rate, (1, 1), use_bias=False, dtype=self.dtype)
     self.bn1 = _batch_norm(self.dtype)
-    self.conv2 = nn.Conv(self.growth_rate, (3, 3), padding="SAME", use_bias=False,
-                         dtype=self.dtype)
+    self.conv2 = nn.Conv(self.growth_rate, (3, 3), padding="SAME", use_bias=False, dtype=self.dtype)
 
   def __call__(self, x: Array, train: bool = False) -> Array:
     y = self.conv1(self.activation(self.bn0(x, use_running_average=not train)))
@@ -63,6 +64,7 @@ class ConvBlock(nn.Module):
 
 class DenseBlock(nn.Module):
   """Keras `dense_block`: `num_layers` ConvBlocks named block1, block2, ..."""
+
   num_layers: int
   activation: Callable[[Array], Array] = nn.relu
   dtype: Any = jnp.float32
@@ -79,6 +81,7 @@ class DenseBlock(nn.Module):
 
 class Transition(nn.Module):
   """Keras `transition_block`: BN-ReLU-1x1 conv (`features` channels) - 2x2/2 average pool."""
+
   features: int
   activation: Callable[[Array], Array] = nn.relu
   dtype: Any = jnp.float32
@@ -94,12 +97,14 @@ class Transition(nn.Module):
 
 class Stem(nn.Module):
   """Keras conv1 + pool1: ZeroPadding(3), 7x7/2 conv, BN, ReLU, ZeroPadding(1), 3x3/2 max-pool."""
+
   activation: Callable[[Array], Array] = nn.relu
   dtype: Any = jnp.float32
 
   def setup(self):
-    self.conv = nn.Conv(64, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)), use_bias=False,
-                        dtype=self.dtype)
+    self.conv = nn.Conv(
+      64, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)), use_bias=False, dtype=self.dtype
+    )
     self.bn = _batch_norm(self.dtype)
 
   def __call__(self, x: Array, train: bool = False) -> Array:
@@ -138,12 +143,23 @@ class DenseNet121(nn.Module):
     dtype: compute dtype (float32, or bfloat16 for mixed precision); parameters stay float32
       and the logits are returned as float32.
   """
+
   num_classes: int = 2
   activation: Callable[[Array], Array] = nn.relu
   dtype: Any = jnp.float32
 
   block_names: ClassVar[tuple[str, ...]] = (
-      "logits", "bn", "conv5", "pool4", "conv4", "pool3", "conv3", "pool2", "conv2", "stem")
+    "logits",
+    "bn",
+    "conv5",
+    "pool4",
+    "conv4",
+    "pool3",
+    "conv3",
+    "pool2",
+    "conv2",
+    "stem",
+  )
 
   def setup(self):
     kw = {"activation": self.activation, "dtype": self.dtype}
@@ -159,8 +175,9 @@ class DenseNet121(nn.Module):
   def features(self, x: Array, train: bool = False) -> Array:
     """Images [B,H,W,C] (H, W >= 32) -> output of the final BN + ReLU [B,h,w,1024]."""
     if x.ndim != 4 or min(x.shape[1:3]) < MIN_SIZE:
-      raise ValueError(f"DenseNet121 takes images [B,H,W,C] with H, W >= {MIN_SIZE}; "
-                       f"got shape {x.shape}.")
+      raise ValueError(
+        f"DenseNet121 takes images [B,H,W,C] with H, W >= {MIN_SIZE}; got shape {x.shape}."
+      )
     x = self.stem(x, train)
     for stage in range(len(BLOCKS)):
       x = getattr(self, f"conv{stage + 2}")(x, train)

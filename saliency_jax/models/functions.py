@@ -15,6 +15,7 @@ it as an argument compiles once per architecture and reuses the executable for e
 state (replicates, randomization steps). Functions of any other JAX model can be wrapped with
 `ModelFunctions(logits_fn, ...)`; they are static and compile once per function object.
 """
+
 from collections.abc import Callable
 from typing import Any
 
@@ -37,8 +38,13 @@ class ModelFunctions:
     guided_logits_fn: logits_fn with the guided ReLU.
   """
 
-  def __init__(self, logits_fn: Fn, features_fn: Fn | None = None,
-               head_fn: Fn | None = None, guided_logits_fn: Fn | None = None):
+  def __init__(
+    self,
+    logits_fn: Fn,
+    features_fn: Fn | None = None,
+    head_fn: Fn | None = None,
+    guided_logits_fn: Fn | None = None,
+  ):
     self._fns = (logits_fn, features_fn, head_fn, guided_logits_fn)
 
   @property
@@ -81,10 +87,10 @@ class FlaxModelFunctions(ModelFunctions):
     self.variables = variables
     guided = module.clone(activation=guided_relu)
     super().__init__(
-        logits_fn=lambda x: module.apply(variables, x),
-        features_fn=lambda x: module.apply(variables, x, method="features"),
-        head_fn=lambda f: module.apply(variables, f, method="head"),
-        guided_logits_fn=lambda x: guided.apply(variables, x),
+      logits_fn=lambda x: module.apply(variables, x),
+      features_fn=lambda x: module.apply(variables, x, method="features"),
+      head_fn=lambda f: module.apply(variables, f, method="head"),
+      guided_logits_fn=lambda x: guided.apply(variables, x),
     )
 
   def tree_flatten(self):

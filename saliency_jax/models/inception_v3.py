@@ -15,6 +15,7 @@ Inside a block the convolutions are named after their branch (`branch1x1`, `bran
 `keras_conv_paths()` lists them in the order Keras creates its `conv2d_N` layers, which is what
 `keras_import` uses to map Keras weights.
 """
+
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -41,6 +42,7 @@ def _max_pool_3x3_s2(x: Array) -> Array:
 
 class ConvBN(nn.Module):
   """Keras `conv2d_bn`: Conv2D(use_bias=False) -> BatchNormalization(scale=False) -> ReLU."""
+
   features: int
   kernel_size: Sequence[int]
   strides: Sequence[int] = (1, 1)
@@ -49,12 +51,19 @@ class ConvBN(nn.Module):
   dtype: Any = jnp.float32
 
   def setup(self):
-    self.conv = nn.Conv(self.features, tuple(self.kernel_size), strides=tuple(self.strides),
-                        padding=self.padding, use_bias=False, dtype=self.dtype)
+    self.conv = nn.Conv(
+      self.features,
+      tuple(self.kernel_size),
+      strides=tuple(self.strides),
+      padding=self.padding,
+      use_bias=False,
+      dtype=self.dtype,
+    )
     # Keras BatchNormalization defaults: momentum 0.99, epsilon 1e-3; batch variance in two
     # passes as Keras (jnp.var), not E[x^2] - E[x]^2.
-    self.bn = nn.BatchNorm(use_scale=False, momentum=0.99, epsilon=1e-3,
-                           use_fast_variance=False, dtype=self.dtype)
+    self.bn = nn.BatchNorm(
+      use_scale=False, momentum=0.99, epsilon=1e-3, use_fast_variance=False, dtype=self.dtype
+    )
 
   def __call__(self, x: Array, train: bool = False) -> Array:
     return self.activation(self.bn(self.conv(x), use_running_average=not train))
@@ -62,19 +71,27 @@ class ConvBN(nn.Module):
 
 class _Block(nn.Module):
   """Shared fields of the Inception blocks; `conv_names` is their Keras creation order."""
+
   activation: Callable[[Array], Array] = nn.relu
   dtype: Any = jnp.float32
   conv_names: ClassVar[tuple[str, ...]] = ()
 
   def _conv(self, features, kernel_size, strides=(1, 1), padding="SAME"):
-    return ConvBN(features, kernel_size, strides, padding, activation=self.activation,
-                  dtype=self.dtype)
+    return ConvBN(
+      features, kernel_size, strides, padding, activation=self.activation, dtype=self.dtype
+    )
 
 
 class Stem(_Block):
   """Everything before mixed0: five conv2d_bn and two 3x3/2 max-pools (299 -> 35)."""
+
   conv_names: ClassVar[tuple[str, ...]] = (
-      "conv2d_1a_3x3", "conv2d_2a_3x3", "conv2d_2b_3x3", "conv2d_3b_1x1", "conv2d_4a_3x3")
+    "conv2d_1a_3x3",
+    "conv2d_2a_3x3",
+    "conv2d_2b_3x3",
+    "conv2d_3b_1x1",
+    "conv2d_4a_3x3",
+  )
 
   def setup(self):
     self.conv2d_1a_3x3 = self._conv(32, (3, 3), (2, 2), "VALID")
@@ -95,10 +112,17 @@ class Stem(_Block):
 
 class InceptionA(_Block):
   """mixed0-2 (35x35): 1x1, 5x5, double 3x3 and pooled branches."""
+
   pool_features: int = 32
   conv_names: ClassVar[tuple[str, ...]] = (
-      "branch1x1", "branch5x5_1", "branch5x5_2", "branch3x3dbl_1", "branch3x3dbl_2",
-      "branch3x3dbl_3", "branch_pool")
+    "branch1x1",
+    "branch5x5_1",
+    "branch5x5_2",
+    "branch3x3dbl_1",
+    "branch3x3dbl_2",
+    "branch3x3dbl_3",
+    "branch_pool",
+  )
 
   def setup(self):
     self.branch1x1 = self._conv(64, (1, 1))
@@ -119,8 +143,13 @@ class InceptionA(_Block):
 
 class InceptionB(_Block):
   """mixed3 (35 -> 17): strided 3x3, strided double 3x3 and max-pool branches."""
+
   conv_names: ClassVar[tuple[str, ...]] = (
-      "branch3x3", "branch3x3dbl_1", "branch3x3dbl_2", "branch3x3dbl_3")
+    "branch3x3",
+    "branch3x3dbl_1",
+    "branch3x3dbl_2",
+    "branch3x3dbl_3",
+  )
 
   def setup(self):
     self.branch3x3 = self._conv(384, (3, 3), (2, 2), "VALID")
@@ -136,10 +165,20 @@ class InceptionB(_Block):
 
 class InceptionC(_Block):
   """mixed4-7 (17x17): factorized 7x7 branches with `channels_7x7` inner channels."""
+
   channels_7x7: int = 128
   conv_names: ClassVar[tuple[str, ...]] = (
-      "branch1x1", "branch7x7_1", "branch7x7_2", "branch7x7_3", "branch7x7dbl_1",
-      "branch7x7dbl_2", "branch7x7dbl_3", "branch7x7dbl_4", "branch7x7dbl_5", "branch_pool")
+    "branch1x1",
+    "branch7x7_1",
+    "branch7x7_2",
+    "branch7x7_3",
+    "branch7x7dbl_1",
+    "branch7x7dbl_2",
+    "branch7x7dbl_3",
+    "branch7x7dbl_4",
+    "branch7x7dbl_5",
+    "branch_pool",
+  )
 
   def setup(self):
     c = self.channels_7x7
@@ -160,8 +199,13 @@ class InceptionC(_Block):
     for layer in (self.branch7x7_1, self.branch7x7_2, self.branch7x7_3):
       b7 = layer(b7, train)
     bd = x
-    for layer in (self.branch7x7dbl_1, self.branch7x7dbl_2, self.branch7x7dbl_3,
-                  self.branch7x7dbl_4, self.branch7x7dbl_5):
+    for layer in (
+      self.branch7x7dbl_1,
+      self.branch7x7dbl_2,
+      self.branch7x7dbl_3,
+      self.branch7x7dbl_4,
+      self.branch7x7dbl_5,
+    ):
       bd = layer(bd, train)
     bp = self.branch_pool(_avg_pool_3x3_same(x), train)
     return jnp.concatenate([b1, b7, bd, bp], axis=-1)
@@ -169,9 +213,15 @@ class InceptionC(_Block):
 
 class InceptionD(_Block):
   """mixed8 (17 -> 8): strided 3x3, strided 7x7x3 and max-pool branches."""
+
   conv_names: ClassVar[tuple[str, ...]] = (
-      "branch3x3_1", "branch3x3_2", "branch7x7x3_1", "branch7x7x3_2", "branch7x7x3_3",
-      "branch7x7x3_4")
+    "branch3x3_1",
+    "branch3x3_2",
+    "branch7x7x3_1",
+    "branch7x7x3_2",
+    "branch7x7x3_3",
+    "branch7x7x3_4",
+  )
 
   def setup(self):
     self.branch3x3_1 = self._conv(192, (1, 1))
@@ -184,17 +234,25 @@ class InceptionD(_Block):
   def __call__(self, x: Array, train: bool = False) -> Array:
     b3 = self.branch3x3_2(self.branch3x3_1(x, train), train)
     b7 = x
-    for layer in (self.branch7x7x3_1, self.branch7x7x3_2, self.branch7x7x3_3,
-                  self.branch7x7x3_4):
+    for layer in (self.branch7x7x3_1, self.branch7x7x3_2, self.branch7x7x3_3, self.branch7x7x3_4):
       b7 = layer(b7, train)
     return jnp.concatenate([b3, b7, _max_pool_3x3_s2(x)], axis=-1)
 
 
 class InceptionE(_Block):
   """mixed9-10 (8x8): expanded 1x3/3x1 branches."""
+
   conv_names: ClassVar[tuple[str, ...]] = (
-      "branch1x1", "branch3x3_1", "branch3x3_2a", "branch3x3_2b", "branch3x3dbl_1",
-      "branch3x3dbl_2", "branch3x3dbl_3a", "branch3x3dbl_3b", "branch_pool")
+    "branch1x1",
+    "branch3x3_1",
+    "branch3x3_2a",
+    "branch3x3_2b",
+    "branch3x3dbl_1",
+    "branch3x3dbl_2",
+    "branch3x3dbl_3a",
+    "branch3x3dbl_3b",
+    "branch_pool",
+  )
 
   def setup(self):
     self.branch1x1 = self._conv(320, (1, 1))
@@ -219,18 +277,18 @@ class InceptionE(_Block):
 
 # Keras' InceptionV3 body, bottom-up: (block name, block class, block fields).
 _BLOCKS = (
-    ("stem", Stem, {}),
-    ("mixed0", InceptionA, {"pool_features": 32}),
-    ("mixed1", InceptionA, {"pool_features": 64}),
-    ("mixed2", InceptionA, {"pool_features": 64}),
-    ("mixed3", InceptionB, {}),
-    ("mixed4", InceptionC, {"channels_7x7": 128}),
-    ("mixed5", InceptionC, {"channels_7x7": 160}),
-    ("mixed6", InceptionC, {"channels_7x7": 160}),
-    ("mixed7", InceptionC, {"channels_7x7": 192}),
-    ("mixed8", InceptionD, {}),
-    ("mixed9", InceptionE, {}),
-    ("mixed10", InceptionE, {}),
+  ("stem", Stem, {}),
+  ("mixed0", InceptionA, {"pool_features": 32}),
+  ("mixed1", InceptionA, {"pool_features": 64}),
+  ("mixed2", InceptionA, {"pool_features": 64}),
+  ("mixed3", InceptionB, {}),
+  ("mixed4", InceptionC, {"channels_7x7": 128}),
+  ("mixed5", InceptionC, {"channels_7x7": 160}),
+  ("mixed6", InceptionC, {"channels_7x7": 160}),
+  ("mixed7", InceptionC, {"channels_7x7": 192}),
+  ("mixed8", InceptionD, {}),
+  ("mixed9", InceptionE, {}),
+  ("mixed10", InceptionE, {}),
 )
 FEATURES = 2048  # channels of mixed10
 
@@ -249,12 +307,14 @@ class InceptionV3(nn.Module):
     dtype: compute dtype (float32, or bfloat16 for mixed precision); parameters stay float32
       and the logits are returned as float32.
   """
+
   num_classes: int = 2
   activation: Callable[[Array], Array] = nn.relu
   dtype: Any = jnp.float32
 
-  block_names: ClassVar[tuple[str, ...]] = (
-      ("logits",) + tuple(name for name, _, _ in reversed(_BLOCKS)))
+  block_names: ClassVar[tuple[str, ...]] = ("logits",) + tuple(
+    name for name, _, _ in reversed(_BLOCKS)
+  )
 
   def setup(self):
     for name, cls, fields in _BLOCKS:
@@ -265,8 +325,9 @@ class InceptionV3(nn.Module):
   def features(self, x: Array, train: bool = False) -> Array:
     """Images [B,H,W,C] (H, W >= 75) -> mixed10 output [B,h,w,2048]."""
     if x.ndim != 4 or min(x.shape[1:3]) < MIN_SIZE:
-      raise ValueError(f"InceptionV3 takes images [B,H,W,C] with H, W >= {MIN_SIZE}; "
-                       f"got shape {x.shape}.")
+      raise ValueError(
+        f"InceptionV3 takes images [B,H,W,C] with H, W >= {MIN_SIZE}; got shape {x.shape}."
+      )
     for name, _, _ in _BLOCKS:
       x = getattr(self, name)(x, train)
     return x

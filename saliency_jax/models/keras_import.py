@@ -28,6 +28,7 @@ Mapping to our parameter tree:
     freshly initialized from `seed` (the model's own initializers).
 Anything left over or missing is an error, never a silent partial import.
 """
+
 import functools
 import io
 import re
@@ -47,8 +48,9 @@ _VAR_ORDER = ("kernel", "bias", "gamma", "beta", "moving_mean", "moving_variance
 _ARCHS = ("inception_v3", "densenet121", "resnet50")
 
 
-def import_keras_weights(arch: str, path: str, *, seed: int = 0,
-                         num_classes: int = 2) -> dict[str, Any]:
+def import_keras_weights(
+  arch: str, path: str, *, seed: int = 0, num_classes: int = 2
+) -> dict[str, Any]:
   """Reads a Keras weight file into {"params", "batch_stats"} for `create(arch, num_classes)`.
 
   Args:
@@ -80,8 +82,10 @@ def import_keras_weights(arch: str, path: str, *, seed: int = 0,
   params["logits"] = _head(layers, used, module, feats, seed=seed, num_classes=num_classes)
   leftover = sorted(set(layers) - used)
   if leftover:
-    raise ValueError(f"{path}: {len(leftover)} layers with weights are not part of {arch} "
-                     f"(e.g. {leftover[:5]}); is this a weight file of another model?")
+    raise ValueError(
+      f"{path}: {len(leftover)} layers with weights are not part of {arch} "
+      f"(e.g. {leftover[:5]}); is this a weight file of another model?"
+    )
   variables = {"params": params, "batch_stats": stats}
   _check_structure(variables, _template(arch, num_classes, in_channels), path)
   return variables
@@ -102,8 +106,10 @@ def read_keras_layers(path: str) -> dict[str, list[tuple[str | None, np.ndarray]
       layers = {}
       _read_keras3(f["layers"], layers)
       return layers
-  raise ValueError(f"{path} is neither a legacy Keras HDF5 weight file (no `layer_names`) nor "
-                   "a Keras 3 `.weights.h5` file (no `layers` group).")
+  raise ValueError(
+    f"{path} is neither a legacy Keras HDF5 weight file (no `layer_names`) nor "
+    "a Keras 3 `.weights.h5` file (no `layers` group)."
+  )
 
 
 def open_weights(path: str) -> h5py.File:
@@ -138,7 +144,7 @@ def _read_legacy(group: h5py.Group) -> dict[str, list[tuple[str | None, np.ndarr
       owner, _, var = weight_name.rpartition("/")
       owner = owner or layer_name
       if owner != layer_name and owner.startswith(layer_name + "/"):
-        owner = owner[len(layer_name) + 1:]
+        owner = owner[len(layer_name) + 1 :]
       var = var.split(":")[0]
       value = np.asarray(layer_group[weight_name])
       layers.setdefault(owner.replace("/", "_"), []).append((var, value))
@@ -156,8 +162,10 @@ def _read_keras3(group: h5py.Group, layers: dict) -> None:
       # The group keys are positional ("conv2d_7" is the 8th Conv2D of `model.layers`), not
       # layer names; Keras records the layer's name in the group's attributes.
       if "name" not in variables.attrs:
-        raise ValueError(f"{variables.name} does not record its layer name (an early Keras 3 "
-                         "file); load it in Keras and save it again with a recent version.")
+        raise ValueError(
+          f"{variables.name} does not record its layer name (an early Keras 3 "
+          "file); load it in Keras and save it again with a recent version."
+        )
       name = variables.attrs["name"]
       name = name.decode("utf8") if isinstance(name, bytes) else str(name)
       keys = sorted(variables, key=int)
@@ -169,8 +177,10 @@ def _read_keras3(group: h5py.Group, layers: dict) -> None:
 def _values(weights, names: tuple[str, ...], layer: str) -> dict[str, np.ndarray]:
   """The layer's variables as {name: float32 array}, checking their number and names."""
   if len(weights) != len(names) or any(v not in (None, n) for (v, _), n in zip(weights, names)):
-    raise ValueError(f"Layer {layer!r} holds {[v for v, _ in weights]} "
-                     f"({len(weights)} variables); expected {list(names)}.")
+    raise ValueError(
+      f"Layer {layer!r} holds {[v for v, _ in weights]} "
+      f"({len(weights)} variables); expected {list(names)}."
+    )
   return {n: np.asarray(value, np.float32) for n, (_, value) in zip(names, weights)}
 
 
@@ -187,25 +197,31 @@ def _inception_body(layers):
   bns = sorted((n for n, k in kinds.items() if k == [1, 1, 1]), key=_creation_index)
   paths = inception_v3.keras_conv_paths()
   if len(convs) != len(paths) or len(bns) != len(paths):
-    raise ValueError(f"An InceptionV3 weight file has {len(paths)} bias-free convolutions and "
-                     f"{len(paths)} scale-free batch norms; this one has {len(convs)} and "
-                     f"{len(bns)}.")
+    raise ValueError(
+      f"An InceptionV3 weight file has {len(paths)} bias-free convolutions and "
+      f"{len(paths)} scale-free batch norms; this one has {len(convs)} and "
+      f"{len(bns)}."
+    )
   for found in (convs, bns):
     indices = [_creation_index(n) for n in found]
     if len(set(indices)) != len(indices):
-      raise ValueError("InceptionV3 layers are matched by Keras' automatic name suffixes "
-                       f"(conv2d_N, batch_normalization_N); these are ambiguous: {found[:5]}...")
+      raise ValueError(
+        "InceptionV3 layers are matched by Keras' automatic name suffixes "
+        f"(conv2d_N, batch_normalization_N); these are ambiguous: {found[:5]}..."
+      )
   params, stats = {}, {}
   for (block, unit), conv, bn in zip(paths, convs, bns):
     kernel = _values(layers[conv], ("kernel",), conv)["kernel"]
     norm = _values(layers[bn], ("beta", "moving_mean", "moving_variance"), bn)
     if norm["beta"].shape != kernel.shape[-1:]:
-      raise ValueError(f"Batch norm {bn!r} has {norm['beta'].shape[0]} channels but "
-                       f"convolution {conv!r} has {kernel.shape[-1]}.")
-    params.setdefault(block, {})[unit] = {"conv": {"kernel": kernel},
-                                          "bn": {"bias": norm["beta"]}}
-    stats.setdefault(block, {})[unit] = {"bn": {"mean": norm["moving_mean"],
-                                                "var": norm["moving_variance"]}}
+      raise ValueError(
+        f"Batch norm {bn!r} has {norm['beta'].shape[0]} channels but "
+        f"convolution {conv!r} has {kernel.shape[-1]}."
+      )
+    params.setdefault(block, {})[unit] = {"conv": {"kernel": kernel}, "bn": {"bias": norm["beta"]}}
+    stats.setdefault(block, {})[unit] = {
+      "bn": {"mean": norm["moving_mean"], "var": norm["moving_variance"]}
+    }
   return params, stats, set(convs) | set(bns)
 
 
@@ -220,26 +236,31 @@ def _densenet_body(layers, template):
   params, stats, used = {}, {}, set()
   for block in densenet.DenseNet121.block_names:
     if block != "logits":
-      _by_name(layers, template["params"][block], (block,), densenet.keras_layer_name,
-               params, stats, used)
+      _by_name(
+        layers, template["params"][block], (block,), densenet.keras_layer_name, params, stats, used
+      )
   return params, stats, used
 
 
 def _resnet50(layers, path):
   """ResNet50 (no head) variables, every conv/BN looked up by Keras name."""
   from saliency_jax.models import resnet  # pylint: disable=g-import-not-at-top
+
   if "conv1_conv" not in layers:
     raise ValueError(f"{path}: no layer `conv1_conv`: not a ResNet50 weight file.")
   in_channels = layers["conv1_conv"][0][1].shape[2]
-  template = jax.eval_shape(resnet.ResNet().init, jax.random.PRNGKey(0),
-                            jnp.zeros((1, 32, 32, in_channels), jnp.float32))
+  template = jax.eval_shape(
+    resnet.ResNet().init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, in_channels), jnp.float32)
+  )
   params, stats, used = {}, {}, set()
   _by_name(layers, template["params"], (), resnet.keras_layer_name, params, stats, used)
   leftover = sorted(set(layers) - used)
   if leftover:
-    raise ValueError(f"{path}: {len(leftover)} layers with weights are not part of ResNet50 "
-                     f"without top (e.g. {leftover[:5]}); is this a weight file of another "
-                     "model, or one with a head?")
+    raise ValueError(
+      f"{path}: {len(leftover)} layers with weights are not part of ResNet50 "
+      f"without top (e.g. {leftover[:5]}); is this a weight file of another "
+      "model, or one with a head?"
+    )
   variables = {"params": params, "batch_stats": stats}
   _check_structure(variables, template, path)
   return variables
@@ -257,8 +278,7 @@ def _by_name(layers, template, path, keras_name, params, stats, used) -> None:
     names = ("kernel", "bias") if "bias" in template else ("kernel",)
     _set(params, path, _values(_layer(layers, name), names, name))
   else:  # a batch norm
-    norm = _values(_layer(layers, name), ("gamma", "beta", "moving_mean", "moving_variance"),
-                   name)
+    norm = _values(_layer(layers, name), ("gamma", "beta", "moving_mean", "moving_variance"), name)
     _set(params, path, {"scale": norm["gamma"], "bias": norm["beta"]})
     _set(stats, path, {"mean": norm["moving_mean"], "var": norm["moving_variance"]})
 
@@ -283,10 +303,12 @@ def _head(layers, used: set, module, feats: int, *, seed: int, num_classes: int)
   if dense:
     values = _values(layers[dense[0]], ("kernel", "bias"), dense[0])
     if values["kernel"].shape != (feats, num_classes):
-      raise ValueError(f"The file's head {dense[0]!r} maps {values['kernel'].shape[0]} features "
-                       f"to {values['kernel'].shape[1]} classes; expected {feats} -> "
-                       f"{num_classes} (pass num_classes={values['kernel'].shape[1]}, or use "
-                       "a file without head).")
+      raise ValueError(
+        f"The file's head {dense[0]!r} maps {values['kernel'].shape[0]} features "
+        f"to {values['kernel'].shape[1]} classes; expected {feats} -> "
+        f"{num_classes} (pass num_classes={values['kernel'].shape[1]}, or use "
+        "a file without head)."
+      )
     used.add(dense[0])
     return values
   # Only the head is run, so only the "logits" collection is initialized.
@@ -301,16 +323,19 @@ def _template(arch: str, num_classes: int, in_channels: int):
     module, size = inception_v3.InceptionV3(num_classes=num_classes), inception_v3.MIN_SIZE
   else:
     module, size = densenet.DenseNet121(num_classes=num_classes), densenet.MIN_SIZE
-  return jax.eval_shape(module.init, jax.random.PRNGKey(0),
-                        jnp.zeros((1, size, size, in_channels), jnp.float32))
+  return jax.eval_shape(
+    module.init, jax.random.PRNGKey(0), jnp.zeros((1, size, size, in_channels), jnp.float32)
+  )
 
 
 def _check_structure(variables, template, path) -> None:
   def shapes(tree):
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
     return {jax.tree_util.keystr(key): tuple(np.shape(leaf)) for key, leaf in flat}
+
   got, want = shapes(variables), shapes(template)
   if got != want:
     wrong = sorted(k for k in got.keys() | want.keys() if got.get(k) != want.get(k))
-    raise ValueError(f"{path}: imported variables do not fit the model at {wrong[:5]} "
-                     f"({len(wrong)} mismatches).")
+    raise ValueError(
+      f"{path}: imported variables do not fit the model at {wrong[:5]} ({len(wrong)} mismatches)."
+    )

@@ -17,6 +17,7 @@ logits), so the Flax module ends at the Dense layer; `output_activation` records
 model applied on top. Any other head (a second Dense, max pooling, Flatten) is refused, naming
 the layer, rather than imported into a different network.
 """
+
 import dataclasses
 import json
 from typing import Any
@@ -48,6 +49,7 @@ class KerasModel:
       "unknown" for weight-only files.
     input_shape: (H, W, C) the Keras model was built for; None where the file does not say.
   """
+
   arch: str
   module: Any
   variables: dict
@@ -59,6 +61,7 @@ class KerasModel:
 def import_keras_model(path: str, *, arch: str | None = None) -> KerasModel:
   """Reads a whole Keras classifier (see the module docstring) into a `KerasModel`."""
   from saliency_jax import models  # pylint: disable=g-import-not-at-top
+
   config = read_model_config(path)
   activation, input_shape = "unknown", None
   if config is not None:
@@ -70,15 +73,21 @@ def import_keras_model(path: str, *, arch: str | None = None) -> KerasModel:
     activation = _head_activation(layers, path)
     input_shape = _input_shape(layers)
   elif arch is None:
-    raise ValueError(f"{path} stores weights only, not the architecture: pass arch= one of "
-                     f"{ARCHS}.")
+    raise ValueError(
+      f"{path} stores weights only, not the architecture: pass arch= one of {ARCHS}."
+    )
   if arch not in ARCHS:
     raise ValueError(f"Unknown architecture {arch!r}; expected one of {ARCHS}.")
   num_classes = _dense_units(keras_import.read_keras_layers(path), path)
   variables = keras_import.import_keras_weights(arch, path, num_classes=num_classes)
-  return KerasModel(arch=arch, module=models.create(arch, num_classes=num_classes),
-                    variables=variables, num_classes=num_classes,
-                    output_activation=activation, input_shape=input_shape)
+  return KerasModel(
+    arch=arch,
+    module=models.create(arch, num_classes=num_classes),
+    variables=variables,
+    num_classes=num_classes,
+    output_activation=activation,
+    input_shape=input_shape,
+  )
 
 
 def read_model_config(path: str) -> dict | None:
@@ -114,8 +123,10 @@ def _detect_arch(layers: list[dict], path: str) -> str:
   names = {_name(layer) for layer in layers}
   found = [arch for arch, marker in _MARKERS.items() if marker in names]
   if len(found) != 1:
-    raise ValueError(f"{path}: not a Keras InceptionV3 or DenseNet121 classifier (no layer "
-                     f"named {' or '.join(_MARKERS.values())}).")
+    raise ValueError(
+      f"{path}: not a Keras InceptionV3 or DenseNet121 classifier (no layer "
+      f"named {' or '.join(_MARKERS.values())})."
+    )
   return found[0]
 
 
@@ -123,20 +134,30 @@ def _head_activation(layers: list[dict], path: str) -> str:
   """The output activation of the head after the architecture's last layer."""
   marker = max(i for i, layer in enumerate(layers) if _name(layer) in _MARKERS.values())
   # DenseNet's body ends with a batch norm and ReLU after its marker.
-  head = [layer for layer in layers[marker + 1:]
-          if not (layer["class_name"] in ("BatchNormalization", "Activation")
-                  and _name(layer) in ("bn", "relu"))]
+  head = [
+    layer
+    for layer in layers[marker + 1 :]
+    if not (
+      layer["class_name"] in ("BatchNormalization", "Activation") and _name(layer) in ("bn", "relu")
+    )
+  ]
   kinds = [layer["class_name"] for layer in head]
-  if kinds.count("GlobalAveragePooling2D") != 1 or kinds.count("Dense") != 1 or any(
-      k not in _HEAD_PASSTHROUGH + ("GlobalAveragePooling2D", "Dense") for k in kinds):
-    raise ValueError(f"{path}: the head after the {layers[marker]['class_name']} body is "
-                     f"{[f'{k} {_name(h)!r}' for k, h in zip(kinds, head)]}; supported: "
-                     "GlobalAveragePooling2D, Dropout, one Dense layer (any activation).")
+  if (
+    kinds.count("GlobalAveragePooling2D") != 1
+    or kinds.count("Dense") != 1
+    or any(k not in _HEAD_PASSTHROUGH + ("GlobalAveragePooling2D", "Dense") for k in kinds)
+  ):
+    raise ValueError(
+      f"{path}: the head after the {layers[marker]['class_name']} body is "
+      f"{[f'{k} {_name(h)!r}' for k, h in zip(kinds, head)]}; supported: "
+      "GlobalAveragePooling2D, Dropout, one Dense layer (any activation)."
+    )
   dense_at = kinds.index("Dense")
   if kinds.index("GlobalAveragePooling2D") > dense_at:
     raise ValueError(f"{path}: the Dense head comes before the pooling.")
-  after = [h["config"].get("activation") for h in head[dense_at + 1:]
-           if h["class_name"] == "Activation"]
+  after = [
+    h["config"].get("activation") for h in head[dense_at + 1 :] if h["class_name"] == "Activation"
+  ]
   activation = head[dense_at]["config"].get("activation", "linear")
   if after and activation != "linear":
     raise ValueError(f"{path}: two activations after the Dense head: {activation}, {after}.")

@@ -11,6 +11,7 @@ Parameter paths are Keras' layer names split at the block: Keras' "conv3_block2_
 back (the Keras weight import uses it). `widths`, `blocks` and `stem_width` give narrower
 or shallower variants (for small CPU runs); the defaults are ResNet-50.
 """
+
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,15 +30,18 @@ def keras_layer_name(path: Sequence[str]) -> str:
   return "_".join(path)
 
 
-def _conv_bn(x: Array, features: int, kernel: int, stride: int, train: bool, dtype: Any,
-             name: str) -> Array:
+def _conv_bn(
+  x: Array, features: int, kernel: int, stride: int, train: bool, dtype: Any, name: str
+) -> Array:
   """Keras Conv2D (with bias) + BatchNormalization, as submodules "<name>_conv", "<name>_bn"
   of the calling module."""
   padding = "SAME" if kernel > 1 else "VALID"  # Keras' 1x1 convolutions are "valid"
-  x = nn.Conv(features, (kernel, kernel), (stride, stride), padding=padding, dtype=dtype,
-              name=f"{name}_conv")(x)
-  return nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=_EPSILON,
-                      dtype=dtype, name=f"{name}_bn")(x)
+  x = nn.Conv(
+    features, (kernel, kernel), (stride, stride), padding=padding, dtype=dtype, name=f"{name}_conv"
+  )(x)
+  return nn.BatchNorm(
+    use_running_average=not train, momentum=0.99, epsilon=_EPSILON, dtype=dtype, name=f"{name}_bn"
+  )(x)
 
 
 class _Bottleneck(nn.Module):
@@ -67,6 +71,7 @@ class ResNet(nn.Module):
     blocks: blocks per stage ((3, 4, 6, 3) for ResNet-50).
     dtype: compute dtype; parameters stay float32.
   """
+
   stem_width: int = 64
   widths: Sequence[int] = (64, 128, 256, 512)
   blocks: Sequence[int] = (3, 4, 6, 3)
@@ -77,20 +82,34 @@ class ResNet(nn.Module):
     if x.ndim != 4:
       raise ValueError(f"ResNet expects images [B, H, W, C]; got shape {x.shape}.")
     if len(self.widths) != len(STAGES) or len(self.blocks) != len(STAGES):
-      raise ValueError(f"widths and blocks need one entry per stage {STAGES}; got "
-                       f"{self.widths}, {self.blocks}.")
+      raise ValueError(
+        f"widths and blocks need one entry per stage {STAGES}; got {self.widths}, {self.blocks}."
+      )
     x = jnp.pad(x.astype(self.dtype), ((0, 0), (3, 3), (3, 3), (0, 0)))
-    x = nn.Conv(self.stem_width, (7, 7), (2, 2), padding="VALID", dtype=self.dtype,
-                name="conv1_conv")(x)
-    x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=_EPSILON,
-                             dtype=self.dtype, name="conv1_bn")(x))
+    x = nn.Conv(
+      self.stem_width, (7, 7), (2, 2), padding="VALID", dtype=self.dtype, name="conv1_conv"
+    )(x)
+    x = nn.relu(
+      nn.BatchNorm(
+        use_running_average=not train,
+        momentum=0.99,
+        epsilon=_EPSILON,
+        dtype=self.dtype,
+        name="conv1_bn",
+      )(x)
+    )
     # Zero padding before the max-pool, as Keras (equal to -inf padding after a ReLU).
     x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
     outputs = []
     for stage, (width, count) in enumerate(zip(self.widths, self.blocks)):
       for block in range(count):
-        x = _Bottleneck(width, stride=(1 if stage == 0 or block else 2), projection=block == 0,
-                        dtype=self.dtype, name=f"{STAGES[stage]}_block{block + 1}")(x, train)
+        x = _Bottleneck(
+          width,
+          stride=(1 if stage == 0 or block else 2),
+          projection=block == 0,
+          dtype=self.dtype,
+          name=f"{STAGES[stage]}_block{block + 1}",
+        )(x, train)
       outputs.append(x)
     return tuple(outputs)

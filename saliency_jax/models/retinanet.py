@@ -15,6 +15,7 @@ outputs. Initialization as the paper for the subnets (Gaussian weights, std 0.01
 class output's bias -log((1 - 0.01) / 0.01) so every anchor starts at foreground probability
 0.01); Flax defaults for the FPN.
 """
+
 from collections.abc import Sequence
 import math
 from typing import Any
@@ -35,7 +36,7 @@ PRIOR = 0.01
 def _upsample_to(x: Array, shape: tuple[int, int]) -> Array:
   """Nearest-neighbour 2x upsampling, cropped to `shape` (odd sizes)."""
   x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-  return x[:, :shape[0], :shape[1]]
+  return x[:, : shape[0], : shape[1]]
 
 
 class RetinaNet(nn.Module):
@@ -48,6 +49,7 @@ class RetinaNet(nn.Module):
     anchor_sizes: base anchor size of P3-P7 (the paper: 32 to 512); smaller for small images.
     dtype: compute dtype; parameters and outputs stay float32.
   """
+
   stem_width: int = 64
   widths: Sequence[int] = (64, 128, 256, 512)
   blocks: Sequence[int] = (3, 4, 6, 3)
@@ -63,8 +65,9 @@ class RetinaNet(nn.Module):
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> tuple[Array, Array]:
     dt, width = self.dtype, self.fpn_width
-    _, c3, c4, c5 = resnet.ResNet(self.stem_width, tuple(self.widths), tuple(self.blocks),
-                                  dtype=dt, name="backbone")(x, train)
+    _, c3, c4, c5 = resnet.ResNet(
+      self.stem_width, tuple(self.widths), tuple(self.blocks), dtype=dt, name="backbone"
+    )(x, train)
 
     def conv(k, s, name):
       return nn.Conv(width, (k, k), (s, s), padding="SAME", dtype=dt, name=name)
@@ -74,22 +77,38 @@ class RetinaNet(nn.Module):
     p3 = conv(1, 1, "lateral3")(c3) + _upsample_to(p4, c3.shape[1:3])
     p6 = conv(3, 2, "p6")(c5)
     p7 = conv(3, 2, "p7")(nn.relu(p6))
-    levels = [conv(3, 1, "smooth3")(p3), conv(3, 1, "smooth4")(p4), conv(3, 1, "smooth5")(p5),
-              p6, p7]
+    levels = [
+      conv(3, 1, "smooth3")(p3),
+      conv(3, 1, "smooth4")(p4),
+      conv(3, 1, "smooth5")(p5),
+      p6,
+      p7,
+    ]
     expected = boxes_lib.level_shapes(*x.shape[1:3])
     if tuple(p.shape[1:3] for p in levels) != expected:
-      raise AssertionError(f"FPN grids {[p.shape[1:3] for p in levels]} differ from the "
-                           f"anchors' {expected}.")
+      raise AssertionError(
+        f"FPN grids {[p.shape[1:3] for p in levels]} differ from the anchors' {expected}."
+      )
 
     head_init = nn.initializers.normal(0.01)
     prior_bias = -math.log((1 - PRIOR) / PRIOR)
 
     def subnet(name: str, outputs: int, bias: float) -> list[nn.Conv]:
-      layers = [nn.Conv(width, (3, 3), padding="SAME", kernel_init=head_init, dtype=dt,
-                        name=f"{name}_{i}") for i in range(self.head_depth)]
-      return layers + [nn.Conv(outputs, (3, 3), padding="SAME", kernel_init=head_init,
-                               bias_init=nn.initializers.constant(bias), dtype=dt,
-                               name=f"{name}_out")]
+      layers = [
+        nn.Conv(width, (3, 3), padding="SAME", kernel_init=head_init, dtype=dt, name=f"{name}_{i}")
+        for i in range(self.head_depth)
+      ]
+      return layers + [
+        nn.Conv(
+          outputs,
+          (3, 3),
+          padding="SAME",
+          kernel_init=head_init,
+          bias_init=nn.initializers.constant(bias),
+          dtype=dt,
+          name=f"{name}_out",
+        )
+      ]
 
     # Created once and applied to every level: the subnets' weights are shared.
     class_net = subnet("class", boxes_lib.NUM_ANCHORS, prior_bias)

@@ -19,6 +19,7 @@ Batch norm keeps running averages in the "batch_stats" collection and uses them 
 `train=True`. `dtype` is the computation dtype (e.g. bfloat16); parameters stay float32 and the
 logits are returned in float32.
 """
+
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -33,12 +34,18 @@ _BN_EPSILON = 1e-5
 
 
 def _batch_norm(train: bool, dtype: Dtype, name: str | None = None) -> nn.BatchNorm:
-  return nn.BatchNorm(use_running_average=not train, momentum=_BN_MOMENTUM,
-                      epsilon=_BN_EPSILON, dtype=dtype, name=name)
+  return nn.BatchNorm(
+    use_running_average=not train,
+    momentum=_BN_MOMENTUM,
+    epsilon=_BN_EPSILON,
+    dtype=dtype,
+    name=name,
+  )
 
 
 class ConvBNAct(nn.Module):
   """Conv -> BatchNorm -> activation (the unit of the VGG stack and of both stems)."""
+
   features: int
   activation: Callable[[Array], Array]
   kernel_size: int = 3
@@ -47,15 +54,22 @@ class ConvBNAct(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
-    x = nn.Conv(self.features, (self.kernel_size, self.kernel_size),
-                strides=(self.strides, self.strides), padding="SAME", use_bias=False,
-                dtype=self.dtype, name="conv")(x)
+    x = nn.Conv(
+      self.features,
+      (self.kernel_size, self.kernel_size),
+      strides=(self.strides, self.strides),
+      padding="SAME",
+      use_bias=False,
+      dtype=self.dtype,
+      name="conv",
+    )(x)
     x = _batch_norm(train, self.dtype, name="bn")(x)
     return self.activation(x)
 
 
 class VGGBlock(nn.Module):
   """(Conv-BN-act) x num_convs, then 2x2 max pooling when `pool`."""
+
   features: int
   activation: Callable[[Array], Array]
   num_convs: int = 2
@@ -65,8 +79,7 @@ class VGGBlock(nn.Module):
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     for i in range(self.num_convs):
-      x = ConvBNAct(self.features, self.activation, dtype=self.dtype, name=f"conv{i + 1}")(
-          x, train)
+      x = ConvBNAct(self.features, self.activation, dtype=self.dtype, name=f"conv{i + 1}")(x, train)
     if self.pool:
       x = nn.max_pool(x, (2, 2), strides=(2, 2))
     return x
@@ -74,6 +87,7 @@ class VGGBlock(nn.Module):
 
 class _ClassifierHead(nn.Module):
   """Global average pooling, then Dense(num_classes); the "logits" block of both models."""
+
   num_classes: int
   dtype: Dtype = jnp.float32
 
@@ -110,6 +124,7 @@ class SmallVGG(_StemBlocksHead, nn.Module):
   (8x8 for 64x64 inputs with the default three blocks).
   H and W must be divisible by 2**N; other sizes are floored by the pooling.
   """
+
   num_classes: int = 2
   activation: Callable[[Array], Array] = nn.relu
   stem_width: int = 16
@@ -125,8 +140,9 @@ class SmallVGG(_StemBlocksHead, nn.Module):
     n = len(self.widths)
     blocks = []
     for i, width in enumerate(self.widths):
-      block = VGGBlock(width, self.activation, pool=i < n - 1, dtype=self.dtype,
-                       name=f"block{i + 1}")
+      block = VGGBlock(
+        width, self.activation, pool=i < n - 1, dtype=self.dtype, name=f"block{i + 1}"
+      )
       blocks.append(block)
     self.blocks = blocks
     self.logits = _ClassifierHead(self.num_classes, dtype=self.dtype)
@@ -134,6 +150,7 @@ class SmallVGG(_StemBlocksHead, nn.Module):
 
 class DenseLayer(nn.Module):
   """BN -> act -> 3x3 conv producing `growth_rate` new channels, concatenated to the input."""
+
   growth_rate: int
   activation: Callable[[Array], Array]
   dtype: Dtype = jnp.float32
@@ -142,8 +159,9 @@ class DenseLayer(nn.Module):
   def __call__(self, x: Array, train: bool = False) -> Array:
     y = _batch_norm(train, self.dtype, name="bn")(x)
     y = self.activation(y)
-    y = nn.Conv(self.growth_rate, (3, 3), padding="SAME", use_bias=False, dtype=self.dtype,
-                name="conv")(y)
+    y = nn.Conv(
+      self.growth_rate, (3, 3), padding="SAME", use_bias=False, dtype=self.dtype, name="conv"
+    )(y)
     return jnp.concatenate([x, y], axis=-1)
 
 
@@ -154,6 +172,7 @@ class DenseStage(nn.Module):
   channels, 2x2 average pooling); the last exits through BN-act, as DenseNet's final norm,
   so its output is the Grad-CAM layer.
   """
+
   num_layers: int
   growth_rate: int
   activation: Callable[[Array], Array]
@@ -163,19 +182,20 @@ class DenseStage(nn.Module):
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     for i in range(self.num_layers):
-      x = DenseLayer(self.growth_rate, self.activation, dtype=self.dtype,
-                     name=f"layer{i + 1}")(x, train)
+      x = DenseLayer(self.growth_rate, self.activation, dtype=self.dtype, name=f"layer{i + 1}")(
+        x, train
+      )
     x = _batch_norm(train, self.dtype, name="bn")(x)
     x = self.activation(x)
     if not self.last:
-      x = nn.Conv(x.shape[-1] // 2, (1, 1), use_bias=False, dtype=self.dtype,
-                  name="transition")(x)
+      x = nn.Conv(x.shape[-1] // 2, (1, 1), use_bias=False, dtype=self.dtype, name="transition")(x)
       x = nn.avg_pool(x, (2, 2), strides=(2, 2))
     return x
 
 
 class DenseStem(nn.Module):
   """3x3 conv with stride 2, BN, act, 2x2 max pooling: 1/4 of the input resolution."""
+
   features: int
   activation: Callable[[Array], Array]
   dtype: Dtype = jnp.float32
@@ -183,7 +203,8 @@ class DenseStem(nn.Module):
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     x = ConvBNAct(self.features, self.activation, strides=2, dtype=self.dtype, name="conv")(
-        x, train)
+      x, train
+    )
     return nn.max_pool(x, (2, 2), strides=(2, 2))
 
 
@@ -197,6 +218,7 @@ class SmallDenseNet(_StemBlocksHead, nn.Module):
   after the last one. The Grad-CAM layer is at 1/2**(N+1) of the input resolution (8x8 for
   64x64 inputs with the default two blocks). H and W must be divisible by 2**(N+1).
   """
+
   num_classes: int = 2
   activation: Callable[[Array], Array] = nn.relu
   stem_width: int = 16
@@ -213,9 +235,14 @@ class SmallDenseNet(_StemBlocksHead, nn.Module):
     self.stem = DenseStem(self.stem_width, self.activation, dtype=self.dtype)
     n = len(self.layers_per_block)
     self.blocks = [
-        DenseStage(num_layers, self.growth_rate, self.activation, last=i == n - 1,
-                   dtype=self.dtype, name=f"block{i + 1}")
-        for i, num_layers in enumerate(self.layers_per_block)
+      DenseStage(
+        num_layers,
+        self.growth_rate,
+        self.activation,
+        last=i == n - 1,
+        dtype=self.dtype,
+        name=f"block{i + 1}",
+      )
+      for i, num_layers in enumerate(self.layers_per_block)
     ]
     self.logits = _ClassifierHead(self.num_classes, dtype=self.dtype)
-

@@ -6,6 +6,7 @@ is the relative rise (H_random - H_trained) / H_trained from the trained to the 
 randomized model's map; a method sensitive to the model's parameters gets noisier, so more
 complex, maps from the randomized model (a positive rise).
 """
+
 import numpy as np
 
 

@@ -20,6 +20,7 @@ added to the image in the order the map ranks them.
 The output is the probability of the explained class (column `targets[i]` of `probs_fn`). Ranks
 break ties by pixel order (row-major), so a constant map removes pixels in raster order.
 """
+
 from collections.abc import Callable, Sequence
 
 import jax
@@ -29,7 +30,7 @@ from scipy import ndimage
 from scipy import sparse
 from scipy.sparse import linalg as sparse_linalg
 
-ProbsFn = Callable[[np.ndarray], np.ndarray]   # images [M,H,W,C] -> probabilities [M,K]
+ProbsFn = Callable[[np.ndarray], np.ndarray]  # images [M,H,W,C] -> probabilities [M,K]
 
 BASELINES = ("blur", "mean")
 
@@ -48,8 +49,9 @@ def baseline_images(images: np.ndarray, kind: str, blur_sigma: float) -> np.ndar
   """The images with all information removed: "blur" or "mean", float32 [N,H,W,C]."""
   images = np.asarray(images, np.float32)
   if kind == "blur":
-    return ndimage.gaussian_filter(images, (0, blur_sigma, blur_sigma, 0),
-                                   mode="nearest").astype(np.float32)
+    return ndimage.gaussian_filter(images, (0, blur_sigma, blur_sigma, 0), mode="nearest").astype(
+      np.float32
+    )
   if kind == "mean":
     return np.broadcast_to(images.mean(axis=(1, 2), keepdims=True), images.shape).copy()
   raise ValueError(f"faithfulness baseline must be one of {BASELINES}, got {kind!r}")
@@ -82,10 +84,17 @@ def _target_outputs(probs_fn: ProbsFn, stack: np.ndarray, targets: np.ndarray) -
   return probs[np.arange(len(rows)), rows].reshape(-1, len(targets)).T
 
 
-def perturbation_curves(images: np.ndarray, maps: np.ndarray, targets: np.ndarray,
-                        probs_fn: ProbsFn, *,
-                        steps: int, baseline: str, blur_sigma: float,
-                        insertion: bool) -> np.ndarray:
+def perturbation_curves(
+  images: np.ndarray,
+  maps: np.ndarray,
+  targets: np.ndarray,
+  probs_fn: ProbsFn,
+  *,
+  steps: int,
+  baseline: str,
+  blur_sigma: float,
+  insertion: bool,
+) -> np.ndarray:
   """The model's output along a deletion (or insertion) curve: float64 [N, steps + 1]."""
   images = np.asarray(images, np.float32)
   base = baseline_images(images, baseline, blur_sigma)
@@ -101,8 +110,16 @@ def curve_area(curves: np.ndarray, steps: int) -> np.ndarray:
 
 
 # ROAD's neighbour weights: (row offset, column offset) -> weight; they sum to 1.
-ROAD_WEIGHTS = (((1, 1), 1 / 12), ((0, 1), 1 / 6), ((-1, 1), 1 / 12), ((1, -1), 1 / 12),
-                ((0, -1), 1 / 6), ((-1, -1), 1 / 12), ((1, 0), 1 / 6), ((-1, 0), 1 / 6))
+ROAD_WEIGHTS = (
+  ((1, 1), 1 / 12),
+  ((0, 1), 1 / 6),
+  ((-1, 1), 1 / 12),
+  ((1, -1), 1 / 12),
+  ((0, -1), 1 / 6),
+  ((-1, -1), 1 / 12),
+  ((1, 0), 1 / 6),
+  ((-1, 0), 1 / 6),
+)
 
 
 def linear_imputation(image: np.ndarray, removed: np.ndarray) -> np.ndarray:
@@ -137,24 +154,33 @@ def linear_imputation(image: np.ndarray, removed: np.ndarray) -> np.ndarray:
   a_rows.append(np.arange(unknown.size))
   a_cols.append(np.arange(unknown.size))
   a_vals.append(-total)
-  system = sparse.csc_matrix((np.concatenate(a_vals), (np.concatenate(a_rows),
-                                                       np.concatenate(a_cols))),
-                             shape=(unknown.size, unknown.size))
+  system = sparse.csc_matrix(
+    (np.concatenate(a_vals), (np.concatenate(a_rows), np.concatenate(a_cols))),
+    shape=(unknown.size, unknown.size),
+  )
   solution = sparse_linalg.spsolve(system, rhs).reshape(unknown.size, -1)
   out = flat.copy()
   out[unknown] = solution
   return out.reshape(image.shape).astype(np.float32)
 
 
-def road_curves(images: np.ndarray, maps: np.ndarray, targets: np.ndarray, probs_fn: ProbsFn, *,
-                percentages: Sequence[float], most_relevant_first: bool, noise: float,
-                seed: int) -> np.ndarray:
+def road_curves(
+  images: np.ndarray,
+  maps: np.ndarray,
+  targets: np.ndarray,
+  probs_fn: ProbsFn,
+  *,
+  percentages: Sequence[float],
+  most_relevant_first: bool,
+  noise: float,
+  seed: int,
+) -> np.ndarray:
   """The model's output on ROAD-imputed images, one column per percentage: float64 [N, P]."""
   images = np.asarray(images, np.float32)
   ranks = pixel_ranks(maps)
   n, h, w = ranks.shape
   if not most_relevant_first:
-    ranks = h * w - 1 - ranks      # least relevant first
+    ranks = h * w - 1 - ranks  # least relevant first
   rng = np.random.default_rng(seed)
   counts = _counts(percentages, h * w)
   imputed = np.empty((len(counts), n) + images.shape[1:], np.float32)
@@ -171,16 +197,17 @@ def random_mask(shape: tuple[int, int], fraction: float, seed: int) -> np.ndarra
   """PAIR's generate_random_mask with its own seeded generator: bool [H,W]."""
   mask = np.zeros(shape, bool)
   size = mask.size
-  mask.ravel()[np.random.default_rng(seed).choice(size, int(size * fraction),
-                                                  replace=False)] = True
+  mask.ravel()[np.random.default_rng(seed).choice(size, int(size * fraction), replace=False)] = True
   return mask
 
 
-def pic_images(image: np.ndarray, saliency_map: np.ndarray, mask: np.ndarray,
-               thresholds: Sequence[float]) -> list[np.ndarray]:
+def pic_images(
+  image: np.ndarray, saliency_map: np.ndarray, mask: np.ndarray, thresholds: Sequence[float]
+) -> list[np.ndarray]:
   """PIC's images of one uint8 image: [fully blurred, then one per threshold] (PAIR's
   create_blurred_image from the `mask` pixels and those of the top `threshold` fraction)."""
   from saliency.metrics import pic  # pylint: disable=g-import-not-at-top
+
   if image.dtype != np.uint8:
     raise ValueError(f"PIC needs uint8 images, got {image.dtype}")
   out = [pic.create_blurred_image(image, mask)]
@@ -194,25 +221,35 @@ def pic_images(image: np.ndarray, saliency_map: np.ndarray, mask: np.ndarray,
 def image_entropy(image: np.ndarray) -> float:
   """PAIR's estimate: the size of the image losslessly compressed as WebP."""
   from saliency.metrics import pic  # pylint: disable=g-import-not-at-top
+
   return float(pic.estimate_image_entropy(image))
 
 
-def pic_area(original: tuple[float, float], blurred: tuple[float, float],
-             steps: Sequence[tuple[float, float]], *, min_pred_value: float,
-             keep_monotonous: bool = True, num_data_points: int = 1000) -> float:
+def pic_area(
+  original: tuple[float, float],
+  blurred: tuple[float, float],
+  steps: Sequence[tuple[float, float]],
+  *,
+  min_pred_value: float,
+  keep_monotonous: bool = True,
+  num_data_points: int = 1000,
+) -> float:
   """The PIC area from (prediction, entropy) of the original image, of the fully blurred one
   and of each threshold's image, as `saliency.metrics.compute_pic_metric` computes it; NaN
   where that raises ComputePicMetricError (low confidence, or blurring does not lower the
   prediction or the entropy: the image is skipped)."""
   from scipy import interpolate  # pylint: disable=g-import-not-at-top
+
   (original_pred, original_entropy), (blurred_pred, blurred_entropy) = original, blurred
-  if (original_pred < min_pred_value or blurred_entropy >= original_entropy
-      or blurred_pred >= original_pred):
+  if (
+    original_pred < min_pred_value
+    or blurred_entropy >= original_entropy
+    or blurred_pred >= original_pred
+  ):
     return float("nan")
   points, best = [], 0.0
   for pred, entropy in steps:
-    entropy = np.clip((entropy - blurred_entropy) / (original_entropy - blurred_entropy),
-                      0.0, 1.0)
+    entropy = np.clip((entropy - blurred_entropy) / (original_entropy - blurred_entropy), 0.0, 1.0)
     normalized = np.clip((pred - blurred_pred) / (original_pred - blurred_pred), 0.0, 1.0)
     best = max(best, normalized)
     points.append((entropy, best if keep_monotonous else normalized))
@@ -224,15 +261,27 @@ def pic_area(original: tuple[float, float], blurred: tuple[float, float],
   return float(np.trapezoid(np.append(curve_y, 1.0), np.append(curve_x, 1.0)))
 
 
-def pic_auc(image: np.ndarray, saliency_map: np.ndarray, mask: np.ndarray,
-            predict_fn: Callable[[np.ndarray], np.ndarray], thresholds: Sequence[float], *,
-            min_pred_value: float, keep_monotonous: bool = True,
-            num_data_points: int = 1000) -> float:
+def pic_auc(
+  image: np.ndarray,
+  saliency_map: np.ndarray,
+  mask: np.ndarray,
+  predict_fn: Callable[[np.ndarray], np.ndarray],
+  thresholds: Sequence[float],
+  *,
+  min_pred_value: float,
+  keep_monotonous: bool = True,
+  num_data_points: int = 1000,
+) -> float:
   """PIC of one uint8 image with `predict_fn` (uint8 images -> [M] scores: the softmax of the
   class for SIC, 1/0 correctness for AIC) called once on all its images; NaN: skipped."""
   images = pic_images(image, saliency_map, mask, thresholds)
   preds = np.asarray(predict_fn(np.stack([image] + images)), np.float64)
   entropies = [image_entropy(im) for im in [image] + images]
-  return pic_area((preds[0], entropies[0]), (preds[1], entropies[1]),
-                  list(zip(preds[2:], entropies[2:])), min_pred_value=min_pred_value,
-                  keep_monotonous=keep_monotonous, num_data_points=num_data_points)
+  return pic_area(
+    (preds[0], entropies[0]),
+    (preds[1], entropies[1]),
+    list(zip(preds[2:], entropies[2:])),
+    min_pred_value=min_pred_value,
+    keep_monotonous=keep_monotonous,
+    num_data_points=num_data_points,
+  )

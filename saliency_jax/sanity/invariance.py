@@ -9,6 +9,7 @@ is untouched, so logits, features and gradients w.r.t. the input match the origi
 A method that is input invariant gives the same map of x + shift from this model as of x from
 the original one; methods with a fixed reference point (IG's black baseline) do not.
 """
+
 from typing import Any
 
 import flax.linen as nn
@@ -24,16 +25,17 @@ def _corrected_first_conv(shift: float):
   seen = []
 
   def interceptor(next_fun, args, kwargs, context):
-    if (not seen and isinstance(context.module, nn.Conv)
-        and context.method_name == "__call__"):
+    if not seen and isinstance(context.module, nn.Conv) and context.method_name == "__call__":
       seen.append(True)
       x = args[0]
       # One call on [x; shift; 0] (a compact Conv may be called once per apply).
-      constants = jnp.stack([jnp.full(x.shape[1:], shift, x.dtype), jnp.zeros(x.shape[1:],
-                                                                             x.dtype)])
+      constants = jnp.stack(
+        [jnp.full(x.shape[1:], shift, x.dtype), jnp.zeros(x.shape[1:], x.dtype)]
+      )
       out = next_fun(jnp.concatenate([x, constants]), *args[1:], **kwargs)
       return out[:-2] - (out[-2] - out[-1])[None]
     return next_fun(*args, **kwargs)
+
   return interceptor
 
 
@@ -50,10 +52,11 @@ class ShiftedModelFunctions(ModelFunctions):
     self.module, self.variables, self.shift = module, variables, float(shift)
     guided = module.clone(activation=guided_relu)
     super().__init__(
-        logits_fn=lambda x: _apply(module, variables, self.shift, x),
-        features_fn=lambda x: _apply(module, variables, self.shift, x, method="features"),
-        head_fn=lambda f: module.apply(variables, f, method="head"),
-        guided_logits_fn=lambda x: _apply(guided, variables, self.shift, x))
+      logits_fn=lambda x: _apply(module, variables, self.shift, x),
+      features_fn=lambda x: _apply(module, variables, self.shift, x, method="features"),
+      head_fn=lambda f: module.apply(variables, f, method="head"),
+      guided_logits_fn=lambda x: _apply(guided, variables, self.shift, x),
+    )
 
   def tree_flatten(self):
     return (self.variables,), (self.module, self.shift)

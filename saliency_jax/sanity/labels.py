@@ -6,6 +6,7 @@ between image and label is gone); every other field is the source's. A model tra
 with the study's recipe can only memorize, and a method whose maps of that model look like the
 trained model's maps does not depend on what the model learned.
 """
+
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,7 +14,6 @@ import numpy as np
 
 
 class PermutedLabels(Sequence):
-
   def __init__(self, source: Sequence[dict], seed: int):
     self.source = source
     labels = np.array([int(source[i]["label"]) for i in range(len(source))])
@@ -26,6 +26,5 @@ class PermutedLabels(Sequence):
     if not isinstance(index, (int, np.integer)):
       raise TypeError(f"PermutedLabels takes one integer index, got {type(index).__name__}")
     example = dict(self.source[index])
-    example["label"] = np.asarray(self.labels[index]).astype(
-        np.asarray(example["label"]).dtype)
+    example["label"] = np.asarray(self.labels[index]).astype(np.asarray(example["label"]).dtype)
     return example

@@ -48,6 +48,7 @@ batch-norm statistics are computed over the global batch, exactly as on one devi
 Multi-host runs call `jax.distributed.initialize()` before anything else (the launcher's job);
 each process then reads its own shard of the data and `batch_size` stays the global batch.
 """
+
 from collections.abc import Sequence
 from typing import Any
 
@@ -66,15 +67,33 @@ from saliency_jax.train.tasks import roc_auc_score
 from saliency_jax.train.tasks import RSNA_SCORE_THRESHOLD
 from saliency_jax.train.workdir import TrainResult
 
-__all__ = ["DATA_AXIS", "REQUIRED_KEYS", "RSNA_SCORE_THRESHOLD", "TrainResult",
-           "TrainingInterrupted", "data_parallel_mesh", "make_optimizer", "roc_auc_score",
-           "train_classifier", "train_detector", "train_segmenter"]
+__all__ = [
+  "DATA_AXIS",
+  "REQUIRED_KEYS",
+  "RSNA_SCORE_THRESHOLD",
+  "TrainResult",
+  "TrainingInterrupted",
+  "data_parallel_mesh",
+  "make_optimizer",
+  "roc_auc_score",
+  "train_classifier",
+  "train_detector",
+  "train_segmenter",
+]
 
 
-def train_classifier(module: nn.Module, train_source: Sequence[dict],
-                     val_source: Sequence[dict], *, workdir: str, seed: int, config: Any,
-                     mesh: Mesh | None = None, stop_after_steps: int | None = None,
-                     initial_variables: Any = None) -> TrainResult:
+def train_classifier(
+  module: nn.Module,
+  train_source: Sequence[dict],
+  val_source: Sequence[dict],
+  *,
+  workdir: str,
+  seed: int,
+  config: Any,
+  mesh: Mesh | None = None,
+  stop_after_steps: int | None = None,
+  initial_variables: Any = None,
+) -> TrainResult:
   """Trains a classifier with softmax cross-entropy; selects the best validation ROC AUC.
 
   Args:
@@ -90,26 +109,59 @@ def train_classifier(module: nn.Module, train_source: Sequence[dict],
       `models.import_keras_weights`) instead of a seeded initialization; a resumed run
       ignores them.
   """
-  return loop.train(tasks.CLASSIFIER, module, train_source, val_source, workdir=workdir,
-                    seed=seed, config=config, mesh=mesh, stop_after_steps=stop_after_steps,
-                    initial_variables=initial_variables)
+  return loop.train(
+    tasks.CLASSIFIER,
+    module,
+    train_source,
+    val_source,
+    workdir=workdir,
+    seed=seed,
+    config=config,
+    mesh=mesh,
+    stop_after_steps=stop_after_steps,
+    initial_variables=initial_variables,
+  )
 
 
-def train_segmenter(module: nn.Module, train_source: Sequence[dict],
-                    val_source: Sequence[dict], *, workdir: str, seed: int, config: Any,
-                    mesh: Mesh | None = None,
-                    stop_after_steps: int | None = None) -> TrainResult:
+def train_segmenter(
+  module: nn.Module,
+  train_source: Sequence[dict],
+  val_source: Sequence[dict],
+  *,
+  workdir: str,
+  seed: int,
+  config: Any,
+  mesh: Mesh | None = None,
+  stop_after_steps: int | None = None,
+) -> TrainResult:
   """Trains a per-pixel model (the U-Net: logits [B, H, W]) with sigmoid cross-entropy on the
   masks; selects the best validation Dice (mean over images with a finding). As
   `train_classifier` otherwise; `TrainResult.val_auc` is None."""
-  return loop.train(tasks.SEGMENTER, module, train_source, val_source, workdir=workdir,
-                    seed=seed, config=config, mesh=mesh, stop_after_steps=stop_after_steps)
+  return loop.train(
+    tasks.SEGMENTER,
+    module,
+    train_source,
+    val_source,
+    workdir=workdir,
+    seed=seed,
+    config=config,
+    mesh=mesh,
+    stop_after_steps=stop_after_steps,
+  )
 
 
-def train_detector(module: nn.Module, train_source: Sequence[dict],
-                   val_source: Sequence[dict], *, workdir: str, seed: int, config: Any,
-                   mesh: Mesh | None = None, stop_after_steps: int | None = None,
-                   initial_variables: Any = None) -> TrainResult:
+def train_detector(
+  module: nn.Module,
+  train_source: Sequence[dict],
+  val_source: Sequence[dict],
+  *,
+  workdir: str,
+  seed: int,
+  config: Any,
+  mesh: Mesh | None = None,
+  stop_after_steps: int | None = None,
+  initial_variables: Any = None,
+) -> TrainResult:
   """Trains a RetinaNet (`models.retinanet`: (class logits [B, N], box deltas [B, N, 4])) with
   focal loss and the config's `box_loss` ("smooth_l1" or "l1") on the examples' boxes, padded
   to the config's `max_boxes` per image; images without boxes are all negatives. Selects the
@@ -118,8 +170,21 @@ def train_detector(module: nn.Module, train_source: Sequence[dict],
   (`initial_variables`: e.g. a RetinaNet init whose "backbone" holds imported ImageNet
   weights); `val_auc` is None."""
   image_shape = tuple(np.asarray(train_source[0]["image"]).shape[:2])
-  task = tasks.detector_task(tuple(float(s) for s in module.anchor_sizes), image_shape,
-                             int(config.get("max_boxes", 8)), config.get("box_loss", "smooth_l1"))
-  return loop.train(task, module, train_source, val_source, workdir=workdir, seed=seed,
-                    config=config, mesh=mesh, stop_after_steps=stop_after_steps,
-                    initial_variables=initial_variables)
+  task = tasks.detector_task(
+    tuple(float(s) for s in module.anchor_sizes),
+    image_shape,
+    int(config.get("max_boxes", 8)),
+    config.get("box_loss", "smooth_l1"),
+  )
+  return loop.train(
+    task,
+    module,
+    train_source,
+    val_source,
+    workdir=workdir,
+    seed=seed,
+    config=config,
+    mesh=mesh,
+    stop_after_steps=stop_after_steps,
+    initial_variables=initial_variables,
+  )

@@ -1,12 +1,13 @@
 """A training run's files in its workdir: metrics, checkpoints, settings and the done marker.
 
-  metrics.jsonl, tensorboard/   `MetricsLog` (and `EventWriter` where a writer library exists)
-  checkpoints/<step>/           train state, Grain iterator state, best so far
-                                (`checkpoint_manager`)
-  best/<step>/                  the best validation variables (`save_best`, `finished_result`)
-  train_settings.json           `check_same_settings`: resuming with other settings is an error
-  done.json                     `write_done` / `read_done`: a finished run returns at once
+metrics.jsonl, tensorboard/   `MetricsLog` (and `EventWriter` where a writer library exists)
+checkpoints/<step>/           train state, Grain iterator state, best so far
+                              (`checkpoint_manager`)
+best/<step>/                  the best validation variables (`save_best`, `finished_result`)
+train_settings.json           `check_same_settings`: resuming with other settings is an error
+done.json                     `write_done` / `read_done`: a finished run returns at once
 """
+
 import dataclasses
 import importlib
 import json
@@ -35,6 +36,7 @@ class TrainResult:
     best_step: the step of the selected checkpoint.
     val_metrics: all validation metrics of the selected checkpoint.
   """
+
   variables: dict
   val_auc: float | None
   history: list[dict]
@@ -51,8 +53,9 @@ class MetricsLog:
     self.events = EventWriter(os.path.join(os.path.dirname(path), "tensorboard"))
     if os.path.exists(path):
       with open(path) as f:
-        self.records = [r for r in map(json.loads, filter(str.strip, f))
-                        if r["step"] <= resume_step]
+        self.records = [
+          r for r in map(json.loads, filter(str.strip, f)) if r["step"] <= resume_step
+        ]
     if jax.process_index() == 0:
       self._rewrite()
 
@@ -99,18 +102,29 @@ class EventWriter:
 
 def checkpoint_manager(directory: str, max_to_keep: int) -> ocp.CheckpointManager:
   import grain  # pylint: disable=g-import-not-at-top
+
   return ocp.CheckpointManager(
-      directory,
-      options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                           enable_async_checkpointing=False),
-      item_handlers={"state": ocp.StandardCheckpointHandler(),
-                     "data": grain.checkpoint.CheckpointHandler(),
-                     "meta": ocp.JsonCheckpointHandler()})
+    directory,
+    options=ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False
+    ),
+    item_handlers={
+      "state": ocp.StandardCheckpointHandler(),
+      "data": grain.checkpoint.CheckpointHandler(),
+      "meta": ocp.JsonCheckpointHandler(),
+    },
+  )
 
 
 # Settings that may change between a run and its resumption without changing its result.
-_RESUMABLE_CHANGES = ("num_steps", "progress", "log_every", "eval_every", "keep_checkpoints",
-                      "eval_batch_size")
+_RESUMABLE_CHANGES = (
+  "num_steps",
+  "progress",
+  "log_every",
+  "eval_every",
+  "keep_checkpoints",
+  "eval_batch_size",
+)
 
 
 def check_same_settings(workdir: str, config: Any, seed: int) -> None:
@@ -131,35 +145,48 @@ def check_same_settings(workdir: str, config: Any, seed: int) -> None:
     saved = json.load(f)
   if saved != settings:
     changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
-    raise ValueError(f"{workdir} holds a run with other training settings ({changed}: "
-                     f"{ {k: saved.get(k) for k in changed} } there, "
-                     f"{ {k: settings.get(k) for k in changed} } now); use another workdir.")
+    raise ValueError(
+      f"{workdir} holds a run with other training settings ({changed}: "
+      f"{ {k: saved.get(k) for k in changed} } there, "
+      f"{ {k: settings.get(k) for k in changed} } now); use another workdir."
+    )
 
 
-def save_best(best_manager: ocp.CheckpointManager, step: int, state: dict,
-               metrics: dict) -> None:
-  best_manager.save(step, args=ocp.args.Composite(
+def save_best(best_manager: ocp.CheckpointManager, step: int, state: dict, metrics: dict) -> None:
+  best_manager.save(
+    step,
+    args=ocp.args.Composite(
       state=ocp.args.StandardSave(model_variables(state)),
-      meta=ocp.args.JsonSave({"step": step, "metrics": metrics})))
+      meta=ocp.args.JsonSave({"step": step, "metrics": metrics}),
+    ),
+  )
   best_manager.wait_until_finished()
 
 
-def finished_result(workdir: str, done: dict, best_manager: ocp.CheckpointManager,
-                     abstract_variables: dict) -> TrainResult:
+def finished_result(
+  workdir: str, done: dict, best_manager: ocp.CheckpointManager, abstract_variables: dict
+) -> TrainResult:
   step = done["best_step"]
   if best_manager.latest_step() != step:
-    raise RuntimeError(f"{workdir}: done.json names best step {step}, but best/ holds "
-                       f"{best_manager.all_steps()}.")
-  restored = best_manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_variables)))
+    raise RuntimeError(
+      f"{workdir}: done.json names best step {step}, but best/ holds {best_manager.all_steps()}."
+    )
+  restored = best_manager.restore(
+    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_variables))
+  )
   # Host arrays: the caller may place them on any mesh (map generation uses its own).
   variables = to_host(dict(restored.state))
   best_manager.close()
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     history = [json.loads(line) for line in f if line.strip()]
   metrics = done["val_metrics"]
-  return TrainResult(variables=variables, val_auc=metrics.get("val_auc"), history=history,
-                     best_step=step, val_metrics=metrics)
+  return TrainResult(
+    variables=variables,
+    val_auc=metrics.get("val_auc"),
+    history=history,
+    best_step=step,
+    val_metrics=metrics,
+  )
 
 
 def read_done(workdir: str) -> dict | None:

@@ -12,5 +12,6 @@ def __getattr__(name):
   # Lazy, so that `from saliency_jax.trust import evaluation` does not import training code.
   if name in __all__:
     from saliency_jax.trust import study  # pylint: disable=g-import-not-at-top
+
     return getattr(study, name)
   raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

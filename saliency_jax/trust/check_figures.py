@@ -1,4 +1,5 @@
 """The figures of the control-map, CheXlocalize and verdict-robustness sections, as PNG files."""
+
 from __future__ import annotations
 
 import math
@@ -42,17 +43,29 @@ def controls_figure(table: dict[str, Any], methods: list[str], path: str) -> str
     rows = [c for c in table["comparisons"] if c["criterion"] == rule]
     values = {c["method"]: _nan(c["method_value"]) for c in rows}
     x = np.arange(len(methods))
-    ax.plot(x, [values.get(m, np.nan) for m in methods], "o", color="k", ms=5,
-            label="methods")
+    ax.plot(x, [values.get(m, np.nan) for m in methods], "o", color="k", ms=5, label="methods")
     for i, score in enumerate(s for s in table["scores"] if s["criterion"] == rule):
-      ax.axhline(_nan(score["value"]), color=_COLORS[i % 10],
-                 ls="-" if score["applicable"] else ":", lw=1.5,
-                 label=score["control"] + ("" if score["applicable"] else " (n/a)"))
-    missed = [i for i, m in enumerate(methods)
-              if any(c["method"] == m and c["applicable"] and not c["beats"] for c in rows)]
+      ax.axhline(
+        _nan(score["value"]),
+        color=_COLORS[i % 10],
+        ls="-" if score["applicable"] else ":",
+        lw=1.5,
+        label=score["control"] + ("" if score["applicable"] else " (n/a)"),
+      )
+    missed = [
+      i
+      for i, m in enumerate(methods)
+      if any(c["method"] == m and c["applicable"] and not c["beats"] for c in rows)
+    ]
     if missed:
-      ax.plot(x[missed], [values.get(methods[i], np.nan) for i in missed], "x", color="r",
-              ms=10, label="does not beat a control")
+      ax.plot(
+        x[missed],
+        [values.get(methods[i], np.nan) for i in missed],
+        "x",
+        color="r",
+        ms=10,
+        label="does not beat a control",
+      )
     ax.set_xticks(x)
     ax.set_xticklabels(methods, rotation=60, ha="right", fontsize=7)
     metric = next((s["metric"] for s in table["scores"] if s["criterion"] == rule), "")
@@ -62,8 +75,13 @@ def controls_figure(table: dict[str, Any], methods: list[str], path: str) -> str
   return _save(fig, path)
 
 
-def chexlocalize_figure(rows: list[dict[str, Any]], metrics: tuple[str, ...],
-                        labels: dict[str, str], baseline: str, path: str) -> str:
+def chexlocalize_figure(
+  rows: list[dict[str, Any]],
+  metrics: tuple[str, ...],
+  labels: dict[str, str],
+  baseline: str,
+  path: str,
+) -> str:
   """Bars: each method's mean of each metric with its bootstrap 95% CI; dashed lines: the
   localization network's."""
   shown = [r for r in rows if r["method"] != baseline]
@@ -76,8 +94,15 @@ def chexlocalize_figure(rows: list[dict[str, Any]], metrics: tuple[str, ...],
     low = np.array([_nan(r[metric]["low"]) for r in shown])
     high = np.array([_nan(r[metric]["high"]) for r in shown])
     err = np.nan_to_num(np.stack([means - low, high - means]), nan=0.0).clip(min=0)
-    ax.bar(x + (j - (len(metrics) - 1) / 2) * width, means, width, yerr=err, capsize=2,
-           color=_COLORS[j], label=labels[metric])
+    ax.bar(
+      x + (j - (len(metrics) - 1) / 2) * width,
+      means,
+      width,
+      yerr=err,
+      capsize=2,
+      color=_COLORS[j],
+      label=labels[metric],
+    )
     if base is not None and base[metric]["mean"] is not None:
       ax.axhline(base[metric]["mean"], color=_COLORS[j], ls="--", lw=1)
   ax.set_xticks(x)
@@ -91,20 +116,19 @@ def chexlocalize_figure(rows: list[dict[str, Any]], metrics: tuple[str, ...],
 _VERDICT_CODE = {"FAIL": 0, "N/A": 1, "PASS": 2}
 
 
-def robustness_figure(rows: list[dict[str, Any]], choices: list[str], methods: list[str],
-                      path: str) -> str:
+def robustness_figure(
+  rows: list[dict[str, Any]], choices: list[str], methods: list[str], path: str
+) -> str:
   """Per verdict rule: the verdict of every method (rows) at every grid point (columns, the
   run as configured first): green PASS, red FAIL, grey N/A."""
   rules = list(dict.fromkeys(r["criterion"] for r in rows))
   cmap = matplotlib.colors.ListedColormap(["#cf222e", "#bbbbbb", "#1a7f37"])
-  fig, axes = _panels(len(rules), 1, max(6.0, 0.35 * len(choices) + 2),
-                      0.3 * len(methods) + 2.2)
+  fig, axes = _panels(len(rules), 1, max(6.0, 0.35 * len(choices) + 2), 0.3 * len(methods) + 2.2)
   for ax, rule in zip(axes, rules):
     grid = np.full((len(methods), len(choices)), _VERDICT_CODE["N/A"], float)
     for r in rows:
       if r["criterion"] == rule and r["method"] in methods and r["choice"] in choices:
-        grid[methods.index(r["method"]), choices.index(r["choice"])] = _VERDICT_CODE[
-            r["verdict"]]
+        grid[methods.index(r["method"]), choices.index(r["choice"])] = _VERDICT_CODE[r["verdict"]]
     ax.imshow(grid, cmap=cmap, vmin=0, vmax=2, aspect="auto")
     ax.set_yticks(range(len(methods)))
     ax.set_yticklabels(methods, fontsize=7)

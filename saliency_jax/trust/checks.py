@@ -10,6 +10,7 @@
 `summary.json` (and writes `robustness.json`/`robustness.csv`, one row per grid point, method and
 rule).
 """
+
 from __future__ import annotations
 
 import csv
@@ -25,8 +26,18 @@ from saliency_jax.trust import controls_scoring
 from saliency_jax.trust import robustness
 from saliency_jax.trust.manifest import Manifest
 
-ROBUSTNESS_FIELDS = ["choice", "grayscale", "similarity", "data_range", "criterion", "method",
-                     "verdict", "value", "baseline", "p_adjusted"]
+ROBUSTNESS_FIELDS = [
+  "choice",
+  "grayscale",
+  "similarity",
+  "data_range",
+  "criterion",
+  "method",
+  "verdict",
+  "value",
+  "baseline",
+  "p_adjusted",
+]
 
 
 def enabled(study_config: ml_collections.ConfigDict, check: str) -> bool:
@@ -44,8 +55,9 @@ def check_config(study_config: ml_collections.ConfigDict) -> None:
     robustness.check_section(study_config.robustness)
 
 
-def records(manifest: Manifest, reader, study_config: ml_collections.ConfigDict, *,
-            seed: int, protocol=None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def records(
+  manifest: Manifest, reader, study_config: ml_collections.ConfigDict, *, seed: int, protocol=None
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
   """(per-image records of the enabled checks, what their summaries need besides records);
   `protocol`: config.protocol, whose image sets and baselines the controls follow."""
   check_config(study_config)
@@ -53,8 +65,7 @@ def records(manifest: Manifest, reader, study_config: ml_collections.ConfigDict,
   extras: dict[str, Any] = {}
   methods = list(manifest.methods)
   if enabled(study_config, "controls"):
-    out += controls_scoring.records(manifest, reader, study_config, seed=seed,
-                                    protocol=protocol)
+    out += controls_scoring.records(manifest, reader, study_config, seed=seed, protocol=protocol)
     names = [controls.record_name(n) for n in study_config.controls.names]
     methods += names
     reader = controls_scoring.ControlReader(reader, study_config.controls, seed=seed)
@@ -65,25 +76,41 @@ def records(manifest: Manifest, reader, study_config: ml_collections.ConfigDict,
   return out, extras
 
 
-def summaries(records_: list[dict[str, Any]], extras: dict[str, Any], manifest: Manifest,
-              reader, study_config: ml_collections.ConfigDict, *, seed: int,
-              scorecard: list[dict[str, Any]], workdir: str, protocol=None) -> dict[str, Any]:
+def summaries(
+  records_: list[dict[str, Any]],
+  extras: dict[str, Any],
+  manifest: Manifest,
+  reader,
+  study_config: ml_collections.ConfigDict,
+  *,
+  seed: int,
+  scorecard: list[dict[str, Any]],
+  workdir: str,
+  protocol=None,
+) -> dict[str, Any]:
   """The enabled checks' sections of summary.json; `protocol`: config.protocol, which the
   robustness grid's verdicts follow (default: the paper's)."""
   out: dict[str, Any] = {}
   if enabled(study_config, "controls"):
-    out["controls"] = controls_scoring.table(records_, manifest, study_config, seed=seed,
-                                             protocol=protocol)
+    out["controls"] = controls_scoring.table(
+      records_, manifest, study_config, seed=seed, protocol=protocol
+    )
   if enabled(study_config, "chexlocalize"):
     chex = extras["chexlocalize"]
     out["chexlocalize"] = dict(
-        thresholds=chex["thresholds"],
-        rows=chexlocalize_scoring.summary(records_, chex["thresholds"], chex["methods"],
-                                          seed=seed,
-                                          resamples=study_config.bootstrap_resamples))
+      thresholds=chex["thresholds"],
+      rows=chexlocalize_scoring.summary(
+        records_,
+        chex["thresholds"],
+        chex["methods"],
+        seed=seed,
+        resamples=study_config.bootstrap_resamples,
+      ),
+    )
   if enabled(study_config, "robustness"):
-    grid = robustness.run_grid(manifest, reader, study_config, seed=seed,
-                               configured_scorecard=scorecard, protocol=protocol)
+    grid = robustness.run_grid(
+      manifest, reader, study_config, seed=seed, configured_scorecard=scorecard, protocol=protocol
+    )
     _write_rows(grid["rows"], workdir)
     out["robustness"] = grid
   return out

@@ -6,6 +6,7 @@ second instead of after training. The schema is configs/default.py's: a field it
 is an error (a typo would otherwise be silently ignored), except the synthetic dataset's own
 fields (SYNTHETIC_DATA_FIELDS), which only a synthetic run may set.
 """
+
 import os
 from typing import Any
 
@@ -18,8 +19,13 @@ from saliency_jax.trust import protocol
 from saliency_jax.trust import verdicts
 
 SYNTHETIC = "synthetic_cxr"
-SYNTHETIC_DATA_FIELDS = {"num_train": int, "num_val": int, "num_test": int,
-                         "positive_fraction": float, "difficulty": float}
+SYNTHETIC_DATA_FIELDS = {
+  "num_train": int,
+  "num_val": int,
+  "num_test": int,
+  "positive_fraction": float,
+  "difficulty": float,
+}
 # Training fields only a detector (localization.arch "retinanet") has.
 DETECTOR = "retinanet"
 DETECTOR_TRAIN_FIELDS = ("max_boxes", "box_loss")
@@ -44,6 +50,7 @@ class ConfigError(ValueError):
 
 def _default_schema():
   from configs import default  # pylint: disable=g-import-not-at-top
+
   return default.get_config()
 
 
@@ -81,6 +88,7 @@ def validate(config, schema=None, *, given: bool = False) -> None:
     fail("study", str(e))
   if config.get("sanity") is not None:
     from saliency_jax.trust import sanity  # pylint: disable=g-import-not-at-top
+
     try:
       sanity.validate(config)
     except ValueError as e:
@@ -94,8 +102,13 @@ def validate(config, schema=None, *, given: bool = False) -> None:
 
 def _check_keys(config, schema, prefix: str, fail, synthetic: bool, detector: bool) -> None:
   """Every field of `config` must exist in `schema` (sections recursively)."""
-  open_sections = {"weights", "methods.settings", "methods.custom", "study.rules",
-                   "localization.kwargs"}
+  open_sections = {
+    "weights",
+    "methods.settings",
+    "methods.custom",
+    "study.rules",
+    "localization.kwargs",
+  }
   for key in config.keys():
     field = f"{prefix}{key}"
     if key not in schema:
@@ -125,6 +138,7 @@ def _check_keys(config, schema, prefix: str, fail, synthetic: bool, detector: bo
 
 def _synthetic_defaults():
   from configs import synthetic  # pylint: disable=g-import-not-at-top
+
   return synthetic.get_config().data
 
 
@@ -156,8 +170,7 @@ def _check_models(config, fail) -> list[str]:
     field = f"models[{i}]"
     spec = dict(spec)
     for key in sorted(set(spec) - plugin._SPEC_KEYS):  # pylint: disable=protected-access
-      fail(f"{field}.{key}", "unknown model field; known: "
-           + ", ".join(sorted(plugin._SPEC_KEYS)))  # pylint: disable=protected-access
+      fail(f"{field}.{key}", "unknown model field; known: " + ", ".join(sorted(plugin._SPEC_KEYS)))  # pylint: disable=protected-access
     if "name" not in spec:
       fail(f"{field}.name", "missing")
     given = [k for k in ("arch", "module", "keras_model") if spec.get(k)]
@@ -167,8 +180,10 @@ def _check_models(config, fail) -> list[str]:
     if trained_here and "seed" not in spec:
       fail(f"{field}.seed", "missing (the model is trained here)")
     if spec.get("arch") is not None and not _known_arch(spec["arch"]):
-      fail(f"{field}.arch", f"unknown architecture {spec['arch']!r}; known: "
-           f"{', '.join(models.MODEL_NAMES)}")
+      fail(
+        f"{field}.arch",
+        f"unknown architecture {spec['arch']!r}; known: {', '.join(models.MODEL_NAMES)}",
+      )
     if "style" in spec and spec["style"] not in pipeline.STYLES:
       fail(f"{field}.style", f"{spec['style']!r} is not one of {pipeline.STYLES}")
     if "name" in spec:
@@ -201,8 +216,10 @@ def _check_train(section, field: str, fail) -> None:
 def _check_localization(config, fail) -> None:
   loc = config.localization
   if loc.arch not in models.MODEL_NAMES:
-    fail("localization.arch", f"unknown localization network {loc.arch!r}; known: "
-         f"{', '.join(models.MODEL_NAMES)}")
+    fail(
+      "localization.arch",
+      f"unknown localization network {loc.arch!r}; known: {', '.join(models.MODEL_NAMES)}",
+    )
     return
   try:
     module = models.create(loc.arch, num_classes=1, **dict(loc.kwargs))
@@ -212,9 +229,12 @@ def _check_localization(config, fail) -> None:
   if loc.arch != "unet":
     return
   depth = int(module.depth)
-  if config.data.image_size % (2 ** depth):
-    fail("localization.kwargs.depth", f"the U-Net halves the image {depth} times: "
-         f"data.image_size = {config.data.image_size} is not divisible by {2 ** depth}")
+  if config.data.image_size % (2**depth):
+    fail(
+      "localization.kwargs.depth",
+      f"the U-Net halves the image {depth} times: "
+      f"data.image_size = {config.data.image_size} is not divisible by {2**depth}",
+    )
 
 
 def _check_methods(config, fail) -> None:
@@ -223,15 +243,19 @@ def _check_methods(config, fail) -> None:
   custom = set(m.custom.keys())
   for name in names:
     if name not in attributions.METHODS and name not in custom:
-      fail("methods.names", f"unknown method {name!r}; known: "
-           f"{', '.join(sorted(attributions.METHODS))}")
+      fail(
+        "methods.names",
+        f"unknown method {name!r}; known: {', '.join(sorted(attributions.METHODS))}",
+      )
   if len(set(names)) != len(names):
     fail("methods.names", f"a method is listed twice: {names}")
   for name in m.settings.keys():
     # Settings of a known method this run leaves out are kept for the runs that include it.
     if name not in attributions.METHODS and name not in custom:
-      fail(f"methods.settings.{name}", f"settings of an unknown method; known: "
-           f"{', '.join(sorted(attributions.METHODS))}")
+      fail(
+        f"methods.settings.{name}",
+        f"settings of an unknown method; known: {', '.join(sorted(attributions.METHODS))}",
+      )
       continue
     if name not in attributions.METHODS:
       continue  # a custom method checks its own settings
@@ -239,13 +263,16 @@ def _check_methods(config, fail) -> None:
     overrides = overrides.to_dict() if hasattr(overrides, "to_dict") else dict(overrides)
     unknown = sorted(set(overrides) - set(attributions.METHODS[name].default_settings))
     for key in unknown:
-      fail(f"methods.settings.{name}.{key}", "unknown setting; known: " + ", ".join(
-          sorted(attributions.METHODS[name].default_settings)))
+      fail(
+        f"methods.settings.{name}.{key}",
+        "unknown setting; known: " + ", ".join(sorted(attributions.METHODS[name].default_settings)),
+      )
     if "baseline" in overrides and name in ("IG", "SIG"):
       fail(f"methods.settings.{name}.baseline", "set by protocol.ig_baseline; set that instead")
     if "region_scores" in overrides and name == "XRAI":
-      fail(f"methods.settings.{name}.region_scores",
-           "set by protocol.xrai_grayscale; set that instead")
+      fail(
+        f"methods.settings.{name}.region_scores", "set by protocol.xrai_grayscale; set that instead"
+      )
   _positive(fail, "methods.max_grads_in_flight", m.max_grads_in_flight)
 
 
@@ -257,8 +284,7 @@ def _check_study(config, names: list[str], fail) -> None:
   _positive(fail, "study.num_utility_images", s.num_utility_images, minimum=0)
   _positive(fail, "study.random_pairs", s.random_pairs)
   if not s.ssim_data_range > 0:
-    fail("study.ssim_data_range", f"must be > 0 (the maps' value range), got "
-         f"{s.ssim_data_range}")
+    fail("study.ssim_data_range", f"must be > 0 (the maps' value range), got {s.ssim_data_range}")
   if not 0 < s.alpha < 1:
     fail("study.alpha", f"must be in (0, 1), got {s.alpha}")
   if s.correction not in CORRECTIONS:
@@ -287,11 +313,15 @@ def _check_rules(rules, fail) -> None:
       continue
     allowed = verdicts.BASELINES[criterion]
     if rule.get("baseline") not in allowed:
-      fail(f"{field}.baseline", f"{rule.get('baseline')!r} is not a baseline of {criterion} "
-           f"({', '.join(allowed)})")
+      fail(
+        f"{field}.baseline",
+        f"{rule.get('baseline')!r} is not a baseline of {criterion} ({', '.join(allowed)})",
+      )
     if rule.get("metric") not in verdicts.METRICS[criterion]:
-      fail(f"{field}.metric", f"{rule.get('metric')!r} is not one of "
-           f"{tuple(verdicts.METRICS[criterion])}")
+      fail(
+        f"{field}.metric",
+        f"{rule.get('metric')!r} is not one of {tuple(verdicts.METRICS[criterion])}",
+      )
     if rule.get("alternative") not in ALTERNATIVES:
       fail(f"{field}.alternative", f"{rule.get('alternative')!r} is not one of {ALTERNATIVES}")
     if rule.get("test", "wilcoxon") not in verdicts.TESTS:
@@ -303,17 +333,27 @@ def _check_cohort_and_init(config, fail, synthetic: bool) -> None:
   data_config = config.data.name.partition("/")[2]
   if p.get("cohort") == "authors_split":
     if synthetic:
-      fail("protocol.cohort", "the synthetic dataset has no authors' split: set "
-           "protocol.cohort = 'any'")
+      fail(
+        "protocol.cohort",
+        "the synthetic dataset has no authors' split: set protocol.cohort = 'any'",
+      )
     elif "_csv" not in data_config:
-      fail("protocol.cohort", f"data.name = {config.data.name!r} is not a dataset prepared "
-           "with the authors' split (launch.prepare_data --split_csv=...; its config name has "
-           "'_csv'). Without it RSNA keeps the 'No Lung Opacity / Not Normal' images the "
-           "authors left out. To run on another cohort anyway: "
-           "--config.protocol.cohort=any")
+      fail(
+        "protocol.cohort",
+        f"data.name = {config.data.name!r} is not a dataset prepared "
+        "with the authors' split (launch.prepare_data --split_csv=...; its config name has "
+        "'_csv'). Without it RSNA keeps the 'No Lung Opacity / Not Normal' images the "
+        "authors left out. To run on another cohort anyway: "
+        "--config.protocol.cohort=any",
+      )
   # Architectures trained here from ImageNet weights (a model given with its weights is not).
-  archs = sorted({dict(spec)["arch"] for spec in config.models if dict(spec).get("arch")
-                  and not dict(spec).get("weights")})
+  archs = sorted(
+    {
+      dict(spec)["arch"]
+      for spec in config.models
+      if dict(spec).get("arch") and not dict(spec).get("weights")
+    }
+  )
   if config.localization.arch == DETECTOR:
     archs.append(DETECTOR_WEIGHTS)
   weights = config.weights
@@ -323,13 +363,19 @@ def _check_cohort_and_init(config, fail, synthetic: bool) -> None:
     for arch in archs:
       path = weights.get(arch, "")
       if not path:
-        fail(f"weights.{arch}", "empty: the paper's networks start from ImageNet weights. "
-             "Pass the Keras notop weight file, or train from random initialization with "
-             "--config.protocol.init=random")
+        fail(
+          f"weights.{arch}",
+          "empty: the paper's networks start from ImageNet weights. "
+          "Pass the Keras notop weight file, or train from random initialization with "
+          "--config.protocol.init=random",
+        )
       elif not os.path.exists(path):
         fail(f"weights.{arch}", f"{path!r} does not exist")
   elif p.get("init") == "random":
     for arch in archs:
       if weights.get(arch, ""):
-        fail(f"weights.{arch}", "set, but protocol.init = 'random' trains from random "
-             "initialization: clear it or set protocol.init = 'imagenet'")
+        fail(
+          f"weights.{arch}",
+          "set, but protocol.init = 'random' trains from random "
+          "initialization: clear it or set protocol.init = 'imagenet'",
+        )

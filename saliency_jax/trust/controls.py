@@ -22,6 +22,7 @@ Which comparisons mean something (`APPLICABLE`):
     replicate and architecture (similarity 1), a ceiling no method can beat, which shows that
     these criteria reward ignoring the model; only NOISE (a floor) must be beaten.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -42,21 +43,27 @@ RECORD_PREFIX = "control:"
 
 # Per criterion, the controls a trustworthy method must beat (see the module docstring).
 APPLICABLE = {
-    "utility": CONTROLS,
-    "randomization": MODEL_INDEPENDENT,
-    "repeatability": (NOISE,),
-    "reproducibility": (NOISE,),
+  "utility": CONTROLS,
+  "randomization": MODEL_INDEPENDENT,
+  "repeatability": (NOISE,),
+  "reproducibility": (NOISE,),
 }
 
 # Why a control is left out of a criterion's comparison, for the report.
 NOT_APPLICABLE_WHY = {
-    "randomization": ("NOISE is drawn afresh for every model state, so it passes by "
-                      "construction: the criterion rewards randomness."),
-    "repeatability": ("SOBEL, BLOB and AVERAGE_MASK are the same map for every replicate "
-                      "(similarity 1): a ceiling that rewards ignoring the model."),
-    "reproducibility": ("SOBEL, BLOB and AVERAGE_MASK are the same map for every "
-                        "architecture (similarity 1): a ceiling that rewards ignoring the "
-                        "model."),
+  "randomization": (
+    "NOISE is drawn afresh for every model state, so it passes by "
+    "construction: the criterion rewards randomness."
+  ),
+  "repeatability": (
+    "SOBEL, BLOB and AVERAGE_MASK are the same map for every replicate "
+    "(similarity 1): a ceiling that rewards ignoring the model."
+  ),
+  "reproducibility": (
+    "SOBEL, BLOB and AVERAGE_MASK are the same map for every "
+    "architecture (similarity 1): a ceiling that rewards ignoring the "
+    "model."
+  ),
 }
 
 # scikit-image's Sobel weights (skimage.filters.edges): derivative along one axis, smoothing
@@ -74,8 +81,7 @@ def _stable_hash(text: str) -> int:
   return zlib.crc32(text.encode())
 
 
-def noise_maps(ids: Sequence[str], shape: tuple[int, int], *, seed: int,
-               salt: str) -> np.ndarray:
+def noise_maps(ids: Sequence[str], shape: tuple[int, int], *, seed: int, salt: str) -> np.ndarray:
   """Uniform [0, 1) noise per image, float32 [N, H, W].
 
   Image i's map depends only on (seed, salt, ids[i]): the same image gets the same map
@@ -137,8 +143,16 @@ def gaussian_blob(shape: tuple[int, int], *, sigma: float) -> np.ndarray:
   return np.exp(-r2 / (2 * s * s)).astype(np.float32)
 
 
-def control_maps(name: str, *, ids: Sequence[str], images: np.ndarray, seed: int, salt: str,
-                 blob_sigma: float, average_mask: np.ndarray | None) -> np.ndarray:
+def control_maps(
+  name: str,
+  *,
+  ids: Sequence[str],
+  images: np.ndarray,
+  seed: int,
+  salt: str,
+  blob_sigma: float,
+  average_mask: np.ndarray | None,
+) -> np.ndarray:
   """The maps of control `name` for a set of images, float32 [N, H, W] in [0, 1].
 
   Args:

@@ -5,6 +5,7 @@ returns one value per image, so verdicts can use paired per-image tests. Undefin
 (an empty mask, a constant map where the metric needs variance) are NaN, following the policy
 of `saliency_jax.metrics`; the statistics count and report what they exclude.
 """
+
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -22,11 +23,11 @@ SIMILARITY_METRICS = ("ssim", "spearman_abs")
 def _similarity_functions(data_range: float, top_k_fraction: float) -> dict[str, Callable]:
   """Every similarity a criterion can use, by record name: f(maps_a, maps_b) -> [N]."""
   return {
-      "ssim": lambda a, b: metrics.ssim(a, b, data_range=data_range),
-      "spearman_abs": lambda a, b: metrics.spearman(a, b, absolute=True),
-      "spearman": lambda a, b: metrics.spearman(a, b),
-      "hog": metrics.hog_similarity,
-      "top_k_iou": lambda a, b: metrics.top_k_iou(a, b, fraction=top_k_fraction),
+    "ssim": lambda a, b: metrics.ssim(a, b, data_range=data_range),
+    "spearman_abs": lambda a, b: metrics.spearman(a, b, absolute=True),
+    "spearman": lambda a, b: metrics.spearman(a, b),
+    "hog": metrics.hog_similarity,
+    "top_k_iou": lambda a, b: metrics.top_k_iou(a, b, fraction=top_k_fraction),
   }
 
 
@@ -45,15 +46,20 @@ def utility(maps: np.ndarray, masks: np.ndarray) -> dict[str, np.ndarray]:
   """Localization utility: each map scored against its ground-truth mask."""
   masks = np.asarray(masks).astype(bool)
   return {
-      "auprc": metrics.auprc(maps, masks),
-      "pointing_game": metrics.pointing_game(maps, masks),
-      "iou_otsu": metrics.iou(maps, masks, threshold="otsu"),
+    "auprc": metrics.auprc(maps, masks),
+    "pointing_game": metrics.pointing_game(maps, masks),
+    "iou_otsu": metrics.iou(maps, masks, threshold="otsu"),
   }
 
 
-def similarity(maps_a: np.ndarray, maps_b: np.ndarray, *, data_range: float,
-               names: Sequence[str] = SIMILARITY_METRICS,
-               top_k_fraction: float = 0.1) -> dict[str, np.ndarray]:
+def similarity(
+  maps_a: np.ndarray,
+  maps_b: np.ndarray,
+  *,
+  data_range: float,
+  names: Sequence[str] = SIMILARITY_METRICS,
+  top_k_fraction: float = 0.1,
+) -> dict[str, np.ndarray]:
   """Map-to-map similarity of paired maps (same image, two model states or models).
 
   names: which of `SIMILARITY_NAMES` to compute (SSIM with `data_range`, Spearman of |map| or
@@ -64,9 +70,15 @@ def similarity(maps_a: np.ndarray, maps_b: np.ndarray, *, data_range: float,
   return {name: functions[name](maps_a, maps_b) for name in names}
 
 
-def random_pair_baseline(maps: np.ndarray, *, pairs: int, seed: int, data_range: float,
-                         names: Sequence[str] = SIMILARITY_METRICS,
-                         top_k_fraction: float = 0.1) -> dict[str, np.ndarray]:
+def random_pair_baseline(
+  maps: np.ndarray,
+  *,
+  pairs: int,
+  seed: int,
+  data_range: float,
+  names: Sequence[str] = SIMILARITY_METRICS,
+  top_k_fraction: float = 0.1,
+) -> dict[str, np.ndarray]:
   """The randomization baseline of the paper: similarity of maps of different images.
 
   For each image i, `pairs` other images j != i are drawn (with replacement when fewer exist)

@@ -9,6 +9,7 @@ reads the map stores the manifest lists, writes `results.json`/`results.csv` (on
 image x method x criterion x step, tidy) and `summary.json` (the scorecard and the curves the
 report draws). Nothing here loads a dataset or a model.
 """
+
 from collections.abc import Sequence
 import csv
 import itertools
@@ -39,13 +40,20 @@ def _records(values: dict[str, np.ndarray], ids, **fields) -> list[dict[str, Any
   out = []
   for metric, column in values.items():
     for image_id, value in zip(ids, np.asarray(column, np.float64)):
-      out.append(dict(fields, metric=metric, image_id=str(image_id),
-                      value=float(value) if np.isfinite(value) else None))
+      out.append(
+        dict(
+          fields,
+          metric=metric,
+          image_id=str(image_id),
+          value=float(value) if np.isfinite(value) else None,
+        )
+      )
   return out
 
 
-def utility_records(manifest: Manifest, reader: MapReader, *,
-                    trained_only: bool = False) -> list[dict[str, Any]]:
+def utility_records(
+  manifest: Manifest, reader: MapReader, *, trained_only: bool = False
+) -> list[dict[str, Any]]:
   """AUPRC (and CheXlocalize/Quantus columns) of trained, untrained and baseline maps
   (`trained_only`: not the untrained maps, which no verdict reads)."""
   truth = reader.ground_truth(SetName.UTILITY)
@@ -58,25 +66,46 @@ def utility_records(manifest: Manifest, reader: MapReader, *,
         maps = reader.read(SetName.UTILITY, model, state, method)
         if maps is None:
           continue
-        records += _records(criteria.utility(maps, truth.masks), truth.ids,
-                            criterion=Measure.UTILITY, method=method, model=model, state=state)
+        records += _records(
+          criteria.utility(maps, truth.masks),
+          truth.ids,
+          criterion=Measure.UTILITY,
+          method=method,
+          model=model,
+          state=state,
+        )
   average = np.broadcast_to(reader.average_mask(), truth.masks.shape)
-  records += _records(criteria.utility(average, truth.masks), truth.ids,
-                      criterion=Measure.UTILITY, method=Baseline.AVERAGE_MASK, model=NO_MODEL,
-                      state=State.BASELINE)
+  records += _records(
+    criteria.utility(average, truth.masks),
+    truth.ids,
+    criterion=Measure.UTILITY,
+    method=Baseline.AVERAGE_MASK,
+    model=NO_MODEL,
+    state=State.BASELINE,
+  )
   for loc in manifest.localizers:
     maps = reader.read(SetName.UTILITY, loc.name, State.ORIGINAL, Baseline.LOCALIZATION)
-    records += _records(criteria.utility(maps, truth.masks), truth.ids,
-                        criterion=Measure.UTILITY, method=Baseline.LOCALIZATION, model=loc.name,
-                        state=State.BASELINE)
+    records += _records(
+      criteria.utility(maps, truth.masks),
+      truth.ids,
+      criterion=Measure.UTILITY,
+      method=Baseline.LOCALIZATION,
+      model=loc.name,
+      state=State.BASELINE,
+    )
   return records
 
 
-def randomization_records(manifest: Manifest, reader: MapReader,
-                          study_config: ml_collections.ConfigDict, *, seed: int,
-                          similarity: Sequence[str] = criteria.SIMILARITY_METRICS,
-                          top_k_fraction: float = 0.1,
-                          last_step_only: bool = False) -> list[dict[str, Any]]:
+def randomization_records(
+  manifest: Manifest,
+  reader: MapReader,
+  study_config: ml_collections.ConfigDict,
+  *,
+  seed: int,
+  similarity: Sequence[str] = criteria.SIMILARITY_METRICS,
+  top_k_fraction: float = 0.1,
+  last_step_only: bool = False,
+) -> list[dict[str, Any]]:
   """Similarity of each randomized state's maps to the trained maps, and the random pairs.
 
   similarity, top_k_fraction: the metrics (`criteria.similarity`); last_step_only: only the
@@ -92,9 +121,16 @@ def randomization_records(manifest: Manifest, reader: MapReader,
       if original is None:
         continue
       baseline = criteria.random_pair_baseline(
-          original, pairs=study_config.random_pairs, seed=seed, **measures)
-      records += _records(baseline, ids, criterion=Measure.RANDOM_PAIRS, method=method,
-                          model=clf.name, state=State.BASELINE)
+        original, pairs=study_config.random_pairs, seed=seed, **measures
+      )
+      records += _records(
+        baseline,
+        ids,
+        criterion=Measure.RANDOM_PAIRS,
+        method=method,
+        model=clf.name,
+        state=State.BASELINE,
+      )
       # No blocks, no randomization (the manifest's `skipped` says so).
       states = [(s, Measure.CASCADING) for s in manifest.cascade_steps(clf) if clf.block_names]
       if last_step_only:
@@ -105,24 +141,35 @@ def randomization_records(manifest: Manifest, reader: MapReader,
         maps = reader.read(SetName.EVAL, clf.name, state, method)
         if maps is None:
           continue
-        records += _records(criteria.similarity(original, maps, **measures),
-                            ids, criterion=criterion, method=method, model=clf.name,
-                            state=state)
+        records += _records(
+          criteria.similarity(original, maps, **measures),
+          ids,
+          criterion=criterion,
+          method=method,
+          model=clf.name,
+          state=state,
+        )
   return records
 
 
-def agreement_records(manifest: Manifest, reader: MapReader,
-                      study_config: ml_collections.ConfigDict, protocol=None, *,
-                      similarity: Sequence[str] = criteria.SIMILARITY_METRICS,
-                      top_k_fraction: float = 0.1) -> list[dict[str, Any]]:
+def agreement_records(
+  manifest: Manifest,
+  reader: MapReader,
+  study_config: ml_collections.ConfigDict,
+  protocol=None,
+  *,
+  similarity: Sequence[str] = criteria.SIMILARITY_METRICS,
+  top_k_fraction: float = 0.1,
+) -> list[dict[str, Any]]:
   """Repeatability (same architecture) and reproducibility (different architectures), on the
   image set of protocol.agreement_images, and the localization networks' agreement (their
   baseline: binary uint8 masks at range 255, or probabilities: protocol.localization_agreement)."""
   protocol = protocol_lib.paper_protocol() if protocol is None else protocol
   set_name = agreement_set(protocol)
   ids = reader.ground_truth(set_name).ids
-  measures = dict(data_range=study_config.ssim_data_range, names=similarity,
-                  top_k_fraction=top_k_fraction)
+  measures = dict(
+    data_range=study_config.ssim_data_range, names=similarity, top_k_fraction=top_k_fraction
+  )
   records = []
   for a, b in itertools.combinations(manifest.classifiers, 2):
     criterion = Measure.REPEATABILITY if a.arch == b.arch else Measure.REPRODUCIBILITY
@@ -132,29 +179,49 @@ def agreement_records(manifest: Manifest, reader: MapReader,
       if maps_a is None or maps_b is None:
         continue
       values = criteria.similarity(maps_a, maps_b, **measures)
-      records += _records(values, ids, criterion=criterion, method=method,
-                          model=f"{a.name}-{b.name}", state=State.ORIGINAL)
+      records += _records(
+        values,
+        ids,
+        criterion=criterion,
+        method=method,
+        model=f"{a.name}-{b.name}",
+        state=State.ORIGINAL,
+      )
   binary = protocol.localization_agreement == "binary_uint8"
   for a, b in itertools.combinations(manifest.localizers, 2):
-    out_a, out_b = (reader.read(set_name, x.name, State.ORIGINAL, Baseline.LOCALIZATION)
-                    for x in (a, b))
+    out_a, out_b = (
+      reader.read(set_name, x.name, State.ORIGINAL, Baseline.LOCALIZATION) for x in (a, b)
+    )
     if binary:  # the authors' PNG masks: 0 or 255, compared at uint8's range
-      values = criteria.similarity(binary_uint8(out_a), binary_uint8(out_b),
-                                   **dict(measures, data_range=255.0))
+      values = criteria.similarity(
+        binary_uint8(out_a), binary_uint8(out_b), **dict(measures, data_range=255.0)
+      )
     else:
       values = criteria.similarity(out_a, out_b, **measures)
-    records += _records(values, ids, criterion=Measure.LOCALIZATION_AGREEMENT,
-                        method=Baseline.LOCALIZATION, model=f"{a.name}-{b.name}",
-                        state=State.ORIGINAL)
+    records += _records(
+      values,
+      ids,
+      criterion=Measure.LOCALIZATION_AGREEMENT,
+      method=Baseline.LOCALIZATION,
+      model=f"{a.name}-{b.name}",
+      state=State.ORIGINAL,
+    )
   return records
 
 
-def all_records(manifest: Manifest, reader: MapReader,
-                study_config: ml_collections.ConfigDict, *, seed: int,
-                protocol=None) -> list[dict[str, Any]]:
-  return (utility_records(manifest, reader)
-          + randomization_records(manifest, reader, study_config, seed=seed)
-          + agreement_records(manifest, reader, study_config, protocol))
+def all_records(
+  manifest: Manifest,
+  reader: MapReader,
+  study_config: ml_collections.ConfigDict,
+  *,
+  seed: int,
+  protocol=None,
+) -> list[dict[str, Any]]:
+  return (
+    utility_records(manifest, reader)
+    + randomization_records(manifest, reader, study_config, seed=seed)
+    + agreement_records(manifest, reader, study_config, protocol)
+  )
 
 
 def agreement_set(protocol) -> str:
@@ -177,32 +244,52 @@ def write_records(records: list[dict[str, Any]], workdir: str) -> None:
       writer.writerow({k: ("" if record[k] is None else record[k]) for k in RECORD_FIELDS})
 
 
-def evaluate(manifest: Manifest, reader: MapReader, study_config: ml_collections.ConfigDict,
-             *, seed: int, workdir: str, protocol=None,
-             sanity_config: ml_collections.ConfigDict | None = None) -> dict[str, Any]:
+def evaluate(
+  manifest: Manifest,
+  reader: MapReader,
+  study_config: ml_collections.ConfigDict,
+  *,
+  seed: int,
+  workdir: str,
+  protocol=None,
+  sanity_config: ml_collections.ConfigDict | None = None,
+) -> dict[str, Any]:
   """Computes every record and the scorecard; writes results.* and summary.json.
 
   protocol: `config.protocol` (default: the paper's choices).
   sanity_config: `config.sanity`, the checks beyond the paper (saliency_jax.trust.sanity).
   """
   from saliency_jax.trust import sanity  # pylint: disable=g-import-not-at-top
+
   records = all_records(manifest, reader, study_config, seed=seed, protocol=protocol)
-  check_records, extras = checks.records(manifest, reader, study_config, seed=seed,
-                                         protocol=protocol)
+  check_records, extras = checks.records(
+    manifest, reader, study_config, seed=seed, protocol=protocol
+  )
   records += check_records
   if sanity_config is not None:
-    records += sanity.records(manifest, reader, sanity_config, study_config, seed=seed,
-                              workdir=workdir)
+    records += sanity.records(
+      manifest, reader, sanity_config, study_config, seed=seed, workdir=workdir
+    )
   write_records(records, workdir)
-  summary = verdicts.summarize_study(records, manifest, study_config, seed=seed,
-                                     protocol=protocol)
-  summary.update(checks.summaries(records, extras, manifest, reader, study_config, seed=seed,
-                                  scorecard=summary["scorecard"], workdir=workdir,
-                                  protocol=protocol))
+  summary = verdicts.summarize_study(records, manifest, study_config, seed=seed, protocol=protocol)
+  summary.update(
+    checks.summaries(
+      records,
+      extras,
+      manifest,
+      reader,
+      study_config,
+      seed=seed,
+      scorecard=summary["scorecard"],
+      workdir=workdir,
+      protocol=protocol,
+    )
+  )
   if sanity_config is not None:
-    summary["sanity"] = sanity.summarize(records, manifest, sanity_config, study_config,
-                                         seed=seed, workdir=workdir)
-    summary["rules"].update(summary["sanity"]["rules"])      # scorecard columns
+    summary["sanity"] = sanity.summarize(
+      records, manifest, sanity_config, study_config, seed=seed, workdir=workdir
+    )
+    summary["rules"].update(summary["sanity"]["rules"])  # scorecard columns
     summary["scorecard"] += summary["sanity"]["scorecard"]
   with open(os.path.join(workdir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=2)

@@ -17,6 +17,7 @@ map of the wrong size, type or range, or an id the set needs but the file lacks 
 naming the file and the id. Stores are keyed by the maps' content, so a file fixed in place is
 imported again.
 """
+
 import hashlib
 import logging
 import os
@@ -63,8 +64,10 @@ def _as_map(array: np.ndarray, image_id: str, path: str, shape) -> np.ndarray:
   where = f"{path}: map of {image_id!r}"
   array = np.asarray(array)
   if not np.issubdtype(array.dtype, np.floating):
-    raise ValueError(f"{where} has {array.dtype} (integer) values; maps must be float in "
-                     "[0, 1] as ours are (e.g. divide 0..255 maps by 255).")
+    raise ValueError(
+      f"{where} has {array.dtype} (integer) values; maps must be float in "
+      "[0, 1] as ours are (e.g. divide 0..255 maps by 255)."
+    )
   if np.isinf(array).any():
     raise ValueError(f"{where} has inf values; use NaN to mark an undefined map.")
   m = np.asarray(array, np.float32)
@@ -75,8 +78,10 @@ def _as_map(array: np.ndarray, image_id: str, path: str, shape) -> np.ndarray:
   if not np.isnan(m).all():
     lo, hi = float(np.nanmin(m)), float(np.nanmax(m))
     if lo < 0 or hi > 1:
-      raise ValueError(f"{where} has values in [{lo:g}, {hi:g}], outside [0, 1]; scale the "
-                       "maps to [0, 1] as ours are (the criteria are not scale-invariant).")
+      raise ValueError(
+        f"{where} has values in [{lo:g}, {hi:g}], outside [0, 1]; scale the "
+        "maps to [0, 1] as ours are (the criteria are not scale-invariant)."
+      )
   return m
 
 
@@ -113,21 +118,34 @@ def import_maps(directory: str, image_sets, store_path, chunk_size: int) -> list
           ids = [str(i) for i in image_set.ids]
           missing = [i for i in ids if i not in arrays]
           if missing:
-            raise KeyError(f"{path} lacks maps of {len(missing)} of the {len(ids)} "
-                           f"{set_name} images, e.g. {missing[:3]}")
+            raise KeyError(
+              f"{path} lacks maps of {len(missing)} of the {len(ids)} "
+              f"{set_name} images, e.g. {missing[:3]}"
+            )
           shape = image_set.masks.shape[1:]
           maps = np.stack([_as_map(arrays[i], i, path, shape) for i in ids])
           path_out = store_path(set_name, model, state, method)
           # Keyed by content: a file fixed in place gives another digest and is imported again.
-          metadata = {"method": method,
-                      "sha256": hashlib.sha256(np.ascontiguousarray(maps).data).hexdigest()}
-          if (os.path.exists(os.path.join(path_out, "manifest.json")) and
-              MapStore.open(path_out).metadata != metadata):
+          metadata = {
+            "method": method,
+            "sha256": hashlib.sha256(np.ascontiguousarray(maps).data).hexdigest(),
+          }
+          if (
+            os.path.exists(os.path.join(path_out, "manifest.json"))
+            and MapStore.open(path_out).metadata != metadata
+          ):
             logging.warning("%s changed since it was imported: importing it again", path)
             shutil.rmtree(path_out)
           store = MapStore.create_or_open(
-              path_out, num_maps=len(ids), map_shape=shape, chunk_size=chunk_size,
-              dtype="float32", ids=ids, indices=image_set.indices, metadata=metadata)
+            path_out,
+            num_maps=len(ids),
+            map_shape=shape,
+            chunk_size=chunk_size,
+            dtype="float32",
+            ids=ids,
+            indices=image_set.indices,
+            metadata=metadata,
+          )
           for chunk in store.missing_chunks(verify=True):
             start, stop = store.chunk_bounds(chunk)
             store.write_chunk(chunk, maps[start:stop])

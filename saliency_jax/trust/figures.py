@@ -4,6 +4,7 @@
 
 draws from the summary and the records, and reads the example maps through the `MapReader`.
 """
+
 from collections.abc import Sequence
 import math
 import os
@@ -41,8 +42,7 @@ def _grid(n: int, cols: int = 4):
   return fig, axes.ravel()
 
 
-def cascading_curves(curves: dict[str, Any], path: str, *, metric_label: str,
-                     title: str) -> str:
+def cascading_curves(curves: dict[str, Any], path: str, *, metric_label: str, title: str) -> str:
   """One panel per method: similarity to the trained map at each cascading step (mean +/- std
   over replicates), the random-pair baseline (dashed) and, where it was run, independent
   randomization of each block alone (dotted)."""
@@ -54,13 +54,12 @@ def cascading_curves(curves: dict[str, Any], path: str, *, metric_label: str,
     x = np.arange(len(c["steps"]))
     mean = np.array([np.nan if v is None else v for v in c["mean"]])
     std = np.array([np.nan if v is None else v for v in c["std"]])
-    ax.plot(x, mean, "o-", color=_COLORS[0], ms=3,
-            label=f"cascading (n={len(c['replicates'])})")
+    ax.plot(x, mean, "o-", color=_COLORS[0], ms=3, label=f"cascading (n={len(c['replicates'])})")
     ax.fill_between(x, mean - std, mean + std, color=_COLORS[0], alpha=0.2, lw=0)
     if c.get("independent"):
       ind = np.array([np.nan if v is None else v for v in c["independent"]["mean"]])
       n = min(len(ind), len(x) - 1)  # the blocks the cascade reached
-      ax.plot(x[1:1 + n], ind[:n], "s:", color=_COLORS[1], ms=3, label="independent")
+      ax.plot(x[1 : 1 + n], ind[:n], "s:", color=_COLORS[1], ms=3, label="independent")
     if c["baseline"] is not None:
       ax.axhline(c["baseline"], color="k", ls="--", lw=1, label="random pairs")
     low = min(low, np.nanmin(np.concatenate([mean - std, [0.0]])) - 0.05)
@@ -68,7 +67,7 @@ def cascading_curves(curves: dict[str, Any], path: str, *, metric_label: str,
     ax.set_xticklabels(c["steps"], rotation=60, ha="right", fontsize=7)
     ax.set_title(method, fontsize=10)
     ax.grid(alpha=0.3)
-  for ax in axes[:len(methods)]:
+  for ax in axes[: len(methods)]:
     ax.set_ylim(low, 1.05)
   axes[0].set_ylabel(metric_label)
   axes[0].legend(fontsize=7, loc="lower left")
@@ -77,8 +76,15 @@ def cascading_curves(curves: dict[str, Any], path: str, *, metric_label: str,
   return _save(fig, path)
 
 
-def box_plot(groups: dict[str, Sequence[np.ndarray]], labels: Sequence[str], path: str, *,
-             ylabel: str, title: str, lines: dict[str, float]) -> str:
+def box_plot(
+  groups: dict[str, Sequence[np.ndarray]],
+  labels: Sequence[str],
+  path: str,
+  *,
+  ylabel: str,
+  title: str,
+  lines: dict[str, float],
+) -> str:
   """Box plots per method; several groups per method (e.g. trained/untrained) side by side,
   horizontal lines for baselines."""
   names = list(groups)
@@ -89,8 +95,14 @@ def box_plot(groups: dict[str, Sequence[np.ndarray]], labels: Sequence[str], pat
     data = [np.asarray(groups[n][g], np.float64) for n in names]
     data = [d[np.isfinite(d)] for d in data]
     pos = np.arange(len(names)) + (g - (k - 1) / 2) * width
-    bp = ax.boxplot([d if d.size else [np.nan] for d in data], positions=pos, widths=width * 0.9,
-                    patch_artist=True, showfliers=True, flierprops=dict(ms=2))
+    bp = ax.boxplot(
+      [d if d.size else [np.nan] for d in data],
+      positions=pos,
+      widths=width * 0.9,
+      patch_artist=True,
+      showfliers=True,
+      flierprops=dict(ms=2),
+    )
     for patch in bp["boxes"]:
       patch.set_facecolor(_COLORS[g])
       patch.set_alpha(0.6)
@@ -109,9 +121,15 @@ def box_plot(groups: dict[str, Sequence[np.ndarray]], labels: Sequence[str], pat
   return _save(fig, path)
 
 
-def example_panel(raw: np.ndarray, masks: np.ndarray, boxes: list[np.ndarray],
-                  maps: dict[str, np.ndarray], scores: dict[str, np.ndarray],
-                  ids: Sequence[str], path: str) -> str:
+def example_panel(
+  raw: np.ndarray,
+  masks: np.ndarray,
+  boxes: list[np.ndarray],
+  maps: dict[str, np.ndarray],
+  scores: dict[str, np.ndarray],
+  ids: Sequence[str],
+  path: str,
+) -> str:
   """Rows: images; columns: the image with its ground truth, then each method's map with
   its AUPRC."""
   n = len(raw)
@@ -122,9 +140,10 @@ def example_panel(raw: np.ndarray, masks: np.ndarray, boxes: list[np.ndarray],
     ax.imshow(raw[r], cmap="gray")
     if masks[r].any():
       ax.contour(masks[r], levels=[0.5], colors="lime", linewidths=0.8)
-    for (y0, x0, y1, x1) in np.asarray(boxes[r]).reshape(-1, 4):
-      ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
-                                 ec="yellow", lw=0.8))
+    for y0, x0, y1, x1 in np.asarray(boxes[r]).reshape(-1, 4):
+      ax.add_patch(
+        plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="yellow", lw=0.8)
+      )
     ax.set_title(str(ids[r]), fontsize=6)
     for c, (method, stack) in enumerate(maps.items(), start=1):
       ax = axes[r, c]
@@ -132,8 +151,7 @@ def example_panel(raw: np.ndarray, masks: np.ndarray, boxes: list[np.ndarray],
       if masks[r].any():
         ax.contour(masks[r], levels=[0.5], colors="cyan", linewidths=0.6)
       value = scores[method][r]
-      ax.set_title(f"{method}\nAUPRC {value:.2f}" if np.isfinite(value) else method,
-                   fontsize=7)
+      ax.set_title(f"{method}\nAUPRC {value:.2f}" if np.isfinite(value) else method, fontsize=7)
   for ax in axes.ravel():
     ax.set_xticks([])
     ax.set_yticks([])
@@ -150,8 +168,15 @@ def localization_label(manifest: Manifest) -> str:
   return " / ".join(LOCALIZATION_LABELS.get(a, a) for a in archs) or "localization network"
 
 
-def all_figures(manifest: Manifest, reader: MapReader, summary: dict[str, Any], records,
-                directory: str, *, num_examples: int) -> dict[str, str]:
+def all_figures(
+  manifest: Manifest,
+  reader: MapReader,
+  summary: dict[str, Any],
+  records,
+  directory: str,
+  *,
+  num_examples: int,
+) -> dict[str, str]:
   """Writes every figure of the report; returns {name: path}."""
   os.makedirs(directory, exist_ok=True)
   index = verdicts.index_records(records)
@@ -161,10 +186,12 @@ def all_figures(manifest: Manifest, reader: MapReader, summary: dict[str, Any], 
   for metric, by_arch in summary["curves"].items():
     for arch, by_method in by_arch.items():
       out[f"cascading_{metric}_{arch}"] = cascading_curves(
-          by_method, os.path.join(directory, f"cascading_{metric}_{arch}.png"),
-          metric_label=labels[metric],
-          title=f"{arch}: {labels[metric]} between the trained and the randomized model's "
-                "maps, randomizing from the logits down")
+        by_method,
+        os.path.join(directory, f"cascading_{metric}_{arch}.png"),
+        metric_label=labels[metric],
+        title=f"{arch}: {labels[metric]} between the trained and the randomized model's "
+        "maps, randomizing from the logits down",
+      )
 
   ids = verdicts.image_ids(index, Measure.UTILITY)
   models = manifest.utility_models
@@ -172,21 +199,36 @@ def all_figures(manifest: Manifest, reader: MapReader, summary: dict[str, Any], 
   def column(criterion, metric, method, selection, image_ids):
     return verdicts.per_image(index, criterion, metric, method, selection, image_ids)
 
-  utility = {m: [column(Measure.UTILITY, "auprc", m, [(x, State.ORIGINAL) for x in models], ids),
-                 column(Measure.UTILITY, "auprc", m, [(x, State.UNTRAINED) for x in models],
-                        ids)]
-             for m in methods}
+  utility = {
+    m: [
+      column(Measure.UTILITY, "auprc", m, [(x, State.ORIGINAL) for x in models], ids),
+      column(Measure.UTILITY, "auprc", m, [(x, State.UNTRAINED) for x in models], ids),
+    ]
+    for m in methods
+  }
   table = {row["method"]: row for row in summary["utility"]}
   out["utility"] = box_plot(
-      utility, ["trained", "untrained"], os.path.join(directory, "utility_auprc.png"),
-      ylabel="AUPRC", title="Localization utility (AUPRC per image)",
-      lines={"average mask": table[Baseline.AVERAGE_MASK]["auprc"],
-             localization_label(manifest): table[Baseline.LOCALIZATION]["auprc"]})
+    utility,
+    ["trained", "untrained"],
+    os.path.join(directory, "utility_auprc.png"),
+    ylabel="AUPRC",
+    title="Localization utility (AUPRC per image)",
+    lines={
+      "average mask": table[Baseline.AVERAGE_MASK]["auprc"],
+      localization_label(manifest): table[Baseline.LOCALIZATION]["auprc"],
+    },
+  )
 
   eval_ids = verdicts.image_ids(index, Measure.CASCADING)
   loc_models = verdicts.models_of(index, Measure.LOCALIZATION_AGREEMENT)
-  loc = verdicts.per_image(index, Measure.LOCALIZATION_AGREEMENT, "ssim", Baseline.LOCALIZATION,
-                           [(m, State.ORIGINAL) for m in loc_models], eval_ids)
+  loc = verdicts.per_image(
+    index,
+    Measure.LOCALIZATION_AGREEMENT,
+    "ssim",
+    Baseline.LOCALIZATION,
+    [(m, State.ORIGINAL) for m in loc_models],
+    eval_ids,
+  )
   loc_mean = float(np.nanmean(loc)) if np.isfinite(loc).any() else None
   agreement = {}
   labels = []
@@ -196,12 +238,17 @@ def all_figures(manifest: Manifest, reader: MapReader, summary: dict[str, Any], 
       labels.append(criterion)
       for m in methods:
         agreement.setdefault(m, []).append(
-            column(criterion, "ssim", m, [(p, State.ORIGINAL) for p in pairs], eval_ids))
+          column(criterion, "ssim", m, [(p, State.ORIGINAL) for p in pairs], eval_ids)
+        )
   if labels:
     out["agreement"] = box_plot(
-        agreement, labels, os.path.join(directory, "repeatability_reproducibility.png"),
-        ylabel="SSIM", title="Repeatability and reproducibility (SSIM per image)",
-        lines={f"{localization_label(manifest)} replicates": loc_mean})
+      agreement,
+      labels,
+      os.path.join(directory, "repeatability_reproducibility.png"),
+      ylabel="SSIM",
+      title="Repeatability and reproducibility (SSIM per image)",
+      lines={f"{localization_label(manifest)} replicates": loc_mean},
+    )
 
   truth = reader.ground_truth(SetName.UTILITY)
   count = min(num_examples, len(truth.ids))
@@ -209,9 +256,23 @@ def all_figures(manifest: Manifest, reader: MapReader, summary: dict[str, Any], 
     pick = np.linspace(0, len(truth.ids) - 1, count).astype(int)
     read = {m: reader.read(SetName.UTILITY, models[0], State.ORIGINAL, m) for m in methods}
     maps = {m: v[pick] for m, v in read.items() if v is not None}  # None: not evaluated
-    scores = {m: column(Measure.UTILITY, "auprc", m, [(models[0], State.ORIGINAL)],
-                        [str(i) for i in truth.ids[pick]]) for m in maps}
+    scores = {
+      m: column(
+        Measure.UTILITY,
+        "auprc",
+        m,
+        [(models[0], State.ORIGINAL)],
+        [str(i) for i in truth.ids[pick]],
+      )
+      for m in maps
+    }
     out["examples"] = example_panel(
-        truth.raw[pick, ..., 0], truth.masks[pick], [truth.boxes[i] for i in pick], maps,
-        scores, truth.ids[pick], os.path.join(directory, "examples.png"))
+      truth.raw[pick, ..., 0],
+      truth.masks[pick],
+      [truth.boxes[i] for i in pick],
+      maps,
+      scores,
+      truth.ids[pick],
+      os.path.join(directory, "examples.png"),
+    )
   return out

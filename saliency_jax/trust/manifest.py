@@ -20,6 +20,7 @@ Each stage records the configuration it ran with (JSON-able, e.g. a `ConfigDict.
   manifest.record_stage("maps", {...}); manifest.save()
   manifest.stage_config("maps")            # None where that stage never recorded one
 """
+
 import dataclasses
 import json
 import os
@@ -39,7 +40,7 @@ class ModelEntry:
   name: str
   arch: str
   block_names: tuple[str, ...]  # top-level blocks, logits first (the cascading order)
-  role: str                     # CLASSIFIER or LOCALIZER
+  role: str  # CLASSIFIER or LOCALIZER
 
 
 class Manifest:
@@ -75,18 +76,31 @@ class Manifest:
 
   # What the maps stage decided.
 
-  def record_run(self, *, models: list[ModelEntry], image_ids: dict[str, list[str]],
-                 methods: list[str], computed_methods: list[str], utility_models: list[str],
-                 independent_models: list[str],
-                 skipped: list[dict[str, str]] | None = None, cascade_keep: int = 0) -> None:
+  def record_run(
+    self,
+    *,
+    models: list[ModelEntry],
+    image_ids: dict[str, list[str]],
+    methods: list[str],
+    computed_methods: list[str],
+    utility_models: list[str],
+    independent_models: list[str],
+    skipped: list[dict[str, str]] | None = None,
+    cascade_keep: int = 0,
+  ) -> None:
     """Records the maps stage's decisions (call save() to write them)."""
     self.data["run"] = dict(
-        models=[dict(name=m.name, arch=m.arch, block_names=list(m.block_names), role=m.role)
-                for m in models],
-        image_ids={str(k): [str(i) for i in v] for k, v in image_ids.items()},
-        methods=list(methods), computed_methods=list(computed_methods),
-        utility_models=list(utility_models), independent_models=list(independent_models),
-        skipped=[dict(s) for s in skipped or []], cascade_keep=int(cascade_keep))
+      models=[
+        dict(name=m.name, arch=m.arch, block_names=list(m.block_names), role=m.role) for m in models
+      ],
+      image_ids={str(k): [str(i) for i in v] for k, v in image_ids.items()},
+      methods=list(methods),
+      computed_methods=list(computed_methods),
+      utility_models=list(utility_models),
+      independent_models=list(independent_models),
+      skipped=[dict(s) for s in skipped or []],
+      cascade_keep=int(cascade_keep),
+    )
 
   @property
   def has_run(self) -> bool:
@@ -99,8 +113,10 @@ class Manifest:
 
   @property
   def models(self) -> list[ModelEntry]:
-    return [ModelEntry(m["name"], m["arch"], tuple(m["block_names"]), m["role"])
-            for m in self._run()["models"]]
+    return [
+      ModelEntry(m["name"], m["arch"], tuple(m["block_names"]), m["role"])
+      for m in self._run()["models"]
+    ]
 
   @property
   def classifiers(self) -> list[ModelEntry]:
@@ -146,5 +162,5 @@ class Manifest:
     above the bottom (the blocks the cascade left trained: protocol.cascade_keep)."""
     entry = self.model(model) if isinstance(model, str) else model
     blocks = list(entry.block_names)
-    blocks = blocks[:max(len(blocks) - self._run().get("cascade_keep", 0), 1)]
+    blocks = blocks[: max(len(blocks) - self._run().get("cascade_keep", 0), 1)]
     return [State.ORIGINAL] + [cascade_state(b) for b in blocks]

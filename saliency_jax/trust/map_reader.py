@@ -11,6 +11,7 @@ Layout under the workdir (written by the maps stage, read by `MapReader`):
   reader.ground_truth(SetName.UTILITY).masks                 # bool [N,H,W]
   reader.average_mask()                                      # float32 [H,W]
 """
+
 from collections.abc import Sequence
 import dataclasses
 import os
@@ -31,21 +32,33 @@ def store_path(workdir: str, set_name: str, model: str, state: str, method: str)
 @dataclasses.dataclass
 class GroundTruth:
   """The images of a set and their ground truth, in the order of the set's maps."""
-  ids: np.ndarray    # str [N]
-  raw: np.ndarray    # uint8/uint16 [N,H,W,1], as stored in the dataset
+
+  ids: np.ndarray  # str [N]
+  raw: np.ndarray  # uint8/uint16 [N,H,W,1], as stored in the dataset
   masks: np.ndarray  # bool [N,H,W]
   boxes: list[np.ndarray]  # [K,4] per image (y0, x0, y1, x1)
 
 
-def write_ground_truth(workdir: str, set_name: str, ids: Sequence[str], raw: np.ndarray,
-                       masks: np.ndarray, boxes: Sequence[np.ndarray]) -> None:
+def write_ground_truth(
+  workdir: str,
+  set_name: str,
+  ids: Sequence[str],
+  raw: np.ndarray,
+  masks: np.ndarray,
+  boxes: Sequence[np.ndarray],
+) -> None:
   boxes = [np.asarray(b).reshape(-1, 4) for b in boxes]
   path = os.path.join(workdir, "maps", set_name, GROUND_TRUTH_FILE)
   os.makedirs(os.path.dirname(path), exist_ok=True)
   tmp = path + ".tmp.npz"
-  np.savez(tmp, ids=np.asarray([str(i) for i in ids]), raw=np.asarray(raw),
-           masks=np.asarray(masks, bool), boxes=np.concatenate(boxes) if boxes else
-           np.zeros((0, 4)), box_counts=np.asarray([len(b) for b in boxes], np.int64))
+  np.savez(
+    tmp,
+    ids=np.asarray([str(i) for i in ids]),
+    raw=np.asarray(raw),
+    masks=np.asarray(masks, bool),
+    boxes=np.concatenate(boxes) if boxes else np.zeros((0, 4)),
+    box_counts=np.asarray([len(b) for b in boxes], np.int64),
+  )
   os.replace(tmp, path)
 
 
@@ -76,8 +89,14 @@ class MapReader:
   leaves the criteria that need it N/A.
   """
 
-  def __init__(self, workdir: str, required_methods: Sequence[str],
-               skipped: Sequence[tuple[str, str]] = (), *, minmax: bool = False):
+  def __init__(
+    self,
+    workdir: str,
+    required_methods: Sequence[str],
+    skipped: Sequence[tuple[str, str]] = (),
+    *,
+    minmax: bool = False,
+  ):
     self.workdir = workdir
     self.required = set(required_methods) | {Baseline.LOCALIZATION}
     self.skipped = {tuple(pair) for pair in skipped}
@@ -94,15 +113,18 @@ class MapReader:
       return None
     store = MapStore.open(path)
     if not store.complete:
-      raise RuntimeError(f"the map store {path} is incomplete: rerun the maps stage "
-                         "(launch.run_all --redo=maps)")
+      raise RuntimeError(
+        f"the map store {path} is incomplete: rerun the maps stage (launch.run_all --redo=maps)"
+      )
     if os.path.exists(self._ground_truth_path(set_name)):
       ids = self.ground_truth(set_name).ids
       if not np.array_equal(store.ids.astype(str), np.asarray(ids).astype(str)):
-        raise ValueError(f"{path} holds maps of other images than the {set_name} set "
-                         f"({len(store.ids)} maps, {len(ids)} images in the set): the maps "
-                         "stage ran with another config; rerun it (launch.run_all "
-                         "--redo=maps).")
+        raise ValueError(
+          f"{path} holds maps of other images than the {set_name} set "
+          f"({len(store.ids)} maps, {len(ids)} images in the set): the maps "
+          "stage ran with another config; rerun it (launch.run_all "
+          "--redo=maps)."
+        )
     maps = store.read_all()
     if self.minmax and method != Baseline.LOCALIZATION:
       maps = minmax(maps)
@@ -120,7 +142,8 @@ class MapReader:
         ends = np.cumsum(f["box_counts"])
         boxes = np.split(f["boxes"], ends[:-1]) if len(ends) else []
         self._ground_truth[set_name] = GroundTruth(
-            ids=f["ids"], raw=f["raw"], masks=f["masks"], boxes=list(boxes))
+          ids=f["ids"], raw=f["raw"], masks=f["masks"], boxes=list(boxes)
+        )
     return self._ground_truth[set_name]
 
   def average_mask(self) -> np.ndarray:

@@ -16,20 +16,21 @@ f-strings as that string, and a plain string read back from `results.json` compa
   NO_MODEL    the `model` field of a record that belongs to no model (the average mask)
   RecordKey   (criterion, metric, method, model, state): the key of a column of per-image values
 """
+
 import enum
 from typing import NamedTuple
 
 
 class SetName(enum.StrEnum):
   UTILITY = "utility"  # all positive test images (the paper's utility set)
-  EVAL = "eval"        # the seeded subset for the SSIM criteria (the paper's 100)
+  EVAL = "eval"  # the seeded subset for the SSIM criteria (the paper's 100)
   VALIDATION = "validation"  # positive validation images (CheXlocalize's threshold tuning)
 
 
 class State(enum.StrEnum):
-  ORIGINAL = "original"    # the trained model
+  ORIGINAL = "original"  # the trained model
   UNTRAINED = "untrained"  # every block re-initialized (the last cascading step)
-  BASELINE = "baseline"    # a baseline's record (average mask, U-Net, random pairs)
+  BASELINE = "baseline"  # a baseline's record (average mask, U-Net, random pairs)
 
 
 CASCADE_PREFIX = "cascade_"
@@ -65,7 +66,7 @@ class Measure(enum.StrEnum):
 
 class Baseline(enum.StrEnum):
   AVERAGE_MASK = "AVERAGE_MASK"  # the mean positive training mask, used as a map
-  LOCALIZATION = "UNET"          # the localization network's output, scored like a map
+  LOCALIZATION = "UNET"  # the localization network's output, scored like a map
 
 
 NO_MODEL = "-"
@@ -75,6 +76,7 @@ CRITERIA = tuple(Criterion)
 
 class RecordKey(NamedTuple):
   """The key of one column of per-image values in `verdicts.index_records`."""
+
   criterion: str
   metric: str
   method: str

@@ -6,6 +6,7 @@ field of the run's config (most under `config.protocol`), `configs/default.py` h
 value, and the report prints `table(config)`: each choice, its value in the run, the paper's,
 and what differs when they differ.
 """
+
 from collections.abc import Callable
 import dataclasses
 from typing import Any
@@ -26,6 +27,7 @@ class Choice:
     paper_for: the authors' value for a run's config where it depends on the dataset (e.g. the
       localization network's agreement: SIIM's U-Net masks, RSNA's RetinaNet score maps).
   """
+
   name: str
   field: str
   paper: Any
@@ -47,55 +49,119 @@ def _field(config, path: str) -> Any:
 def utility_baselines(config) -> tuple[str, ...]:
   """The baselines the run's utility rules compare with (the rules' `baseline`)."""
   from saliency_jax.trust import verdicts  # pylint: disable=g-import-not-at-top
-  return tuple(rule["baseline"] for rule in verdicts.rules_from_config(config.study).values()
-               if rule["criterion"] == "utility")
+
+  return tuple(
+    rule["baseline"]
+    for rule in verdicts.rules_from_config(config.study).values()
+    if rule["criterion"] == "utility"
+  )
 
 
 CHOICES: tuple[Choice, ...] = (
-    Choice("target class of randomized models", "protocol.randomized_target", "recomputed",
-           ("recomputed", "trained"),
-           "every randomized state explains the trained model's class, not its own prediction"),
-    Choice("cascade: blocks left trained at the bottom", "protocol.cascade_keep", 2, None,
-           "the curve (and the randomization verdict, read at its last step) goes further "
-           "down than the authors' (they stopped above mixed0 and the stem)"),
-    Choice("randomization verdict over architectures", "protocol.randomization_pooling",
-           "per_architecture", ("per_architecture", "pooled"),
-           "one verdict averages the architectures, values and baseline"),
-    Choice("random-pair baseline", "protocol.random_pairs", "scalar",
-           ("scalar", "per_image"),
-           "the baseline is per image and per model (paired test), not one number per method "
-           "from replicate 1's original maps (one-sample test)"),
-    Choice("utility baselines (rules' `baseline`)", "study.rules", ("average_mask",
-                                                                   "localization_network"),
-           None, "the scorecard compares utility with other baselines than the paper's two"),
-    Choice("localization-network agreement", "protocol.localization_agreement", "binary_uint8",
-           ("binary_uint8", "probability"),
-           "the authors compared binary uint8 masks (range 255) of their U-Nets (SIIM) and the "
-           "score maps of their RetinaNets (RSNA); this run does the other",
-           paper_for=lambda config: ("probability" if _arch(config) == "retinanet"
-                                     else "binary_uint8")),
-    Choice("images of repeatability/reproducibility", "protocol.agreement_images", "utility",
-           ("utility", "eval"),
-           "agreement is measured on the sampled evaluation set, not on all utility images"),
-    Choice("which utility images", "protocol.utility_images", "first", ("first", "sampled"),
-           "a seeded sample of the positive test images, not the first ones in test order"),
-    Choice("min-max normalization of every map", "protocol.minmax_maps", True, (True, False),
-           "GGCAM (a product of two [0, 1] maps) is scored without rescaling to [0, 1]"),
-    Choice("IG / SIG baseline", "protocol.ig_baseline", "minus_one", ("minus_one", "black"),
-           "the baseline is a black image in each model's input space (for ImageNet scaling "
-           "not -1)"),
-    Choice("stored map precision", "study.map_dtype", "float32", ("float32",),
-           "(only float32: float16 merges distinct values into ties and moves AUPRC)"),
-    Choice("cohort (dataset split)", "protocol.cohort", "authors_split",
-           ("authors_split", "any"),
-           "the dataset is not the authors' split (e.g. RSNA with the 'No Lung Opacity / Not "
-           "Normal' class)"),
-    Choice("classifier initialization", "protocol.init", "imagenet", ("imagenet", "random"),
-           "classifiers train from random initialization, not ImageNet weights"),
-    Choice("XRAI region scores to grayscale", "protocol.xrai_grayscale", "abs",
-           ("abs", "shifted"),
-           "XRAI's region scores are shifted so the lowest is darkest, where PAIR's grayscale "
-           "of |score| makes strongly negative regions bright"),
+  Choice(
+    "target class of randomized models",
+    "protocol.randomized_target",
+    "recomputed",
+    ("recomputed", "trained"),
+    "every randomized state explains the trained model's class, not its own prediction",
+  ),
+  Choice(
+    "cascade: blocks left trained at the bottom",
+    "protocol.cascade_keep",
+    2,
+    None,
+    "the curve (and the randomization verdict, read at its last step) goes further "
+    "down than the authors' (they stopped above mixed0 and the stem)",
+  ),
+  Choice(
+    "randomization verdict over architectures",
+    "protocol.randomization_pooling",
+    "per_architecture",
+    ("per_architecture", "pooled"),
+    "one verdict averages the architectures, values and baseline",
+  ),
+  Choice(
+    "random-pair baseline",
+    "protocol.random_pairs",
+    "scalar",
+    ("scalar", "per_image"),
+    "the baseline is per image and per model (paired test), not one number per method "
+    "from replicate 1's original maps (one-sample test)",
+  ),
+  Choice(
+    "utility baselines (rules' `baseline`)",
+    "study.rules",
+    ("average_mask", "localization_network"),
+    None,
+    "the scorecard compares utility with other baselines than the paper's two",
+  ),
+  Choice(
+    "localization-network agreement",
+    "protocol.localization_agreement",
+    "binary_uint8",
+    ("binary_uint8", "probability"),
+    "the authors compared binary uint8 masks (range 255) of their U-Nets (SIIM) and the "
+    "score maps of their RetinaNets (RSNA); this run does the other",
+    paper_for=lambda config: "probability" if _arch(config) == "retinanet" else "binary_uint8",
+  ),
+  Choice(
+    "images of repeatability/reproducibility",
+    "protocol.agreement_images",
+    "utility",
+    ("utility", "eval"),
+    "agreement is measured on the sampled evaluation set, not on all utility images",
+  ),
+  Choice(
+    "which utility images",
+    "protocol.utility_images",
+    "first",
+    ("first", "sampled"),
+    "a seeded sample of the positive test images, not the first ones in test order",
+  ),
+  Choice(
+    "min-max normalization of every map",
+    "protocol.minmax_maps",
+    True,
+    (True, False),
+    "GGCAM (a product of two [0, 1] maps) is scored without rescaling to [0, 1]",
+  ),
+  Choice(
+    "IG / SIG baseline",
+    "protocol.ig_baseline",
+    "minus_one",
+    ("minus_one", "black"),
+    "the baseline is a black image in each model's input space (for ImageNet scaling not -1)",
+  ),
+  Choice(
+    "stored map precision",
+    "study.map_dtype",
+    "float32",
+    ("float32",),
+    "(only float32: float16 merges distinct values into ties and moves AUPRC)",
+  ),
+  Choice(
+    "cohort (dataset split)",
+    "protocol.cohort",
+    "authors_split",
+    ("authors_split", "any"),
+    "the dataset is not the authors' split (e.g. RSNA with the 'No Lung Opacity / Not "
+    "Normal' class)",
+  ),
+  Choice(
+    "classifier initialization",
+    "protocol.init",
+    "imagenet",
+    ("imagenet", "random"),
+    "classifiers train from random initialization, not ImageNet weights",
+  ),
+  Choice(
+    "XRAI region scores to grayscale",
+    "protocol.xrai_grayscale",
+    "abs",
+    ("abs", "shifted"),
+    "XRAI's region scores are shifted so the lowest is darkest, where PAIR's grayscale "
+    "of |score| makes strongly negative regions bright",
+  ),
 )
 
 BY_FIELD = {c.field: c for c in CHOICES}
@@ -103,8 +169,9 @@ BY_FIELD = {c.field: c for c in CHOICES}
 
 def paper_protocol() -> ml_collections.ConfigDict:
   """`config.protocol` with the paper's value of every choice that lives there."""
-  return ml_collections.ConfigDict({c.field.split(".", 1)[1]: c.paper for c in CHOICES
-                                    if c.field.startswith("protocol.")})
+  return ml_collections.ConfigDict(
+    {c.field.split(".", 1)[1]: c.paper for c in CHOICES if c.field.startswith("protocol.")}
+  )
 
 
 def _arch(config) -> str:
@@ -129,8 +196,15 @@ def table(config) -> list[list[str]]:
   rows = []
   for choice in CHOICES:
     current, paper = value(config, choice), choice.paper_value(config)
-    rows.append([choice.name, f"`{choice.field}`", _text(current), _text(paper),
-                 "as the paper" if _same(current, paper) else choice.consequence])
+    rows.append(
+      [
+        choice.name,
+        f"`{choice.field}`",
+        _text(current),
+        _text(paper),
+        "as the paper" if _same(current, paper) else choice.consequence,
+      ]
+    )
   return rows
 
 

@@ -9,6 +9,7 @@ so the page opens from disk with no server).
 reads summary.json, results.json, progress.json and models/summary.json from the workdir, the
 example maps through the `MapReader`, and prints the whole config in the provenance section.
 """
+
 import base64
 from collections.abc import Sequence
 import dataclasses
@@ -34,8 +35,19 @@ from saliency_jax.trust.map_reader import MapReader
 from saliency_jax.trust.names import Baseline
 from saliency_jax.trust.names import SetName
 
-_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain",
-             "tensorflow-datasets", "numpy", "scikit-image", "scipy", "matplotlib")
+_PACKAGES = (
+  "jax",
+  "jaxlib",
+  "flax",
+  "optax",
+  "orbax-checkpoint",
+  "grain",
+  "tensorflow-datasets",
+  "numpy",
+  "scikit-image",
+  "scipy",
+  "matplotlib",
+)
 
 
 @dataclasses.dataclass
@@ -96,52 +108,106 @@ def scorecard_table(summary: dict[str, Any], methods: Sequence[str]) -> Table:
       if r is None:
         cells.append("-")
         continue
-      cells.append(f"{_value_ci(r, 'value')} vs {_fmt(r.get('baseline'))} "
-                   f"**{r['verdict']}**")
+      cells.append(f"{_value_ci(r, 'value')} vs {_fmt(r.get('baseline'))} **{r['verdict']}**")
     rows.append(cells)
-  header = [f"{rule}{f' {arch}' if arch else ''} ({summary['rules'][rule]['metric'].upper()})"
-            for rule, arch in columns]
+  header = [
+    f"{rule}{f' {arch}' if arch else ''} ({summary['rules'][rule]['metric'].upper()})"
+    for rule, arch in columns
+  ]
   return Table(["method"] + header, rows)
 
 
 def randomization_table(summary: dict[str, Any]) -> Table | None:
   """Per randomization verdict: the step it was read at and where the curve first passed
   the baseline."""
-  rows = [[r["criterion"], r.get("architecture") or "all (pooled)", r["method"],
-           ", ".join(r.get("replicates", [])), r.get("step") or "-",
-           r.get("first_step_past_baseline") or "never", r["baseline_kind"], r["verdict"]]
-          for r in summary["scorecard"] if "step" in r]
+  rows = [
+    [
+      r["criterion"],
+      r.get("architecture") or "all (pooled)",
+      r["method"],
+      ", ".join(r.get("replicates", [])),
+      r.get("step") or "-",
+      r.get("first_step_past_baseline") or "never",
+      r["baseline_kind"],
+      r["verdict"],
+    ]
+    for r in summary["scorecard"]
+    if "step" in r
+  ]
   if not rows:
     return None
-  return Table(["rule", "architecture", "method", "replicates", "verdict read at",
-                "first step past the baseline", "baseline", "verdict"], rows)
+  return Table(
+    [
+      "rule",
+      "architecture",
+      "method",
+      "replicates",
+      "verdict read at",
+      "first step past the baseline",
+      "baseline",
+      "verdict",
+    ],
+    rows,
+  )
 
 
 def details_table(summary: dict[str, Any]) -> Table:
   rows = []
   for r in summary["scorecard"]:
-    rows.append([r["criterion"], r["method"], r["metric"], _value_ci(r, "value"),
-                 f"{r['baseline_name']}: {_value_ci(r, 'baseline')}",
-                 f"{r['pairs']} ({r['pairs_excluded']} excluded)"
-                 + (f" [{r['architecture']}]" if r.get("architecture") else ""),
-                 r.get("test") or "-", r["alternative"], _fmt_p(r.get("p_value")),
-                 _fmt_p(r.get("p_adjusted")), r["verdict"]])
-  return Table(["rule", "method", "metric", "mean [95% CI]", "baseline mean [95% CI]",
-                "images", "test", "alternative", "p", "p (corrected)", "verdict"], rows)
+    rows.append(
+      [
+        r["criterion"],
+        r["method"],
+        r["metric"],
+        _value_ci(r, "value"),
+        f"{r['baseline_name']}: {_value_ci(r, 'baseline')}",
+        f"{r['pairs']} ({r['pairs_excluded']} excluded)"
+        + (f" [{r['architecture']}]" if r.get("architecture") else ""),
+        r.get("test") or "-",
+        r["alternative"],
+        _fmt_p(r.get("p_value")),
+        _fmt_p(r.get("p_adjusted")),
+        r["verdict"],
+      ]
+    )
+  return Table(
+    [
+      "rule",
+      "method",
+      "metric",
+      "mean [95% CI]",
+      "baseline mean [95% CI]",
+      "images",
+      "test",
+      "alternative",
+      "p",
+      "p (corrected)",
+      "verdict",
+    ],
+    rows,
+  )
 
 
 def utility_table(summary: dict[str, Any], localization: str = "U-Net") -> Table:
-  names = {Baseline.AVERAGE_MASK: "average mask (baseline)",
-           Baseline.LOCALIZATION: f"{localization} (baseline)"}
-  rows = [[names.get(r["method"], r["method"]), r["state"], _fmt(r["auprc"]),
-           _fmt(r["pointing_game"]), _fmt(r["iou_otsu"]),
-           str(r["auprc_excluded"])] for r in summary["utility"]]
-  return Table(["map", "model", "AUPRC", "pointing game", "Otsu IoU",
-                "excluded (AUPRC)"], rows)
+  names = {
+    Baseline.AVERAGE_MASK: "average mask (baseline)",
+    Baseline.LOCALIZATION: f"{localization} (baseline)",
+  }
+  rows = [
+    [
+      names.get(r["method"], r["method"]),
+      r["state"],
+      _fmt(r["auprc"]),
+      _fmt(r["pointing_game"]),
+      _fmt(r["iou_otsu"]),
+      str(r["auprc_excluded"]),
+    ]
+    for r in summary["utility"]
+  ]
+  return Table(["map", "model", "AUPRC", "pointing game", "Otsu IoU", "excluded (AUPRC)"], rows)
 
 
-def provenance(manifest: Manifest, config: ml_collections.ConfigDict,
-               workdir: str) -> list[Block]:
+def provenance(manifest: Manifest, config: ml_collections.ConfigDict, workdir: str) -> list[Block]:
   progress_path = os.path.join(workdir, "progress.json")
   stages = {}
   if os.path.exists(progress_path):
@@ -160,29 +226,38 @@ def provenance(manifest: Manifest, config: ml_collections.ConfigDict,
       trained = json.load(f)
   s = config.study
   return [
-      Table(["item", "value"], [
-          ["written", datetime.datetime.now().isoformat(timespec="seconds")],
-          ["dataset", f"{config.data.name} ({config.data.image_size} px)"],
-          ["SSIM data_range", str(s.ssim_data_range)],
-          ["map target", s.target],
-          ["evaluation images (SSIM criteria)", str(len(manifest.image_ids(SetName.EVAL)))],
-          ["utility images", str(len(manifest.image_ids(SetName.UTILITY)))],
-          ["random pairs per image", str(s.random_pairs)],
-          ["seed", str(config.seed)],
-          ["devices", ", ".join(str(d) for d in jax.devices())],
-          ["python", f"{sys.version.split()[0]} on {platform.platform()}"],
-          ["versions", "; ".join(versions)],
-      ]),
-      # Every validation metric of each model: AUC (classifiers), Dice (U-Net), mAP at IoU
-      # 0.40-0.75 and the RSNA challenge score (RetinaNet).
-      Table(["model", "architecture", "validation metric", "value"],
-            [[name, e.get("arch", "-"), key, _fmt(value)]
-             for name, e in trained.items() for key, value in e.items()
-             if key.startswith("val_")]),
-      Table(["stage", "wall time (s)"],
-            [[name, _fmt(e.get("seconds"), 1)] for name, e in stages.items()]),
-      "Configuration:",
-      "```\n" + config.to_json_best_effort(indent=2) + "\n```",
+    Table(
+      ["item", "value"],
+      [
+        ["written", datetime.datetime.now().isoformat(timespec="seconds")],
+        ["dataset", f"{config.data.name} ({config.data.image_size} px)"],
+        ["SSIM data_range", str(s.ssim_data_range)],
+        ["map target", s.target],
+        ["evaluation images (SSIM criteria)", str(len(manifest.image_ids(SetName.EVAL)))],
+        ["utility images", str(len(manifest.image_ids(SetName.UTILITY)))],
+        ["random pairs per image", str(s.random_pairs)],
+        ["seed", str(config.seed)],
+        ["devices", ", ".join(str(d) for d in jax.devices())],
+        ["python", f"{sys.version.split()[0]} on {platform.platform()}"],
+        ["versions", "; ".join(versions)],
+      ],
+    ),
+    # Every validation metric of each model: AUC (classifiers), Dice (U-Net), mAP at IoU
+    # 0.40-0.75 and the RSNA challenge score (RetinaNet).
+    Table(
+      ["model", "architecture", "validation metric", "value"],
+      [
+        [name, e.get("arch", "-"), key, _fmt(value)]
+        for name, e in trained.items()
+        for key, value in e.items()
+        if key.startswith("val_")
+      ],
+    ),
+    Table(
+      ["stage", "wall time (s)"], [[name, _fmt(e.get("seconds"), 1)] for name, e in stages.items()]
+    ),
+    "Configuration:",
+    "```\n" + config.to_json_best_effort(indent=2) + "\n```",
   ]
 
 
@@ -194,90 +269,162 @@ def protocol_section(config, used: dict[str, Any] | None = None) -> list[Block]:
     config.protocol = ml_collections.ConfigDict(used)
   differs = protocol.differs(config)
   return [
-      ("Every choice below changes reported numbers or verdicts. "
-       + (f"This run differs from the paper in {len(differs)}: "
-          + ", ".join(f"`{f}`" for f in differs) + "." if differs
-          else "This run makes the paper's choice in each.")),
-      Table(["choice", "field", "value in this run", "paper's value",
-             "consequence where they differ"], protocol.table(config)),
+    (
+      "Every choice below changes reported numbers or verdicts. "
+      + (
+        f"This run differs from the paper in {len(differs)}: "
+        + ", ".join(f"`{f}`" for f in differs)
+        + "."
+        if differs
+        else "This run makes the paper's choice in each."
+      )
+    ),
+    Table(
+      ["choice", "field", "value in this run", "paper's value", "consequence where they differ"],
+      protocol.table(config),
+    ),
   ]
 
 
-def build_sections(manifest: Manifest, config: ml_collections.ConfigDict, workdir: str,
-                   summary: dict[str, Any], figure_paths: dict[str, str]):
+def build_sections(
+  manifest: Manifest,
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  summary: dict[str, Any],
+  figure_paths: dict[str, str],
+):
   methods = manifest.methods
   s = config.study
   loc_label = figures.localization_label(manifest)
   tests = {"wilcoxon": "Wilcoxon signed-rank test", "paired_t": "paired t-test"}
   corrections = {"holm": "Holm", "bh": "Benjamini-Hochberg"}
-  scalar = {r["criterion"] for r in summary["scorecard"]
-            if r.get("baseline_kind") == "scalar"}
+  scalar = {r["criterion"] for r in summary["scorecard"] if r.get("baseline_kind") == "scalar"}
+
   def rule_text(c, r):
     if r["test"] == "every_image":
-      return (f"**{c}**: PASS when {r['text']} on every image (metric {r['metric'].upper()}, "
-              "no test: a property each map must have).")
+      return (
+        f"**{c}**: PASS when {r['text']} on every image (metric {r['metric'].upper()}, "
+        "no test: a property each map must have)."
+      )
     per_arch = any(x.get("architecture") for x in summary["scorecard"] if x["criterion"] == c)
-    return (f"**{c}**: PASS when {r['text']} (metric {r['metric'].upper()}, one-sided "
-            f"{tests.get(r['test'], r['test'])} "
-            + ("over images against the baseline's single number (one-sample)" if c in scalar
-               else "over images paired with the baseline")
-            + f", alternative '{r['alternative']}', "
-            f"{corrections.get(s.correction, s.correction)}-corrected across methods"
-            + (", one verdict per architecture" if per_arch else "")
-            + f", alpha = {s.alpha}).")
+    return (
+      f"**{c}**: PASS when {r['text']} (metric {r['metric'].upper()}, one-sided "
+      f"{tests.get(r['test'], r['test'])} "
+      + (
+        "over images against the baseline's single number (one-sample)"
+        if c in scalar
+        else "over images paired with the baseline"
+      )
+      + f", alternative '{r['alternative']}', "
+      f"{corrections.get(s.correction, s.correction)}-corrected across methods"
+      + (", one verdict per architecture" if per_arch else "")
+      + f", alpha = {s.alpha})."
+    )
+
   rules = [rule_text(c, r) for c, r in summary["rules"].items()]
   sections = [
-      ("Scorecard", [
-          "Each cell: the method's mean over images [bootstrap 95% CI] vs the baseline's "
-          "mean, and the verdict of the rule below.",
-          scorecard_table(summary, methods)] + rules + [
-          f"SSIM uses data_range = {s.ssim_data_range} (the paper's 2020 scikit-image "
-          "took 2.0 from the float dtype; 1.0 is the textbook value for [0, 1] maps). "
-          "Undefined values (a constant map, an empty mask) are excluded from means and "
-          "tests and counted in the tables.",
-      ]),
+    (
+      "Scorecard",
+      [
+        "Each cell: the method's mean over images [bootstrap 95% CI] vs the baseline's "
+        "mean, and the verdict of the rule below.",
+        scorecard_table(summary, methods),
+      ]
+      + rules
+      + [
+        f"SSIM uses data_range = {s.ssim_data_range} (the paper's 2020 scikit-image "
+        "took 2.0 from the float dtype; 1.0 is the textbook value for [0, 1] maps). "
+        "Undefined values (a constant map, an empty mask) are excluded from means and "
+        "tests and counted in the tables.",
+      ],
+    ),
   ]
   sections.append(("Protocol", protocol_section(config, summary.get("protocol"))))
   if manifest.skipped:
-    sections.append(("Not evaluated", [
-        "What a model does not expose disables only the methods and criteria that need it:",
-        Table(["model", "method or criterion", "why"],
-              [[e["model"], e["what"], e["why"]] for e in manifest.skipped])]))
+    sections.append(
+      (
+        "Not evaluated",
+        [
+          "What a model does not expose disables only the methods and criteria that need it:",
+          Table(
+            ["model", "method or criterion", "why"],
+            [[e["model"], e["what"], e["why"]] for e in manifest.skipped],
+          ),
+        ],
+      )
+    )
   if "examples" in figure_paths:
-    sections.append(("Examples", [Figure(
-        figure_paths["examples"],
-        "Test images with their ground truth (green outline, yellow boxes) and each "
-        "method's map from the trained model, with its AUPRC.")]))
-  sections.append(("1. Localization utility", [
-      Figure(figure_paths["utility"],
-             "AUPRC per image for trained and untrained (fully randomized) models; lines: "
-             f"the average-mask and {loc_label} baselines."),
-      utility_table(summary, loc_label)]))
+    sections.append(
+      (
+        "Examples",
+        [
+          Figure(
+            figure_paths["examples"],
+            "Test images with their ground truth (green outline, yellow boxes) and each "
+            "method's map from the trained model, with its AUPRC.",
+          )
+        ],
+      )
+    )
+  sections.append(
+    (
+      "1. Localization utility",
+      [
+        Figure(
+          figure_paths["utility"],
+          "AUPRC per image for trained and untrained (fully randomized) models; lines: "
+          f"the average-mask and {loc_label} baselines.",
+        ),
+        utility_table(summary, loc_label),
+      ],
+    )
+  )
   randomization = []
   for name, path in figure_paths.items():
     if name.startswith("cascading_ssim_"):
-      randomization.append(Figure(path, (
-          f"{name[len('cascading_ssim_'):]}: cascading randomization from the logits down "
-          "to the last block the protocol randomizes, mean SSIM between the trained model's "
-          "map and the randomized model's map (band: std over replicates); dotted: one block "
-          "randomized alone. A trustworthy method falls below the dashed random-pair line.")))
+      randomization.append(
+        Figure(
+          path,
+          (
+            f"{name[len('cascading_ssim_') :]}: cascading randomization from the logits down "
+            "to the last block the protocol randomizes, mean SSIM between the trained model's "
+            "map and the randomized model's map (band: std over replicates); dotted: one block "
+            "randomized alone. A trustworthy method falls below the dashed random-pair line."
+          ),
+        )
+      )
   for name, path in figure_paths.items():
     if name.startswith("cascading_spearman_abs_"):
-      randomization.append(Figure(path, (
-          f"{name[len('cascading_spearman_abs_'):]}: the same with the Spearman rank "
-          "correlation of |map| (Adebayo et al.; Quantus' MPRT default).")))
+      randomization.append(
+        Figure(
+          path,
+          (
+            f"{name[len('cascading_spearman_abs_') :]}: the same with the Spearman rank "
+            "correlation of |map| (Adebayo et al.; Quantus' MPRT default)."
+          ),
+        )
+      )
   steps = randomization_table(summary)
   if steps is not None:
     randomization.append(steps)
   sections.append(("2. Sensitivity to weight randomization", randomization))
   if "agreement" in figure_paths:
-    sections.append(("3-4. Repeatability and reproducibility", [Figure(
-        figure_paths["agreement"],
-        "SSIM between maps of replicates of the same architecture (repeatability) and of "
-        f"different architectures (reproducibility); line: SSIM between the two {loc_label} "
-        "replicates' outputs.")]))
-  sections += check_report.sections(summary, figure_paths, Table, Figure,
-                                    localization=figures.localization_label(manifest))
+    sections.append(
+      (
+        "3-4. Repeatability and reproducibility",
+        [
+          Figure(
+            figure_paths["agreement"],
+            "SSIM between maps of replicates of the same architecture (repeatability) and of "
+            f"different architectures (reproducibility); line: SSIM between the two {loc_label} "
+            "replicates' outputs.",
+          )
+        ],
+      )
+    )
+  sections += check_report.sections(
+    summary, figure_paths, Table, Figure, localization=figures.localization_label(manifest)
+  )
   sections += sanity_report.section(summary, figure_paths, Table, Figure)
   sections.append(("Statistical details", [details_table(summary)]))
   sections.append(("Provenance", provenance(manifest, config, workdir)))
@@ -285,8 +432,10 @@ def build_sections(manifest: Manifest, config: ml_collections.ConfigDict, workdi
 
 
 def _md_table(table: Table) -> str:
-  lines = ["| " + " | ".join(table.header) + " |",
-           "|" + "|".join("---" for _ in table.header) + "|"]
+  lines = [
+    "| " + " | ".join(table.header) + " |",
+    "|" + "|".join("---" for _ in table.header) + "|",
+  ]
   lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in table.rows]
   return "\n".join(lines)
 
@@ -320,29 +469,36 @@ def _html_cell(text: str) -> str:
 
 
 def render_html(title: str, sections) -> str:
-  style = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;"
-           "padding:0 1em;color:#222}table{border-collapse:collapse;margin:1em 0;"
-           "font-size:0.9em}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
-           "th{background:#f3f3f3}img{max-width:100%}figure{margin:1.5em 0}"
-           "figcaption{color:#555;font-size:0.9em}pre{background:#f6f8fa;padding:1em;"
-           "overflow-x:auto;font-size:0.8em}")
-  out = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
-         f"</title><style>{style}</style></head><body><h1>{html.escape(title)}</h1>"]
+  style = (
+    "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;"
+    "padding:0 1em;color:#222}table{border-collapse:collapse;margin:1em 0;"
+    "font-size:0.9em}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
+    "th{background:#f3f3f3}img{max-width:100%}figure{margin:1.5em 0}"
+    "figcaption{color:#555;font-size:0.9em}pre{background:#f6f8fa;padding:1em;"
+    "overflow-x:auto;font-size:0.8em}"
+  )
+  out = [
+    f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+    f"</title><style>{style}</style></head><body><h1>{html.escape(title)}</h1>"
+  ]
   for heading, blocks in sections:
     out.append(f"<h2>{html.escape(heading)}</h2>")
     for block in blocks:
       if isinstance(block, Table):
-        out.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in block.header)
-                   + "</tr>")
+        out.append(
+          "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in block.header) + "</tr>"
+        )
         for row in block.rows:
           out.append("<tr>" + "".join(f"<td>{_html_cell(c)}</td>" for c in row) + "</tr>")
         out.append("</table>")
       elif isinstance(block, Figure):
         with open(block.path, "rb") as f:
           data = base64.b64encode(f.read()).decode()
-        out.append(f"<figure><img alt='{html.escape(block.caption)}' "
-                   f"src='data:image/png;base64,{data}'><figcaption>"
-                   f"{html.escape(block.caption)}</figcaption></figure>")
+        out.append(
+          f"<figure><img alt='{html.escape(block.caption)}' "
+          f"src='data:image/png;base64,{data}'><figcaption>"
+          f"{html.escape(block.caption)}</figcaption></figure>"
+        )
       elif block.startswith("```"):
         out.append(f"<pre>{html.escape(block.strip('`').strip())}</pre>")
       else:
@@ -351,8 +507,9 @@ def render_html(title: str, sections) -> str:
   return "\n".join(out)
 
 
-def write_report(manifest: Manifest, reader: MapReader, config: ml_collections.ConfigDict,
-                 workdir: str) -> str:
+def write_report(
+  manifest: Manifest, reader: MapReader, config: ml_collections.ConfigDict, workdir: str
+) -> str:
   """Writes figures/, report.md and report.html; returns the HTML path."""
   with open(os.path.join(workdir, "summary.json")) as f:
     summary = json.load(f)
@@ -360,8 +517,9 @@ def write_report(manifest: Manifest, reader: MapReader, config: ml_collections.C
     records = json.load(f)
   figure_dir = os.path.join(workdir, "figures")
   shutil.rmtree(figure_dir, ignore_errors=True)  # no stale figures from an earlier config
-  figure_paths = figures.all_figures(manifest, reader, summary, records, figure_dir,
-                                     num_examples=config.study.num_example_images)
+  figure_paths = figures.all_figures(
+    manifest, reader, summary, records, figure_dir, num_examples=config.study.num_example_images
+  )
   figure_paths.update(check_report.figures(summary, manifest.methods, figure_dir))
   figure_paths.update(sanity_report.figures(summary, figure_dir))
   title = f"Trustworthiness of saliency maps: {config.data.name}"

@@ -8,6 +8,7 @@ are, with only their similarity metric and SSIM's data_range replaced. A verdict
 every grid point where it is defined agrees with the run's own verdict, and FLIPS otherwise,
 naming the choices under which it flips.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
@@ -21,14 +22,15 @@ from saliency_jax.trust.names import LOCALIZATION_METHOD
 # Grayscale variants: the method-setting overrides under which a variant's maps are made.
 CONFIGURED = "configured"
 GRAYSCALE = {
-    CONFIGURED: {},                            # the maps stage's own maps
-    "no_clip": {"grayscale_percentile": 100},  # |.| min-max, no 99th-percentile clip
-    "diverging": {"visualization": "diverging"},  # signed: PAIR's VisualizeImageDiverging
+  CONFIGURED: {},  # the maps stage's own maps
+  "no_clip": {"grayscale_percentile": 100},  # |.| min-max, no 99th-percentile clip
+  "diverging": {"visualization": "diverging"},  # signed: PAIR's VisualizeImageDiverging
 }
 
 
 class Choice(NamedTuple):
   """One grid point. similarity None: each rule's own metric; data_range None: the run's."""
+
   grayscale: str
   similarity: str | None
   data_range: float | None
@@ -53,18 +55,20 @@ def check_section(section: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the field of `config.robustness` that holds a bad value."""
   unknown = [g for g in section.grayscale if g not in GRAYSCALE]
   if unknown:
-    raise ValueError(f"config.robustness.grayscale: unknown {unknown}; known: "
-                     f"{list(GRAYSCALE)}")
+    raise ValueError(f"config.robustness.grayscale: unknown {unknown}; known: {list(GRAYSCALE)}")
   unknown = [s for s in section.similarity if s not in criteria.SIMILARITY_NAMES]
   if unknown:
-    raise ValueError(f"config.robustness.similarity: unknown {unknown}; known: "
-                     f"{list(criteria.SIMILARITY_NAMES)}")
+    raise ValueError(
+      f"config.robustness.similarity: unknown {unknown}; known: {list(criteria.SIMILARITY_NAMES)}"
+    )
   if not all(r > 0 for r in section.ssim_data_ranges):
-    raise ValueError(f"config.robustness.ssim_data_ranges must be positive, got "
-                     f"{tuple(section.ssim_data_ranges)}")
+    raise ValueError(
+      f"config.robustness.ssim_data_ranges must be positive, got {tuple(section.ssim_data_ranges)}"
+    )
   if not 0 < section.top_k_fraction <= 1:
-    raise ValueError(f"config.robustness.top_k_fraction must be in (0, 1], got "
-                     f"{section.top_k_fraction}")
+    raise ValueError(
+      f"config.robustness.top_k_fraction must be in (0, 1], got {section.top_k_fraction}"
+    )
 
 
 def choices(section: ml_collections.ConfigDict) -> list[Choice]:
@@ -82,8 +86,9 @@ def choices(section: ml_collections.ConfigDict) -> list[Choice]:
   return out
 
 
-def study_config_for(study_config: ml_collections.ConfigDict, rules: dict[str, dict[str, Any]],
-                     choice: Choice) -> ml_collections.ConfigDict:
+def study_config_for(
+  study_config: ml_collections.ConfigDict, rules: dict[str, dict[str, Any]], choice: Choice
+) -> ml_collections.ConfigDict:
   """`study_config` with the rules of `choice`: each rule whose metric is a similarity gets
   the choice's similarity, SSIM the choice's data_range; every other field as configured."""
   config = ml_collections.ConfigDict(study_config.to_dict())
@@ -102,8 +107,9 @@ def similarity_names(rules: dict[str, dict[str, Any]], choice: Choice) -> tuple[
   """The similarity metrics the records of `choice` need."""
   if choice.similarity is not None:
     return (choice.similarity,)
-  return tuple(dict.fromkeys(r["metric"] for r in rules.values()
-                             if r["metric"] in criteria.SIMILARITY_NAMES))
+  return tuple(
+    dict.fromkeys(r["metric"] for r in rules.values() if r["metric"] in criteria.SIMILARITY_NAMES)
+  )
 
 
 def _rule_key(row: dict[str, Any]) -> str:
@@ -116,11 +122,20 @@ def verdict_rows(choice: Choice, scorecard_rows: Iterable[dict[str, Any]]) -> li
   """Tidy rows of one grid point: choice fields, method, criterion, metric, verdict, values."""
   out = []
   for row in scorecard_rows:
-    out.append(dict(choice=choice.label, grayscale=choice.grayscale,
-                    similarity=row["metric"], data_range=choice.data_range,
-                    criterion=_rule_key(row), method=row["method"],
-                    verdict=row["verdict"], value=row.get("value"),
-                    baseline=row.get("baseline"), p_adjusted=row.get("p_adjusted")))
+    out.append(
+      dict(
+        choice=choice.label,
+        grayscale=choice.grayscale,
+        similarity=row["metric"],
+        data_range=choice.data_range,
+        criterion=_rule_key(row),
+        method=row["method"],
+        verdict=row["verdict"],
+        value=row.get("value"),
+        baseline=row.get("baseline"),
+        p_adjusted=row.get("p_adjusted"),
+      )
+    )
   return out
 
 
@@ -131,16 +146,16 @@ def compare(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
   point whose verdict is N/A (no defined value) neither confirms nor flips it: it is listed
   under `undefined`.
   """
-  configured = {(r["method"], r["criterion"]): r["verdict"] for r in rows
-                if r["choice"] == AS_CONFIGURED.label}
+  configured = {
+    (r["method"], r["criterion"]): r["verdict"] for r in rows if r["choice"] == AS_CONFIGURED.label
+  }
   if not configured:
     raise ValueError("the grid has no as-configured point to compare with")
   out = []
   for (method, criterion), verdict in configured.items():
     flips, undefined, points = [], [], 0
     for r in rows:
-      if (r["method"], r["criterion"]) != (method, criterion) or r["choice"] == \
-          AS_CONFIGURED.label:
+      if (r["method"], r["criterion"]) != (method, criterion) or r["choice"] == AS_CONFIGURED.label:
         continue
       points += 1
       if r["verdict"] == "N/A":
@@ -148,8 +163,17 @@ def compare(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
       elif r["verdict"] != verdict:
         flips.append(r["choice"])
     status = "N/A" if verdict == "N/A" else ("flips" if flips else "holds")
-    out.append(dict(method=method, criterion=criterion, verdict=verdict, status=status,
-                    flips=flips, undefined=undefined, grid_points=points))
+    out.append(
+      dict(
+        method=method,
+        criterion=criterion,
+        verdict=verdict,
+        status=status,
+        flips=flips,
+        undefined=undefined,
+        grid_points=points,
+      )
+    )
   return out
 
 
@@ -177,8 +201,9 @@ class VariantReader:
     maps = self.reader.read(set_name, model, state, variant_method(method, self.grayscale))
     if maps is None:
       raise FileNotFoundError(
-          f"no {self.grayscale} maps of {method} ({set_name}/{model}/{state}): the maps stage "
-          "makes them when config.study.robustness is enabled; rerun it with --redo=maps")
+        f"no {self.grayscale} maps of {method} ({set_name}/{model}/{state}): the maps stage "
+        "makes them when config.study.robustness is enabled; rerun it with --redo=maps"
+      )
     return maps
 
   def ground_truth(self, set_name: str):
@@ -188,8 +213,15 @@ class VariantReader:
     return self.reader.average_mask()
 
 
-def run_grid(manifest, reader, study_config: ml_collections.ConfigDict, *, seed: int,
-             configured_scorecard: list[dict[str, Any]], protocol=None) -> dict[str, Any]:
+def run_grid(
+  manifest,
+  reader,
+  study_config: ml_collections.ConfigDict,
+  *,
+  seed: int,
+  configured_scorecard: list[dict[str, Any]],
+  protocol=None,
+) -> dict[str, Any]:
   """The configured rules at every grid point of `study_config.robustness`.
 
   At each point the records the verdicts read (utility of the trained maps, similarity at the
@@ -204,6 +236,7 @@ def run_grid(manifest, reader, study_config: ml_collections.ConfigDict, *, seed:
   """
   from saliency_jax.trust import evaluation  # pylint: disable=g-import-not-at-top
   from saliency_jax.trust import verdicts  # pylint: disable=g-import-not-at-top
+
   section = study_config.robustness
   grid = choices(section)
   rules = verdicts.rules_from_config(study_config)
@@ -214,14 +247,20 @@ def run_grid(manifest, reader, study_config: ml_collections.ConfigDict, *, seed:
     config = study_config_for(study_config, rules, choice)
     names = similarity_names(rules, choice)
     if choice.grayscale not in utility:
-      utility[choice.grayscale] = evaluation.utility_records(manifest, variant,
-                                                             trained_only=True)
+      utility[choice.grayscale] = evaluation.utility_records(manifest, variant, trained_only=True)
     records = utility[choice.grayscale] + evaluation.randomization_records(
-        manifest, variant, config, seed=seed, similarity=names,
-        top_k_fraction=section.top_k_fraction, last_step_only=True)
-    records += evaluation.agreement_records(manifest, variant, config, protocol,
-                                            similarity=names,
-                                            top_k_fraction=section.top_k_fraction)
-    rows += verdict_rows(choice, verdicts.scorecard(records, manifest, config, seed=seed,
-                                                    protocol=protocol))
+      manifest,
+      variant,
+      config,
+      seed=seed,
+      similarity=names,
+      top_k_fraction=section.top_k_fraction,
+      last_step_only=True,
+    )
+    records += evaluation.agreement_records(
+      manifest, variant, config, protocol, similarity=names, top_k_fraction=section.top_k_fraction
+    )
+    rows += verdict_rows(
+      choice, verdicts.scorecard(records, manifest, config, seed=seed, protocol=protocol)
+    )
   return dict(choices=[c.label for c in grid], rows=rows, summary=compare(rows))

@@ -21,6 +21,7 @@ states each similarity check compares. The maps stage makes the maps and faithfu
 manifest, a `MapReader` and `config.sanity` (`records`, `summarize`). Records use the study's
 tidy fields.
 """
+
 from collections.abc import Sequence
 import json
 import os
@@ -40,23 +41,29 @@ from saliency_jax.trust.names import State
 EVAL_SET = SetName.EVAL
 ORIGINAL = State.ORIGINAL
 
-CHECKS = ("data_randomization", "smooth_mprt", "efficient_mprt", "random_logit",
-          "input_invariance", "faithfulness")
+CHECKS = (
+  "data_randomization",
+  "smooth_mprt",
+  "efficient_mprt",
+  "random_logit",
+  "input_invariance",
+  "faithfulness",
+)
 DATA_RANDOMIZED = "data_randomized"
 SMOOTHED_ORIGINAL = "smoothed_original"
 SMOOTHED_UNTRAINED = "smoothed_untrained"
 OTHER_CLASS = "other_class"
 INPUT_SHIFTED = "input_shifted"
 PERMUTED_SUFFIX = "_permuted_labels"
-RANDOM_ORDER = "RANDOM_ORDER"    # faithfulness baseline: pixels removed in a random order
-FULLY_RANDOMIZED = "fully_randomized"   # record state of eMPRT's randomized model
+RANDOM_ORDER = "RANDOM_ORDER"  # faithfulness baseline: pixels removed in a random order
+FULLY_RANDOMIZED = "fully_randomized"  # record state of eMPRT's randomized model
 
 # check -> (state of the first maps, state of the second maps) of a similarity check.
 COMPARISONS = {
-    "data_randomization": (ORIGINAL, DATA_RANDOMIZED),
-    "smooth_mprt": (SMOOTHED_ORIGINAL, SMOOTHED_UNTRAINED),
-    "random_logit": (ORIGINAL, OTHER_CLASS),
-    "input_invariance": (ORIGINAL, INPUT_SHIFTED),
+  "data_randomization": (ORIGINAL, DATA_RANDOMIZED),
+  "smooth_mprt": (SMOOTHED_ORIGINAL, SMOOTHED_UNTRAINED),
+  "random_logit": (ORIGINAL, OTHER_CLASS),
+  "input_invariance": (ORIGINAL, INPUT_SHIFTED),
 }
 FAITHFULNESS_METRICS = ("deletion_auc", "insertion_auc", "road_morf", "road_lerf", "sic", "aic")
 
@@ -67,8 +74,7 @@ def enabled(config, check: str) -> bool:
 
 
 def _on(sanity_config, check: str) -> bool:
-  return bool(sanity_config is not None and check in sanity_config
-              and sanity_config[check].enabled)
+  return bool(sanity_config is not None and check in sanity_config and sanity_config[check].enabled)
 
 
 def _methods(sanity_config, check: str, computed: Sequence[str]) -> list[str]:
@@ -94,39 +100,50 @@ def validate(config) -> None:
   for check in enabled_checks(config):
     for model in sanity[check].get("models", ()):
       if model not in names:
-        raise ValueError(f"config.sanity.{check}.models names {model!r}, not one of "
-                         f"config.models {names}")
+        raise ValueError(
+          f"config.sanity.{check}.models names {model!r}, not one of config.models {names}"
+        )
   if enabled(config, "smooth_mprt"):
     bad = [m for m in sanity.smooth_mprt.methods if m not in config.methods.names]
     if bad:
-      raise ValueError(f"config.sanity.smooth_mprt.methods {bad} are not in "
-                       f"config.methods.names")
+      raise ValueError(f"config.sanity.smooth_mprt.methods {bad} are not in config.methods.names")
   if enabled(config, "faithfulness"):
     f = sanity.faithfulness
     if f.baseline not in faithfulness.BASELINES:
-      raise ValueError(f"config.sanity.faithfulness.baseline must be one of "
-                       f"{faithfulness.BASELINES}, got {f.baseline!r}")
+      raise ValueError(
+        f"config.sanity.faithfulness.baseline must be one of "
+        f"{faithfulness.BASELINES}, got {f.baseline!r}"
+      )
     for field in ("road_percentages", "pic_thresholds"):
       values = list(f[field])
       if not values or min(values) <= 0 or max(values) >= 1 or values != sorted(values):
-        raise ValueError(f"config.sanity.faithfulness.{field} must be ascending fractions in "
-                         f"(0, 1), got {values}")
+        raise ValueError(
+          f"config.sanity.faithfulness.{field} must be ascending fractions in (0, 1), got {values}"
+        )
 
 
 # -----------------------------------------------------------------------------------------
 # Records.
 
+
 def _records(values: dict[str, np.ndarray], ids, **fields) -> list[dict[str, Any]]:
   out = []
   for metric, column in values.items():
     for image_id, value in zip(ids, np.asarray(column, np.float64)):
-      out.append(dict(fields, metric=metric, image_id=str(image_id),
-                      value=float(value) if np.isfinite(value) else None))
+      out.append(
+        dict(
+          fields,
+          metric=metric,
+          image_id=str(image_id),
+          value=float(value) if np.isfinite(value) else None,
+        )
+      )
   return out
 
 
-def records(manifest: Manifest, reader: MapReader, sanity_config, study_config, *, seed: int,
-            workdir: str) -> list[dict[str, Any]]:
+def records(
+  manifest: Manifest, reader: MapReader, sanity_config, study_config, *, seed: int, workdir: str
+) -> list[dict[str, Any]]:
   """Tidy records of every enabled check (criterion = the check's name)."""
   ids = reader.ground_truth(EVAL_SET).ids
   data_range = study_config.ssim_data_range
@@ -140,22 +157,28 @@ def records(manifest: Manifest, reader: MapReader, sanity_config, study_config, 
         maps_a = reader.read(EVAL_SET, model, state_a, method)
         maps_b = reader.read(EVAL_SET, model, state_b, method)
         if maps_a is None or maps_b is None:
-          continue   # a method the model cannot give
+          continue  # a method the model cannot give
         values = criteria.similarity(maps_a, maps_b, data_range=data_range)
         if check == "input_invariance":
           values["max_abs_diff"] = np.abs(maps_a - maps_b).reshape(len(ids), -1).max(axis=1)
-        out += _records(values, ids, criterion=check, method=method, model=model,
-                        state=state_b)
+        out += _records(values, ids, criterion=check, method=method, model=model, state=state_b)
         if check == "smooth_mprt":
           baseline = criteria.random_pair_baseline(
-              maps_a, pairs=study_config.random_pairs, seed=seed, data_range=data_range)
-          out += _records(baseline, ids, criterion="smooth_random_pairs", method=method,
-                          model=model, state=State.BASELINE)
+            maps_a, pairs=study_config.random_pairs, seed=seed, data_range=data_range
+          )
+          out += _records(
+            baseline,
+            ids,
+            criterion="smooth_random_pairs",
+            method=method,
+            model=model,
+            state=State.BASELINE,
+          )
   if _on(sanity_config, "efficient_mprt"):
     bins = sanity_config.efficient_mprt.bins
     for entry in manifest.classifiers:
       if not entry.block_names:
-        continue   # nothing was randomized
+        continue  # nothing was randomized
       last = manifest.cascade_steps(entry)[-1]  # the cascade's end (protocol.cascade_keep)
       for method in manifest.methods:
         before = reader.read(EVAL_SET, entry.name, ORIGINAL, method)
@@ -164,11 +187,22 @@ def records(manifest: Manifest, reader: MapReader, sanity_config, study_config, 
           continue
         h0 = complexity.histogram_entropy(before, bins)
         h1 = complexity.histogram_entropy(after, bins)
-        out += _records({"entropy": h0}, ids, criterion="efficient_mprt", method=method,
-                        model=entry.name, state=ORIGINAL)
-        out += _records({"entropy": h1, "relative_rise": complexity.relative_rise(h0, h1)},
-                        ids, criterion="efficient_mprt", method=method, model=entry.name,
-                        state=FULLY_RANDOMIZED)
+        out += _records(
+          {"entropy": h0},
+          ids,
+          criterion="efficient_mprt",
+          method=method,
+          model=entry.name,
+          state=ORIGINAL,
+        )
+        out += _records(
+          {"entropy": h1, "relative_rise": complexity.relative_rise(h0, h1)},
+          ids,
+          criterion="efficient_mprt",
+          method=method,
+          model=entry.name,
+          state=FULLY_RANDOMIZED,
+        )
   if _on(sanity_config, "faithfulness"):
     out += faithfulness_records(workdir, sanity_config, computed)
   return out
@@ -178,8 +212,9 @@ def faithfulness_path(workdir: str, model: str, method: str) -> str:
   return os.path.join(workdir, "sanity", "faithfulness", model, f"{method}.npz")
 
 
-def faithfulness_records(workdir: str, sanity_config,
-                         methods: Sequence[str]) -> list[dict[str, Any]]:
+def faithfulness_records(
+  workdir: str, sanity_config, methods: Sequence[str]
+) -> list[dict[str, Any]]:
   """Records of the faithfulness files the maps stage wrote."""
   f = sanity_config.faithfulness
   out = []
@@ -187,126 +222,211 @@ def faithfulness_records(workdir: str, sanity_config,
     for method in list(methods) + [RANDOM_ORDER]:
       path = faithfulness_path(workdir, model, method)
       if not os.path.exists(path):
-        if method != RANDOM_ORDER and os.path.exists(faithfulness_path(workdir, model,
-                                                                      RANDOM_ORDER)):
-          continue   # a method the model cannot give
-        raise FileNotFoundError(f"no faithfulness values at {path}: rerun the maps stage "
-                                "(launch.run_all --redo=maps)")
+        if method != RANDOM_ORDER and os.path.exists(
+          faithfulness_path(workdir, model, RANDOM_ORDER)
+        ):
+          continue  # a method the model cannot give
+        raise FileNotFoundError(
+          f"no faithfulness values at {path}: rerun the maps stage (launch.run_all --redo=maps)"
+        )
       with np.load(path) as data:
         ids = data["ids"]
-        out += _records({m: data[m] for m in FAITHFULNESS_METRICS}, ids,
-                        criterion="faithfulness", method=method, model=model, state=ORIGINAL)
+        out += _records(
+          {m: data[m] for m in FAITHFULNESS_METRICS},
+          ids,
+          criterion="faithfulness",
+          method=method,
+          model=model,
+          state=ORIGINAL,
+        )
         for kind in ("deletion", "insertion"):
           curve = data[f"curve_{kind}"]
-          out += _records({f"{kind}_step{k}": curve[:, k] for k in range(curve.shape[1])},
-                          ids, criterion="faithfulness_curve", method=method, model=model,
-                          state=kind)
+          out += _records(
+            {f"{kind}_step{k}": curve[:, k] for k in range(curve.shape[1])},
+            ids,
+            criterion="faithfulness_curve",
+            method=method,
+            model=model,
+            state=kind,
+          )
   return out
 
 
 # -----------------------------------------------------------------------------------------
 # Verdicts.
 
+
 def rules(sanity) -> dict[str, dict[str, Any]]:
   """The pass/fail rule of each enabled check (`config.sanity`), with its text."""
   out = {}
   if _on(sanity, "data_randomization"):
     out["data_randomization"] = dict(
-        metric="ssim", alternative="less", test="wilcoxon", baseline="random_pairs",
-        text=("SSIM between the maps of the trained model and of the same architecture trained "
-              "on permuted labels is lower than SSIM between maps of two different images "
-              "(Adebayo et al. 2018)"))
+      metric="ssim",
+      alternative="less",
+      test="wilcoxon",
+      baseline="random_pairs",
+      text=(
+        "SSIM between the maps of the trained model and of the same architecture trained "
+        "on permuted labels is lower than SSIM between maps of two different images "
+        "(Adebayo et al. 2018)"
+      ),
+    )
   if _on(sanity, "smooth_mprt"):
     s = sanity.smooth_mprt
     out["smooth_mprt"] = dict(
-        metric="ssim", alternative="less", test="wilcoxon", baseline="smooth_random_pairs",
-        text=(f"with each map averaged over {s.samples} noisy copies (noise std {s.noise} of "
-              "the image's range), SSIM between the trained and the fully randomized model's "
-              "maps is lower than between smoothed maps of two different images (sMPRT, "
-              "Hedström et al. 2023)"))
+      metric="ssim",
+      alternative="less",
+      test="wilcoxon",
+      baseline="smooth_random_pairs",
+      text=(
+        f"with each map averaged over {s.samples} noisy copies (noise std {s.noise} of "
+        "the image's range), SSIM between the trained and the fully randomized model's "
+        "maps is lower than between smoothed maps of two different images (sMPRT, "
+        "Hedström et al. 2023)"
+      ),
+    )
   if _on(sanity, "efficient_mprt"):
     out["efficient_mprt"] = dict(
-        metric="entropy", alternative="greater", test="wilcoxon", baseline="trained",
-        text=(f"the histogram entropy ({sanity.efficient_mprt.bins} bins) of the fully "
-              "randomized model's maps is higher than that of the trained model's maps "
-              "(eMPRT, Hedström et al. 2023)"))
+      metric="entropy",
+      alternative="greater",
+      test="wilcoxon",
+      baseline="trained",
+      text=(
+        f"the histogram entropy ({sanity.efficient_mprt.bins} bins) of the fully "
+        "randomized model's maps is higher than that of the trained model's maps "
+        "(eMPRT, Hedström et al. 2023)"
+      ),
+    )
   if _on(sanity, "random_logit"):
     out["random_logit"] = dict(
-        metric="ssim", alternative="less", test="wilcoxon", baseline="random_pairs",
-        text=("SSIM between the map of the explained class and the map of another class (with "
-              "two classes: the other one) is lower than SSIM between maps of two different "
-              "images (Sixt et al. 2020)"))
+      metric="ssim",
+      alternative="less",
+      test="wilcoxon",
+      baseline="random_pairs",
+      text=(
+        "SSIM between the map of the explained class and the map of another class (with "
+        "two classes: the other one) is lower than SSIM between maps of two different "
+        "images (Sixt et al. 2020)"
+      ),
+    )
   if _on(sanity, "input_invariance"):
     s = sanity.input_invariance
     out["input_invariance"] = dict(
-        metric="ssim", alternative="greater", test="every_image", baseline="tolerance",
-        text=(f"SSIM between the map of the image and the map of the image shifted by "
-              f"{s.shift} (first layer's bias adjusted: same outputs) is at least "
-              f"1 - {s.tolerance} (Kindermans et al. 2019)"))
+      metric="ssim",
+      alternative="greater",
+      test="every_image",
+      baseline="tolerance",
+      text=(
+        f"SSIM between the map of the image and the map of the image shifted by "
+        f"{s.shift} (first layer's bias adjusted: same outputs) is at least "
+        f"1 - {s.tolerance} (Kindermans et al. 2019)"
+      ),
+    )
   if _on(sanity, "faithfulness"):
     out["faithfulness"] = dict(
-        metric="deletion_auc", alternative="less", test="wilcoxon", baseline="random_order",
-        text=(f"the area under the deletion curve ({sanity.faithfulness.baseline} baseline) is "
-              "lower than with pixels removed in a random order (Petsiuk et al. 2018)"))
+      metric="deletion_auc",
+      alternative="less",
+      test="wilcoxon",
+      baseline="random_order",
+      text=(
+        f"the area under the deletion curve ({sanity.faithfulness.baseline} baseline) is "
+        "lower than with pixels removed in a random order (Petsiuk et al. 2018)"
+      ),
+    )
   return out
 
 
-_BASELINE_NAMES = {"random_pairs": "random pairs", "smooth_random_pairs": "smoothed random pairs",
-                   "trained": "trained model's maps", "tolerance": "1 - tolerance",
-                   "random_order": "random order"}
+_BASELINE_NAMES = {
+  "random_pairs": "random pairs",
+  "smooth_random_pairs": "smoothed random pairs",
+  "trained": "trained model's maps",
+  "tolerance": "1 - tolerance",
+  "random_order": "random order",
+}
 
 
 def _values(index, sanity, check: str, rule, method: str, ids: list[str]):
   metric = rule["metric"]
   if check == "efficient_mprt":
     selection = verdicts.models_of(index, check, method)
-    values = verdicts.per_image(index, check, metric, method,
-                                [(m, FULLY_RANDOMIZED) for m in selection], ids)
-    baseline = verdicts.per_image(index, check, metric, method,
-                                  [(m, ORIGINAL) for m in selection], ids)
+    values = verdicts.per_image(
+      index, check, metric, method, [(m, FULLY_RANDOMIZED) for m in selection], ids
+    )
+    baseline = verdicts.per_image(
+      index, check, metric, method, [(m, ORIGINAL) for m in selection], ids
+    )
     return values, baseline
   if check == "faithfulness":
     selection = [(m, ORIGINAL) for m in sanity.faithfulness.models]
-    return (verdicts.per_image(index, check, metric, method, selection, ids),
-            verdicts.per_image(index, check, metric, RANDOM_ORDER, selection, ids))
+    return (
+      verdicts.per_image(index, check, metric, method, selection, ids),
+      verdicts.per_image(index, check, metric, RANDOM_ORDER, selection, ids),
+    )
   model_names = list(sanity[check].models)
-  values = verdicts.per_image(index, check, metric, method,
-                              [(m, COMPARISONS[check][1]) for m in model_names], ids)
+  values = verdicts.per_image(
+    index, check, metric, method, [(m, COMPARISONS[check][1]) for m in model_names], ids
+  )
   if rule["baseline"] == "tolerance":
     baseline = np.where(np.isfinite(values), 1.0 - sanity[check].tolerance, np.nan)
   else:
-    baseline = verdicts.per_image(index, rule["baseline"], metric, method,
-                                  [(m, State.BASELINE) for m in model_names], ids)
+    baseline = verdicts.per_image(
+      index, rule["baseline"], metric, method, [(m, State.BASELINE) for m in model_names], ids
+    )
   return values, baseline
 
 
-def scorecard(records_, manifest: Manifest, sanity, study_config, *,
-              seed: int) -> list[dict[str, Any]]:
+def scorecard(
+  records_, manifest: Manifest, sanity, study_config, *, seed: int
+) -> list[dict[str, Any]]:
   """Scorecard rows of the enabled checks, as the paper's criteria's (verdicts.scorecard)."""
   index = verdicts.index_records(records_)
   rows = []
   for check, rule in rules(sanity).items():
     ids = verdicts.image_ids(index, check)
-    methods = (manifest.methods if check == "efficient_mprt"
-               else _methods(sanity, check, manifest.computed_methods))
+    methods = (
+      manifest.methods
+      if check == "efficient_mprt"
+      else _methods(sanity, check, manifest.computed_methods)
+    )
     check_rows, results = [], {}
     for method in methods:
       values, baseline = _values(index, sanity, check, rule, method, ids)
-      row = dict(criterion=check, method=method, metric=rule["metric"],
-                 baseline_name=_BASELINE_NAMES[rule["baseline"]], rule=rule["text"],
-                 alternative=rule["alternative"])
-      row.update(verdicts._describe(values, "value", seed=seed,  # pylint: disable=protected-access
-                                    resamples=study_config.bootstrap_resamples))
-      row.update(verdicts._describe(baseline, "baseline", seed=seed,  # pylint: disable=protected-access
-                                    resamples=study_config.bootstrap_resamples))
+      row = dict(
+        criterion=check,
+        method=method,
+        metric=rule["metric"],
+        baseline_name=_BASELINE_NAMES[rule["baseline"]],
+        rule=rule["text"],
+        alternative=rule["alternative"],
+      )
+      row.update(
+        verdicts._describe(
+          values,
+          "value",
+          seed=seed,  # pylint: disable=protected-access
+          resamples=study_config.bootstrap_resamples,
+        )
+      )
+      row.update(
+        verdicts._describe(
+          baseline,
+          "baseline",
+          seed=seed,  # pylint: disable=protected-access
+          resamples=study_config.bootstrap_resamples,
+        )
+      )
       check_rows.append(row)
       if rule["test"] == "every_image":
         row.update(_every_image(values, baseline))
       else:
         results[method] = verdicts.paired_test(values, baseline, rule)
     if results:
-      verdicts._apply_tests(check_rows, results, study_config.correction,  # pylint: disable=protected-access
-                            study_config.alpha)
+      verdicts._apply_tests(
+        check_rows,
+        results,
+        study_config.correction,  # pylint: disable=protected-access
+        study_config.alpha,
+      )
     rows += check_rows
   return rows
 
@@ -315,12 +435,19 @@ def _every_image(values: np.ndarray, floor: np.ndarray) -> dict[str, Any]:
   """A property every map must have (input invariance): PASS when each defined value is at
   least its floor; N/A when none is defined. No test, so no p-value."""
   defined = np.isfinite(values) & np.isfinite(floor)
-  verdict = ("N/A" if not defined.any()
-             else "PASS" if (values[defined] >= floor[defined]).all() else "FAIL")
-  return dict(test="every image", statistic=float((values[defined] >= floor[defined]).mean())
-              if defined.any() else None, p_value=None, pairs=int(defined.sum()),
-              pairs_excluded=int((~defined).sum()), p_adjusted=None, correction=None,
-              verdict=verdict)
+  verdict = (
+    "N/A" if not defined.any() else "PASS" if (values[defined] >= floor[defined]).all() else "FAIL"
+  )
+  return dict(
+    test="every image",
+    statistic=float((values[defined] >= floor[defined]).mean()) if defined.any() else None,
+    p_value=None,
+    pairs=int(defined.sum()),
+    pairs_excluded=int((~defined).sum()),
+    p_adjusted=None,
+    correction=None,
+    verdict=verdict,
+  )
 
 
 def faithfulness_table(records_, sanity, methods: Sequence[str]) -> list[dict[str, Any]]:
@@ -335,14 +462,25 @@ def faithfulness_table(records_, sanity, methods: Sequence[str]) -> list[dict[st
   for method in list(methods) + [RANDOM_ORDER]:
     row = dict(method=method)
     for metric in FAITHFULNESS_METRICS:
-      values = verdicts.per_image(index, "faithfulness", metric, method,
-                                  [(m, ORIGINAL) for m in f.models], ids)
+      values = verdicts.per_image(
+        index, "faithfulness", metric, method, [(m, ORIGINAL) for m in f.models], ids
+      )
       row[metric] = _mean(values)
       row[f"{metric}_excluded"] = int((~np.isfinite(values)).sum())
     for kind in ("deletion", "insertion"):
-      row[f"{kind}_curve"] = [_mean(verdicts.per_image(
-          index, "faithfulness_curve", f"{kind}_step{k}", method,
-          [(m, kind) for m in f.models], ids)) for k in range(f.steps + 1)]
+      row[f"{kind}_curve"] = [
+        _mean(
+          verdicts.per_image(
+            index,
+            "faithfulness_curve",
+            f"{kind}_step{k}",
+            method,
+            [(m, kind) for m in f.models],
+            ids,
+          )
+        )
+        for k in range(f.steps + 1)
+      ]
     rows.append(row)
   return rows
 
@@ -352,15 +490,17 @@ def _mean(values) -> float | None:
   return value if np.isfinite(value) else None
 
 
-def summarize(records_, manifest: Manifest, sanity, study_config, *, seed: int,
-              workdir: str) -> dict[str, Any]:
+def summarize(
+  records_, manifest: Manifest, sanity, study_config, *, seed: int, workdir: str
+) -> dict[str, Any]:
   """What summary.json holds for the checks: rules, scorecard rows, the faithfulness table."""
-  return dict(rules=rules(sanity),
-              scorecard=scorecard(records_, manifest, sanity, study_config, seed=seed),
-              faithfulness=faithfulness_table(records_, sanity, manifest.computed_methods),
-              faithfulness_baseline=(sanity.faithfulness.baseline
-                                     if _on(sanity, "faithfulness") else None),
-              permuted_models=_permuted_scores(workdir))
+  return dict(
+    rules=rules(sanity),
+    scorecard=scorecard(records_, manifest, sanity, study_config, seed=seed),
+    faithfulness=faithfulness_table(records_, sanity, manifest.computed_methods),
+    faithfulness_baseline=(sanity.faithfulness.baseline if _on(sanity, "faithfulness") else None),
+    permuted_models=_permuted_scores(workdir),
+  )
 
 
 def _permuted_scores(workdir: str) -> dict[str, float]:
@@ -370,5 +510,8 @@ def _permuted_scores(workdir: str) -> dict[str, float]:
     return {}
   with open(path) as f:
     trained = json.load(f)
-  return {name: entry["val_auc_permuted_labels"] for name, entry in trained.items()
-          if "val_auc_permuted_labels" in entry}
+  return {
+    name: entry["val_auc_permuted_labels"]
+    for name, entry in trained.items()
+    if "val_auc_permuted_labels" in entry
+  }

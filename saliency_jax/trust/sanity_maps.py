@@ -4,6 +4,7 @@ Trains the data randomization test's permuted-label models (train stage), makes 
 map states and computes the faithfulness values (maps stage); scoring reads what it wrote and
 never imports this module.
 """
+
 import os
 from typing import Any
 
@@ -39,9 +40,11 @@ from saliency_jax.trust.sanity import SMOOTHED_UNTRAINED
 # -----------------------------------------------------------------------------------------
 # Training: the data randomization test's models.
 
+
 def permuted_classifiers(study) -> dict[str, Any]:
   """{trained model name: its permuted-label twin (a study TrainedModel)}, trained or resumed."""
   from saliency_jax.trust.study import TrainedModel  # pylint: disable=g-import-not-at-top
+
   if not enabled(study.config, "data_randomization"):
     return {}
   section = study.config.sanity.data_randomization
@@ -57,32 +60,65 @@ def permuted_classifiers(study) -> dict[str, Any]:
       workdir = os.path.join(study.workdir, "models", name + PERMUTED_SUFFIX)
       # Validation labels are permuted too: model selection sees no real label.
       trained = train_lib.train_classifier(
-          module, labels.PermutedLabels(sources["train"], section.label_seed),
-          labels.PermutedLabels(sources["validation"], section.label_seed + 1),
-          workdir=workdir, seed=spec["seed"],
-          config=study._train_config(study.config.train, style),  # pylint: disable=protected-access
-          initial_variables=study._pretrained(spec, workdir))  # pylint: disable=protected-access
-      out[name] = TrainedModel(name + PERMUTED_SUFFIX, spec["arch"], module, trained.variables,
-                             float(trained.val_auc), style)
+        module,
+        labels.PermutedLabels(sources["train"], section.label_seed),
+        labels.PermutedLabels(sources["validation"], section.label_seed + 1),
+        workdir=workdir,
+        seed=spec["seed"],
+        config=study._train_config(study.config.train, style),  # pylint: disable=protected-access
+        initial_variables=study._pretrained(spec, workdir),
+      )  # pylint: disable=protected-access
+      out[name] = TrainedModel(
+        name + PERMUTED_SUFFIX,
+        spec["arch"],
+        module,
+        trained.variables,
+        float(trained.val_auc),
+        style,
+      )
     return out
+
   return study._cached("sanity_permuted", build)  # pylint: disable=protected-access
 
 
 # -----------------------------------------------------------------------------------------
 # Maps.
 
-def _generate(study, path, method, fns, images, image_set, targets, settings, key, variables,
-              prepared_name="prepared"):
+
+def _generate(
+  study,
+  path,
+  method,
+  fns,
+  images,
+  image_set,
+  targets,
+  settings,
+  key,
+  variables,
+  prepared_name="prepared",
+):
   """Fills one store as the study's maps stage does; a store of other weights is replaced."""
   from saliency_jax.trust.study import _variables_digest  # pylint: disable=g-import-not-at-top
+
   s = study.config.study
   plan = maps_lib.MapPlan(
-      chunk_size=s.chunk_size, dtype=s.map_dtype, progress=False,
-      prepared_dir=os.path.join(study.workdir, "maps", image_set.name, prepared_name),
-      metadata={"model": _variables_digest(variables)}, replace=True)
+    chunk_size=s.chunk_size,
+    dtype=s.map_dtype,
+    progress=False,
+    prepared_dir=os.path.join(study.workdir, "maps", image_set.name, prepared_name),
+    metadata={"model": _variables_digest(variables)},
+    replace=True,
+  )
   return maps_lib.generate_maps(
-      path, method, fns, maps_lib.MapInputs(images, targets, image_set.indices, image_set.ids),
-      key=key, settings=settings, plan=plan)
+    path,
+    method,
+    fns,
+    maps_lib.MapInputs(images, targets, image_set.indices, image_set.ids),
+    key=key,
+    settings=settings,
+    plan=plan,
+  )
 
 
 def _fully_randomized(study, clf, image_shape):
@@ -105,24 +141,51 @@ def generate_maps(study, key) -> None:
   def bound(clf):
     return study.bound_model(clf, study.inputs(image_set, clf.style).shape[1:])
 
-  def run(clf, state, variables, fns, images, targets, method_names, wrap=None, extra=None,
-          prepared_name="prepared"):
+  def run(
+    clf,
+    state,
+    variables,
+    fns,
+    images,
+    targets,
+    method_names,
+    wrap=None,
+    extra=None,
+    prepared_name="prepared",
+  ):
     lacking = dict(study.skipped_methods(bound(clf)))
     for name in method_names:
       if name in lacking:
-        continue   # the model cannot give this method (listed in the report)
+        continue  # the model cannot give this method (listed in the report)
       method = attributions.METHODS[name]
       settings = study.method_settings(name, clf.style)
       if wrap is not None:
         method, settings = wrap(method), {**settings, **extra}
-      _generate(study, study.store_path(EVAL_SET, clf.name, state, name), method, fns, images,
-                image_set, targets, settings, key, variables, prepared_name)
+      _generate(
+        study,
+        study.store_path(EVAL_SET, clf.name, state, name),
+        method,
+        fns,
+        images,
+        image_set,
+        targets,
+        settings,
+        key,
+        variables,
+        prepared_name,
+      )
 
   for name, twin in permuted_classifiers(study).items():
     clf = classifiers[name]
-    run(clf, DATA_RANDOMIZED, twin.variables, bound(clf).bind(twin.variables),
-        study.inputs(image_set, clf.style), targets_of(clf),
-        method_list(config, "data_randomization"))
+    run(
+      clf,
+      DATA_RANDOMIZED,
+      twin.variables,
+      bound(clf).bind(twin.variables),
+      study.inputs(image_set, clf.style),
+      targets_of(clf),
+      method_list(config, "data_randomization"),
+    )
   if enabled(config, "smooth_mprt"):
     section = config.sanity.smooth_mprt
     extra = dict(smooth_samples=section.samples, smooth_noise=section.noise)
@@ -130,11 +193,29 @@ def generate_maps(study, key) -> None:
       clf = classifiers[name]
       images = study.inputs(image_set, clf.style)
       methods = method_list(config, "smooth_mprt")
-      run(clf, SMOOTHED_ORIGINAL, clf.variables, bound(clf).bind(clf.variables), images,
-          targets_of(clf), methods, smoothing.smoothed, extra)
+      run(
+        clf,
+        SMOOTHED_ORIGINAL,
+        clf.variables,
+        bound(clf).bind(clf.variables),
+        images,
+        targets_of(clf),
+        methods,
+        smoothing.smoothed,
+        extra,
+      )
       untrained = _fully_randomized(study, clf, images.shape[1:])
-      run(clf, SMOOTHED_UNTRAINED, untrained, bound(clf).bind(untrained), images,
-          targets_of(clf), methods, smoothing.smoothed, extra)
+      run(
+        clf,
+        SMOOTHED_UNTRAINED,
+        untrained,
+        bound(clf).bind(untrained),
+        images,
+        targets_of(clf),
+        methods,
+        smoothing.smoothed,
+        extra,
+      )
   if enabled(config, "random_logit"):
     section = config.sanity.random_logit
     for name in section.models:
@@ -143,8 +224,7 @@ def generate_maps(study, key) -> None:
       fns = bound(clf).bind(clf.variables)
       num_classes = int(jax.eval_shape(fns.logits_fn, images[:1]).shape[-1])
       other = logits_lib.other_classes(targets_of(clf), num_classes, section.seed)
-      run(clf, OTHER_CLASS, clf.variables, fns, images, other,
-          method_list(config, "random_logit"))
+      run(clf, OTHER_CLASS, clf.variables, fns, images, other, method_list(config, "random_logit"))
   if enabled(config, "input_invariance"):
     section = config.sanity.input_invariance
     for name in section.models:
@@ -152,9 +232,16 @@ def generate_maps(study, key) -> None:
       images = study.inputs(image_set, clf.style)
       shifted = invariance.shifted_model_functions(clf.module, clf.variables, section.shift)
       check_shift_invisible(clf, shifted, images, section.shift)
-      run(clf, INPUT_SHIFTED, clf.variables, shifted, images + np.float32(section.shift),
-          targets_of(clf), method_list(config, "input_invariance"),
-          prepared_name="prepared_shifted")
+      run(
+        clf,
+        INPUT_SHIFTED,
+        clf.variables,
+        shifted,
+        images + np.float32(section.shift),
+        targets_of(clf),
+        method_list(config, "input_invariance"),
+        prepared_name="prepared_shifted",
+      )
   if enabled(config, "faithfulness"):
     reader = MapReader(study.workdir, list(config.methods.names))
     for name in config.sanity.faithfulness.models:
@@ -165,27 +252,37 @@ def generate_maps(study, key) -> None:
 def check_shift_invisible(clf, shifted, images, shift: float, atol: float = 1e-3) -> float:
   """The adjusted model's logits on the shifted images equal the model's; else an error."""
   if not isinstance(clf.module, nn.Module):
-    raise ValueError(f"input invariance needs a Flax model; {clf.name} is not one "
-                     "(config.sanity.input_invariance.models)")
+    raise ValueError(
+      f"input invariance needs a Flax model; {clf.name} is not one "
+      "(config.sanity.input_invariance.models)"
+    )
   original = models.model_functions(clf.module, clf.variables)
   logits = jax.jit(lambda f, x: f.logits_fn(x))
-  diff = float(jnp.max(jnp.abs(logits(shifted, images[:16] + np.float32(shift))
-                               - logits(original, images[:16]))))
+  diff = float(
+    jnp.max(
+      jnp.abs(logits(shifted, images[:16] + np.float32(shift)) - logits(original, images[:16]))
+    )
+  )
   if not diff <= atol:
-    raise RuntimeError(f"input invariance: the adjusted model {clf.name} changes the logits by "
-                       f"{diff:.2e} on the shifted input: its first layer is not a convolution "
-                       "applied to the input (config.sanity.input_invariance)")
+    raise RuntimeError(
+      f"input invariance: the adjusted model {clf.name} changes the logits by "
+      f"{diff:.2e} on the shifted input: its first layer is not a convolution "
+      "applied to the input (config.sanity.input_invariance)"
+    )
   return diff
 
 
 # Faithfulness values.
 
+
 def _probabilities(fns):
   probs = jax.jit(lambda f, x: jax.nn.softmax(f.logits_fn(x).astype(jnp.float32), -1))
 
   def probs_fn(images):
-    return np.concatenate([np.asarray(probs(fns, images[i:i + 256]))
-                           for i in range(0, len(images), 256)])
+    return np.concatenate(
+      [np.asarray(probs(fns, images[i : i + 256])) for i in range(0, len(images), 256)]
+    )
+
   return probs_fn
 
 
@@ -206,64 +303,99 @@ def write_faithfulness(study, clf, fns, targets, reader: MapReader) -> None:
       maps = np.random.default_rng(study.config.seed).uniform(size=images.shape[:3])
     else:
       maps = reader.read(EVAL_SET, clf.name, ORIGINAL, method)
-    values = faithfulness_values(images, image_set.raw, maps, targets, probs_fn, f,
-                                 style=clf.style, channels=study.config.data.channels,
-                                 seed=study.config.seed)
+    values = faithfulness_values(
+      images,
+      image_set.raw,
+      maps,
+      targets,
+      probs_fn,
+      f,
+      style=clf.style,
+      channels=study.config.data.channels,
+      seed=study.config.seed,
+    )
     curves = values.pop("curves")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + ".tmp.npz"
-    np.savez(tmp, ids=np.asarray(image_set.ids), **values,
-             **{f"curve_{k}": v for k, v in curves.items()})
+    np.savez(
+      tmp, ids=np.asarray(image_set.ids), **values, **{f"curve_{k}": v for k, v in curves.items()}
+    )
     os.replace(tmp, path)
 
 
-def faithfulness_values(images, raw, maps, targets, probs_fn, f, *, style: str,
-                        channels: int, seed: int) -> dict[str, Any]:
+def faithfulness_values(
+  images, raw, maps, targets, probs_fn, f, *, style: str, channels: int, seed: int
+) -> dict[str, Any]:
   """The faithfulness metrics of one method's maps, [N] each (NaN where the map is undefined),
   and its curves."""
   common = dict(steps=f.steps, baseline=f.baseline, blur_sigma=f.blur_sigma)
-  deletion = faithfulness.perturbation_curves(images, maps, targets, probs_fn, insertion=False,
-                                              **common)
-  insertion = faithfulness.perturbation_curves(images, maps, targets, probs_fn, insertion=True,
-                                               **common)
-  road = {order: faithfulness.road_curves(
-      images, maps, targets, probs_fn, percentages=f.road_percentages,
-      most_relevant_first=order, noise=f.road_noise, seed=seed).mean(axis=1)
-          for order in (True, False)}
-  values = {"deletion_auc": faithfulness.curve_area(deletion, f.steps),
-            "insertion_auc": faithfulness.curve_area(insertion, f.steps),
-            "road_morf": road[True], "road_lerf": road[False]}
-  values.update(pic_values(raw, maps, targets, probs_fn, f, style=style, channels=channels,
-                           seed=seed))
+  deletion = faithfulness.perturbation_curves(
+    images, maps, targets, probs_fn, insertion=False, **common
+  )
+  insertion = faithfulness.perturbation_curves(
+    images, maps, targets, probs_fn, insertion=True, **common
+  )
+  road = {
+    order: faithfulness.road_curves(
+      images,
+      maps,
+      targets,
+      probs_fn,
+      percentages=f.road_percentages,
+      most_relevant_first=order,
+      noise=f.road_noise,
+      seed=seed,
+    ).mean(axis=1)
+    for order in (True, False)
+  }
+  values = {
+    "deletion_auc": faithfulness.curve_area(deletion, f.steps),
+    "insertion_auc": faithfulness.curve_area(insertion, f.steps),
+    "road_morf": road[True],
+    "road_lerf": road[False],
+  }
+  values.update(
+    pic_values(raw, maps, targets, probs_fn, f, style=style, channels=channels, seed=seed)
+  )
   undefined = ~np.isfinite(np.asarray(maps, np.float64)).all(axis=(1, 2))
   values = {k: np.where(undefined, np.nan, v) for k, v in values.items()}
-  values["curves"] = {"deletion": np.where(undefined[:, None], np.nan, deletion),
-                      "insertion": np.where(undefined[:, None], np.nan, insertion)}
+  values["curves"] = {
+    "deletion": np.where(undefined[:, None], np.nan, deletion),
+    "insertion": np.where(undefined[:, None], np.nan, insertion),
+  }
   return values
 
 
-def pic_values(raw, maps, targets, probs_fn, f, *, style: str, channels: int,
-               seed: int) -> dict[str, np.ndarray]:
+def pic_values(
+  raw, maps, targets, probs_fn, f, *, style: str, channels: int, seed: int
+) -> dict[str, np.ndarray]:
   """SIC and AIC of each image (PAIR's PIC on the stored uint8 image); NaN: skipped."""
   from saliency_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+
   n = len(raw)
   sic, aic = np.full(n, np.nan), np.full(n, np.nan)
   if np.asarray(raw).dtype != np.uint8:
-    return {"sic": sic, "aic": aic}   # PIC's entropy estimate needs 8-bit images
+    return {"sic": sic, "aic": aic}  # PIC's entropy estimate needs 8-bit images
   for i in range(n):
     image = np.asarray(raw[i])[..., 0]
     mask = faithfulness.random_mask(image.shape, f.pic_random_fraction, seed + i)
     saliency_map = np.nan_to_num(np.asarray(maps[i], np.float64), nan=0.0)
     stack = [image] + faithfulness.pic_images(image, saliency_map, mask, f.pic_thresholds)
     entropies = [faithfulness.image_entropy(im) for im in stack]
-    probs = probs_fn(np.asarray(data_lib.preprocess(np.stack(stack)[..., None], style=style,
-                                                    channels=channels), np.float32))
+    probs = probs_fn(
+      np.asarray(
+        data_lib.preprocess(np.stack(stack)[..., None], style=style, channels=channels), np.float32
+      )
+    )
     softmax = probs[:, targets[i]]
     correct = (np.argmax(probs, axis=1) == targets[i]).astype(np.float64)
     for out, preds in ((sic, softmax), (aic, correct)):
       out[i] = faithfulness.pic_area(
-          (preds[0], entropies[0]), (preds[1], entropies[1]),
-          list(zip(preds[2:], entropies[2:])), min_pred_value=f.pic_min_pred_value)
+        (preds[0], entropies[0]),
+        (preds[1], entropies[1]),
+        list(zip(preds[2:], entropies[2:])),
+        min_pred_value=f.pic_min_pred_value,
+      )
   return {"sic": sic, "aic": aic}
 
 

@@ -19,6 +19,7 @@ and `protocol` sections; no Study, dataset or model:
   summarize_study(records, manifest, config.study, seed=config.seed, protocol=config.protocol)
   scorecard(records, manifest, config.study, seed=config.seed, protocol=config.protocol)
 """
+
 import collections
 from collections.abc import Iterable
 import dataclasses
@@ -42,45 +43,73 @@ from saliency_jax.trust.names import State
 
 # What each criterion's rule may compare with and measure (a rule's `baseline` and `metric`).
 BASELINES = {
-    Criterion.UTILITY: ("average_mask", "localization_network"),
-    Criterion.RANDOMIZATION: ("random_pairs",),
-    Criterion.REPEATABILITY: ("localization_network",),
-    Criterion.REPRODUCIBILITY: ("localization_network",),
+  Criterion.UTILITY: ("average_mask", "localization_network"),
+  Criterion.RANDOMIZATION: ("random_pairs",),
+  Criterion.REPEATABILITY: ("localization_network",),
+  Criterion.REPRODUCIBILITY: ("localization_network",),
 }
 METRICS = {
-    Criterion.UTILITY: criteria.UTILITY_METRICS,
-    Criterion.RANDOMIZATION: criteria.SIMILARITY_NAMES,
-    Criterion.REPEATABILITY: criteria.SIMILARITY_NAMES,
-    Criterion.REPRODUCIBILITY: criteria.SIMILARITY_NAMES,
+  Criterion.UTILITY: criteria.UTILITY_METRICS,
+  Criterion.RANDOMIZATION: criteria.SIMILARITY_NAMES,
+  Criterion.REPEATABILITY: criteria.SIMILARITY_NAMES,
+  Criterion.REPRODUCIBILITY: criteria.SIMILARITY_NAMES,
 }
 
 # Rules by name; a rule's `criterion` says which records it reads (default: its name). Plain
 # strings, so a command-line override type-checks.
 DEFAULT_RULES = {
-    "utility": dict(
-        criterion="utility", metric="auprc", baseline="average_mask",
-        alternative="greater", test="wilcoxon",
-        text="AUPRC of the trained model's maps is higher than the average-mask baseline's"),
-    "utility_localization": dict(
-        criterion="utility", metric="auprc", baseline="localization_network",
-        alternative="greater", test="wilcoxon",
-        text=("AUPRC of the trained model's maps is higher than the localization network's "
-              "(mean over its replicates)")),
-    "randomization": dict(
-        criterion="randomization", metric="ssim", baseline="random_pairs",
-        alternative="less", test="wilcoxon",
-        text=("SSIM between the trained and the randomized model's maps (the cascade's last "
-              "step) is lower than SSIM between maps of two different images (random pairs)")),
-    "repeatability": dict(
-        criterion="repeatability", metric="ssim", baseline="localization_network",
-        alternative="greater", test="wilcoxon",
-        text=("SSIM between maps of two replicates of the same architecture is higher than "
-              "SSIM between the two localization-network replicates' outputs")),
-    "reproducibility": dict(
-        criterion="reproducibility", metric="ssim", baseline="localization_network",
-        alternative="greater", test="wilcoxon",
-        text=("SSIM between maps of the two architectures is higher than SSIM between the two "
-              "localization-network replicates' outputs")),
+  "utility": dict(
+    criterion="utility",
+    metric="auprc",
+    baseline="average_mask",
+    alternative="greater",
+    test="wilcoxon",
+    text="AUPRC of the trained model's maps is higher than the average-mask baseline's",
+  ),
+  "utility_localization": dict(
+    criterion="utility",
+    metric="auprc",
+    baseline="localization_network",
+    alternative="greater",
+    test="wilcoxon",
+    text=(
+      "AUPRC of the trained model's maps is higher than the localization network's "
+      "(mean over its replicates)"
+    ),
+  ),
+  "randomization": dict(
+    criterion="randomization",
+    metric="ssim",
+    baseline="random_pairs",
+    alternative="less",
+    test="wilcoxon",
+    text=(
+      "SSIM between the trained and the randomized model's maps (the cascade's last "
+      "step) is lower than SSIM between maps of two different images (random pairs)"
+    ),
+  ),
+  "repeatability": dict(
+    criterion="repeatability",
+    metric="ssim",
+    baseline="localization_network",
+    alternative="greater",
+    test="wilcoxon",
+    text=(
+      "SSIM between maps of two replicates of the same architecture is higher than "
+      "SSIM between the two localization-network replicates' outputs"
+    ),
+  ),
+  "reproducibility": dict(
+    criterion="reproducibility",
+    metric="ssim",
+    baseline="localization_network",
+    alternative="greater",
+    test="wilcoxon",
+    text=(
+      "SSIM between maps of the two architectures is higher than SSIM between the two "
+      "localization-network replicates' outputs"
+    ),
+  ),
 }
 
 Index = dict[RecordKey, dict[str, float]]  # a column of per-image values {image_id: value}
@@ -95,8 +124,14 @@ def index_records(records: Iterable[dict[str, Any]]) -> Index:
   return index
 
 
-def per_image(index: Index, criterion: str, metric: str, method: str,
-              selection: Iterable[tuple[str, str]], ids: list[str]) -> np.ndarray:
+def per_image(
+  index: Index,
+  criterion: str,
+  metric: str,
+  method: str,
+  selection: Iterable[tuple[str, str]],
+  ids: list[str],
+) -> np.ndarray:
   """Per-image mean over the selected (model, state) entries, NaN where all are undefined."""
   keys = [RecordKey(criterion, metric, method, model, state) for model, state in selection]
   columns = [[index[key].get(i, np.nan) for i in ids] for key in keys if key in index]
@@ -107,13 +142,19 @@ def per_image(index: Index, criterion: str, metric: str, method: str,
 
 def models_of(index: Index, criterion: str, method: str | None = None) -> list[str]:
   """The models (or model pairs) with records of `criterion` (and `method`), sorted."""
-  return sorted({k.model for k in index
-                 if k.criterion == criterion and method in (None, k.method)})
+  return sorted({k.model for k in index if k.criterion == criterion and method in (None, k.method)})
 
 
-def criterion_values(index: Index, manifest: Manifest, rule: dict[str, Any], method: str,
-                     ids: list[str], *, classifiers=None, scalar_pairs: bool = False,
-                     ) -> tuple[np.ndarray, np.ndarray | float, str]:
+def criterion_values(
+  index: Index,
+  manifest: Manifest,
+  rule: dict[str, Any],
+  method: str,
+  ids: list[str],
+  *,
+  classifiers=None,
+  scalar_pairs: bool = False,
+) -> tuple[np.ndarray, np.ndarray | float, str]:
   """(method's per-image values, the baseline (per image, or one number), baseline name).
 
   `classifiers`: the classifiers a randomization verdict reads (default: all); with
@@ -127,12 +168,15 @@ def criterion_values(index: Index, manifest: Manifest, rule: dict[str, Any], met
     selection = [(m, State.ORIGINAL) for m in manifest.utility_models]
     values = per_image(index, Measure.UTILITY, metric, method, selection, ids)
     if kind == "localization_network":
-      loc = [(m, State.BASELINE) for m in models_of(index, Measure.UTILITY,
-                                                     Baseline.LOCALIZATION)]
-      return values, per_image(index, Measure.UTILITY, metric, Baseline.LOCALIZATION, loc,
-                               ids), "localization network"
-    baseline = per_image(index, Measure.UTILITY, metric, Baseline.AVERAGE_MASK,
-                         [(NO_MODEL, State.BASELINE)], ids)
+      loc = [(m, State.BASELINE) for m in models_of(index, Measure.UTILITY, Baseline.LOCALIZATION)]
+      return (
+        values,
+        per_image(index, Measure.UTILITY, metric, Baseline.LOCALIZATION, loc, ids),
+        "localization network",
+      )
+    baseline = per_image(
+      index, Measure.UTILITY, metric, Baseline.AVERAGE_MASK, [(NO_MODEL, State.BASELINE)], ids
+    )
     return values, baseline, "average mask"
   if criterion == Criterion.RANDOMIZATION:
     classifiers = manifest.classifiers if classifiers is None else classifiers
@@ -143,18 +187,26 @@ def criterion_values(index: Index, manifest: Manifest, rule: dict[str, Any], met
       if not classifiers:  # no model with blocks to randomize: N/A
         return values, float("nan"), "random pairs"
       first = classifiers[0].name
-      pairs = per_image(index, Measure.RANDOM_PAIRS, metric, method,
-                        [(first, State.BASELINE)], ids)
+      pairs = per_image(index, Measure.RANDOM_PAIRS, metric, method, [(first, State.BASELINE)], ids)
       return values, float(criteria.mean_of_defined(pairs)), f"random pairs ({first}, one number)"
-    baseline = per_image(index, Measure.RANDOM_PAIRS, metric, method,
-                         [(c.name, State.BASELINE) for c in classifiers], ids)
+    baseline = per_image(
+      index,
+      Measure.RANDOM_PAIRS,
+      metric,
+      method,
+      [(c.name, State.BASELINE) for c in classifiers],
+      ids,
+    )
     return values, baseline, "random pairs"
   pairs = [(m, State.ORIGINAL) for m in models_of(index, criterion, method)]
   values = per_image(index, criterion, metric, method, pairs, ids)
-  loc_pairs = [(m, State.ORIGINAL) for m in models_of(index, Measure.LOCALIZATION_AGREEMENT,
-                                                      Baseline.LOCALIZATION)]
-  baseline = per_image(index, Measure.LOCALIZATION_AGREEMENT, metric, Baseline.LOCALIZATION,
-                       loc_pairs, ids)
+  loc_pairs = [
+    (m, State.ORIGINAL)
+    for m in models_of(index, Measure.LOCALIZATION_AGREEMENT, Baseline.LOCALIZATION)
+  ]
+  baseline = per_image(
+    index, Measure.LOCALIZATION_AGREEMENT, metric, Baseline.LOCALIZATION, loc_pairs, ids
+  )
   return values, baseline, "localization network"
 
 
@@ -168,20 +220,31 @@ def verdict_groups(manifest: Manifest, criterion: str, protocol) -> list[tuple[s
   return list(archs.items())
 
 
-def first_step_past(index: Index, manifest: Manifest, classifiers, rule, method: str,
-                    baseline: float | None) -> str | None:
+def first_step_past(
+  index: Index, manifest: Manifest, classifiers, rule, method: str, baseline: float | None
+) -> str | None:
   """The first cascade step at which the curve (mean over the classifiers of each one's mean
   over images) passes `baseline` in the rule's direction; None if it never does."""
   if baseline is None or not classifiers:
     return None
   steps = [manifest.cascade_steps(c) for c in classifiers]
   for k in range(1, min(len(s) for s in steps)):
-    means = [_none_to_nan(_nanmean(list(index.get(RecordKey(
-        Measure.CASCADING, rule["metric"], method, c.name, s[k]), {}).values())))
-             for c, s in zip(classifiers, steps)]
+    means = [
+      _none_to_nan(
+        _nanmean(
+          list(
+            index.get(
+              RecordKey(Measure.CASCADING, rule["metric"], method, c.name, s[k]), {}
+            ).values()
+          )
+        )
+      )
+      for c, s in zip(classifiers, steps)
+    ]
     mean = float(criteria.mean_of_defined(means))
-    if np.isfinite(mean) and (mean < baseline if rule["alternative"] == "less"
-                              else mean > baseline):
+    if np.isfinite(mean) and (
+      mean < baseline if rule["alternative"] == "less" else mean > baseline
+    ):
       return steps[0][k].replace(CASCADE_PREFIX, "")
   return None
 
@@ -195,8 +258,9 @@ def image_ids(index: Index, criterion: str) -> list[str]:
   return sorted(ids)
 
 
-def scorecard(records, manifest: Manifest, study_config: ml_collections.ConfigDict, *,
-              seed: int, protocol=None) -> list[dict[str, Any]]:
+def scorecard(
+  records, manifest: Manifest, study_config: ml_collections.ConfigDict, *, seed: int, protocol=None
+) -> list[dict[str, Any]]:
   """One row per rule x method (x architecture for a per-architecture randomization verdict):
   value (95% CI), baseline, test, p-values, verdict."""
   protocol = protocol_lib.paper_protocol() if protocol is None else protocol
@@ -215,26 +279,46 @@ def scorecard(records, manifest: Manifest, study_config: ml_collections.ConfigDi
       classifiers = [c for c in classifiers if c.block_names]  # none: nothing to randomize
       for method in manifest.methods:
         values, baseline, baseline_name = criterion_values(
-            index, manifest, rule, method, ids, classifiers=classifiers,
-            scalar_pairs=randomization and scalar_pairs)
+          index,
+          manifest,
+          rule,
+          method,
+          ids,
+          classifiers=classifiers,
+          scalar_pairs=randomization and scalar_pairs,
+        )
         scalar = np.ndim(baseline) == 0
-        row = dict(criterion=name, method=method, metric=rule["metric"],
-                   baseline_name=baseline_name, rule=rule["text"],
-                   alternative=rule["alternative"], architecture=arch,
-                   baseline_kind="scalar" if scalar else "per_image")
+        row = dict(
+          criterion=name,
+          method=method,
+          metric=rule["metric"],
+          baseline_name=baseline_name,
+          rule=rule["text"],
+          alternative=rule["alternative"],
+          architecture=arch,
+          baseline_kind="scalar" if scalar else "per_image",
+        )
         row.update(_describe(values, "value", seed=seed, resamples=s.bootstrap_resamples))
         if scalar:
-          row.update(baseline=_finite_or_none(baseline), baseline_std=None, baseline_ci=None,
-                     baseline_n=1, baseline_excluded=0)
+          row.update(
+            baseline=_finite_or_none(baseline),
+            baseline_std=None,
+            baseline_ci=None,
+            baseline_n=1,
+            baseline_excluded=0,
+          )
         else:
-          row.update(_describe(baseline, "baseline", seed=seed,
-                               resamples=s.bootstrap_resamples))
+          row.update(_describe(baseline, "baseline", seed=seed, resamples=s.bootstrap_resamples))
         if randomization:
           row["replicates"] = [c.name for c in classifiers]
-          row["step"] = (manifest.cascade_steps(classifiers[0])[-1].replace(CASCADE_PREFIX, "")
-                         if classifiers else None)
+          row["step"] = (
+            manifest.cascade_steps(classifiers[0])[-1].replace(CASCADE_PREFIX, "")
+            if classifiers
+            else None
+          )
           row["first_step_past_baseline"] = first_step_past(
-              index, manifest, classifiers, rule, method, row["baseline"])
+            index, manifest, classifiers, rule, method, row["baseline"]
+          )
         results[method] = _test(values, baseline, rule)
         group_rows.append(row)
       _apply_tests(group_rows, results, s.correction, s.alpha)
@@ -246,10 +330,13 @@ def _describe(values: np.ndarray, prefix: str, *, seed: int, resamples: int) -> 
   """Mean, std and bootstrap 95% CI of the defined values; NaN (undefined) excluded, counted."""
   summary = statistics.summarize(values)
   ci = statistics.bootstrap_ci(values, seed=seed, n_resamples=resamples)
-  return {prefix: _finite_or_none(summary["mean"]),
-          f"{prefix}_std": _finite_or_none(summary["std"]),
-          f"{prefix}_ci": ([ci["low"], ci["high"]] if np.isfinite(ci["low"]) else None),
-          f"{prefix}_n": summary["n"], f"{prefix}_excluded": summary["n_excluded"]}
+  return {
+    prefix: _finite_or_none(summary["mean"]),
+    f"{prefix}_std": _finite_or_none(summary["std"]),
+    f"{prefix}_ci": ([ci["low"], ci["high"]] if np.isfinite(ci["low"]) else None),
+    f"{prefix}_n": summary["n"],
+    f"{prefix}_excluded": summary["n_excluded"],
+  }
 
 
 TESTS = {"wilcoxon": statistics.wilcoxon, "paired_t": statistics.paired_t}
@@ -263,20 +350,29 @@ def _test(values: np.ndarray, baseline: np.ndarray | float, rule) -> statistics.
   result = TESTS[test](values, baseline, alternative=rule["alternative"])
   if np.ndim(baseline) == 0:
     result = dataclasses.replace(
-        result, test=f"{result.test}, one-sample against the baseline's number")
+      result, test=f"{result.test}, one-sample against the baseline's number"
+    )
   return result
 
 
-def _apply_tests(rows: list[dict[str, Any]], results: dict[str, statistics.TestResult],
-                 correction: str, alpha: float) -> None:
+def _apply_tests(
+  rows: list[dict[str, Any]],
+  results: dict[str, statistics.TestResult],
+  correction: str,
+  alpha: float,
+) -> None:
   """Adds each row's test, corrected p-value and verdict (PASS/FAIL/N/A)."""
   tested = {m: r for m, r in results.items() if np.isfinite(r.pvalue)}
   corrected = statistics.correct(tested, method=correction) if tested else {}
   for row in rows:
     result = results[row["method"]]
-    row.update(test=result.test, statistic=_finite_or_none(result.statistic),
-               p_value=_finite_or_none(result.pvalue), pairs=result.n,
-               pairs_excluded=result.n_excluded)
+    row.update(
+      test=result.test,
+      statistic=_finite_or_none(result.statistic),
+      p_value=_finite_or_none(result.pvalue),
+      pairs=result.n,
+      pairs_excluded=result.n_excluded,
+    )
     if row["method"] in corrected:
       row["p_adjusted"] = corrected[row["method"]]["pvalue_adjusted"]
       row["correction"] = corrected[row["method"]]["correction"]
@@ -296,8 +392,10 @@ def rules_from_config(study_config: ml_collections.ConfigDict) -> dict[str, dict
   configured = DEFAULT_RULES if configured is None else configured.to_dict()
   rules = {}
   order = list(DEFAULT_RULES)  # the defaults' order first (a ConfigDict sorts its keys)
-  for name, rule in sorted(configured.items(), key=lambda item: (
-      order.index(item[0]) if item[0] in order else len(order), item[0])):
+  for name, rule in sorted(
+    configured.items(),
+    key=lambda item: (order.index(item[0]) if item[0] in order else len(order), item[0]),
+  ):
     rules[name] = {**DEFAULT_RULES.get(name, {}), **rule}
     rules[name].setdefault("criterion", name)
   return rules
@@ -329,23 +427,43 @@ def curves(records, manifest: Manifest, protocol=None) -> dict[str, Any]:
       steps = manifest.cascade_steps(clfs[0])
       blocks = list(clfs[0].block_names)
       for method in manifest.methods:
-        cascade = np.array([[_none_to_nan(image_mean(Measure.CASCADING, metric,
-                                                     method, c.name, step))
-                             for step in steps] for c in clfs])
+        cascade = np.array(
+          [
+            [
+              _none_to_nan(image_mean(Measure.CASCADING, metric, method, c.name, step))
+              for step in steps
+            ]
+            for c in clfs
+          ]
+        )
         mean, std = _column_mean_std(cascade)
-        independent = np.array([[_none_to_nan(image_mean(
-            Measure.INDEPENDENT, metric, method, c.name, independent_state(b)))
-            for b in blocks] for c in clfs])
+        independent = np.array(
+          [
+            [
+              _none_to_nan(
+                image_mean(Measure.INDEPENDENT, metric, method, c.name, independent_state(b))
+              )
+              for b in blocks
+            ]
+            for c in clfs
+          ]
+        )
         has_independent = np.isfinite(independent).any()
         out.setdefault(metric, {}).setdefault(arch, {})[method] = dict(
-            steps=[s.replace(CASCADE_PREFIX, "") for s in steps],
-            mean=_list(mean), std=_list(std), replicates=[c.name for c in clfs],
-            baseline=_nanmean([_none_to_nan(image_mean(Measure.RANDOM_PAIRS, metric, method,
-                                                       c.name, State.BASELINE))
-                               for c in (clfs[:1] if protocol.random_pairs == "scalar"
-                                         else clfs)]),
-            independent=dict(steps=blocks, mean=_list(_column_mean_std(independent)[0]))
-            if has_independent else None)
+          steps=[s.replace(CASCADE_PREFIX, "") for s in steps],
+          mean=_list(mean),
+          std=_list(std),
+          replicates=[c.name for c in clfs],
+          baseline=_nanmean(
+            [
+              _none_to_nan(image_mean(Measure.RANDOM_PAIRS, metric, method, c.name, State.BASELINE))
+              for c in (clfs[:1] if protocol.random_pairs == "scalar" else clfs)
+            ]
+          ),
+          independent=dict(steps=blocks, mean=_list(_column_mean_std(independent)[0]))
+          if has_independent
+          else None,
+        )
   return out
 
 
@@ -374,12 +492,10 @@ def utility_table(records, manifest: Manifest) -> list[dict[str, Any]]:
   models = manifest.utility_models
   rows = []
   entries = [(m, "trained", [(x, State.ORIGINAL) for x in models]) for m in manifest.methods]
-  entries += [(m, "untrained", [(x, State.UNTRAINED) for x in models])
-              for m in manifest.methods]
+  entries += [(m, "untrained", [(x, State.UNTRAINED) for x in models]) for m in manifest.methods]
   entries.append((Baseline.AVERAGE_MASK, State.BASELINE, [(NO_MODEL, State.BASELINE)]))
   loc_models = models_of(index, Measure.UTILITY, Baseline.LOCALIZATION)
-  entries.append((Baseline.LOCALIZATION, State.BASELINE,
-                  [(x, State.BASELINE) for x in loc_models]))
+  entries.append((Baseline.LOCALIZATION, State.BASELINE, [(x, State.BASELINE) for x in loc_models]))
   for method, state, selection in entries:
     row = dict(method=method, state=state)
     for metric in ("auprc", "pointing_game", "iou_otsu"):
@@ -390,15 +506,16 @@ def utility_table(records, manifest: Manifest) -> list[dict[str, Any]]:
   return rows
 
 
-def summarize_study(records, manifest: Manifest, study_config: ml_collections.ConfigDict, *,
-                    seed: int, protocol=None) -> dict[str, Any]:
+def summarize_study(
+  records, manifest: Manifest, study_config: ml_collections.ConfigDict, *, seed: int, protocol=None
+) -> dict[str, Any]:
   protocol = protocol_lib.paper_protocol() if protocol is None else protocol
   return dict(
-      scorecard=scorecard(records, manifest, study_config, seed=seed, protocol=protocol),
-      rules=rules_from_config(study_config),
-      protocol=protocol.to_dict(),
-      curves=curves(records, manifest, protocol),
-      utility=utility_table(records, manifest),
+    scorecard=scorecard(records, manifest, study_config, seed=seed, protocol=protocol),
+    rules=rules_from_config(study_config),
+    protocol=protocol.to_dict(),
+    curves=curves(records, manifest, protocol),
+    utility=utility_table(records, manifest),
   )
 
 

@@ -7,6 +7,7 @@ A lock is stale, and taken over, when its process is gone (same host) or when it
 refreshed for STALE_AFTER_S seconds (another host, whose processes cannot be seen from here).
 In a multi-host run only host 0 takes it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -51,8 +52,11 @@ def _stale(holder: dict) -> bool:
 def hold(workdir: str):
   """Holds the workdir's lock for the `with` block; raises WorkdirBusy if a live run has it."""
   path = os.path.join(workdir, FILENAME)
-  me = {"pid": os.getpid(), "host": socket.gethostname(),
-        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+  me = {
+    "pid": os.getpid(),
+    "host": socket.gethostname(),
+    "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+  }
   while True:
     try:
       fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -63,12 +67,14 @@ def hold(workdir: str):
         continue  # released meanwhile
       if not _stale(holder):
         raise WorkdirBusy(
-            f"{workdir} is in use by another run: pid {holder['pid']} on host "
-            f"{holder['host']}, started {holder['started']} (lock {path}). Wait for it or "
-            f"stop it; a killed run's lock is taken over once its process is gone (same host) "
-            f"or {STALE_AFTER_S:.0f} s after its last heartbeat (another host).") from None
-      logging.warning("taking over the stale lock of pid %s on %s (%s)", holder["pid"],
-                      holder["host"], path)
+          f"{workdir} is in use by another run: pid {holder['pid']} on host "
+          f"{holder['host']}, started {holder['started']} (lock {path}). Wait for it or "
+          f"stop it; a killed run's lock is taken over once its process is gone (same host) "
+          f"or {STALE_AFTER_S:.0f} s after its last heartbeat (another host)."
+        ) from None
+      logging.warning(
+        "taking over the stale lock of pid %s on %s (%s)", holder["pid"], holder["host"], path
+      )
       with contextlib.suppress(FileNotFoundError):
         os.remove(path)
   with os.fdopen(fd, "w") as f:
