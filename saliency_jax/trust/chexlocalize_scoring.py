@@ -21,6 +21,7 @@ from saliency_jax.trust.manifest import Manifest
 from saliency_jax.trust.names import Baseline
 from saliency_jax.trust.names import SetName
 from saliency_jax.trust.names import State
+from saliency_jax.trust.record_table import per_image_records
 
 MEASURE = "chexlocalize"
 METRICS = ("iou_otsu", "iou_tuned", "hit")
@@ -36,22 +37,6 @@ def check_section(section: ml_collections.ConfigDict) -> None:
     raise ValueError(
       f"config.study.chexlocalize.validation_images must be >= 0, got {section.validation_images}"
     )
-
-
-def _records(values: dict[str, np.ndarray], ids, **fields) -> list[dict[str, Any]]:
-  out = []
-  for metric, column in values.items():
-    for image_id, value in zip(ids, np.asarray(column, np.float64)):
-      out.append(
-        dict(
-          fields,
-          criterion=MEASURE,
-          metric=metric,
-          image_id=str(image_id),
-          value=float(value) if np.isfinite(value) else None,
-        )
-      )
-  return out
 
 
 def records(
@@ -86,7 +71,9 @@ def records(
       "hit": chexlocalize.hit(maps, truth.masks),
     }
     record_state = State.BASELINE if method == Baseline.LOCALIZATION else state
-    out += _records(values, truth.ids, method=method, model=model, state=record_state)
+    out += per_image_records(
+      values, truth.ids, method=method, model=model, state=record_state, criterion=MEASURE
+    )
   return out, thresholds
 
 
