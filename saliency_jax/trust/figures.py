@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from saliency_jax.trust import verdicts
+from saliency_jax.trust import record_table
 from saliency_jax.trust.manifest import Manifest
 from saliency_jax.trust.map_reader import MapReader
 from saliency_jax.trust.names import Baseline
@@ -161,7 +161,7 @@ def all_figures(
 ) -> dict[str, str]:
   """Writes every figure of the report; returns {name: path}."""
   os.makedirs(directory, exist_ok=True)
-  index = verdicts.index_records(records)
+  index = record_table.index_records(records)
   methods = manifest.methods
   out = {}
   labels = {"ssim": "SSIM", "spearman_abs": "Spearman of |map|"}
@@ -175,11 +175,11 @@ def all_figures(
         "maps, randomizing from the logits down",
       )
 
-  ids = verdicts.image_ids(index, Measure.UTILITY)
+  ids = record_table.image_ids(index, Measure.UTILITY)
   models = manifest.utility_models
 
   def column(criterion, metric, method, selection, image_ids):
-    return verdicts.per_image(index, criterion, metric, method, selection, image_ids)
+    return record_table.per_image(index, criterion, metric, method, selection, image_ids)
 
   utility = {
     m: [
@@ -201,9 +201,9 @@ def all_figures(
     },
   )
 
-  eval_ids = verdicts.image_ids(index, Measure.CASCADING)
-  loc_models = verdicts.models_of(index, Measure.LOCALIZATION_AGREEMENT)
-  loc = verdicts.per_image(
+  eval_ids = record_table.image_ids(index, Measure.CASCADING)
+  loc_models = record_table.models_of(index, Measure.LOCALIZATION_AGREEMENT)
+  loc = record_table.per_image(
     index,
     Measure.LOCALIZATION_AGREEMENT,
     "ssim",
@@ -215,7 +215,7 @@ def all_figures(
   agreement = {}
   labels = []
   for criterion in (Measure.REPEATABILITY, Measure.REPRODUCIBILITY):
-    pairs = verdicts.models_of(index, criterion)
+    pairs = record_table.models_of(index, criterion)
     if pairs:
       labels.append(criterion)
       for m in methods:

@@ -32,12 +32,16 @@ import numpy as np
 from saliency_jax.sanity import complexity
 from saliency_jax.sanity import faithfulness
 from saliency_jax.trust import criteria
-from saliency_jax.trust import verdicts
+from saliency_jax.trust import record_table
 from saliency_jax.trust.manifest import Manifest
 from saliency_jax.trust.map_reader import MapReader
 from saliency_jax.trust.names import SetName
 from saliency_jax.trust.names import State
 from saliency_jax.trust.record_table import per_image_records
+from saliency_jax.trust.verdict_tests import apply_tests
+from saliency_jax.trust.verdict_tests import describe
+from saliency_jax.trust.verdict_tests import mean_or_none
+from saliency_jax.trust.verdict_tests import paired_test
 
 EVAL_SET = SetName.EVAL
 ORIGINAL = State.ORIGINAL
@@ -323,28 +327,28 @@ _BASELINE_NAMES = {
 def _values(index, sanity, check: str, rule, method: str, ids: list[str]):
   metric = rule["metric"]
   if check == "efficient_mprt":
-    selection = verdicts.models_of(index, check, method)
-    values = verdicts.per_image(
+    selection = record_table.models_of(index, check, method)
+    values = record_table.per_image(
       index, check, metric, method, [(m, FULLY_RANDOMIZED) for m in selection], ids
     )
-    baseline = verdicts.per_image(
+    baseline = record_table.per_image(
       index, check, metric, method, [(m, ORIGINAL) for m in selection], ids
     )
     return values, baseline
   if check == "faithfulness":
     selection = [(m, ORIGINAL) for m in sanity.faithfulness.models]
     return (
-      verdicts.per_image(index, check, metric, method, selection, ids),
-      verdicts.per_image(index, check, metric, RANDOM_ORDER, selection, ids),
+      record_table.per_image(index, check, metric, method, selection, ids),
+      record_table.per_image(index, check, metric, RANDOM_ORDER, selection, ids),
     )
   model_names = list(sanity[check].models)
-  values = verdicts.per_image(
+  values = record_table.per_image(
     index, check, metric, method, [(m, COMPARISONS[check][1]) for m in model_names], ids
   )
   if rule["baseline"] == "tolerance":
     baseline = np.where(np.isfinite(values), 1.0 - sanity[check].tolerance, np.nan)
   else:
-    baseline = verdicts.per_image(
+    baseline = record_table.per_image(
       index, rule["baseline"], metric, method, [(m, State.BASELINE) for m in model_names], ids
     )
   return values, baseline
@@ -354,10 +358,10 @@ def scorecard(
   records_, manifest: Manifest, sanity, study_config, *, seed: int
 ) -> list[dict[str, Any]]:
   """Scorecard rows of the enabled checks, as the paper's criteria's (verdicts.scorecard)."""
-  index = verdicts.index_records(records_)
+  index = record_table.index_records(records_)
   rows = []
   for check, rule in rules(sanity).items():
-    ids = verdicts.image_ids(index, check)
+    ids = record_table.image_ids(index, check)
     methods = (
       manifest.methods
       if check == "efficient_mprt"
@@ -374,34 +378,16 @@ def scorecard(
         rule=rule["text"],
         alternative=rule["alternative"],
       )
-      row.update(
-        verdicts._describe(
-          values,
-          "value",
-          seed=seed,  # pylint: disable=protected-access
-          resamples=study_config.bootstrap_resamples,
-        )
-      )
-      row.update(
-        verdicts._describe(
-          baseline,
-          "baseline",
-          seed=seed,  # pylint: disable=protected-access
-          resamples=study_config.bootstrap_resamples,
-        )
-      )
+      resamples = study_config.bootstrap_resamples
+      row.update(describe(values, "value", seed=seed, resamples=resamples))
+      row.update(describe(baseline, "baseline", seed=seed, resamples=resamples))
       check_rows.append(row)
       if rule["test"] == "every_image":
         row.update(_every_image(values, baseline))
       else:
-        results[method] = verdicts.paired_test(values, baseline, rule)
+        results[method] = paired_test(values, baseline, rule)
     if results:
-      verdicts._apply_tests(
-        check_rows,
-        results,
-        study_config.correction,  # pylint: disable=protected-access
-        study_config.alpha,
-      )
+      apply_tests(check_rows, results, study_config.correction, study_config.alpha)
     rows += check_rows
   return rows
 
@@ -430,22 +416,22 @@ def faithfulness_table(records_, sanity, methods: Sequence[str]) -> list[dict[st
   deletion / insertion curves the report draws."""
   if not _on(sanity, "faithfulness"):
     return []
-  index = verdicts.index_records(records_)
+  index = record_table.index_records(records_)
   f = sanity.faithfulness
-  ids = verdicts.image_ids(index, "faithfulness")
+  ids = record_table.image_ids(index, "faithfulness")
   rows = []
   for method in list(methods) + [RANDOM_ORDER]:
     row = dict(method=method)
     for metric in FAITHFULNESS_METRICS:
-      values = verdicts.per_image(
+      values = record_table.per_image(
         index, "faithfulness", metric, method, [(m, ORIGINAL) for m in f.models], ids
       )
-      row[metric] = _mean(values)
+      row[metric] = mean_or_none(values)
       row[f"{metric}_excluded"] = int((~np.isfinite(values)).sum())
     for kind in ("deletion", "insertion"):
       row[f"{kind}_curve"] = [
-        _mean(
-          verdicts.per_image(
+        mean_or_none(
+          record_table.per_image(
             index,
             "faithfulness_curve",
             f"{kind}_step{k}",
@@ -458,11 +444,6 @@ def faithfulness_table(records_, sanity, methods: Sequence[str]) -> list[dict[st
       ]
     rows.append(row)
   return rows
-
-
-def _mean(values) -> float | None:
-  value = float(criteria.mean_of_defined(values))
-  return value if np.isfinite(value) else None
 
 
 def summarize(
