@@ -17,6 +17,7 @@ from saliency_jax.data import splits
 from saliency_jax.models import plugin
 from saliency_jax.trust import checks
 from saliency_jax.trust import protocol
+from saliency_jax.trust import verdict_tests
 from saliency_jax.trust import verdicts
 
 SYNTHETIC = "synthetic_cxr"
@@ -326,8 +327,8 @@ def _check_rules(rules, fail) -> None:
       )
     if rule.get("alternative") not in ALTERNATIVES:
       fail(f"{field}.alternative", f"{rule.get('alternative')!r} is not one of {ALTERNATIVES}")
-    if rule.get("test", "wilcoxon") not in verdicts.TESTS:
-      fail(f"{field}.test", f"{rule.get('test')!r} is not one of {tuple(verdicts.TESTS)}")
+    if rule.get("test", "wilcoxon") not in verdict_tests.TESTS:
+      fail(f"{field}.test", f"{rule.get('test')!r} is not one of {tuple(verdict_tests.TESTS)}")
 
 
 def _check_cohort_and_init(config, fail, synthetic: bool) -> None:
