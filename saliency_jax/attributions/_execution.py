@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from saliency_jax.attributions import _memory
+from saliency_jax.attributions import _precision
 from saliency_jax.attributions.grayscale import visualize
 
 Array = jax.Array
@@ -202,10 +203,17 @@ def make_compute(
     attributions themselves, and so does compute).
   Maps do not depend on the split (to float32 rounding where items are split): noise keys
   come from each image's `indices` entry and sample number.
+  A `compute_dtype` setting (in defaults) runs impl's and attr's model passes in that dtype.
   """
+  if "compute_dtype" in defaults:
+    impl = _precision.with_compute_dtype(impl)
+    if item_split is not None:
+      item_split = (_precision.with_compute_dtype(item_split[0]),) + tuple(item_split[1:])
 
   def compute(model_fns, images, targets, *, indices=None, key=None, settings=None, prepared=None):
     s = merge_settings(defaults, settings)
+    if "compute_dtype" in s:
+      _precision.check(s["compute_dtype"], name)
     traced = any(isinstance(a, jax.core.Tracer) for a in (images, targets, indices))
     cpu_plan = not traced and grads_per_map is not None and jax.default_backend() == "cpu"
     # The CPU plan slices its groups on the host: each slice of a device array is a dispatch.

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from saliency_jax.attributions import _memory
+from saliency_jax.attributions import _precision
 from saliency_jax.attributions import xrai as xrai_lib
 from saliency_jax.attributions import xrai_segments
 from saliency_jax.attributions._execution import CPU_GRADS_PER_CALL
@@ -58,6 +59,9 @@ Settings = Mapping[str, Any]
 COMMON_SETTINGS = {
   # "auto": as many as fit in the device's free memory, at most 64 (`_memory`); a number: that.
   "max_grads_in_flight": "auto",
+  # The model passes' dtype: "float32" or "bfloat16" (`_precision`; docs/benchmarks.md gives
+  # how much bfloat16 moves the metrics).
+  "compute_dtype": "float32",
   "grayscale_percentile": 99,
   "grayscale_nan_to": None,
   "visualization": "grayscale",
@@ -229,6 +233,7 @@ def _guided_ig_compute(
   """GUIDED_IG: one jitted scan on accelerators, a host-driven step loop on the CPU backend
   (see `guided_ig.host_loop`); hence not traceable."""
   s = merge_settings(_GUIDED_IG_DEFAULTS, settings)
+  _precision.check(s["compute_dtype"], "GUIDED_IG", supported=False)
   images = jnp.asarray(images, jnp.float32)
   s = _memory.fitted(s, model_fns, images.shape)
   if jax.default_backend() != "cpu":
@@ -335,7 +340,7 @@ def _xrai_ig_impl(fns, s, images, targets, indices, key, prepared):
 XRAI_IG_COMPUTE = make_compute(
   "XRAI_IG",
   _xrai_ig_impl,
-  {"steps": 100, "max_grads_in_flight": 64},
+  {"steps": 100, "max_grads_in_flight": 64, "compute_dtype": "float32"},
   lambda s: 2 * s["steps"],
   item_split=(_xrai_ig_attr, lambda s: 2 * s["steps"], lambda s: 1),
   grayscale=False,
@@ -350,7 +355,11 @@ def _xrai_compute(
   s = merge_settings({**COMMON_SETTINGS, **XRAI_DEFAULTS}, settings)
   images = np.asarray(images, np.float32)
   targets = np.asarray(targets, np.int32)
-  ig_settings = {"steps": s["steps"], "max_grads_in_flight": s["max_grads_in_flight"]}
+  ig_settings = {
+    "steps": s["steps"],
+    "max_grads_in_flight": s["max_grads_in_flight"],
+    "compute_dtype": s["compute_dtype"],
+  }
   # Segments (when not prepared) are computed in worker processes while IG runs.
   pending = _xrai_prepare_async(images, s) if prepared is None else (lambda: prepared)
   attributions = np.asarray(XRAI_IG_COMPUTE(model_fns, images, targets, settings=ig_settings))
