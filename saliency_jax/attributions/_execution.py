@@ -14,6 +14,8 @@ One home for the decisions about where and in what pieces a computation runs:
                                   the batch into calls of about CPU_GRADS_PER_CALL gradients
                                   (groups of images, or windows of (image, item) pairs for the
                                   methods that sum over samples or steps)
+  memory                          `_memory`: max_grads_in_flight="auto" (the default) is
+                                  chosen from the device's free memory
   settings                        `merge_settings` (defaults updated by a dict or ConfigDict),
                                   `frozen` (a hashable form), `default_key`
 
@@ -30,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from saliency_jax.attributions import _memory
 from saliency_jax.attributions.grayscale import visualize
 
 Array = jax.Array
@@ -216,6 +219,7 @@ def make_compute(
     if indices.shape != (b,) or targets.shape != (b,):
       raise ValueError(f"targets and indices must have shape ({b},)")
     key = default_key(key)
+    s = _memory.fitted(s, model_fns, images.shape)
     if not cpu_plan:
       return cached_jit(impl, name, model_fns, s)(images, targets, indices, key, prepared)
     # CPU plan: groups of images, each one call of one compilation (the last group padded).

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 import jax.numpy as jnp
 
 from saliency_jax.attributions import _execution
+from saliency_jax.attributions import _memory
 from saliency_jax.attributions import registry
 from saliency_jax.attributions.grayscale import to_grayscale
 from saliency_jax.import_path import load_object
@@ -52,6 +53,7 @@ def register(name: str, fn: Callable, *, needs: tuple[str, ...] | None = None) -
     del prepared
     s = registry.merge_settings(defaults, settings)
     images = jnp.asarray(images, jnp.float32)
+    s = _memory.fitted(s, model_fns, images.shape)
     b = images.shape[0]
     indices = jnp.arange(b, dtype=jnp.int32) if indices is None else jnp.asarray(indices)
     key = _execution.default_key(key)

@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from saliency_jax.attributions import _memory
 from saliency_jax.attributions import xrai as xrai_lib
 from saliency_jax.attributions import xrai_segments
 from saliency_jax.attributions._execution import CPU_GRADS_PER_CALL
@@ -55,7 +56,8 @@ Settings = Mapping[str, Any]
 
 # Settings every method accepts (on top of its own).
 COMMON_SETTINGS = {
-  "max_grads_in_flight": 64,
+  # "auto": as many as fit in the device's free memory, at most 64 (`_memory`); a number: that.
+  "max_grads_in_flight": "auto",
   "grayscale_percentile": 99,
   "grayscale_nan_to": None,
   "visualization": "grayscale",
@@ -227,12 +229,13 @@ def _guided_ig_compute(
   """GUIDED_IG: one jitted scan on accelerators, a host-driven step loop on the CPU backend
   (see `guided_ig.host_loop`); hence not traceable."""
   s = merge_settings(_GUIDED_IG_DEFAULTS, settings)
+  images = jnp.asarray(images, jnp.float32)
+  s = _memory.fitted(s, model_fns, images.shape)
   if jax.default_backend() != "cpu":
     return make_compute("GUIDED_IG", _guided_ig_impl, _GUIDED_IG_DEFAULTS)(
-      model_fns, images, targets, indices=indices, key=key, settings=settings, prepared=prepared
+      model_fns, images, targets, indices=indices, key=key, settings=s, prepared=prepared
     )
   s = {**s, "max_grads_in_flight": min(int(s["max_grads_in_flight"]), CPU_GRADS_PER_CALL)}
-  images = jnp.asarray(images, jnp.float32)
   return _guided_ig_impl(model_fns, s, images, jnp.asarray(targets, jnp.int32), None, None, None)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from saliency_jax import attributions
 from saliency_jax import models
 from saliency_jax.data import pipeline
+from saliency_jax.data import splits
 from saliency_jax.models import plugin
 from saliency_jax.trust import checks
 from saliency_jax.trust import protocol
@@ -97,6 +98,7 @@ def validate(config, schema=None, *, given: bool = False) -> None:
   protocol.check(config, fail)
   if not given:
     _check_cohort_and_init(config, fail, synthetic)
+    _check_splits(config, fail)
   if problems:
     raise ConfigError(problems)
 
@@ -274,7 +276,7 @@ def _check_methods(config, fail) -> None:
       fail(
         f"methods.settings.{name}.region_scores", "set by protocol.xrai_grayscale; set that instead"
       )
-  _positive(fail, "methods.max_grads_in_flight", m.max_grads_in_flight)
+  _positive(fail, "methods.max_grads_in_flight", m.max_grads_in_flight, minimum=0)  # 0: auto
 
 
 def _check_study(config, names: list[str], fail) -> None:
@@ -380,3 +382,49 @@ def _check_cohort_and_init(config, fail, synthetic: bool) -> None:
           "set, but protocol.init = 'random' trains from random "
           "initialization: clear it or set protocol.init = 'imagenet'",
         )
+
+
+def _split_readers(config) -> dict[str, list[str]]:
+  """{split: what in the config reads it, with how to do without}."""
+  from saliency_jax.trust import sanity  # pylint: disable=g-import-not-at-top
+
+  trained = [
+    spec["name"]
+    for spec in map(dict, config.models)
+    if not (spec.get("weights") or spec.get("keras_model"))
+  ]
+  trainers = []
+  if trained:
+    trainers.append(f"models {trained} (trained here: give them `weights` to load instead)")
+  if len(config.localization.seeds):
+    trainers.append("the localization networks (localization.seeds = () for none)")
+  if sanity.enabled(config, "data_randomization"):
+    trainers.append("sanity.data_randomization (enabled=False to skip)")
+  tuning = ["study.chexlocalize (thresholds tuned on validation images; enabled=False to skip)"]
+  return {
+    "train": trainers + ["the utility baseline's average training mask"],
+    "validation": trainers + (tuning if checks.enabled(config.study, "chexlocalize") else []),
+    "test": ["the utility and eval image sets"],
+  }
+
+
+def _check_splits(config, fail) -> None:
+  """Every split the run reads exists: the synthetic dataset's counts, or the splits of the
+  prepared real dataset (one not prepared yet under data.data_dir is not checked here)."""
+  d = config.data
+  if d.name == SYNTHETIC:
+    counts = (d.num_train, d.num_val, d.num_test)
+    present = {split for split, n in zip(splits.SPLITS, counts) if n > 0}
+  else:
+    present = splits.prepared_splits(d.name, d.data_dir) if d.data_dir else None
+    if present is None:
+      return
+  for split, readers in _split_readers(config).items():
+    if readers and split not in present:
+      fail(
+        "data.name",
+        f"the dataset {d.name!r} has no {split!r} split, which these read: "
+        + "; ".join(readers)
+        + ". Give it one (labels.csv's split column or launch.prepare_data --split_fractions "
+        "for image_mask_folder; data.num_* for the synthetic dataset) or turn those off.",
+      )
