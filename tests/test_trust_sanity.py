@@ -6,6 +6,7 @@ from scipy import stats
 
 from configs import tiny
 from saliency_jax.trust import sanity
+from saliency_jax.trust import sanity_scoring
 
 
 def test_validate_names_the_bad_field():
@@ -32,7 +33,10 @@ def test_disabled_checks_leave_no_column():
   config = tiny.get_config()
   config.sanity.random_logit.enabled = False
   config.sanity.faithfulness.enabled = False
-  assert set(sanity.rules(config.sanity)) == set(sanity.CHECKS) - {"random_logit", "faithfulness"}
+  assert set(sanity_scoring.rules(config.sanity)) == set(sanity.CHECKS) - {
+    "random_logit",
+    "faithfulness",
+  }
 
 
 class _Manifest:
@@ -41,7 +45,9 @@ class _Manifest:
 
 
 def _scorecard(records, config):
-  return sanity.scorecard(records, _Manifest(config), config.sanity, config.study, seed=config.seed)
+  return sanity_scoring.scorecard(
+    records, _Manifest(config), config.sanity, config.study, seed=config.seed
+  )
 
 
 def _records(criterion, method, model, state, metric, values):
