@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 from scipy import stats
+from scoring_inputs import tidy_records
 
 from configs import tiny
 from saliency_jax.trust import sanity
@@ -50,41 +51,25 @@ def _scorecard(records, config):
   )
 
 
-def _records(criterion, method, model, state, metric, values):
-  return [
-    dict(
-      criterion=criterion,
-      metric=metric,
-      method=method,
-      model=model,
-      state=state,
-      image_id=f"im{i}",
-      value=float(v),
-    )
-    for i, v in enumerate(values)
-  ]
+def _only(config, check):
+  """Disables every check of `config.sanity` but `check`."""
+  for other in sanity.CHECKS:
+    config.sanity[other].enabled = other == check
 
 
 def test_scorecard_rows_test_each_check_against_its_baseline():
   config = tiny.get_config()
   config.methods.names = ("GRAD", "GBP")
-  for check in (
-    "smooth_mprt",
-    "efficient_mprt",
-    "random_logit",
-    "input_invariance",
-    "faithfulness",
-  ):
-    config.sanity[check].enabled = False
+  _only(config, "data_randomization")
   config.study.alpha = 0.05
   rng = np.random.default_rng(0)
   n = 12
   low, high = rng.uniform(0.0, 0.2, n), rng.uniform(0.5, 0.9, n)
   records = (
-    _records("data_randomization", "GRAD", "A1", "data_randomized", "ssim", low)
-    + _records("random_pairs", "GRAD", "A1", "baseline", "ssim", high)
-    + _records("data_randomization", "GBP", "A1", "data_randomized", "ssim", high)
-    + _records("random_pairs", "GBP", "A1", "baseline", "ssim", low)
+    tidy_records("data_randomization", "ssim", "GRAD", "A1", "data_randomized", low)
+    + tidy_records("random_pairs", "ssim", "GRAD", "A1", "baseline", high)
+    + tidy_records("data_randomization", "ssim", "GBP", "A1", "data_randomized", high)
+    + tidy_records("random_pairs", "ssim", "GBP", "A1", "baseline", low)
   )
   rows = {r["method"]: r for r in _scorecard(records, config)}
   assert rows["GRAD"]["verdict"] == "PASS" and rows["GBP"]["verdict"] == "FAIL"
@@ -98,20 +83,15 @@ def test_scorecard_rows_test_each_check_against_its_baseline():
 def test_input_invariance_rule_compares_with_one_minus_tolerance():
   config = tiny.get_config()
   config.methods.names = ("GRAD", "IG")
-  for check in (
-    "data_randomization",
-    "smooth_mprt",
-    "efficient_mprt",
-    "random_logit",
-    "faithfulness",
-  ):
-    config.sanity[check].enabled = False
+  _only(config, "input_invariance")
   config.sanity.input_invariance.models = ("B1",)
   config.sanity.input_invariance.tolerance = 0.05
   n = 3
-  records = _records(
-    "input_invariance", "GRAD", "B1", "input_shifted", "ssim", np.ones(n)
-  ) + _records("input_invariance", "IG", "B1", "input_shifted", "ssim", np.linspace(0.3, 0.99, n))
+  records = tidy_records(
+    "input_invariance", "ssim", "GRAD", "B1", "input_shifted", np.ones(n)
+  ) + tidy_records(
+    "input_invariance", "ssim", "IG", "B1", "input_shifted", np.linspace(0.3, 0.99, n)
+  )
   rows = {r["method"]: r for r in _scorecard(records, config)}
   # Every image must meet the floor: no test, so a handful of images can pass.
   assert rows["GRAD"]["verdict"] == "PASS" and rows["IG"]["verdict"] == "FAIL"
