@@ -12,7 +12,7 @@ from typing import Any
 
 from saliency_jax.trust import check_figures
 from saliency_jax.trust import chexlocalize_scoring
-from saliency_jax.trust.names import LOCALIZATION_METHOD
+from saliency_jax.trust.names import Baseline
 from saliency_jax.trust.report_render import Figure
 from saliency_jax.trust.report_render import Table
 
@@ -35,7 +35,7 @@ def figures(summary: dict[str, Any], methods: list[str], directory: str) -> dict
       summary["chexlocalize"]["rows"],
       chexlocalize_scoring.METRICS,
       _CHEXLOCALIZE_LABELS,
-      LOCALIZATION_METHOD,
+      Baseline.LOCALIZATION,
       os.path.join(directory, "chexlocalize.png"),
     )
   if summary.get("robustness"):
@@ -129,7 +129,7 @@ def _chexlocalize_section(data: dict[str, Any], path: str, localization: str) ->
     thresholds = ", ".join(f"{m} {t:.1f}" for m, t in r["thresholds"].items() if t is not None)
     rows.append(
       [
-        r["method"] if r["method"] != LOCALIZATION_METHOD else f"{localization} (baseline)",
+        r["method"] if r["method"] != Baseline.LOCALIZATION else f"{localization} (baseline)",
         _ci(r["iou_otsu"]),
         _pct(r.get("iou_otsu_decrease")),
         _ci(r["iou_tuned"]) + (f" (t = {thresholds})" if thresholds else ""),
