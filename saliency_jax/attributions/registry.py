@@ -103,7 +103,7 @@ def _grad_impl(fns, s, images, targets, indices, key, prepared):
   )
 
 
-def _sg_attr(fns, s, images, targets, indices, key, item_window=None):
+def _sg_attr(fns, s, images, targets, indices, key):
   return smoothgrad(
     fns.logits_fn,
     images,
@@ -114,11 +114,10 @@ def _sg_attr(fns, s, images, targets, indices, key, item_window=None):
     squared=s["squared"],
     indices=indices,
     max_grads_in_flight=s["max_grads_in_flight"],
-    item_window=item_window,
   )
 
 
-def _ig_attr(fns, s, images, targets, indices, key, item_window=None):
+def _ig_attr(fns, s, images, targets, indices, key):
   del indices, key
   return integrated_gradients(
     fns.logits_fn,
@@ -127,11 +126,10 @@ def _ig_attr(fns, s, images, targets, indices, key, item_window=None):
     baseline=s["baseline"],
     steps=s["steps"],
     max_grads_in_flight=s["max_grads_in_flight"],
-    item_window=item_window,
   )
 
 
-def _sig_attr(fns, s, images, targets, indices, key, item_window=None):
+def _sig_attr(fns, s, images, targets, indices, key):
   return smooth_integrated_gradients(
     fns.logits_fn,
     images,
@@ -144,11 +142,10 @@ def _sig_attr(fns, s, images, targets, indices, key, item_window=None):
     steps=s["steps"],
     indices=indices,
     max_grads_in_flight=s["max_grads_in_flight"],
-    item_window=item_window,
   )
 
 
-def _blur_ig_attr(fns, s, images, targets, indices, key, item_window=None):
+def _blur_ig_attr(fns, s, images, targets, indices, key):
   del indices, key
   return blur_ig(
     fns.logits_fn,
@@ -159,7 +156,6 @@ def _blur_ig_attr(fns, s, images, targets, indices, key, item_window=None):
     grad_step=s["grad_step"],
     sqrt=s["sqrt"],
     max_grads_in_flight=s["max_grads_in_flight"],
-    item_window=item_window,
   )
 
 
@@ -318,7 +314,7 @@ def _xrai_prepare_async(images, settings=None):
   )
 
 
-def _xrai_ig_attr(fns, s, images, targets, indices, key, item_window=None):
+def _xrai_ig_attr(fns, s, images, targets, indices, key):
   del indices, key
   return xrai_lib.xrai_base_attribution(
     fns.logits_fn,
@@ -326,7 +322,6 @@ def _xrai_ig_attr(fns, s, images, targets, indices, key, item_window=None):
     targets,
     steps=s["steps"],
     max_grads_in_flight=s["max_grads_in_flight"],
-    item_window=item_window,
   )
 
 
