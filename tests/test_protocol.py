@@ -18,10 +18,8 @@ from saliency_jax.trust import evaluation
 from saliency_jax.trust import map_reader
 from saliency_jax.trust import protocol
 from saliency_jax.trust import study as study_lib
-from saliency_jax.trust.names import EVAL_SET
-from saliency_jax.trust.names import ORIGINAL
-from saliency_jax.trust.names import UNTRAINED
-from saliency_jax.trust.names import UTILITY_SET
+from saliency_jax.trust.names import SetName
+from saliency_jax.trust.names import State
 
 
 def _study(**choices):
@@ -46,18 +44,18 @@ def test_the_untrained_utility_state_is_still_fully_randomized():
   study = _study()
   vgg = models.create("small_vgg", num_classes=2)
   names = study.state_names("A1", vgg.block_names)
-  assert (UTILITY_SET, UNTRAINED) in names
-  assert (EVAL_SET, "cascade_block1") not in names and (EVAL_SET, "cascade_block2") in names
+  assert (SetName.UTILITY, State.UNTRAINED) in names
+  assert (SetName.EVAL, "cascade_block1") not in names and (SetName.EVAL, "cascade_block2") in names
 
 
 def test_agreement_on_the_utility_set_adds_every_models_utility_maps():
   vgg = models.create("small_vgg", num_classes=2)
-  assert (UTILITY_SET, ORIGINAL) in _study().state_names("A2", vgg.block_names)
-  assert (UTILITY_SET, ORIGINAL) not in _study(agreement_images="eval").state_names(
+  assert (SetName.UTILITY, State.ORIGINAL) in _study().state_names("A2", vgg.block_names)
+  assert (SetName.UTILITY, State.ORIGINAL) not in _study(agreement_images="eval").state_names(
     "A2", vgg.block_names
   )
-  assert _study().agreement_set() == UTILITY_SET
-  assert _study(agreement_images="eval").agreement_set() == EVAL_SET
+  assert _study().agreement_set() == SetName.UTILITY
+  assert _study(agreement_images="eval").agreement_set() == SetName.EVAL
 
 
 def test_minmax_rescales_ggcam_and_leaves_grayscale_maps():
