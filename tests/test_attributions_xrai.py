@@ -18,7 +18,7 @@ from saliency import core as pair
 from saliency.core import xrai as pair_xrai
 
 from saliency_jax import attributions
-from saliency_jax.attributions import registry
+from saliency_jax.attributions import xrai_method
 from saliency_jax.attributions import xrai_segments
 from saliency_jax.attributions import xrai_selection
 from saliency_jax.attributions import xrai_selection_jax
@@ -189,7 +189,7 @@ def test_xrai_ig_cpu_plan_windows_equal_one_program():
   images = random_images((3, 18, 14, 3), seed=5)
   targets = np.array([1, 0, 2])
   settings = {"steps": 7, "max_grads_in_flight": 5}  # 14 items per image, windows of 5
-  eager = np.asarray(registry.XRAI_IG_COMPUTE(fns, images, targets, settings=settings))
+  eager = np.asarray(xrai_method.IG_COMPUTE(fns, images, targets, settings=settings))
   whole = np.asarray(attributions.xrai_base_attribution(fns.logits_fn, images, targets, steps=7))
   assert eager.shape == images.shape
   np.testing.assert_allclose(eager, whole, rtol=1e-5, atol=1e-7 * np.abs(whole).max())
