@@ -1,4 +1,4 @@
-"""The sanity checks beyond the paper inside the study: their models, maps, records, verdicts.
+"""The sanity checks beyond the paper inside the study: their names, map states and config.
 
 Each check is a section of `config.sanity` with `enabled` and its settings:
 
