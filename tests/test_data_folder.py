@@ -160,3 +160,53 @@ def test_missing_images_dir_explains(tmp_path):
     prepare_real.prepare(
       "image_mask_folder", manual_dir=str(tmp_path), data_dir=str(tmp_path / "tfds"), image_size=8
     )
+
+
+def test_a_split_the_run_reads_but_the_dataset_lacks_is_named_before_any_stage(tmp_path):
+  from configs import default
+  from configs import synthetic
+  from saliency_jax.trust import config_check
+  from saliency_jax.trust import study
+
+  root = tmp_path / "no_validation"
+  (root / "images").mkdir(parents=True)
+  (root / "masks").mkdir()
+  rng = np.random.default_rng(2)
+  mask = np.zeros((12, 12), np.uint8)
+  mask[2:6, 3:7] = 255
+  rows = ["id,label,split"]
+  for i in range(6):
+    _png(root / "images" / f"i{i}.png", rng.integers(0, 256, (12, 12)).astype(np.uint8))
+    _png(root / "masks" / f"i{i}.png", mask)
+    rows.append(f"i{i},1,{'train' if i < 2 else 'test'}")
+  (root / "labels.csv").write_text("\n".join(rows) + "\n")
+  data_dir = str(tmp_path / "tfds")
+  name, _ = prepare_real.prepare(
+    "image_mask_folder", manual_dir=str(root), data_dir=data_dir, image_size=8
+  )
+  config = default.get_config()
+  config.data.name, config.data.data_dir = name, data_dir
+  workdir = tmp_path / "run"
+  with pytest.raises(config_check.ConfigError) as raised:
+    study.Study(config, str(workdir))
+  assert not workdir.exists()  # stopped before any stage
+  problems = [p for field, p in raised.value.problems if field == "data.name"]
+  assert len(problems) == 1, raised.value.problems
+  assert "has no 'validation' split" in problems[0]
+  for reader in ("models ['A1'", "localization.seeds", "study.chexlocalize"):
+    assert reader in problems[0]
+  # Nothing that reads validation: no problem with the splits.
+  config.localization.seeds = ()
+  config.study.chexlocalize.enabled = False
+  config.models = [dict(m, weights="given.msgpack") for m in config.models]
+  config_problems = []
+  try:
+    config_check.validate(config)
+  except config_check.ConfigError as e:
+    config_problems = e.problems
+  assert not [p for field, p in config_problems if field == "data.name"]
+  # The synthetic dataset's splits come from its counts.
+  config = synthetic.get_config()
+  config.data.num_train = 0
+  with pytest.raises(config_check.ConfigError, match="no 'train' split.*average training mask"):
+    config_check.validate(config)

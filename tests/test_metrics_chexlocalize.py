@@ -10,9 +10,12 @@ from saliency_jax.metrics import chexlocalize
 RNG = np.random.default_rng(0)
 
 
-def _normalized(m):
-  m = m.astype(np.float64)
-  return (m - m.min()) / (m.max() - m.min())
+def _chexlocalize_levels(cam):
+  """heatmap_to_segmentation.py's lines on one map (torch's float32 arithmetic is IEEE, as
+  NumPy's): `mask = cam - cam.min(); mask = mask.div(mask.max()); np.uint8(255 * mask)`."""
+  mask = cam - cam.min()
+  mask = mask / mask.max()
+  return np.uint8(255 * mask)
 
 
 @pytest.mark.parametrize("shape", [(4, 9, 13), (3, 32, 32), (2, 5, 3)])
@@ -25,7 +28,7 @@ def test_otsu_segmentation_equals_scikit_image(shape):
   predicted, valid = chexlocalize.segment(maps, masks)
   assert valid.all()
   for m, p in zip(maps, predicted):
-    levels = (255 * _normalized(m)).astype(np.uint8)
+    levels = _chexlocalize_levels(m)
     t = filters.threshold_otsu(levels)
     np.testing.assert_array_equal(p, (levels > t).ravel())
   expected = []
@@ -33,6 +36,72 @@ def test_otsu_segmentation_equals_scikit_image(shape):
     mask = mask.ravel()
     expected.append((p & mask).sum() / (p | mask).sum())
   np.testing.assert_allclose(chexlocalize.iou(maps, masks), expected, rtol=1e-12)
+
+
+def test_otsu_ties_at_the_threshold_level_are_not_positive():
+  # Values k + 0.5 between min 0 and max 255 normalize to levels k (truncation) in any
+  # precision. Many pixels sit on the level Otsu picks: cv2's THRESH_BINARY keeps level > t.
+  counts = {0: 30, 40: 24, 90: 18, 120: 12, 200: 8, 255: 4}  # Otsu: t = 40
+  levels = np.concatenate([np.full(c, k) for k, c in counts.items()])
+  values = np.where((levels == 0) | (levels == 255), levels, levels + 0.5)
+  maps = np.stack([RNG.permutation(values) for _ in range(3)]).reshape(3, 6, 16)
+  maps[1] = maps[1].astype(np.float32)
+  masks = RNG.random(maps.shape) < 0.4
+  masks[:, 0, 0], masks[:, -1, -1] = True, False
+  predicted, valid = chexlocalize.segment(maps, masks)
+  assert valid.all()
+  for m, p, mask in zip(maps, predicted, masks):
+    levels = np.floor(m).astype(np.uint8)
+    t = filters.threshold_otsu(levels)
+    assert (levels == t).sum() == 24  # the rule decides 24 pixels
+    np.testing.assert_array_equal(p, (levels > t).ravel())
+    assert not np.array_equal(p, (levels >= t).ravel())
+    iou = ((levels > t) & mask).sum() / ((levels > t) | mask).sum()
+    assert chexlocalize.iou(m[None], mask[None])[0] == pytest.approx(iou, rel=1e-12)
+
+
+def test_otsu_threshold_equals_scikit_image_on_uint8_levels():
+  levels = RNG.integers(0, 256, (20, 300)).astype(np.uint8)
+  levels[:5] = (RNG.beta(0.5, 3, (5, 300)) * 255).astype(np.uint8)  # skewed
+  levels[5:8] = RNG.choice([3, 80, 81, 250], (3, 300))  # few levels, empty bins between
+  np.testing.assert_array_equal(
+    chexlocalize.otsu_levels(levels), [filters.threshold_otsu(row) for row in levels]
+  )
+  # OpenCV: no split of a one-level row has a positive variance; the threshold stays 0.
+  assert chexlocalize.otsu_levels(np.full((1, 9), 7, np.uint8))[0] == 0
+
+
+def test_levels_are_computed_in_the_maps_float32_precision():
+  # Values on the level boundaries, lo + k (hi - lo) / 255: truncating 255 * (x - lo) / (hi - lo)
+  # gives k or k - 1 depending on the precision. CheXlocalize's torch tensors are float32, so
+  # the uint8 levels are float32's (here 132 pixels one level higher than in float64).
+  lo, hi = np.float32(0.1), np.float32(0.7)
+  maps = (lo + np.arange(256) * (hi - lo) / 255).astype(np.float32).reshape(1, 16, 16)
+  masks = np.zeros(maps.shape, bool)
+  masks[0, :4] = True
+  expected = _chexlocalize_levels(maps[0]).ravel()
+  float64_levels = _chexlocalize_levels(maps[0].astype(np.float64)).ravel()
+  assert (expected != float64_levels).sum() == 132
+  t = filters.threshold_otsu(expected)
+  predicted, _ = chexlocalize.segment(maps, masks)
+  np.testing.assert_array_equal(predicted[0], expected > t)
+  assert not np.array_equal(predicted[0], float64_levels > filters.threshold_otsu(float64_levels))
+
+
+def test_fixed_threshold_compares_in_the_maps_precision():
+  # CheXlocalize's `mask > threshold` under NumPy 1.18 casts the float64 threshold to the
+  # float32 map's dtype: a pixel at float32(0.3) is not above arange's 0.30000000000000004.
+  t = chexlocalize.TUNING_THRESHOLDS[1]
+  assert t != 0.3 and np.float32(t) == np.float32(0.3)
+  maps = np.array([[[0.0, 0.3, 0.31, 1.0]]], np.float32)
+  masks = np.array([[[0, 1, 1, 0]]], bool)
+  predicted, _ = chexlocalize.segment(maps, masks, threshold=t)
+  np.testing.assert_array_equal(predicted[0], [False, False, True, True])
+  # The same values as a float64 map compare in float64: float32(0.3) = 0.30000001192... is
+  # above 0.30000000000000004 (what NumPy 2's promotion would do to the float32 map too).
+  predicted64, _ = chexlocalize.segment(maps.astype(np.float64), masks, threshold=t)
+  np.testing.assert_array_equal(predicted64[0], [False, True, True, True])
+  assert chexlocalize.iou(maps, masks, threshold=t)[0] == pytest.approx(1 / 3)
 
 
 def test_iou_by_hand():

@@ -213,29 +213,6 @@ def test_energy_pointing_counts_positive_mass_only():
   np.testing.assert_allclose(np.asarray(metrics.energy_pointing_jax(maps, masks)), [2 / 3, np.nan])
 
 
-def test_otsu_iou_equals_skimage_threshold():
-  from skimage.filters import threshold_otsu
-
-  maps, masks = _continuous_case((3, 21, 17))
-  maps = np.concatenate([maps, np.round(maps[:1] * 5) / 5]).astype(np.float32)
-  masks = np.concatenate([masks, masks[:1]])
-  thresholds = [threshold_otsu(m) for m in maps]
-  np.testing.assert_allclose(metrics.otsu_threshold(maps), thresholds, rtol=0, atol=0)
-  expected = []
-  for m, s, t in zip(maps, masks, thresholds):
-    predicted = m > t
-    expected.append((predicted & s).sum() / (predicted | s).sum())
-  np.testing.assert_allclose(metrics.iou(maps, masks), expected, atol=1e-12)
-  # Fixed threshold, CheXlocalize's rule map >= t (binary maps: exactly the positive pixels).
-  binary = (maps > 0.5).astype(np.float32)
-  expected = [((m >= 1) & s).sum() / ((m >= 1) | s).sum() for m, s in zip(binary, masks)]
-  np.testing.assert_allclose(metrics.iou(binary, masks, threshold=1.0), expected, atol=1e-12)
-  np.testing.assert_allclose(
-    np.asarray(metrics.fixed_threshold_iou_jax(binary, masks, 1.0)), expected, atol=1e-6
-  )
-  assert metrics.otsu_threshold(np.full((1, 4, 4), 0.3))[0] == threshold_otsu(np.full((4, 4), 0.3))
-
-
 @pytest.mark.parametrize(
   "name",
   ["pointing_game", "relevance_mass_accuracy", "relevance_rank_accuracy", "energy_pointing", "iou"],

@@ -124,3 +124,17 @@ def read_split_csv(path: str | os.PathLike[str]) -> dict[str, str]:
           f"{path}:{line}: {image_id} is listed in both {assignment[image_id]} and {split}"
         )
   return assignment
+
+
+def prepared_splits(name: str, data_dir: str) -> frozenset[str] | None:
+  """The splits of the TFDS dataset `name` prepared under `data_dir` (read from its
+  dataset_info.json); None where it is not prepared there."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except ValueError:  # neither registered nor found under data_dir (a folder config's name)
+    return None
+  if not builder.is_prepared():
+    return None
+  return frozenset(builder.info.splits.keys())

@@ -6,15 +6,13 @@ returns float64 [N], one value per map; undefined cases are NaN under one policy
 exclude. `*_jax` variants are pure JAX (float32) and can be used inside `jax.jit`.
 """
 
+from saliency_jax.metrics.chexlocalize import iou
 from saliency_jax.metrics.localization import auprc
 from saliency_jax.metrics.localization import auprc_jax
 from saliency_jax.metrics.localization import average_precision
 from saliency_jax.metrics.localization import average_precision_jax
 from saliency_jax.metrics.localization import energy_pointing
 from saliency_jax.metrics.localization import energy_pointing_jax
-from saliency_jax.metrics.localization import fixed_threshold_iou_jax
-from saliency_jax.metrics.localization import iou
-from saliency_jax.metrics.localization import otsu_threshold
 from saliency_jax.metrics.localization import pointing_game
 from saliency_jax.metrics.localization import pointing_game_jax
 from saliency_jax.metrics.localization import rank_metrics

@@ -3,13 +3,18 @@
 Definitions follow the CheXlocalize code (rajpurkarlab/cheXlocalize: heatmap_to_segmentation.py,
 tune_heatmap_threshold.py, eval.py, calculate_percentage_decrease.py):
 
-- A map is min-max normalized to [0, 1]. Otsu: the normalized map is quantized to uint8
-  (`np.uint8(255 * m)`, truncation) and a pixel is positive when its level is above Otsu's
-  threshold of those 256 levels (OpenCV's `THRESH_OTSU`, = scikit-image's `threshold_otsu` of
-  the uint8 map). Fixed threshold t: positive where the normalized map is above t.
-  Not reproduced: CheXlocalize then fills the outer contours of the Otsu segmentation
-  (OpenCV contours drawn as polygons), which also fills holes; we score the Otsu pixels as
-  they are.
+- A map is min-max normalized as CheXlocalize's torch code does, `(x - min) / max(x - min)`,
+  in the map's precision (float32; float64 maps and integer maps in float64). Otsu: the
+  normalized map is quantized to uint8 (`np.uint8(255 * m)`, truncation, in that precision) and
+  a pixel is positive when its level is strictly above Otsu's threshold of those 256 levels
+  (`cv2.threshold(levels, 0, max, THRESH_OTSU)`: THRESH_BINARY keeps `level > t`; the threshold
+  is OpenCV's `getThreshVal_Otsu_8u`, transcribed, = scikit-image's `threshold_otsu` of the
+  uint8 map up to rounding on exact ties of the between-class variance). Fixed threshold t:
+  positive where the normalized map is strictly above t, compared in the map's precision
+  (CheXlocalize's NumPy 1.18 casts the float64 t to a float32 map's dtype).
+  Not reproduced: CheXlocalize then fills the contours of the Otsu segmentation (OpenCV
+  contours drawn as polygons), which fills holes and drops single-pixel components; we score
+  the Otsu pixels as they are.
 - IoU of the segmentation with the mask, NaN where either is empty ("true positive only").
 - Hit: the map's first maximum (`np.argmax`, row-major) lies in the mask. Unlike
   `pointing_game`, a tie for the maximum is not a hit when any tied pixel is inside.
@@ -21,11 +26,13 @@ tune_heatmap_threshold.py, eval.py, calculate_percentage_decrease.py):
   `np.random.choice`), the mean of each resample skipping NaN (pandas' mean), and the 95% CI
   as the sorted resample means at 0-based positions int(0.025 R) - 1 and int(0.975 R) - 1.
 - Percentage decrease from a baseline b to a method m: per resample (the same resampled images
-  for both) 100 (b - m) / b, its CI as above; the point value is 100 (B - M) / B of the means
-  B, M of the resample means.
+  for both) (b - m) / b, its CI as above, times 100; the point value is (B - M) / B * 100 of the
+  means B, M of the resample means.
 
 Undefined values follow `saliency_jax.metrics.policy`: a constant map, NaN/inf in a map, or an
-empty or all-positive mask gives NaN.
+empty or all-positive mask gives NaN. CheXlocalize gives a number for an all-positive mask (an
+IoU) and for a constant map (a hit at its first pixel), and tunes to its first threshold when no
+threshold has a defined IoU (here: NaN).
 """
 
 from __future__ import annotations
@@ -35,46 +42,74 @@ import numpy as np
 from saliency_jax.metrics import policy
 
 TUNING_THRESHOLDS = tuple(float(t) for t in np.arange(0.2, 0.8, 0.1))
+# OpenCV's guard in getThreshVal_Otsu_8u: a split leaving either class below FLT_EPSILON of the
+# pixels is not considered.
+_FLT_EPSILON = float(np.finfo(np.float32).eps)
+
+
+def _precision(dtype: np.dtype) -> type:
+  """The float type CheXlocalize's torch code would normalize a map of this dtype in."""
+  small_float = np.issubdtype(dtype, np.floating) and dtype.itemsize <= 4
+  return np.float32 if small_float else np.float64
 
 
 def _checked(maps, masks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   maps = policy.as_map_stack(maps)
   masks = policy.as_mask_stack(masks, maps.shape)
   n = maps.shape[0]
-  flat = maps.reshape(n, -1).astype(np.float64)
+  flat = maps.reshape(n, -1).astype(_precision(maps.dtype))
   flat_masks = masks.reshape(n, -1)
   valid = policy.localization_valid(flat, flat_masks)
-  return np.where(valid[:, None], flat, 0.0), flat_masks, valid
+  return np.where(valid[:, None], flat, 0), flat_masks, valid
 
 
 def normalized(flat: np.ndarray) -> np.ndarray:
-  """Min-max normalized rows in [0, 1] (a constant row gives 0; callers mark it invalid)."""
-  low = flat.min(axis=1, keepdims=True)
-  span = flat.max(axis=1, keepdims=True) - low
-  return (flat - low) / np.where(span > 0, span, 1.0)
+  """Rows min-max normalized to [0, 1] in their own precision, as CheXlocalize: `mask = cam -
+  cam.min(); mask = mask / mask.max()` (a constant row gives 0; callers mark it invalid)."""
+  shifted = flat - flat.min(axis=1, keepdims=True)
+  span = shifted.max(axis=1, keepdims=True)
+  return shifted / np.where(span > 0, span, 1)
+
+
+def uint8_levels(normalized_rows: np.ndarray) -> np.ndarray:
+  """CheXlocalize's `np.uint8(255 * mask)`: truncation, computed in the rows' precision."""
+  return (255 * normalized_rows).astype(np.uint8)
 
 
 def otsu_levels(levels: np.ndarray) -> np.ndarray:
-  """Otsu's threshold of each row of uint8 levels [N, P], = `threshold_otsu(row)`: int [N].
+  """Otsu's threshold of each row of uint8 levels [N, P], OpenCV's `getThreshVal_Otsu_8u`: int [N].
 
-  Over the 256 levels: the t maximizing w0 w1 (mu0 - mu1)^2 with class 0 = levels <= t, the
-  lowest t on a tie (the split into the same two pixel sets). Positive pixels are > t.
+  OpenCV's loop over the 256 levels in double precision, vectorized over rows: the first t
+  (class 0 = levels <= t) whose between-class variance q1 q2 (mu1 - mu2)^2 is strictly the
+  largest, splits with a class under FLT_EPSILON of the pixels skipped, 0 when no split has a
+  positive variance. Positive pixels are > t.
   """
-  n = levels.shape[0]
-  counts = (
-    np.bincount((np.arange(n)[:, None] * 256 + levels).ravel(), minlength=256 * n)
-    .reshape(n, 256)
-    .astype(np.float64)
-  )
-  values = np.arange(256, dtype=np.float64)
-  w0 = np.cumsum(counts, axis=1)[:, :-1]
-  s0 = np.cumsum(counts * values, axis=1)[:, :-1]
-  total, total_sum = counts.sum(axis=1, keepdims=True), (counts * values).sum(axis=1, keepdims=True)
-  w1, s1 = total - w0, total_sum - s0
+  n, size = levels.shape
+  counts = np.bincount((np.arange(n)[:, None] * 256 + levels).ravel(), minlength=256 * n)
+  counts = counts.reshape(n, 256)
+  scale = 1.0 / size
+  mu = (counts * np.arange(256)).sum(axis=1) * scale  # exact integer sums, as OpenCV's loop
+  mu1, q1 = np.zeros(n), np.zeros(n)
+  max_sigma, max_val = np.zeros(n), np.zeros(n, np.int64)
   with np.errstate(invalid="ignore", divide="ignore"):
-    between = w0 * w1 * (s0 / w0 - s1 / w1) ** 2
-  between = np.where((w0 > 0) & (w1 > 0), between, -1.0)
-  return np.argmax(between, axis=1)
+    for i in range(256):
+      p_i = counts[:, i] * scale
+      mu1 = mu1 * q1
+      q1 = q1 + p_i
+      q2 = 1.0 - q1
+      skip = (np.minimum(q1, q2) < _FLT_EPSILON) | (np.maximum(q1, q2) > 1.0 - _FLT_EPSILON)
+      mu1 = np.where(skip, mu1, (mu1 + i * p_i) / q1)
+      mu2 = (mu - q1 * mu1) / q2
+      sigma = q1 * q2 * (mu1 - mu2) * (mu1 - mu2)
+      better = ~skip & (sigma > max_sigma)
+      max_sigma = np.where(better, sigma, max_sigma)
+      max_val = np.where(better, i, max_val)
+  return max_val
+
+
+def _above(m: np.ndarray, threshold: float) -> np.ndarray:
+  """Fixed-threshold segmentation: m > t with t in m's precision (NumPy 1.18's casting)."""
+  return m > m.dtype.type(threshold)
 
 
 def segment(maps, masks, *, threshold: float | str = "otsu") -> tuple[np.ndarray, np.ndarray]:
@@ -84,9 +119,9 @@ def segment(maps, masks, *, threshold: float | str = "otsu") -> tuple[np.ndarray
   if isinstance(threshold, str):
     if threshold != "otsu":
       raise ValueError(f"threshold must be 'otsu' or a number, got {threshold!r}")
-    levels = (255 * m).astype(np.uint8)
+    levels = uint8_levels(m)
     return levels > otsu_levels(levels)[:, None], valid
-  return m > float(threshold), valid
+  return _above(m, threshold), valid
 
 
 def _iou_rows(predicted: np.ndarray, masks: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -111,7 +146,7 @@ def iou_per_threshold(maps, masks, thresholds=TUNING_THRESHOLDS) -> np.ndarray:
   """IoU at each fixed threshold: float64 [T, N], one normalization per map."""
   flat, flat_masks, valid = _checked(maps, masks)
   m = normalized(flat)
-  return np.stack([_iou_rows(m > float(t), flat_masks, valid) for t in thresholds])
+  return np.stack([_iou_rows(_above(m, t), flat_masks, valid) for t in thresholds])
 
 
 def tune_threshold(maps, masks, thresholds=TUNING_THRESHOLDS) -> dict:
@@ -206,11 +241,12 @@ def percentage_decrease(
   _check_bootstrap(values, n_resamples, confidence)
   means = _resample_means(np.stack([values, baseline], axis=1), seed=seed, n_resamples=n_resamples)
   m, b = means[:, 0], means[:, 1]
+  # CheXlocalize's order of operations: the CI of the fraction, then times 100.
   with np.errstate(invalid="ignore", divide="ignore"):
-    low, high = _ci(100 * (b - m) / b, confidence)
+    low, high = _ci((b - m) / b, confidence)
     big_m, big_b = np.nanmean(m), np.nanmean(b)
-    decrease = 100 * (big_b - big_m) / big_b
-  return {"decrease": float(decrease), "low": low, "high": high}
+    decrease = (big_b - big_m) / big_b * 100
+  return {"decrease": float(decrease), "low": low * 100, "high": high * 100}
 
 
 def _check_bootstrap(values: np.ndarray, n_resamples: int, confidence: float) -> None:

@@ -298,15 +298,6 @@ def _top_k_intersection(xp, maps, masks, k):
   return xp.where(valid, _top_k_hits(xp, maps, masks, ks) / k, xp.nan)
 
 
-def _fixed_threshold_iou(xp, maps, masks, threshold):
-  maps, masks = _flat(xp, maps, masks)
-  valid, maps = _valid(xp, maps, masks)
-  predicted = maps >= threshold
-  intersection = xp.sum(predicted & masks, axis=1)
-  union = xp.sum(predicted | masks, axis=1)
-  return _ratio(xp, intersection.astype(maps.dtype), union.astype(maps.dtype), valid)
-
-
 def _as_float64(maps, masks):
   maps, masks = _checked(maps, masks)
   return maps.astype(np.float64), masks
@@ -361,60 +352,8 @@ def energy_pointing(maps, masks) -> np.ndarray:
   return _energy_pointing(np, *_as_float64(maps, masks))
 
 
-def otsu_threshold(maps) -> np.ndarray:
-  """Per-map Otsu threshold, = `skimage.filters.threshold_otsu(map)` (256 bins): float64 [N].
-
-  The histogram is NumPy's over [min, max] with counts held in float32, as scikit-image does; a
-  constant map's threshold is its value. NaN for a map holding NaN or inf.
-  """
-  maps = policy.as_map_stack(maps)
-  out = np.full(maps.shape[0], np.nan)
-  for i, row in enumerate(maps.reshape(maps.shape[0], -1)):
-    if not np.all(np.isfinite(row)):
-      continue
-    if np.all(row == row[0]):
-      out[i] = row[0]
-      continue
-    counts, edges = np.histogram(row, bins=256)
-    counts = counts.astype(np.float32)
-    centers = (edges[:-1] + edges[1:]) / 2.0
-    weight1 = np.cumsum(counts)
-    weight2 = np.cumsum(counts[::-1])[::-1]
-    mean1 = np.cumsum(counts * centers) / weight1
-    mean2 = (np.cumsum((counts * centers)[::-1]) / weight2[::-1])[::-1]
-    variance12 = weight1[:-1] * weight2[1:] * (mean1[:-1] - mean2[1:]) ** 2
-    out[i] = centers[np.argmax(variance12)]
-  return out
-
-
-def iou(maps, masks, *, threshold="otsu") -> np.ndarray:
-  """Intersection over union of the thresholded map with the mask (CheXlocalize's mIoU terms).
-
-  Args:
-    maps, masks: [N, ...] maps and binary masks.
-    threshold: "otsu": predicted = map > Otsu threshold of that map (`otsu_threshold`;
-      scikit-image's foreground convention, and CheXlocalize's `cv2.THRESH_OTSU` binarization);
-      or a number t: predicted = map >= t (CheXlocalize's fixed-threshold rule).
-
-  Returns:
-    float64 [N]; NaN per the policy (empty / all-positive mask, constant or non-finite map).
-  """
-  maps, masks = _as_float64(maps, masks)
-  if isinstance(threshold, str):
-    if threshold != "otsu":
-      raise ValueError(f"threshold must be 'otsu' or a number, got {threshold!r}.")
-    flat, flat_masks = _flat(np, maps, masks)
-    valid, flat = _valid(np, flat, flat_masks)
-    predicted = flat > otsu_threshold(flat)[:, None]
-    intersection = np.sum(predicted & flat_masks, axis=1).astype(np.float64)
-    union = np.sum(predicted | flat_masks, axis=1).astype(np.float64)
-    return _ratio(np, intersection, union, valid)
-  return _fixed_threshold_iou(np, maps, masks, float(threshold))
-
-
 pointing_game_jax = jax.jit(functools.partial(_pointing_game, jnp))
 relevance_mass_accuracy_jax = jax.jit(functools.partial(_relevance_mass_accuracy, jnp))
 relevance_rank_accuracy_jax = jax.jit(functools.partial(_relevance_rank_accuracy, jnp))
 energy_pointing_jax = jax.jit(functools.partial(_energy_pointing, jnp))
 top_k_intersection_jax = jax.jit(functools.partial(_top_k_intersection, jnp), static_argnames="k")
-fixed_threshold_iou_jax = jax.jit(functools.partial(_fixed_threshold_iou, jnp))

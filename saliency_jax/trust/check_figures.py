@@ -2,32 +2,15 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-import matplotlib
+import matplotlib.colors
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.colors  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-_DPI = 110
-_COLORS = plt.get_cmap("tab10").colors
-
-
-def _save(fig, path: str) -> str:
-  fig.savefig(path, dpi=_DPI, bbox_inches="tight")
-  plt.close(fig)
-  return path
-
-
-def _panels(n: int, cols: int, width: float, height: float):
-  rows = math.ceil(n / cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
-  for ax in axes.ravel()[n:]:
-    ax.axis("off")
-  return fig, axes.ravel()
+from saliency_jax.trust.plotting import COLORS
+from saliency_jax.trust.plotting import panels
+from saliency_jax.trust.plotting import plt
+from saliency_jax.trust.plotting import save
 
 
 def _nan(value) -> float:
@@ -38,7 +21,7 @@ def controls_figure(table: dict[str, Any], methods: list[str], path: str) -> str
   """Per verdict rule: each method's mean (dots) against each control's mean (lines; solid
   where the method must beat it, dotted where the comparison is not applicable)."""
   rules = list(dict.fromkeys(s["criterion"] for s in table["scores"]))
-  fig, axes = _panels(len(rules), min(len(rules), 3), 4.6, 3.4)
+  fig, axes = panels(len(rules), min(len(rules), 3), 4.6, 3.4)
   for ax, rule in zip(axes, rules):
     rows = [c for c in table["comparisons"] if c["criterion"] == rule]
     values = {c["method"]: _nan(c["method_value"]) for c in rows}
@@ -47,7 +30,7 @@ def controls_figure(table: dict[str, Any], methods: list[str], path: str) -> str
     for i, score in enumerate(s for s in table["scores"] if s["criterion"] == rule):
       ax.axhline(
         _nan(score["value"]),
-        color=_COLORS[i % 10],
+        color=COLORS[i % 10],
         ls="-" if score["applicable"] else ":",
         lw=1.5,
         label=score["control"] + ("" if score["applicable"] else " (n/a)"),
@@ -72,7 +55,7 @@ def controls_figure(table: dict[str, Any], methods: list[str], path: str) -> str
     ax.set_title(f"{rule} ({metric})", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, loc="best")
-  return _save(fig, path)
+  return save(fig, path)
 
 
 def chexlocalize_figure(
@@ -100,17 +83,17 @@ def chexlocalize_figure(
       width,
       yerr=err,
       capsize=2,
-      color=_COLORS[j],
+      color=COLORS[j],
       label=labels[metric],
     )
     if base is not None and base[metric]["mean"] is not None:
-      ax.axhline(base[metric]["mean"], color=_COLORS[j], ls="--", lw=1)
+      ax.axhline(base[metric]["mean"], color=COLORS[j], ls="--", lw=1)
   ax.set_xticks(x)
   ax.set_xticklabels([r["method"] for r in shown], rotation=45, ha="right", fontsize=8)
   ax.set_ylim(0, 1.05)
   ax.grid(alpha=0.3, axis="y")
   ax.legend(fontsize=7, ncol=len(metrics))
-  return _save(fig, path)
+  return save(fig, path)
 
 
 _VERDICT_CODE = {"FAIL": 0, "N/A": 1, "PASS": 2}
@@ -123,7 +106,7 @@ def robustness_figure(
   run as configured first): green PASS, red FAIL, grey N/A."""
   rules = list(dict.fromkeys(r["criterion"] for r in rows))
   cmap = matplotlib.colors.ListedColormap(["#cf222e", "#bbbbbb", "#1a7f37"])
-  fig, axes = _panels(len(rules), 1, max(6.0, 0.35 * len(choices) + 2), 0.3 * len(methods) + 2.2)
+  fig, axes = panels(len(rules), 1, max(6.0, 0.35 * len(choices) + 2), 0.3 * len(methods) + 2.2)
   for ax, rule in zip(axes, rules):
     grid = np.full((len(methods), len(choices)), _VERDICT_CODE["N/A"], float)
     for r in rows:
@@ -136,4 +119,4 @@ def robustness_figure(
     ax.set_xticklabels(choices, rotation=60, ha="right", fontsize=7)
     ax.axvline(0.5, color="k", lw=1.5)
     ax.set_title(rule, fontsize=10)
-  return _save(fig, path)
+  return save(fig, path)

@@ -46,24 +46,19 @@ def figures(summary: dict[str, Any], methods: list[str], directory: str) -> dict
   return paths
 
 
-def _ci(entry: dict[str, Any] | None) -> str:
-  """mean [low, high] of a summary entry."""
-  if not entry or entry.get("mean") is None:
+def _ci(entry: dict[str, Any] | None, key: str = "mean", digits: int = 3, unit: str = "") -> str:
+  """entry[key] [low, high] of a summary entry ("-" where the value is undefined)."""
+  if not entry or entry.get(key) is None:
     return "-"
-  text = f"{entry['mean']:.3f}"
+  text = f"{entry[key]:.{digits}f}{unit}"
   if entry.get("low") is not None and entry.get("high") is not None:
-    text += f" [{entry['low']:.3f}, {entry['high']:.3f}]"
+    text += f" [{entry['low']:.{digits}f}, {entry['high']:.{digits}f}]"
   return text
 
 
 def _pct(entry: dict[str, Any] | None) -> str:
   """decrease% [low, high] of a percentage-decrease entry."""
-  if not entry or entry.get("decrease") is None:
-    return "-"
-  text = f"{entry['decrease']:.1f}%"
-  if entry.get("low") is not None and entry.get("high") is not None:
-    text += f" [{entry['low']:.1f}, {entry['high']:.1f}]"
-  return text
+  return _ci(entry, "decrease", digits=1, unit="%")
 
 
 def _controls_section(table: dict[str, Any], path: str, Table, Figure) -> list:

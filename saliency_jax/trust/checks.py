@@ -13,9 +13,6 @@ rule).
 
 from __future__ import annotations
 
-import csv
-import json
-import os
 from typing import Any
 
 import ml_collections
@@ -23,6 +20,7 @@ import ml_collections
 from saliency_jax.trust import chexlocalize_scoring
 from saliency_jax.trust import controls
 from saliency_jax.trust import controls_scoring
+from saliency_jax.trust import record_table
 from saliency_jax.trust import robustness
 from saliency_jax.trust.manifest import Manifest
 
@@ -111,16 +109,6 @@ def summaries(
     grid = robustness.run_grid(
       manifest, reader, study_config, seed=seed, configured_scorecard=scorecard, protocol=protocol
     )
-    _write_rows(grid["rows"], workdir)
+    record_table.write_table(grid["rows"], ROBUSTNESS_FIELDS, workdir, "robustness")
     out["robustness"] = grid
   return out
-
-
-def _write_rows(rows: list[dict[str, Any]], workdir: str) -> None:
-  with open(os.path.join(workdir, "robustness.json"), "w") as f:
-    json.dump(rows, f)
-  with open(os.path.join(workdir, "robustness.csv"), "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=ROBUSTNESS_FIELDS)
-    writer.writeheader()
-    for row in rows:
-      writer.writerow({k: ("" if row[k] is None else row[k]) for k in ROBUSTNESS_FIELDS})

@@ -21,6 +21,8 @@ from saliency_jax.trust.manifest import Manifest
 from saliency_jax.trust.names import Baseline
 from saliency_jax.trust.names import SetName
 from saliency_jax.trust.names import State
+from saliency_jax.trust.record_table import per_image_records
+from saliency_jax.trust.verdict_tests import finite_or_none
 
 MEASURE = "chexlocalize"
 METRICS = ("iou_otsu", "iou_tuned", "hit")
@@ -36,22 +38,6 @@ def check_section(section: ml_collections.ConfigDict) -> None:
     raise ValueError(
       f"config.study.chexlocalize.validation_images must be >= 0, got {section.validation_images}"
     )
-
-
-def _records(values: dict[str, np.ndarray], ids, **fields) -> list[dict[str, Any]]:
-  out = []
-  for metric, column in values.items():
-    for image_id, value in zip(ids, np.asarray(column, np.float64)):
-      out.append(
-        dict(
-          fields,
-          criterion=MEASURE,
-          metric=metric,
-          image_id=str(image_id),
-          value=float(value) if np.isfinite(value) else None,
-        )
-      )
-  return out
 
 
 def records(
@@ -86,7 +72,9 @@ def records(
       "hit": chexlocalize.hit(maps, truth.masks),
     }
     record_state = State.BASELINE if method == Baseline.LOCALIZATION else state
-    out += _records(values, truth.ids, method=method, model=model, state=record_state)
+    out += per_image_records(
+      values, truth.ids, method=method, model=model, state=record_state, criterion=MEASURE
+    )
   return out, thresholds
 
 
@@ -131,18 +119,14 @@ def summary(
       baseline = _per_image(index, Baseline.LOCALIZATION, metric, ids)
       ci = chexlocalize.bootstrap(values, seed=seed, n_resamples=resamples)
       row[metric] = dict(
-        mean=_finite(ci["mean"]),
-        low=_finite(ci["low"]),
-        high=_finite(ci["high"]),
+        mean=finite_or_none(ci["mean"]),
+        low=finite_or_none(ci["low"]),
+        high=finite_or_none(ci["high"]),
         n=ci["n"],
         n_excluded=ci["n_excluded"],
       )
       if method != Baseline.LOCALIZATION:
         pct = chexlocalize.percentage_decrease(values, baseline, seed=seed, n_resamples=resamples)
-        row[f"{metric}_decrease"] = {k: _finite(v) for k, v in pct.items()}
+        row[f"{metric}_decrease"] = {k: finite_or_none(v) for k, v in pct.items()}
     rows.append(row)
   return rows
-
-
-def _finite(value) -> float | None:
-  return float(value) if value is not None and np.isfinite(value) else None

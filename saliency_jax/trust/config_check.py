@@ -13,9 +13,11 @@ from typing import Any
 from saliency_jax import attributions
 from saliency_jax import models
 from saliency_jax.data import pipeline
+from saliency_jax.data import splits
 from saliency_jax.models import plugin
 from saliency_jax.trust import checks
 from saliency_jax.trust import protocol
+from saliency_jax.trust import verdict_tests
 from saliency_jax.trust import verdicts
 
 SYNTHETIC = "synthetic_cxr"
@@ -96,6 +98,7 @@ def validate(config, schema=None, *, given: bool = False) -> None:
   protocol.check(config, fail)
   if not given:
     _check_cohort_and_init(config, fail, synthetic)
+    _check_splits(config, fail)
   if problems:
     raise ConfigError(problems)
 
@@ -324,8 +327,8 @@ def _check_rules(rules, fail) -> None:
       )
     if rule.get("alternative") not in ALTERNATIVES:
       fail(f"{field}.alternative", f"{rule.get('alternative')!r} is not one of {ALTERNATIVES}")
-    if rule.get("test", "wilcoxon") not in verdicts.TESTS:
-      fail(f"{field}.test", f"{rule.get('test')!r} is not one of {tuple(verdicts.TESTS)}")
+    if rule.get("test", "wilcoxon") not in verdict_tests.TESTS:
+      fail(f"{field}.test", f"{rule.get('test')!r} is not one of {tuple(verdict_tests.TESTS)}")
 
 
 def _check_cohort_and_init(config, fail, synthetic: bool) -> None:
@@ -379,3 +382,49 @@ def _check_cohort_and_init(config, fail, synthetic: bool) -> None:
           "set, but protocol.init = 'random' trains from random "
           "initialization: clear it or set protocol.init = 'imagenet'",
         )
+
+
+def _split_readers(config) -> dict[str, list[str]]:
+  """{split: what in the config reads it, with how to do without}."""
+  from saliency_jax.trust import sanity  # pylint: disable=g-import-not-at-top
+
+  trained = [
+    spec["name"]
+    for spec in map(dict, config.models)
+    if not (spec.get("weights") or spec.get("keras_model"))
+  ]
+  trainers = []
+  if trained:
+    trainers.append(f"models {trained} (trained here: give them `weights` to load instead)")
+  if len(config.localization.seeds):
+    trainers.append("the localization networks (localization.seeds = () for none)")
+  if sanity.enabled(config, "data_randomization"):
+    trainers.append("sanity.data_randomization (enabled=False to skip)")
+  tuning = ["study.chexlocalize (thresholds tuned on validation images; enabled=False to skip)"]
+  return {
+    "train": trainers + ["the utility baseline's average training mask"],
+    "validation": trainers + (tuning if checks.enabled(config.study, "chexlocalize") else []),
+    "test": ["the utility and eval image sets"],
+  }
+
+
+def _check_splits(config, fail) -> None:
+  """Every split the run reads exists: the synthetic dataset's counts, or the splits of the
+  prepared real dataset (one not prepared yet under data.data_dir is not checked here)."""
+  d = config.data
+  if d.name == SYNTHETIC:
+    counts = (d.num_train, d.num_val, d.num_test)
+    present = {split for split, n in zip(splits.SPLITS, counts) if n > 0}
+  else:
+    present = splits.prepared_splits(d.name, d.data_dir) if d.data_dir else None
+    if present is None:
+      return
+  for split, readers in _split_readers(config).items():
+    if readers and split not in present:
+      fail(
+        "data.name",
+        f"the dataset {d.name!r} has no {split!r} split, which these read: "
+        + "; ".join(readers)
+        + ". Give it one (labels.csv's split column or launch.prepare_data --split_fractions "
+        "for image_mask_folder; data.num_* for the synthetic dataset) or turn those off.",
+      )

@@ -16,6 +16,8 @@ import ml_collections
 import numpy as np
 
 from saliency_jax.trust import controls
+from saliency_jax.trust import record_table
+from saliency_jax.trust import verdict_tests
 from saliency_jax.trust import verdicts
 from saliency_jax.trust.manifest import Manifest
 
@@ -110,12 +112,12 @@ def table(
   from saliency_jax.metrics import statistics  # pylint: disable=g-import-not-at-top
 
   section = study_config.controls
-  index = verdicts.index_records(records)
+  index = record_table.index_records(records)
   scores, comparisons = [], []
   flags: dict[str, list[str]] = {m: [] for m in manifest.methods}
   for rule_name, rule in verdicts.rules_from_config(study_config).items():
     criterion = rule.get("criterion", rule_name)
-    ids = verdicts.image_ids(index, verdicts.source_measure(criterion))
+    ids = record_table.image_ids(index, verdicts.source_measure(criterion))
     metric = rule["metric"]
     # Randomization pooled over the classifiers, with the protocol's random-pair baseline.
     scalar = (
@@ -130,7 +132,7 @@ def table(
         index, manifest, rule, controls.record_name(name), ids, scalar_pairs=scalar
       )
       applicable = name in controls.APPLICABLE.get(criterion, ())
-      own = verdicts.paired_test(values, baseline, rule)
+      own = verdict_tests.paired_test(values, baseline, rule)
       own_verdict = (
         "N/A"
         if not np.isfinite(own.pvalue)
@@ -145,14 +147,14 @@ def table(
           metric=metric,
           applicable=applicable,
           baseline_name=baseline_name,
-          own_p_value=verdicts.finite_or_none(own.pvalue),
+          own_p_value=verdict_tests.finite_or_none(own.pvalue),
           own_verdict=own_verdict,
-          **verdicts.describe(
+          **verdict_tests.describe(
             values, "value", seed=seed, resamples=study_config.bootstrap_resamples
           ),
         )
       )
-      tests = {m: verdicts.paired_test(v, values, rule) for m, v in method_values.items()}
+      tests = {m: verdict_tests.paired_test(v, values, rule) for m, v in method_values.items()}
       tested = {m: t for m, t in tests.items() if np.isfinite(t.pvalue)}
       corrected = statistics.correct(tested, method=study_config.correction) if tested else {}
       for method, test in tests.items():
@@ -166,16 +168,16 @@ def table(
             metric=metric,
             applicable=applicable,
             alternative=rule["alternative"],
-            method_value=verdicts.finite_or_none(
+            method_value=verdict_tests.finite_or_none(
               np.nanmean(method_values[method])
               if np.isfinite(method_values[method]).any()
               else None
             ),
-            control_value=verdicts.finite_or_none(
+            control_value=verdict_tests.finite_or_none(
               np.nanmean(values) if np.isfinite(values).any() else None
             ),
             test=test.test,
-            p_value=verdicts.finite_or_none(test.pvalue),
+            p_value=verdict_tests.finite_or_none(test.pvalue),
             p_adjusted=p_adjusted,
             beats=beats,
           )

@@ -11,7 +11,6 @@ report draws). Nothing here loads a dataset or a model.
 """
 
 from collections.abc import Sequence
-import csv
 import itertools
 import json
 import os
@@ -23,6 +22,7 @@ import numpy as np
 from saliency_jax.trust import checks
 from saliency_jax.trust import criteria
 from saliency_jax.trust import protocol as protocol_lib
+from saliency_jax.trust import record_table
 from saliency_jax.trust import verdicts
 from saliency_jax.trust.manifest import Manifest
 from saliency_jax.trust.map_reader import MapReader
@@ -32,23 +32,7 @@ from saliency_jax.trust.names import Measure
 from saliency_jax.trust.names import NO_MODEL
 from saliency_jax.trust.names import SetName
 from saliency_jax.trust.names import State
-
-RECORD_FIELDS = ["criterion", "metric", "method", "model", "state", "image_id", "value"]
-
-
-def _records(values: dict[str, np.ndarray], ids, **fields) -> list[dict[str, Any]]:
-  out = []
-  for metric, column in values.items():
-    for image_id, value in zip(ids, np.asarray(column, np.float64)):
-      out.append(
-        dict(
-          fields,
-          metric=metric,
-          image_id=str(image_id),
-          value=float(value) if np.isfinite(value) else None,
-        )
-      )
-  return out
+from saliency_jax.trust.record_table import per_image_records
 
 
 def utility_records(
@@ -66,7 +50,7 @@ def utility_records(
         maps = reader.read(SetName.UTILITY, model, state, method)
         if maps is None:
           continue
-        records += _records(
+        records += per_image_records(
           criteria.utility(maps, truth.masks),
           truth.ids,
           criterion=Measure.UTILITY,
@@ -75,7 +59,7 @@ def utility_records(
           state=state,
         )
   average = np.broadcast_to(reader.average_mask(), truth.masks.shape)
-  records += _records(
+  records += per_image_records(
     criteria.utility(average, truth.masks),
     truth.ids,
     criterion=Measure.UTILITY,
@@ -85,7 +69,7 @@ def utility_records(
   )
   for loc in manifest.localizers:
     maps = reader.read(SetName.UTILITY, loc.name, State.ORIGINAL, Baseline.LOCALIZATION)
-    records += _records(
+    records += per_image_records(
       criteria.utility(maps, truth.masks),
       truth.ids,
       criterion=Measure.UTILITY,
@@ -123,7 +107,7 @@ def randomization_records(
       baseline = criteria.random_pair_baseline(
         original, pairs=study_config.random_pairs, seed=seed, **measures
       )
-      records += _records(
+      records += per_image_records(
         baseline,
         ids,
         criterion=Measure.RANDOM_PAIRS,
@@ -141,7 +125,7 @@ def randomization_records(
         maps = reader.read(SetName.EVAL, clf.name, state, method)
         if maps is None:
           continue
-        records += _records(
+        records += per_image_records(
           criteria.similarity(original, maps, **measures),
           ids,
           criterion=criterion,
@@ -179,7 +163,7 @@ def agreement_records(
       if maps_a is None or maps_b is None:
         continue
       values = criteria.similarity(maps_a, maps_b, **measures)
-      records += _records(
+      records += per_image_records(
         values,
         ids,
         criterion=criterion,
@@ -198,7 +182,7 @@ def agreement_records(
       )
     else:
       values = criteria.similarity(out_a, out_b, **measures)
-    records += _records(
+    records += per_image_records(
       values,
       ids,
       criterion=Measure.LOCALIZATION_AGREEMENT,
@@ -234,16 +218,6 @@ def binary_uint8(probabilities: np.ndarray) -> np.ndarray:
   return np.where(np.asarray(probabilities) >= 0.5, 255.0, 0.0).astype(np.float32)
 
 
-def write_records(records: list[dict[str, Any]], workdir: str) -> None:
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(records, f)
-  with open(os.path.join(workdir, "results.csv"), "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=RECORD_FIELDS)
-    writer.writeheader()
-    for record in records:
-      writer.writerow({k: ("" if record[k] is None else record[k]) for k in RECORD_FIELDS})
-
-
 def evaluate(
   manifest: Manifest,
   reader: MapReader,
@@ -270,7 +244,7 @@ def evaluate(
     records += sanity.records(
       manifest, reader, sanity_config, study_config, seed=seed, workdir=workdir
     )
-  write_records(records, workdir)
+  record_table.write_table(records, record_table.RECORD_FIELDS, workdir, "results")
   summary = verdicts.summarize_study(records, manifest, study_config, seed=seed, protocol=protocol)
   summary.update(
     checks.summaries(

@@ -6,40 +6,22 @@ draws from the summary and the records, and reads the example maps through the `
 """
 
 from collections.abc import Sequence
-import math
 import os
 from typing import Any
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=g-import-not-at-top
-import numpy as np  # noqa: E402
-
-from saliency_jax.trust import verdicts  # noqa: E402
-from saliency_jax.trust.manifest import Manifest  # noqa: E402
-from saliency_jax.trust.map_reader import MapReader  # noqa: E402
-from saliency_jax.trust.names import Baseline  # noqa: E402
-from saliency_jax.trust.names import Measure  # noqa: E402
-from saliency_jax.trust.names import SetName  # noqa: E402
-from saliency_jax.trust.names import State  # noqa: E402
-
-_DPI = 110
-_COLORS = plt.get_cmap("tab10").colors
-
-
-def _save(fig, path: str) -> str:
-  fig.savefig(path, dpi=_DPI, bbox_inches="tight")
-  plt.close(fig)
-  return path
-
-
-def _grid(n: int, cols: int = 4):
-  rows = math.ceil(n / cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.9 * rows), squeeze=False)
-  for ax in axes.ravel()[n:]:
-    ax.axis("off")
-  return fig, axes.ravel()
+from saliency_jax.trust import record_table
+from saliency_jax.trust.manifest import Manifest
+from saliency_jax.trust.map_reader import MapReader
+from saliency_jax.trust.names import Baseline
+from saliency_jax.trust.names import Measure
+from saliency_jax.trust.names import SetName
+from saliency_jax.trust.names import State
+from saliency_jax.trust.plotting import COLORS
+from saliency_jax.trust.plotting import panels
+from saliency_jax.trust.plotting import plt
+from saliency_jax.trust.plotting import save
 
 
 def cascading_curves(curves: dict[str, Any], path: str, *, metric_label: str, title: str) -> str:
@@ -47,19 +29,19 @@ def cascading_curves(curves: dict[str, Any], path: str, *, metric_label: str, ti
   over replicates), the random-pair baseline (dashed) and, where it was run, independent
   randomization of each block alone (dotted)."""
   methods = list(curves)
-  fig, axes = _grid(len(methods))
+  fig, axes = panels(len(methods), 4, 3.4, 2.9)
   low = -0.1
   for ax, method in zip(axes, methods):
     c = curves[method]
     x = np.arange(len(c["steps"]))
     mean = np.array([np.nan if v is None else v for v in c["mean"]])
     std = np.array([np.nan if v is None else v for v in c["std"]])
-    ax.plot(x, mean, "o-", color=_COLORS[0], ms=3, label=f"cascading (n={len(c['replicates'])})")
-    ax.fill_between(x, mean - std, mean + std, color=_COLORS[0], alpha=0.2, lw=0)
+    ax.plot(x, mean, "o-", color=COLORS[0], ms=3, label=f"cascading (n={len(c['replicates'])})")
+    ax.fill_between(x, mean - std, mean + std, color=COLORS[0], alpha=0.2, lw=0)
     if c.get("independent"):
       ind = np.array([np.nan if v is None else v for v in c["independent"]["mean"]])
       n = min(len(ind), len(x) - 1)  # the blocks the cascade reached
-      ax.plot(x[1 : 1 + n], ind[:n], "s:", color=_COLORS[1], ms=3, label="independent")
+      ax.plot(x[1 : 1 + n], ind[:n], "s:", color=COLORS[1], ms=3, label="independent")
     if c["baseline"] is not None:
       ax.axhline(c["baseline"], color="k", ls="--", lw=1, label="random pairs")
     low = min(low, np.nanmin(np.concatenate([mean - std, [0.0]])) - 0.05)
@@ -73,7 +55,7 @@ def cascading_curves(curves: dict[str, Any], path: str, *, metric_label: str, ti
   axes[0].legend(fontsize=7, loc="lower left")
   fig.suptitle(title, fontsize=11)
   fig.tight_layout()
-  return _save(fig, path)
+  return save(fig, path)
 
 
 def box_plot(
@@ -104,9 +86,9 @@ def box_plot(
       flierprops=dict(ms=2),
     )
     for patch in bp["boxes"]:
-      patch.set_facecolor(_COLORS[g])
+      patch.set_facecolor(COLORS[g])
       patch.set_alpha(0.6)
-    ax.plot([], [], "s", color=_COLORS[g], alpha=0.6, label=label)
+    ax.plot([], [], "s", color=COLORS[g], alpha=0.6, label=label)
   styles = ["--", ":", "-."]
   for i, (name, value) in enumerate(lines.items()):
     if value is not None:
@@ -118,7 +100,7 @@ def box_plot(
   ax.grid(axis="y", alpha=0.3)
   ax.legend(fontsize=8, loc="upper right")
   fig.tight_layout()
-  return _save(fig, path)
+  return save(fig, path)
 
 
 def example_panel(
@@ -156,7 +138,7 @@ def example_panel(
     ax.set_xticks([])
     ax.set_yticks([])
   fig.tight_layout()
-  return _save(fig, path)
+  return save(fig, path)
 
 
 LOCALIZATION_LABELS = {"unet": "U-Net", "retinanet": "RetinaNet"}
@@ -179,7 +161,7 @@ def all_figures(
 ) -> dict[str, str]:
   """Writes every figure of the report; returns {name: path}."""
   os.makedirs(directory, exist_ok=True)
-  index = verdicts.index_records(records)
+  index = record_table.index_records(records)
   methods = manifest.methods
   out = {}
   labels = {"ssim": "SSIM", "spearman_abs": "Spearman of |map|"}
@@ -193,11 +175,11 @@ def all_figures(
         "maps, randomizing from the logits down",
       )
 
-  ids = verdicts.image_ids(index, Measure.UTILITY)
+  ids = record_table.image_ids(index, Measure.UTILITY)
   models = manifest.utility_models
 
   def column(criterion, metric, method, selection, image_ids):
-    return verdicts.per_image(index, criterion, metric, method, selection, image_ids)
+    return record_table.per_image(index, criterion, metric, method, selection, image_ids)
 
   utility = {
     m: [
@@ -219,9 +201,9 @@ def all_figures(
     },
   )
 
-  eval_ids = verdicts.image_ids(index, Measure.CASCADING)
-  loc_models = verdicts.models_of(index, Measure.LOCALIZATION_AGREEMENT)
-  loc = verdicts.per_image(
+  eval_ids = record_table.image_ids(index, Measure.CASCADING)
+  loc_models = record_table.models_of(index, Measure.LOCALIZATION_AGREEMENT)
+  loc = record_table.per_image(
     index,
     Measure.LOCALIZATION_AGREEMENT,
     "ssim",
@@ -233,7 +215,7 @@ def all_figures(
   agreement = {}
   labels = []
   for criterion in (Measure.REPEATABILITY, Measure.REPRODUCIBILITY):
-    pairs = verdicts.models_of(index, criterion)
+    pairs = record_table.models_of(index, criterion)
     if pairs:
       labels.append(criterion)
       for m in methods:

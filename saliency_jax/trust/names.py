@@ -75,7 +75,7 @@ CRITERIA = tuple(Criterion)
 
 
 class RecordKey(NamedTuple):
-  """The key of one column of per-image values in `verdicts.index_records`."""
+  """The key of one column of per-image values in `record_table.index_records`."""
 
   criterion: str
   metric: str

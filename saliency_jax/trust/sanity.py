@@ -32,11 +32,16 @@ import numpy as np
 from saliency_jax.sanity import complexity
 from saliency_jax.sanity import faithfulness
 from saliency_jax.trust import criteria
-from saliency_jax.trust import verdicts
+from saliency_jax.trust import record_table
 from saliency_jax.trust.manifest import Manifest
 from saliency_jax.trust.map_reader import MapReader
 from saliency_jax.trust.names import SetName
 from saliency_jax.trust.names import State
+from saliency_jax.trust.record_table import per_image_records
+from saliency_jax.trust.verdict_tests import apply_tests
+from saliency_jax.trust.verdict_tests import describe
+from saliency_jax.trust.verdict_tests import mean_or_none
+from saliency_jax.trust.verdict_tests import paired_test
 
 EVAL_SET = SetName.EVAL
 ORIGINAL = State.ORIGINAL
@@ -126,21 +131,6 @@ def validate(config) -> None:
 # Records.
 
 
-def _records(values: dict[str, np.ndarray], ids, **fields) -> list[dict[str, Any]]:
-  out = []
-  for metric, column in values.items():
-    for image_id, value in zip(ids, np.asarray(column, np.float64)):
-      out.append(
-        dict(
-          fields,
-          metric=metric,
-          image_id=str(image_id),
-          value=float(value) if np.isfinite(value) else None,
-        )
-      )
-  return out
-
-
 def records(
   manifest: Manifest, reader: MapReader, sanity_config, study_config, *, seed: int, workdir: str
 ) -> list[dict[str, Any]]:
@@ -161,12 +151,14 @@ def records(
         values = criteria.similarity(maps_a, maps_b, data_range=data_range)
         if check == "input_invariance":
           values["max_abs_diff"] = np.abs(maps_a - maps_b).reshape(len(ids), -1).max(axis=1)
-        out += _records(values, ids, criterion=check, method=method, model=model, state=state_b)
+        out += per_image_records(
+          values, ids, criterion=check, method=method, model=model, state=state_b
+        )
         if check == "smooth_mprt":
           baseline = criteria.random_pair_baseline(
             maps_a, pairs=study_config.random_pairs, seed=seed, data_range=data_range
           )
-          out += _records(
+          out += per_image_records(
             baseline,
             ids,
             criterion="smooth_random_pairs",
@@ -187,7 +179,7 @@ def records(
           continue
         h0 = complexity.histogram_entropy(before, bins)
         h1 = complexity.histogram_entropy(after, bins)
-        out += _records(
+        out += per_image_records(
           {"entropy": h0},
           ids,
           criterion="efficient_mprt",
@@ -195,7 +187,7 @@ def records(
           model=entry.name,
           state=ORIGINAL,
         )
-        out += _records(
+        out += per_image_records(
           {"entropy": h1, "relative_rise": complexity.relative_rise(h0, h1)},
           ids,
           criterion="efficient_mprt",
@@ -231,7 +223,7 @@ def faithfulness_records(
         )
       with np.load(path) as data:
         ids = data["ids"]
-        out += _records(
+        out += per_image_records(
           {m: data[m] for m in FAITHFULNESS_METRICS},
           ids,
           criterion="faithfulness",
@@ -241,7 +233,7 @@ def faithfulness_records(
         )
         for kind in ("deletion", "insertion"):
           curve = data[f"curve_{kind}"]
-          out += _records(
+          out += per_image_records(
             {f"{kind}_step{k}": curve[:, k] for k in range(curve.shape[1])},
             ids,
             criterion="faithfulness_curve",
@@ -256,82 +248,69 @@ def faithfulness_records(
 # Verdicts.
 
 
+def _rule(metric: str, alternative: str, baseline: str, text: str, test: str = "wilcoxon"):
+  return dict(metric=metric, alternative=alternative, test=test, baseline=baseline, text=text)
+
+
 def rules(sanity) -> dict[str, dict[str, Any]]:
   """The pass/fail rule of each enabled check (`config.sanity`), with its text."""
   out = {}
   if _on(sanity, "data_randomization"):
-    out["data_randomization"] = dict(
-      metric="ssim",
-      alternative="less",
-      test="wilcoxon",
-      baseline="random_pairs",
-      text=(
-        "SSIM between the maps of the trained model and of the same architecture trained "
-        "on permuted labels is lower than SSIM between maps of two different images "
-        "(Adebayo et al. 2018)"
-      ),
+    out["data_randomization"] = _rule(
+      "ssim",
+      "less",
+      "random_pairs",
+      "SSIM between the maps of the trained model and of the same architecture trained "
+      "on permuted labels is lower than SSIM between maps of two different images "
+      "(Adebayo et al. 2018)",
     )
   if _on(sanity, "smooth_mprt"):
     s = sanity.smooth_mprt
-    out["smooth_mprt"] = dict(
-      metric="ssim",
-      alternative="less",
-      test="wilcoxon",
-      baseline="smooth_random_pairs",
-      text=(
-        f"with each map averaged over {s.samples} noisy copies (noise std {s.noise} of "
-        "the image's range), SSIM between the trained and the fully randomized model's "
-        "maps is lower than between smoothed maps of two different images (sMPRT, "
-        "Hedström et al. 2023)"
-      ),
+    out["smooth_mprt"] = _rule(
+      "ssim",
+      "less",
+      "smooth_random_pairs",
+      f"with each map averaged over {s.samples} noisy copies (noise std {s.noise} of "
+      "the image's range), SSIM between the trained and the fully randomized model's "
+      "maps is lower than between smoothed maps of two different images (sMPRT, "
+      "Hedström et al. 2023)",
     )
   if _on(sanity, "efficient_mprt"):
-    out["efficient_mprt"] = dict(
-      metric="entropy",
-      alternative="greater",
-      test="wilcoxon",
-      baseline="trained",
-      text=(
-        f"the histogram entropy ({sanity.efficient_mprt.bins} bins) of the fully "
-        "randomized model's maps is higher than that of the trained model's maps "
-        "(eMPRT, Hedström et al. 2023)"
-      ),
+    out["efficient_mprt"] = _rule(
+      "entropy",
+      "greater",
+      "trained",
+      f"the histogram entropy ({sanity.efficient_mprt.bins} bins) of the fully "
+      "randomized model's maps is higher than that of the trained model's maps "
+      "(eMPRT, Hedström et al. 2023)",
     )
   if _on(sanity, "random_logit"):
-    out["random_logit"] = dict(
-      metric="ssim",
-      alternative="less",
-      test="wilcoxon",
-      baseline="random_pairs",
-      text=(
-        "SSIM between the map of the explained class and the map of another class (with "
-        "two classes: the other one) is lower than SSIM between maps of two different "
-        "images (Sixt et al. 2020)"
-      ),
+    out["random_logit"] = _rule(
+      "ssim",
+      "less",
+      "random_pairs",
+      "SSIM between the map of the explained class and the map of another class (with "
+      "two classes: the other one) is lower than SSIM between maps of two different "
+      "images (Sixt et al. 2020)",
     )
   if _on(sanity, "input_invariance"):
     s = sanity.input_invariance
-    out["input_invariance"] = dict(
-      metric="ssim",
-      alternative="greater",
+    out["input_invariance"] = _rule(
+      "ssim",
+      "greater",
+      "tolerance",
+      f"SSIM between the map of the image and the map of the image shifted by "
+      f"{s.shift} (first layer's bias adjusted: same outputs) is at least "
+      f"1 - {s.tolerance} (Kindermans et al. 2019)",
       test="every_image",
-      baseline="tolerance",
-      text=(
-        f"SSIM between the map of the image and the map of the image shifted by "
-        f"{s.shift} (first layer's bias adjusted: same outputs) is at least "
-        f"1 - {s.tolerance} (Kindermans et al. 2019)"
-      ),
     )
   if _on(sanity, "faithfulness"):
-    out["faithfulness"] = dict(
-      metric="deletion_auc",
-      alternative="less",
-      test="wilcoxon",
-      baseline="random_order",
-      text=(
-        f"the area under the deletion curve ({sanity.faithfulness.baseline} baseline) is "
-        "lower than with pixels removed in a random order (Petsiuk et al. 2018)"
-      ),
+    out["faithfulness"] = _rule(
+      "deletion_auc",
+      "less",
+      "random_order",
+      f"the area under the deletion curve ({sanity.faithfulness.baseline} baseline) is "
+      "lower than with pixels removed in a random order (Petsiuk et al. 2018)",
     )
   return out
 
@@ -348,28 +327,28 @@ _BASELINE_NAMES = {
 def _values(index, sanity, check: str, rule, method: str, ids: list[str]):
   metric = rule["metric"]
   if check == "efficient_mprt":
-    selection = verdicts.models_of(index, check, method)
-    values = verdicts.per_image(
+    selection = record_table.models_of(index, check, method)
+    values = record_table.per_image(
       index, check, metric, method, [(m, FULLY_RANDOMIZED) for m in selection], ids
     )
-    baseline = verdicts.per_image(
+    baseline = record_table.per_image(
       index, check, metric, method, [(m, ORIGINAL) for m in selection], ids
     )
     return values, baseline
   if check == "faithfulness":
     selection = [(m, ORIGINAL) for m in sanity.faithfulness.models]
     return (
-      verdicts.per_image(index, check, metric, method, selection, ids),
-      verdicts.per_image(index, check, metric, RANDOM_ORDER, selection, ids),
+      record_table.per_image(index, check, metric, method, selection, ids),
+      record_table.per_image(index, check, metric, RANDOM_ORDER, selection, ids),
     )
   model_names = list(sanity[check].models)
-  values = verdicts.per_image(
+  values = record_table.per_image(
     index, check, metric, method, [(m, COMPARISONS[check][1]) for m in model_names], ids
   )
   if rule["baseline"] == "tolerance":
     baseline = np.where(np.isfinite(values), 1.0 - sanity[check].tolerance, np.nan)
   else:
-    baseline = verdicts.per_image(
+    baseline = record_table.per_image(
       index, rule["baseline"], metric, method, [(m, State.BASELINE) for m in model_names], ids
     )
   return values, baseline
@@ -379,10 +358,10 @@ def scorecard(
   records_, manifest: Manifest, sanity, study_config, *, seed: int
 ) -> list[dict[str, Any]]:
   """Scorecard rows of the enabled checks, as the paper's criteria's (verdicts.scorecard)."""
-  index = verdicts.index_records(records_)
+  index = record_table.index_records(records_)
   rows = []
   for check, rule in rules(sanity).items():
-    ids = verdicts.image_ids(index, check)
+    ids = record_table.image_ids(index, check)
     methods = (
       manifest.methods
       if check == "efficient_mprt"
@@ -399,34 +378,16 @@ def scorecard(
         rule=rule["text"],
         alternative=rule["alternative"],
       )
-      row.update(
-        verdicts._describe(
-          values,
-          "value",
-          seed=seed,  # pylint: disable=protected-access
-          resamples=study_config.bootstrap_resamples,
-        )
-      )
-      row.update(
-        verdicts._describe(
-          baseline,
-          "baseline",
-          seed=seed,  # pylint: disable=protected-access
-          resamples=study_config.bootstrap_resamples,
-        )
-      )
+      resamples = study_config.bootstrap_resamples
+      row.update(describe(values, "value", seed=seed, resamples=resamples))
+      row.update(describe(baseline, "baseline", seed=seed, resamples=resamples))
       check_rows.append(row)
       if rule["test"] == "every_image":
         row.update(_every_image(values, baseline))
       else:
-        results[method] = verdicts.paired_test(values, baseline, rule)
+        results[method] = paired_test(values, baseline, rule)
     if results:
-      verdicts._apply_tests(
-        check_rows,
-        results,
-        study_config.correction,  # pylint: disable=protected-access
-        study_config.alpha,
-      )
+      apply_tests(check_rows, results, study_config.correction, study_config.alpha)
     rows += check_rows
   return rows
 
@@ -455,22 +416,22 @@ def faithfulness_table(records_, sanity, methods: Sequence[str]) -> list[dict[st
   deletion / insertion curves the report draws."""
   if not _on(sanity, "faithfulness"):
     return []
-  index = verdicts.index_records(records_)
+  index = record_table.index_records(records_)
   f = sanity.faithfulness
-  ids = verdicts.image_ids(index, "faithfulness")
+  ids = record_table.image_ids(index, "faithfulness")
   rows = []
   for method in list(methods) + [RANDOM_ORDER]:
     row = dict(method=method)
     for metric in FAITHFULNESS_METRICS:
-      values = verdicts.per_image(
+      values = record_table.per_image(
         index, "faithfulness", metric, method, [(m, ORIGINAL) for m in f.models], ids
       )
-      row[metric] = _mean(values)
+      row[metric] = mean_or_none(values)
       row[f"{metric}_excluded"] = int((~np.isfinite(values)).sum())
     for kind in ("deletion", "insertion"):
       row[f"{kind}_curve"] = [
-        _mean(
-          verdicts.per_image(
+        mean_or_none(
+          record_table.per_image(
             index,
             "faithfulness_curve",
             f"{kind}_step{k}",
@@ -483,11 +444,6 @@ def faithfulness_table(records_, sanity, methods: Sequence[str]) -> list[dict[st
       ]
     rows.append(row)
   return rows
-
-
-def _mean(values) -> float | None:
-  value = float(criteria.mean_of_defined(values))
-  return value if np.isfinite(value) else None
 
 
 def summarize(

@@ -5,11 +5,11 @@ from typing import Any
 
 import numpy as np
 
-from saliency_jax.trust import figures as figures_lib
+from saliency_jax.trust.plotting import COLORS
+from saliency_jax.trust.plotting import plt
+from saliency_jax.trust.plotting import save
 from saliency_jax.trust.sanity import FAITHFULNESS_METRICS
 from saliency_jax.trust.sanity import RANDOM_ORDER
-
-plt = figures_lib.plt
 
 TITLES = {
   "data_randomization": "Data randomization",
@@ -66,7 +66,7 @@ def _bars(rows: list[dict[str, Any]], path: str, title: str) -> str:
   ax.set_title(title, fontsize=10)
   ax.legend(fontsize=7, loc="best")
   ax.grid(alpha=0.3, axis="y")
-  return figures_lib._save(fig, path)  # pylint: disable=protected-access
+  return save(fig, path)
 
 
 def _curves(rows: list[dict[str, Any]], path: str, baseline: str) -> str:
@@ -75,17 +75,15 @@ def _curves(rows: list[dict[str, Any]], path: str, baseline: str) -> str:
     for i, row in enumerate(rows):
       curve = np.array([np.nan if v is None else v for v in row[f"{kind}_curve"]])
       style = (
-        dict(color="k", ls="--")
-        if row["method"] == RANDOM_ORDER
-        else dict(color=figures_lib._COLORS[i % 10])
-      )  # pylint: disable=protected-access
+        dict(color="k", ls="--") if row["method"] == RANDOM_ORDER else dict(color=COLORS[i % 10])
+      )
       ax.plot(np.linspace(0, 1, len(curve)), curve, label=row["method"], lw=1.2, **style)
     ax.set_xlabel(f"fraction of pixels {'removed' if kind == 'deletion' else 'inserted'}")
     ax.set_ylabel("probability of the explained class")
     ax.set_title(f"{kind} ({baseline} baseline)", fontsize=10)
     ax.grid(alpha=0.3)
   axes[1].legend(fontsize=7, loc="best")
-  return figures_lib._save(fig, path)  # pylint: disable=protected-access
+  return save(fig, path)
 
 
 def figures(summary: dict[str, Any], figure_dir: str) -> dict[str, str]:

@@ -21,25 +21,31 @@ and `protocol` sections; no Study, dataset or model:
 """
 
 import collections
-from collections.abc import Iterable
-import dataclasses
 from typing import Any
 
 import ml_collections
 import numpy as np
 
-from saliency_jax.metrics import statistics
 from saliency_jax.trust import criteria
 from saliency_jax.trust import protocol as protocol_lib
+from saliency_jax.trust import summary_tables
 from saliency_jax.trust.manifest import Manifest
 from saliency_jax.trust.names import Baseline
 from saliency_jax.trust.names import CASCADE_PREFIX
 from saliency_jax.trust.names import Criterion
-from saliency_jax.trust.names import independent_state
 from saliency_jax.trust.names import Measure
 from saliency_jax.trust.names import NO_MODEL
 from saliency_jax.trust.names import RecordKey
 from saliency_jax.trust.names import State
+from saliency_jax.trust.record_table import image_ids
+from saliency_jax.trust.record_table import Index
+from saliency_jax.trust.record_table import index_records
+from saliency_jax.trust.record_table import models_of
+from saliency_jax.trust.record_table import per_image
+from saliency_jax.trust.verdict_tests import apply_tests
+from saliency_jax.trust.verdict_tests import describe
+from saliency_jax.trust.verdict_tests import finite_or_none
+from saliency_jax.trust.verdict_tests import paired_test
 
 # What each criterion's rule may compare with and measure (a rule's `baseline` and `metric`).
 BASELINES = {
@@ -111,38 +117,6 @@ DEFAULT_RULES = {
     ),
   ),
 }
-
-Index = dict[RecordKey, dict[str, float]]  # a column of per-image values {image_id: value}
-
-
-def index_records(records: Iterable[dict[str, Any]]) -> Index:
-  index: Index = collections.defaultdict(dict)
-  for r in records:
-    value = np.nan if r["value"] is None else float(r["value"])
-    key = RecordKey(r["criterion"], r["metric"], r["method"], r["model"], r["state"])
-    index[key][r["image_id"]] = value
-  return index
-
-
-def per_image(
-  index: Index,
-  criterion: str,
-  metric: str,
-  method: str,
-  selection: Iterable[tuple[str, str]],
-  ids: list[str],
-) -> np.ndarray:
-  """Per-image mean over the selected (model, state) entries, NaN where all are undefined."""
-  keys = [RecordKey(criterion, metric, method, model, state) for model, state in selection]
-  columns = [[index[key].get(i, np.nan) for i in ids] for key in keys if key in index]
-  if not columns:
-    return np.full(len(ids), np.nan)
-  return criteria.mean_of_defined(columns, axis=0)
-
-
-def models_of(index: Index, criterion: str, method: str | None = None) -> list[str]:
-  """The models (or model pairs) with records of `criterion` (and `method`), sorted."""
-  return sorted({k.model for k in index if k.criterion == criterion and method in (None, k.method)})
 
 
 def criterion_values(
@@ -230,8 +204,8 @@ def first_step_past(
   steps = [manifest.cascade_steps(c) for c in classifiers]
   for k in range(1, min(len(s) for s in steps)):
     means = [
-      _none_to_nan(
-        _nanmean(
+      float(
+        criteria.mean_of_defined(
           list(
             index.get(
               RecordKey(Measure.CASCADING, rule["metric"], method, c.name, s[k]), {}
@@ -249,15 +223,6 @@ def first_step_past(
   return None
 
 
-def image_ids(index: Index, criterion: str) -> list[str]:
-  """The image ids with records of `criterion` (a `Measure`), sorted."""
-  ids = set()
-  for key, column in index.items():
-    if key.criterion == criterion:
-      ids.update(column)
-  return sorted(ids)
-
-
 def scorecard(
   records, manifest: Manifest, study_config: ml_collections.ConfigDict, *, seed: int, protocol=None
 ) -> list[dict[str, Any]]:
@@ -271,8 +236,7 @@ def scorecard(
   rows = []
   for name, rule in rules.items():
     criterion = rule["criterion"]
-    source = {Criterion.RANDOMIZATION: Measure.CASCADING}.get(criterion, criterion)
-    ids = image_ids(index, source)
+    ids = image_ids(index, source_measure(criterion))
     for arch, classifiers in verdict_groups(manifest, criterion, protocol):
       group_rows, results = [], {}
       randomization = criterion == Criterion.RANDOMIZATION
@@ -298,17 +262,17 @@ def scorecard(
           architecture=arch,
           baseline_kind="scalar" if scalar else "per_image",
         )
-        row.update(_describe(values, "value", seed=seed, resamples=s.bootstrap_resamples))
+        row.update(describe(values, "value", seed=seed, resamples=s.bootstrap_resamples))
         if scalar:
           row.update(
-            baseline=_finite_or_none(baseline),
+            baseline=finite_or_none(baseline),
             baseline_std=None,
             baseline_ci=None,
             baseline_n=1,
             baseline_excluded=0,
           )
         else:
-          row.update(_describe(baseline, "baseline", seed=seed, resamples=s.bootstrap_resamples))
+          row.update(describe(baseline, "baseline", seed=seed, resamples=s.bootstrap_resamples))
         if randomization:
           row["replicates"] = [c.name for c in classifiers]
           row["step"] = (
@@ -319,70 +283,11 @@ def scorecard(
           row["first_step_past_baseline"] = first_step_past(
             index, manifest, classifiers, rule, method, row["baseline"]
           )
-        results[method] = _test(values, baseline, rule)
+        results[method] = paired_test(values, baseline, rule)
         group_rows.append(row)
-      _apply_tests(group_rows, results, s.correction, s.alpha)
+      apply_tests(group_rows, results, s.correction, s.alpha)
       rows += group_rows
   return rows
-
-
-def _describe(values: np.ndarray, prefix: str, *, seed: int, resamples: int) -> dict[str, Any]:
-  """Mean, std and bootstrap 95% CI of the defined values; NaN (undefined) excluded, counted."""
-  summary = statistics.summarize(values)
-  ci = statistics.bootstrap_ci(values, seed=seed, n_resamples=resamples)
-  return {
-    prefix: _finite_or_none(summary["mean"]),
-    f"{prefix}_std": _finite_or_none(summary["std"]),
-    f"{prefix}_ci": ([ci["low"], ci["high"]] if np.isfinite(ci["low"]) else None),
-    f"{prefix}_n": summary["n"],
-    f"{prefix}_excluded": summary["n_excluded"],
-  }
-
-
-TESTS = {"wilcoxon": statistics.wilcoxon, "paired_t": statistics.paired_t}
-
-
-def _test(values: np.ndarray, baseline: np.ndarray | float, rule) -> statistics.TestResult:
-  """The rule's test: paired over images, or one-sample against a scalar baseline."""
-  test = rule.get("test", "wilcoxon")
-  if test not in TESTS:
-    raise ValueError(f"unknown test {test!r}; known: {sorted(TESTS)}")
-  result = TESTS[test](values, baseline, alternative=rule["alternative"])
-  if np.ndim(baseline) == 0:
-    result = dataclasses.replace(
-      result, test=f"{result.test}, one-sample against the baseline's number"
-    )
-  return result
-
-
-def _apply_tests(
-  rows: list[dict[str, Any]],
-  results: dict[str, statistics.TestResult],
-  correction: str,
-  alpha: float,
-) -> None:
-  """Adds each row's test, corrected p-value and verdict (PASS/FAIL/N/A)."""
-  tested = {m: r for m, r in results.items() if np.isfinite(r.pvalue)}
-  corrected = statistics.correct(tested, method=correction) if tested else {}
-  for row in rows:
-    result = results[row["method"]]
-    row.update(
-      test=result.test,
-      statistic=_finite_or_none(result.statistic),
-      p_value=_finite_or_none(result.pvalue),
-      pairs=result.n,
-      pairs_excluded=result.n_excluded,
-    )
-    if row["method"] in corrected:
-      row["p_adjusted"] = corrected[row["method"]]["pvalue_adjusted"]
-      row["correction"] = corrected[row["method"]]["correction"]
-      row["verdict"] = "PASS" if row["p_adjusted"] < alpha else "FAIL"
-    else:
-      row.update(p_adjusted=None, correction=None, verdict="N/A")
-
-
-def _finite_or_none(value) -> float | None:
-  return float(value) if value is not None and np.isfinite(value) else None
 
 
 def rules_from_config(study_config: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
@@ -401,111 +306,6 @@ def rules_from_config(study_config: ml_collections.ConfigDict) -> dict[str, dict
   return rules
 
 
-def curves(records, manifest: Manifest, protocol=None) -> dict[str, Any]:
-  """Randomization curves, {metric: {architecture: {method: curve}}}.
-
-  A curve holds, per cascading step, the mean and std over replicates of each replicate's
-  mean similarity over images (the paper's curves), the random-pair baseline (the first
-  replicate's number, or the mean over replicates: protocol.random_pairs), and the
-  independent-randomization curve (Adebayo et al.) where it was run.
-  """
-  protocol = protocol_lib.paper_protocol() if protocol is None else protocol
-  index = index_records(records)
-  archs: dict[str, list] = collections.OrderedDict()
-  for clf in manifest.classifiers:
-    archs.setdefault(clf.arch, []).append(clf)
-
-  def image_mean(criterion, metric, method, model, state):
-    key = RecordKey(criterion, metric, method, model, state)
-    return _nanmean(list(index.get(key, {}).values()))
-
-  out: dict[str, Any] = {}
-  for metric in ("ssim", "spearman_abs"):
-    for arch, clfs in archs.items():
-      if not clfs[0].block_names:
-        continue  # nothing was randomized (the report says why)
-      steps = manifest.cascade_steps(clfs[0])
-      blocks = list(clfs[0].block_names)
-      for method in manifest.methods:
-        cascade = np.array(
-          [
-            [
-              _none_to_nan(image_mean(Measure.CASCADING, metric, method, c.name, step))
-              for step in steps
-            ]
-            for c in clfs
-          ]
-        )
-        mean, std = _column_mean_std(cascade)
-        independent = np.array(
-          [
-            [
-              _none_to_nan(
-                image_mean(Measure.INDEPENDENT, metric, method, c.name, independent_state(b))
-              )
-              for b in blocks
-            ]
-            for c in clfs
-          ]
-        )
-        has_independent = np.isfinite(independent).any()
-        out.setdefault(metric, {}).setdefault(arch, {})[method] = dict(
-          steps=[s.replace(CASCADE_PREFIX, "") for s in steps],
-          mean=_list(mean),
-          std=_list(std),
-          replicates=[c.name for c in clfs],
-          baseline=_nanmean(
-            [
-              _none_to_nan(image_mean(Measure.RANDOM_PAIRS, metric, method, c.name, State.BASELINE))
-              for c in (clfs[:1] if protocol.random_pairs == "scalar" else clfs)
-            ]
-          ),
-          independent=dict(steps=blocks, mean=_list(_column_mean_std(independent)[0]))
-          if has_independent
-          else None,
-        )
-  return out
-
-
-def _none_to_nan(value) -> float:
-  return np.nan if value is None else value
-
-
-def _column_mean_std(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Column mean and (population) std over the defined entries; NaN where a column has none."""
-  mean = criteria.mean_of_defined(arr, axis=0)
-  return mean, np.sqrt(criteria.mean_of_defined((arr - mean) ** 2, axis=0))
-
-
-def _nanmean(values) -> float | None:
-  return _finite_or_none(float(criteria.mean_of_defined(values)))
-
-
-def _list(arr) -> list[float | None]:
-  return [float(v) if np.isfinite(v) else None for v in arr]
-
-
-def utility_table(records, manifest: Manifest) -> list[dict[str, Any]]:
-  """Mean localization metrics of every method (trained, untrained) and the baselines."""
-  index = index_records(records)
-  ids = image_ids(index, Measure.UTILITY)
-  models = manifest.utility_models
-  rows = []
-  entries = [(m, "trained", [(x, State.ORIGINAL) for x in models]) for m in manifest.methods]
-  entries += [(m, "untrained", [(x, State.UNTRAINED) for x in models]) for m in manifest.methods]
-  entries.append((Baseline.AVERAGE_MASK, State.BASELINE, [(NO_MODEL, State.BASELINE)]))
-  loc_models = models_of(index, Measure.UTILITY, Baseline.LOCALIZATION)
-  entries.append((Baseline.LOCALIZATION, State.BASELINE, [(x, State.BASELINE) for x in loc_models]))
-  for method, state, selection in entries:
-    row = dict(method=method, state=state)
-    for metric in ("auprc", "pointing_game", "iou_otsu"):
-      values = per_image(index, Measure.UTILITY, metric, method, selection, ids)
-      row[metric] = _nanmean(values)
-      row[f"{metric}_excluded"] = int((~np.isfinite(values)).sum())
-    rows.append(row)
-  return rows
-
-
 def summarize_study(
   records, manifest: Manifest, study_config: ml_collections.ConfigDict, *, seed: int, protocol=None
 ) -> dict[str, Any]:
@@ -514,17 +314,11 @@ def summarize_study(
     scorecard=scorecard(records, manifest, study_config, seed=seed, protocol=protocol),
     rules=rules_from_config(study_config),
     protocol=protocol.to_dict(),
-    curves=curves(records, manifest, protocol),
-    utility=utility_table(records, manifest),
+    curves=summary_tables.curves(records, manifest, protocol),
+    utility=summary_tables.utility_table(records, manifest),
   )
 
 
-# The helpers the checks beyond the four criteria reuse (controls_scoring, robustness).
 def source_measure(criterion: str) -> str:
   """The measure whose records give a criterion's image ids."""
   return {Criterion.RANDOMIZATION: Measure.CASCADING}.get(criterion, criterion)
-
-
-describe = _describe
-paired_test = _test
-finite_or_none = _finite_or_none
