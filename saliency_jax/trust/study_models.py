@@ -174,28 +174,20 @@ class StudyModels:
     for i, seed in enumerate(loc.seeds):
       name = f"{Baseline.LOCALIZATION}{i + 1}"
       workdir = os.path.join(self.workdir, "models", name)
-      config = self._train_config(loc.train, self.config.data.style)
-      if loc.arch == "retinanet":
-        trained = train_lib.train_detector(
-          module,
-          sources["train"],
-          sources["validation"],
-          workdir=workdir,
-          seed=seed,
-          config=config,
-          initial_variables=self._detector_init(module, seed, workdir),
-        )
-        metrics = {k: trained.val_metrics[k] for k in ("val_map", "val_rsna_score")}
-      else:
-        trained = train_lib.train_segmenter(
-          module,
-          sources["train"],
-          sources["validation"],
-          workdir=workdir,
-          seed=seed,
-          config=config,
-        )
-        metrics = {"val_dice": trained.val_metrics["val_dice"]}
+      detector = loc.arch == "retinanet"
+      train_fn = train_lib.train_detector if detector else train_lib.train_segmenter
+      init = dict(initial_variables=self._detector_init(module, seed, workdir)) if detector else {}
+      trained = train_fn(
+        module,
+        sources["train"],
+        sources["validation"],
+        workdir=workdir,
+        seed=seed,
+        config=self._train_config(loc.train, self.config.data.style),
+        **init,
+      )
+      metric_names = ("val_map", "val_rsna_score") if detector else ("val_dice",)
+      metrics = {k: trained.val_metrics[k] for k in metric_names}
       result.append(
         TrainedModel(
           name,
