@@ -63,7 +63,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.methods.names = ("GRAD", "SG", "IG", "SIG", "GCAM", "XRAI", "GBP", "GGCAM")
   # Overrides of each method's default (the authors') settings.
   config.methods.settings = ml_collections.ConfigDict()
-  config.methods.max_grads_in_flight = 32  # fits InceptionV3 at 320 on a 16 GB GPU
+  # Model gradients evaluated at once; 0: as many as fit in the device's free memory (at most
+  # 64; the CPU: 64).
+  config.methods.max_grads_in_flight = 0
   # Methods of your own: {name: "package.module:function"} (README, "Your own method").
   config.methods.custom = ml_collections.ConfigDict()
 

@@ -7,10 +7,10 @@ import os
 import ml_collections
 import numpy as np
 import pytest
+from scoring_inputs import write_store
 from skimage import filters
 from sklearn import metrics as skm
 
-from saliency_jax.maps import MapStore
 from saliency_jax.metrics import chexlocalize
 from saliency_jax.trust import evaluation
 from saliency_jax.trust import map_reader
@@ -25,19 +25,6 @@ from saliency_jax.trust.names import SetName
 from saliency_jax.trust.names import State
 
 N, H, W = 8, 25, 27  # HOG needs 24 pixels a side; odd sizes
-
-
-def _write(workdir, set_name, model, state, method, maps, ids):
-  store = MapStore.create_or_open(
-    map_reader.store_path(workdir, set_name, model, state, method),
-    num_maps=len(maps),
-    map_shape=(H, W),
-    chunk_size=4,
-    ids=ids,
-  )
-  for chunk in store.missing_chunks():
-    start, stop = store.chunk_bounds(chunk)
-    store.write_chunk(chunk, np.asarray(maps[start:stop], np.float32))
 
 
 def _blur(x):
@@ -77,11 +64,11 @@ def run(tmp_path_factory):
     for state in [State.ORIGINAL, State.UNTRAINED] + [cascade_state(b) for b in m.block_names]:
       for method, maps in (("GOOD", good), ("EDGES", edges)):
         for set_name in SetName:
-          _write(workdir, set_name, m.name, state, method, maps, ids)
+          write_store(workdir, set_name, m.name, state, method, maps, ids)
           if state in (State.ORIGINAL, last) and set_name != SetName.VALIDATION:
             for variant in ("no_clip", "diverging"):
               noisy = variant == "diverging" and state == last
-              _write(
+              write_store(
                 workdir,
                 set_name,
                 m.name,
@@ -92,7 +79,7 @@ def run(tmp_path_factory):
               )
   for m in models[3:]:
     for set_name in SetName:
-      _write(
+      write_store(
         workdir, set_name, m.name, State.ORIGINAL, Baseline.LOCALIZATION, 0.2 + 0.6 * masks, ids
       )
   manifest = Manifest.load(workdir)

@@ -4,6 +4,7 @@ import ml_collections
 import numpy as np
 import pytest
 import scipy.stats
+from scoring_inputs import tidy_records
 from skimage.metrics import structural_similarity
 
 from saliency_jax.trust import criteria
@@ -111,30 +112,15 @@ def _scorecard(records):
   return verdicts.scorecard(records, _manifest(), _STUDY_CONFIG, seed=0)
 
 
-def _records(criterion, metric, method, model, state, values):
-  return [
-    dict(
-      criterion=criterion,
-      metric=metric,
-      method=method,
-      model=model,
-      state=state,
-      image_id=f"img{i:02d}",
-      value=None if np.isnan(v) else float(v),
-    )
-    for i, v in enumerate(values)
-  ]
-
-
 def test_utility_verdicts_follow_the_paired_test():
   rng = np.random.default_rng(0)
   n = 30
   base = rng.uniform(0.1, 0.2, n)
-  records = _records("utility", "auprc", Baseline.AVERAGE_MASK, "-", "baseline", base)
-  records += _records("utility", "auprc", "GOOD", "A1", "original", base + 0.3)
+  records = tidy_records("utility", "auprc", Baseline.AVERAGE_MASK, "-", "baseline", base)
+  records += tidy_records("utility", "auprc", "GOOD", "A1", "original", base + 0.3)
   bad = base - 0.05
   bad[0] = np.nan  # one undefined image: excluded and counted
-  records += _records("utility", "auprc", "BAD", "A1", "original", bad)
+  records += tidy_records("utility", "auprc", "BAD", "A1", "original", bad)
   rows = {r["method"]: r for r in _scorecard(records) if r["criterion"] == "utility"}
   assert rows["GOOD"]["verdict"] == "PASS"
   assert rows["BAD"]["verdict"] == "FAIL"
@@ -153,22 +139,22 @@ def test_randomization_verdict_uses_the_last_cascading_step_and_random_pairs():
   pairs = rng.uniform(0.3, 0.4, n)
   records = []
   for method, final in (("GOOD", pairs - 0.2), ("BAD", pairs + 0.3)):
-    records += _records("random_pairs", "ssim", method, "A1", "baseline", pairs)
-    records += _records("cascading_randomization", "ssim", method, "A1", "original", np.ones(n))
+    records += tidy_records("random_pairs", "ssim", method, "A1", "baseline", pairs)
+    records += tidy_records("cascading_randomization", "ssim", method, "A1", "original", np.ones(n))
     # The first step is far from the baseline in the wrong direction for GOOD: only the
     # last step may decide.
-    records += _records(
+    records += tidy_records(
       "cascading_randomization", "ssim", method, "A1", "cascade_logits", np.full(n, 0.99)
     )
-    records += _records("cascading_randomization", "ssim", method, "A1", "cascade_stem", final)
+    records += tidy_records("cascading_randomization", "ssim", method, "A1", "cascade_stem", final)
   rows = {r["method"]: r for r in _scorecard(records) if r["criterion"] == "randomization"}
   assert rows["GOOD"]["verdict"] == "PASS" and rows["BAD"]["verdict"] == "FAIL"
   assert rows["GOOD"]["baseline"] == pytest.approx(pairs.mean())
 
 
 def test_repeatability_without_pairs_is_not_applicable():
-  records = _records("utility", "auprc", Baseline.AVERAGE_MASK, "-", "baseline", np.ones(3))
-  records += _records(
+  records = tidy_records("utility", "auprc", Baseline.AVERAGE_MASK, "-", "baseline", np.ones(3))
+  records += tidy_records(
     "localization_agreement", "ssim", Baseline.LOCALIZATION, "U1-U2", "original", np.full(3, 0.9)
   )
   rows = [r for r in _scorecard(records) if r["criterion"] == "repeatability"]

@@ -3,9 +3,11 @@
 import numpy as np
 import pytest
 from scipy import stats
+from scoring_inputs import tidy_records
 
 from configs import tiny
 from saliency_jax.trust import sanity
+from saliency_jax.trust import sanity_scoring
 
 
 def test_validate_names_the_bad_field():
@@ -32,7 +34,10 @@ def test_disabled_checks_leave_no_column():
   config = tiny.get_config()
   config.sanity.random_logit.enabled = False
   config.sanity.faithfulness.enabled = False
-  assert set(sanity.rules(config.sanity)) == set(sanity.CHECKS) - {"random_logit", "faithfulness"}
+  assert set(sanity_scoring.rules(config.sanity)) == set(sanity.CHECKS) - {
+    "random_logit",
+    "faithfulness",
+  }
 
 
 class _Manifest:
@@ -41,44 +46,30 @@ class _Manifest:
 
 
 def _scorecard(records, config):
-  return sanity.scorecard(records, _Manifest(config), config.sanity, config.study, seed=config.seed)
+  return sanity_scoring.scorecard(
+    records, _Manifest(config), config.sanity, config.study, seed=config.seed
+  )
 
 
-def _records(criterion, method, model, state, metric, values):
-  return [
-    dict(
-      criterion=criterion,
-      metric=metric,
-      method=method,
-      model=model,
-      state=state,
-      image_id=f"im{i}",
-      value=float(v),
-    )
-    for i, v in enumerate(values)
-  ]
+def _only(config, check):
+  """Disables every check of `config.sanity` but `check`."""
+  for other in sanity.CHECKS:
+    config.sanity[other].enabled = other == check
 
 
 def test_scorecard_rows_test_each_check_against_its_baseline():
   config = tiny.get_config()
   config.methods.names = ("GRAD", "GBP")
-  for check in (
-    "smooth_mprt",
-    "efficient_mprt",
-    "random_logit",
-    "input_invariance",
-    "faithfulness",
-  ):
-    config.sanity[check].enabled = False
+  _only(config, "data_randomization")
   config.study.alpha = 0.05
   rng = np.random.default_rng(0)
   n = 12
   low, high = rng.uniform(0.0, 0.2, n), rng.uniform(0.5, 0.9, n)
   records = (
-    _records("data_randomization", "GRAD", "A1", "data_randomized", "ssim", low)
-    + _records("random_pairs", "GRAD", "A1", "baseline", "ssim", high)
-    + _records("data_randomization", "GBP", "A1", "data_randomized", "ssim", high)
-    + _records("random_pairs", "GBP", "A1", "baseline", "ssim", low)
+    tidy_records("data_randomization", "ssim", "GRAD", "A1", "data_randomized", low)
+    + tidy_records("random_pairs", "ssim", "GRAD", "A1", "baseline", high)
+    + tidy_records("data_randomization", "ssim", "GBP", "A1", "data_randomized", high)
+    + tidy_records("random_pairs", "ssim", "GBP", "A1", "baseline", low)
   )
   rows = {r["method"]: r for r in _scorecard(records, config)}
   assert rows["GRAD"]["verdict"] == "PASS" and rows["GBP"]["verdict"] == "FAIL"
@@ -92,20 +83,15 @@ def test_scorecard_rows_test_each_check_against_its_baseline():
 def test_input_invariance_rule_compares_with_one_minus_tolerance():
   config = tiny.get_config()
   config.methods.names = ("GRAD", "IG")
-  for check in (
-    "data_randomization",
-    "smooth_mprt",
-    "efficient_mprt",
-    "random_logit",
-    "faithfulness",
-  ):
-    config.sanity[check].enabled = False
+  _only(config, "input_invariance")
   config.sanity.input_invariance.models = ("B1",)
   config.sanity.input_invariance.tolerance = 0.05
   n = 3
-  records = _records(
-    "input_invariance", "GRAD", "B1", "input_shifted", "ssim", np.ones(n)
-  ) + _records("input_invariance", "IG", "B1", "input_shifted", "ssim", np.linspace(0.3, 0.99, n))
+  records = tidy_records(
+    "input_invariance", "ssim", "GRAD", "B1", "input_shifted", np.ones(n)
+  ) + tidy_records(
+    "input_invariance", "ssim", "IG", "B1", "input_shifted", np.linspace(0.3, 0.99, n)
+  )
   rows = {r["method"]: r for r in _scorecard(records, config)}
   # Every image must meet the floor: no test, so a handful of images can pass.
   assert rows["GRAD"]["verdict"] == "PASS" and rows["IG"]["verdict"] == "FAIL"

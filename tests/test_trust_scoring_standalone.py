@@ -12,9 +12,9 @@ import textwrap
 
 import numpy as np
 import pytest
+from scoring_inputs import write_store
 from sklearn import metrics as skm
 
-from saliency_jax.maps import MapStore
 from saliency_jax.trust import map_reader
 from saliency_jax.trust.manifest import CLASSIFIER
 from saliency_jax.trust.manifest import LOCALIZER
@@ -27,19 +27,6 @@ from saliency_jax.trust.names import State
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N, H, W = 5, 9, 11  # odd sizes
-
-
-def _write_store(workdir, set_name, model, state, method, maps, ids):
-  store = MapStore.create_or_open(
-    map_reader.store_path(workdir, set_name, model, state, method),
-    num_maps=len(maps),
-    map_shape=(H, W),
-    chunk_size=2,
-    ids=ids,
-  )
-  for chunk in store.missing_chunks():
-    start, stop = store.chunk_bounds(chunk)
-    store.write_chunk(chunk, maps[start:stop])
 
 
 def _workdir(path):
@@ -67,10 +54,10 @@ def _workdir(path):
     for state in states:
       maps = trained if state == State.ORIGINAL else rng.uniform(0, 1, (N, H, W))
       for set_name in (SetName.UTILITY, SetName.EVAL):
-        _write_store(path, set_name, m.name, state, "M", maps.astype(np.float32), ids)
+        write_store(path, set_name, m.name, state, "M", maps.astype(np.float32), ids)
   for m in models[3:]:
     for set_name in (SetName.UTILITY, SetName.EVAL):
-      _write_store(
+      write_store(
         path, set_name, m.name, State.ORIGINAL, Baseline.LOCALIZATION, masks.astype(np.float32), ids
       )
   manifest = Manifest.load(path)

@@ -4,6 +4,7 @@ import ml_collections
 import numpy as np
 import pytest
 import scipy.stats
+from scoring_inputs import tidy_records
 
 from saliency_jax.trust import protocol
 from saliency_jax.trust import verdicts
@@ -35,27 +36,14 @@ def _manifest(cascade_keep=0, methods=("M",)):
   return manifest
 
 
-def _records(criterion, method, model, state, values, metric="ssim"):
-  return [
-    dict(
-      criterion=criterion,
-      metric=metric,
-      method=method,
-      model=model,
-      state=state,
-      image_id=f"img{i:02d}",
-      value=float(v),
-    )
-    for i, v in enumerate(values)
-  ]
-
-
 def _cascade(model, steps, pairs, method="M"):
   """Records of one model: each cascade step's values, and its random pairs."""
-  records = _records("random_pairs", method, model, "baseline", pairs)
-  records += _records("cascading_randomization", method, model, "original", np.ones(N))
+  records = tidy_records("random_pairs", "ssim", method, model, "baseline", pairs)
+  records += tidy_records("cascading_randomization", "ssim", method, model, "original", np.ones(N))
   for block, values in steps.items():
-    records += _records("cascading_randomization", method, model, f"cascade_{block}", values)
+    records += tidy_records(
+      "cascading_randomization", "ssim", method, model, f"cascade_{block}", values
+    )
   return records
 
 
@@ -137,10 +125,10 @@ def test_each_utility_rule_uses_its_baseline():
   rng = np.random.default_rng(3)
   average = rng.uniform(0.1, 0.2, N)
   unet = rng.uniform(0.6, 0.8, N)
-  records = _records("utility", Baseline.AVERAGE_MASK, "-", "baseline", average, "auprc")
+  records = tidy_records("utility", "auprc", Baseline.AVERAGE_MASK, "-", "baseline", average)
   for model in ("U1", "U2"):
-    records += _records("utility", Baseline.LOCALIZATION, model, "baseline", unet, "auprc")
-  records += _records("utility", "M", "A1", "original", average + 0.2, "auprc")
+    records += tidy_records("utility", "auprc", Baseline.LOCALIZATION, model, "baseline", unet)
+  records += tidy_records("utility", "auprc", "M", "A1", "original", average + 0.2)
   rows = {
     r["criterion"]: r
     for r in verdicts.scorecard(records, _manifest(), STUDY, seed=0, protocol=_protocol())

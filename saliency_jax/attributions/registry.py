@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from saliency_jax.attributions import _memory
+from saliency_jax.attributions import _precision
 from saliency_jax.attributions import xrai as xrai_lib
 from saliency_jax.attributions import xrai_segments
 from saliency_jax.attributions._execution import CPU_GRADS_PER_CALL
@@ -55,7 +57,11 @@ Settings = Mapping[str, Any]
 
 # Settings every method accepts (on top of its own).
 COMMON_SETTINGS = {
-  "max_grads_in_flight": 64,
+  # "auto": as many as fit in the device's free memory, at most 64 (`_memory`); a number: that.
+  "max_grads_in_flight": "auto",
+  # The model passes' dtype: "float32" or "bfloat16" (`_precision`; docs/benchmarks.md gives
+  # how much bfloat16 moves the metrics).
+  "compute_dtype": "float32",
   "grayscale_percentile": 99,
   "grayscale_nan_to": None,
   "visualization": "grayscale",
@@ -97,7 +103,7 @@ def _grad_impl(fns, s, images, targets, indices, key, prepared):
   )
 
 
-def _sg_attr(fns, s, images, targets, indices, key, item_window=None):
+def _sg_attr(fns, s, images, targets, indices, key):
   return smoothgrad(
     fns.logits_fn,
     images,
@@ -108,11 +114,10 @@ def _sg_attr(fns, s, images, targets, indices, key, item_window=None):
     squared=s["squared"],
     indices=indices,
     max_grads_in_flight=s["max_grads_in_flight"],
-    item_window=item_window,
   )
 
 
-def _ig_attr(fns, s, images, targets, indices, key, item_window=None):
+def _ig_attr(fns, s, images, targets, indices, key):
   del indices, key
   return integrated_gradients(
     fns.logits_fn,
@@ -121,11 +126,10 @@ def _ig_attr(fns, s, images, targets, indices, key, item_window=None):
     baseline=s["baseline"],
     steps=s["steps"],
     max_grads_in_flight=s["max_grads_in_flight"],
-    item_window=item_window,
   )
 
 
-def _sig_attr(fns, s, images, targets, indices, key, item_window=None):
+def _sig_attr(fns, s, images, targets, indices, key):
   return smooth_integrated_gradients(
     fns.logits_fn,
     images,
@@ -138,11 +142,10 @@ def _sig_attr(fns, s, images, targets, indices, key, item_window=None):
     steps=s["steps"],
     indices=indices,
     max_grads_in_flight=s["max_grads_in_flight"],
-    item_window=item_window,
   )
 
 
-def _blur_ig_attr(fns, s, images, targets, indices, key, item_window=None):
+def _blur_ig_attr(fns, s, images, targets, indices, key):
   del indices, key
   return blur_ig(
     fns.logits_fn,
@@ -153,7 +156,6 @@ def _blur_ig_attr(fns, s, images, targets, indices, key, item_window=None):
     grad_step=s["grad_step"],
     sqrt=s["sqrt"],
     max_grads_in_flight=s["max_grads_in_flight"],
-    item_window=item_window,
   )
 
 
@@ -227,12 +229,14 @@ def _guided_ig_compute(
   """GUIDED_IG: one jitted scan on accelerators, a host-driven step loop on the CPU backend
   (see `guided_ig.host_loop`); hence not traceable."""
   s = merge_settings(_GUIDED_IG_DEFAULTS, settings)
+  _precision.check(s["compute_dtype"], "GUIDED_IG", supported=False)
+  images = jnp.asarray(images, jnp.float32)
+  s = _memory.fitted(s, model_fns, images.shape)
   if jax.default_backend() != "cpu":
     return make_compute("GUIDED_IG", _guided_ig_impl, _GUIDED_IG_DEFAULTS)(
-      model_fns, images, targets, indices=indices, key=key, settings=settings, prepared=prepared
+      model_fns, images, targets, indices=indices, key=key, settings=s, prepared=prepared
     )
   s = {**s, "max_grads_in_flight": min(int(s["max_grads_in_flight"]), CPU_GRADS_PER_CALL)}
-  images = jnp.asarray(images, jnp.float32)
   return _guided_ig_impl(model_fns, s, images, jnp.asarray(targets, jnp.int32), None, None, None)
 
 
@@ -310,7 +314,7 @@ def _xrai_prepare_async(images, settings=None):
   )
 
 
-def _xrai_ig_attr(fns, s, images, targets, indices, key, item_window=None):
+def _xrai_ig_attr(fns, s, images, targets, indices, key):
   del indices, key
   return xrai_lib.xrai_base_attribution(
     fns.logits_fn,
@@ -318,7 +322,6 @@ def _xrai_ig_attr(fns, s, images, targets, indices, key, item_window=None):
     targets,
     steps=s["steps"],
     max_grads_in_flight=s["max_grads_in_flight"],
-    item_window=item_window,
   )
 
 
@@ -332,7 +335,7 @@ def _xrai_ig_impl(fns, s, images, targets, indices, key, prepared):
 XRAI_IG_COMPUTE = make_compute(
   "XRAI_IG",
   _xrai_ig_impl,
-  {"steps": 100, "max_grads_in_flight": 64},
+  {"steps": 100, "max_grads_in_flight": 64, "compute_dtype": "float32"},
   lambda s: 2 * s["steps"],
   item_split=(_xrai_ig_attr, lambda s: 2 * s["steps"], lambda s: 1),
   grayscale=False,
@@ -347,7 +350,11 @@ def _xrai_compute(
   s = merge_settings({**COMMON_SETTINGS, **XRAI_DEFAULTS}, settings)
   images = np.asarray(images, np.float32)
   targets = np.asarray(targets, np.int32)
-  ig_settings = {"steps": s["steps"], "max_grads_in_flight": s["max_grads_in_flight"]}
+  ig_settings = {
+    "steps": s["steps"],
+    "max_grads_in_flight": s["max_grads_in_flight"],
+    "compute_dtype": s["compute_dtype"],
+  }
   # Segments (when not prepared) are computed in worker processes while IG runs.
   pending = _xrai_prepare_async(images, s) if prepared is None else (lambda: prepared)
   attributions = np.asarray(XRAI_IG_COMPUTE(model_fns, images, targets, settings=ig_settings))

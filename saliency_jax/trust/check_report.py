@@ -12,7 +12,9 @@ from typing import Any
 
 from saliency_jax.trust import check_figures
 from saliency_jax.trust import chexlocalize_scoring
-from saliency_jax.trust.names import LOCALIZATION_METHOD
+from saliency_jax.trust.names import Baseline
+from saliency_jax.trust.report_render import Figure
+from saliency_jax.trust.report_render import Table
 
 _CHEXLOCALIZE_LABELS = {
   "iou_otsu": "mIoU (Otsu)",
@@ -33,7 +35,7 @@ def figures(summary: dict[str, Any], methods: list[str], directory: str) -> dict
       summary["chexlocalize"]["rows"],
       chexlocalize_scoring.METRICS,
       _CHEXLOCALIZE_LABELS,
-      LOCALIZATION_METHOD,
+      Baseline.LOCALIZATION,
       os.path.join(directory, "chexlocalize.png"),
     )
   if summary.get("robustness"):
@@ -61,7 +63,7 @@ def _pct(entry: dict[str, Any] | None) -> str:
   return _ci(entry, "decrease", digits=1, unit="%")
 
 
-def _controls_section(table: dict[str, Any], path: str, Table, Figure) -> list:
+def _controls_section(table: dict[str, Any], path: str) -> list:
   applicable = "; ".join(f"{c}: {', '.join(names)}" for c, names in table["applicable"].items())
   why = " ".join(f"{c}: {text}" for c, text in table["not_applicable_why"].items())
   scores = [
@@ -121,15 +123,13 @@ def _controls_section(table: dict[str, Any], path: str, Table, Figure) -> list:
   ]
 
 
-def _chexlocalize_section(
-  data: dict[str, Any], path: str, Table, Figure, localization: str
-) -> list:
+def _chexlocalize_section(data: dict[str, Any], path: str, localization: str) -> list:
   rows = []
   for r in data["rows"]:
     thresholds = ", ".join(f"{m} {t:.1f}" for m, t in r["thresholds"].items() if t is not None)
     rows.append(
       [
-        r["method"] if r["method"] != LOCALIZATION_METHOD else f"{localization} (baseline)",
+        r["method"] if r["method"] != Baseline.LOCALIZATION else f"{localization} (baseline)",
         _ci(r["iou_otsu"]),
         _pct(r.get("iou_otsu_decrease")),
         _ci(r["iou_tuned"]) + (f" (t = {thresholds})" if thresholds else ""),
@@ -174,7 +174,7 @@ def _chexlocalize_section(
   ]
 
 
-def _robustness_section(data: dict[str, Any], path: str, Table, Figure) -> list:
+def _robustness_section(data: dict[str, Any], path: str) -> list:
   rows = [
     [
       r["method"],
@@ -212,8 +212,6 @@ def _robustness_section(data: dict[str, Any], path: str, Table, Figure) -> list:
 def sections(
   summary: dict[str, Any],
   paths: dict[str, str],
-  Table,
-  Figure,
   *,
   localization: str = "localization network",
 ) -> list:
@@ -221,11 +219,9 @@ def sections(
   names the localization baseline (U-Net, RetinaNet)."""
   out = []
   if summary.get("controls"):
-    out += _controls_section(summary["controls"], paths["controls"], Table, Figure)
+    out += _controls_section(summary["controls"], paths["controls"])
   if summary.get("chexlocalize"):
-    out += _chexlocalize_section(
-      summary["chexlocalize"], paths["chexlocalize"], Table, Figure, localization
-    )
+    out += _chexlocalize_section(summary["chexlocalize"], paths["chexlocalize"], localization)
   if summary.get("robustness"):
-    out += _robustness_section(summary["robustness"], paths["robustness"], Table, Figure)
+    out += _robustness_section(summary["robustness"], paths["robustness"])
   return out

@@ -276,7 +276,7 @@ def _check_methods(config, fail) -> None:
       fail(
         f"methods.settings.{name}.region_scores", "set by protocol.xrai_grayscale; set that instead"
       )
-  _positive(fail, "methods.max_grads_in_flight", m.max_grads_in_flight)
+  _positive(fail, "methods.max_grads_in_flight", m.max_grads_in_flight, minimum=0)  # 0: auto
 
 
 def _check_study(config, names: list[str], fail) -> None:

@@ -23,6 +23,8 @@ from saliency_jax.trust import checks
 from saliency_jax.trust import criteria
 from saliency_jax.trust import protocol as protocol_lib
 from saliency_jax.trust import record_table
+from saliency_jax.trust import sanity_records
+from saliency_jax.trust import sanity_scoring
 from saliency_jax.trust import verdicts
 from saliency_jax.trust.manifest import Manifest
 from saliency_jax.trust.map_reader import MapReader
@@ -233,15 +235,13 @@ def evaluate(
   protocol: `config.protocol` (default: the paper's choices).
   sanity_config: `config.sanity`, the checks beyond the paper (saliency_jax.trust.sanity).
   """
-  from saliency_jax.trust import sanity  # pylint: disable=g-import-not-at-top
-
   records = all_records(manifest, reader, study_config, seed=seed, protocol=protocol)
   check_records, extras = checks.records(
     manifest, reader, study_config, seed=seed, protocol=protocol
   )
   records += check_records
   if sanity_config is not None:
-    records += sanity.records(
+    records += sanity_records.records(
       manifest, reader, sanity_config, study_config, seed=seed, workdir=workdir
     )
   record_table.write_table(records, record_table.RECORD_FIELDS, workdir, "results")
@@ -260,7 +260,7 @@ def evaluate(
     )
   )
   if sanity_config is not None:
-    summary["sanity"] = sanity.summarize(
+    summary["sanity"] = sanity_scoring.summarize(
       records, manifest, sanity_config, study_config, seed=seed, workdir=workdir
     )
     summary["rules"].update(summary["sanity"]["rules"])  # scorecard columns

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import ml_collections
 
 from saliency_jax.trust import criteria
-from saliency_jax.trust.names import LOCALIZATION_METHOD
+from saliency_jax.trust.names import Baseline
 
 # Grayscale variants: the method-setting overrides under which a variant's maps are made.
 CONFIGURED = "configured"
@@ -192,7 +192,7 @@ class VariantReader:
     self.computed = set(computed_methods)
 
   def read(self, set_name: str, model: str, state: str, method: str):
-    if self.grayscale == CONFIGURED or method == LOCALIZATION_METHOD:
+    if self.grayscale == CONFIGURED or method == Baseline.LOCALIZATION:
       return self.reader.read(set_name, model, state, method)
     if method not in self.computed:
       return None  # an external method's maps have no grayscale variant: N/A

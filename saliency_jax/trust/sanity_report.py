@@ -8,6 +8,8 @@ import numpy as np
 from saliency_jax.trust.plotting import COLORS
 from saliency_jax.trust.plotting import plt
 from saliency_jax.trust.plotting import save
+from saliency_jax.trust.report_render import Figure
+from saliency_jax.trust.report_render import Table
 from saliency_jax.trust.sanity import FAITHFULNESS_METRICS
 from saliency_jax.trust.sanity import RANDOM_ORDER
 
@@ -112,7 +114,7 @@ def _fmt(value) -> str:
   return "-" if value is None else f"{value:.3f}"
 
 
-def section(summary: dict[str, Any], figure_paths: dict[str, str], table_cls, figure_cls):
+def section(summary: dict[str, Any], figure_paths: dict[str, str]):
   """The report's blocks for the checks ([] when none ran)."""
   sanity = summary.get("sanity")
   if not sanity:
@@ -124,7 +126,7 @@ def section(summary: dict[str, Any], figure_paths: dict[str, str], table_cls, fi
   for check, rule in sanity["rules"].items():
     blocks.append(f"**{TITLES[check]}**: PASS when {rule['text']}.")
     if f"sanity_{check}" in figure_paths:
-      blocks.append(figure_cls(figure_paths[f"sanity_{check}"], CAPTIONS[check]))
+      blocks.append(Figure(figure_paths[f"sanity_{check}"], CAPTIONS[check]))
   if sanity.get("permuted_models"):
     blocks.append(
       "Permuted-label models (validation AUC on permuted validation labels, so "
@@ -146,7 +148,7 @@ def section(summary: dict[str, Any], figure_paths: dict[str, str], table_cls, fi
       for r in sanity["faithfulness"]
     ]
     blocks.append(
-      table_cls(
+      Table(
         [
           "map",
           "deletion AUC (lower better)",
@@ -168,7 +170,7 @@ def section(summary: dict[str, Any], figure_paths: dict[str, str], table_cls, fi
     )
     if "sanity_faithfulness_curves" in figure_paths:
       blocks.append(
-        figure_cls(
+        Figure(
           figure_paths["sanity_faithfulness_curves"],
           "Mean deletion and insertion curves of each method (dashed: random order).",
         )
