@@ -155,14 +155,9 @@ def evaluate(
 
 def _boxes_mask(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
   """The union of (ymin, xmin, ymax, xmax) boxes as a bool mask, by pixel centers."""
-  from saliency_jax.data import real_builder  # pylint: disable=g-import-not-at-top
+  from saliency_jax.data import geometry  # pylint: disable=g-import-not-at-top
 
-  mask = np.zeros(shape, bool)
-  for ymin, xmin, ymax, xmax in np.asarray(boxes, np.float64).reshape(-1, 4):
-    r0, r1 = real_builder._center_range(ymin, ymax, shape[0])  # pylint: disable=protected-access
-    c0, c1 = real_builder._center_range(xmin, xmax, shape[1])  # pylint: disable=protected-access
-    mask[r0:r1, c0:c1] = True
-  return mask
+  return geometry.rasterize_boxes(boxes, shape).astype(bool)
 
 
 class _GivenStudy(study_lib.Study):
