@@ -42,8 +42,9 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
-from saliency import core as pair
 
+from launch import benchmark_sanity
+from launch import pair_maps
 from launch.timing import best_of as _best_of
 from launch.timing import best_times as _best_times
 from launch.timing import block as _block
@@ -105,98 +106,6 @@ _FAITHFULNESS_STEPS = flags.DEFINE_integer("faithfulness_steps", 16, "Deletion /
 
 def _fmt(value, width, digits):
   return f"{'-':>{width}s}" if value is None else f"{value:{width}.{digits}f}"
-
-
-def _patch_pair_quantile():
-  """PAIR 0.2.1's Guided IG calls np.quantile(interpolation=...), which NumPy 2.4 removed."""
-  import types  # pylint: disable=g-import-not-at-top
-
-  from saliency.core import guided_ig  # pylint: disable=g-import-not-at-top
-
-  def quantile(a, q, interpolation="linear", **kwargs):
-    return np.quantile(a, q, method=interpolation, **kwargs)
-
-  shim = types.SimpleNamespace(**{k: getattr(np, k) for k in dir(np) if not k.startswith("__")})
-  shim.quantile = quantile
-  guided_ig.np = shim
-
-
-def _pair_map(name, s, image, target, cmf):
-  """One study map with PAIR core, as the study's code computes it."""
-  gray = pair.VisualizeImageGrayscale
-  args = {"target": int(target)}
-  with np.errstate(divide="ignore", invalid="ignore"):
-    if name == "GRAD":
-      return gray(pair.GradientSaliency().GetMask(image, cmf, args))
-    if name == "SG":
-      return gray(
-        pair.GradientSaliency().GetSmoothedMask(
-          image, cmf, args, stdev_spread=s["spread"], nsamples=s["samples"], magnitude=s["squared"]
-        )
-      )
-    base = np.full(image.shape, s.get("baseline", 0.0), np.float32)
-    if name == "IG":
-      return gray(
-        pair.IntegratedGradients().GetMask(
-          image, cmf, args, x_baseline=base, x_steps=s["steps"], batch_size=s["steps"]
-        )
-      )
-    if name == "SIG":
-      return gray(
-        pair.IntegratedGradients().GetSmoothedMask(
-          image,
-          cmf,
-          args,
-          stdev_spread=s["spread"],
-          nsamples=s["samples"],
-          magnitude=s["squared"],
-          x_baseline=base,
-          x_steps=s["steps"],
-          batch_size=s["steps"],
-        )
-      )
-    if name in ("GCAM", "GGCAM"):
-      gcam = gray(pair.GradCam().GetMask(image, cmf, args))
-      if name == "GCAM":
-        return gcam
-      gbp = gray(pair.GradientSaliency().GetMask(image, cmf, {**args, "guided": True}))
-      return gbp * gcam
-    if name == "GBP":
-      return gray(pair.GradientSaliency().GetMask(image, cmf, {**args, "guided": True}))
-    if name == "XRAI":
-      params = pair.XRAIParameters(
-        steps=s["steps"], algorithm=s["algorithm"], area_threshold=s["area_threshold"]
-      )
-      out = pair.XRAI().GetMask(image, cmf, args, batch_size=s["steps"], extra_parameters=params)
-      return gray(out[..., None])
-    if name == "BLUR_IG":
-      return gray(
-        pair.BlurIG().GetMask(
-          image,
-          cmf,
-          args,
-          max_sigma=s["max_sigma"],
-          steps=s["steps"],
-          grad_step=s["grad_step"],
-          sqrt=s["sqrt"],
-          batch_size=s["steps"],
-        )
-      )
-    if name == "GUIDED_IG":
-      return gray(
-        pair.GuidedIG().GetMask(
-          image,
-          cmf,
-          args,
-          x_baseline=base,
-          x_steps=s["steps"],
-          fraction=s["fraction"],
-          max_dist=s["max_dist"],
-        )
-      )
-    if name == "OCCLUSION":
-      return gray(pair.Occlusion().GetMask(image, cmf, args, size=s["size"], value=s["value"]))
-  raise ValueError(name)
 
 
 def _gradients_per_map(name, s):
@@ -288,164 +197,6 @@ def _xrai_selection_records(images, attrs, repeats, label):
   }
 
 
-class _RawForward:
-  """Batched jitted softmax calls of the model on `n` images (the faithfulness checks' model
-  work), in calls of at most 256 images as the study's probabilities are computed."""
-
-  def __init__(self, fns, images, n):
-    probs = jax.jit(lambda x: jax.nn.softmax(fns.logits_fn(x), -1))
-    stack = jnp.asarray(np.resize(images, (n,) + images.shape[1:]))
-    self.run = lambda: [_block(probs(stack[i : i + 256])) for i in range(0, n, 256)]
-    self.run()
-
-
-def _sanity_records(
-  module, variables, fns, images, images_dev, targets_dev, raw, overrides, max_grads, record
-):
-  """Each sanity check's time against the raw model work it needs (see the docstring)."""
-  from saliency_jax.sanity import complexity  # pylint: disable=g-import-not-at-top
-  from saliency_jax.sanity import faithfulness  # pylint: disable=g-import-not-at-top
-  from saliency_jax.sanity import invariance  # pylint: disable=g-import-not-at-top
-  from saliency_jax.sanity import logits  # pylint: disable=g-import-not-at-top
-  from saliency_jax.sanity import smoothing  # pylint: disable=g-import-not-at-top
-
-  b = len(images)
-  name = _SANITY_METHOD.value
-  method = attributions.METHODS[name]
-  s = {**method.default_settings, **overrides.get(name, {}), "max_grads_in_flight": max_grads}
-  grads = _gradients_per_map(name, s)
-  key = jax.random.key(0)
-  jobs = {}
-  if "smooth_mprt" in _SANITY.value:
-    smoothed = smoothing.smoothed(method)
-    n = _SMOOTH_SAMPLES.value
-    ss = {**s, "smooth_samples": n, "smooth_noise": 0.1}
-    jobs[f"SMOOTH_MPRT_{name}"] = (
-      lambda: _block(smoothed.compute(fns, images_dev, targets_dev, key=key, settings=ss)),
-      b * n * grads,
-    )
-  if "random_logit" in _SANITY.value:
-    other = jax.device_put(logits.other_classes(np.asarray(targets_dev), 2, seed=0))
-    jobs[f"RANDOM_LOGIT_{name}"] = (
-      lambda: _block(method.compute(fns, images_dev, other, key=key, settings=s)),
-      b * grads,
-    )
-  if "input_invariance" in _SANITY.value:
-    shifted = invariance.shifted_model_functions(module, variables, 1.0)
-    shifted_images = images_dev + 1.0
-    jobs[f"INPUT_INVARIANCE_{name}"] = (
-      lambda: _block(method.compute(shifted, shifted_images, targets_dev, key=key, settings=s)),
-      b * grads,
-    )
-  for label, (fn, count) in jobs.items():
-    fn()
-    (t, t_raw), _ = _best_times([fn, raw.run], _REPEATS.value)
-    overhead = t / (count * t_raw / raw.grads_per_call)
-    record(
-      {
-        "method": label,
-        "ours_maps_per_s": b / t,
-        "pair_maps_per_s": None,
-        "ratio_vs_pair": None,
-        "overhead_vs_raw_gradients": overhead,
-      },
-      f"{label:18s} {b / t:12.2f} {'-':>12s} {'-':>10s} {overhead:22.2f}",
-    )
-  maps = np.asarray(method.compute(fns, images_dev, targets_dev, key=key, settings=s))
-  if "efficient_mprt" in _SANITY.value:
-
-    def entropies():
-      return complexity.histogram_entropy(maps, 100), complexity.histogram_entropy(maps, 100)
-
-    (t, t_raw), _ = _best_times([entropies, raw.run], _REPEATS.value)
-    overhead = t / (2 * b * grads * t_raw / raw.grads_per_call)
-    record(
-      {
-        "method": "EFFICIENT_MPRT",
-        "ours_maps_per_s": b / t,
-        "pair_maps_per_s": None,
-        "ratio_vs_pair": None,
-        "overhead_vs_raw_gradients": overhead,
-      },
-      f"{'EFFICIENT_MPRT':18s} {b / t:12.2f} {'-':>12s} {'-':>10s} {overhead:22.2f}"
-      "   (extra over the two maps' gradients)",
-    )
-  if "faithfulness" in _SANITY.value:
-    probs = jax.jit(lambda x: jax.nn.softmax(fns.logits_fn(x), -1))
-
-    def probs_fn(x):
-      return np.concatenate([np.asarray(probs(x[i : i + 256])) for i in range(0, len(x), 256)])
-
-    targets = np.asarray(targets_dev)
-    steps = _FAITHFULNESS_STEPS.value
-    uint8 = np.clip((images[..., 0] + 1) * 127.5, 0, 255).astype(np.uint8)
-    cases = {
-      "DELETION_INSERTION": (
-        lambda: [
-          faithfulness.perturbation_curves(
-            images,
-            maps,
-            targets,
-            probs_fn,
-            steps=steps,
-            baseline="blur",
-            blur_sigma=5.0,
-            insertion=ins,
-          )
-          for ins in (False, True)
-        ],
-        2 * (steps + 1) * b,
-      ),
-      "ROAD": (
-        lambda: [
-          faithfulness.road_curves(
-            images,
-            maps,
-            targets,
-            probs_fn,
-            percentages=(0.3, 0.7),
-            most_relevant_first=o,
-            noise=0.01,
-            seed=0,
-          )
-          for o in (True, False)
-        ],
-        4 * b,
-      ),
-      "SIC_AIC": (
-        lambda: [
-          faithfulness.pic_auc(
-            uint8[i],
-            maps[i],
-            faithfulness.random_mask(uint8[i].shape, 0.01, i),
-            lambda x: probs_fn(np.asarray(x, np.float32)[..., None] / 127.5 - 1)[:, 0],
-            (0.05, 0.1, 0.3, 0.5),
-            min_pred_value=0.0,
-          )
-          for i in range(b)
-        ],
-        6 * b,
-      ),
-    }
-    for label, (fn, count) in cases.items():
-      forward = _RawForward(fns, images, count)
-      fn()
-      (t, t_raw), _ = _best_times([fn, forward.run], _REPEATS.value)
-      record(
-        {
-          "method": label,
-          "ours_maps_per_s": b / t,
-          "pair_maps_per_s": None,
-          "ratio_vs_pair": None,
-          "overhead_vs_raw_gradients": None,
-          "overhead_vs_raw_forward": t / t_raw,
-          "forward_passes": count,
-        },
-        f"{label:18s} {b / t:12.2f} {'-':>12s} {'-':>10s} {t / t_raw:22.2f}"
-        f"   (vs {count} raw forward passes)",
-      )
-
-
 def main(argv):
   del argv
   print(f"load average {os.getloadavg()}, {os.cpu_count()} CPUs, backend {jax.default_backend()}")
@@ -467,7 +218,7 @@ def main(argv):
     f"{_RAW_BATCH_SIZES.value}), timed alternately with each method"
   )
   cmf = pair_interop.pair_call_model_function(fns)
-  _patch_pair_quantile()
+  pair_maps.patch_pair_quantile()
   max_grads = _MAX_GRADS.value or raw.batch_size
   # Ours gets device-resident inputs, as the raw gradients do: an input pipeline prefetches to
   # the device, and a host-to-device copy per call is not the method's cost.
@@ -504,9 +255,9 @@ def main(argv):
     n_pair = min(_PAIR_IMAGES.value, b)
     pair_rate = None
     if n_pair:
-      _pair_map(name, s, images[0], targets[0], cmf)  # compile PAIR's jitted gradients
+      pair_maps.pair_map(name, s, images[0], targets[0], cmf)  # compile PAIR's jitted gradients
       t_pair, _ = _best_of(
-        lambda: [_pair_map(name, s, images[i], targets[i], cmf) for i in range(n_pair)], 1
+        lambda: [pair_maps.pair_map(name, s, images[i], targets[i], cmf) for i in range(n_pair)], 1
       )
       pair_rate = n_pair / t_pair
     ours_rate = b / t_ours
@@ -568,8 +319,25 @@ def main(argv):
         big_attr = list(rng.normal(size=(k, n, n, c)).astype(np.float32))
         record(_xrai_selection_records(big, big_attr, _REPEATS.value, f"XRAI_SELECTION_{n}"))
   if _SANITY.value:
-    _sanity_records(
-      module, variables, fns, images, images_dev, targets_dev, raw, overrides, max_grads, record
+    name = _SANITY_METHOD.value
+    method = attributions.METHODS[name]
+    s = {**method.default_settings, **overrides.get(name, {}), "max_grads_in_flight": max_grads}
+    benchmark_sanity.sanity_records(
+      module,
+      variables,
+      fns,
+      images,
+      images_dev,
+      targets_dev,
+      raw,
+      record,
+      checks=_SANITY.value,
+      method_name=name,
+      settings=s,
+      grads=_gradients_per_map(name, s),
+      smooth_samples=_SMOOTH_SAMPLES.value,
+      faithfulness_steps=_FAITHFULNESS_STEPS.value,
+      repeats=_REPEATS.value,
     )
   print()
   print(f"{_MODEL.value} {size}x{size}x{c}, batch {b}, settings overrides {overrides}")

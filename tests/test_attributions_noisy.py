@@ -1,5 +1,7 @@
 """SmoothGrad, IG, SmoothGrad-IG vs PAIR saliency.core; batch invariance; IG completeness."""
 
+import inspect
+
 from attribution_models import full_float32_precision  # noqa: F401 (autouse)
 from attribution_models import pair_call_model_function
 from attribution_models import random_images
@@ -10,6 +12,7 @@ import pytest
 from saliency import core as pair
 
 from saliency_jax import attributions
+from saliency_jax.attributions import _execution
 
 
 @pytest.fixture(scope="module")
@@ -119,12 +122,14 @@ def test_item_windows_add_up_to_the_whole_map(setup, name):
   }[name]  # 6 items: 3 steps, 2 baselines
   items = 6 if name == "xrai_base_attribution" else 5
   fn = getattr(attributions, name)
+  assert "item_window" not in inspect.signature(fn).parameters  # PAIR-like: the plan's own
   full = np.asarray(fn(fns.logits_fn, images, targets, max_grads_in_flight=6, **kwargs))
-  part = jax.jit(
-    lambda offset: fn(
-      fns.logits_fn, images, targets, max_grads_in_flight=6, item_window=(offset, 4), **kwargs
-    )
-  )
+
+  @jax.jit
+  def part(offset):
+    with _execution.item_window(offset, 4):
+      return fn(fns.logits_fn, images, targets, max_grads_in_flight=6, **kwargs)
+
   parts = [np.asarray(part(offset)) for offset in range(0, 3 * items, 4)]
   np.testing.assert_allclose(sum(parts), full, rtol=1e-5, atol=1e-6)
   # The window of items 4..7 holds image 0's last items and image 1's first ones.

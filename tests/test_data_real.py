@@ -21,6 +21,7 @@ from test_data_dicom import write_dicom
 
 import saliency_jax.data  # noqa: F401  (registers the builders)
 from saliency_jax.data import build_report
+from saliency_jax.data import geometry
 from saliency_jax.data import prepare_real
 from saliency_jax.data import real_builder
 from saliency_jax.data import rle
@@ -650,10 +651,10 @@ def test_read_split_csv(tmp_path):
 
 def test_rasterize_boxes_hand_worked():
   # Box rows [1.2, 3.5): centers 1.5, 2.5 in; 3.5 out. Columns [0, 2): 0, 1.
-  mask = real_builder.rasterize_boxes(np.array([[1.2, 0.0, 3.5, 2.0]]), 5)
+  mask = geometry.rasterize_boxes(np.array([[1.2, 0.0, 3.5, 2.0]]), 5)
   expected = np.zeros((5, 5), np.uint8)
   expected[1:3, 0:2] = 1
   np.testing.assert_array_equal(mask, expected)
   # A box thinner than a pixel keeps the pixel holding its center.
-  mask = real_builder.rasterize_boxes(np.array([[2.1, 3.6, 2.3, 3.9]]), 5)
+  mask = geometry.rasterize_boxes(np.array([[2.1, 3.6, 2.3, 3.9]]), 5)
   assert mask.sum() == 1 and mask[2, 3] == 1

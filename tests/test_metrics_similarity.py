@@ -113,11 +113,11 @@ def test_ssim_constant_and_nonfinite_maps():
 
 
 def test_ssim_chunks_match_one_call(monkeypatch):
-  from saliency_jax.metrics import similarity
+  from saliency_jax.metrics import structural_similarity as ssim_module
 
   a, b = next(_pairs((5, 9, 8)))[1:]
   whole = metrics.ssim(a, b, data_range=1.0)
-  monkeypatch.setattr(similarity, "_SSIM_CHUNK", 2)
+  monkeypatch.setattr(ssim_module, "_SSIM_CHUNK", 2)
   np.testing.assert_array_equal(metrics.ssim(a, b, data_range=1.0), whole)
 
 

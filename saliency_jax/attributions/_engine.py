@@ -74,7 +74,6 @@ def chunked_sum(
   num_samples: int,
   out_shape: tuple[int, ...],
   max_grads_in_flight: int | None,
-  item_window: tuple[int | Array, int] | None = None,
 ) -> Array:
   """Sums contribution(image_idx[c], sample_idx[c]) -> [c, *out_shape] over samples, per image.
 
@@ -85,12 +84,11 @@ def chunked_sum(
   one-hot matrix product (XLA's scatter-add is slow on the CPU). Returns float32
   [num_images, *out_shape].
 
-  item_window: (offset, count) sums only items offset, ..., offset + count - 1 (offset may be
-  traced; items outside 0 .. num_images * num_samples - 1 count as zero), so that disjoint
-  windows add up to the whole sum. Default: every item.
+  Inside `_execution.item_window(offset, count)` only items offset, ..., offset + count - 1
+  are summed (the CPU plan's windows).
   """
   total = num_images * num_samples
-  offset, count = (0, total) if item_window is None else item_window
+  offset, count = _execution.take_item_window(total)
   n_chunks, c = _execution.plan_chunks(count, max_grads_in_flight)
 
   def body(acc, k):

@@ -13,7 +13,8 @@ One home for the decisions about where and in what pieces a computation runs:
   the CPU plan                    `make_compute`: on the CPU backend an eager `compute` splits
                                   the batch into calls of about CPU_GRADS_PER_CALL gradients
                                   (groups of images, or windows of (image, item) pairs for the
-                                  methods that sum over samples or steps)
+                                  methods that sum over samples or steps: `item_window`, read
+                                  by the sums with `take_item_window`)
   memory                          `_memory`: max_grads_in_flight="auto" (the default) is
                                   chosen from the device's free memory
   settings                        `merge_settings` (defaults updated by a dict or ConfigDict),
@@ -24,6 +25,8 @@ Maps do not depend on the plan (to float32 rounding where an image's items are s
 
 import collections
 from collections.abc import Callable, Mapping
+import contextlib
+import contextvars
 import functools
 import math
 from typing import Any
@@ -33,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from saliency_jax.attributions import _memory
+from saliency_jax.attributions import _precision
 from saliency_jax.attributions.grayscale import visualize
 
 Array = jax.Array
@@ -196,16 +200,23 @@ def make_compute(
     each one call adding its part to the running sums, then
     the grayscale step: every call then evaluates one full chunk of gradients (XLA:CPU runs
     several chunks in one program 1.1-1.2x slower than in separate calls, and a batch of 25
-    7% slower than one of 32). attr(model_fns, settings, images, targets, indices, key,
-    item_window) -> float32 [B,H,W,C]; item_window=None: all items.
+    7% slower than one of 32). attr(model_fns, settings, images, targets, indices, key) ->
+    float32 [B,H,W,C], all items, or only the window's when traced inside `item_window`.
   grayscale: whether the item split's sums are turned into maps (False: impl returns the
     attributions themselves, and so does compute).
   Maps do not depend on the split (to float32 rounding where items are split): noise keys
   come from each image's `indices` entry and sample number.
+  A `compute_dtype` setting (in defaults) runs impl's and attr's model passes in that dtype.
   """
+  if "compute_dtype" in defaults:
+    impl = _precision.with_compute_dtype(impl)
+    if item_split is not None:
+      item_split = (_precision.with_compute_dtype(item_split[0]),) + tuple(item_split[1:])
 
   def compute(model_fns, images, targets, *, indices=None, key=None, settings=None, prepared=None):
     s = merge_settings(defaults, settings)
+    if "compute_dtype" in s:
+      _precision.check(s["compute_dtype"], name)
     traced = any(isinstance(a, jax.core.Tracer) for a in (images, targets, indices))
     cpu_plan = not traced and grads_per_map is not None and jax.default_backend() == "cpu"
     # The CPU plan slices its groups on the host: each slice of a device array is a dispatch.
@@ -278,12 +289,38 @@ def _add_window(attr):
 
   def impl(fns, s, images, targets, indices, key, prepared, offset, first, totals):
     del prepared
-    part = attr(fns, s, images, targets, indices, key, (offset, s["window_items"]))
+    with item_window(offset, s["window_items"]):
+      part = attr(fns, s, images, targets, indices, key)
     start = (first,) + (0,) * (totals.ndim - 1)
     current = jax.lax.dynamic_slice(totals, start, part.shape)
     return jax.lax.dynamic_update_slice(totals, current + part, start)
 
   return impl
+
+
+_ITEM_WINDOW = contextvars.ContextVar("item_window", default=None)
+
+
+@contextlib.contextmanager
+def item_window(offset, count: int):
+  """While tracing inside: the method's sum over (image, item) pairs, enumerated image-major,
+  takes only items offset .. offset + count - 1 (offset may be traced; items past the end count
+  as zero), so that disjoint windows add up to the whole sum (the CPU plan's windows)."""
+  token = _ITEM_WINDOW.set((offset, count))
+  try:
+    yield
+  finally:
+    _ITEM_WINDOW.reset(token)
+
+
+def take_item_window(total: int) -> tuple[Any, int]:
+  """(offset, count) of the current `item_window`, else (0, total): every item. The window is
+  taken by the outermost sum: sums nested in it (SIG's IG of one noisy copy) take every item."""
+  window = _ITEM_WINDOW.get()
+  if window is None:
+    return 0, total
+  _ITEM_WINDOW.set(None)  # restored when the `item_window` block ends
+  return window
 
 
 def _jitted_visualize(frozen_settings):

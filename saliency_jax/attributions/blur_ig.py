@@ -70,14 +70,8 @@ def blur_ig(
   grad_step: float = 0.01,
   sqrt: bool = False,
   max_grads_in_flight: int | None = None,
-  item_window: tuple | None = None,
 ) -> Array:
-  """Blur-IG maps, float32 [B,H,W,C]; arguments as PAIR's `BlurIG.GetMask`.
-
-  item_window: (offset, count): only the (image, step) items offset .. offset + count - 1,
-  enumerated image-major (see `_engine.chunked_sum`); disjoint windows add up to the whole
-  map. Default: every item.
-  """
+  """Blur-IG maps, float32 [B,H,W,C]; arguments as PAIR's `BlurIG.GetMask`."""
   images, targets = _engine.check_images(images, targets)
   b, h, w, _ = images.shape
   sigmas = blur_sigmas(max_sigma, steps, sqrt)
@@ -105,7 +99,5 @@ def blur_ig(
     g = grad_fn(blurred, targets[bi])
     return spacing[si].reshape(-1, 1, 1, 1) * dblur * g
 
-  total = _engine.chunked_sum(
-    contribution, b, steps, images.shape[1:], max_grads_in_flight, item_window
-  )
+  total = _engine.chunked_sum(contribution, b, steps, images.shape[1:], max_grads_in_flight)
   return -total

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 from saliency_jax.attributions import _execution
 from saliency_jax.attributions import _memory
+from saliency_jax.attributions import _precision
 from saliency_jax.attributions import registry
 from saliency_jax.attributions.grayscale import to_grayscale
 from saliency_jax.import_path import load_object
@@ -52,6 +53,7 @@ def register(name: str, fn: Callable, *, needs: tuple[str, ...] | None = None) -
   def compute(model_fns, images, targets, *, indices=None, key=None, settings=None, prepared=None):
     del prepared
     s = registry.merge_settings(defaults, settings)
+    _precision.check(s["compute_dtype"], name, supported=False)
     images = jnp.asarray(images, jnp.float32)
     s = _memory.fitted(s, model_fns, images.shape)
     b = images.shape[0]

@@ -38,7 +38,6 @@ def integrated_gradients(
   baseline: Baseline = 0.0,
   steps: int = 25,
   max_grads_in_flight: int | None = None,
-  item_window: tuple | None = None,
 ) -> Array:
   """Integrated-gradients maps, float32 [B,H,W,C].
 
@@ -50,9 +49,6 @@ def integrated_gradients(
       images (per-image baselines [B,H,W,C]). PAIR's default is 0.
     steps: number of alphas in linspace(0, 1, steps) (PAIR's x_steps; the study: 10).
     max_grads_in_flight: at most this many gradients per backward pass.
-    item_window: (offset, count): only the (image, step) items offset .. offset + count - 1,
-      enumerated image-major (see `_engine.chunked_sum`); disjoint windows add up to the
-      whole map. Default: every item.
   """
   images, targets = _engine.check_images(images, targets)
   base = broadcast_baseline(baseline, images)
@@ -67,7 +63,7 @@ def integrated_gradients(
     return grad_fn(x, targets[bi])
 
   total = _engine.chunked_sum(
-    contribution, images.shape[0], steps, images.shape[1:], max_grads_in_flight, item_window
+    contribution, images.shape[0], steps, images.shape[1:], max_grads_in_flight
   )
   return total * diff / steps
 

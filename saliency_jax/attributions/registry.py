@@ -35,8 +35,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from saliency_jax.attributions import _memory
+from saliency_jax.attributions import _precision
 from saliency_jax.attributions import xrai as xrai_lib
 from saliency_jax.attributions import xrai_segments
+from saliency_jax.attributions import xrai_selection_jax
 from saliency_jax.attributions._execution import CPU_GRADS_PER_CALL
 from saliency_jax.attributions._execution import make_compute
 from saliency_jax.attributions._execution import merge_settings
@@ -58,6 +60,9 @@ Settings = Mapping[str, Any]
 COMMON_SETTINGS = {
   # "auto": as many as fit in the device's free memory, at most 64 (`_memory`); a number: that.
   "max_grads_in_flight": "auto",
+  # The model passes' dtype: "float32" or "bfloat16" (`_precision`; docs/benchmarks.md gives
+  # how much bfloat16 moves the metrics).
+  "compute_dtype": "float32",
   "grayscale_percentile": 99,
   "grayscale_nan_to": None,
   "visualization": "grayscale",
@@ -72,7 +77,7 @@ class MapMethod:
     name: the study's name (GRAD, SG, ...).
     compute: compute(model_fns, images, targets, *, indices, key, settings, prepared=None)
       -> float32 [B,H,W] in [0,1].
-    prepare: prepare(images, settings) -> model-independent data for `compute` (XRAI segments),
+    prepare: prepare(images, settings) -> model-independent data for `compute` (XRAI regions),
       computed once per batch of images and reused for every model state; None if not needed.
     default_settings: the paper's settings.
     traceable: whether `compute` can be traced under an outer `jax.jit` (False for XRAI, whose
@@ -99,7 +104,7 @@ def _grad_impl(fns, s, images, targets, indices, key, prepared):
   )
 
 
-def _sg_attr(fns, s, images, targets, indices, key, item_window=None):
+def _sg_attr(fns, s, images, targets, indices, key):
   return smoothgrad(
     fns.logits_fn,
     images,
@@ -110,11 +115,10 @@ def _sg_attr(fns, s, images, targets, indices, key, item_window=None):
     squared=s["squared"],
     indices=indices,
     max_grads_in_flight=s["max_grads_in_flight"],
-    item_window=item_window,
   )
 
 
-def _ig_attr(fns, s, images, targets, indices, key, item_window=None):
+def _ig_attr(fns, s, images, targets, indices, key):
   del indices, key
   return integrated_gradients(
     fns.logits_fn,
@@ -123,11 +127,10 @@ def _ig_attr(fns, s, images, targets, indices, key, item_window=None):
     baseline=s["baseline"],
     steps=s["steps"],
     max_grads_in_flight=s["max_grads_in_flight"],
-    item_window=item_window,
   )
 
 
-def _sig_attr(fns, s, images, targets, indices, key, item_window=None):
+def _sig_attr(fns, s, images, targets, indices, key):
   return smooth_integrated_gradients(
     fns.logits_fn,
     images,
@@ -140,11 +143,10 @@ def _sig_attr(fns, s, images, targets, indices, key, item_window=None):
     steps=s["steps"],
     indices=indices,
     max_grads_in_flight=s["max_grads_in_flight"],
-    item_window=item_window,
   )
 
 
-def _blur_ig_attr(fns, s, images, targets, indices, key, item_window=None):
+def _blur_ig_attr(fns, s, images, targets, indices, key):
   del indices, key
   return blur_ig(
     fns.logits_fn,
@@ -155,7 +157,6 @@ def _blur_ig_attr(fns, s, images, targets, indices, key, item_window=None):
     grad_step=s["grad_step"],
     sqrt=s["sqrt"],
     max_grads_in_flight=s["max_grads_in_flight"],
-    item_window=item_window,
   )
 
 
@@ -229,6 +230,7 @@ def _guided_ig_compute(
   """GUIDED_IG: one jitted scan on accelerators, a host-driven step loop on the CPU backend
   (see `guided_ig.host_loop`); hence not traceable."""
   s = merge_settings(_GUIDED_IG_DEFAULTS, settings)
+  _precision.check(s["compute_dtype"], "GUIDED_IG", supported=False)
   images = jnp.asarray(images, jnp.float32)
   s = _memory.fitted(s, model_fns, images.shape)
   if jax.default_backend() != "cpu":
@@ -291,13 +293,16 @@ def _segmentation_size(size):
 
 
 def _xrai_prepare(images, settings=None):
-  """XRAI's segments of each image (model-independent): a list of bool [M_i,H,W].
+  """XRAI's regions of each image (model-independent): a list of `xrai_selection_jax.Regions`,
+  the segments (bool [M_i, H*W]) with the atoms the region selection works on, so that every
+  model state of a study reuses both.
 
   The segmentation runs on the image resized to `segmentation_size` (PAIR: 224); the study's
   CPU demo sets it to the image size (a cubic resize to the same size: the image up to
   rounding), which keeps Felzenszwalb's cost proportional to the image.
   """
-  return _xrai_prepare_async(images, settings)()
+  segments = _xrai_prepare_async(images, settings)()
+  return [xrai_selection_jax.prepare(masks) for masks in segments]
 
 
 def _xrai_prepare_async(images, settings=None):
@@ -313,7 +318,7 @@ def _xrai_prepare_async(images, settings=None):
   )
 
 
-def _xrai_ig_attr(fns, s, images, targets, indices, key, item_window=None):
+def _xrai_ig_attr(fns, s, images, targets, indices, key):
   del indices, key
   return xrai_lib.xrai_base_attribution(
     fns.logits_fn,
@@ -321,7 +326,6 @@ def _xrai_ig_attr(fns, s, images, targets, indices, key, item_window=None):
     targets,
     steps=s["steps"],
     max_grads_in_flight=s["max_grads_in_flight"],
-    item_window=item_window,
   )
 
 
@@ -335,7 +339,7 @@ def _xrai_ig_impl(fns, s, images, targets, indices, key, prepared):
 XRAI_IG_COMPUTE = make_compute(
   "XRAI_IG",
   _xrai_ig_impl,
-  {"steps": 100, "max_grads_in_flight": 64},
+  {"steps": 100, "max_grads_in_flight": 64, "compute_dtype": "float32"},
   lambda s: 2 * s["steps"],
   item_split=(_xrai_ig_attr, lambda s: 2 * s["steps"], lambda s: 1),
   grayscale=False,
@@ -350,7 +354,11 @@ def _xrai_compute(
   s = merge_settings({**COMMON_SETTINGS, **XRAI_DEFAULTS}, settings)
   images = np.asarray(images, np.float32)
   targets = np.asarray(targets, np.int32)
-  ig_settings = {"steps": s["steps"], "max_grads_in_flight": s["max_grads_in_flight"]}
+  ig_settings = {
+    "steps": s["steps"],
+    "max_grads_in_flight": s["max_grads_in_flight"],
+    "compute_dtype": s["compute_dtype"],
+  }
   # Segments (when not prepared) are computed in worker processes while IG runs.
   pending = _xrai_prepare_async(images, s) if prepared is None else (lambda: prepared)
   attributions = np.asarray(XRAI_IG_COMPUTE(model_fns, images, targets, settings=ig_settings))

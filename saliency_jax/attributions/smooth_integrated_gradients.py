@@ -36,14 +36,12 @@ def smooth_integrated_gradients(
   noise: Array | None = None,
   indices: Array | None = None,
   max_grads_in_flight: int | None = None,
-  item_window: tuple[int | Array, int] | None = None,
 ) -> Array:
   """SmoothGrad-IG maps, float32 [B,H,W,C]; arguments as `smoothgrad` and
   `integrated_gradients`. Memory is bounded by `max_grads_in_flight` gradients.
 
-  item_window: (offset, count): only the (image, noisy copy) items offset .. offset + count - 1
-  (offset may be traced), enumerated image-major as in `_engine.chunked_sum`; disjoint
-  windows add up to the whole map (to float32 rounding). Default: every item.
+  Its (image, item) pairs for the CPU plan's item windows (`_execution.item_window`) are the
+  (image, noisy copy) pairs; each copy's IG then sums all its steps.
   """
   images, targets = _engine.check_images(images, targets)
   b = images.shape[0]
@@ -59,7 +57,7 @@ def smooth_integrated_gradients(
     method="smooth_integrated_gradients",
   )
   total_items = b * samples
-  offset, count = (0, total_items) if item_window is None else item_window
+  offset, count = _execution.take_item_window(total_items)
 
   # The (image, copy) paths are processed in groups of g, each group one chunked IG (chunks of
   # at most max_grads_in_flight gradients); g is as large as the per-path accumulators allow

@@ -53,7 +53,6 @@ def smoothgrad(
   noise: Array | None = None,
   indices: Array | None = None,
   max_grads_in_flight: int | None = None,
-  item_window: tuple | None = None,
 ) -> Array:
   """SmoothGrad maps, float32 [B,H,W,C].
 
@@ -69,9 +68,6 @@ def smoothgrad(
       reproduce another implementation's draws exactly).
     indices: int [B] dataset indices the noise keys are folded with (default 0..B-1).
     max_grads_in_flight: at most this many gradients per backward pass.
-    item_window: (offset, count): only the (image, sample) items offset .. offset + count - 1,
-      enumerated image-major (see `_engine.chunked_sum`); disjoint windows add up to the
-      whole map. Default: every item.
   """
   images, targets = _engine.check_images(images, targets)
   b = images.shape[0]
@@ -95,5 +91,5 @@ def smoothgrad(
     g = grad_fn(images[bi] + eps, targets[bi])
     return g * g if squared else g
 
-  total = _engine.chunked_sum(contribution, b, samples, shape, max_grads_in_flight, item_window)
+  total = _engine.chunked_sum(contribution, b, samples, shape, max_grads_in_flight)
   return total / samples

@@ -33,13 +33,11 @@ def xrai_base_attribution(
   *,
   steps: int = 100,
   max_grads_in_flight: int | None = None,
-  item_window: tuple | None = None,
 ) -> Array:
   """PAIR XRAI's default attribution: mean of IG from the min and max baselines, [B,H,W,C].
 
-  item_window: (offset, count) over the (image, item) pairs, 2 * steps items per image (the
-  min baseline's steps, then the max's), as `integrated_gradients`' item_window: only those
-  items' part of the mean.
+  Its (image, item) pairs are 2 * steps items per image (the min baseline's steps, then the
+  max's), so the CPU plan's item windows (`_execution.item_window`) fall through to IG's sum.
   """
   images, targets = _engine.check_images(images, targets)
   b = images.shape[0]
@@ -54,7 +52,6 @@ def xrai_base_attribution(
     baseline=baselines,
     steps=steps,
     max_grads_in_flight=max_grads_in_flight,
-    item_window=item_window,
   )
   ig = ig.reshape((b, 2) + images.shape[1:])
   return (ig[:, 0] + ig[:, 1]) / 2

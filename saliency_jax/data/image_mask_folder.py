@@ -41,6 +41,7 @@ import tensorflow_datasets as tfds
 
 from saliency_jax.data import build_report
 from saliency_jax.data import dicom
+from saliency_jax.data import geometry
 from saliency_jax.data import real_builder
 from saliency_jax.data import rle
 from saliency_jax.data import splits as splits_lib
@@ -304,7 +305,7 @@ def make_example(
     truth |= mask
   if record.rles:
     truth |= rle.rle_decode_union(record.rles, rows, cols).astype(bool)
-  mask, redrawn = real_builder.resize_mask(truth, size)
+  mask, redrawn = geometry.resize_mask(truth, size)
   if redrawn:
     notes.append(
       (
@@ -322,8 +323,8 @@ def make_example(
         f"box (ymin, xmin, ymax, xmax) "
         f"{boxes[outside.any(axis=1)][0].tolist()} is outside the {rows}x{cols} image",
       )
-    boxes = np.clip(real_builder.scale_boxes(boxes, (rows, cols), size), 0, size)
-    mask |= real_builder.rasterize_boxes(boxes, size)
+    boxes = np.clip(geometry.scale_boxes(boxes, (rows, cols), size), 0, size)
+    mask |= geometry.rasterize_boxes(boxes, size)
   has_truth = bool(mask.any())
   label = record.label if record.label >= 0 else int(has_truth)
   if label == 0 and has_truth:

@@ -29,6 +29,7 @@ import tensorflow_datasets as tfds
 
 from saliency_jax.data import build_report
 from saliency_jax.data import dicom
+from saliency_jax.data import geometry
 from saliency_jax.data import real_builder
 
 LABELS_CSV = "stage_2_train_labels.csv"
@@ -157,8 +158,8 @@ def make_example(
         "box_outside_image",
         f"box (ymin, xmin, ymax, xmax) {bad.tolist()} is outside the {rows}x{cols} image",
       )
-  boxes = np.clip(real_builder.scale_boxes(boxes, (rows, cols), size), 0, size)
-  mask = real_builder.rasterize_boxes(boxes, size)
+  boxes = np.clip(geometry.scale_boxes(boxes, (rows, cols), size), 0, size)
+  mask = geometry.rasterize_boxes(boxes, size)
   example = {
     "id": record.id,
     "image": image,

@@ -36,6 +36,7 @@ import tensorflow_datasets as tfds
 
 from saliency_jax.data import build_report
 from saliency_jax.data import dicom
+from saliency_jax.data import geometry
 from saliency_jax.data import real_builder
 from saliency_jax.data import rle
 
@@ -130,7 +131,7 @@ def make_example(
     raise real_builder.SkipExample(
       "rle_empty_positive", "EncodedPixels is not -1 but marks no pixel"
     )
-  mask, redrawn = real_builder.resize_mask(full_mask, size)
+  mask, redrawn = geometry.resize_mask(full_mask, size)
   if redrawn:
     notes.append(
       (

@@ -355,7 +355,11 @@ def _host_share(plan: MapPlan) -> tuple[int, int]:
 
 
 def _recorded_settings(settings: dict) -> dict:
-  return {k: v for k, v in settings.items() if k not in _SETTINGS_NOT_CHANGING_MAPS}
+  recorded = {k: v for k, v in settings.items() if k not in _SETTINGS_NOT_CHANGING_MAPS}
+  # float32 is recorded by omission, so stores written before the setting existed match.
+  if recorded.get("compute_dtype") == "float32":
+    del recorded["compute_dtype"]
+  return recorded
 
 
 def _open_store(

@@ -35,8 +35,6 @@ from saliency_jax.metrics.similarity import pearson
 from saliency_jax.metrics.similarity import pearson_jax
 from saliency_jax.metrics.similarity import spearman
 from saliency_jax.metrics.similarity import spearman_jax
-from saliency_jax.metrics.similarity import ssim
-from saliency_jax.metrics.similarity import ssim_jax
 from saliency_jax.metrics.similarity import top_k_iou
 from saliency_jax.metrics.statistics import benjamini_hochberg
 from saliency_jax.metrics.statistics import bootstrap_ci
@@ -46,3 +44,5 @@ from saliency_jax.metrics.statistics import paired_t
 from saliency_jax.metrics.statistics import summarize
 from saliency_jax.metrics.statistics import TestResult
 from saliency_jax.metrics.statistics import wilcoxon
+from saliency_jax.metrics.structural_similarity import ssim
+from saliency_jax.metrics.structural_similarity import ssim_jax

@@ -8,6 +8,8 @@
   _run_steps              the steps: loss logging, validation, checkpoints, the best variables
   _finish                 the done marker and the best variables as a `TrainResult`
 
+The validation pass is `validation.evaluate`.
+
 A new task is a `tasks.Task`; the loop does not change.
 """
 
@@ -29,6 +31,7 @@ import orbax.checkpoint as ocp
 from tqdm import tqdm
 
 from saliency_jax.models import init_variables
+from saliency_jax.train import validation
 from saliency_jax.train import workdir as workdir_lib
 from saliency_jax.train.steps import DATA_AXIS
 from saliency_jax.train.steps import data_parallel_mesh
@@ -37,7 +40,6 @@ from saliency_jax.train.steps import make_steps
 from saliency_jax.train.steps import model_variables
 from saliency_jax.train.steps import optimizer_settings
 from saliency_jax.train.steps import Steps
-from saliency_jax.train.steps import to_host
 from saliency_jax.train.steps import with_dtype
 from saliency_jax.train.tasks import Task
 from saliency_jax.train.workdir import TrainResult
@@ -291,7 +293,7 @@ def _run_steps(
       )
       progress.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
     if step % int(config.eval_every) == 0 or step == num_steps:
-      metrics = _evaluate(
+      metrics = validation.evaluate(
         task,
         steps.eval_step,
         model_variables(state),
@@ -363,58 +365,3 @@ def _better(value: float, incumbent: float | None) -> bool:
   if value is None or not math.isfinite(value):
     return False
   return incumbent is None or value > incumbent
-
-
-def _evaluate(
-  task: Task,
-  eval_step,
-  variables,
-  val_source,
-  config,
-  local_batch: int,
-  batch_sharding: NamedSharding,
-) -> dict:
-  """Runs `eval_step` over the whole validation split; returns the task's summary."""
-  from saliency_jax.data import make_dataset  # pylint: disable=g-import-not-at-top
-
-  dataset = make_dataset(
-    val_source,
-    batch_size=local_batch,
-    seed=0,
-    style=config.style,
-    channels=int(config.channels),
-    shuffle=False,
-    num_epochs=1,
-    drop_remainder=False,
-    shard_by_process=True,
-    max_boxes=task.max_boxes,
-  )
-  # Every process runs the same number of steps (unequal shards would deadlock multi-host
-  # runs): exhausted processes feed batches that are all padding.
-  per_process = -(-len(val_source) // jax.process_count())
-  num_batches = -(-per_process // local_batch)
-  iterator = iter(dataset)
-  template = None
-  outputs = []
-  for _ in range(num_batches):
-    local = next(iterator, None)
-    if local is None:
-      local = jax.tree.map(lambda x: np.zeros_like(x[:0]), template)
-    template = local if template is None else template
-    size = len(local["image"])
-    padded = {
-      k: np.concatenate(
-        [
-          np.asarray(local[k]),
-          np.zeros((local_batch - size, *np.shape(local[k])[1:]), np.asarray(local[k]).dtype),
-        ]
-      )
-      for k in task.batch_keys
-    }
-    out = eval_step(variables, global_batch(padded, task.batch_keys, batch_sharding))
-    valid = np.arange(local_batch) < size
-    valid = jax.make_array_from_process_local_data(batch_sharding, valid)
-    outputs.append(to_host({**out, "valid": valid}))
-  merged = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
-  valid = merged.pop("valid")
-  return task.summarize({k: v[valid] for k, v in merged.items()})
