@@ -27,11 +27,7 @@ from collections.abc import Sequence
 import os
 
 from saliency_jax.sanity import faithfulness
-from saliency_jax.trust.names import SetName
 from saliency_jax.trust.names import State
-
-EVAL_SET = SetName.EVAL
-ORIGINAL = State.ORIGINAL
 
 CHECKS = (
   "data_randomization",
