@@ -45,7 +45,7 @@ from saliency_jax import randomization
 from saliency_jax import train
 from saliency_jax import trust
 from saliency_jax.trust import criteria
-from saliency_jax.trust import study as study_lib
+from saliency_jax.trust import map_methods
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config",
@@ -179,7 +179,7 @@ def _map_rates(name, module, shape, study, chunk, seg_cache):
   """MapRates of one (classifier, method): a chunk at state 1, state 2 (new weights), steady.
   XRAI's segmentation is timed apart (once per image set and style in the study)."""
   method = attributions.METHODS[name]
-  settings = study.method_settings(name)
+  settings = map_methods.method_settings(study.config, name)
   images = jnp.asarray(_images(chunk, shape[0], shape[2], seed=1))
   targets = jnp.zeros((chunk,), jnp.int32)
   prepared = None
@@ -236,7 +236,7 @@ def _localizer_map_rates(module, variables, shape, chunk):
   fns = models.model_functions(module, variables)
   images = jnp.asarray(_images(chunk, shape[0], shape[2], seed=3))
   compute = jax.jit(
-    lambda f, x: study_lib.SegmentationOutput().compute(
+    lambda f, x: map_methods.SegmentationOutput().compute(
       f, x, None, indices=None, key=None, settings={}
     )
   )
@@ -330,7 +330,7 @@ def main(argv):
     for name in config.methods.names:
       r = _map_rates(name, module, shape, study, chunk, seg_cache)
       map_rates[(spec["name"], name)] = r
-      grads = _GRADIENTS.get(name, lambda s: None)(study.method_settings(name))
+      grads = _GRADIENTS.get(name, lambda s: None)(map_methods.method_settings(study.config, name))
       gfrac = (3 * flops * grads / r.per_map_s / peak) if grads and flops and peak else None
       records["maps"][f"{spec['name']}/{name}"] = dict(vars(r), peak_fraction=gfrac)
   loc = config.localization

@@ -4,12 +4,14 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 from attribution_models import full_float32_precision  # noqa: F401 (autouse)
 from attribution_models import pair_call_model_function
 from attribution_models import random_images
 from attribution_models import tiny_model
+import jax
 import numpy as np
 import pytest
 from saliency import core as pair
@@ -20,6 +22,7 @@ from saliency_jax.attributions import registry
 from saliency_jax.attributions import xrai_segments
 from saliency_jax.attributions import xrai_selection
 from saliency_jax.attributions import xrai_selection_jax
+from saliency_jax.maps.prepared import PreparedCache
 
 
 def _image(h, w, c, seed=0):
@@ -161,11 +164,24 @@ def test_registry_xrai_prepare_and_parallel_segments():
   serial = xrai_segments.segment_batch(
     images, workers=1, scales=(30, 100), min_size=8, resize=None, dilation_radius=2
   )
-  for a, b in zip(prepared, serial):
-    np.testing.assert_array_equal(a, b)
+  for a, b in zip(prepared, serial):  # the segments with their atoms
+    np.testing.assert_array_equal(a.masks.reshape(b.shape), b)
   maps = np.asarray(method.compute(fns, images, targets, settings=settings, prepared=prepared))
   again = np.asarray(method.compute(fns, images, targets, settings=settings))
   np.testing.assert_array_equal(maps, again)
+  # The regions go through the study's prepared cache (pickled, bit-packed) unchanged.
+  with tempfile.TemporaryDirectory() as tmp:
+    cache = PreparedCache(tmp, "XRAI", settings)
+    ids = ["a", "b", "c"]
+    cache.get(0, 3, ids, images, lambda x: prepared)
+    loaded = cache.get(0, 3, ids, images, lambda x: pytest.fail("a hit expected"))
+  assert cache.hits == 1 and all(isinstance(r, xrai_selection_jax.Regions) for r in loaded)
+  for a, b in zip(loaded, prepared):
+    assert a.shape == b.shape
+    for x, y in zip(jax.tree.leaves(a[1:]), jax.tree.leaves(b[1:])):
+      np.testing.assert_array_equal(x, y)
+  from_cache = method.compute(fns, images, targets, settings=settings, prepared=loaded)
+  np.testing.assert_array_equal(np.asarray(from_cache), maps)
   base = attributions.xrai_base_attribution(fns.logits_fn, images, targets, steps=3)
   raw = attributions.xrai(None, images, attributions=base, segments=serial)
   np.testing.assert_allclose(maps, np.asarray(attributions.to_grayscale(raw)), atol=1e-6)

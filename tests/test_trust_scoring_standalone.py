@@ -92,6 +92,7 @@ _SCRIPT = textwrap.dedent("""
     evaluation.evaluate(manifest, reader, config.study, seed=config.seed, workdir=workdir)
     report.write_report(manifest, reader, config, workdir)
     loaded = [m for m in sys.modules if m.startswith("saliency_jax.trust.study")
+              or m.startswith("saliency_jax.trust.maps_stage")
               or m.startswith("tensorflow_datasets") or m.startswith("optax")]
     print(json.dumps(loaded))
 """)

@@ -38,6 +38,7 @@ from saliency_jax.attributions import _memory
 from saliency_jax.attributions import _precision
 from saliency_jax.attributions import xrai as xrai_lib
 from saliency_jax.attributions import xrai_segments
+from saliency_jax.attributions import xrai_selection_jax
 from saliency_jax.attributions._execution import CPU_GRADS_PER_CALL
 from saliency_jax.attributions._execution import make_compute
 from saliency_jax.attributions._execution import merge_settings
@@ -76,7 +77,7 @@ class MapMethod:
     name: the study's name (GRAD, SG, ...).
     compute: compute(model_fns, images, targets, *, indices, key, settings, prepared=None)
       -> float32 [B,H,W] in [0,1].
-    prepare: prepare(images, settings) -> model-independent data for `compute` (XRAI segments),
+    prepare: prepare(images, settings) -> model-independent data for `compute` (XRAI regions),
       computed once per batch of images and reused for every model state; None if not needed.
     default_settings: the paper's settings.
     traceable: whether `compute` can be traced under an outer `jax.jit` (False for XRAI, whose
@@ -292,13 +293,16 @@ def _segmentation_size(size):
 
 
 def _xrai_prepare(images, settings=None):
-  """XRAI's segments of each image (model-independent): a list of bool [M_i,H,W].
+  """XRAI's regions of each image (model-independent): a list of `xrai_selection_jax.Regions`,
+  the segments (bool [M_i, H*W]) with the atoms the region selection works on, so that every
+  model state of a study reuses both.
 
   The segmentation runs on the image resized to `segmentation_size` (PAIR: 224); the study's
   CPU demo sets it to the image size (a cubic resize to the same size: the image up to
   rounding), which keeps Felzenszwalb's cost proportional to the image.
   """
-  return _xrai_prepare_async(images, settings)()
+  segments = _xrai_prepare_async(images, settings)()
+  return [xrai_selection_jax.prepare(masks) for masks in segments]
 
 
 def _xrai_prepare_async(images, settings=None):

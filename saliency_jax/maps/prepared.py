@@ -32,6 +32,8 @@ def _pack(tree: Any) -> Any:
     return (_PACKED_BOOL, tree.shape, np.packbits(tree, axis=None))
   if isinstance(tree, dict):
     return {k: _pack(v) for k, v in tree.items()}
+  if hasattr(tree, "_fields"):  # a NamedTuple (XRAI's Regions)
+    return type(tree)(*(_pack(v) for v in tree))
   if isinstance(tree, (list, tuple)):
     return type(tree)(_pack(v) for v in tree)
   if hasattr(tree, "__array__") and not isinstance(tree, np.ndarray):
@@ -51,6 +53,8 @@ def _unpack(tree: Any) -> Any:
     return np.unpackbits(bits, count=count).astype(bool).reshape(shape)
   if isinstance(tree, dict):
     return {k: _unpack(v) for k, v in tree.items()}
+  if hasattr(tree, "_fields"):
+    return type(tree)(*(_unpack(v) for v in tree))
   if isinstance(tree, (list, tuple)):
     return type(tree)(_unpack(v) for v in tree)
   return tree
