@@ -78,7 +78,8 @@ def build_sections(
       "Scorecard",
       [
         "Each cell: the method's mean over images [bootstrap 95% CI] vs the baseline's "
-        "mean, and the verdict of the rule below.",
+        "mean, the verdict of the rule below and its corrected p-value (a mean on the "
+        "passing side that FAILs was not significant with this many images).",
         scorecard_table(summary, methods),
       ]
       + rules
