@@ -322,13 +322,9 @@ def main(argv):
     name = _SANITY_METHOD.value
     method = attributions.METHODS[name]
     s = {**method.default_settings, **overrides.get(name, {}), "max_grads_in_flight": max_grads}
+    work = benchmark_sanity.Workload(module, variables, fns, images, images_dev, targets_dev)
     benchmark_sanity.sanity_records(
-      module,
-      variables,
-      fns,
-      images,
-      images_dev,
-      targets_dev,
+      work,
       raw,
       record,
       checks=_SANITY.value,

@@ -36,6 +36,7 @@ from saliency_jax import compilation_cache
 from saliency_jax import models
 from saliency_jax import projection
 from saliency_jax import trust
+from saliency_jax.trust import map_methods
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config",
@@ -140,7 +141,7 @@ def main(argv):
         name, module, shape, study, chunk, seg_cache, repeats=_REPEATS.value
       )
       map_rates[(spec["name"], name)] = r
-      grads = _GRADIENTS.get(name, lambda s: None)(study.method_settings(name))
+      grads = _GRADIENTS.get(name, lambda s: None)(map_methods.method_settings(study.config, name))
       gfrac = (3 * flops * grads / r.per_map_s / peak) if grads and flops and peak else None
       records["maps"][f"{spec['name']}/{name}"] = dict(vars(r), peak_fraction=gfrac)
   loc = config.localization

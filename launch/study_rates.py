@@ -24,7 +24,7 @@ from saliency_jax import randomization
 from saliency_jax import train
 from saliency_jax.detection import postprocess
 from saliency_jax.trust import criteria
-from saliency_jax.trust import study as study_lib
+from saliency_jax.trust import map_methods
 
 
 def textured_images(n, size, channels, seed=0):
@@ -147,7 +147,7 @@ def map_rates(name, module, shape, study, chunk, seg_cache, *, repeats):
   """MapRates of one (classifier, method): a chunk at state 1, state 2 (new weights), steady.
   XRAI's segmentation is timed apart (once per image set and style in the study)."""
   method = attributions.METHODS[name]
-  settings = study.method_settings(name)
+  settings = map_methods.method_settings(study.config, name)
   images = jnp.asarray(textured_images(chunk, shape[0], shape[2], seed=1))
   targets = jnp.zeros((chunk,), jnp.int32)
   prepared = None
@@ -205,9 +205,9 @@ def localizer_map_rates(module, variables, shape, chunk, *, detector, repeats):
   fns = models.ModelFunctions(lambda x: module.apply(variables, x))  # as the study binds it
   images = jnp.asarray(textured_images(chunk, shape[0], shape[2], seed=3))
   method = (
-    study_lib.DetectionScoreMap(module.anchors(shape[0], shape[1]))
+    map_methods.DetectionScoreMap(module.anchors(shape[0], shape[1]))
     if detector
-    else study_lib.SegmentationOutput()
+    else map_methods.SegmentationOutput()
   )
   compute = jax.jit(lambda f, x: method.compute(f, x, None, indices=None, key=None, settings={}))
   first, _ = _timed(lambda: compute(fns, images))

@@ -35,6 +35,8 @@ import numpy as np
 
 from saliency_jax.models import plugin
 from saliency_jax.trust import study as study_lib
+from saliency_jax.trust import study_data
+from saliency_jax.trust import study_models
 from saliency_jax.trust.names import SetName
 
 
@@ -210,94 +212,15 @@ class _GivenStudy(study_lib.Study):
     if self._no_tuning:
       study.chexlocalize.enabled = False
     super().__init__(config, workdir)
-    self._images, self._truth, self._boxes = images, truth, box_list
-    self._labels, self._ids, self._models = labels, np.asarray(ids), list(models)
-    self._train_masks = train_masks
-    self._dataset_name = dataset_name
+    self.data = _GivenData(
+      config, workdir, images, truth, box_list, labels, np.asarray(ids), train_masks
+    )
+    self.models = _GivenModels(config, workdir, self.data, list(models))
 
   def stage_config(self, stage):
     config = super().stage_config(stage)
     config.pop("models", None)  # given in Python, not in the config
     return config
-
-  def classifiers(self):
-    def build():
-      shape = self._images.shape[1:]
-      out = []
-      for m in self._models:
-        if isinstance(m, FlaxModel):
-          bound = plugin.from_flax(
-            m.name,
-            m.module,
-            m.variables,
-            shape,
-            gradcam_layer=m.gradcam_layer,
-            blocks=None if m.blocks is None else tuple(m.blocks),
-            arch=m.arch,
-          )
-        elif isinstance(m, FunctionModel):
-          bound = plugin.prediction_only(
-            m.name,
-            m.logits_fn,
-            features_fn=m.features_fn,
-            head_fn=m.head_fn,
-            guided_logits_fn=m.guided_logits_fn,
-            arch=m.arch,
-          )
-        else:
-          raise TypeError(f"models must be api.FlaxModel or api.FunctionModel, got {type(m)}")
-        out.append(
-          study_lib.TrainedModel(
-            m.name,
-            bound.arch,
-            bound.module,
-            bound.variables,
-            float("nan"),
-            self.config.data.style,
-            bound,
-          )
-        )
-      return out
-
-    return self._cached("classifiers", build)
-
-  def localizers(self):
-    return []
-
-  def image_set(self, name: str) -> study_lib.ImageSet:
-    def build():
-      positives = np.flatnonzero(self._labels == 1)
-      if len(positives) < 2:
-        raise ValueError(f"{len(positives)} positive images given; the study needs >= 2")
-      count = (
-        self.config.study.num_utility_images
-        if name == SetName.UTILITY
-        else self.config.study.num_eval_images
-      )
-      if count and count < len(positives):
-        rng = np.random.default_rng(self.config.seed)  # as Study.image_set draws its subset
-        positives = np.sort(rng.choice(positives, size=count, replace=False))
-      return study_lib.ImageSet(
-        name=name,
-        ids=self._ids[positives],
-        indices=positives,
-        raw=_display(self._images[positives]),
-        masks=self._truth[positives],
-        boxes=[self._boxes[i] for i in positives],
-      )
-
-    return self._cached(f"set_{name}", build)
-
-  def inputs(self, image_set, style):
-    del style  # the images are given as the models take them
-    return self._images[image_set.indices]
-
-  def average_mask(self):
-    from saliency_jax.trust import criteria  # pylint: disable=g-import-not-at-top
-
-    if self._train_masks is not None:
-      return criteria.average_mask(np.asarray(self._train_masks))
-    return criteria.average_mask(self._truth[self._labels == 1])
 
   def skipped(self):
     out = super().skipped()
@@ -316,7 +239,7 @@ class _GivenStudy(study_lib.Study):
           why="their thresholds are tuned on validation images: none given",
         )
       )
-    if self._train_masks is None:
+    if self.data.train_masks is None:
       out.append(
         dict(
           model="-",
@@ -325,6 +248,97 @@ class _GivenStudy(study_lib.Study):
         )
       )
     return out
+
+
+class _GivenData(study_data.StudyData):
+  """The given images: the image sets are their positives (a seeded subset where the config
+  asks for fewer), already preprocessed for the models."""
+
+  def __init__(self, config, workdir, images, truth, boxes, labels, ids, train_masks):
+    super().__init__(config, workdir)
+    self.images, self.truth, self.boxes = images, truth, boxes
+    self.labels, self.ids, self.train_masks = labels, ids, train_masks
+
+  def _load_image_set(self, name: str) -> study_data.ImageSet:
+    positives = np.flatnonzero(self.labels == 1)
+    if len(positives) < 2:
+      raise ValueError(f"{len(positives)} positive images given; the study needs >= 2")
+    count = (
+      self.config.study.num_utility_images
+      if name == SetName.UTILITY
+      else self.config.study.num_eval_images
+    )
+    if count and count < len(positives):
+      rng = np.random.default_rng(self.config.seed)  # as StudyData draws its subset
+      positives = np.sort(rng.choice(positives, size=count, replace=False))
+    return study_data.ImageSet(
+      name=name,
+      ids=self.ids[positives],
+      indices=positives,
+      raw=_display(self.images[positives]),
+      masks=self.truth[positives],
+      boxes=[self.boxes[i] for i in positives],
+    )
+
+  def inputs(self, image_set, style):
+    del style  # the images are given as the models take them
+    return self.images[image_set.indices]
+
+  def average_mask(self):
+    from saliency_jax.trust import criteria  # pylint: disable=g-import-not-at-top
+
+    if self.train_masks is not None:
+      return criteria.average_mask(np.asarray(self.train_masks))
+    return criteria.average_mask(self.truth[self.labels == 1])
+
+
+class _GivenModels(study_models.StudyModels):
+  """The given classifiers; no localization network (no training split to train it on)."""
+
+  def __init__(self, config, workdir, data, models):
+    super().__init__(config, workdir, data)
+    self.given = models
+
+  def _load_classifiers(self):
+    shape = self.data.images.shape[1:]
+    out = []
+    for m in self.given:
+      if isinstance(m, FlaxModel):
+        bound = plugin.from_flax(
+          m.name,
+          m.module,
+          m.variables,
+          shape,
+          gradcam_layer=m.gradcam_layer,
+          blocks=None if m.blocks is None else tuple(m.blocks),
+          arch=m.arch,
+        )
+      elif isinstance(m, FunctionModel):
+        bound = plugin.prediction_only(
+          m.name,
+          m.logits_fn,
+          features_fn=m.features_fn,
+          head_fn=m.head_fn,
+          guided_logits_fn=m.guided_logits_fn,
+          arch=m.arch,
+        )
+      else:
+        raise TypeError(f"models must be api.FlaxModel or api.FunctionModel, got {type(m)}")
+      out.append(
+        study_models.TrainedModel(
+          m.name,
+          bound.arch,
+          bound.module,
+          bound.variables,
+          float("nan"),
+          self.config.data.style,
+          bound,
+        )
+      )
+    return out
+
+  def _load_localizers(self):
+    return []
 
 
 def _display(images: np.ndarray) -> np.ndarray:

@@ -15,47 +15,47 @@ from saliency_jax.attributions import xrai_method
 from saliency_jax.data import pipeline
 from saliency_jax.trust import criteria
 from saliency_jax.trust import evaluation
+from saliency_jax.trust import map_methods
 from saliency_jax.trust import map_reader
 from saliency_jax.trust import protocol
-from saliency_jax.trust import study as study_lib
+from saliency_jax.trust import states
 from saliency_jax.trust.names import SetName
 from saliency_jax.trust.names import State
 
 
-def _study(**choices):
+def _config(**choices):
   config = synthetic.get_config()
   for key, value in choices.items():
     config.protocol[key] = value
-  return study_lib.Study(config, "/nonexistent/never_written")
+  return config
 
 
 def test_the_cascade_stops_where_the_authors_did():
   inception = models.create("inception_v3", num_classes=2)
-  steps = _study().cascade_steps(inception.block_names)
+  steps = states.cascade_steps(inception.block_names, _config().protocol.cascade_keep)
   # randomization_plot_siim.py: x = ['Original', 'Logits', '10', ..., '1'].
   assert steps == ["original", "cascade_logits"] + [f"cascade_mixed{i}" for i in range(10, 0, -1)]
-  assert _study(cascade_keep=0).cascade_steps(inception.block_names)[-2:] == [
+  assert states.cascade_steps(inception.block_names, 0)[-2:] == [
     "cascade_mixed0",
     "cascade_stem",
   ]
 
 
 def test_the_untrained_utility_state_is_still_fully_randomized():
-  study = _study()
   vgg = models.create("small_vgg", num_classes=2)
-  names = study.state_names("A1", vgg.block_names)
+  names = states.state_names(_config(), "A1", vgg.block_names)
   assert (SetName.UTILITY, State.UNTRAINED) in names
-  assert (SetName.EVAL, "cascade_block1") not in names and (SetName.EVAL, "cascade_block2") in names
+  assert (SetName.EVAL, "cascade_block1") not in names
+  assert (SetName.EVAL, "cascade_block2") in names
 
 
 def test_agreement_on_the_utility_set_adds_every_models_utility_maps():
   vgg = models.create("small_vgg", num_classes=2)
-  assert (SetName.UTILITY, State.ORIGINAL) in _study().state_names("A2", vgg.block_names)
-  assert (SetName.UTILITY, State.ORIGINAL) not in _study(agreement_images="eval").state_names(
-    "A2", vgg.block_names
-  )
-  assert _study().agreement_set() == SetName.UTILITY
-  assert _study(agreement_images="eval").agreement_set() == SetName.EVAL
+  assert (SetName.UTILITY, State.ORIGINAL) in states.state_names(_config(), "A2", vgg.block_names)
+  on_eval = _config(agreement_images="eval")
+  assert (SetName.UTILITY, State.ORIGINAL) not in states.state_names(on_eval, "A2", vgg.block_names)
+  assert evaluation.agreement_set(_config().protocol) == SetName.UTILITY
+  assert evaluation.agreement_set(on_eval.protocol) == SetName.EVAL
 
 
 def test_minmax_rescales_ggcam_and_leaves_grayscale_maps():
@@ -71,9 +71,9 @@ def test_minmax_rescales_ggcam_and_leaves_grayscale_maps():
 
 
 def test_ig_baseline_is_black_in_each_models_input_space():
-  assert study_lib.ig_baseline("minus_one", "imagenet", 3) == -1.0
-  assert study_lib.ig_baseline("black", "inception", 3) == -1.0
-  black = study_lib.ig_baseline("black", "imagenet", 3)
+  assert map_methods.ig_baseline("minus_one", "imagenet", 3) == -1.0
+  assert map_methods.ig_baseline("black", "inception", 3) == -1.0
+  black = map_methods.ig_baseline("black", "imagenet", 3)
   mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
   np.testing.assert_allclose(black, -mean / std, rtol=1e-6)
   # It is what preprocessing makes of a black uint8 pixel.
@@ -82,10 +82,12 @@ def test_ig_baseline_is_black_in_each_models_input_space():
     pipeline.preprocess(np.zeros((1, 1, 1), np.uint8), style="imagenet", channels=3).reshape(-1),
     rtol=1e-6,
   )
-  study = _study(ig_baseline="black")
+  black_config = _config(ig_baseline="black")
   # The synthetic config has one channel: the first channel's black.
-  assert study.method_settings("IG", "imagenet")["baseline"] == pytest.approx(black[0])
-  assert _study().method_settings("SIG", "imagenet")["baseline"] == -1.0
+  assert map_methods.method_settings(black_config, "IG", "imagenet")["baseline"] == pytest.approx(
+    black[0]
+  )
+  assert map_methods.method_settings(_config(), "SIG", "imagenet")["baseline"] == -1.0
 
 
 def test_xrai_region_scores_abs_is_pairs_grayscale_and_shifted_keeps_the_order():
@@ -101,7 +103,9 @@ def test_xrai_region_scores_abs_is_pairs_grayscale_and_shifted_keeps_the_order()
   )
   assert gray_shifted[0, 0, 0] == 0.0 and gray_shifted[0, 1, 3] == 1.0
   assert (
-    _study(xrai_grayscale="shifted").method_settings("XRAI", "inception")["region_scores"]
+    map_methods.method_settings(_config(xrai_grayscale="shifted"), "XRAI", "inception")[
+      "region_scores"
+    ]
     == "shifted"
   )
   with pytest.raises(ValueError, match="region_scores"):

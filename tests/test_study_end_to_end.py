@@ -9,6 +9,7 @@ import pytest
 
 from configs import tiny
 from saliency_jax import trust
+from saliency_jax.trust import map_reader
 
 METHODS = ("GRAD", "SG", "IG", "SIG", "GCAM", "XRAI", "GBP", "GGCAM")
 CRITERIA = ("utility", "randomization", "repeatability", "reproducibility")
@@ -124,14 +125,14 @@ def test_results_are_tidy_records(finished_study):
 
 
 def test_sanity_checks_leave_their_traces(finished_study):
-  study, workdir, _ = finished_study
+  _, workdir, _ = finished_study
   # The permuted-label model was trained like the others, and resumes from its checkpoints.
   assert os.path.exists(os.path.join(workdir, "models", "A1_permuted_labels", "checkpoints"))
   with open(os.path.join(workdir, "models", "summary.json")) as f:
     assert "val_auc_permuted_labels" in json.load(f)["A1_permuted_labels"]
   for state in ("data_randomized", "smoothed_original", "smoothed_untrained", "other_class"):
-    assert os.path.exists(study.store_path("eval", "A1", state, "GRAD"))
-  assert os.path.exists(study.store_path("eval", "B1", "input_shifted", "GRAD"))
+    assert os.path.exists(map_reader.store_path(workdir, "eval", "A1", state, "GRAD"))
+  assert os.path.exists(map_reader.store_path(workdir, "eval", "B1", "input_shifted", "GRAD"))
   with open(os.path.join(workdir, "results.json")) as f:
     records = json.load(f)
   # GRAD is input invariant: the shifted input through the adjusted model gives its map.

@@ -129,7 +129,8 @@ def test_maps_of_retrained_weights_replace_the_old_ones(tmp_path):
   import jax
 
   from saliency_jax.maps import demo
-  from saliency_jax.trust.study import ImageSet
+  from saliency_jax.trust.maps_stage import MapsStage
+  from saliency_jax.trust.study_data import ImageSet
 
   study = _study(tmp_path / "work")
   fns, _, _, _, _ = demo.tiny_problem(seed=1, num_images=3, height=8, width=8, channels=1)
@@ -143,13 +144,14 @@ def test_maps_of_retrained_weights_replace_the_old_ones(tmp_path):
     np.zeros((3, 8, 8), bool),
     [np.zeros((0, 4))] * 3,
   )
-  path = study.store_path("eval", "A1", "original", "DEMO_GRAD")
-  key = jax.random.key(0)
+  stage = MapsStage(study.config, study.workdir, study.data, study.models)
+  path = stage.store_path("eval", "A1", "original", "DEMO_GRAD")
+  images = study.data.inputs(image_set, "inception")
   targets = np.ones(3, np.int32)
 
   def maps(model_fns, at=path):
-    return study._generate(
-      at, demo.DemoGradient(), model_fns, image_set, "inception", targets, {}, key, model_fns
+    return stage.fill_store(
+      at, demo.DemoGradient(), model_fns, image_set, images, targets, {}, model_fns
     ).read_all()
 
   before = maps(fns)

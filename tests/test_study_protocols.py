@@ -120,7 +120,7 @@ def test_utility_rules_and_image_sets_follow_the_protocol(runs):
   # Agreement on the utility set (paper) or the evaluation set.
   for study, set_name in ((paper, SetName.UTILITY), (flipped, SetName.EVAL)):
     ids = {r["image_id"] for r in _records(study, "repeatability")}
-    assert ids == set(study.image_set(set_name).ids)
+    assert ids == set(study.data.image_set(set_name).ids)
 
 
 def test_localization_agreement_binary_or_probability(runs):

@@ -1,8 +1,7 @@
-"""The maps stage's part of the sanity checks: it has the models (saliency_jax.trust.sanity).
-
-Trains the data randomization test's permuted-label models (train stage), makes the checks'
-map states and computes the faithfulness values (maps stage); scoring reads what it wrote and
-never imports this module.
+"""The maps stage's part of the sanity checks (saliency_jax.trust.sanity): the checks' map
+states and the faithfulness values, computed where the models are at hand; scoring reads what
+it wrote and never imports this module. The data randomization test's permuted-label models
+are trained with the others (trust.study_models).
 """
 
 import os
@@ -14,132 +13,38 @@ import jax.numpy as jnp
 import numpy as np
 
 from saliency_jax import attributions
-from saliency_jax import maps as maps_lib
 from saliency_jax import models
-from saliency_jax import train as train_lib
 from saliency_jax.sanity import faithfulness
 from saliency_jax.sanity import invariance
-from saliency_jax.sanity import labels
 from saliency_jax.sanity import logits as logits_lib
 from saliency_jax.sanity import smoothing
+from saliency_jax.trust import map_methods
 from saliency_jax.trust.map_reader import MapReader
-from saliency_jax.trust.names import UNTRAINED
+from saliency_jax.trust.names import SetName
+from saliency_jax.trust.names import State
 from saliency_jax.trust.sanity import _methods
 from saliency_jax.trust.sanity import DATA_RANDOMIZED
 from saliency_jax.trust.sanity import enabled
-from saliency_jax.trust.sanity import EVAL_SET
 from saliency_jax.trust.sanity import faithfulness_path
 from saliency_jax.trust.sanity import INPUT_SHIFTED
-from saliency_jax.trust.sanity import ORIGINAL
 from saliency_jax.trust.sanity import OTHER_CLASS
-from saliency_jax.trust.sanity import PERMUTED_SUFFIX
 from saliency_jax.trust.sanity import RANDOM_ORDER
 from saliency_jax.trust.sanity import SMOOTHED_ORIGINAL
 from saliency_jax.trust.sanity import SMOOTHED_UNTRAINED
 
-# -----------------------------------------------------------------------------------------
-# Training: the data randomization test's models.
 
-
-def permuted_classifiers(study) -> dict[str, Any]:
-  """{trained model name: its permuted-label twin (a study TrainedModel)}, trained or resumed."""
-  from saliency_jax.trust.study import TrainedModel  # pylint: disable=g-import-not-at-top
-
-  if not enabled(study.config, "data_randomization"):
-    return {}
-  section = study.config.sanity.data_randomization
-
-  def build():
-    sources = study.sources()
-    specs = {m["name"]: m for m in study.config.models}
-    out = {}
-    for name in section.models:
-      spec = specs[name]
-      module = models.create(spec["arch"], num_classes=2, **spec.get("kwargs", {}))
-      style = spec.get("style", study.config.data.style)
-      workdir = os.path.join(study.workdir, "models", name + PERMUTED_SUFFIX)
-      # Validation labels are permuted too: model selection sees no real label.
-      trained = train_lib.train_classifier(
-        module,
-        labels.PermutedLabels(sources["train"], section.label_seed),
-        labels.PermutedLabels(sources["validation"], section.label_seed + 1),
-        workdir=workdir,
-        seed=spec["seed"],
-        config=study._train_config(study.config.train, style),  # pylint: disable=protected-access
-        initial_variables=study._pretrained(spec, workdir),
-      )  # pylint: disable=protected-access
-      out[name] = TrainedModel(
-        name + PERMUTED_SUFFIX,
-        spec["arch"],
-        module,
-        trained.variables,
-        float(trained.val_auc),
-        style,
-      )
-    return out
-
-  return study._cached("sanity_permuted", build)  # pylint: disable=protected-access
-
-
-# -----------------------------------------------------------------------------------------
-# Maps.
-
-
-def _generate(
-  study,
-  path,
-  method,
-  fns,
-  images,
-  image_set,
-  targets,
-  settings,
-  key,
-  variables,
-  prepared_name="prepared",
-):
-  """Fills one store as the study's maps stage does; a store of other weights is replaced."""
-  from saliency_jax.trust.study import _variables_digest  # pylint: disable=g-import-not-at-top
-
-  s = study.config.study
-  plan = maps_lib.MapPlan(
-    chunk_size=s.chunk_size,
-    dtype=s.map_dtype,
-    progress=False,
-    prepared_dir=os.path.join(study.workdir, "maps", image_set.name, prepared_name),
-    metadata={"model": _variables_digest(variables)},
-    replace=True,
-  )
-  return maps_lib.generate_maps(
-    path,
-    method,
-    fns,
-    maps_lib.MapInputs(images, targets, image_set.indices, image_set.ids),
-    key=key,
-    settings=settings,
-    plan=plan,
-  )
-
-
-def _fully_randomized(study, clf, image_shape):
-  return study.state_variables(clf, image_shape)[UNTRAINED]
-
-
-def generate_maps(study, key) -> None:
+def generate_maps(stage) -> None:
   """The maps of every enabled check that needs its own (resumable stores), and the
-  faithfulness values."""
-  config = study.config
-  image_set = study.image_set(EVAL_SET)
-  classifiers = {c.name: c for c in study.classifiers()}
+  faithfulness values; `stage` is the study's `maps_stage.MapsStage`."""
+  config = stage.config
+  image_set = stage.data.image_set(SetName.EVAL)
+  classifiers = {c.name: c for c in stage.models.classifiers()}
   explained = {}
 
   def targets_of(clf):
     if clf.name not in explained:
-      explained[clf.name] = study.targets(clf, image_set)
+      explained[clf.name] = stage.targets(clf, image_set)
     return explained[clf.name]
-
-  def bound(clf):
-    return study.bound_model(clf, study.inputs(image_set, clf.style).shape[1:])
 
   def run(
     clf,
@@ -153,36 +58,34 @@ def generate_maps(study, key) -> None:
     extra=None,
     prepared_name="prepared",
   ):
-    lacking = dict(study.skipped_methods(bound(clf)))
+    lacking = stage.lacking(clf)
     for name in method_names:
       if name in lacking:
         continue  # the model cannot give this method (listed in the report)
       method = attributions.METHODS[name]
-      settings = study.method_settings(name, clf.style)
+      settings = map_methods.method_settings(config, name, clf.style)
       if wrap is not None:
         method, settings = wrap(method), {**settings, **extra}
-      _generate(
-        study,
-        study.store_path(EVAL_SET, clf.name, state, name),
+      stage.fill_store(
+        stage.store_path(SetName.EVAL, clf.name, state, name),
         method,
         fns,
-        images,
         image_set,
+        images,
         targets,
         settings,
-        key,
         variables,
         prepared_name,
       )
 
-  for name, twin in permuted_classifiers(study).items():
+  for name, twin in stage.models.permuted_classifiers().items():
     clf = classifiers[name]
     run(
       clf,
       DATA_RANDOMIZED,
       twin.variables,
-      bound(clf).bind(twin.variables),
-      study.inputs(image_set, clf.style),
+      stage.bound(clf).bind(twin.variables),
+      stage.data.inputs(image_set, clf.style),
       targets_of(clf),
       method_list(config, "data_randomization"),
     )
@@ -191,25 +94,25 @@ def generate_maps(study, key) -> None:
     extra = dict(smooth_samples=section.samples, smooth_noise=section.noise)
     for name in section.models:
       clf = classifiers[name]
-      images = study.inputs(image_set, clf.style)
+      images = stage.data.inputs(image_set, clf.style)
       methods = method_list(config, "smooth_mprt")
       run(
         clf,
         SMOOTHED_ORIGINAL,
         clf.variables,
-        bound(clf).bind(clf.variables),
+        stage.bound(clf).bind(clf.variables),
         images,
         targets_of(clf),
         methods,
         smoothing.smoothed,
         extra,
       )
-      untrained = _fully_randomized(study, clf, images.shape[1:])
+      untrained = stage.state_variables(clf)[State.UNTRAINED]
       run(
         clf,
         SMOOTHED_UNTRAINED,
         untrained,
-        bound(clf).bind(untrained),
+        stage.bound(clf).bind(untrained),
         images,
         targets_of(clf),
         methods,
@@ -220,8 +123,8 @@ def generate_maps(study, key) -> None:
     section = config.sanity.random_logit
     for name in section.models:
       clf = classifiers[name]
-      images = study.inputs(image_set, clf.style)
-      fns = bound(clf).bind(clf.variables)
+      images = stage.data.inputs(image_set, clf.style)
+      fns = stage.bound(clf).bind(clf.variables)
       num_classes = int(jax.eval_shape(fns.logits_fn, images[:1]).shape[-1])
       other = logits_lib.other_classes(targets_of(clf), num_classes, section.seed)
       run(clf, OTHER_CLASS, clf.variables, fns, images, other, method_list(config, "random_logit"))
@@ -229,7 +132,7 @@ def generate_maps(study, key) -> None:
     section = config.sanity.input_invariance
     for name in section.models:
       clf = classifiers[name]
-      images = study.inputs(image_set, clf.style)
+      images = stage.data.inputs(image_set, clf.style)
       shifted = invariance.shifted_model_functions(clf.module, clf.variables, section.shift)
       check_shift_invisible(clf, shifted, images, section.shift)
       run(
@@ -243,10 +146,10 @@ def generate_maps(study, key) -> None:
         prepared_name="prepared_shifted",
       )
   if enabled(config, "faithfulness"):
-    reader = MapReader(study.workdir, list(config.methods.names))
+    reader = MapReader(stage.workdir, list(config.methods.names))
     for name in config.sanity.faithfulness.models:
       clf = classifiers[name]
-      write_faithfulness(study, clf, bound(clf).bind(clf.variables), targets_of(clf), reader)
+      write_faithfulness(stage, clf, stage.bound(clf).bind(clf.variables), targets_of(clf), reader)
 
 
 def check_shift_invisible(clf, shifted, images, shift: float, atol: float = 1e-3) -> float:
@@ -286,23 +189,24 @@ def _probabilities(fns):
   return probs_fn
 
 
-def write_faithfulness(study, clf, fns, targets, reader: MapReader) -> None:
+def write_faithfulness(stage, clf, fns, targets, reader: MapReader) -> None:
   """The faithfulness values of the model's maps (and of a random pixel order), computed in
   the maps stage where the model is at hand; one file per method, kept on a rerun."""
-  f = study.config.sanity.faithfulness
-  image_set = study.image_set(EVAL_SET)
-  images = study.inputs(image_set, clf.style)
+  config = stage.config
+  f = config.sanity.faithfulness
+  image_set = stage.data.image_set(SetName.EVAL)
+  images = stage.data.inputs(image_set, clf.style)
   probs_fn = _probabilities(fns)
-  lacking = dict(study.skipped_methods(study.bound_model(clf, images.shape[1:])))
-  methods = [m for m in study.config.methods.names if m not in lacking] + [RANDOM_ORDER]
+  lacking = stage.lacking(clf)
+  methods = [m for m in config.methods.names if m not in lacking] + [RANDOM_ORDER]
   for method in methods:
-    path = faithfulness_path(study.workdir, clf.name, method)
+    path = faithfulness_path(stage.workdir, clf.name, method)
     if os.path.exists(path):
       continue
     if method == RANDOM_ORDER:
-      maps = np.random.default_rng(study.config.seed).uniform(size=images.shape[:3])
+      maps = np.random.default_rng(config.seed).uniform(size=images.shape[:3])
     else:
-      maps = reader.read(EVAL_SET, clf.name, ORIGINAL, method)
+      maps = reader.read(SetName.EVAL, clf.name, State.ORIGINAL, method)
     values = faithfulness_values(
       images,
       image_set.raw,
@@ -311,8 +215,8 @@ def write_faithfulness(study, clf, fns, targets, reader: MapReader) -> None:
       probs_fn,
       f,
       style=clf.style,
-      channels=study.config.data.channels,
-      seed=study.config.seed,
+      channels=config.data.channels,
+      seed=config.seed,
     )
     curves = values.pop("curves")
     os.makedirs(os.path.dirname(path), exist_ok=True)
