@@ -216,6 +216,27 @@ def test_hog_similarity_equals_skimage_hog_pearson():
   assert np.isnan(metrics.hog_similarity(a, b)[0])
 
 
+def test_hog_features_once_per_map_give_hog_similarity_bit_for_bit():
+  import scipy.stats
+  from skimage.feature import hog
+
+  maps = RNG.random((5, 33, 47))
+  maps[1] = 0.5  # constant: no defined correlation
+  maps[2, 4, 4] = np.nan  # not finite: left out
+  features, finite = metrics.hog_features(maps)
+  np.testing.assert_array_equal(finite, [True, True, False, True, True])
+  np.testing.assert_array_equal(features[3], hog(maps[3]))
+  left, right = np.array([0, 0, 1, 2, 3, 4, 4]), np.array([3, 4, 0, 3, 4, 0, 3])
+  got = metrics.hog_pearson(features[left], features[right], finite[left] & finite[right])
+  np.testing.assert_array_equal(got, metrics.hog_similarity(maps[left], maps[right]))
+  assert np.isnan(got[2:4]).all()
+  assert got[0] == pytest.approx(scipy.stats.pearsonr(hog(maps[0]), hog(maps[3]))[0], abs=1e-12)
+  nothing = np.full((2, 24, 24), np.nan)  # no map has features
+  features, finite = metrics.hog_features(nothing)
+  assert features.shape == (2, 0) and not finite.any()
+  assert np.isnan(metrics.hog_pearson(features, features, finite)).all()
+
+
 def test_spearman_accelerator_dispatch_path(monkeypatch):
   from saliency_jax.metrics import _batching
 

@@ -81,6 +81,8 @@ COMMON_SETTINGS = {
   "grayscale_nan_to": None,
   "visualization": "grayscale",
 }
+# The settings of the grayscale step alone (`grayscale.visualize`).
+GRAYSCALE_SETTINGS = ("grayscale_percentile", "grayscale_nan_to", "visualization")
 
 
 def merge_settings(defaults: Mapping[str, Any], settings: Settings | None) -> dict:
@@ -279,8 +281,12 @@ def _split_items(
   span = min(b, -(-(window - 1) // items) + 1)  # images a window can touch
   if span > 1:  # pad so that every window's images are rows first .. first + span - 1
     arrays = [np.concatenate([a, np.repeat(a[-1:], span - 1, axis=0)]) for a in arrays]
-  s = {**s, "window_items": window}
-  run = cached_jit(_add_window(attr), f"{name}/window", model_fns, s, donate=(7,))
+  # The sums do not read the grayscale settings: one compilation of the window serves every
+  # grayscale variant of the method (the robustness grid's maps), one of the grayscale step
+  # every method.
+  sums = {k: v for k, v in s.items() if k not in GRAYSCALE_SETTINGS}
+  sums["window_items"] = window
+  run = cached_jit(_add_window(attr), f"{name}/window", model_fns, sums, donate=(7,))
   totals = jnp.zeros(arrays[0].shape, jnp.float32)
   for start in range(0, b * items, window):
     first = start // items
@@ -292,7 +298,9 @@ def _split_items(
       first,
       totals,
     )
-  maps = _jitted_visualize(frozen(s))(totals) if grayscale else totals
+  maps = totals
+  if grayscale:
+    maps = _jitted_visualize(frozen({k: s[k] for k in GRAYSCALE_SETTINGS}))(totals)
   return maps[:b] if span > 1 else maps
 
 

@@ -26,6 +26,8 @@ from saliency_jax.metrics.localization import top_k_intersection
 from saliency_jax.metrics.localization import top_k_intersection_jax
 from saliency_jax.metrics.policy import POLICY_TEXT
 from saliency_jax.metrics.similarity import average_ranks
+from saliency_jax.metrics.similarity import hog_features
+from saliency_jax.metrics.similarity import hog_pearson
 from saliency_jax.metrics.similarity import hog_similarity
 from saliency_jax.metrics.similarity import l1
 from saliency_jax.metrics.similarity import l1_jax

@@ -204,13 +204,36 @@ def hog_similarity(
   feature vectors. NaN where a map holds NaN/inf or its HOG features are constant (a constant
   map has all-zero gradients).
   """
-  from skimage import feature  # Local: only this metric needs it.
-
   a = policy.as_map_stack(a, "a", ndim=3)
   b = policy.as_map_stack(b, "b", ndim=3)
   if a.shape != b.shape:
     raise ValueError(f"a and b must have the same shape, got {a.shape} and {b.shape}.")
-  _, _, finite = _pairs(np, a.astype(np.float64), b.astype(np.float64))
+  kwargs = dict(
+    orientations=orientations,
+    pixels_per_cell=pixels_per_cell,
+    cells_per_block=cells_per_block,
+    block_norm=block_norm,
+  )
+  features_a, finite_a = hog_features(a, **kwargs)
+  features_b, finite_b = hog_features(b, **kwargs)
+  return hog_pearson(features_a, features_b, finite_a & finite_b)
+
+
+def hog_features(
+  maps,
+  *,
+  orientations: int = 9,
+  pixels_per_cell=(8, 8),
+  cells_per_block=(3, 3),
+  block_norm: str = "L2-Hys",
+) -> tuple[np.ndarray, np.ndarray]:
+  """(features float64 [N, F], finite bool [N]): each map's HOG feature vector as
+  `hog_similarity` computes it (zeros for a map holding NaN/inf, which `finite` marks), so
+  that maps compared many times (the random-pair baseline) are described once."""
+  from skimage import feature  # Local: only this metric needs it.
+
+  maps = policy.as_map_stack(maps, "maps", ndim=3).astype(np.float64)
+  finite = np.all(np.isfinite(maps.reshape(maps.shape[0], -1)), axis=1)
   kwargs = dict(
     orientations=orientations,
     pixels_per_cell=pixels_per_cell,
@@ -218,12 +241,20 @@ def hog_similarity(
     block_norm=block_norm,
     feature_vector=True,
   )
-  out = np.full(a.shape[0], np.nan)
-  for i in np.flatnonzero(finite):
-    fa = feature.hog(a[i].astype(np.float64), **kwargs)
-    fb = feature.hog(b[i].astype(np.float64), **kwargs)
-    out[i] = _pearson_rows(np, fa[None], fb[None], np.ones(1, bool))[0]
-  return out
+  rows = {i: feature.hog(maps[i], **kwargs) for i in np.flatnonzero(finite)}
+  size = next(iter(rows.values())).size if rows else 0
+  features = np.zeros((maps.shape[0], size))
+  for i, row in rows.items():
+    features[i] = row
+  return features, finite
+
+
+def hog_pearson(features_a: np.ndarray, features_b: np.ndarray, valid: np.ndarray) -> np.ndarray:
+  """Pearson's r of paired rows of `hog_features`, NaN where not `valid` (a map holding
+  NaN/inf) or where a row is constant."""
+  if features_a.shape[1] == 0:  # no map had features (every one held NaN/inf)
+    return np.full(features_a.shape[0], np.nan)
+  return _pearson_rows(np, features_a, features_b, valid)
 
 
 pearson_jax = jax.jit(functools.partial(_pearson, jnp))

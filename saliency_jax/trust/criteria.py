@@ -99,6 +99,11 @@ def random_pair_baseline(
       # Each map is in about 2 x pairs comparisons: rank it once.
       ranks = metrics.average_ranks(maps, absolute=_RANKED[name])
       values[name] = metrics.pearson(ranks[left], ranks[right])
+    elif name == "hog":  # likewise: each map's HOG features once
+      features, finite = metrics.hog_features(maps)
+      values[name] = metrics.hog_pearson(
+        features[left], features[right], finite[left] & finite[right]
+      )
     else:
       values[name] = functions[name](maps[left], maps[right])
   return {name: mean_of_defined(v.reshape(n, pairs), axis=1) for name, v in values.items()}

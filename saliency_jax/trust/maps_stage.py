@@ -105,9 +105,9 @@ class MapsStage:
     images = self.data.inputs(image_set, clf.style)
     bound = bound_model(clf, images.shape[1:])
     fns = bound.functions() if variables is None else bound.bind(variables)
-    logits = jax.jit(lambda f, x: f.logits_fn(x))
     preds = [
-      np.asarray(jnp.argmax(logits(fns, images[i : i + 64]), -1)) for i in range(0, len(images), 64)
+      np.asarray(jnp.argmax(_logits(fns, images[i : i + 64]), -1))
+      for i in range(0, len(images), 64)
     ]
     return np.concatenate(preds).astype(np.int32)
 
@@ -341,6 +341,13 @@ def write_run_files(
     cascade_keep=config.protocol.cascade_keep,
   )
   manifest.save()
+
+
+@jax.jit
+def _logits(fns, images):
+  """The logits of `fns`: one compilation per architecture and batch shape (the variables of
+  `fns` are arguments), shared by every model state, image set and call."""
+  return fns.logits_fn(images)
 
 
 def _variables_digest(variables: Any) -> str:
