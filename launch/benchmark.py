@@ -51,7 +51,7 @@ from launch.timing import block as _block
 from saliency_jax import attributions
 from saliency_jax import models
 from saliency_jax.attributions import pair_interop
-from saliency_jax.attributions import registry
+from saliency_jax.attributions import xrai_method
 from saliency_jax.attributions import xrai_segments
 from saliency_jax.attributions import xrai_selection
 from saliency_jax.attributions import xrai_selection_jax
@@ -284,7 +284,7 @@ def main(argv):
       ig_settings = {"steps": s["steps"], "max_grads_in_flight": s["max_grads_in_flight"]}
 
       def ig():
-        return _block(registry.XRAI_IG_COMPUTE(fns, images_dev, targets_dev, settings=ig_settings))
+        return _block(xrai_method.IG_COMPUTE(fns, images_dev, targets_dev, settings=ig_settings))
 
       ig()
       (t_ig, t_raw), _ = _best_times([ig, raw.run], _REPEATS.value)
@@ -322,13 +322,9 @@ def main(argv):
     name = _SANITY_METHOD.value
     method = attributions.METHODS[name]
     s = {**method.default_settings, **overrides.get(name, {}), "max_grads_in_flight": max_grads}
+    work = benchmark_sanity.Workload(module, variables, fns, images, images_dev, targets_dev)
     benchmark_sanity.sanity_records(
-      module,
-      variables,
-      fns,
-      images,
-      images_dev,
-      targets_dev,
+      work,
       raw,
       record,
       checks=_SANITY.value,

@@ -7,6 +7,8 @@ and insertion (blur baseline), ROAD (2 fractions, both orders) and SIC/AIC (4 th
 against the same number of raw batched forward passes, timed alternately with them.
 """
 
+from typing import Any, NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,13 +29,19 @@ class RawForward:
     self.run()
 
 
+class Workload(NamedTuple):
+  """The benchmark's model and images: host images, and device copies of images and targets."""
+
+  module: Any
+  variables: Any
+  fns: Any
+  images: np.ndarray
+  images_dev: jax.Array
+  targets_dev: jax.Array
+
+
 def sanity_records(
-  module,
-  variables,
-  fns,
-  images,
-  images_dev,
-  targets_dev,
+  work: Workload,
   raw,
   record,
   *,
@@ -57,6 +65,7 @@ def sanity_records(
   from saliency_jax.sanity import logits  # pylint: disable=g-import-not-at-top
   from saliency_jax.sanity import smoothing  # pylint: disable=g-import-not-at-top
 
+  module, variables, fns, images, images_dev, targets_dev = work
   b = len(images)
   name, s = method_name, settings
   method = attributions.METHODS[name]

@@ -11,9 +11,10 @@ weights) and again (steady); XRAI's segmentation of the chunk; the maps stage's 
 (randomized weights, targets); and the criteria (utility, similarity, random pairs) on maps of
 the real size. Then it counts the work of the full study for each dataset's split sizes
 (`saliency_jax.projection`: the authors' SIIM and RSNA splits by default; `--datasets=config`:
-the config's own synthetic split; every dataset with the one `--config`, whose localizer must
-be the U-Net) and prints the projected time of every stage, with the fraction of the device's
-peak FLOP/s that training and the gradient methods reach (peak from `--peak_tflops` or a table
+the config's own synthetic split; every dataset with the one `--config` and its localizer, a
+U-Net or a RetinaNet: `--config=configs/paper_rsna.py --datasets=rsna` for the authors' RSNA
+study) and prints the projected time of every stage, with the fraction of the device's peak
+FLOP/s that training and the gradient methods reach (peak from `--peak_tflops` or a table
 of known devices, bfloat16 dense). Not projected: the data stage (preparing real data is a
 separate step), the report, and the checks beyond the paper (`config.study.controls`,
 `chexlocalize`, `robustness`: off in the paper configs; turn them off to compare with a run).
@@ -24,27 +25,17 @@ compilation).
 import json
 import os
 import tempfile
-import time
 
 from absl import app
 from absl import flags
 import jax
-import jax.numpy as jnp
-import ml_collections
 from ml_collections import config_flags
-import numpy as np
 
-from launch.timing import best_of
-from launch.timing import block
-from launch.train_step_timing import train_step_time
-from saliency_jax import attributions
+from launch import study_rates
 from saliency_jax import compilation_cache
 from saliency_jax import models
 from saliency_jax import projection
-from saliency_jax import randomization
-from saliency_jax import train
 from saliency_jax import trust
-from saliency_jax.trust import criteria
 from saliency_jax.trust import map_methods
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -86,190 +77,6 @@ PEAK_FLOPS = {
 }
 
 
-def _images(n, size, channels, seed=0):
-  """Textured [-1, 1] images (about 500 XRAI segments at 320x320, as chest X-rays give)."""
-  rng = np.random.default_rng(seed)
-  yy, xx = np.mgrid[:size, :size]
-  smooth = (np.sin(yy / 5.0) + np.cos(xx / 7.0))[None, ..., None] / 2
-  return np.clip(smooth + 0.3 * rng.normal(size=(n, size, size, channels)), -1, 1).astype(
-    np.float32
-  )
-
-
-def _timed(fn):
-  start = time.perf_counter()
-  out = block(fn())
-  return time.perf_counter() - start, out
-
-
-def _forward_flops(module, variables, image_shape) -> float | None:
-  """FLOPs of one image's forward pass, from XLA's cost analysis (None if not reported)."""
-  x = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
-  analysis = jax.jit(lambda v, x: module.apply(v, x)).lower(variables, x).compile().cost_analysis()
-  if isinstance(analysis, (list, tuple)):
-    analysis = analysis[0] if analysis else {}
-  flops = (analysis or {}).get("flops")
-  return float(flops) if flops and flops > 0 else None
-
-
-def _examples(n, size, seed):
-  """In-memory contract examples (uint8 images, labels, masks) for a training slice."""
-  images = ((_images(n, size, 1, seed=seed) + 1) * 127.5).astype(np.uint8)
-  masks = np.zeros((n, size, size, 1), np.uint8)
-  masks[1::2, size // 4 : size // 2, size // 3 : 2 * size // 3] = 1
-  return [
-    {
-      "id": f"ex{i}",
-      "image": images[i],
-      "label": i % 2,
-      "mask": masks[i],
-      "boxes": np.zeros((0, 4), np.float32),
-    }
-    for i in range(n)
-  ]
-
-
-def _train_rates(module, shape, section, style, workdir, segmentation=False):
-  """TrainRates of one model: the real training loop (`train.train_classifier` or
-  `train_segmenter`, in-memory data) for a slice of `--train_steps` steps with one validation
-  pass of one batch, which gives compilation, input pipeline and checkpoint costs; then the
-  steady step (`launch.train_step_timing`) and a validation batch (forward pass)."""
-  batch = int(section.batch_size)
-  eval_batch = int(section.get("eval_batch_size", batch))
-  steps = _TRAIN_STEPS.value
-  config = ml_collections.ConfigDict(section.to_dict())
-  config.update(
-    num_steps=steps,
-    eval_every=steps,
-    log_every=steps,
-    progress=False,
-    style=style,
-    channels=shape[2],
-  )
-  loop = train.train_segmenter if segmentation else train.train_classifier
-  slice_s, _ = _timed(
-    lambda: loop(
-      module,
-      _examples(batch, shape[0], 0),
-      _examples(eval_batch, shape[0], 1),
-      workdir=workdir,
-      seed=0,
-      config=config,
-    )
-  )
-  r = train_step_time(
-    module,
-    shape,
-    batch_size=batch,
-    num_steps=steps,
-    dtype=section.get("dtype", "float32"),
-    segmentation=segmentation,
-  )
-  variables = models.init_variables(module, jax.random.key(0), shape)
-  x = jnp.asarray(_images(eval_batch, shape[0], shape[2]))
-  forward = jax.jit(lambda v, x: module.apply(v, x))
-  block(forward(variables, x))
-  steady, _ = best_of(lambda: block(forward(variables, x)), _REPEATS.value)
-  fixed = max(0.0, slice_s - steps * r["step_s"] - steady)
-  rates = projection.TrainRates(compile_s=fixed, step_s=r["step_s"], eval_batch_s=steady)
-  return rates, variables, steady / eval_batch
-
-
-def _map_rates(name, module, shape, study, chunk, seg_cache):
-  """MapRates of one (classifier, method): a chunk at state 1, state 2 (new weights), steady.
-  XRAI's segmentation is timed apart (once per image set and style in the study)."""
-  method = attributions.METHODS[name]
-  settings = map_methods.method_settings(study.config, name)
-  images = jnp.asarray(_images(chunk, shape[0], shape[2], seed=1))
-  targets = jnp.zeros((chunk,), jnp.int32)
-  prepared = None
-  if method.prepare is not None:
-    if "seconds" not in seg_cache:  # the first call starts the worker processes
-      first, prepared = _timed(lambda: method.prepare(np.asarray(images), settings))
-      steady, _ = best_of(lambda: method.prepare(np.asarray(images), settings), 1)
-      seg_cache.update(seconds=steady / chunk, fixed=max(0.0, first - steady), prepared=prepared)
-    prepared = seg_cache["prepared"]
-  states = [
-    models.model_functions(module, models.init_variables(module, jax.random.key(s), shape))
-    for s in (1, 2)
-  ]
-  key = jax.random.key(0)
-
-  def run(fns):
-    return block(
-      method.compute(fns, images, targets, key=key, settings=settings, prepared=prepared)
-    )
-
-  first, _ = _timed(lambda: run(states[0]))
-  second, _ = _timed(lambda: run(states[1]))
-  steady, _ = best_of(lambda: run(states[1]), _REPEATS.value)
-  return projection.MapRates(
-    compile_s=max(0.0, first - steady), state_s=max(0.0, second - steady), per_map_s=steady / chunk
-  )
-
-
-def _state_setup_s(module, variables, shape, name, study_config):
-  """A classifier's setup in the maps stage, beyond its maps: the randomized states' weights
-  and the targets of each image set (a jitted forward pass, compiled per call as the study's)."""
-  key, sample = jax.random.key(0), jnp.zeros((1,) + tuple(shape), jnp.float32)
-  seconds, _ = _timed(
-    lambda: randomization.cascading_randomization(
-      module, variables, key, sample, module.block_names
-    )
-  )
-  if name in study_config.independent_randomization:
-    seconds += _timed(
-      lambda: randomization.independent_randomization(
-        module, variables, key, sample, module.block_names
-      )
-    )[0]
-  fns = models.model_functions(module, variables)
-  x = jnp.asarray(_images(min(64, int(study_config.num_eval_images)), shape[0], shape[2]))
-  sets = 2 if name in study_config.utility_models else 1
-  for _ in range(sets):
-    seconds += _timed(lambda: jax.jit(lambda f, x: f.logits_fn(x))(fns, x))[0]
-  return seconds
-
-
-def _localizer_map_rates(module, variables, shape, chunk):
-  """(first-call extra, per map) of the localizer's maps (the study's SegmentationOutput)."""
-  fns = models.model_functions(module, variables)
-  images = jnp.asarray(_images(chunk, shape[0], shape[2], seed=3))
-  compute = jax.jit(
-    lambda f, x: map_methods.SegmentationOutput().compute(
-      f, x, None, indices=None, key=None, settings={}
-    )
-  )
-  first, _ = _timed(lambda: compute(fns, images))
-  steady, _ = best_of(lambda: block(compute(fns, images)), _REPEATS.value)
-  return max(0.0, first - steady), steady / chunk
-
-
-def _criteria_rates(size, chunk, study_config):
-  rng = np.random.default_rng(0)
-  n = max(2, min(chunk, 16))
-  maps = _images(n, size, 1, seed=2)[..., 0] / 2 + 0.5
-  other = np.clip(maps + 0.1 * rng.normal(size=maps.shape), 0, 1).astype(np.float32)
-  masks = np.zeros(maps.shape, bool)
-  masks[:, size // 4 : size // 2, size // 3 : 2 * size // 3] = True
-  data_range = float(study_config.ssim_data_range)
-  pairs = max(1, min(int(study_config.random_pairs), 8))
-  fns = {
-    "utility": lambda: criteria.utility(maps, masks),
-    "similarity": lambda: criteria.similarity(maps, other, data_range=data_range),
-    "random": lambda: criteria.random_pair_baseline(
-      maps, pairs=pairs, seed=0, data_range=data_range
-    ),
-  }
-  out, fixed = {}, 0.0
-  for label, fn in fns.items():
-    first, _ = _timed(fn)
-    steady, _ = best_of(fn, _REPEATS.value)
-    fixed += max(0.0, first - steady)
-    out[label] = steady / (n * pairs if label == "random" else n)
-  return out, fixed
-
-
 def _splits(name, config):
   if name != "config":
     return projection.PAPER_SPLITS[name]
@@ -308,17 +115,19 @@ def main(argv):
     if "arch" not in spec or any(spec.get(k) for k in ("module", "keras_model", "weights")):
       raise ValueError(f"model {spec['name']}: only config.models entries by arch are timed")
     module = models.create(spec["arch"], num_classes=2, **spec.get("kwargs", {}))
-    rates, variables, _ = _train_rates(
+    rates, variables, _ = study_rates.train_rates(
       module,
       shape,
       config.train,
       spec.get("style", config.data.style),
       os.path.join(tmp, "train", spec["name"]),
+      steps=_TRAIN_STEPS.value,
+      repeats=_REPEATS.value,
     )
     train_rates[spec["name"]] = rates
     blocks[spec["name"]] = len(module.block_names)
-    flops = _forward_flops(module, variables, shape)
-    setup_s += _state_setup_s(module, variables, shape, spec["name"], config.study)
+    flops = study_rates.forward_flops(module, variables, shape)
+    setup_s += study_rates.state_setup_s(module, variables, shape, spec["name"], config.study)
     batch = int(config.train.batch_size)
     frac = 3 * flops * batch / rates.step_s / peak if flops and peak else None
     print(
@@ -328,30 +137,32 @@ def main(argv):
     )
     records["train"][spec["name"]] = dict(vars(rates), peak_fraction=frac, forward_flops=flops)
     for name in config.methods.names:
-      r = _map_rates(name, module, shape, study, chunk, seg_cache)
+      r = study_rates.map_rates(
+        name, module, shape, study, chunk, seg_cache, repeats=_REPEATS.value
+      )
       map_rates[(spec["name"], name)] = r
       grads = _GRADIENTS.get(name, lambda s: None)(map_methods.method_settings(study.config, name))
       gfrac = (3 * flops * grads / r.per_map_s / peak) if grads and flops and peak else None
       records["maps"][f"{spec['name']}/{name}"] = dict(vars(r), peak_fraction=gfrac)
   loc = config.localization
-  if loc.arch != "unet":
-    raise ValueError(
-      f"config.localization.arch={loc.arch!r}: only the U-Net localizer is timed "
-      "(--config.localization.arch=unet)"
-    )
+  detector = loc.arch == "retinanet"
   loc_module = models.create(loc.arch, **loc.get("kwargs", {}))
   for i in range(len(loc.seeds)):  # the second reuses the first's compiled programs
-    loc_rates, loc_variables, _ = _train_rates(
+    loc_rates, loc_variables, _ = study_rates.train_rates(
       loc_module,
       shape,
       loc.train,
       config.data.style,
       os.path.join(tmp, "train", f"localizer{i + 1}"),
-      segmentation=True,
+      steps=_TRAIN_STEPS.value,
+      repeats=_REPEATS.value,
+      kind="detector" if detector else "segmenter",
     )
     train_rates[f"localizer{i + 1}"] = loc_rates
-  loc_fixed, loc_map_s = _localizer_map_rates(loc_module, loc_variables, shape, chunk)
-  crit, crit_fixed = _criteria_rates(size, chunk, config.study)
+  loc_fixed, loc_map_s = study_rates.localizer_map_rates(
+    loc_module, loc_variables, shape, chunk, detector=detector, repeats=_REPEATS.value
+  )
+  crit, crit_fixed = study_rates.criteria_rates(size, chunk, config.study, repeats=_REPEATS.value)
   rates = projection.Rates(
     train=train_rates,
     maps=map_rates,

@@ -5,6 +5,18 @@ import numpy as np
 
 from saliency_jax.maps import MapStore
 from saliency_jax.trust import map_reader
+from saliency_jax.trust.manifest import CLASSIFIER
+from saliency_jax.trust.manifest import LOCALIZER
+from saliency_jax.trust.manifest import ModelEntry
+
+# Two replicates of one architecture, one of another, two localization networks.
+MODELS = (
+  ModelEntry("A1", "a", ("logits", "stem"), CLASSIFIER),
+  ModelEntry("A2", "a", ("logits", "stem"), CLASSIFIER),
+  ModelEntry("B1", "b", ("head",), CLASSIFIER),
+  ModelEntry("U1", "unet", (), LOCALIZER),
+  ModelEntry("U2", "unet", (), LOCALIZER),
+)
 
 
 def tidy_records(criterion, metric, method, model, state, values) -> list[dict]:

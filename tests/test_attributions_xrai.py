@@ -18,7 +18,7 @@ from saliency import core as pair
 from saliency.core import xrai as pair_xrai
 
 from saliency_jax import attributions
-from saliency_jax.attributions import registry
+from saliency_jax.attributions import xrai_method
 from saliency_jax.attributions import xrai_segments
 from saliency_jax.attributions import xrai_selection
 from saliency_jax.attributions import xrai_selection_jax
@@ -69,26 +69,32 @@ def _attrs(shape, rng):
   yield (rng.normal(size=shape) ** 3 * 1e-3).astype(np.float32)
 
 
-@pytest.mark.parametrize("algorithm,area", [("full", 1.0), ("full", 0.3), ("fast", 1.0)])
-def test_selection_identical_to_pair(algorithm, area):
-  rng = np.random.default_rng(1)
+def _mask_sets():
+  """(h, w, masks) the selections are checked on, per image size: the segments; with
+  duplicates and an empty mask added; masks that do not cover the image (an uncomputed
+  remainder)."""
   for h, w in [(31, 22), (24, 24)]:
-    img = _image(h, w, 1, seed=h)
-    masks = _segments_small(img)
-    # Duplicates and masks that do not cover the image (an uncomputed remainder).
+    masks = _segments_small(_image(h, w, 1, seed=h))
     user = np.concatenate([masks, masks[:3], np.zeros((1, h, w), bool)])
     partial = masks[:4].copy()
     partial[:, :5] = False
     for segs in (masks, user, partial):
-      for attr in _attrs((h, w, 2), rng):
-        for min_diff in (50, 1):
-          ours = xrai_selection.select(
-            attr, segs, algorithm=algorithm, area_threshold=area, min_pixel_diff=min_diff
-          )
-          ref = xrai_selection.pair_xrai_reference(
-            attr, segs, algorithm=algorithm, area_threshold=area, min_pixel_diff=min_diff
-          )
-          np.testing.assert_array_equal(ours, ref)
+      yield h, w, segs
+
+
+@pytest.mark.parametrize("algorithm,area", [("full", 1.0), ("full", 0.3), ("fast", 1.0)])
+def test_selection_identical_to_pair(algorithm, area):
+  rng = np.random.default_rng(1)
+  for h, w, segs in _mask_sets():
+    for attr in _attrs((h, w, 2), rng):
+      for min_diff in (50, 1):
+        ours = xrai_selection.select(
+          attr, segs, algorithm=algorithm, area_threshold=area, min_pixel_diff=min_diff
+        )
+        ref = xrai_selection.pair_xrai_reference(
+          attr, segs, algorithm=algorithm, area_threshold=area, min_pixel_diff=min_diff
+        )
+        np.testing.assert_array_equal(ours, ref)
 
 
 def test_xrai_equals_pair_getmask():
@@ -189,7 +195,7 @@ def test_xrai_ig_cpu_plan_windows_equal_one_program():
   images = random_images((3, 18, 14, 3), seed=5)
   targets = np.array([1, 0, 2])
   settings = {"steps": 7, "max_grads_in_flight": 5}  # 14 items per image, windows of 5
-  eager = np.asarray(registry.XRAI_IG_COMPUTE(fns, images, targets, settings=settings))
+  eager = np.asarray(xrai_method.IG_COMPUTE(fns, images, targets, settings=settings))
   whole = np.asarray(attributions.xrai_base_attribution(fns.logits_fn, images, targets, steps=7))
   assert eager.shape == images.shape
   np.testing.assert_allclose(eager, whole, rtol=1e-5, atol=1e-7 * np.abs(whole).max())
@@ -294,25 +300,19 @@ def test_device_selection_identical_to_pair(area):
   that add the same pixels, duplicates, an empty mask, an uncovered remainder."""
   rng = np.random.default_rng(1)
   decisions = 0
-  for h, w in [(31, 22), (24, 24)]:
-    img = _image(h, w, 1, seed=h)
-    masks = _segments_small(img)
-    user = np.concatenate([masks, masks[:3], np.zeros((1, h, w), bool)])
-    partial = masks[:4].copy()
-    partial[:, :5] = False
-    for segs in (masks, user, partial):
-      attrs = list(_attrs((h, w, 2), rng))
-      for min_diff in (50, 1):
-        got = xrai_selection_jax.select_full_batch_details(
-          attrs, [segs] * len(attrs), area_threshold=area, min_pixel_diff=min_diff
+  for h, w, segs in _mask_sets():
+    attrs = list(_attrs((h, w, 2), rng))
+    for min_diff in (50, 1):
+      got = xrai_selection_jax.select_full_batch_details(
+        attrs, [segs] * len(attrs), area_threshold=area, min_pixel_diff=min_diff
+      )
+      assert got.on_device == len(attrs)
+      decisions += got.host_decisions
+      for attr, ours in zip(attrs, got.maps):
+        ref = xrai_selection.pair_xrai_reference(
+          attr, segs, area_threshold=area, min_pixel_diff=min_diff
         )
-        assert got.on_device == len(attrs)
-        decisions += got.host_decisions
-        for attr, ours in zip(attrs, got.maps):
-          ref = xrai_selection.pair_xrai_reference(
-            attr, segs, area_threshold=area, min_pixel_diff=min_diff
-          )
-          np.testing.assert_array_equal(ours, ref)
+        np.testing.assert_array_equal(ours, ref)
   assert decisions > 0 or area < 1  # the host's near-tie path ran (integer attributions)
 
 

@@ -11,7 +11,7 @@ from configs import default
 from configs import synthetic
 from saliency_jax import attributions
 from saliency_jax import models
-from saliency_jax.attributions import registry
+from saliency_jax.attributions import xrai_method
 from saliency_jax.data import pipeline
 from saliency_jax.trust import criteria
 from saliency_jax.trust import evaluation
@@ -92,14 +92,14 @@ def test_ig_baseline_is_black_in_each_models_input_space():
 
 def test_xrai_region_scores_abs_is_pairs_grayscale_and_shifted_keeps_the_order():
   scores = np.array([[[-3.0, -3.0, 1.0, 1.0], [0.5, 0.5, 2.0, 2.0]]], np.float32)  # 4 regions
-  gray_abs = np.asarray(attributions.to_grayscale(registry.xrai_region_scores(scores, "abs")))
+  gray_abs = np.asarray(attributions.to_grayscale(xrai_method.xrai_region_scores(scores, "abs")))
   # PAIR's VisualizeImageGrayscale of XRAI's map as [H,W,1].
   np.testing.assert_allclose(
     gray_abs[0], pair.VisualizeImageGrayscale(scores[0][..., None]), atol=1e-6
   )
   assert gray_abs[0, 0, 0] == 1.0  # the most negative region is brightest
   gray_shifted = np.asarray(
-    attributions.to_grayscale(registry.xrai_region_scores(scores, "shifted"))
+    attributions.to_grayscale(xrai_method.xrai_region_scores(scores, "shifted"))
   )
   assert gray_shifted[0, 0, 0] == 0.0 and gray_shifted[0, 1, 3] == 1.0
   assert (
@@ -109,7 +109,7 @@ def test_xrai_region_scores_abs_is_pairs_grayscale_and_shifted_keeps_the_order()
     == "shifted"
   )
   with pytest.raises(ValueError, match="region_scores"):
-    registry.xrai_region_scores(scores, "signed")
+    xrai_method.xrai_region_scores(scores, "signed")
 
 
 def test_binary_localization_agreement_is_ssim_of_uint8_masks():

@@ -173,27 +173,21 @@ def test_training_reduces_the_loss_and_learns(tmp_path, monkeypatch):
   ]
 
 
+def _resume_test_run(workdir, config, source=TRAIN, **kwargs):
+  """The resume tests' run: seed 3 on one device."""
+  return train.train_classifier(
+    _classifier(), source, VAL, workdir=str(workdir), seed=3, config=config, mesh=_mesh(1), **kwargs
+  )
+
+
 def test_killed_run_resumes_to_the_same_weights_and_finished_run_returns(tmp_path):
   config = _config(num_steps=6, eval_every=2)
-  straight = train.train_classifier(
-    _classifier(), TRAIN, VAL, workdir=str(tmp_path / "a"), seed=3, config=config, mesh=_mesh(1)
-  )
+  straight = _resume_test_run(tmp_path / "a", config)
   # Killed after step 3: the last checkpoint is step 2, so step 3 is redone after the restart.
   with pytest.raises(train.TrainingInterrupted):
-    train.train_classifier(
-      _classifier(),
-      TRAIN,
-      VAL,
-      workdir=str(tmp_path / "b"),
-      seed=3,
-      config=config,
-      mesh=_mesh(1),
-      stop_after_steps=3,
-    )
+    _resume_test_run(tmp_path / "b", config, stop_after_steps=3)
   assert not os.path.exists(tmp_path / "b" / "done.json")
-  resumed = train.train_classifier(
-    _classifier(), TRAIN, VAL, workdir=str(tmp_path / "b"), seed=3, config=config, mesh=_mesh(1)
-  )
+  resumed = _resume_test_run(tmp_path / "b", config)
   _assert_trees_close(
     _final_state(tmp_path / "a", 6), _final_state(tmp_path / "b", 6), rtol=1e-6, atol=1e-6
   )
@@ -205,23 +199,13 @@ def test_killed_run_resumes_to_the_same_weights_and_finished_run_returns(tmp_pat
     assert r == pytest.approx(s, abs=1e-6)
   # Finished: a second call returns the same result without reading the training data.
   source = _CountingSource(TRAIN)
-  again = train.train_classifier(
-    _classifier(), source, VAL, workdir=str(tmp_path / "a"), seed=3, config=config, mesh=_mesh(1)
-  )
+  again = _resume_test_run(tmp_path / "a", config, source=source)
   assert source.reads <= 1  # the shape of one example
   _assert_trees_close(again.variables, straight.variables, rtol=0, atol=0)
   assert again.history == straight.history and again.best_step == straight.best_step
   # Resuming with other settings would mix two runs: refused.
   with pytest.raises(ValueError, match="learning_rate"):
-    train.train_classifier(
-      _classifier(),
-      TRAIN,
-      VAL,
-      workdir=str(tmp_path / "a"),
-      seed=3,
-      config=_config(num_steps=6, eval_every=2, learning_rate=0.5),
-      mesh=_mesh(1),
-    )
+    _resume_test_run(tmp_path / "a", _config(num_steps=6, eval_every=2, learning_rate=0.5))
 
 
 def test_eight_devices_match_one(tmp_path):
@@ -345,20 +329,9 @@ def test_a_relative_workdir_works(tmp_path, monkeypatch):
 
 def test_a_truncated_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
   config = _config(num_steps=6, eval_every=2)
-  straight = train.train_classifier(
-    _classifier(), TRAIN, VAL, workdir=str(tmp_path / "a"), seed=3, config=config, mesh=_mesh(1)
-  )
+  straight = _resume_test_run(tmp_path / "a", config)
   with pytest.raises(train.TrainingInterrupted):  # checkpoints at steps 2 and 4
-    train.train_classifier(
-      _classifier(),
-      TRAIN,
-      VAL,
-      workdir=str(tmp_path / "b"),
-      seed=3,
-      config=config,
-      mesh=_mesh(1),
-      stop_after_steps=5,
-    )
+    _resume_test_run(tmp_path / "b", config, stop_after_steps=5)
   latest = tmp_path / "b" / "checkpoints" / "4"
   truncated = 0
   for root, _, files in os.walk(latest / "state"):
@@ -369,7 +342,5 @@ def test_a_truncated_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
           f.truncate(os.path.getsize(path) // 2)
         truncated += 1
   assert truncated
-  resumed = train.train_classifier(
-    _classifier(), TRAIN, VAL, workdir=str(tmp_path / "b"), seed=3, config=config, mesh=_mesh(1)
-  )
+  resumed = _resume_test_run(tmp_path / "b", config)
   _assert_trees_close(straight.variables, resumed.variables, rtol=1e-6, atol=1e-6)

@@ -7,6 +7,7 @@ import os
 import ml_collections
 import numpy as np
 import pytest
+from scoring_inputs import MODELS
 from scoring_inputs import write_store
 from skimage import filters
 from sklearn import metrics as skm
@@ -15,10 +16,7 @@ from saliency_jax.metrics import chexlocalize
 from saliency_jax.trust import evaluation
 from saliency_jax.trust import map_reader
 from saliency_jax.trust import robustness
-from saliency_jax.trust.manifest import CLASSIFIER
-from saliency_jax.trust.manifest import LOCALIZER
 from saliency_jax.trust.manifest import Manifest
-from saliency_jax.trust.manifest import ModelEntry
 from saliency_jax.trust.names import Baseline
 from saliency_jax.trust.names import cascade_state
 from saliency_jax.trust.names import SetName
@@ -52,14 +50,7 @@ def run(tmp_path_factory):
   good /= good.max(axis=(1, 2), keepdims=True)
   edges = np.stack([filters.sobel(im.astype(np.float64)) for im in raw[..., 0]])
   edges /= edges.max(axis=(1, 2), keepdims=True)
-  models = [
-    ModelEntry("A1", "a", ("logits", "stem"), CLASSIFIER),
-    ModelEntry("A2", "a", ("logits", "stem"), CLASSIFIER),
-    ModelEntry("B1", "b", ("head",), CLASSIFIER),
-    ModelEntry("U1", "unet", (), LOCALIZER),
-    ModelEntry("U2", "unet", (), LOCALIZER),
-  ]
-  for m in models[:3]:
+  for m in MODELS[:3]:
     last = cascade_state(m.block_names[-1])
     for state in [State.ORIGINAL, State.UNTRAINED] + [cascade_state(b) for b in m.block_names]:
       for method, maps in (("GOOD", good), ("EDGES", edges)):
@@ -77,14 +68,14 @@ def run(tmp_path_factory):
                 rng.random((N, H, W)) if noisy else maps,
                 ids,
               )
-  for m in models[3:]:
+  for m in MODELS[3:]:
     for set_name in SetName:
       write_store(
         workdir, set_name, m.name, State.ORIGINAL, Baseline.LOCALIZATION, 0.2 + 0.6 * masks, ids
       )
   manifest = Manifest.load(workdir)
   manifest.record_run(
-    models=models,
+    models=list(MODELS),
     image_ids={s: ids for s in SetName},
     methods=["GOOD", "EDGES"],
     computed_methods=["GOOD", "EDGES"],

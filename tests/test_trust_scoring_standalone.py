@@ -12,14 +12,12 @@ import textwrap
 
 import numpy as np
 import pytest
+from scoring_inputs import MODELS
 from scoring_inputs import write_store
 from sklearn import metrics as skm
 
 from saliency_jax.trust import map_reader
-from saliency_jax.trust.manifest import CLASSIFIER
-from saliency_jax.trust.manifest import LOCALIZER
 from saliency_jax.trust.manifest import Manifest
-from saliency_jax.trust.manifest import ModelEntry
 from saliency_jax.trust.names import Baseline
 from saliency_jax.trust.names import cascade_state
 from saliency_jax.trust.names import SetName
@@ -42,27 +40,20 @@ def _workdir(path):
     map_reader.write_ground_truth(path, set_name, ids, raw, masks, boxes)
   map_reader.write_average_mask(path, masks.mean(0).astype(np.float32))
   trained = rng.uniform(0, 1, (N, H, W)).astype(np.float32)
-  models = [
-    ModelEntry("A1", "a", ("logits", "stem"), CLASSIFIER),
-    ModelEntry("A2", "a", ("logits", "stem"), CLASSIFIER),
-    ModelEntry("B1", "b", ("head",), CLASSIFIER),
-    ModelEntry("U1", "unet", (), LOCALIZER),
-    ModelEntry("U2", "unet", (), LOCALIZER),
-  ]
-  for m in models[:3]:
+  for m in MODELS[:3]:
     states = [State.ORIGINAL, State.UNTRAINED] + [cascade_state(b) for b in m.block_names]
     for state in states:
       maps = trained if state == State.ORIGINAL else rng.uniform(0, 1, (N, H, W))
       for set_name in (SetName.UTILITY, SetName.EVAL):
         write_store(path, set_name, m.name, state, "M", maps.astype(np.float32), ids)
-  for m in models[3:]:
+  for m in MODELS[3:]:
     for set_name in (SetName.UTILITY, SetName.EVAL):
       write_store(
         path, set_name, m.name, State.ORIGINAL, Baseline.LOCALIZATION, masks.astype(np.float32), ids
       )
   manifest = Manifest.load(path)
   manifest.record_run(
-    models=models,
+    models=list(MODELS),
     image_ids={s: ids for s in SetName},
     methods=["M"],
     computed_methods=["M"],

@@ -70,6 +70,19 @@ def cached(key: Any, build: Callable[[], Any], owner: Any = None) -> Any:
   return entry[1]
 
 
+# Settings every method accepts (on top of its own).
+COMMON_SETTINGS = {
+  # "auto": as many as fit in the device's free memory, at most 64 (`_memory`); a number: that.
+  "max_grads_in_flight": "auto",
+  # The model passes' dtype: "float32" or "bfloat16" (`_precision`; docs/benchmarks.md gives
+  # how much bfloat16 moves the metrics).
+  "compute_dtype": "float32",
+  "grayscale_percentile": 99,
+  "grayscale_nan_to": None,
+  "visualization": "grayscale",
+}
+
+
 def merge_settings(defaults: Mapping[str, Any], settings: Settings | None) -> dict:
   """defaults updated by settings (dict or ConfigDict); unknown keys raise ValueError."""
   merged = dict(defaults)

@@ -21,7 +21,7 @@ import zlib
 
 import numpy as np
 
-from saliency_jax.maps.store import _atomic_write
+from saliency_jax.maps.files import atomic_write
 
 _PACKED_BOOL = "__saliency_jax_packed_bool__"
 
@@ -109,5 +109,5 @@ class PreparedCache:
       ),
       1,
     )
-    _atomic_write(path, lambda f: f.write(blob))
+    atomic_write(path, lambda f: f.write(blob))
     return data

@@ -29,21 +29,21 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 import dataclasses
-import errno
 import hashlib
 import io
 import json
 import logging
 import os
 import shutil
-import tempfile
 
 import numpy as np
 
+from saliency_jax.maps.files import atomic_write
+from saliency_jax.maps.files import npy_bytes
+from saliency_jax.maps.files import save_npy
+
 _FORMAT = "saliency_jax.maps/v1"
 _DTYPES = ("float32", "float16")
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,48 +56,6 @@ class MapChunk:
   maps: np.ndarray  # float32 [n, H, W], whatever the stored dtype
   ids: np.ndarray  # str [n]
   indices: np.ndarray  # int64 [n]
-
-
-def _atomic_write(path: str, write_fn) -> None:
-  """Writes a file through `write_fn(file)` to a temporary name, then renames it to `path`."""
-  directory = os.path.dirname(path)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix="-" + os.path.basename(path))
-  try:
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files private; give them the usual mode.
-    with os.fdopen(fd, "wb") as f:
-      write_fn(f)
-      f.flush()
-      os.fsync(f.fileno())  # The rename must not publish a file whose bytes are not on disk.
-    os.replace(tmp, path)
-  except BaseException as e:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-      raise OSError(
-        e.errno,
-        f"writing {path}: disk full ({_free_space(directory)}); "
-        "free some space and rerun the same command: finished files are kept "
-        "and the run resumes where it stopped",
-      ) from e
-    raise
-
-
-def _free_space(directory: str) -> str:
-  try:
-    return f"{shutil.disk_usage(directory).free / 2**20:.1f} MiB free on that filesystem"
-  except OSError:
-    return "free space unknown"
-
-
-def _save_npy(path: str, array: np.ndarray) -> None:
-  data = _npy_bytes(array)  # Written by Python, whose errors carry errno (ENOSPC).
-  _atomic_write(path, lambda f: f.write(data))
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-  buffer = io.BytesIO()
-  np.save(buffer, array, allow_pickle=False)
-  return buffer.getvalue()
 
 
 _REPAIR_HINT = (
@@ -227,10 +185,10 @@ class MapStore:
 
     os.makedirs(path, exist_ok=True)
     # Several hosts may create the same store at once: each writes identical files atomically.
-    _save_npy(os.path.join(path, "ids.npy"), ids)
-    _save_npy(os.path.join(path, "indices.npy"), indices)
+    save_npy(os.path.join(path, "ids.npy"), ids)
+    save_npy(os.path.join(path, "indices.npy"), indices)
     text = json.dumps(manifest, indent=1, sort_keys=True).encode()
-    _atomic_write(manifest_path, lambda f: f.write(text))  # Last: it marks the store as valid.
+    atomic_write(manifest_path, lambda f: f.write(text))  # Last: it marks the store as valid.
     return cls(path, manifest, ids, indices)
 
   @classmethod
@@ -338,11 +296,11 @@ class MapStore:
     path = self.chunk_path(chunk_index)
     if self.has_chunk(chunk_index) and self.chunk_is_valid(chunk_index):
       raise FileExistsError(f"chunk {chunk_index} of {self.path} is already written.")
-    data = _npy_bytes(maps.astype(self.dtype))
+    data = npy_bytes(maps.astype(self.dtype))
     record = json.dumps({"chunk": chunk_index, "sha256": hashlib.sha256(data).hexdigest()}).encode()
-    _atomic_write(path, lambda f: f.write(data))
+    atomic_write(path, lambda f: f.write(data))
     # Written last: a chunk without its checksum is unfinished and gets recomputed.
-    _atomic_write(self.checksum_path(chunk_index), lambda f: f.write(record))
+    atomic_write(self.checksum_path(chunk_index), lambda f: f.write(record))
 
   def read_chunk(self, chunk_index: int) -> MapChunk:
     """Reads one finished chunk; its maps come back as float32."""

@@ -136,23 +136,13 @@ def wilcoxon(values, baseline, *, alternative: str = "two-sided") -> TestResult:
   values > baseline. `baseline` may be a scalar (a one-sample test against that value).
   Fewer than one non-NaN pair, or all differences zero, gives NaN statistic and p-value.
   """
-  _check_alternative(alternative)
-  x, y, excluded = _paired(values, baseline)
-  d = x - y
-  mean_difference = float(np.mean(d)) if d.size else float("nan")
-  if not np.any(d != 0):
-    stat = pvalue = float("nan")
-  else:
-    res = scipy.stats.wilcoxon(x, y, alternative=alternative)
-    stat, pvalue = float(res.statistic), float(res.pvalue)
-  return TestResult(
+  return _paired_test(
     "Wilcoxon signed-rank (scipy.stats.wilcoxon)",
-    stat,
-    pvalue,
+    scipy.stats.wilcoxon,
+    lambda d: np.any(d != 0),
+    values,
+    baseline,
     alternative,
-    int(d.size),
-    excluded,
-    mean_difference,
   )
 
 
@@ -162,24 +152,29 @@ def paired_t(values, baseline, *, alternative: str = "two-sided") -> TestResult:
   `baseline` may be a scalar (then a one-sample t-test, = scipy.stats.ttest_1samp). Fewer than
   two pairs gives NaN.
   """
+  return _paired_test(
+    "paired t-test (scipy.stats.ttest_rel)",
+    scipy.stats.ttest_rel,
+    lambda d: d.size >= 2,
+    values,
+    baseline,
+    alternative,
+  )
+
+
+def _paired_test(name: str, test, defined, values, baseline, alternative: str) -> TestResult:
+  """`test(x, y, alternative=...)` on the non-NaN pairs; NaN statistic and p-value where
+  `defined(x - y)` is false."""
   _check_alternative(alternative)
   x, y, excluded = _paired(values, baseline)
   d = x - y
   mean_difference = float(np.mean(d)) if d.size else float("nan")
-  if d.size < 2:
+  if not defined(d):
     stat = pvalue = float("nan")
   else:
-    res = scipy.stats.ttest_rel(x, y, alternative=alternative)
+    res = test(x, y, alternative=alternative)
     stat, pvalue = float(res.statistic), float(res.pvalue)
-  return TestResult(
-    "paired t-test (scipy.stats.ttest_rel)",
-    stat,
-    pvalue,
-    alternative,
-    int(d.size),
-    excluded,
-    mean_difference,
-  )
+  return TestResult(name, stat, pvalue, alternative, int(d.size), excluded, mean_difference)
 
 
 def _adjusted(pvalues: Sequence[float], adjust) -> np.ndarray:

@@ -42,6 +42,7 @@ import numpy as np
 
 from saliency_jax.models import densenet
 from saliency_jax.models import inception_v3
+from saliency_jax.models import plugin
 
 # Variable order within a layer, as Keras saves it (trainable first).
 _VAR_ORDER = ("kernel", "bias", "gamma", "beta", "moving_mean", "moving_variance")
@@ -87,7 +88,7 @@ def import_keras_weights(
       f"(e.g. {leftover[:5]}); is this a weight file of another model?"
     )
   variables = {"params": params, "batch_stats": stats}
-  _check_structure(variables, _template(arch, num_classes, in_channels), path)
+  plugin.check_structure(variables, _template(arch, num_classes, in_channels), path)
   return variables
 
 
@@ -262,7 +263,7 @@ def _resnet50(layers, path):
       "model, or one with a head?"
     )
   variables = {"params": params, "batch_stats": stats}
-  _check_structure(variables, template, path)
+  plugin.check_structure(variables, template, path)
   return variables
 
 
@@ -326,16 +327,3 @@ def _template(arch: str, num_classes: int, in_channels: int):
   return jax.eval_shape(
     module.init, jax.random.PRNGKey(0), jnp.zeros((1, size, size, in_channels), jnp.float32)
   )
-
-
-def _check_structure(variables, template, path) -> None:
-  def shapes(tree):
-    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {jax.tree_util.keystr(key): tuple(np.shape(leaf)) for key, leaf in flat}
-
-  got, want = shapes(variables), shapes(template)
-  if got != want:
-    wrong = sorted(k for k in got.keys() | want.keys() if got.get(k) != want.get(k))
-    raise ValueError(
-      f"{path}: imported variables do not fit the model at {wrong[:5]} ({len(wrong)} mismatches)."
-    )

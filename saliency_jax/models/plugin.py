@@ -314,6 +314,9 @@ def load_variables(path: str, template: Any) -> Any:
 
 
 def check_structure(variables: Any, template: Any, what: str) -> None:
+  """A clear error where loaded `variables` differ from the module's `template` in structure
+  or shapes (`what`: the file they came from)."""
+
   def shapes(tree):
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
     return {jax.tree_util.keystr(k): tuple(np.shape(v)) for k, v in flat}

@@ -82,12 +82,3 @@ class RecordKey(NamedTuple):
   method: str
   model: str
   state: str
-
-
-# The names as the first landing spelled them, for code written against it.
-UTILITY_SET = SetName.UTILITY
-EVAL_SET = SetName.EVAL
-ORIGINAL = State.ORIGINAL
-UNTRAINED = State.UNTRAINED
-LOCALIZATION_METHOD = Baseline.LOCALIZATION
-AVERAGE_MASK = Baseline.AVERAGE_MASK

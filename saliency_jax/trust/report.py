@@ -78,7 +78,8 @@ def build_sections(
       "Scorecard",
       [
         "Each cell: the method's mean over images [bootstrap 95% CI] vs the baseline's "
-        "mean, and the verdict of the rule below.",
+        "mean, the verdict of the rule below and its corrected p-value (a mean on the "
+        "passing side that FAILs was not significant with this many images).",
         scorecard_table(summary, methods),
       ]
       + rules
@@ -130,31 +131,23 @@ def build_sections(
       ],
     )
   )
+  curve_captions = {  # figure name prefix (then the architecture) -> caption
+    "cascading_ssim_": (
+      "cascading randomization from the logits down to the last block the protocol "
+      "randomizes, mean SSIM between the trained model's map and the randomized model's map "
+      "(band: std over replicates); dotted: one block randomized alone. A trustworthy method "
+      "falls below the dashed random-pair line."
+    ),
+    "cascading_spearman_abs_": (
+      "the same with the Spearman rank correlation of |map| (Adebayo et al.; Quantus' MPRT "
+      "default)."
+    ),
+  }
   randomization = []
-  for name, path in figure_paths.items():
-    if name.startswith("cascading_ssim_"):
-      randomization.append(
-        Figure(
-          path,
-          (
-            f"{name[len('cascading_ssim_') :]}: cascading randomization from the logits down "
-            "to the last block the protocol randomizes, mean SSIM between the trained model's "
-            "map and the randomized model's map (band: std over replicates); dotted: one block "
-            "randomized alone. A trustworthy method falls below the dashed random-pair line."
-          ),
-        )
-      )
-  for name, path in figure_paths.items():
-    if name.startswith("cascading_spearman_abs_"):
-      randomization.append(
-        Figure(
-          path,
-          (
-            f"{name[len('cascading_spearman_abs_') :]}: the same with the Spearman rank "
-            "correlation of |map| (Adebayo et al.; Quantus' MPRT default)."
-          ),
-        )
-      )
+  for prefix, caption in curve_captions.items():
+    for name, path in figure_paths.items():
+      if name.startswith(prefix):
+        randomization.append(Figure(path, f"{name[len(prefix) :]}: {caption}"))
   steps = randomization_table(summary)
   if steps is not None:
     randomization.append(steps)

@@ -41,7 +41,8 @@ def _column(row) -> tuple[str, str | None]:
 
 def scorecard_table(summary: dict[str, Any], methods: Sequence[str]) -> Table:
   """Method x verdict (rule, per architecture where it is): value with 95% CI, baseline,
-  verdict."""
+  verdict and its corrected p-value (a mean on the passing side can still FAIL: too few images
+  for the test to reach alpha)."""
   columns = list(dict.fromkeys(_column(r) for r in summary["scorecard"]))
   by_key = {(r["method"], _column(r)): r for r in summary["scorecard"]}
   rows = []
@@ -52,7 +53,10 @@ def scorecard_table(summary: dict[str, Any], methods: Sequence[str]) -> Table:
       if r is None:
         cells.append("-")
         continue
-      cells.append(f"{_value_ci(r, 'value')} vs {fmt(r.get('baseline'))} **{r['verdict']}**")
+      cell = f"{_value_ci(r, 'value')} vs {fmt(r.get('baseline'))} **{r['verdict']}**"
+      if r.get("p_adjusted") is not None:
+        cell += f" (p {_fmt_p(r['p_adjusted'])})"
+      cells.append(cell)
     rows.append(cells)
   header = [
     f"{rule}{f' {arch}' if arch else ''} ({summary['rules'][rule]['metric'].upper()})"

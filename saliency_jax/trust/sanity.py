@@ -1,4 +1,4 @@
-"""The sanity checks beyond the paper inside the study: their models, maps, records, verdicts.
+"""The sanity checks beyond the paper inside the study: their names, map states and config.
 
 Each check is a section of `config.sanity` with `enabled` and its settings:
 
@@ -27,11 +27,7 @@ from collections.abc import Sequence
 import os
 
 from saliency_jax.sanity import faithfulness
-from saliency_jax.trust.names import SetName
 from saliency_jax.trust.names import State
-
-EVAL_SET = SetName.EVAL
-ORIGINAL = State.ORIGINAL
 
 CHECKS = (
   "data_randomization",
