@@ -185,3 +185,11 @@ def test_the_readme_table_lists_every_choice_with_the_papers_value():
     readme = f.read()
   for choice in protocol.CHOICES:
     assert f"| `{choice.field}` | {protocol._text(choice.paper)} |" in readme, choice.field
+
+
+def test_a_methods_own_grads_in_flight_wins_over_the_global_value():
+  config = _config()
+  config.methods.max_grads_in_flight = 32
+  config.methods.settings = {"SG": {"samples": 4, "max_grads_in_flight": 8}}
+  assert map_methods.method_settings(config, "SG")["max_grads_in_flight"] == 8
+  assert map_methods.method_settings(config, "IG")["max_grads_in_flight"] == 32
