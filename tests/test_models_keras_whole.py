@@ -171,9 +171,11 @@ def test_other_heads_are_refused(tmp_path):
 
 def test_densenet_whole_model_with_dropout_head(tmp_path):
   """DenseNet121 (its body ends with a batch norm and ReLU after the last block) + GAP +
-  Dropout + Dense(2, softmax), saved as .keras."""
+  Dropout + Dense(2, softmax), saved as .keras. 64x96 gives the last block a 2x3 grid, so the
+  Grad-CAM map is not constant."""
   keras.utils.set_random_seed(0)
-  base = keras.applications.DenseNet121(include_top=False, weights=None, input_shape=(32, 36, 3))
+  shape = (64, 96, 3)
+  base = keras.applications.DenseNet121(include_top=False, weights=None, input_shape=shape)
   x = keras.layers.Dropout(0.5)(keras.layers.GlobalAveragePooling2D()(base.output))
   model = keras.Model(base.input, keras.layers.Dense(2, activation="softmax")(x))
   _randomize(model, seed=3)
@@ -183,12 +185,36 @@ def test_densenet_whole_model_with_dropout_head(tmp_path):
   assert (imported.arch, imported.output_activation, imported.input_shape) == (
     "densenet121",
     "softmax",
-    (32, 36, 3),
+    shape,
   )
-  images = np.random.RandomState(4).uniform(-1, 1, (2, 32, 36, 3)).astype(np.float32)
+  images = np.random.RandomState(4).uniform(-1, 1, (2, *shape)).astype(np.float32)
   logits = jax.jit(imported.module.apply)(imported.variables, images)
   # Keras' features, the head by hand (dropout is off at inference): the pre-softmax logits.
   feats = keras.Model(base.input, base.output).predict(images, verbose=0)
   kernel, bias = model.layers[-1].get_weights()
   _close(logits, feats.mean(axis=(1, 2)) @ kernel + bias)
   _close(jax.nn.softmax(logits), model.predict(images, verbose=0))
+
+  # Grad-CAM's layer is the body's output: our features equal Keras', and our GCAM map equals
+  # PAIR's GradCam on Keras' features with the head's gradient (GAP + Dense: kernel / cells).
+  fns = models.model_functions(imported.module, imported.variables)
+  _close(fns.features_fn(images), feats)
+  targets = np.asarray(np.argmax(logits, -1), np.int32)
+  gcam = np.asarray(
+    attributions.METHODS["GCAM"].compute(
+      fns, images, targets, settings={"resize": "skimage_bilinear"}
+    )
+  )
+  cells = feats.shape[1] * feats.shape[2]
+  for i, t in enumerate(targets):
+
+    def cmf(x, call_model_args=None, expected_keys=None, i=i, t=t):
+      grads = np.broadcast_to(kernel[:, t] / cells, feats[i : i + 1].shape)
+      return {
+        pair.CONVOLUTION_LAYER_VALUES: feats[i : i + 1],
+        pair.CONVOLUTION_OUTPUT_GRADIENTS: grads,
+      }
+
+    ref = pair.VisualizeImageGrayscale(pair.GradCam().GetMask(images[i], cmf, {}))
+    assert ref.std() > 0.05  # not a constant map
+    np.testing.assert_allclose(gcam[i], ref, atol=2e-4)

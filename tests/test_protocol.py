@@ -139,6 +139,18 @@ def test_the_protocol_table_marks_what_differs_from_the_paper():
   assert protocol.differs(config) == ["protocol.random_pairs", "study.rules"]
 
 
+def test_the_protocol_table_names_the_methods_run_in_bfloat16():
+  config = default.get_config()
+  config.methods.settings = {"SG": {"samples": 5}, "IG": {"compute_dtype": "float32"}}
+  assert protocol.compute_dtypes(config) == "float32"
+  config.methods.settings.SG.compute_dtype = "bfloat16"
+  config.methods.settings.GRAD = {"compute_dtype": "bfloat16"}
+  assert protocol.compute_dtypes(config) == "bfloat16: GRAD, SG"
+  row = {r[1]: r for r in protocol.table(config)}["`methods.settings.*.compute_dtype`"]
+  assert row[2:4] == ["bfloat16: GRAD, SG", "float32"] and "bfloat16" in row[4]
+  assert protocol.differs(config) == ["methods.settings.*.compute_dtype"]
+
+
 def _stored(tmp_path, maps, dtype):
   from saliency_jax import maps as maps_lib  # pylint: disable=g-import-not-at-top
 
@@ -173,3 +185,11 @@ def test_the_readme_table_lists_every_choice_with_the_papers_value():
     readme = f.read()
   for choice in protocol.CHOICES:
     assert f"| `{choice.field}` | {protocol._text(choice.paper)} |" in readme, choice.field
+
+
+def test_a_methods_own_grads_in_flight_wins_over_the_global_value():
+  config = _config()
+  config.methods.max_grads_in_flight = 32
+  config.methods.settings = {"SG": {"samples": 4, "max_grads_in_flight": 8}}
+  assert map_methods.method_settings(config, "SG")["max_grads_in_flight"] == 8
+  assert map_methods.method_settings(config, "IG")["max_grads_in_flight"] == 32

@@ -12,7 +12,9 @@ import pytest
 from configs import tiny
 from saliency_jax import maps as maps_lib
 from saliency_jax import trust
+from saliency_jax.trust import map_reader
 from saliency_jax.trust import protocol
+from saliency_jax.trust.maps_stage import MapsStage
 from saliency_jax.trust.names import SetName
 
 # Every choice a synthetic run can make otherwise (cohort and init have no alternative there;
@@ -84,7 +86,7 @@ def test_randomization_verdicts_are_labelled_with_their_choices(runs):
   assert {r["architecture"] for r in rows} == {"small_vgg", "small_densenet"}
   for r in rows:  # logits, block2 randomized; block1 and the stem kept, as the authors did
     assert r["step"] == "block2" and r["baseline_kind"] == "scalar"
-    assert "one-sample" in r["test"] and r["pairs"] == len(paper.image_set("eval").ids)
+    assert "one-sample" in r["test"] and r["pairs"] == len(paper.data.image_set("eval").ids)
   vgg = {r["method"]: r for r in rows if r["architecture"] == "small_vgg"}
   assert vgg["GRAD"]["replicates"] == ["A1", "A2"]
   assert vgg["GRAD"]["baseline_name"] == "random pairs (A1, one number)"
@@ -109,14 +111,14 @@ def test_utility_rules_and_image_sets_follow_the_protocol(runs):
   paper, flipped = runs
   assert {r["criterion"] for r in _summary(paper)["scorecard"]} >= {"utility_localization"}
   assert "utility_localization" not in {r["criterion"] for r in _summary(flipped)["scorecard"]}
-  test = paper.sources()["test"]
+  test = paper.data.sources()["test"]
   positives = [
     str(test[i]["id"].decode() if isinstance(test[i]["id"], bytes) else test[i]["id"])
     for i in range(len(test))
     if int(test[i]["label"]) == 1
   ]
-  assert list(paper.image_set(SetName.UTILITY).ids) == positives[:8]  # the first ones
-  assert list(flipped.image_set(SetName.UTILITY).ids) != positives[:8]
+  assert list(paper.data.image_set(SetName.UTILITY).ids) == positives[:8]  # the first ones
+  assert list(flipped.data.image_set(SetName.UTILITY).ids) != positives[:8]
   # Agreement on the utility set (paper) or the evaluation set.
   for study, set_name in ((paper, SetName.UTILITY), (flipped, SetName.EVAL)):
     ids = {r["image_id"] for r in _records(study, "repeatability")}
@@ -139,20 +141,22 @@ def test_localization_agreement_binary_or_probability(runs):
 
 def test_randomized_states_explain_their_own_prediction_or_the_trained_class(runs):
   paper, flipped = runs
-  eval_set = paper.image_set(SetName.EVAL)
+  stage = MapsStage(paper.config, paper.workdir, paper.data, paper.models)
+  eval_set = paper.data.image_set(SetName.EVAL)
   flips = 0
-  for clf in paper.classifiers():
-    shape = paper.inputs(eval_set, clf.style).shape[1:]
-    trained = paper.targets(clf, eval_set)
-    for set_name, state, variables in paper.states(clf, shape):
+  for clf in paper.models.classifiers():
+    trained = stage.targets(clf, eval_set)
+    for set_name, state, variables in stage.states(clf):
       if set_name != SetName.EVAL or not state.startswith("cascade_"):
         continue
-      own = paper.targets(clf, eval_set, variables)
+      own = stage.targets(clf, eval_set, variables)
       flips += int((own != trained).sum())
       # Paper: the state's own prediction; flipped: the trained model's class. The maps
       # differ exactly on the images whose prediction the randomization flipped.
       maps = [
-        maps_lib.MapStore.open(s.store_path(SetName.EVAL, clf.name, state, "GRAD")).read_all()
+        maps_lib.MapStore.open(
+          map_reader.store_path(s.workdir, SetName.EVAL, clf.name, state, "GRAD")
+        ).read_all()
         for s in (paper, flipped)
       ]
       differs = np.abs(maps[0] - maps[1]).reshape(len(own), -1).max(axis=1) > 0

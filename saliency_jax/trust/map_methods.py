@@ -25,9 +25,10 @@ def method_settings(
   style = config.data.style if style is None else style
   settings = dict(attributions.METHODS[name].default_settings)
   overrides = config.methods.settings
-  if name in overrides:
-    settings.update(overrides[name].to_dict())
-  if "max_grads_in_flight" in settings:
+  own = overrides[name].to_dict() if name in overrides else {}
+  settings.update(own)
+  # The config's global value, unless the method's own settings name one.
+  if "max_grads_in_flight" in settings and "max_grads_in_flight" not in own:
     settings["max_grads_in_flight"] = config.methods.max_grads_in_flight
   protocol = config.protocol
   if name in ("IG", "SIG"):

@@ -140,6 +140,14 @@ CHOICES: tuple[Choice, ...] = (
     "(only float32: float16 merges distinct values into ties and moves AUPRC)",
   ),
   Choice(
+    "precision of the maps' model passes",
+    "methods.settings.*.compute_dtype",
+    "float32",
+    None,
+    "these methods' model passes ran in bfloat16 (each image's metrics move by up to about "
+    "0.03, their means by about 0.005: docs/benchmarks.md)",
+  ),
+  Choice(
     "cohort (dataset split)",
     "protocol.cohort",
     "authors_split",
@@ -181,10 +189,23 @@ def _arch(config) -> str:
     return "unet"
 
 
+def compute_dtypes(config) -> str:
+  """ "float32", or each other compute dtype with the methods that set it ("bfloat16: SG, IG")."""
+  settings = config.get("methods", {}).get("settings", {}) or {}
+  by_dtype: dict[str, list[str]] = {}
+  for method, method_settings in settings.items():
+    dtype = (method_settings or {}).get("compute_dtype", "float32")
+    if dtype != "float32":
+      by_dtype.setdefault(dtype, []).append(method)
+  return "; ".join(f"{d}: {', '.join(m)}" for d, m in sorted(by_dtype.items())) or "float32"
+
+
 def value(config, choice: Choice) -> Any:
   """The run's value of a choice; the paper's where the config does not set it."""
   if choice.field == "study.rules":
     return utility_baselines(config)
+  if choice.field == "methods.settings.*.compute_dtype":
+    return compute_dtypes(config)
   try:
     return _field(config, choice.field)
   except (KeyError, AttributeError):

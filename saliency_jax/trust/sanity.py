@@ -17,7 +17,7 @@ Each check is a section of `config.sanity` with `enabled` and its settings:
 Map states are stores like the paper's (maps/eval/<model>/<state>/<method>), so any criterion
 (e.g. the robustness grid) can read them with a `MapReader`; `COMPARISONS` names which pair of
 states each similarity check compares. The maps stage makes the maps and faithfulness values
-(it has the models: `sanity_maps.generate_maps(study, key)`); scoring reads them with the run
+(it has the models: `sanity_maps.generate_maps(stage)`); scoring reads them with the run
 manifest, a `MapReader` and `config.sanity` (`sanity_records.records`,
 `sanity_scoring.summarize`). Records use the study's tidy fields. Here: the checks' names and
 states, which of them a config runs, and its validation.
