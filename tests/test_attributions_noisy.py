@@ -138,7 +138,13 @@ def test_item_windows_add_up_to_the_whole_map(setup, name):
 
 @pytest.mark.parametrize(
   "name,settings",
-  [("SIG", {"samples": 5, "steps": 8}), ("SG", {"samples": 7}), ("IG", {"steps": 12})],
+  [
+    ("SIG", {"samples": 5, "steps": 8}),
+    ("SG", {"samples": 7}),
+    ("IG", {"steps": 12}),
+    ("SG", {"samples": 7, "visualization": "diverging"}),
+    ("IG", {"steps": 12, "grayscale_percentile": 100}),
+  ],
 )
 def test_cpu_plan_item_windows_equal_one_program(setup, name, settings):
   """The eager CPU plan runs windows of items (SIG's noisy copies, SG's samples, IG's steps)
@@ -156,6 +162,20 @@ def test_cpu_plan_item_windows_equal_one_program(setup, name, settings):
     )
   )
   np.testing.assert_allclose(eager, traced, atol=1e-5)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU plan's windows")
+def test_grayscale_variants_share_one_compiled_window(setup):
+  """The window sums do not read the grayscale settings: the robustness grid's variants of a
+  method compile its window once, each variant adding only its own grayscale step."""
+  fns, images, targets = setup
+  method = attributions.METHODS["SG"]
+  for variant in ({}, {"grayscale_percentile": 100}, {"visualization": "diverging"}):
+    method.compute(fns, images, targets, settings={"samples": 11, **variant})
+  windows = [k for k in _execution._CACHE if k[1] == "SG/window" and dict(k[2])["samples"] == 11]
+  assert len(windows) == 1
+  grayscale = [k for k in _execution._CACHE if k[0] == "visualize"]
+  assert {dict(k[1])["visualization"] for k in grayscale} >= {"grayscale", "diverging"}
 
 
 @pytest.mark.parametrize("name", ["SG", "SIG"])
