@@ -91,12 +91,15 @@ def get_config(localization: str = "unet") -> ml_collections.ConfigDict:
   config.methods.max_grads_in_flight = 64
 
   s = config.study
+  # Every image set a multiple of chunk_size: each chunk of maps has one shape, so each method
+  # compiles once per architecture (and grayscale variant), not once per set.
+  s.chunk_size = 24
   s.num_eval_images = 24
-  s.num_utility_images = 0  # every positive test image (150)
+  s.num_utility_images = 96  # the first 96 positive test images (the paper's SIIM: 100)
+  s.chexlocalize.validation_images = 48  # CheXlocalize's threshold tuning
   s.ssim_data_range = 1.0  # the textbook value for [0, 1] maps
   s.bootstrap_resamples = 1000
   s.num_example_images = 4
-  s.chunk_size = 32
 
   # A synthetic dataset has no authors' split, and small models have no ImageNet weights.
   config.protocol.cohort = "any"
@@ -129,7 +132,8 @@ def get_config(localization: str = "unet") -> ml_collections.ConfigDict:
     blur_sigma=5.0,
     road_percentages=(0.1, 0.3, 0.5, 0.7, 0.9),
     road_noise=0.01,
-    pic_thresholds=(0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.07, 0.10, 0.13, 0.21, 0.34, 0.5, 0.75),
+    # PIC's blurred images are most of the check's time: 5 of PAIR's 13 thresholds.
+    pic_thresholds=(0.005, 0.02, 0.07, 0.21, 0.5),
     pic_min_pred_value=0.5,
     pic_random_fraction=0.01,
   )
