@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import matplotlib.colors
+import matplotlib.patches
 import numpy as np
 
 from saliency_jax.trust.plotting import COLORS
@@ -106,8 +107,8 @@ def robustness_figure(
   run as configured first): green PASS, red FAIL, grey N/A."""
   rules = list(dict.fromkeys(r["criterion"] for r in rows))
   cmap = matplotlib.colors.ListedColormap(["#cf222e", "#bbbbbb", "#1a7f37"])
-  fig, axes = panels(len(rules), 1, max(6.0, 0.35 * len(choices) + 2), 0.3 * len(methods) + 2.2)
-  for ax, rule in zip(axes, rules):
+  fig, axes = panels(len(rules), 1, max(6.0, 0.35 * len(choices) + 2), 0.3 * len(methods) + 0.9)
+  for i, (ax, rule) in enumerate(zip(axes, rules)):
     grid = np.full((len(methods), len(choices)), _VERDICT_CODE["N/A"], float)
     for r in rows:
       if r["criterion"] == rule and r["method"] in methods and r["choice"] in choices:
@@ -116,7 +117,15 @@ def robustness_figure(
     ax.set_yticks(range(len(methods)))
     ax.set_yticklabels(methods, fontsize=7)
     ax.set_xticks(range(len(choices)))
-    ax.set_xticklabels(choices, rotation=60, ha="right", fontsize=7)
+    # The grid points are the same in every panel: named once, under the last one, so the
+    # rotated names do not run into the next panel's title.
+    last = i == len(rules) - 1
+    ax.set_xticklabels(choices if last else [], rotation=60, ha="right", fontsize=7)
     ax.axvline(0.5, color="k", lw=1.5)
     ax.set_title(rule, fontsize=10)
+  legend = [
+    matplotlib.patches.Patch(color=cmap(code / 2), label=verdict)
+    for verdict, code in sorted(_VERDICT_CODE.items(), key=lambda kv: -kv[1])
+  ]
+  axes[0].legend(handles=legend, loc="lower left", bbox_to_anchor=(0, 1.08), ncol=3, fontsize=7)
   return save(fig, path)
