@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import matplotlib.colors
+import matplotlib.lines
 import matplotlib.patches
 import numpy as np
 
@@ -22,40 +23,38 @@ def controls_figure(table: dict[str, Any], methods: list[str], path: str) -> str
   """Per verdict rule: each method's mean (dots) against each control's mean (lines; solid
   where the method must beat it, dotted where the comparison is not applicable)."""
   rules = list(dict.fromkeys(s["criterion"] for s in table["scores"]))
+  controls = list(dict.fromkeys(s["control"] for s in table["scores"]))
   fig, axes = panels(len(rules), min(len(rules), 3), 4.6, 3.4)
   for ax, rule in zip(axes, rules):
     rows = [c for c in table["comparisons"] if c["criterion"] == rule]
     values = {c["method"]: _nan(c["method_value"]) for c in rows}
     x = np.arange(len(methods))
-    ax.plot(x, [values.get(m, np.nan) for m in methods], "o", color="k", ms=5, label="methods")
-    for i, score in enumerate(s for s in table["scores"] if s["criterion"] == rule):
-      ax.axhline(
-        _nan(score["value"]),
-        color=COLORS[i % 10],
-        ls="-" if score["applicable"] else ":",
-        lw=1.5,
-        label=score["control"] + ("" if score["applicable"] else " (n/a)"),
-      )
+    ax.plot(x, [values.get(m, np.nan) for m in methods], "o", color="k", ms=5)
+    for score in (s for s in table["scores"] if s["criterion"] == rule):
+      color = COLORS[controls.index(score["control"]) % 10]
+      ax.axhline(_nan(score["value"]), color=color, ls="-" if score["applicable"] else ":", lw=1.5)
     missed = [
       i
       for i, m in enumerate(methods)
       if any(c["method"] == m and c["applicable"] and not c["beats"] for c in rows)
     ]
     if missed:
-      ax.plot(
-        x[missed],
-        [values.get(methods[i], np.nan) for i in missed],
-        "x",
-        color="r",
-        ms=10,
-        label="does not beat a control",
-      )
+      ax.plot(x[missed], [values.get(methods[i], np.nan) for i in missed], "x", color="r", ms=10)
     ax.set_xticks(x)
     ax.set_xticklabels(methods, rotation=60, ha="right", fontsize=7)
     metric = next((s["metric"] for s in table["scores"] if s["criterion"] == rule), "")
     ax.set_title(f"{rule} ({metric})", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, loc="best")
+  # One legend for the figure: per-panel legends covered the points.
+  Line2D = matplotlib.lines.Line2D
+  handles = [Line2D([], [], marker="o", color="k", ls="", label="methods")]
+  handles += [Line2D([], [], color=COLORS[i % 10], label=c) for i, c in enumerate(controls)]
+  handles += [
+    Line2D([], [], color="grey", ls=":", label="control not applicable to the rule"),
+    Line2D([], [], marker="x", color="r", ls="", ms=8, label="does not beat a control"),
+  ]
+  fig.legend(handles=handles, loc="upper center", ncol=len(handles), fontsize=7, frameon=False)
+  fig.tight_layout(rect=(0, 0, 1, 0.95))
   return save(fig, path)
 
 
