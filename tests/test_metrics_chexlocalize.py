@@ -212,3 +212,18 @@ def test_bad_input_raises():
     chexlocalize.bootstrap(np.ones(5), seed=0, n_resamples=20)
   with pytest.raises(ValueError, match="equal lengths"):
     chexlocalize.percentage_decrease(np.ones(5), np.ones(4), seed=0)
+
+
+def test_all_undefined_values_give_nan_without_warnings():
+  import warnings  # pylint: disable=g-import-not-at-top
+
+  values = np.full(5, np.nan)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    ci = chexlocalize.bootstrap(values, seed=0, n_resamples=200)
+    pct = chexlocalize.percentage_decrease(
+      values, np.linspace(0.1, 0.5, 5), seed=0, n_resamples=200
+    )
+  assert np.isnan(ci["mean"]) and np.isnan(ci["bootstrap_mean"])
+  assert (ci["n"], ci["n_excluded"]) == (0, 5)
+  assert np.isnan(pct["decrease"])

@@ -203,6 +203,11 @@ def _ci(resamples: np.ndarray, confidence: float) -> tuple[float, float]:
   return float(ordered[int(alpha / 2 * r) - 1]), float(ordered[int((1 - alpha / 2) * r) - 1])
 
 
+def _nanmean(values: np.ndarray) -> float:
+  """np.nanmean, but NaN without NumPy's warning when every value is NaN."""
+  return float(np.nanmean(values)) if (~np.isnan(values)).any() else float("nan")
+
+
 def bootstrap(values, *, seed: int, n_resamples: int = 1000, confidence: float = 0.95) -> dict:
   """CheXlocalize's bootstrap CI of the mean of per-image values (NaN skipped per resample).
 
@@ -219,7 +224,7 @@ def bootstrap(values, *, seed: int, n_resamples: int = 1000, confidence: float =
     "mean": float(values[defined].mean()) if defined.any() else float("nan"),
     "low": low,
     "high": high,
-    "bootstrap_mean": float(np.nanmean(means)),
+    "bootstrap_mean": _nanmean(means),
     "n": int(defined.sum()),
     "n_excluded": int((~defined).sum()),
   }
@@ -244,7 +249,7 @@ def percentage_decrease(
   # CheXlocalize's order of operations: the CI of the fraction, then times 100.
   with np.errstate(invalid="ignore", divide="ignore"):
     low, high = _ci((b - m) / b, confidence)
-    big_m, big_b = np.nanmean(m), np.nanmean(b)
+    big_m, big_b = _nanmean(m), _nanmean(b)
     decrease = (big_b - big_m) / big_b * 100
   return {"decrease": float(decrease), "low": low * 100, "high": high * 100}
 
